@@ -1,0 +1,93 @@
+"""Run state and the shutdown/reset/powerdown requests (QEMU's system/runstate.c).
+
+Devices and the guest ask for a shutdown or a reset from any thread (a vCPU
+thread writing 0xCF9, the ACPI PM1 control register, Ctrl-A x on the
+console); the main loop notices the request and acts on it, so no device
+ever ends the process itself.
+"""
+
+from __future__ import annotations
+
+import threading
+from enum import Enum
+from typing import Callable
+
+
+class RunState(Enum):
+    PRELAUNCH = "prelaunch"
+    RUNNING = "running"
+    PAUSED = "paused"
+    SHUTDOWN = "shutdown"
+    GUEST_PANICKED = "guest-panicked"
+    INTERNAL_ERROR = "internal-error"
+
+
+class ShutdownCause(Enum):
+    NONE = "none"
+    HOST_ERROR = "host-error"
+    HOST_QMP_QUIT = "host-qmp-quit"
+    HOST_SIGNAL = "host-signal"
+    HOST_UI = "host-ui"
+    GUEST_SHUTDOWN = "guest-shutdown"
+    GUEST_RESET = "guest-reset"
+    GUEST_PANIC = "guest-panic"
+    SUBSYSTEM_RESET = "subsystem-reset"
+
+
+class _Requests:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.shutdown = ShutdownCause.NONE
+        self.reset = ShutdownCause.NONE
+        self.exit_status = 0
+        self.notify: Callable[[], None] | None = None
+        self.no_reboot = False
+        self.no_shutdown = False
+
+
+requests = _Requests()
+state = RunState.PRELAUNCH
+
+
+def runstate_set(new: RunState) -> None:
+    global state
+    state = new
+
+
+def runstate_is_running() -> bool:
+    return state == RunState.RUNNING
+
+
+def _wake() -> None:
+    if requests.notify is not None:
+        requests.notify()
+
+
+def qemu_system_shutdown_request(cause: ShutdownCause, exit_status: int = 0) -> None:
+    with requests.lock:
+        if requests.shutdown == ShutdownCause.NONE:
+            requests.shutdown = cause
+            requests.exit_status = exit_status
+    _wake()
+
+
+def qemu_system_reset_request(cause: ShutdownCause) -> None:
+    """A guest reset; with -no-reboot it becomes a shutdown, as in QEMU."""
+    if requests.no_reboot and cause != ShutdownCause.SUBSYSTEM_RESET:
+        qemu_system_shutdown_request(cause)
+        return
+    with requests.lock:
+        requests.reset = cause
+    _wake()
+
+
+def take_shutdown_request() -> ShutdownCause:
+    with requests.lock:
+        cause, requests.shutdown = requests.shutdown, ShutdownCause.NONE
+        return cause
+
+
+def take_reset_request() -> ShutdownCause:
+    with requests.lock:
+        cause, requests.reset = requests.reset, ShutdownCause.NONE
+        return cause

@@ -1,0 +1,117 @@
+"""The main loop (QEMU's util/main-loop.c) and the big QEMU lock.
+
+One thread runs :func:`MainLoop.run`: it waits on file descriptors (character
+back-ends, the monitor, sockets) and on the next timer deadline, then runs
+fd handlers, bottom halves and expired timers, all with the big lock held.
+vCPU threads take the same lock around device accesses, so device models
+never see two threads at once.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import threading
+from collections import deque
+from typing import Callable
+
+from pemu.util import timer
+
+# The big QEMU lock (BQL).  Re-entrant: a device callback may call back into
+# code that takes it again.
+bql = threading.RLock()
+
+FdHandler = Callable[[], None]
+
+
+class MainLoop:
+    def __init__(self) -> None:
+        self.selector = selectors.DefaultSelector()
+        self.handlers: dict[int, tuple[FdHandler | None, FdHandler | None]] = {}
+        self.bottom_halves: deque[Callable[[], None]] = deque()
+        self.bh_lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, None)
+        timer.timerlist_set_notify(self.notify)
+
+    # -- file descriptors ---------------------------------------------------
+    def set_fd_handler(self, fd: int, read: FdHandler | None, write: FdHandler | None = None) -> None:
+        """Install (or with both None, remove) the handlers of ``fd``."""
+        if fd in self.handlers:
+            self.selector.unregister(fd)
+            del self.handlers[fd]
+        if read is None and write is None:
+            self.notify()
+            return
+        events = (selectors.EVENT_READ if read else 0) | (selectors.EVENT_WRITE if write else 0)
+        self.handlers[fd] = (read, write)
+        self.selector.register(fd, events, fd)
+        self.notify()
+
+    # -- bottom halves --------------------------------------------------------
+    def bh_schedule(self, cb: Callable[[], None]) -> None:
+        """Run ``cb`` on the main-loop thread soon; callable from any thread."""
+        with self.bh_lock:
+            self.bottom_halves.append(cb)
+        self.notify()
+
+    def notify(self) -> None:
+        """Wake the loop from another thread (qemu_notify_event)."""
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass
+
+    # -- running -------------------------------------------------------------
+    def run_once(self, max_wait_s: float | None = None) -> None:
+        deadline = timer.timerlist_deadline_ns()
+        wait = None if deadline < 0 else deadline / 1e9
+        if self.bottom_halves:
+            wait = 0.0
+        if max_wait_s is not None:
+            wait = max_wait_s if wait is None else min(wait, max_wait_s)
+        try:
+            ready = self.selector.select(wait)
+        except InterruptedError:
+            ready = []
+        with bql:
+            for key, mask in ready:
+                if key.data is None:
+                    try:
+                        while os.read(self._wake_r, 4096):
+                            pass
+                    except BlockingIOError:
+                        pass
+                    continue
+                handlers = self.handlers.get(key.data)
+                if handlers is None:
+                    continue
+                read, write = handlers
+                if mask & selectors.EVENT_READ and read:
+                    read()
+                if mask & selectors.EVENT_WRITE and write:
+                    write()
+            while True:
+                with self.bh_lock:
+                    if not self.bottom_halves:
+                        break
+                    cb = self.bottom_halves.popleft()
+                cb()
+            timer.timerlist_run_expired()
+
+    def run(self, done: Callable[[], bool]) -> None:
+        while not done():
+            self.run_once()
+
+
+_main_loop: MainLoop | None = None
+
+
+def main_loop() -> MainLoop:
+    """The process's main loop, created on first use."""
+    global _main_loop
+    if _main_loop is None:
+        _main_loop = MainLoop()
+    return _main_loop
