@@ -1,0 +1,704 @@
+"""The memory API (QEMU's system/memory.c): regions, address spaces, flat views.
+
+A machine's memory map is a tree of :class:`MemoryRegion` objects: containers
+holding subregions at offsets (with priorities deciding overlaps), RAM and ROM
+regions backed by host memory, I/O regions whose accesses call a device's
+read/write handlers, and aliases that show a window of another region
+elsewhere.  An :class:`AddressSpace` is a root region seen from one master
+(the CPU, a DMA engine, port I/O).  Accelerators and the dispatch code never
+walk the tree: they use the space's :class:`FlatView`, the tree rendered into
+a sorted list of non-overlapping :class:`FlatRange` pieces by the pure
+function :func:`render_flatview`.
+
+Changes to the tree are grouped in transactions; when the outermost one
+commits, every address space re-renders its view and tells its listeners
+(an accelerator remapping guest RAM, for instance).
+"""
+
+from __future__ import annotations
+
+import bisect
+import ctypes
+import mmap
+import struct
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import Enum, IntEnum
+from typing import Callable, Iterator, Protocol
+
+from pemu.util.log import guest_error
+
+UINT64_MAX = (1 << 64) - 1
+MEMORY_SIZE_UNLIMITED = 1 << 64  # a region spanning the whole 64-bit space
+
+
+class MemTxResult(IntEnum):
+    OK = 0
+    ERROR = 1
+    DECODE_ERROR = 2
+
+
+ReadHandler = Callable[[int, int], int]  # (offset, size) -> value
+WriteHandler = Callable[[int, int, int], None]  # (offset, value, size)
+
+
+@dataclass(frozen=True)
+class MemoryRegionOps:
+    """A device's handlers and the access rules of its register window.
+
+    ``valid_*`` says which accesses the device accepts at all (others are
+    guest errors); ``impl_*`` says which sizes the handlers implement: wider
+    accesses are split, narrower ones widened, little-endian.
+    """
+
+    read: ReadHandler
+    write: WriteHandler
+    valid_min_access_size: int = 1
+    valid_max_access_size: int = 4
+    valid_unaligned: bool = False
+    impl_min_access_size: int = 1
+    impl_max_access_size: int = 4
+
+
+class RegionKind(Enum):
+    CONTAINER = "container"
+    RAM = "ram"
+    ROM = "rom"
+    IO = "i/o"
+    ALIAS = "alias"
+
+
+class RAMBlock:
+    """Host memory behind a RAM region: an anonymous mapping with MAP_NORESERVE,
+    so a large guest costs nothing until it touches its memory."""
+
+    def __init__(self, idstr: str, size: int) -> None:
+        self.idstr = idstr
+        self.size = size
+        self.mmap = mmap.mmap(-1, max(size, mmap.PAGESIZE),
+                              flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0),
+                              prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        self.view = memoryview(self.mmap)[:size]
+        self.host_addr = ctypes.addressof(ctypes.c_char.from_buffer(self.mmap))
+
+    def __repr__(self) -> str:
+        return f"RAMBlock({self.idstr!r}, {self.size:#x})"
+
+
+class MemoryRegion:
+    """A node of the memory tree.  Build one with the class methods
+    (:meth:`container`, :meth:`ram`, :meth:`rom`, :meth:`io`, :meth:`alias`)."""
+
+    def __init__(self, name: str, size: int, owner: object | None = None,
+                 kind: RegionKind = RegionKind.CONTAINER) -> None:
+        if size < 0 or size > MEMORY_SIZE_UNLIMITED:
+            raise ValueError(f"memory region {name}: bad size {size:#x}")
+        self.name = name
+        self.size = size
+        self.owner = owner
+        self.kind = kind
+        self.ops: MemoryRegionOps | None = None
+        self.ram_block: RAMBlock | None = None
+        self.alias: MemoryRegion | None = None
+        self.alias_offset = 0
+        self.subregions: list[MemoryRegion] = []
+        self.container: MemoryRegion | None = None
+        self.addr = 0
+        self.priority = 0
+        self.may_overlap = False
+        self.enabled = True
+        self.readonly = kind == RegionKind.ROM
+        # Placeholder regions stand for devices that are not implemented yet.
+        self.placeholder = False
+
+    # -- constructors ---------------------------------------------------------
+    @classmethod
+    def container(cls, name: str, size: int, owner: object | None = None) -> MemoryRegion:
+        return cls(name, size, owner, RegionKind.CONTAINER)
+
+    @classmethod
+    def ram(cls, name: str, size: int, owner: object | None = None) -> MemoryRegion:
+        mr = cls(name, size, owner, RegionKind.RAM)
+        mr.ram_block = RAMBlock(name, size)
+        return mr
+
+    @classmethod
+    def ram_from_block(cls, name: str, block: RAMBlock, owner: object | None = None) -> MemoryRegion:
+        mr = cls(name, block.size, owner, RegionKind.RAM)
+        mr.ram_block = block
+        return mr
+
+    @classmethod
+    def rom(cls, name: str, size: int, owner: object | None = None) -> MemoryRegion:
+        mr = cls(name, size, owner, RegionKind.ROM)
+        mr.ram_block = RAMBlock(name, size)
+        return mr
+
+    @classmethod
+    def io(cls, name: str, size: int, ops: MemoryRegionOps, owner: object | None = None) -> MemoryRegion:
+        mr = cls(name, size, owner, RegionKind.IO)
+        mr.ops = ops
+        return mr
+
+    @classmethod
+    def alias(cls, name: str, orig: MemoryRegion, offset: int, size: int,
+              owner: object | None = None) -> MemoryRegion:
+        if offset < 0 or offset + size > orig.size:
+            raise ValueError(f"alias {name}: window {offset:#x}+{size:#x} is outside {orig.name}")
+        mr = cls(name, size, owner, RegionKind.ALIAS)
+        mr.alias = orig
+        mr.alias_offset = offset
+        return mr
+
+    # -- the tree -----------------------------------------------------------
+    def add_subregion(self, offset: int, sub: MemoryRegion) -> None:
+        self._add_subregion(offset, sub, 0, False)
+
+    def add_subregion_overlap(self, offset: int, sub: MemoryRegion, priority: int) -> None:
+        self._add_subregion(offset, sub, priority, True)
+
+    def _add_subregion(self, offset: int, sub: MemoryRegion, priority: int, may_overlap: bool) -> None:
+        if sub.container is not None:
+            raise ValueError(f"region {sub.name} is already in {sub.container.name}")
+        if self.kind != RegionKind.CONTAINER:
+            raise ValueError(f"region {self.name} is not a container")
+        with memory_transaction():
+            sub.container = self
+            sub.addr = offset
+            sub.priority = priority
+            sub.may_overlap = may_overlap
+            # Higher priority first; among equals the newest first: it wins.
+            pos = 0
+            while pos < len(self.subregions) and self.subregions[pos].priority > priority:
+                pos += 1
+            self.subregions.insert(pos, sub)
+            _mark_changed()
+
+    def del_subregion(self, sub: MemoryRegion) -> None:
+        if sub.container is not self:
+            raise ValueError(f"region {sub.name} is not in {self.name}")
+        with memory_transaction():
+            self.subregions.remove(sub)
+            sub.container = None
+            _mark_changed()
+
+    def set_enabled(self, enabled: bool) -> None:
+        if enabled != self.enabled:
+            with memory_transaction():
+                self.enabled = enabled
+                _mark_changed()
+
+    def set_address(self, addr: int) -> None:
+        if addr == self.addr:
+            return
+        parent = self.container
+        if parent is None:
+            self.addr = addr
+            return
+        with memory_transaction():
+            priority, overlap = self.priority, self.may_overlap
+            parent.del_subregion(self)
+            parent._add_subregion(addr, self, priority, overlap)
+
+    def set_alias_offset(self, offset: int) -> None:
+        assert self.alias is not None
+        if offset < 0 or offset + self.size > self.alias.size:
+            raise ValueError(f"alias {self.name}: offset {offset:#x} out of range")
+        with memory_transaction():
+            self.alias_offset = offset
+            _mark_changed()
+
+    def set_readonly(self, readonly: bool) -> None:
+        if readonly != self.readonly:
+            with memory_transaction():
+                self.readonly = readonly
+                _mark_changed()
+
+    @property
+    def is_ram(self) -> bool:
+        return self.ram_block is not None
+
+    def kind_name(self) -> str:
+        """The type column of `info mtree`."""
+        if self.kind == RegionKind.ALIAS:
+            assert self.alias is not None
+            return self.alias.kind_name()
+        if self.kind == RegionKind.CONTAINER:
+            return "i/o"  # QEMU prints containers as i/o
+        return self.kind.value
+
+    def __repr__(self) -> str:
+        return f"MemoryRegion({self.name!r}, {self.kind.value}, size={self.size:#x})"
+
+
+# --- flat views ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FlatRange:
+    """One piece of an address space: [start, start+size) shows ``mr`` from
+    ``offset_in_region`` on."""
+
+    start: int
+    size: int
+    mr: MemoryRegion
+    offset_in_region: int
+    readonly: bool
+
+    @property
+    def end(self) -> int:
+        return self.start + self.size
+
+
+class FlatView:
+    """An address space rendered flat: sorted, non-overlapping ranges."""
+
+    __slots__ = ("ranges", "_starts", "root")
+
+    def __init__(self, ranges: list[FlatRange], root: MemoryRegion | None = None) -> None:
+        self.ranges: tuple[FlatRange, ...] = tuple(ranges)
+        self._starts = [fr.start for fr in self.ranges]
+        self.root = root
+
+    def lookup(self, addr: int) -> FlatRange | None:
+        i = bisect.bisect_right(self._starts, addr) - 1
+        if i >= 0:
+            fr = self.ranges[i]
+            if addr < fr.start + fr.size:
+                return fr
+        return None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, FlatView):
+            return NotImplemented
+        return self.ranges == other.ranges
+
+    def __hash__(self) -> int:
+        return hash(self.ranges)
+
+    def __iter__(self) -> Iterator[FlatRange]:
+        return iter(self.ranges)
+
+    def __len__(self) -> int:
+        return len(self.ranges)
+
+
+def render_flatview(root: MemoryRegion) -> FlatView:
+    """Render a region tree into its flat view (a pure function of the tree).
+
+    Regions are visited in priority order, so a range already covered by a
+    higher-priority region is never covered again; disabled regions are
+    skipped with everything under them; an alias renders its target through
+    a window; adjacent pieces of one region are merged.
+    """
+    pieces: list[FlatRange] = []  # kept sorted by start
+
+    def insert(start: int, end: int, mr: MemoryRegion, region_base: int, readonly: bool) -> None:
+        # Fill only the gaps of [start, end) that nothing rendered earlier covers.
+        i = bisect.bisect_left([p.start for p in pieces], start)
+        if i > 0 and pieces[i - 1].end > start:
+            start = pieces[i - 1].end
+        cursor = start
+        new: list[FlatRange] = []
+        while cursor < end:
+            if i < len(pieces) and pieces[i].start < end:
+                nxt = pieces[i]
+                if nxt.start > cursor:
+                    new.append(FlatRange(cursor, nxt.start - cursor, mr, cursor - region_base, readonly))
+                cursor = max(cursor, nxt.end)
+                i += 1
+            else:
+                new.append(FlatRange(cursor, end - cursor, mr, cursor - region_base, readonly))
+                break
+        for fr in new:
+            bisect.insort(pieces, fr, key=lambda p: p.start)
+
+    def render(mr: MemoryRegion, base: int, clip_start: int, clip_end: int, readonly: bool) -> None:
+        # ``base`` is the absolute address of the region's offset 0.
+        if not mr.enabled:
+            return
+        start = max(base, clip_start)
+        end = min(base + mr.size, clip_end)
+        if start >= end:
+            return
+        readonly = readonly or mr.readonly
+        if mr.kind == RegionKind.ALIAS:
+            assert mr.alias is not None
+            render(mr.alias, base - mr.alias_offset, start, end, readonly)
+            return
+        if mr.kind == RegionKind.CONTAINER:
+            for sub in mr.subregions:
+                render(sub, base + sub.addr, start, end, readonly)
+            return
+        insert(start, end, mr, base, readonly)
+
+    render(root, 0, 0, MEMORY_SIZE_UNLIMITED, False)
+
+    merged: list[FlatRange] = []
+    for fr in pieces:
+        if merged:
+            last = merged[-1]
+            if (last.mr is fr.mr and last.end == fr.start and last.readonly == fr.readonly
+                    and last.offset_in_region + last.size == fr.offset_in_region):
+                merged[-1] = FlatRange(last.start, last.size + fr.size, last.mr, last.offset_in_region, last.readonly)
+                continue
+        merged.append(fr)
+    return FlatView(merged, root)
+
+
+# --- transactions --------------------------------------------------------------
+
+_transaction_depth = 0
+_changed = False
+_address_spaces: list[AddressSpace] = []
+_ram_write_notifiers: list[Callable[[int, int], None]] = []
+
+
+def _mark_changed() -> None:
+    global _changed
+    _changed = True
+
+
+def memory_region_transaction_begin() -> None:
+    global _transaction_depth
+    _transaction_depth += 1
+
+
+def memory_region_transaction_commit() -> None:
+    global _transaction_depth, _changed
+    assert _transaction_depth > 0
+    _transaction_depth -= 1
+    if _transaction_depth == 0 and _changed:
+        _changed = False
+        for space in list(_address_spaces):
+            space.update_topology()
+
+
+@contextmanager
+def memory_transaction() -> Iterator[None]:
+    memory_region_transaction_begin()
+    try:
+        yield
+    finally:
+        memory_region_transaction_commit()
+
+
+def add_ram_write_notifier(cb: Callable[[int, int], None]) -> None:
+    """``cb(guest_phys_addr, length)`` runs after the VMM writes guest RAM
+    (loaders, DMA), so an accelerator can drop translated code."""
+    _ram_write_notifiers.append(cb)
+
+
+def remove_ram_write_notifier(cb: Callable[[int, int], None]) -> None:
+    if cb in _ram_write_notifiers:
+        _ram_write_notifiers.remove(cb)
+
+
+# --- address spaces --------------------------------------------------------------
+
+
+class MemoryListener(Protocol):
+    def flatview_changed(self, old: FlatView | None, new: FlatView) -> None: ...
+
+
+def _access_valid(ops: MemoryRegionOps, addr: int, size: int) -> bool:
+    if size < ops.valid_min_access_size or size > ops.valid_max_access_size:
+        return False
+    if not ops.valid_unaligned and addr & (size - 1):
+        return False
+    return True
+
+
+def _io_read(mr: MemoryRegion, offset: int, size: int) -> int:
+    """Read through a device's ops, splitting or widening to its impl sizes."""
+    ops = mr.ops
+    assert ops is not None
+    if not _access_valid(ops, offset, size):
+        guest_error(f"invalid read of size {size} at offset {offset:#x} in {mr.name}")
+        return (1 << (size * 8)) - 1
+    lo, hi = ops.impl_min_access_size, ops.impl_max_access_size
+    if lo <= size <= hi:
+        return ops.read(offset, size) & ((1 << (size * 8)) - 1)
+    if size < lo:
+        base = offset & ~(lo - 1)
+        shift = (offset - base) * 8
+        return (ops.read(base, lo) >> shift) & ((1 << (size * 8)) - 1)
+    value = 0
+    for i in range(0, size, hi):
+        value |= (ops.read(offset + i, hi) & ((1 << (hi * 8)) - 1)) << (i * 8)
+    return value
+
+
+def _io_write(mr: MemoryRegion, offset: int, value: int, size: int) -> None:
+    ops = mr.ops
+    assert ops is not None
+    if not _access_valid(ops, offset, size):
+        guest_error(f"invalid write of size {size} at offset {offset:#x} in {mr.name}")
+        return
+    value &= (1 << (size * 8)) - 1
+    lo, hi = ops.impl_min_access_size, ops.impl_max_access_size
+    if lo <= size <= hi:
+        ops.write(offset, value, size)
+        return
+    if size < lo:
+        # A narrow write to a wide register: QEMU passes it widened, with the
+        # other bytes zero.  Devices that care declare impl sizes down to 1.
+        base = offset & ~(lo - 1)
+        ops.write(base, value << ((offset - base) * 8), lo)
+        return
+    for i in range(0, size, hi):
+        ops.write(offset + i, (value >> (i * 8)) & ((1 << (hi * 8)) - 1), hi)
+
+
+class AddressSpace:
+    """A root region seen by one master, with its current flat view."""
+
+    def __init__(self, root: MemoryRegion, name: str) -> None:
+        self.root = root
+        self.name = name
+        self.listeners: list[MemoryListener] = []
+        self.flatview = render_flatview(root)
+        _address_spaces.append(self)
+
+    def destroy(self) -> None:
+        if self in _address_spaces:
+            _address_spaces.remove(self)
+
+    def update_topology(self) -> None:
+        new = render_flatview(self.root)
+        if new == self.flatview:
+            return
+        old, self.flatview = self.flatview, new
+        for listener in list(self.listeners):
+            listener.flatview_changed(old, new)
+
+    def add_listener(self, listener: MemoryListener) -> None:
+        self.listeners.append(listener)
+        listener.flatview_changed(None, self.flatview)
+
+    def remove_listener(self, listener: MemoryListener) -> None:
+        self.listeners.remove(listener)
+
+    # -- single accesses (MMIO and port I/O from a CPU) --------------------------
+    def dispatch_read(self, addr: int, size: int) -> int:
+        fr = self.flatview.lookup(addr)
+        if fr is None or addr + size > fr.start + fr.size:
+            if fr is not None:
+                return self._read_split(addr, size)
+            guest_error(f"{self.name}: read of size {size} at {addr:#x}: nothing is there")
+            return (1 << (size * 8)) - 1
+        offset = addr - fr.start + fr.offset_in_region
+        mr = fr.mr
+        block = mr.ram_block
+        if block is not None:
+            return int.from_bytes(block.view[offset:offset + size], "little")
+        return _io_read(mr, offset, size)
+
+    def dispatch_write(self, addr: int, value: int, size: int) -> None:
+        fr = self.flatview.lookup(addr)
+        if fr is None or addr + size > fr.start + fr.size:
+            if fr is not None:
+                self._write_split(addr, value, size)
+                return
+            guest_error(f"{self.name}: write of size {size} at {addr:#x} value {value:#x}: nothing is there")
+            return
+        offset = addr - fr.start + fr.offset_in_region
+        mr = fr.mr
+        block = mr.ram_block
+        if block is not None:
+            if not fr.readonly:
+                block.view[offset:offset + size] = (value & ((1 << (size * 8)) - 1)).to_bytes(size, "little")
+            return
+        _io_write(mr, offset, value, size)
+
+    def _read_split(self, addr: int, size: int) -> int:
+        return sum(self.dispatch_read(addr + i, 1) << (8 * i) for i in range(size))
+
+    def _write_split(self, addr: int, value: int, size: int) -> None:
+        for i in range(size):
+            self.dispatch_write(addr + i, (value >> (8 * i)) & 0xFF, 1)
+
+    # -- buffers (loaders and DMA) ------------------------------------------------
+    def _walk(self, addr: int, length: int) -> Iterator[tuple[int, int, FlatRange | None]]:
+        """Split [addr, addr+length) into (addr, length, range-or-None) pieces."""
+        end = addr + length
+        if addr < 0 or end > MEMORY_SIZE_UNLIMITED:
+            yield addr, length, None
+            return
+        while addr < end:
+            fr = self.flatview.lookup(addr)
+            if fr is None:
+                i = bisect.bisect_right(self.flatview._starts, addr)
+                nxt = self.flatview.ranges[i].start if i < len(self.flatview.ranges) else end
+                chunk = min(end, nxt) - addr
+                yield addr, chunk, None
+            else:
+                chunk = min(end, fr.end) - addr
+                yield addr, chunk, fr
+            addr += chunk
+
+    def read_result(self, addr: int, length: int) -> tuple[bytes, MemTxResult]:
+        out = bytearray()
+        result = MemTxResult.OK
+        for piece, n, fr in self._walk(addr, length):
+            if fr is None:
+                guest_error(f"{self.name}: read of {n} bytes at {piece:#x}: nothing is there")
+                out += b"\xff" * n
+                result = MemTxResult.DECODE_ERROR
+            elif fr.mr.ram_block is not None:
+                off = piece - fr.start + fr.offset_in_region
+                out += fr.mr.ram_block.view[off:off + n]
+            else:
+                for i in range(n):
+                    out.append(self.dispatch_read(piece + i, 1))
+        return bytes(out), result
+
+    def read(self, addr: int, length: int) -> bytes:
+        return self.read_result(addr, length)[0]
+
+    def write(self, addr: int, data: bytes | bytearray | memoryview, rom: bool = False) -> MemTxResult:
+        """Write ``data`` at ``addr``.  ROM is skipped unless ``rom`` (QEMU's
+        address_space_write_rom, used by loaders)."""
+        result = MemTxResult.OK
+        pos = 0
+        for piece, n, fr in self._walk(addr, len(data)):
+            chunk = data[pos:pos + n]
+            pos += n
+            if fr is None:
+                guest_error(f"{self.name}: write of {n} bytes at {piece:#x}: nothing is there")
+                result = MemTxResult.DECODE_ERROR
+            elif fr.mr.ram_block is not None:
+                if fr.readonly and not rom:
+                    continue
+                off = piece - fr.start + fr.offset_in_region
+                fr.mr.ram_block.view[off:off + n] = chunk
+                for cb in _ram_write_notifiers:
+                    cb(piece, n)
+            else:
+                for i in range(n):
+                    self.dispatch_write(piece + i, chunk[i], 1)
+        return result
+
+    def write_rom(self, addr: int, data: bytes | bytearray | memoryview) -> MemTxResult:
+        return self.write(addr, data, rom=True)
+
+    def map(self, addr: int, length: int, is_write: bool = False) -> memoryview | None:
+        """Zero-copy view of guest RAM for [addr, addr+length), or None if
+        the range is not all in one RAM range (callers then fall back to
+        read/write).  The view never reaches outside the RAM block."""
+        fr = self.flatview.lookup(addr)
+        if fr is None or fr.mr.ram_block is None or length < 0 or addr + length > fr.end:
+            return None
+        if is_write and fr.readonly:
+            return None
+        off = addr - fr.start + fr.offset_in_region
+        return fr.mr.ram_block.view[off:off + length]
+
+    # Little-endian loads and stores of one value, as QEMU's ld*_phys/st*_phys.
+    def ldub(self, addr: int) -> int:
+        return self.read(addr, 1)[0]
+
+    def lduw_le(self, addr: int) -> int:
+        return struct.unpack("<H", self.read(addr, 2))[0]
+
+    def ldl_le(self, addr: int) -> int:
+        return struct.unpack("<I", self.read(addr, 4))[0]
+
+    def ldq_le(self, addr: int) -> int:
+        return struct.unpack("<Q", self.read(addr, 8))[0]
+
+    def stb(self, addr: int, value: int) -> MemTxResult:
+        return self.write(addr, bytes([value & 0xFF]))
+
+    def stw_le(self, addr: int, value: int) -> MemTxResult:
+        return self.write(addr, struct.pack("<H", value & 0xFFFF))
+
+    def stl_le(self, addr: int, value: int) -> MemTxResult:
+        return self.write(addr, struct.pack("<I", value & 0xFFFFFFFF))
+
+    def stq_le(self, addr: int, value: int) -> MemTxResult:
+        return self.write(addr, struct.pack("<Q", value & UINT64_MAX))
+
+    def __repr__(self) -> str:
+        return f"AddressSpace({self.name!r}, root={self.root.name!r})"
+
+
+def address_spaces() -> list[AddressSpace]:
+    return list(_address_spaces)
+
+
+# --- `info mtree` ----------------------------------------------------------------
+
+
+def _fmt_range(start: int, size: int, width: int) -> str:
+    last = (start + size - 1) if size else start
+    last = min(last, UINT64_MAX)
+    return f"{start:0{width}x}-{last:0{width}x}"
+
+
+def mtree_info(flatview: bool = False, spaces: list[AddressSpace] | None = None) -> str:
+    """The text of the monitor's `info mtree` (and `info mtree -f`)."""
+    spaces = address_spaces() if spaces is None else spaces
+    lines: list[str] = []
+    if flatview:
+        # Address spaces sharing a root share one view, as in QEMU.
+        groups: dict[int, list[AddressSpace]] = {}
+        for space in spaces:
+            groups.setdefault(id(space.root), []).append(space)
+        for n, group in enumerate(groups.values()):
+            view = group[0].flatview
+            lines.append(f"FlatView #{n}")
+            for space in group:
+                lines.append(f' AS "{space.name}", root: {space.root.name}')
+            lines.append(f" Root memory region: {group[0].root.name}")
+            width = 16 if group[0].root.size > 1 << 32 else 4
+            if not view.ranges:
+                lines.append("  No rendered FlatView")
+            for fr in view.ranges:
+                kind = fr.mr.kind_name()
+                if fr.readonly and kind == "ram":
+                    kind = "rom"
+                text = f"  {_fmt_range(fr.start, fr.size, width)} (prio {fr.mr.priority}, {kind}): {fr.mr.name}"
+                if fr.offset_in_region:
+                    text += f" @{fr.offset_in_region:0{width}x}"
+                lines.append(text)
+            lines.append("")
+        return "\n".join(lines) + "\n"
+
+    aliased: list[MemoryRegion] = []
+
+    def walk(mr: MemoryRegion, base: int, depth: int, width: int) -> None:
+        indent = "  " * depth
+        rng = _fmt_range(base, mr.size, width)
+        flags = "" if mr.enabled else " [disabled]"
+        if mr.kind == RegionKind.ALIAS:
+            assert mr.alias is not None
+            target = mr.alias
+            if target not in aliased:
+                aliased.append(target)
+            win = _fmt_range(mr.alias_offset, mr.size, width)
+            lines.append(f"{indent}{rng} (prio {mr.priority}, {mr.kind_name()}){flags}: alias {mr.name} @{target.name} {win}")
+            return
+        kind = mr.kind_name()
+        if mr.readonly and kind == "ram":
+            kind = "rom"
+        note = " [placeholder]" if mr.placeholder else ""
+        lines.append(f"{indent}{rng} (prio {mr.priority}, {kind}){flags}: {mr.name}{note}")
+        for sub in sorted(mr.subregions, key=lambda s: (s.addr, -s.priority)):
+            walk(sub, base + sub.addr, depth + 1, width)
+
+    for space in spaces:
+        width = 16 if space.root.size > 1 << 32 else 4
+        lines.append(f"address-space: {space.name}")
+        walk(space.root, 0, 1, width)
+        lines.append("")
+    done: set[int] = set()
+    while aliased:
+        target = aliased.pop(0)
+        if id(target) in done or any(target is space.root for space in spaces):
+            continue
+        done.add(id(target))
+        lines.append(f"memory-region: {target.name}")
+        walk(target, 0, 1, 16 if target.size > 1 << 32 else 4)
+        lines.append("")
+    return "\n".join(lines) + "\n"
