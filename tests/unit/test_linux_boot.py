@@ -1,0 +1,181 @@
+"""Direct-boot layout with synthetic kernels."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from test_bzimage import make_bzimage
+
+from pemu.hw.i386.bootparams import get_field
+from pemu.hw.i386.bzimage import LinuxBootError
+from pemu.hw.i386.e820 import E820Table, E820Type
+from pemu.hw.i386.linux_boot import (
+    BOOT_CS,
+    BOOT_DS,
+    InitrdFormat,
+    SegmentState,
+    check_initrd,
+    kernel_footprint_end,
+    plan_linux_boot,
+)
+
+MiB = 1 << 20
+
+
+def q35_e820(ram: int, reserved_top: int = 0x21000) -> E820Table:
+    t = E820Table()
+    t.add(0, 0x9FC00, E820Type.RAM)
+    t.add(0x9FC00, 0x400, E820Type.RESERVED)
+    t.add(0xF0000, 0x10000, E820Type.RESERVED)
+    t.add(0x100000, ram - 0x100000, E820Type.RAM)
+    if reserved_top:
+        t.add(ram - reserved_top, reserved_top, E820Type.RESERVED)
+    return t
+
+
+def blob(plan, name):
+    (b,) = [b for b in plan.blobs if b.name == name]
+    return b
+
+
+def test_layout_without_initrd():
+    kernel = make_bzimage(kernel_size=8192)
+    plan = plan_linux_boot(kernel, None, "console=ttyS0 quiet", 512 * MiB, q35_e820(512 * MiB), 0x1FFDF000)
+    assert blob(plan, "kernel").addr == 0x100000
+    assert blob(plan, "kernel").data == kernel[5 * 512:]
+    assert blob(plan, "kernel").data[:4] == b"KERN"
+    assert blob(plan, "command line").addr == 0x20000
+    assert blob(plan, "command line").data == b"console=ttyS0 quiet\0"
+    bp = blob(plan, "boot_params")
+    assert bp.addr == 0x7000 and len(bp.data) == 4096
+    assert get_field(bp.data, "cmd_line_ptr") == 0x20000
+    assert get_field(bp.data, "acpi_rsdp_addr") == 0x1FFDF000
+    assert get_field(bp.data, "ramdisk_size") == 0
+    assert get_field(bp.data, "e820_entries") == 5
+    assert plan.initrd_size == 0 and plan.initrd_format is None
+    # Blobs do not overlap.
+    spans = sorted((b.addr, b.end) for b in plan.blobs)
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+
+
+def test_entry_state():
+    plan = plan_linux_boot(make_bzimage(), None, "", 64 * MiB, q35_e820(64 * MiB), None)
+    e = plan.entry
+    assert e.eip == 0x100000 and e.esi == 0x7000
+    assert e.ebp == e.edi == e.ebx == 0
+    assert not e.eflags & (1 << 9)                    # IF clear
+    assert e.cr0 & 1 and not e.cr0 & (1 << 31)        # PE on, PG off
+    assert e.cs.selector == BOOT_CS == 0x10
+    assert e.ds.selector == e.es.selector == e.ss.selector == BOOT_DS == 0x18
+    # The GDT blob has the flat descriptors at the selectors' slots.
+    gdt = blob(plan, "boot GDT")
+    assert gdt.addr == e.gdt_base and len(gdt.data) == e.gdt_limit + 1
+    entries = struct.unpack("<4Q", gdt.data)
+    assert entries[2] == 0x00CF9B000000FFFF           # 32-bit code, 4 GiB, G=1 D=1
+    assert entries[3] == 0x00CF93000000FFFF           # data, read/write
+    assert e.cs.qemu_flags == 0x00C09B00                # G, D/B, P, S, type in place
+
+
+def test_segment_descriptor_encoding():
+    s = SegmentState(0x8, base=0x12345678, limit=0xFFFFF, access=0x93, flags=0x4)
+    assert s.descriptor == 0x12_4F_93_345678_FFFF
+
+
+def test_initrd_placed_high_below_reserved_top():
+    ram = 512 * MiB
+    initrd = b"070701" + bytes(3 * MiB + 123)
+    plan = plan_linux_boot(make_bzimage(), initrd, "", ram, q35_e820(ram), None)
+    top = ram - 0x21000                               # the reserved ACPI area is avoided
+    size = len(initrd)
+    assert plan.initrd_addr == (top - size) & ~0xFFF
+    assert plan.initrd_addr + size <= top
+    assert plan.initrd_format is InitrdFormat.CPIO
+    b = blob(plan, "initrd")
+    assert b.addr == plan.initrd_addr and b.data == initrd
+    bp = blob(plan, "boot_params").data
+    assert get_field(bp, "ramdisk_image") == plan.initrd_addr
+    assert get_field(bp, "ramdisk_size") == size
+
+
+def test_initrd_respects_initrd_addr_max():
+    ram = 2048 * MiB
+    kernel = make_bzimage(initrd_addr_max=0x37FFFFFF)
+    plan = plan_linux_boot(kernel, b"\x1f\x8b" + bytes(5000), "", ram, q35_e820(ram), None)
+    assert plan.initrd_addr + 5002 <= 0x38000000
+    assert plan.initrd_addr == (0x38000000 - 5002) & ~0xFFF
+
+
+def test_initrd_too_large():
+    ram = 64 * MiB
+    # Kernel footprint: 16 MiB + 2 MiB init_size; 64 MiB - 0x21000 left at the top.
+    with pytest.raises(LinuxBootError, match="initrd is too large"):
+        plan_linux_boot(make_bzimage(), bytes(47 * MiB), "", ram, q35_e820(ram), None)
+    # Just fitting: from the kernel's end to the aligned top.
+    room = ((ram - 0x21000) & ~0xFFF) - (16 * MiB + 2 * MiB)
+    plan = plan_linux_boot(make_bzimage(), b"BZh" + bytes(room - 3), "", ram, q35_e820(ram), None)
+    assert plan.initrd_addr == 18 * MiB
+    with pytest.raises(LinuxBootError, match="need"):
+        plan_linux_boot(make_bzimage(), bytes(room + 1), "", ram, q35_e820(ram), None)
+
+
+def test_kernel_needs_more_ram():
+    # 16 MiB pref_address + 32 MiB init_size does not fit in 32 MiB.
+    with pytest.raises(LinuxBootError, match="not enough RAM for the kernel"):
+        plan_linux_boot(make_bzimage(init_size=32 * MiB), None, "", 32 * MiB,
+                        q35_e820(32 * MiB), None)
+
+
+@pytest.mark.parametrize("reloc, align, pref, init, expected", [
+    (1, 0x200000, 0x1000000, 0x2000000, 0x1000000 + 0x2000000),   # unpack at pref_address
+    (1, 0x200000, 0, 0x400000, 0x200000 + 0x400000),              # aligned-up load address
+    (0, 0x200000, 0x1000000, 0x100000, 0x1100000),               # fixed at LOAD_PHYSICAL_ADDR
+    (1, 0x200000, 0x1000000, 0, 0x100000 + 4096),                # pre-2.10: the image only
+    (1, 0, 0, 0x10000, 0x100000 + 0x10000),                      # alignment 0 treated as 1
+])
+def test_kernel_footprint(reloc, align, pref, init, expected):
+    from pemu.hw.i386.bzimage import parse_bzimage
+    hdr = parse_bzimage(make_bzimage(relocatable=reloc, kernel_alignment=align,
+                                     pref_address=pref, init_size=init))
+    assert kernel_footprint_end(hdr) == expected
+
+
+def test_command_line_limits():
+    kernel = make_bzimage(cmdline_size=16)
+    e820 = q35_e820(64 * MiB)
+    plan = plan_linux_boot(kernel, None, "x" * 16, 64 * MiB, e820, None)
+    assert blob(plan, "command line").data == b"x" * 16 + b"\0"
+    with pytest.raises(LinuxBootError, match="kernel command line too long"):
+        plan_linux_boot(kernel, None, "x" * 17, 64 * MiB, e820, None)
+    with pytest.raises(LinuxBootError, match="NUL"):
+        plan_linux_boot(make_bzimage(), None, "a\0b", 64 * MiB, e820, None)
+    # A hostile cmdline_size cannot make the command line overrun its area.
+    with pytest.raises(LinuxBootError, match="at most 65535"):
+        plan_linux_boot(make_bzimage(cmdline_size=0xFFFFFFFF), None, "y" * 0x10000,
+                        64 * MiB, e820, None)
+
+
+def test_check_initrd_formats():
+    assert check_initrd(b"070701000") is InitrdFormat.CPIO
+    assert check_initrd(b"\xfd7zXZ\x00rest") is InitrdFormat.XZ
+    assert check_initrd(b"\x28\xb5\x2f\xfdxx") is InitrdFormat.ZSTD
+    assert check_initrd(b"hello") is InitrdFormat.UNKNOWN
+    with pytest.raises(LinuxBootError, match="initrd is empty"):
+        check_initrd(b"")
+
+
+def test_unknown_initrd_is_noted():
+    plan = plan_linux_boot(make_bzimage(), b"garbage", "", 64 * MiB, q35_e820(64 * MiB), None)
+    assert plan.initrd_format is InitrdFormat.UNKNOWN and plan.notes
+
+
+def test_board_without_low_ram_is_a_bug():
+    t = E820Table()
+    t.add(0x100000, 63 * MiB, E820Type.RAM)
+    with pytest.raises(ValueError, match="boot GDT"):
+        plan_linux_boot(make_bzimage(), None, "", 64 * MiB, t, None)
+
+
+def test_bad_kernel_propagates():
+    with pytest.raises(LinuxBootError, match="not a Linux bzImage"):
+        plan_linux_boot(b"\0" * 8192, None, "", 64 * MiB, q35_e820(64 * MiB), None)
