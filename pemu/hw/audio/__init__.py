@@ -1,0 +1,1 @@
+"""Audio devices (only the PC speaker port, silent)."""
