@@ -24,6 +24,7 @@ import os
 from enum import Enum
 from typing import TYPE_CHECKING, Mapping
 
+from pemu.util import cutils
 from pemu.util.error import UserError
 
 if TYPE_CHECKING:
@@ -50,10 +51,6 @@ CHARDEV_OPTION_NAMES = frozenset(
     }
 )
 
-_TRUE_WORDS = frozenset({"on", "yes", "true", "y"})
-_FALSE_WORDS = frozenset({"off", "no", "false", "n"})
-
-
 class ChardevOptions:
     """The option dictionary of one chardev, with QemuOpts-style typed access."""
 
@@ -79,12 +76,10 @@ class ChardevOptions:
 
 def parse_bool(key: str, value: str) -> bool:
     """Parse an on/off option value the way QemuOpts does."""
-    word = value.strip().lower()
-    if word in _TRUE_WORDS:
-        return True
-    if word in _FALSE_WORDS:
-        return False
-    raise UserError(f"Parameter '{key}' expects 'on' or 'off'")
+    try:
+        return cutils.parse_bool(value, key)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 class Chardev:

@@ -26,6 +26,7 @@ from pemu.chardev.char_pipe import PipeChardev
 from pemu.chardev.char_socket import SocketChardev
 from pemu.chardev.char_stdio import StdioChardev
 from pemu.util.error import UserError
+from pemu.util.qemu_opts import split_opt_elements
 
 ChardevFactory = Callable[[str, ChardevOptions], Chardev]
 
@@ -128,38 +129,12 @@ def qemu_chr_new(label: str, filename: str, permit_mux_mon: bool = True) -> Char
 
 
 def _parse_option_list(text: str, implied: str | None = None) -> dict[str, str]:
-    """QemuOpts syntax: "a=1,flag,noflag,b=x,,y"; the first bare word may be ``implied``."""
-    items: list[str] = []
-    current: list[str] = []
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if ch == ",":
-            if text.startswith(",,", i):
-                current.append(",")
-                i += 2
-                continue
-            items.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-        i += 1
-    items.append("".join(current))
+    """QemuOpts syntax ("a=1,flag,noflag,b=x,,y"); a first bare word may be ``implied``."""
     result: dict[str, str] = {}
-    for index, item in enumerate(items):
-        if not item:
-            continue
-        if "=" in item:
-            key, value = item.split("=", 1)
-        elif index == 0 and implied is not None:
-            key, value = implied, item
-        elif item.startswith("no") and item[2:] in CHARDEV_OPTION_NAMES and item not in CHARDEV_OPTION_NAMES:
-            key, value = item[2:], "off"
-        else:
-            key, value = item, "on"
-        if key not in CHARDEV_OPTION_NAMES:
-            raise UserError(f"Invalid parameter '{key}'")
-        result[key] = value
+    for element in split_opt_elements(text, implied):
+        if element.name not in CHARDEV_OPTION_NAMES:
+            raise UserError(f"Invalid parameter '{element.name}'")
+        result[element.name] = element.value
     return result
 
 
