@@ -195,7 +195,7 @@ class QemuOpts:
     id: str | None = None
     location: str | None = None  # where it came from, for later errors ("-device e1000e,...")
     help_wanted: bool = False
-    _opts: list[QemuOpt] = field(default_factory=list, repr=False)
+    _opts: list[QemuOpt] = field(default_factory=list, init=False, repr=False)
 
     # -- reading
 
@@ -290,6 +290,10 @@ class QemuOpts:
         else:
             text = str(value)
         self._opts.append(self.make_opt(name, text))
+
+    def extend_checked(self, opts: Sequence[QemuOpt]) -> None:
+        """Append options already checked with :meth:`make_opt`."""
+        self._opts.extend(opts)
 
     def unset(self, name: str) -> bool:
         """Remove every ``name=``; return whether there was one."""
@@ -433,7 +437,7 @@ class QemuOptsList:
         if location is not None:
             opts.location = location
         opts.help_wanted = opts.help_wanted or help_wanted
-        opts._opts.extend(staged)
+        opts.extend_checked(staged)
         return opts
 
     def print_help(self) -> str:
