@@ -119,3 +119,33 @@ def test_gnu_cpio_lists_the_same_members() -> None:
     listing = subprocess.run(["cpio", "-it", "--quiet"], input=archive,
                              capture_output=True, check=True).stdout.decode().split()
     assert listing == [e.name for e in read_newc(archive)]
+
+
+def test_guest_initramfs_is_complete(guest_images) -> None:
+    """The archive build_guest wrote: /init, busybox links, nodes, modules."""
+    import gzip
+    import stat as stat_mod
+
+    from tests.fixtures.build_guest import PROMPT, READY_MARKER, REQUIRED_APPLETS
+
+    entries = {e.name: e for e in read_newc(gzip.decompress(guest_images.initrd.read_bytes()))}
+    init = entries["init"]
+    assert init.permissions & stat_mod.S_IXUSR
+    assert init.data.startswith(b"#!/bin/sh\n")
+    assert READY_MARKER.encode() in init.data and PROMPT.encode() in init.data
+    assert entries["bin/busybox"].data[:4] == b"\x7fELF"
+    for applet in REQUIRED_APPLETS:
+        link = entries[f"bin/{applet}"]
+        assert (link.type, link.data) == (EntryType.SYMLINK, b"busybox")
+    console = entries["dev/console"]
+    assert (console.type, console.rdev_major, console.rdev_minor) == (EntryType.CHAR_DEVICE, 5, 1)
+
+    moddir = f"lib/modules/{guest_images.release}"
+    dep_lines = entries[f"{moddir}/modules.dep"].data.decode().splitlines()
+    deps = {line.split(":")[0]: line.split(":")[1].split() for line in dep_lines}
+    assert any(path.endswith("/qemu_fw_cfg.ko") for path in deps)
+    for module, needs in deps.items():
+        for path in (module, *needs):
+            assert path.endswith(".ko")          # decompressed for busybox modprobe
+            assert entries[f"{moddir}/{path}"].data[:4] == b"\x7fELF"
+            assert path in deps                  # every dependency has its own line
