@@ -3,8 +3,8 @@
 Input: while the front-end keeps up, the input fd is watched by the main
 loop; each wake-up reads one chunk.  Whatever the front-end cannot take
 stays pending and the fd is no longer watched until ``accept_input``
-drains it.  Regular files cannot be watched (epoll refuses them): they are
-read from bottom halves instead.
+drains it.  Regular files and /dev/null cannot be watched (epoll refuses
+them): they are read from bottom halves instead.
 
 Output: a blocking output fd (a terminal, a file) is written through.  A
 non-blocking one (a socket, a FIFO) is written as far as it goes; the rest
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
+import selectors
 import threading
 
 from pemu.chardev.char import Chardev
@@ -27,11 +27,16 @@ READ_CHUNK = 4096
 OUTPUT_BUFFER_LIMIT = 64 * 1024
 
 
-def _is_regular_file(fd: int) -> bool:
+def fd_is_pollable(fd: int) -> bool:
+    """Whether the main loop can watch ``fd`` (epoll refuses regular files, /dev/null)."""
+    probe = selectors.DefaultSelector()
     try:
-        return stat.S_ISREG(os.fstat(fd).st_mode)
-    except OSError:
+        probe.register(fd, selectors.EVENT_READ)
+    except (PermissionError, ValueError, OSError):
         return False
+    finally:
+        probe.close()
+    return True
 
 
 class FdChardev(Chardev):
@@ -56,7 +61,7 @@ class FdChardev(Chardev):
         self.fd_out = fd_out
         self._out_blocking = out_blocking
         self._in_eof = False
-        self._in_is_file = fd_in is not None and _is_regular_file(fd_in)
+        self._in_is_file = fd_in is not None and not fd_is_pollable(fd_in)
         with self._out_lock:
             self._out_buffer.clear()
         self._start_input()

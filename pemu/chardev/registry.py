@@ -92,8 +92,6 @@ def qemu_chr_new_from_opts(opts: Mapping[str, str]) -> Chardev:
         raise UserError("chardev: no id specified")
     if not backend:
         raise UserError(f'chardev: "{chr_id}" missing backend')
-    if backend == "help":
-        raise UserError(chardev_help().rstrip("\n"))
     if backend not in BACKENDS:
         raise UserError(f"'{backend}' is not a valid char driver name")
     if not options.get_bool("mux", False):

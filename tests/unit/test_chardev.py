@@ -652,11 +652,25 @@ def test_stdio_pass_through_and_eof_on_a_pipe() -> None:
     assert b"raw=False restored=False got=b'typed text END'" in result.stdout
 
 
-def test_stdio_eof_is_not_an_error() -> None:
+@pytest.mark.parametrize("stdin_kind", ["empty-pipe", "devnull"])
+def test_stdio_eof_is_not_an_error(stdin_kind: str) -> None:
     script = STDIO_CHILD.replace('b"END" not in got', 'time.monotonic() < deadline - 4.7')
+    stdin: dict[str, object] = {"stdin": subprocess.DEVNULL} if stdin_kind == "devnull" else {"input": b""}
     result = subprocess.run(
-        [sys.executable, "-c", script, "stdio"],
-        input=b"", capture_output=True, env=_child_env(), timeout=15,
+        [sys.executable, "-c", script, "stdio"], capture_output=True, env=_child_env(), timeout=15, **stdin,
     )
     assert result.returncode == 0, result.stderr
     assert b"got=b''" in result.stdout
+
+
+def test_stdio_reads_a_regular_file(tmp_path: Path) -> None:
+    """epoll refuses regular files: they are read from bottom halves instead."""
+    source = tmp_path / "typed.txt"
+    source.write_bytes(b"x" * 10000 + b"END")
+    with source.open("rb") as stdin:
+        result = subprocess.run(
+            [sys.executable, "-c", STDIO_CHILD, "stdio"],
+            stdin=stdin, capture_output=True, env=_child_env(), timeout=15,
+        )
+    assert result.returncode == 0, result.stderr
+    assert b"got=b'" + b"x" * 10000 + b"END'" in result.stdout
