@@ -91,3 +91,29 @@ def take_reset_request() -> ShutdownCause:
     with requests.lock:
         cause, requests.reset = requests.reset, ShutdownCause.NONE
         return cause
+
+
+def vm_start() -> None:
+    """Start (or continue) the guest: the virtual clock runs, vCPUs run."""
+    from pemu.system import cpus
+    from pemu.util.timer import qemu_clock_enable_virtual
+
+    if state == RunState.RUNNING:
+        return
+    runstate_set(RunState.RUNNING)
+    qemu_clock_enable_virtual(True)
+    cpus.resume_all_vcpus()
+
+
+def vm_stop(new_state: RunState = RunState.PAUSED) -> None:
+    """Stop the guest: vCPUs parked, the virtual clock stands still."""
+    from pemu.system import cpus
+    from pemu.util.timer import qemu_clock_enable_virtual
+
+    if state != RunState.RUNNING:
+        if new_state != state and state != RunState.PRELAUNCH:
+            runstate_set(new_state)
+        return
+    cpus.pause_all_vcpus()
+    qemu_clock_enable_virtual(False)
+    runstate_set(new_state)

@@ -1,0 +1,157 @@
+"""The PC machine (QEMU's hw/i386/pc.c): TYPE_PC_MACHINE, its memory map
+(pc_memory_init) and its legacy devices (pc_basic_device_init)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pemu.hw.core.qdev import qdev_new, qdev_realize
+from pemu.hw.i386 import memmap
+from pemu.hw.i386.e820 import E820Table, E820Type
+from pemu.hw.i386.pc_sysfw import load_firmware_image, pc_system_firmware_init
+from pemu.hw.i386.x86 import TYPE_X86_MACHINE, X86MachineClass, X86MachineState
+from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, type_register
+from pemu.system.memory import MemoryRegion, MemoryRegionOps
+from pemu.util.log import LOG_UNIMP, qemu_log_mask
+
+TYPE_PC_MACHINE = "generic-pc-machine"
+
+
+class PCMachineClass(X86MachineClass):
+    pci_enabled: bool = True
+    has_reserved_memory: bool = True
+    has_acpi_build: bool = True
+    gigabyte_align: bool = True
+    pci_root_uid: int = 0
+
+
+class PCMachineState(X86MachineState):
+    pci_memory: MemoryRegion | None
+    pcibus: Any
+    isabus: Any
+    bios: MemoryRegion | None
+    bios_source: str
+    hpet_enabled: bool
+    smbus_enabled: bool
+    sata_enabled: bool
+    max_fw_size: int
+    data_dirs: list[str]
+    placeholders: list[MemoryRegion]
+
+
+def _pc_machine_initfn(obj: Object) -> None:
+    pcms: PCMachineState = obj  # type: ignore[assignment]
+    pcms.pci_memory = None
+    pcms.pcibus = None
+    pcms.isabus = None
+    pcms.bios = None
+    pcms.bios_source = ""
+    pcms.data_dirs = []
+    pcms.placeholders = []
+
+
+def _pc_machine_class_init(klass: ObjectClass, data: Any) -> None:
+    k: PCMachineClass = klass  # type: ignore[assignment]
+    k.default_ram_size = 128 << 20
+    k.default_ram_id = "pc.ram"
+    k.default_nic = "e1000e"
+    k.property_add_field("hpet", "bool", attr="hpet_enabled", default=True, description="Enable HPET")
+    k.property_add_field("smbus", "bool", attr="smbus_enabled", default=True, description="Enable/disable SMBus")
+    k.property_add_field("sata", "bool", attr="sata_enabled", default=True, description="Enable/disable Serial ATA bus")
+    k.property_add_field("max-fw-size", "size", default=8 << 20,
+                         description="Maximum combined firmware size")
+
+
+type_register(TypeInfo(TYPE_PC_MACHINE, parent=TYPE_X86_MACHINE, abstract=True, instance_type=PCMachineState,
+                       class_type=PCMachineClass, class_init=_pc_machine_class_init,
+                       instance_init=_pc_machine_initfn))
+
+
+# --- placeholders for devices of later milestones ---------------------------------------------
+
+
+def placeholder_region(pcms: PCMachineState, name: str, size: int) -> MemoryRegion:
+    """An MMIO window whose device is not implemented yet: reads all-ones,
+    drops writes, logs under -d unimp, and shows as [placeholder] in
+    `info mtree`."""
+
+    def read(offset: int, size_: int) -> int:
+        qemu_log_mask(LOG_UNIMP, f"{name}: unimplemented read at offset {offset:#x}")
+        return (1 << (8 * size_)) - 1
+
+    def write(offset: int, value: int, size_: int) -> None:
+        qemu_log_mask(LOG_UNIMP, f"{name}: unimplemented write at offset {offset:#x}")
+
+    mr = MemoryRegion.io(name, size, MemoryRegionOps(read, write, 1, 8, True, 1, 8))
+    mr.placeholder = True
+    pcms.placeholders.append(mr)
+    return mr
+
+
+# --- memory map -------------------------------------------------------------------------
+
+
+def pc_memory_init(pcms: PCMachineState, system_memory: MemoryRegion, rom_memory: MemoryRegion) -> None:
+    """Lay out RAM, firmware and option-ROM space (seed: pc_memory_init)."""
+    machine = pcms
+    pcmc: PCMachineClass = pcms.klass  # type: ignore[assignment]
+    ram = machine.ram
+    assert ram is not None
+
+    # RAM below 4G from 0, the rest from 4G up: two windows of the one block.
+    ram_below_4g = MemoryRegion.alias("ram-below-4g", ram, 0, pcms.below_4g_mem_size)
+    system_memory.add_subregion(0, ram_below_4g)
+    if pcms.above_4g_mem_size > 0:
+        ram_above_4g = MemoryRegion.alias("ram-above-4g", ram, pcms.below_4g_mem_size, pcms.above_4g_mem_size)
+        system_memory.add_subregion(memmap.FOUR_GIB, ram_above_4g)
+
+    # Memory for hot-plugged DIMMs, between the end of RAM and maxmem.
+    if pcmc.has_reserved_memory and machine.ram_size < machine.maxram_size:
+        if machine.ram_slots == 0:
+            raise QOMError("memory slots must be set when maxmem is larger than memory size")
+        base = _align_up(memmap.FOUR_GIB + pcms.above_4g_mem_size, memmap.DEVICE_MEMORY_ALIGN)
+        size = machine.maxram_size - machine.ram_size
+        machine.device_memory = MemoryRegion.container("device-memory", size)
+        machine.device_memory_base = base
+        system_memory.add_subregion(base, machine.device_memory)
+
+    # The firmware: its image ends at 4G, its isa-bios alias ends at 1M.
+    image, source = load_firmware_image(machine.firmware, machine.kernel is not None, pcms.data_dirs)
+    if len(image) > pcms.max_fw_size:
+        raise QOMError(f"Total firmware size {len(image)} exceeds maximum of {pcms.max_fw_size}")
+    pcms.bios = pc_system_firmware_init(rom_memory, image)
+    pcms.bios_source = source
+
+    # Option ROM space below the BIOS.
+    option_rom = MemoryRegion.rom("pc.rom", memmap.PC_ROM_SIZE)
+    rom_memory.add_subregion_overlap(memmap.PC_ROM_MIN_VGA, option_rom, 1)
+
+
+def pc_build_e820(pcms: PCMachineState, tables_base: int | None = None) -> E820Table:
+    """The memory map the guest is told about, with the same holes QEMU and
+    SeaBIOS report: the EBDA, the BIOS area below 1M, firmware tables at the
+    top of low RAM (from ``tables_base``), MMCONFIG, the ICH9 RCRB and the
+    firmware ROM."""
+    e820 = E820Table()
+    low_end = pcms.below_4g_mem_size if tables_base is None else tables_base
+    e820.add(0, 0x9FC00, E820Type.RAM)
+    e820.add(0x9FC00, 0x400, E820Type.RESERVED)
+    e820.add(0xF0000, 0x10000, E820Type.RESERVED)
+    e820.add(memmap.HIGH_MEMORY, low_end - memmap.HIGH_MEMORY, E820Type.RAM)
+    if tables_base is not None and tables_base < pcms.below_4g_mem_size:
+        e820.add(tables_base, pcms.below_4g_mem_size - tables_base, E820Type.RESERVED)
+    e820.add(memmap.MCH_PCIEXBAR_DEFAULT, memmap.MCH_PCIEXBAR_SIZE, E820Type.RESERVED)
+    e820.add(memmap.ICH9_RCBA_BASE, memmap.ICH9_RCBA_SIZE, E820Type.RESERVED)
+    if pcms.bios is not None:
+        e820.add(memmap.BIOS_END - pcms.bios.size, pcms.bios.size, E820Type.RESERVED)
+    if pcms.above_4g_mem_size:
+        e820.add(memmap.FOUR_GIB, pcms.above_4g_mem_size, E820Type.RAM)
+    return e820
+
+
+def _align_up(value: int, align: int) -> int:
+    return (value + align - 1) & ~(align - 1)
+
+
+def pc_machine_device_memory_size(pcms: PCMachineState) -> int:
+    return pcms.maxram_size - pcms.ram_size

@@ -1,0 +1,125 @@
+"""The q35 machine types (QEMU's hw/i386/pc_q35.c) and their board init.
+
+Each versioned type ("pc-q35-7.2") is a subclass of the PC machine whose
+class_init fills the MachineClass (seed: pc_machine_##suffix##_class_init
+sets mc->init = pc_q35_init); the newest carries the alias "q35".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pemu.hw.core.machine import MachineClass, machine_type_name
+from pemu.hw.core.qdev import qdev_new, qdev_realize
+from pemu.hw.core.sysbus import sysbus_realize
+from pemu.hw.i386 import memmap
+from pemu.hw.i386.pc import (
+    TYPE_PC_MACHINE,
+    PCMachineClass,
+    PCMachineState,
+    pc_memory_init,
+    placeholder_region,
+)
+from pemu.hw.i386.x86 import x86_cpus_init, x86_load_linux, x86_ram_split
+from pemu.qom.object import ObjectClass, QOMError, TypeInfo, type_register
+from pemu.system.memory import MEMORY_SIZE_UNLIMITED, MemoryRegion
+from pemu.system.physmem import get_system_io, get_system_memory
+
+Q35_MACHINE_VERSIONS = ("7.2", "7.1", "7.0", "6.2", "6.1", "6.0")
+Q35_LATEST = Q35_MACHINE_VERSIONS[0]
+
+
+def smbios_set_defaults(pcms: PCMachineState, manufacturer: str, product: str, version: str) -> None:
+    """Record the SMBIOS identity the tables will carry (seed: smbios_set_defaults)."""
+    pcms.smbios_defaults = (manufacturer, product, version)  # type: ignore[attr-defined]
+
+
+def pc_q35_init(machine: Any) -> None:
+    """Build the q35 board (seed: pc_q35_init)."""
+    from pemu.hw.i386.pc_devices import pc_basic_device_init, pc_late_init
+
+    pcms: PCMachineState = machine
+    pcmc: PCMachineClass = pcms.klass  # type: ignore[assignment]
+
+    # RAM up to the MMCONFIG window stays below 4G; with that much RAM or
+    # more, q35 keeps 2 GiB below 4G (gigabyte alignment) and puts the rest
+    # above 4G.
+    lowmem = memmap.Q35_LOWMEM_DEFAULT
+    if pcmc.gigabyte_align and machine.ram_size >= memmap.Q35_LOWMEM_DEFAULT:
+        lowmem = memmap.Q35_LOWMEM_GIGABYTE_ALIGNED
+    if pcms.max_ram_below_4g:
+        if pcms.max_ram_below_4g > memmap.FOUR_GIB:
+            raise QOMError("max-ram-below-4g must be at most 4G")
+        lowmem = min(lowmem, pcms.max_ram_below_4g)
+    pcms.below_4g_mem_size, pcms.above_4g_mem_size = x86_ram_split(machine.ram_size, lowmem)
+
+    x86_cpus_init(pcms)
+
+    system_memory = get_system_memory()
+    system_io = get_system_io()
+
+    # The PCI address space sits under system memory at the lowest priority:
+    # whatever RAM and fixed devices leave free decodes to PCI.
+    pci_memory = MemoryRegion.container("pci", MEMORY_SIZE_UNLIMITED)
+    system_memory.add_subregion_overlap(0, pci_memory, -1)
+    pcms.pci_memory = pci_memory
+    rom_memory = pci_memory
+
+    smbios_set_defaults(pcms, "QEMU", "Standard PC (Q35 + ICH9, 2009)", machine.mc.name)
+
+    pc_memory_init(pcms, system_memory, rom_memory)
+
+    # The host bridge and its PCIe root bus; the LPC bridge with the ISA bus.
+    host = qdev_new("q35-pcihost")
+    pcms.add_child("q35", host)
+    host.unref()
+    sysbus_realize(host)  # type: ignore[arg-type]
+    pcms.pcibus = host.bus  # type: ignore[attr-defined]
+
+    lpc = qdev_new("ICH9-LPC")
+    lpc.property_set("addr", "1f.0")
+    lpc.property_set("multifunction", True)
+    qdev_realize(lpc, pcms.pcibus)
+    lpc.unref()
+    pcms.lpc = lpc  # type: ignore[attr-defined]
+    pcms.isabus = lpc.isa_bus  # type: ignore[attr-defined]
+
+    # Fixed windows whose devices come later.
+    system_memory.add_subregion(memmap.MCH_PCIEXBAR_DEFAULT,
+                                placeholder_region(pcms, "pcie-mmcfg-mmio", memmap.MCH_PCIEXBAR_SIZE))
+    system_memory.add_subregion(memmap.IOAPIC_BASE, placeholder_region(pcms, "ioapic", memmap.IOAPIC_SIZE))
+    system_memory.add_subregion(memmap.HPET_BASE, placeholder_region(pcms, "hpet", memmap.HPET_SIZE))
+    system_memory.add_subregion(memmap.ICH9_RCBA_BASE, placeholder_region(pcms, "lpc-rcrb-mmio", memmap.ICH9_RCBA_SIZE))
+    system_memory.add_subregion_overlap(memmap.APIC_BASE, placeholder_region(pcms, "apic-msi", memmap.APIC_SPACE_SIZE), 4096)
+
+    pc_basic_device_init(pcms, pcms.isabus, system_io)
+    pc_late_init(pcms)
+
+    if machine.kernel is not None:
+        x86_load_linux(pcms)
+
+
+def _q35_machine_options(k: MachineClass, version: str) -> None:
+    pcmc: PCMachineClass = k  # type: ignore[assignment]
+    pcmc.desc = "Standard PC (Q35 + ICH9, 2009)"
+    pcmc.init = pc_q35_init
+    pcmc.default_cpu_type = "qemu64-x86_64-cpu"
+    pcmc.max_cpus = 288
+    pcmc.no_floppy = True
+    pcmc.units_per_default_bus = 1
+    pcmc.default_display = "std"
+    if version == Q35_LATEST:
+        pcmc.alias = "q35"
+        pcmc.is_default = True
+
+
+def _register_q35_types() -> None:
+    for version in Q35_MACHINE_VERSIONS:
+        def class_init(klass: ObjectClass, data: Any, version: str = version) -> None:
+            _q35_machine_options(klass, version)  # type: ignore[arg-type]
+
+        type_register(TypeInfo(machine_type_name(f"pc-q35-{version}"), parent=TYPE_PC_MACHINE,
+                               class_init=class_init))
+
+
+_register_q35_types()

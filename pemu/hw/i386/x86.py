@@ -1,0 +1,151 @@
+"""The x86 machine (QEMU's hw/i386/x86.c): TYPE_X86_MACHINE, CPU creation
+and the direct Linux boot (x86_load_linux)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pemu.hw.core.machine import TYPE_MACHINE, MachineClass, MachineState
+from pemu.hw.core.qdev import qdev_realize
+from pemu.hw.i386 import memmap
+from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, object_new, type_register
+
+TYPE_X86_MACHINE = "x86-machine"
+
+
+class X86MachineClass(MachineClass):
+    fwcfg_dma_enabled: bool = True
+    save_tsc_khz: bool = True
+
+
+class X86MachineState(MachineState):
+    below_4g_mem_size: int
+    above_4g_mem_size: int
+    max_ram_below_4g: int
+    cpus: list[Any]  # X86CPU
+    smm: str
+    acpi: str
+    pit: str
+    pic: str
+    kernel_irqchip: str
+    linux_boot: Any  # the direct-boot plan, replayed at every reset
+    e820: Any  # pemu.hw.i386.e820.E820Table
+    fw_cfg: Any
+    rtc: Any
+    gsi: list[Any]
+
+
+def _x86_machine_initfn(obj: Object) -> None:
+    x86ms: X86MachineState = obj  # type: ignore[assignment]
+    x86ms.below_4g_mem_size = 0
+    x86ms.above_4g_mem_size = 0
+    x86ms.cpus = []
+    x86ms.linux_boot = None
+    x86ms.e820 = None
+    x86ms.fw_cfg = None
+    x86ms.rtc = None
+    x86ms.gsi = []
+
+
+_ONOFFAUTO = ("on", "off", "auto")
+
+
+def _x86_machine_class_init(klass: ObjectClass, data: Any) -> None:
+    k: X86MachineClass = klass  # type: ignore[assignment]
+    k.property_add_field("smm", "OnOffAuto", default="auto", enum_values=_ONOFFAUTO, description="Enable SMM")
+    k.property_add_field("acpi", "OnOffAuto", default="auto", enum_values=_ONOFFAUTO, description="Enable ACPI")
+    k.property_add_field("pit", "OnOffAuto", default="auto", enum_values=_ONOFFAUTO, description="Enable i8254 PIT")
+    k.property_add_field("pic", "OnOffAuto", default="auto", enum_values=_ONOFFAUTO, description="Enable i8259 PIC")
+    k.property_add_field("max-ram-below-4g", "size", default=0, description="Maximum ram below the 4G boundary (32bit boundary)")
+    k.property_add_field("kernel-irqchip", "OnOffSplit", default="on", enum_values=("on", "off", "split"),
+                         description="Configure KVM in-kernel irqchip")
+
+
+type_register(TypeInfo(TYPE_X86_MACHINE, parent=TYPE_MACHINE, abstract=True, instance_type=X86MachineState,
+                       class_type=X86MachineClass, class_init=_x86_machine_class_init,
+                       instance_init=_x86_machine_initfn))
+
+
+# --- CPUs ------------------------------------------------------------------------------
+
+
+def x86_cpu_new(x86ms: X86MachineState, apic_id: int) -> Object:
+    """Create one CPU of the machine's CPU type and realize it (seed: x86_cpu_new)."""
+    assert x86ms.cpu_type is not None
+    cpu = object_new(x86ms.cpu_type)
+    cpu.property_set("apic-id", apic_id)
+    cpu.features = getattr(x86ms, "cpu_features", "")  # type: ignore[attr-defined]
+    qdev_realize(cpu, None)  # type: ignore[arg-type]
+    cpu.unref()
+    return cpu
+
+
+def x86_cpus_init(x86ms: X86MachineState) -> None:
+    """Create the boot CPUs (seed: x86_cpus_init)."""
+    for apic_id in range(x86ms.smp.cpus):
+        x86ms.cpus.append(x86_cpu_new(x86ms, apic_id))
+
+
+# --- direct Linux boot -----------------------------------------------------------------
+
+
+def _read_user_file(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise QOMError(f"could not load {what} '{path}': {e.strerror}") from None
+
+
+def x86_load_linux(x86ms: X86MachineState) -> None:
+    """Load the -kernel bzImage, -initrd and -append for direct boot.
+
+    In QEMU this parses the bzImage header and hands setup, kernel, initrd
+    and command line to the firmware over fw_cfg.  pemu's direct boot has no
+    firmware in the way: the pure planner (pemu.hw.i386.linux_boot) lays
+    everything out and fills boot_params, and the plan is written to RAM
+    and the boot CPU set to the kernel's 32-bit entry here, and again at
+    every system reset (a guest reboot boots the kernel again).
+    """
+    from pemu.hw.i386.linux_boot import plan_linux_boot
+    from pemu.util.error import UserError
+
+    assert x86ms.kernel is not None
+    kernel = _read_user_file(x86ms.kernel, "kernel")
+    initrd = _read_user_file(x86ms.initrd, "initrd") if x86ms.initrd else None
+    acpi_rsdp = getattr(x86ms, "acpi_rsdp_addr", None)
+    try:
+        plan = plan_linux_boot(kernel, initrd, x86ms.kernel_cmdline, x86ms.below_4g_mem_size,
+                               x86ms.e820, acpi_rsdp)
+    except UserError as e:
+        raise QOMError(e.message) from None
+    x86ms.linux_boot = plan
+    linux_boot_apply(x86ms)
+
+
+def linux_boot_apply(x86ms: X86MachineState) -> None:
+    """Write the boot plan into guest RAM and point the boot CPU at it."""
+    from pemu.system import cpus
+    from pemu.system.physmem import address_space_memory
+
+    plan = x86ms.linux_boot
+    if plan is None:
+        return
+    space = address_space_memory()
+    for addr, blob in plan.blobs:
+        space.write_rom(addr, blob)
+    cpu = x86ms.cpus[0]
+    plan.entry.apply(cpu.env)
+    cpus.cpu_synchronize_post_reset(cpu)
+
+
+def x86_ram_split(ram_size: int, lowmem: int) -> tuple[int, int]:
+    """(below 4G, above 4G) for ``ram_size`` bytes of RAM with RAM below 4G
+    ending at ``lowmem`` at most."""
+    if ram_size > lowmem:
+        return lowmem, ram_size - lowmem
+    return ram_size, 0
+
+
+__all__ = ["TYPE_X86_MACHINE", "X86MachineClass", "X86MachineState", "x86_cpus_init", "x86_cpu_new",
+           "x86_load_linux", "linux_boot_apply", "x86_ram_split", "memmap"]

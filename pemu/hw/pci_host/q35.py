@@ -1,0 +1,112 @@
+"""The q35 host bridge (QEMU's hw/pci-host/q35.c): the "q35-pcihost" system
+bus device that owns the PCIe root bus pcie.0 and answers PCI configuration
+mechanism #1 on ports 0xCF8/0xCFC, and the MCH itself at 00:00.0."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pemu.hw.core.qdev import DeviceClass, qdev_new, qdev_realize
+from pemu.hw.core.sysbus import TYPE_SYS_BUS_DEVICE, SysBusDevice
+from pemu.hw.i386 import memmap
+from pemu.hw.pci.pci import (
+    TYPE_PCI_DEVICE,
+    PCIBus,
+    PCIDevice,
+    PCIDeviceClass,
+    pci_bus_config_read,
+    pci_bus_config_write,
+    pci_root_bus_new,
+)
+from pemu.qom.object import Object, ObjectClass, TypeInfo, type_register
+from pemu.system.memory import MemoryRegion, MemoryRegionOps
+
+TYPE_Q35_HOST_DEVICE = "q35-pcihost"
+TYPE_MCH_PCI_DEVICE = "mch"
+
+PCI_VENDOR_ID_INTEL = 0x8086
+PCI_DEVICE_ID_INTEL_Q35_MCH = 0x29C0
+PCI_CLASS_BRIDGE_HOST = 0x0600
+
+
+class Q35PCIHost(SysBusDevice):
+    bus: PCIBus
+    mch: PCIDevice
+    config_reg: int
+    conf_mr: MemoryRegion
+    data_mr: MemoryRegion
+
+    # -- configuration mechanism #1 ------------------------------------------------
+    def conf_read(self, offset: int, size: int) -> int:
+        return (self.config_reg >> (8 * offset)) & ((1 << (8 * size)) - 1)
+
+    def conf_write(self, offset: int, value: int, size: int) -> None:
+        # Only 32-bit writes to 0xCF8 change the address (byte writes there are
+        # other legacy mechanisms that the q35 does not implement).
+        if size == 4 and offset == 0:
+            self.config_reg = value & 0xFFFFFFFF
+
+    def data_read(self, offset: int, size: int) -> int:
+        reg = self.config_reg
+        if not reg & 0x80000000:
+            return (1 << (8 * size)) - 1
+        bus_num, devfn, where = (reg >> 16) & 0xFF, (reg >> 8) & 0xFF, (reg & 0xFC) + offset
+        return pci_bus_config_read(self.bus, bus_num, devfn, where, size)
+
+    def data_write(self, offset: int, value: int, size: int) -> None:
+        reg = self.config_reg
+        if not reg & 0x80000000:
+            return
+        bus_num, devfn, where = (reg >> 16) & 0xFF, (reg >> 8) & 0xFF, (reg & 0xFC) + offset
+        pci_bus_config_write(self.bus, bus_num, devfn, where, value, size)
+
+
+def _q35_host_init(obj: Object) -> None:
+    host: Q35PCIHost = obj  # type: ignore[assignment]
+    host.config_reg = 0
+
+
+def _q35_host_realize(dev: Any) -> None:
+    from pemu.system.physmem import get_system_io
+
+    host: Q35PCIHost = dev
+    io = get_system_io()
+    host.conf_mr = MemoryRegion.io("pci-conf-idx", 4, MemoryRegionOps(host.conf_read, host.conf_write, 1, 4, False, 1, 4), owner=host)
+    host.data_mr = MemoryRegion.io("pci-conf-data", 4, MemoryRegionOps(host.data_read, host.data_write, 1, 4, False, 1, 4), owner=host)
+    io.add_subregion(memmap.PCI_CONFIG_ADDR, host.conf_mr)
+    io.add_subregion(memmap.PCI_CONFIG_DATA, host.data_mr)
+    host.bus = pci_root_bus_new(host, "pcie.0", express=True)
+    mch = qdev_new(TYPE_MCH_PCI_DEVICE)
+    mch.property_set("addr", "0.0")
+    host.add_child("mch", mch)
+    mch.unref()
+    qdev_realize(mch, host.bus)
+    host.mch = mch  # type: ignore[assignment]
+
+
+def _q35_host_reset(dev: Any) -> None:
+    dev.config_reg = 0
+
+
+def _q35_host_class_init(klass: ObjectClass, data: Any) -> None:
+    dc: DeviceClass = klass  # type: ignore[assignment]
+    dc.realize = _q35_host_realize
+    dc.reset = _q35_host_reset
+    dc.user_creatable = False
+    dc.desc = "Q35 PCI host bridge"
+
+
+def _mch_class_init(klass: ObjectClass, data: Any) -> None:
+    k: PCIDeviceClass = klass  # type: ignore[assignment]
+    k.vendor_id = PCI_VENDOR_ID_INTEL
+    k.device_id = PCI_DEVICE_ID_INTEL_Q35_MCH
+    k.revision = 0x02
+    k.class_id = PCI_CLASS_BRIDGE_HOST
+    k.user_creatable = False
+    k.desc = "Host bridge"
+
+
+type_register(TypeInfo(TYPE_Q35_HOST_DEVICE, parent=TYPE_SYS_BUS_DEVICE, instance_type=Q35PCIHost,
+                       instance_init=_q35_host_init, class_init=_q35_host_class_init))
+type_register(TypeInfo(TYPE_MCH_PCI_DEVICE, parent=TYPE_PCI_DEVICE, class_init=_mch_class_init,
+                       interfaces=("conventional-pci-device",)))
