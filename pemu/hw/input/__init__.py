@@ -1,0 +1,1 @@
+"""Input devices: the i8042 keyboard controller."""
