@@ -333,3 +333,16 @@ def x86_cpu_model_for(option: str | None, accel: str = "tcg") -> X86CPUModel:
     if accel == "tcg":
         model = filter_features_for_accel(model, TCG_UNSUPPORTED, requested, accel)
     return model
+
+
+def x86_cpu_model_names() -> list[str]:
+    return sorted(BUILTIN_MODELS)
+
+
+def x86_cpu_model_from_string(option: str) -> X86CPUModel:
+    """``-cpu`` text to a model, filtered for the current accelerator (tcg by default)."""
+    from pemu.accel.accel import current_accel
+
+    accel = current_accel()
+    name = accel.name if accel is not None else "tcg"
+    return x86_cpu_model_for(option, name)

@@ -1,0 +1,154 @@
+"""Guest-physical memory for the Unicorn engine, kept in sync with a FlatView.
+
+RAM is mapped zero-copy (``mem_map_ptr`` on the RAMBlock's host memory); ROM
+is mapped read/execute only.  Everything else the CPU can reach below 4 GiB,
+and every non-RAM range above it, is mapped as MMIO whose callbacks dispatch
+through the AddressSpace (devices, sub-page pieces of RAM, unassigned space).
+Unicorn maps whole 4 KiB pages, so a page only partly covered by RAM is MMIO.
+
+On each topology change only the pieces that differ are unmapped and mapped.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Callable
+
+from unicorn import UC_PROT_ALL, UC_PROT_EXEC, UC_PROT_READ, Uc, UcError
+
+from pemu.util.log import guest_error
+from pemu.util.main_loop import bql
+
+PAGE_SIZE = 0x1000
+PAGE_MASK = ~(PAGE_SIZE - 1)
+LOW_MMIO_END = 1 << 32
+PHYS_ADDR_END = 1 << 40
+
+
+class MapKind(Enum):
+    RAM = "ram"
+    ROM = "rom"
+    MMIO = "mmio"
+
+
+@dataclass(frozen=True, order=True)
+class Mapping:
+    start: int
+    size: int
+    kind: MapKind
+    host_addr: int = 0
+
+    @property
+    def end(self) -> int:
+        return self.start + self.size
+
+
+def plan_mappings(ranges: Any) -> list[Mapping]:
+    """The page-granular mappings that show ``ranges`` (FlatRanges) to the engine."""
+    ram: list[Mapping] = []
+    mmio_wanted: list[tuple[int, int]] = [(0, LOW_MMIO_END)]
+    for fr in ranges:
+        start, end = fr.start, min(fr.start + fr.size, PHYS_ADDR_END)
+        if start >= end:
+            continue
+        block = fr.mr.ram_block
+        if block is not None:
+            a = (start + PAGE_SIZE - 1) & PAGE_MASK
+            b = end & PAGE_MASK
+            if a < b:
+                host = block.host_addr + fr.offset_in_region + (a - start)
+                ram.append(Mapping(a, b - a, MapKind.ROM if fr.readonly else MapKind.RAM, host))
+        mmio_wanted.append((start & PAGE_MASK, (end + PAGE_SIZE - 1) & PAGE_MASK))
+    ram.sort()
+    # Merge the wanted MMIO space, then cut out the RAM runs.
+    mmio_wanted.sort()
+    merged: list[list[int]] = []
+    for s, e in mmio_wanted:
+        if merged and s <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], e)
+        else:
+            merged.append([s, e])
+    out = list(ram)
+    for s, e in merged:
+        cursor = s
+        for m in ram:
+            if m.end <= cursor or m.start >= e:
+                continue
+            if m.start > cursor:
+                out.append(Mapping(cursor, m.start - cursor, MapKind.MMIO))
+            cursor = max(cursor, m.end)
+        if cursor < e:
+            out.append(Mapping(cursor, e - cursor, MapKind.MMIO))
+    out.sort()
+    return out
+
+
+class UnicornMemoryMap:
+    """A MemoryListener that mirrors one AddressSpace into one Unicorn instance.
+
+    ``flatview_changed`` may run on any thread (under the big lock); the
+    engine is touched only from the vCPU thread, so changes are queued and
+    applied by :meth:`apply_pending` before the next ``emu_start``.
+    ``on_pending`` asks the vCPU to come out of the guest.
+    """
+
+    def __init__(self, uc: Uc, space: Any, on_pending: Callable[[], None]) -> None:
+        self.uc = uc
+        self.space = space
+        self.on_pending = on_pending
+        self.current: set[Mapping] = set()
+        self._lock = threading.Lock()
+        self._pending: list[Mapping] | None = None
+
+    def flatview_changed(self, old: Any, new: Any) -> None:
+        plan = plan_mappings(new.ranges)
+        with self._lock:
+            self._pending = plan
+        self.on_pending()
+
+    def apply_pending(self) -> bool:
+        """Apply the latest queued topology; True if anything changed."""
+        with self._lock:
+            plan, self._pending = self._pending, None
+        if plan is None:
+            return False
+        wanted = set(plan)
+        removed = self.current - wanted
+        added = sorted(wanted - self.current)
+        for m in sorted(removed):
+            try:
+                self.uc.mem_unmap(m.start, m.size)
+            except UcError as e:
+                guest_error(f"tcg: unmap {m.start:#x}+{m.size:#x}: {e}")
+        for m in added:
+            self._map(m)
+        self.current = wanted
+        return bool(removed or added)
+
+    def _map(self, m: Mapping) -> None:
+        if m.kind is MapKind.RAM:
+            self.uc.mem_map_ptr(m.start, m.size, UC_PROT_ALL, m.host_addr)
+        elif m.kind is MapKind.ROM:
+            self.uc.mem_map_ptr(m.start, m.size, UC_PROT_READ | UC_PROT_EXEC, m.host_addr)
+        else:
+            base = m.start
+            space = self.space
+
+            def read(uc: Uc, offset: int, size: int, _: object) -> int:
+                try:
+                    with bql:
+                        return space.dispatch_read(base + offset, size)
+                except Exception as e:  # a device bug must not kill the vCPU
+                    guest_error(f"tcg: MMIO read {base + offset:#x}/{size}: {e!r}")
+                    return (1 << (8 * size)) - 1
+
+            def write(uc: Uc, offset: int, size: int, value: int, _: object) -> None:
+                try:
+                    with bql:
+                        space.dispatch_write(base + offset, value, size)
+                except Exception as e:
+                    guest_error(f"tcg: MMIO write {base + offset:#x}/{size}={value:#x}: {e!r}")
+
+            self.uc.mmio_map(m.start, m.size, read, None, write, None)

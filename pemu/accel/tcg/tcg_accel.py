@@ -1,0 +1,468 @@
+"""The TCG accelerator: each vCPU is one Unicorn engine (QEMU 5 TCG inside).
+
+Unicorn runs guest code; the host supplies what it lacks (see
+/work/shared/notes/unicorn-facts.md): delivery of exceptions and interrupts
+(pemu.target.i386.tcg.seg_helper), SYSCALL/SYSENTER, CPUID from the CPU
+model, RDTSC from the virtual clock, port I/O and MMIO through the memory
+API, HLT idling, and kicks from other threads.
+
+The engine is created as UC_MODE_64 and put into real mode by loading the
+saved context of a 16-bit instance (the register API cannot do it).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from typing import Any
+
+from unicorn import (UC_ARCH_X86, UC_ERR_INSN_INVALID, UC_HOOK_INSN, UC_HOOK_INTR, UC_MODE_64, Uc, UcError)
+from unicorn import x86_const as ucx
+from unicorn.unicorn_py3.unicorn import uclib
+
+from pemu.accel.accel import AccelOps, VCPUExit
+from pemu.accel.tcg.memory_map import UnicornMemoryMap
+from pemu.target.i386.cpu_models import TCG_UNSUPPORTED
+from pemu.target.i386.cpu_state import (
+    EFLAGS_FIXED, IF_MASK, CPUX86State, DescriptorTable, SegmentCache,
+)
+from pemu.target.i386.tcg.misc_helper import do_syscall, do_sysenter
+from pemu.target.i386.tcg.seg_helper import (
+    EXCP06_ILLOP, EXCP0D_GPF, GuestFault, InterruptDelivery, TripleFault, seg_hflags,
+)
+from pemu.target.i386.tcg.uc_context import HF, CPUContext, Off, real_mode_context_bytes, verify_context_layout
+from pemu.util.log import LOG_GUEST_ERROR, guest_error, qemu_log_mask
+from pemu.util.main_loop import bql
+from pemu.util.timer import QEMU_CLOCK_VIRTUAL, qemu_clock_get_ns
+
+CPU_INTERRUPT_HARD = 0x0002
+# TSC rate: 1 GHz, so a TSC tick is a nanosecond of virtual time; Linux measures
+# the same rate against the PIT, which follows the same clock.
+TSC_KHZ = 1_000_000
+# How long the guest may run with an interrupt pending while IF=0 before we look again.
+IRQ_POLL_US = 200
+
+_HOOK_INSN_CB = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_void_p)
+_uc_hook_add = uclib.uc_hook_add
+_uc_reg_read = uclib.uc_reg_read
+_uc_reg_write = uclib.uc_reg_write
+
+_real_mode_blob: bytes | None = None
+
+
+def _real_mode_state() -> bytes:
+    global _real_mode_blob
+    if _real_mode_blob is None:
+        _real_mode_blob = real_mode_context_bytes()
+    return _real_mode_blob
+
+
+class _RAMAccess:
+    """Guest-physical RAM through the CPU's AddressSpace (for the page walk and frames)."""
+
+    def __init__(self, space: Any) -> None:
+        self.space = space
+
+    def read(self, paddr: int, size: int) -> bytes | None:
+        view = self.space.map(paddr, size)
+        return bytes(view) if view is not None and len(view) == size else None
+
+    def write(self, paddr: int, data: bytes) -> bool:
+        view = self.space.map(paddr, len(data), is_write=True)
+        if view is None or len(view) != len(data):
+            return False
+        view[:] = data
+        return True
+
+
+class _Kicker:
+    """Stops a running ``emu_start`` from another thread, retrying until it took.
+
+    ``uc_emu_stop`` is lost if it lands just before the vCPU enters the
+    engine, so the kick is repeated until the vCPU has come out once.
+    """
+
+    def __init__(self, vcpu: TCGVCPU) -> None:
+        self.vcpu = vcpu
+        self.event = threading.Event()
+        self.done = False
+        self.thread = threading.Thread(target=self._run, name="tcg-kicker", daemon=True)
+        self.thread.start()
+
+    def kick(self) -> None:
+        self.event.set()
+
+    def _run(self) -> None:
+        vcpu = self.vcpu
+        while not self.done:
+            self.event.wait()
+            self.event.clear()
+            if self.done:
+                return
+            exits = vcpu.exits
+            for _ in range(200):
+                if vcpu.in_guest:
+                    vcpu.uc.emu_stop()
+                if vcpu.exits != exits or not vcpu.in_guest:
+                    break
+                self.event.wait(0.001)
+                self.event.clear()
+
+
+class TCGVCPU:
+    """One x86 vCPU on a Unicorn engine.  All methods but ``kick`` run on the vCPU thread."""
+
+    def __init__(self, cpu: Any) -> None:
+        verify_context_layout()
+        self.cpu = cpu
+        self.run = cpu.run
+        self.env: CPUX86State = cpu.env
+        self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        self.ctx = CPUContext(self.uc)
+        self._load_blob(_real_mode_state())
+        self._rflags = ctypes.c_uint64()
+        self._reg = ctypes.c_uint64()
+        self.delivery = InterruptDelivery(self.ctx, _RAMAccess(cpu.memory), self.read_rflags)
+        self.in_guest = False
+        self.exits = 0
+        self.kick_pending = False
+        self.tb_flush_pending = False
+        self.shutdown_pending = False
+        self.tsc_offset = 0
+        self.memory_map = UnicornMemoryMap(self.uc, cpu.memory, self._memory_changed)
+        self._install_hooks()
+        cpu.memory.add_listener(self.memory_map)
+        self.memory_map.apply_pending()
+        try:
+            from pemu.system.memory import add_ram_write_notifier
+
+            add_ram_write_notifier(self._ram_written)
+            self._notifier_installed = True
+        except ImportError:  # pragma: no cover - memory API always present in the tree
+            self._notifier_installed = False
+        self.kicker = _Kicker(self)
+
+    # -- raw register access (no allocation) ------------------------------------------
+    def read_rflags(self) -> int:
+        _uc_reg_read(self.uc._uch, ucx.UC_X86_REG_RFLAGS, ctypes.byref(self._rflags))
+        return self._rflags.value
+
+    def write_rflags(self, value: int) -> None:
+        self._rflags.value = value | EFLAGS_FIXED
+        _uc_reg_write(self.uc._uch, ucx.UC_X86_REG_RFLAGS, ctypes.byref(self._rflags))
+
+    def _read_reg(self, reg: int) -> int:
+        _uc_reg_read(self.uc._uch, reg, ctypes.byref(self._reg))
+        return self._reg.value
+
+    def _write_reg(self, reg: int, value: int) -> None:
+        self._reg.value = value & 0xFFFFFFFFFFFFFFFF
+        _uc_reg_write(self.uc._uch, reg, ctypes.byref(self._reg))
+
+    def _load_blob(self, blob: bytes) -> None:
+        self.ctx.buf[:] = blob[40:]
+        self.ctx.restore()
+
+    # -- hooks ------------------------------------------------------------------------
+    def _install_hooks(self) -> None:
+        uc = self.uc
+        uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
+        uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, ucx.UC_X86_INS_IN)
+        uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, ucx.UC_X86_INS_OUT)
+        uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, ucx.UC_X86_INS_SYSCALL)
+        uc.hook_add(UC_HOOK_INSN, self._on_sysenter, None, 1, 0, ucx.UC_X86_INS_SYSENTER)
+        uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, ucx.UC_X86_INS_CPUID)
+        # The binding refuses RDTSC/RDTSCP hooks: register them through the C API.
+        self._c_hooks = [_HOOK_INSN_CB(self._on_rdtsc), _HOOK_INSN_CB(self._on_rdtscp)]
+        for cb, insn in zip(self._c_hooks, (ucx.UC_X86_INS_RDTSC, ucx.UC_X86_INS_RDTSCP)):
+            handle = ctypes.c_size_t()
+            err = _uc_hook_add(uc._uch, ctypes.byref(handle), UC_HOOK_INSN, ctypes.cast(cb, ctypes.c_void_p),
+                               None, ctypes.c_uint64(1), ctypes.c_uint64(0), ctypes.c_int(insn))
+            if err:
+                raise UcError(err)
+
+    def _on_interrupt(self, uc: Uc, intno: int, _: object) -> None:
+        ctx = self.ctx
+        ctx.save()
+        try:
+            self.delivery.deliver(intno & 0xFF, is_int=ctx.exception_is_int, error_code=ctx.error_code,
+                                  next_eip=ctx.exception_next_eip)
+        except TripleFault:
+            self._triple_fault(intno)
+            return
+        ctx.restore()
+
+    def _triple_fault(self, intno: int) -> None:
+        from pemu.system.runstate import ShutdownCause, qemu_system_reset_request
+
+        guest_error(f"CPU {self.cpu.cpu_index}: triple fault (last exception {intno:#x}), resetting")
+        self.shutdown_pending = True
+        self.uc.emu_stop()
+        qemu_system_reset_request(ShutdownCause.GUEST_RESET)
+
+    def _on_in(self, uc: Uc, port: int, size: int, _: object) -> int:
+        try:
+            with bql:
+                return self.cpu.io.dispatch_read(port & 0xFFFF, size)
+        except Exception as e:
+            qemu_log_mask(LOG_GUEST_ERROR, f"tcg: in {port:#x}/{size}: {e!r}")
+            return (1 << (8 * size)) - 1
+
+    def _on_out(self, uc: Uc, port: int, size: int, value: int, _: object) -> None:
+        try:
+            with bql:
+                self.cpu.io.dispatch_write(port & 0xFFFF, value & ((1 << (8 * size)) - 1), size)
+        except Exception as e:
+            qemu_log_mask(LOG_GUEST_ERROR, f"tcg: out {port:#x}/{size}: {e!r}")
+
+    def _fault_in_insn_hook(self, fault: GuestFault) -> None:
+        # Unicorn adds the instruction length to EIP after an instruction hook.
+        try:
+            self.delivery.deliver(fault.vector, is_int=False, error_code=fault.error_code, next_eip=self.ctx.eip)
+        except TripleFault:
+            self._triple_fault(fault.vector)
+            return
+        self.ctx.eip -= 2
+        self.ctx.restore()
+
+    def _on_syscall(self, uc: Uc, _: object) -> None:
+        ctx = self.ctx
+        ctx.save()
+        rflags = self.read_rflags()
+        try:
+            new_rflags = do_syscall(ctx, rflags, ctx.eip + 2)
+        except GuestFault as fault:
+            self._fault_in_insn_hook(fault)
+            return
+        ctx.eip -= 2
+        ctx.restore()
+        self.write_rflags(new_rflags)
+
+    def _on_sysenter(self, uc: Uc, _: object) -> None:
+        ctx = self.ctx
+        ctx.save()
+        try:
+            new_rflags = do_sysenter(ctx, self.read_rflags())
+        except GuestFault as fault:
+            self._fault_in_insn_hook(fault)
+            return
+        ctx.eip -= 2
+        ctx.restore()
+        self.write_rflags(new_rflags)
+
+    def _on_cpuid(self, uc: Uc, _: object) -> int:
+        leaf = self._read_reg(ucx.UC_X86_REG_EAX) & 0xFFFFFFFF
+        subleaf = self._read_reg(ucx.UC_X86_REG_ECX) & 0xFFFFFFFF
+        eax, ebx, ecx, edx = self.cpu.model.cpuid(leaf, subleaf)
+        self._write_reg(ucx.UC_X86_REG_RAX, eax)
+        self._write_reg(ucx.UC_X86_REG_RBX, ebx)
+        self._write_reg(ucx.UC_X86_REG_RCX, ecx)
+        self._write_reg(ucx.UC_X86_REG_RDX, edx)
+        return 1
+
+    def tsc_now(self) -> int:
+        return (qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL) * TSC_KHZ // 1_000_000 + self.tsc_offset) & 0xFFFFFFFFFFFFFFFF
+
+    def _on_rdtsc(self, handle: int, user_data: int) -> int:
+        tsc = self.tsc_now()
+        self._write_reg(ucx.UC_X86_REG_RAX, tsc & 0xFFFFFFFF)
+        self._write_reg(ucx.UC_X86_REG_RDX, tsc >> 32)
+        return 1
+
+    def _on_rdtscp(self, handle: int, user_data: int) -> int:
+        self._on_rdtsc(handle, user_data)
+        self.ctx.save()
+        self._write_reg(ucx.UC_X86_REG_RCX, self.ctx.u64(Off.TSC_AUX) & 0xFFFFFFFF)
+        return 1
+
+    # -- notifications from other threads ------------------------------------------------
+    def _memory_changed(self) -> None:
+        self.kick()
+
+    def _ram_written(self, addr: int, length: int) -> None:
+        self.tb_flush_pending = True
+        self.kick()
+
+    def kick(self) -> None:
+        self.kick_pending = True
+        if self.in_guest:
+            self.kicker.kick()
+
+    # -- the run loop (called by pemu.system.cpus) ------------------------------------
+    def has_work(self) -> bool:
+        if self.run.interrupt_request & CPU_INTERRUPT_HARD:
+            self.ctx.save()
+            return bool(self.ctx.eflags & IF_MASK)
+        return False
+
+    def exec(self) -> VCPUExit:
+        """Run guest code until something needs the vCPU thread's attention."""
+        uc = self.uc
+        ctx = self.ctx
+        self.kick_pending = False
+        if self.memory_map.apply_pending():
+            self.tb_flush_pending = True
+        if self.tb_flush_pending:
+            self.tb_flush_pending = False
+            uc.ctl_flush_tb()
+        ctx.save()
+        timeout = 0
+        if self.run.interrupt_request & CPU_INTERRUPT_HARD:
+            if ctx.eflags & IF_MASK and not ctx.hflags & HF.INHIBIT_IRQ:
+                if not self._deliver_external():
+                    return VCPUExit.SHUTDOWN
+            else:
+                timeout = IRQ_POLL_US
+        self.in_guest = True
+        if self.kick_pending:
+            self.in_guest = False
+            return VCPUExit.KICKED
+        try:
+            uc.emu_start(ctx.eip, 0, timeout=timeout)
+            error = None
+        except UcError as e:
+            error = e
+        except Exception as e:  # a hook's exception, re-raised by the binding
+            error = None
+            qemu_log_mask(LOG_GUEST_ERROR, f"tcg: hook error: {e!r}")
+        finally:
+            self.in_guest = False
+            self.exits += 1
+        if self.shutdown_pending:
+            self.shutdown_pending = False
+            return VCPUExit.SHUTDOWN
+        if error is not None:
+            return self._engine_error(error)
+        if self.kick_pending or timeout:
+            return VCPUExit.KICKED
+        return VCPUExit.HALTED if self._after_hlt() else VCPUExit.KICKED
+
+    def _after_hlt(self) -> bool:
+        ctx = self.ctx
+        ctx.save()
+        cs = ctx.seg(1)
+        try:
+            return self.delivery.read_linear(cs.base + ctx.eip - 1, 1) == b"\xf4"
+        except GuestFault:
+            return False
+
+    def _deliver_external(self) -> bool:
+        get_vector = getattr(self.cpu, "get_pic_interrupt", None)
+        if get_vector is None:
+            return True
+        with bql:
+            vector = get_vector()
+        if vector is None or vector < 0:
+            return True
+        ctx = self.ctx
+        try:
+            self.delivery.deliver(vector & 0xFF, is_int=False, error_code=0, next_eip=ctx.eip, is_hw=True)
+        except TripleFault:
+            self._triple_fault(vector)
+            self.shutdown_pending = False
+            return False
+        ctx.restore()
+        return True
+
+    def _engine_error(self, error: UcError) -> VCPUExit:
+        ctx = self.ctx
+        ctx.save()
+        if error.errno == UC_ERR_INSN_INVALID:
+            vector, code = EXCP06_ILLOP, 0
+        else:
+            guest_error(f"CPU {self.cpu.cpu_index}: {error} at {ctx.seg(1).base + ctx.eip:#x}; raising #GP")
+            vector, code = EXCP0D_GPF, 0
+        try:
+            self.delivery.deliver(vector, is_int=False, error_code=code, next_eip=ctx.eip)
+        except TripleFault:
+            self._triple_fault(vector)
+            self.shutdown_pending = False
+            return VCPUExit.SHUTDOWN
+        ctx.restore()
+        return VCPUExit.KICKED
+
+    # -- state transfer ------------------------------------------------------------------
+    def get_state(self) -> None:
+        ctx = self.ctx
+        env = self.env
+        ctx.save()
+        env.regs = [ctx.reg(i) for i in range(16)]
+        env.rip = ctx.eip
+        env.rflags = self.read_rflags()
+        env.segs = [ctx.seg(i) for i in range(6)]
+        env.ldt = ctx.table(Off.LDT)
+        env.tr = ctx.table(Off.TR)
+        gdt, idt = ctx.table(Off.GDT), ctx.table(Off.IDT)
+        env.gdt = DescriptorTable(gdt.base, gdt.limit)
+        env.idt = DescriptorTable(idt.base, idt.limit)
+        env.cr0, env.cr2, env.cr3, env.cr4 = ctx.cr(0), ctx.cr(2), ctx.cr(3), ctx.cr(4)
+        env.efer = ctx.u64(Off.EFER)
+        env.star, env.lstar, env.cstar = ctx.u64(Off.STAR), ctx.u64(Off.LSTAR), ctx.u64(Off.CSTAR)
+        env.fmask, env.kernel_gs_base = ctx.u64(Off.FMASK), ctx.u64(Off.KERNELGSBASE)
+        env.sysenter_cs = ctx.u32(Off.SYSENTER_CS)
+        env.sysenter_esp, env.sysenter_eip = ctx.u64(Off.SYSENTER_ESP), ctx.u64(Off.SYSENTER_EIP)
+        env.pat, env.tsc_aux, env.misc_enable = ctx.u64(Off.PAT), ctx.u64(Off.TSC_AUX), ctx.u64(Off.MISC_ENABLE)
+        env.tsc = self.tsc_now()
+        env.halted = self.run.halted
+
+    def put_state(self) -> None:
+        env = self.env
+        uc = self.uc
+        ctx = self.ctx
+        self._load_blob(_real_mode_state())
+        uc.msr_write(0xC0000080, env.efer & ~0x400)
+        self._write_reg(ucx.UC_X86_REG_CR4, env.cr4)
+        self._write_reg(ucx.UC_X86_REG_CR3, env.cr3)
+        self._write_reg(ucx.UC_X86_REG_CR0, env.cr0)
+        ctx.save()
+        for i, value in enumerate(env.regs):
+            ctx.set_reg(i, value)
+        ctx.eip = env.rip
+        for i, seg in enumerate(env.segs):
+            ctx.set_seg(i, seg)
+        ctx.set_table(Off.LDT, env.ldt)
+        ctx.set_table(Off.TR, env.tr)
+        ctx.set_table(Off.GDT, SegmentCache(0, env.gdt.base, env.gdt.limit, 0))
+        ctx.set_table(Off.IDT, SegmentCache(0, env.idt.base, env.idt.limit, 0))
+        ctx.set_cr(2, env.cr2)
+        for off, value in ((Off.STAR, env.star), (Off.LSTAR, env.lstar), (Off.CSTAR, env.cstar),
+                           (Off.FMASK, env.fmask), (Off.KERNELGSBASE, env.kernel_gs_base),
+                           (Off.SYSENTER_ESP, env.sysenter_esp), (Off.SYSENTER_EIP, env.sysenter_eip),
+                           (Off.PAT, env.pat), (Off.TSC_AUX, env.tsc_aux), (Off.MISC_ENABLE, env.misc_enable)):
+            ctx.set_u64(off, value)
+        ctx.set_u32(Off.SYSENTER_CS, env.sysenter_cs)
+        ctx.eflags = env.rflags & ~0x8D5  # arithmetic flags are loaded through the API below
+        ctx.hflags = seg_hflags(ctx.hflags & ~HF.INHIBIT_IRQ, env.cr0, env.rflags, env.segs[1], env.segs[2],
+                                env.segs[3], env.segs[0])
+        ctx.old_exception = -1
+        ctx.restore()
+        self.write_rflags(env.rflags)
+        self.tsc_offset = (env.tsc - qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL) * TSC_KHZ // 1_000_000) if env.tsc else 0
+        self.shutdown_pending = False
+        self.tb_flush_pending = True
+
+    def destroy(self) -> None:
+        self.kicker.done = True
+        self.kicker.kick()
+        try:
+            self.cpu.memory.remove_listener(self.memory_map)
+        except ValueError:
+            pass
+        if self._notifier_installed:
+            from pemu.system.memory import remove_ram_write_notifier
+
+            remove_ram_write_notifier(self._ram_written)
+
+
+class TCGAccel(AccelOps):
+    name = "tcg"
+    supports_smp = False
+
+    def init_machine(self, machine: Any) -> None:
+        verify_context_layout()
+
+    def create_vcpu(self, cpu: Any) -> TCGVCPU:
+        return TCGVCPU(cpu)
+
+    def cpu_model_filter(self) -> dict[Any, int]:
+        return dict(TCG_UNSUPPORTED)

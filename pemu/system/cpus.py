@@ -1,0 +1,277 @@
+"""vCPU threads and their life cycle (QEMU's system/cpus.c and cpus-common.c).
+
+Each vCPU has a thread that asks its accelerator to run guest code and
+parks when the VM is stopped, when the guest halts, or after a triple
+fault until the machine resets it.  The main thread stops and resumes all
+vCPUs (``pause_all_vcpus`` / ``resume_all_vcpus``) and reads or loads
+registers only while they are parked (``cpu_synchronize_*``).
+
+Interrupt lines reach a CPU through :func:`cpu_interrupt`, callable from
+any thread: it sets a bit in ``interrupt_request`` and kicks the vCPU.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from pemu.accel.accel import AccelVCPU, VCPUExit, current_accel
+from pemu.util.log import LOG_GUEST_ERROR, qemu_log_mask
+from pemu.util.main_loop import bql
+
+CPU_INTERRUPT_HARD = 0x0002
+CPU_INTERRUPT_NMI = 0x0200
+CPU_INTERRUPT_INIT = 0x0400
+
+# The main thread waits on this (with the big lock released) for vCPUs to park.
+qemu_pause_cond = threading.Condition(bql)
+
+
+class CPURunState:
+    """What the vCPU thread and the rest of the machine share about one CPU."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Condition(threading.Lock())
+        self.interrupt_request = 0
+        self.halted = False
+        self.shutdown = False  # after a triple fault: wait for reset
+        self.stop = False  # a stop was requested
+        self.stopped = True  # the thread is parked (the VM starts stopped)
+        self.unplug = False  # the thread must exit
+        self.thread: threading.Thread | None = None
+        self.accel_vcpu: AccelVCPU | None = None
+
+
+_all_cpus: list[Any] = []
+
+
+def run_state(cpu: Any) -> CPURunState:
+    run = getattr(cpu, "run", None)
+    if run is None:
+        run = CPURunState()
+        cpu.run = run
+    return run
+
+
+def all_vcpus() -> list[Any]:
+    return list(_all_cpus)
+
+
+def qemu_init_vcpu(cpu: Any) -> None:
+    """Create the vCPU on the current accelerator and start its (parked) thread."""
+    run_state(cpu)
+    accel = current_accel()
+    if accel is None:
+        from pemu.accel.accel import configure_accelerators
+
+        accel = configure_accelerators()
+    accel.create_vcpu_thread(cpu)
+
+
+def start_vcpu_thread(cpu: Any, vcpu: AccelVCPU) -> None:
+    run = run_state(cpu)
+    run.accel_vcpu = vcpu
+    run.stopped = True
+    thread = threading.Thread(target=_vcpu_thread_fn, args=(cpu,), name=f"CPU {cpu.cpu_index}/TCG", daemon=True)
+    run.thread = thread
+    _all_cpus.append(cpu)
+    thread.start()
+
+
+def qemu_cpu_is_self(cpu: Any) -> bool:
+    return run_state(cpu).thread is threading.current_thread()
+
+
+def _park(cpu: Any, run: CPURunState) -> None:
+    with bql:
+        run.stop = False
+        run.stopped = True
+        qemu_pause_cond.notify_all()
+
+
+def _vcpu_thread_fn(cpu: Any) -> None:
+    run = run_state(cpu)
+    vcpu = run.accel_vcpu
+    assert vcpu is not None
+    while True:
+        with run.lock:
+            while True:
+                if run.unplug:
+                    return
+                if run.stop:
+                    run.lock.release()
+                    try:
+                        _park(cpu, run)
+                    finally:
+                        run.lock.acquire()
+                    continue
+                if run.stopped:
+                    run.lock.wait()
+                    continue
+                if run.shutdown:
+                    run.lock.wait()
+                    continue
+                if run.halted:
+                    if vcpu.has_work():
+                        run.halted = False
+                        break
+                    run.lock.wait()
+                    continue
+                break
+        try:
+            reason = vcpu.exec()
+        except Exception as e:  # an engine bug must not take the VMM down silently
+            qemu_log_mask(LOG_GUEST_ERROR, f"CPU {cpu.cpu_index}: internal error: {e!r}")
+            from pemu.system.runstate import ShutdownCause, qemu_system_shutdown_request
+
+            run.shutdown = True
+            qemu_system_shutdown_request(ShutdownCause.HOST_ERROR, 1)
+            continue
+        if reason is VCPUExit.HALTED:
+            with run.lock:
+                run.halted = True
+        elif reason is VCPUExit.SHUTDOWN:
+            with run.lock:
+                run.shutdown = True
+
+
+def _notify(run: CPURunState) -> None:
+    with run.lock:
+        run.lock.notify_all()
+
+
+def qemu_cpu_kick(cpu: Any) -> None:
+    run = run_state(cpu)
+    _notify(run)
+    if run.accel_vcpu is not None:
+        run.accel_vcpu.kick()
+
+
+def cpu_interrupt(cpu: Any, mask: int) -> None:
+    """Raise interrupt request bits (the PIC's INTR line: CPU_INTERRUPT_HARD)."""
+    run = run_state(cpu)
+    with run.lock:
+        run.interrupt_request |= mask
+        run.lock.notify_all()
+    if run.accel_vcpu is not None:
+        run.accel_vcpu.kick()
+
+
+def cpu_reset_interrupt(cpu: Any, mask: int) -> None:
+    run = run_state(cpu)
+    with run.lock:
+        run.interrupt_request &= ~mask
+
+
+def _stop_one(cpu: Any) -> None:
+    run = run_state(cpu)
+    with run.lock:
+        if run.stopped or run.thread is None:
+            run.stopped = True
+            return
+        run.stop = True
+        run.lock.notify_all()
+    if run.accel_vcpu is not None:
+        run.accel_vcpu.kick()
+
+
+def _wait_stopped(cpus: list[Any]) -> None:
+    with bql:
+        while not all(run_state(c).stopped for c in cpus):
+            for c in cpus:
+                if not run_state(c).stopped and run_state(c).accel_vcpu is not None:
+                    run_state(c).accel_vcpu.kick()
+            qemu_pause_cond.wait(0.05)
+
+
+def pause_all_vcpus() -> None:
+    """Stop every vCPU and wait until all are parked (releases the big lock meanwhile)."""
+    cpus = all_vcpus()
+    for cpu in cpus:
+        _stop_one(cpu)
+    _wait_stopped(cpus)
+
+
+def resume_all_vcpus() -> None:
+    for cpu in all_vcpus():
+        cpu_resume(cpu)
+
+
+def cpu_resume(cpu: Any) -> None:
+    run = run_state(cpu)
+    with run.lock:
+        run.stop = False
+        run.stopped = False
+        run.lock.notify_all()
+
+
+def all_vcpus_paused() -> bool:
+    return all(run_state(c).stopped for c in all_vcpus())
+
+
+class _Parked:
+    """Run something on the main thread with one vCPU parked, restoring its state after."""
+
+    def __init__(self, cpu: Any) -> None:
+        self.cpu = cpu
+        self.was_running = False
+
+    def __enter__(self) -> None:
+        run = run_state(self.cpu)
+        if run.thread is None or qemu_cpu_is_self(self.cpu) or run.stopped:
+            return
+        self.was_running = True
+        _stop_one(self.cpu)
+        _wait_stopped([self.cpu])
+
+    def __exit__(self, *exc: object) -> None:
+        if self.was_running:
+            cpu_resume(self.cpu)
+
+
+def cpu_synchronize_state(cpu: Any) -> None:
+    """Copy the live registers into ``cpu.env`` (before the monitor reads them)."""
+    run = run_state(cpu)
+    if run.accel_vcpu is None:
+        return
+    with _Parked(cpu):
+        run.accel_vcpu.get_state()
+
+
+def cpu_synchronize_post_reset(cpu: Any) -> None:
+    """Load ``cpu.env`` into the accelerator (after reset or a loader changed it)."""
+    run = run_state(cpu)
+    with run.lock:
+        run.halted = cpu.env.halted
+        run.shutdown = False
+        run.interrupt_request &= ~CPU_INTERRUPT_NMI
+    if run.accel_vcpu is None:
+        return
+    with _Parked(cpu):
+        run.accel_vcpu.put_state()
+
+
+def cpu_reset(cpu: Any) -> None:
+    reset = getattr(cpu, "reset", None)
+    if callable(reset):
+        reset()
+    else:
+        cpu.env.reset(bsp=cpu.cpu_index == 0)
+        cpu_synchronize_post_reset(cpu)
+
+
+def destroy_vcpu(cpu: Any) -> None:
+    """Stop and join the thread of ``cpu`` and free its accelerator state."""
+    run = run_state(cpu)
+    with run.lock:
+        run.unplug = True
+        run.lock.notify_all()
+    if run.accel_vcpu is not None:
+        run.accel_vcpu.kick()
+    if run.thread is not None and run.thread is not threading.current_thread():
+        run.thread.join(5)
+    if run.accel_vcpu is not None:
+        run.accel_vcpu.destroy()
+        run.accel_vcpu = None
+    if cpu in _all_cpus:
+        _all_cpus.remove(cpu)
