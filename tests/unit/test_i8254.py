@@ -241,3 +241,39 @@ def test_control_port_reads_zero_and_bad_offsets_are_logged(pit: PIT) -> None:
         pit.write(0, value)
         pit.read(0)
         pit.read(1)
+
+
+def test_late_timer_coalesces_missed_periods(pit: PIT, clock: FakeClock, irq0: EdgeCounter) -> None:
+    program(pit, 0, 2, 1193)  # 1 kHz
+    timer = clock.timers[0]
+    clock.ns += 5 * NS_PER_S  # the host stalled: the timer is 5000 periods late
+    start_fired, start_rising = clock.fired, irq0.rising
+    clock.advance(0)
+    assert clock.fired - start_fired == 1
+    assert irq0.rising - start_rising == 1
+    assert timer.expire > clock.ns  # re-armed in the future, not in the past
+
+
+def test_irq0_through_the_pic(clock: FakeClock) -> None:
+    from pemu.hw.intc.i8259 import PICPair
+
+    class Cpu:
+        level = 0
+
+        def set(self, level: int) -> None:
+            self.level = level
+
+    cpu = Cpu()
+    pic = PICPair(cpu)
+    for port, value in ((0, 0x11), (1, 0x30), (1, 0x04), (1, 0x01)):
+        pic.master.write(port, value)
+    pit = PIT(pic.irq_lines[0], clock=clock, timer_factory=clock.timer)
+    program(pit, 0, 2, 11932)  # 100 Hz
+    taken = 0
+    for _ in range(100):
+        clock.advance(NS_PER_S // 100)
+        while cpu.level:
+            assert pic.read_irq() == 0x30
+            pic.master.write(0, 0x20)
+            taken += 1
+    assert taken == pytest.approx(100, abs=1)
