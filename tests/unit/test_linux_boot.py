@@ -179,3 +179,29 @@ def test_board_without_low_ram_is_a_bug():
 def test_bad_kernel_propagates():
     with pytest.raises(LinuxBootError, match="not a Linux bzImage"):
         plan_linux_boot(b"\0" * 8192, None, "", 64 * MiB, q35_e820(64 * MiB), None)
+
+
+def test_with_acpi_tables_in_reserved_ram():
+    from pemu.hw.i386.acpi_build import build_acpi_tables
+    ram = 128 * MiB
+    acpi = build_acpi_tables(ram - 0x21000, with_apic=False, cpus=1)
+    e820 = q35_e820(ram)                              # reserves exactly that top area
+    plan = plan_linux_boot(make_bzimage(), b"\x1f\x8b" + bytes(MiB), "", ram, e820, acpi.rsdp_addr)
+    assert get_field(blob(plan, "boot_params").data, "acpi_rsdp_addr") == acpi.rsdp_addr
+    assert e820.contains(acpi.base_addr, acpi.size, E820Type.RESERVED)
+    assert plan.initrd_addr + plan.initrd_size <= acpi.base_addr
+
+
+DEBIAN_KERNEL = "/root/.cache/pemu/guest/vmlinuz-6.1.0-56-amd64"
+
+
+@pytest.mark.skipif(not __import__("os").path.exists(DEBIAN_KERNEL),
+                    reason="the Debian guest kernel is not in the cache")
+def test_real_debian_kernel_header():
+    with open(DEBIAN_KERNEL, "rb") as f:
+        data = f.read()
+    plan = plan_linux_boot(data, None, "console=ttyS0", 512 * MiB, q35_e820(512 * MiB), None)
+    h = plan.header
+    assert h.version >= 0x020F and h.relocatable and h.pref_address == 0x1000000
+    assert plan.kernel_end == 0x1000000 + h.init_size
+    assert blob(plan, "kernel").data == data[h.setup_size:]
