@@ -64,7 +64,8 @@ class Machine:
         self.ports = PortRecorder()
         self.io_root = MemoryRegion.container("io", 0x10000)
         self.io_root.add_subregion(0, MemoryRegion.io("ports", 0x10000, MemoryRegionOps(
-            self.ports.read, self.ports.write, valid_max_access_size=4, impl_max_access_size=4)))
+            self.ports.read, self.ports.write, valid_max_access_size=4, impl_max_access_size=4,
+            valid_unaligned=True)))
         self.memory = AddressSpace(self.sysmem, "cpu-memory-test")
         self.io = AddressSpace(self.io_root, "io-test")
         self.cpu = StubCPU(self.memory, self.io, model)
