@@ -106,6 +106,9 @@ class ObjectProperty:
     description: str = ""
     default: Any = None
     enum_values: tuple[str, ...] | None = None
+    # For properties stored in an instance attribute: its name, so a
+    # property without a default still starts as None.
+    attr: str | None = None
 
     @property
     def is_child(self) -> bool:
@@ -239,7 +242,8 @@ class ObjectClass:
                 check(obj, value)
             setattr(obj, attr, value)
 
-        return self.property_add(ObjectProperty(name, kind, getter, setter, None, description, default, enum_values))
+        return self.property_add(ObjectProperty(name, kind, getter, setter, None, description, default, enum_values,
+                                                attr))
 
     def dynamic_cast(self, typename: str) -> ObjectClass | None:
         return self if type_is_a(self.type, typename) else None
@@ -562,6 +566,8 @@ def object_class_property_init_all(obj: Object) -> None:
     for prop in reversed(list(obj.klass.property_iter())):
         if prop.default is not None and prop.set is not None:
             prop.set(obj, prop.default)
+        elif prop.attr is not None:
+            setattr(obj, prop.attr, None)
 
 
 def object_new(typename: str) -> Object:

@@ -31,7 +31,8 @@ class UserError(Exception):
 
 
 def prog_name() -> str:
-    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "pemu"
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return "pemu" if name in ("", "__main__.py", "-c") else name
 
 
 def error_report(message: str) -> None:

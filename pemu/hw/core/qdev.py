@@ -98,7 +98,7 @@ def device_class_set_props(dc: DeviceClass, props: list[Property]) -> None:
             setattr(dev, attr, value)
 
         dc.property_add(ObjectProperty(p.name, p.kind, getter, setter, None, p.description,
-                                       p.default, p.enum_values))
+                                       p.default, p.enum_values, attr))
         dc.props.append(p)
 
 

@@ -155,3 +155,85 @@ def _align_up(value: int, align: int) -> int:
 
 def pc_machine_device_memory_size(pcms: PCMachineState) -> int:
     return pcms.maxram_size - pcms.ram_size
+
+
+# --- legacy devices --------------------------------------------------------------------------
+
+
+class _CPUInterruptLine:
+    """The 8259's INTR output: raises or lowers the boot CPU's hard interrupt request."""
+
+    def __init__(self, pcms: PCMachineState) -> None:
+        self.pcms = pcms
+
+    def set(self, level: int) -> None:
+        from pemu.system.cpus import CPU_INTERRUPT_HARD, cpu_interrupt, cpu_reset_interrupt
+
+        cpu = self.pcms.cpus[0]
+        if level:
+            cpu_interrupt(cpu, CPU_INTERRUPT_HARD)
+        else:
+            cpu_reset_interrupt(cpu, CPU_INTERRUPT_HARD)
+
+
+def _isa_create(pcms: PCMachineState, isa_bus: Any, typename: str, **attrs: Any) -> Any:
+    dev = qdev_new(typename)
+    for key, value in attrs.items():
+        setattr(dev, key, value)
+    qdev_realize(dev, isa_bus)
+    dev.unref()
+    return dev
+
+
+def pc_basic_device_init(pcms: PCMachineState, isa_bus: Any, system_io: MemoryRegion) -> None:
+    """The PC's legacy devices: interrupt controllers, timers, CMOS, keyboard
+    controller, ports 0x61/0x80/0x92 and the serial ports (pc_basic_device_init,
+    pc_i8259_create, serial_hds_isa_init)."""
+    from pemu.hw.isa.isa_bus import isa_bus_irqs
+    from pemu.system.vl import serial_hd
+
+    pic = _isa_create(pcms, isa_bus, "isa-i8259", int_output=_CPUInterruptLine(pcms))
+    isa_bus_irqs(isa_bus, pic.model.get_irq_lines())
+    pcms.gsi = list(pic.model.get_irq_lines())
+    pcms.pic = pic  # type: ignore[attr-defined]
+    for cpu in pcms.cpus:
+        cpu.get_pic_interrupt = pic.model.read_irq
+
+    pcms.rtc = _isa_create(pcms, isa_bus, "mc146818rtc")
+    pit = _isa_create(pcms, isa_bus, "isa-pit")
+    _isa_create(pcms, isa_bus, "isa-pcspk", pit=pit)
+    _isa_create(pcms, isa_bus, "i8042")
+    _isa_create(pcms, isa_bus, "port92")
+    _isa_create(pcms, isa_bus, "ioport80")
+    for i in range(4):
+        chr_ = serial_hd(i)
+        if chr_ is not None:
+            _isa_create(pcms, isa_bus, "isa-serial", chr=chr_)
+
+
+ACPI_TABLES_SIZE = 128 * 1024
+
+
+def pc_late_init(pcms: PCMachineState) -> None:
+    """What needs the whole board: CMOS memory bytes, ACPI tables and the
+    guest's e820 map (for direct boot the tables sit at the top of RAM below
+    4G, reserved in e820, and boot_params points at the RSDP)."""
+    from pemu.hw.i386.acpi_build import build_acpi_tables
+    from pemu.hw.rtc.mc146818rtc import pc_cmos_init_memory
+    from pemu.system.physmem import address_space_memory
+
+    pc_cmos_init_memory(pcms.rtc.model, below_4g_mem_size=pcms.below_4g_mem_size,
+                        above_4g_mem_size=pcms.above_4g_mem_size, cpu_count=pcms.smp.cpus)
+    tables_base = None
+    if pcms.acpi != "off":
+        tables_base = (pcms.below_4g_mem_size - ACPI_TABLES_SIZE) & ~0xFFF
+        with_apic = getattr(pcms.cpus[0].model, "has_apic", False) if pcms.cpus else False
+        build = build_acpi_tables(tables_base, with_apic=with_apic, cpus=pcms.smp.cpus)
+        if len(build.blob) > ACPI_TABLES_SIZE:
+            raise QOMError("ACPI tables do not fit in their reserved area")
+        address_space_memory().write_rom(tables_base, build.blob)
+        pcms.acpi_rsdp_addr = build.rsdp_addr  # type: ignore[attr-defined]
+        pcms.acpi_build = build  # type: ignore[attr-defined]
+    else:
+        pcms.acpi_rsdp_addr = None  # type: ignore[attr-defined]
+    pcms.e820 = pc_build_e820(pcms, tables_base)

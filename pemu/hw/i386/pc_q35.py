@@ -20,6 +20,7 @@ from pemu.hw.i386.pc import (
     pc_memory_init,
     placeholder_region,
 )
+from pemu.hw.pci_host.q35 import mch_init_pam
 from pemu.hw.i386.x86 import x86_cpus_init, x86_load_linux, x86_ram_split
 from pemu.qom.object import ObjectClass, QOMError, TypeInfo, type_register
 from pemu.system.memory import MEMORY_SIZE_UNLIMITED, MemoryRegion
@@ -36,7 +37,7 @@ def smbios_set_defaults(pcms: PCMachineState, manufacturer: str, product: str, v
 
 def pc_q35_init(machine: Any) -> None:
     """Build the q35 board (seed: pc_q35_init)."""
-    from pemu.hw.i386.pc_devices import pc_basic_device_init, pc_late_init
+    from pemu.hw.i386.pc import pc_basic_device_init, pc_late_init
 
     pcms: PCMachineState = machine
     pcmc: PCMachineClass = pcms.klass  # type: ignore[assignment]
@@ -75,6 +76,8 @@ def pc_q35_init(machine: Any) -> None:
     host.unref()
     sysbus_realize(host)  # type: ignore[arg-type]
     pcms.pcibus = host.bus  # type: ignore[attr-defined]
+    assert machine.ram is not None
+    mch_init_pam(host.mch, machine.ram, pci_memory, system_memory)  # type: ignore[attr-defined]
 
     lpc = qdev_new("ICH9-LPC")
     lpc.property_set("addr", "1f.0")

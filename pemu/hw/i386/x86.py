@@ -132,11 +132,29 @@ def linux_boot_apply(x86ms: X86MachineState) -> None:
     if plan is None:
         return
     space = address_space_memory()
-    for addr, blob in plan.blobs:
-        space.write_rom(addr, blob)
+    for blob in plan.blobs:
+        space.write_rom(blob.addr, blob.data)
     cpu = x86ms.cpus[0]
-    plan.entry.apply(cpu.env)
+    set_linux_entry_state(cpu.env, plan.entry)
     cpus.cpu_synchronize_post_reset(cpu)
+
+
+def set_linux_entry_state(env: Any, entry: Any) -> None:
+    """Load the 32-bit boot protocol's entry state into a CPU's registers."""
+    from pemu.target.i386.cpu_state import DescriptorTable, Reg, SegmentCache, SegReg
+
+    for reg, value in ((Reg.RAX, entry.eax), (Reg.RBX, entry.ebx), (Reg.RCX, entry.ecx), (Reg.RDX, entry.edx),
+                       (Reg.RSI, entry.esi), (Reg.RDI, entry.edi), (Reg.RBP, entry.ebp), (Reg.RSP, entry.esp)):
+        env.regs[reg] = value
+    env.rip = entry.eip
+    env.rflags = entry.eflags
+    for reg, seg in ((SegReg.CS, entry.cs), (SegReg.DS, entry.ds), (SegReg.ES, entry.es),
+                     (SegReg.SS, entry.ss), (SegReg.FS, entry.fs), (SegReg.GS, entry.gs)):
+        env.segs[reg] = SegmentCache(seg.selector, seg.base, seg.limit, seg.qemu_flags)
+    env.gdt = DescriptorTable(entry.gdt_base, entry.gdt_limit)
+    env.idt = DescriptorTable(entry.idt_base, entry.idt_limit)
+    env.cr0, env.cr3, env.cr4, env.efer = entry.cr0, entry.cr3, entry.cr4, entry.efer
+    env.halted = False
 
 
 def x86_ram_split(ram_size: int, lowmem: int) -> tuple[int, int]:

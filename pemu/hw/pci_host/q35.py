@@ -29,6 +29,48 @@ PCI_DEVICE_ID_INTEL_Q35_MCH = 0x29C0
 PCI_CLASS_BRIDGE_HOST = 0x0600
 
 
+# PAM: the shadow areas 0xC0000-0xFFFFF, switched between RAM and PCI.
+MCH_HOST_BRIDGE_PAM0 = 0x90
+PAM_BIOS_BASE, PAM_BIOS_SIZE = 0xF0000, 0x10000
+PAM_EXPAN_BASE, PAM_EXPAN_SIZE, PAM_EXPAN_COUNT = 0xC0000, 0x4000, 12
+
+
+class PAMMode:
+    """The two PAM bits of one segment: 0 = PCI, 1 = read-only RAM,
+    2 = write-only RAM (reads from PCI; approximated as PCI), 3 = RAM."""
+
+    PCI = 0
+    READ_ONLY = 1
+    WRITE_ONLY = 2
+    RAM = 3
+
+
+class PAMSegment:
+    """One shadow segment: three aliases over the same addresses in system
+    memory (QEMU's PAMMemoryRegion), exactly one of them enabled."""
+
+    def __init__(self, owner: object, ram: MemoryRegion, pci: MemoryRegion, system: MemoryRegion,
+                 start: int, size: int) -> None:
+        self.start, self.size = start, size
+        self.pci = MemoryRegion.alias("pam-pci", pci, start, size, owner=owner)
+        self.rom = MemoryRegion.alias("pam-rom", ram, start, size, owner=owner)
+        self.rom.set_readonly(True)
+        self.ram = MemoryRegion.alias("pam-ram", ram, start, size, owner=owner)
+        for mr in (self.pci, self.rom, self.ram):
+            mr.enabled = False
+            system.add_subregion_overlap(start, mr, 1)
+        self.mode = -1
+        self.update(PAMMode.PCI)
+
+    def update(self, mode: int) -> None:
+        if mode == self.mode:
+            return
+        self.mode = mode
+        chosen = {PAMMode.RAM: self.ram, PAMMode.READ_ONLY: self.rom}.get(mode, self.pci)
+        for mr in (self.pci, self.rom, self.ram):
+            mr.set_enabled(mr is chosen)
+
+
 class Q35PCIHost(SysBusDevice):
     bus: PCIBus
     mch: PCIDevice
@@ -96,6 +138,40 @@ def _q35_host_class_init(klass: ObjectClass, data: Any) -> None:
     dc.desc = "Q35 PCI host bridge"
 
 
+class MCHPCIState(PCIDevice):
+    pam: list[PAMSegment]
+
+    def config_write(self, addr: int, value: int, size: int) -> None:
+        super().config_write(addr, value, size)
+        if addr < MCH_HOST_BRIDGE_PAM0 + 7 and addr + size > MCH_HOST_BRIDGE_PAM0:
+            self.update_pam()
+
+    def update_pam(self) -> None:
+        """Apply PAM0-6 to the shadow segments (mch_update_pam)."""
+        from pemu.system.memory import memory_transaction
+
+        with memory_transaction():
+            self.pam[0].update(self.config[MCH_HOST_BRIDGE_PAM0] >> 4 & 3)
+            for i in range(PAM_EXPAN_COUNT):
+                reg = self.config[MCH_HOST_BRIDGE_PAM0 + 1 + i // 2]
+                self.pam[1 + i].update((reg >> (4 * (i & 1))) & 3)
+
+
+def mch_init_pam(mch: MCHPCIState, ram: MemoryRegion, pci: MemoryRegion, system: MemoryRegion) -> None:
+    mch.pam = [PAMSegment(mch, ram, pci, system, PAM_BIOS_BASE, PAM_BIOS_SIZE)]
+    for i in range(PAM_EXPAN_COUNT):
+        mch.pam.append(PAMSegment(mch, ram, pci, system, PAM_EXPAN_BASE + i * PAM_EXPAN_SIZE, PAM_EXPAN_SIZE))
+    for i in range(7):
+        mch.wmask[MCH_HOST_BRIDGE_PAM0 + i] = 0x33 if i else 0x30
+
+
+def _mch_reset(dev: Any) -> None:
+    for i in range(7):
+        dev.config[MCH_HOST_BRIDGE_PAM0 + i] = 0
+    if getattr(dev, "pam", None):
+        dev.update_pam()
+
+
 def _mch_class_init(klass: ObjectClass, data: Any) -> None:
     k: PCIDeviceClass = klass  # type: ignore[assignment]
     k.vendor_id = PCI_VENDOR_ID_INTEL
@@ -104,9 +180,11 @@ def _mch_class_init(klass: ObjectClass, data: Any) -> None:
     k.class_id = PCI_CLASS_BRIDGE_HOST
     k.user_creatable = False
     k.desc = "Host bridge"
+    k.reset = _mch_reset
 
 
 type_register(TypeInfo(TYPE_Q35_HOST_DEVICE, parent=TYPE_SYS_BUS_DEVICE, instance_type=Q35PCIHost,
                        instance_init=_q35_host_init, class_init=_q35_host_class_init))
 type_register(TypeInfo(TYPE_MCH_PCI_DEVICE, parent=TYPE_PCI_DEVICE, class_init=_mch_class_init,
+                       instance_type=MCHPCIState,
                        interfaces=("conventional-pci-device",)))

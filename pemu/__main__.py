@@ -1,0 +1,3 @@
+from pemu.system.main import main
+
+main()

@@ -1,0 +1,689 @@
+"""Start-up (QEMU's system/vl.c), in the seed's order and names.
+
+    main()
+    |--qemu_init()
+    |  |--select_machine()           find the -machine class among all TYPE_MACHINE classes
+    |  |--qemu_create_machine()      set_memory_options(), the machine object, cpu_exec_init_all()
+    |  |--configure_accelerators()
+    |  |--qmp_x_exit_preconfig()
+    |     |--qemu_init_board()       create_default_memdev(), machine_run_board_init() -> pc_q35_init()
+    |     |--qemu_create_cli_devices()
+    |     |--qdev_machine_creation_done()  phase MACHINE_READY, system reset, vm_start()
+    |--qemu_main_loop()
+    |--qemu_cleanup()
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from pemu import __version__
+from pemu.cli.options import ParsedOption, parse_command_line, qemu_options_help, register_standard_opts
+from pemu.hw.core.machine import TYPE_MACHINE, MachineClass, MachineState
+from pemu.hw.core.qdev import (
+    GlobalProperty,
+    MachineInitPhase,
+    bus_cold_reset,
+    phase_advance,
+    phase_check,
+    qdev_prop_register_global,
+    qemu_run_reset_handlers,
+)
+from pemu.qom.object import (
+    QOMError,
+    container_get,
+    object_class_get_list_sorted,
+    object_get_root,
+    object_new_with_class,
+)
+from pemu.system import runstate
+from pemu.system.runstate import RunState, ShutdownCause
+from pemu.util import log
+from pemu.util.error import UserError
+from pemu.util.qemu_opts import QemuOpts, qemu_global_option
+
+# Options vl.py acts on.  Anything else the table knows is refused by name.
+HANDLED_OPTIONS = {
+    "machine", "m", "smp", "cpu", "accel", "enable-kvm", "device", "global", "object", "chardev",
+    "serial", "monitor", "mon", "kernel", "initrd", "append", "bios", "name", "nodefaults",
+    "no-user-config", "nographic", "display", "S", "no-reboot", "no-shutdown", "d", "D", "L",
+    "version", "help", "h",
+}
+
+
+def _register_all_types() -> None:
+    """Import every module that registers QOM types: the one known point
+    where the type registry is filled (QEMU's module_call_init)."""
+    import pemu.backends.hostmem  # noqa: F401
+    import pemu.hw.i386.pc_q35  # noqa: F401
+    import pemu.hw.pci_host.q35  # noqa: F401
+    import pemu.hw.isa.lpc_ich9  # noqa: F401
+    import pemu.hw.isa.pc_legacy  # noqa: F401
+    from pemu.target.i386.cpu import x86_register_cpu_types
+
+    x86_register_cpu_types()
+
+
+@dataclass
+class Config:
+    """What the command line asked for, gathered before anything is built."""
+
+    machine: QemuOpts | None = None
+    memory: QemuOpts | None = None
+    memory_location: str = "-m"
+    smp: QemuOpts | None = None
+    smp_location: str = "-smp"
+    cpu_model: str | None = None
+    accel: str | None = None
+    accel_location: str | None = None
+    devices: list[tuple[QemuOpts, str]] = field(default_factory=list)
+    objects: list[tuple[QemuOpts, str]] = field(default_factory=list)
+    chardevs: list[tuple[QemuOpts, str]] = field(default_factory=list)
+    serials: list[str] = field(default_factory=list)
+    monitors: list[tuple[str, str]] = field(default_factory=list)  # (kind, spec)
+    kernel: str | None = None
+    initrd: str | None = None
+    append: str | None = None
+    bios: str | None = None
+    name: str | None = None
+    nodefaults: bool = False
+    nographic: bool = False
+    display: str | None = None
+    start_paused: bool = False
+    no_reboot: bool = False
+    no_shutdown: bool = False
+    data_dirs: list[str] = field(default_factory=list)
+
+
+class EarlyExit(Exception):
+    """Help or version was printed: exit with this status."""
+
+    def __init__(self, status: int = 0) -> None:
+        self.status = status
+
+
+# --- the command line ----------------------------------------------------------------------
+
+
+def parse_config(argv: list[str]) -> Config:
+    register_standard_opts()
+    parsed = parse_command_line(argv)
+    cfg = Config()
+    for opt in parsed:
+        if opt.name not in HANDLED_OPTIONS:
+            raise opt.error(f"option '-{opt.option.name}' is not supported by pemu yet")
+    for opt in parsed:
+        _apply_option(cfg, opt)
+    return cfg
+
+
+def _apply_option(cfg: Config, opt: ParsedOption) -> None:
+    name, arg = opt.name, opt.arg
+    if name in ("help", "h"):
+        sys.stdout.write(qemu_options_help("pemu") + "\n")
+        raise EarlyExit(0)
+    if name == "version":
+        sys.stdout.write(f"pemu version {__version__} (QEMU-compatible x86 PC emulator in Python)\n")
+        raise EarlyExit(0)
+    if name == "machine":
+        cfg.machine = opt.parse_opts()
+    elif name == "m":
+        cfg.memory = opt.parse_opts()
+        cfg.memory_location = opt.location
+    elif name == "smp":
+        cfg.smp = opt.parse_opts()
+        cfg.smp_location = opt.location
+    elif name == "cpu":
+        cfg.cpu_model = arg
+    elif name == "accel":
+        opts = opt.parse_opts()
+        if opts.help_wanted:
+            from pemu.accel.accel import accel_help
+
+            sys.stdout.write(accel_help())
+            raise EarlyExit(0)
+        accel = opts.get("accel")
+        cfg.accel = accel if cfg.accel is None else f"{cfg.accel}:{accel}"
+        cfg.accel_location = opt.location
+    elif name == "enable-kvm":
+        cfg.accel = "kvm"
+        cfg.accel_location = opt.location
+    elif name == "device":
+        cfg.devices.append((opt.parse_opts(), opt.location))
+    elif name == "global":
+        assert arg is not None
+        g = qemu_global_option(arg, opt.location)
+        qdev_prop_register_global(GlobalProperty(g.driver, g.property, g.value))
+    elif name == "object":
+        cfg.objects.append((opt.parse_opts(), opt.location))
+    elif name == "chardev":
+        opts = opt.parse_opts()
+        if opts.help_wanted or opts.get("backend") == "help":
+            from pemu.chardev.registry import chardev_help
+
+            sys.stdout.write(chardev_help() + "\n")
+            raise EarlyExit(0)
+        cfg.chardevs.append((opts, opt.location))
+    elif name == "serial":
+        assert arg is not None
+        cfg.serials.append(arg)
+    elif name == "monitor":
+        assert arg is not None
+        cfg.monitors.append(("monitor", arg))
+    elif name == "mon":
+        opts = opt.parse_opts()
+        if opts.get("mode", "readline") != "readline":
+            raise opt.error("QMP monitors are not supported by pemu yet")
+        chardev = opts.get("chardev")
+        if not chardev:
+            raise opt.error("Parameter 'chardev' is missing")
+        cfg.monitors.append(("mon", chardev))
+    elif name == "kernel":
+        cfg.kernel = arg
+    elif name == "initrd":
+        cfg.initrd = arg
+    elif name == "append":
+        cfg.append = arg
+    elif name == "bios":
+        cfg.bios = arg
+    elif name == "name":
+        cfg.name = opt.parse_opts().get("guest")
+    elif name == "nodefaults":
+        cfg.nodefaults = True
+    elif name == "no-user-config":
+        pass  # pemu reads no configuration files anyway
+    elif name == "nographic":
+        cfg.nographic = True
+    elif name == "display":
+        assert arg is not None
+        kind = arg.split(",", 1)[0]
+        if kind == "help":
+            sys.stdout.write("Available display backend types:\nnone\n")
+            raise EarlyExit(0)
+        if kind != "none":
+            raise opt.error(f"Display '{kind}' is not available.")
+        cfg.display = "none"
+    elif name == "S":
+        cfg.start_paused = True
+    elif name == "no-reboot":
+        cfg.no_reboot = True
+    elif name == "no-shutdown":
+        cfg.no_shutdown = True
+    elif name == "d":
+        assert arg is not None
+        if arg in ("help", "?"):
+            sys.stdout.write(log.log_help())
+            raise EarlyExit(0)
+        try:
+            log.qemu_set_log(log.qemu_str_to_log_mask(arg))
+        except ValueError as e:
+            raise opt.error(f"Invalid -d option \"{e}\"") from None
+    elif name == "D":
+        assert arg is not None
+        try:
+            log.qemu_set_log_filename(arg)
+        except OSError as e:
+            raise opt.error(f"could not open log file '{arg}': {e.strerror}") from None
+    elif name == "L":
+        assert arg is not None
+        cfg.data_dirs.append(arg)
+
+
+# --- machine selection ----------------------------------------------------------------------
+
+
+def machine_help() -> str:
+    lines = ["Supported machines are:"]
+    for mc in reversed(object_class_get_list_sorted(TYPE_MACHINE, False)):
+        m: MachineClass = mc  # type: ignore[assignment]
+        if m.alias:
+            lines.append(f"{m.alias:<20} {m.desc} (alias of {m.name})")
+        default = " (default)" if m.is_default else ""
+        lines.append(f"{m.name:<20} {m.desc}{default}")
+    return "\n".join(lines) + "\n"
+
+
+def select_machine(cfg: Config) -> MachineClass:
+    """Find the machine class -machine names (seed: select_machine)."""
+    machines: list[MachineClass] = object_class_get_list_sorted(TYPE_MACHINE, False)  # type: ignore[assignment]
+    wanted = cfg.machine.get("type") if cfg.machine is not None else None
+    if cfg.machine is not None and (cfg.machine.help_wanted or wanted in ("help", "?")):
+        sys.stdout.write(machine_help())
+        raise EarlyExit(0)
+    if wanted is None:
+        for mc in machines:
+            if mc.is_default:
+                return mc
+        raise UserError("No machine specified, and there is no default")
+    for mc in machines:
+        if wanted in (mc.name, mc.alias):
+            return mc
+    loc = cfg.machine.location if cfg.machine is not None else None
+    raise UserError(f"unsupported machine type '{wanted}' (use -machine help to list supported machines)", loc)
+
+
+# --- machine creation --------------------------------------------------------------------------
+
+
+def set_memory_options(cfg: Config, mc: MachineClass) -> tuple[int, int, int]:
+    """-m [size=]N[,slots=n,maxmem=size]: (ram_size, maxram_size, slots).
+
+    A size without a suffix is in MiB; the default is the machine's."""
+    from pemu.util.cutils import qemu_strtosz_MiB
+
+    ram_size = mc.default_ram_size
+    opts = cfg.memory
+    loc = cfg.memory_location
+    if opts is None:
+        return ram_size, ram_size, 0
+    text = opts.get("size")
+    if text is not None:
+        if text == "":
+            raise UserError("missing 'size' option value", loc)
+        try:
+            ram_size = qemu_strtosz_MiB(text)
+        except ValueError:
+            raise UserError(f"Parameter 'size' expects a size (e.g. 4096, 512M, 4G), not '{text}'", loc) from None
+        if ram_size == 0:
+            raise UserError("memory size must be greater than zero", loc)
+        ram_size = (ram_size + 0x1FFFFF) & ~0x1FFFFF if ram_size % (1 << 20) else ram_size
+    maxram = ram_size
+    slots = 0
+    if opts.get("maxmem") is not None or opts.get("slots") is not None:
+        try:
+            maxram = opts.get_size("maxmem", ram_size)
+            slots = opts.get_number("slots", 0)
+        except (ValueError, UserError) as e:
+            raise UserError(str(e), loc) from None
+        if maxram < ram_size:
+            raise UserError(f"invalid value of maxmem: maxmem ({maxram:#x}) < initial memory ({ram_size:#x})", loc)
+        if maxram > ram_size and slots == 0:
+            raise UserError(f"invalid value of maxmem: memory slots were not specified ({slots})", loc)
+        if slots and maxram == ram_size:
+            raise UserError(f"invalid value of maxmem: maxmem ({maxram:#x}) must be larger than memory "
+                            f"size ({ram_size:#x}) when memory slots are specified", loc)
+        if slots > 256:
+            raise UserError(f"unsupported number of memory slots: {slots}, maximum supported: 256", loc)
+    return ram_size, maxram, slots
+
+
+def parse_smp(cfg: Config, mc: MachineClass) -> tuple[int, int, int, int, int]:
+    """-smp: (cpus, sockets, cores, threads, maxcpus), checked as QEMU does."""
+    if cfg.smp is None:
+        return 1, 1, 1, 1, 1
+    loc = cfg.smp_location
+    try:
+        vals = {k: cfg.smp.get_number(k, 0) for k in ("cpus", "sockets", "dies", "cores", "threads", "maxcpus")}
+    except (ValueError, UserError) as e:
+        raise UserError(str(e), loc) from None
+    if any(v < 0 for v in vals.values()):
+        raise UserError("Invalid CPU topology: values must be positive", loc)
+    sockets, cores, threads, dies = vals["sockets"], vals["cores"], vals["threads"], vals["dies"] or 1
+    cpus, maxcpus = vals["cpus"], vals["maxcpus"]
+    if cpus == 0 and any((sockets, cores, threads, maxcpus)) is False:
+        raise UserError("Invalid CPU topology: CPU topology parameters must be greater than zero", loc)
+    maxcpus = maxcpus or cpus or (max(sockets, 1) * dies * max(cores, 1) * max(threads, 1))
+    threads = threads or 1
+    cores = cores or 1
+    sockets = sockets or max(1, maxcpus // (dies * cores * threads))
+    cpus = cpus or maxcpus
+    if sockets * dies * cores * threads != maxcpus:
+        raise UserError(f"Invalid CPU topology: product of the hierarchy must match maxcpus: "
+                        f"sockets ({sockets}) * dies ({dies}) * cores ({cores}) * threads ({threads}) "
+                        f"!= maxcpus ({maxcpus})", loc)
+    if cpus > maxcpus:
+        raise UserError(f"Invalid CPU topology: maxcpus must be equal to or greater than smp: "
+                        f"cpus ({cpus}) > maxcpus ({maxcpus})", loc)
+    if maxcpus > mc.max_cpus:
+        raise UserError(f"Invalid SMP CPUs {maxcpus}. The max CPUs supported by machine "
+                        f"'{mc.name}' is {mc.max_cpus}", loc)
+    return cpus, sockets, cores, threads, maxcpus
+
+
+def qemu_create_machine(cfg: Config, mc: MachineClass) -> MachineState:
+    """Instantiate the machine and the root memory regions (seed: qemu_create_machine)."""
+    from pemu.system.physmem import cpu_exec_init_all
+    from pemu.target.i386.cpu import x86_cpu_type_name
+
+    ram_size, maxram, slots = set_memory_options(cfg, mc)
+    machine: MachineState = object_new_with_class(mc)  # type: ignore[assignment]
+    root = object_get_root()
+    root.add_child("machine", machine)
+    machine.unref()
+    for path in ("unattached", "peripheral", "peripheral-anon"):
+        container_get(machine, path)
+    from pemu.hw.core.sysbus import sysbus_get_default
+
+    container_get(machine, "unattached").add_child("sysbus", sysbus_get_default())
+    phase_advance(MachineInitPhase.MACHINE_CREATED)
+
+    cpu_exec_init_all()
+
+    machine.ram_size = ram_size
+    machine.maxram_size = maxram
+    machine.ram_slots = slots
+    cpus, sockets, cores, threads, maxcpus = parse_smp(cfg, mc)
+    machine.smp.cpus, machine.smp.sockets, machine.smp.cores = cpus, sockets, cores
+    machine.smp.threads, machine.smp.max_cpus = threads, maxcpus
+    if cfg.cpu_model is not None:
+        model, _, features = cfg.cpu_model.partition(",")
+        if model in ("help", "?"):
+            from pemu.target.i386 import cpu_models
+
+            sys.stdout.write(cpu_models.x86_cpu_list())
+            raise EarlyExit(0)
+        from pemu.qom.object import type_exists
+
+        if not type_exists(x86_cpu_type_name(model)):
+            raise UserError(f"unable to find CPU model '{model}'", f"-cpu {cfg.cpu_model}")
+        machine.cpu_type = x86_cpu_type_name(model)
+        machine.cpu_features = features  # type: ignore[attr-defined]
+    machine.name_ = cfg.name  # type: ignore[attr-defined]
+
+    # -machine properties (besides type= and accel=), then the boot options.
+    if cfg.machine is not None:
+        for key, value in cfg.machine.items():
+            if key in ("type",):
+                continue
+            if key == "accel":
+                cfg.accel = cfg.accel or value
+                continue
+            try:
+                machine.property_parse(key, value)
+            except QOMError as e:
+                raise UserError(str(e).replace(f"'{machine.typename}.", f"'{machine.typename}."),
+                                cfg.machine.location) from None
+    for prop, value in (("kernel", cfg.kernel), ("initrd", cfg.initrd), ("append", cfg.append),
+                        ("firmware", cfg.bios)):
+        if value is not None:
+            machine.property_set(prop, value)
+    if machine.kernel is None and (machine.initrd is not None or machine.append is not None):
+        raise UserError("-initrd or -append only allowed with -kernel option")
+    machine.data_dirs = list(cfg.data_dirs)  # type: ignore[attr-defined]
+    return machine
+
+
+def configure_accelerators(cfg: Config, machine: MachineState) -> Any:
+    from pemu.accel.accel import configure_accelerators as configure
+
+    accel = configure(cfg.accel, machine.smp.cpus, cfg.accel_location)
+    accel.init_machine(machine)
+    machine.accel = accel.name
+    phase_advance(MachineInitPhase.ACCEL_CREATED)
+    return accel
+
+
+def create_default_memdev(machine: MachineState) -> None:
+    """The RAM back-end -m asked for (seed: create_default_memdev):
+    memory-backend-ram with the machine's default RAM id, e.g. "pc.ram"."""
+    from pemu.qom.object_interfaces import user_creatable_add
+
+    mc = machine.mc
+    ram_id = mc.default_ram_id or "ram"
+    user_creatable_add("memory-backend-ram", ram_id, {"size": str(machine.ram_size)})
+    machine.memory_backend = ram_id
+
+
+def qemu_create_cli_objects(cfg: Config) -> None:
+    from pemu.qom.object_interfaces import user_creatable_add
+
+    for opts, loc in cfg.objects:
+        qom_type = opts.get("qom-type")
+        if qom_type is None:
+            raise UserError("Parameter 'qom-type' is missing", loc)
+        if opts.id is None:
+            raise UserError("Parameter 'id' is missing", loc)
+        props = {k: v for k, v in opts.items() if k not in ("qom-type", "id")}
+        try:
+            user_creatable_add(qom_type, opts.id, props)
+        except QOMError as e:
+            raise UserError(str(e), loc) from None
+
+
+def qemu_init_board(machine: MachineState) -> None:
+    """Back the RAM and build the board (seed: qemu_init_board)."""
+    from pemu.hw.core.machine import machine_run_board_init
+
+    if not machine.memory_backend:
+        create_default_memdev(machine)
+    machine_run_board_init(machine)
+
+
+def qemu_create_cli_devices(cfg: Config) -> None:
+    from pemu.system.qdev_monitor import qdev_device_add
+
+    for opts, loc in cfg.devices:
+        try:
+            qdev_device_add(opts)
+        except QOMError as e:
+            raise UserError(str(e), loc) from None
+
+
+def qemu_system_reset(machine: MachineState) -> None:
+    """Reset every device and CPU, then replay the direct-boot setup."""
+    from pemu.hw.core.sysbus import sysbus_get_default
+    from pemu.hw.i386.x86 import linux_boot_apply
+    from pemu.system import cpus
+
+    bus_cold_reset(sysbus_get_default())
+    qemu_run_reset_handlers()
+    for cpu in getattr(machine, "cpus", []):
+        cpus.cpu_reset(cpu)
+    linux_boot_apply(machine)  # type: ignore[arg-type]
+
+
+# --- character devices and monitors ----------------------------------------------------------
+
+
+def qemu_create_chardevs(cfg: Config) -> None:
+    from pemu.chardev.registry import qemu_chr_new_from_opts
+
+    for opts, loc in cfg.chardevs:
+        d = dict(opts.items())
+        if opts.id is not None:
+            d["id"] = opts.id
+        try:
+            qemu_chr_new_from_opts(d)
+        except (UserError, QOMError) as e:
+            raise UserError(getattr(e, "message", str(e)), loc) from None
+
+
+_serial_hds: list[Any] = []
+
+
+def serial_hd(i: int) -> Any:
+    """The back-end of serial port ``i`` (COM1 is 0), or None."""
+    return _serial_hds[i] if 0 <= i < len(_serial_hds) else None
+
+
+def qemu_setup_defaults_and_monitors(cfg: Config) -> None:
+    """Default serial and monitor as QEMU picks them: with -nographic both
+    on stdio, multiplexed (Ctrl-A c switches)."""
+    from pemu.chardev.registry import qemu_chr_find, qemu_chr_new
+
+    def monitor_init_hmp(chr_: Any) -> None:
+        from pemu.monitor import monitor_init_hmp as init
+
+        init(chr_)
+
+    serials = list(cfg.serials)
+    monitors = list(cfg.monitors)
+    default_serial = not serials and not cfg.nodefaults
+    default_monitor = not monitors and not cfg.nodefaults
+    if cfg.nographic:
+        if default_serial and default_monitor:
+            serials = ["mon:stdio"]
+        elif default_serial:
+            serials = ["stdio"]
+        elif default_monitor:
+            monitors = [("monitor", "stdio")]
+    elif default_serial:
+        serials = ["null"]
+    # stdio can back one character device; if the serial port and the
+    # monitor both want it, they share it through a mux as with mon:stdio.
+    stdio_serial = [i for i, s in enumerate(serials) if s == "stdio"]
+    stdio_monitor = [i for i, (kind, s) in enumerate(monitors) if kind == "monitor" and s == "stdio"]
+    if stdio_serial and stdio_monitor:
+        serials[stdio_serial[0]] = "mon:stdio"
+        del monitors[stdio_monitor[0]]
+
+    for n, (kind, spec) in enumerate(monitors):
+        if kind == "mon":
+            chr_ = qemu_chr_find(spec)
+            if chr_ is None:
+                raise UserError(f"chardev \"{spec}\" not found", f"-mon {spec}")
+        else:
+            if spec == "none":
+                continue
+            chr_ = qemu_chr_new(f"compat_monitor{n}", spec)
+        if chr_ is not None:
+            monitor_init_hmp(chr_)
+    for i, spec in enumerate(serials):
+        if spec == "none":
+            _serial_hds.append(None)
+            continue
+        chr_ = qemu_chr_new(f"serial{i}", spec)
+        if chr_ is not None and spec.startswith("mon:"):
+            monitor_init_hmp(chr_)
+        _serial_hds.append(chr_)
+
+
+# --- the whole start-up -------------------------------------------------------------------------
+
+
+@dataclass
+class VM:
+    machine: MachineState
+    cfg: Config
+
+
+def qmp_x_exit_preconfig(cfg: Config, machine: MachineState) -> None:
+    """Build the board and its devices, then make the machine ready."""
+    qemu_init_board(machine)
+    qemu_create_cli_devices(cfg)
+    qdev_machine_creation_done(machine)
+
+
+def qdev_machine_creation_done(machine: MachineState) -> None:
+    phase_advance(MachineInitPhase.MACHINE_READY)
+    qemu_system_reset(machine)
+
+
+def device_help(cfg: Config) -> None:
+    """-device help and -device DRIVER,help print and exit before anything is built."""
+    from pemu.system.qdev_monitor import device_help_list, device_help_props
+
+    for opts, loc in cfg.devices:
+        driver = opts.get("driver")
+        if driver in ("help", "?"):
+            sys.stdout.write(device_help_list())
+            raise EarlyExit(0)
+        if opts.help_wanted and driver is not None:
+            try:
+                sys.stdout.write(device_help_props(driver))
+            except QOMError as e:
+                raise UserError(str(e), loc) from None
+            raise EarlyExit(0)
+
+
+def qemu_init(argv: list[str]) -> VM:
+    cfg = parse_config(argv)
+    _register_all_types()
+    device_help(cfg)
+    mc = select_machine(cfg)
+    machine = qemu_create_machine(cfg, mc)
+    configure_accelerators(cfg, machine)
+    qemu_create_cli_objects(cfg)
+    qemu_create_chardevs(cfg)
+    qemu_setup_defaults_and_monitors(cfg)
+    runstate.requests.no_reboot = cfg.no_reboot
+    runstate.requests.no_shutdown = cfg.no_shutdown
+    qmp_x_exit_preconfig(cfg, machine)
+    if not cfg.start_paused:
+        runstate.vm_start()
+    else:
+        runstate.runstate_set(RunState.PAUSED)
+    return VM(machine, cfg)
+
+
+def _install_signal_handlers() -> None:
+    def on_signal(signum: int, _frame: Any) -> None:
+        from pemu.util.error import error_report
+
+        error_report(f"terminating on signal {signum}")
+        runstate.qemu_system_shutdown_request(ShutdownCause.HOST_SIGNAL)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+
+
+def main_loop_should_exit(vm: VM) -> bool:
+    cause = runstate.take_shutdown_request()
+    if cause != ShutdownCause.NONE:
+        if vm.cfg.no_shutdown and cause in (ShutdownCause.GUEST_SHUTDOWN, ShutdownCause.GUEST_RESET):
+            runstate.vm_stop(RunState.SHUTDOWN)
+        else:
+            return True
+    reset = runstate.take_reset_request()
+    if reset != ShutdownCause.NONE:
+        was_running = runstate.runstate_is_running()
+        from pemu.system import cpus
+
+        cpus.pause_all_vcpus()
+        qemu_system_reset(vm.machine)
+        if was_running or runstate.state == RunState.SHUTDOWN:
+            runstate.runstate_set(RunState.PAUSED)
+            runstate.vm_start()
+    return False
+
+
+def qemu_main_loop(vm: VM) -> int:
+    from pemu.util.main_loop import main_loop
+
+    loop = main_loop()
+    runstate.requests.notify = loop.notify
+    while not main_loop_should_exit(vm):
+        loop.run_once()
+    return runstate.requests.exit_status
+
+
+def qemu_cleanup() -> None:
+    from pemu.chardev.registry import qemu_chr_cleanup
+    from pemu.system import cpus
+
+    try:
+        cpus.pause_all_vcpus()
+    finally:
+        qemu_chr_cleanup()
+
+
+def main_with_args(argv: list[str]) -> int:
+    from pemu.util.error import error_report
+
+    try:
+        vm = qemu_init(argv)
+    except EarlyExit as e:
+        return e.status
+    except (UserError, QOMError) as e:
+        error_report(str(e))
+        _cleanup_quietly()
+        return 1
+    _install_signal_handlers()
+    try:
+        status = qemu_main_loop(vm)
+    finally:
+        qemu_cleanup()
+    return status
+
+
+def _cleanup_quietly() -> None:
+    try:
+        from pemu.chardev.registry import qemu_chr_cleanup
+
+        qemu_chr_cleanup()
+    except Exception:
+        pass
