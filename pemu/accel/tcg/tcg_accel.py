@@ -58,20 +58,43 @@ def _real_mode_state() -> bytes:
 
 
 class _RAMAccess:
-    """Guest-physical RAM through the CPU's AddressSpace (for the page walk and frames)."""
+    """Guest-physical RAM through the CPU's AddressSpace (for the page walk and frames).
+
+    Remembers the last RAM range it hit, so the four reads of a page walk
+    usually skip the FlatView lookup.
+    """
 
     def __init__(self, space: Any) -> None:
         self.space = space
+        self._flatview: Any = None
+        self._hit: tuple[int, int, memoryview, bool] = (0, 0, memoryview(b""), True)
+
+    def _range(self, paddr: int, size: int) -> tuple[int, int, memoryview, bool] | None:
+        start, end, view, readonly = hit = self._hit
+        flatview = self.space.flatview
+        if flatview is self._flatview and start <= paddr and paddr + size <= end:
+            return hit
+        fr = flatview.lookup(paddr)
+        if fr is None or fr.mr.ram_block is None or paddr + size > fr.start + fr.size:
+            return None
+        view = fr.mr.ram_block.view[fr.offset_in_region:fr.offset_in_region + fr.size]
+        self._flatview = flatview
+        self._hit = hit = (fr.start, fr.start + fr.size, view, fr.readonly)
+        return hit
 
     def read(self, paddr: int, size: int) -> bytes | None:
-        view = self.space.map(paddr, size)
-        return bytes(view) if view is not None and len(view) == size else None
+        hit = self._range(paddr, size)
+        if hit is None:
+            return None
+        off = paddr - hit[0]
+        return hit[2][off:off + size].tobytes()
 
     def write(self, paddr: int, data: bytes) -> bool:
-        view = self.space.map(paddr, len(data), is_write=True)
-        if view is None or len(view) != len(data):
+        hit = self._range(paddr, len(data))
+        if hit is None or hit[3]:
             return False
-        view[:] = data
+        off = paddr - hit[0]
+        hit[2][off:off + len(data)] = data
         return True
 
 

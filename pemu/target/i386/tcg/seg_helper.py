@@ -24,7 +24,7 @@ from pemu.target.i386.cpu_state import (
 )
 from pemu.target.i386.tcg.mmu import PageFault, PhysAccessError, PhysMemory, translate
 from pemu.target.i386.tcg.uc_context import HF, CPUContext, Off
-from pemu.util.log import LOG_INT, guest_error, qemu_log_mask
+from pemu.util.log import LOG_INT, guest_error, qemu_log, qemu_loglevel_mask
 
 EXCP00_DIVZ = 0
 EXCP01_DB = 1
@@ -116,6 +116,7 @@ class InterruptDelivery:
         self.mem = mem
         self.read_rflags = read_rflags
         self.count = 0
+        self._pg: tuple[int, int, int, bool] | None = None  # paging registers, per delivery
 
     # -- public entry ------------------------------------------------------------
     def deliver(self, vector: int, *, is_int: bool, error_code: int, next_eip: int, is_hw: bool = False) -> None:
@@ -126,11 +127,12 @@ class InterruptDelivery:
         interrupt (no error code).
         """
         self.count += 1
+        self._pg = None
         previous: int | None = None if (is_int or is_hw) else vector
         while True:
             try:
-                qemu_log_mask(LOG_INT, f"interrupt {vector:#x} is_int={int(is_int)} ec={error_code:#x} "
-                              f"pc={self.ctx.eip:#x}")
+                if qemu_loglevel_mask(LOG_INT):
+                    qemu_log(f"interrupt {vector:#x} is_int={int(is_int)} ec={error_code:#x} pc={self.ctx.eip:#x}")
                 self._do_interrupt(vector, is_int, error_code, next_eip, is_hw)
                 self.ctx.old_exception = -1
                 return
@@ -155,8 +157,11 @@ class InterruptDelivery:
 
     # -- memory helpers ------------------------------------------------------------
     def _paging(self) -> tuple[int, int, int, bool]:
-        ctx = self.ctx
-        return ctx.cr(0), ctx.cr(3), ctx.cr(4), bool(ctx.hflags & HF.LMA)
+        pg = self._pg
+        if pg is None:
+            ctx = self.ctx
+            pg = self._pg = (ctx.cr(0), ctx.cr(3), ctx.cr(4), bool(ctx.hflags & HF.LMA))
+        return pg
 
     def _phys(self, laddr: int, write: bool) -> int:
         cr0, cr3, cr4, lma = self._paging()
