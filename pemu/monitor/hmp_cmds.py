@@ -1,0 +1,572 @@
+"""The human monitor's commands (QEMU's hmp-commands.hx, hmp-commands-info.hx
+and the hmp_* functions behind them), with QEMU's output formats.
+
+A command line is a command name (``info`` takes a sub-command name), then
+arguments parsed by the command's :class:`ArgSpec` list the way QEMU's
+``args_type`` strings parse them: words separated by blanks, double-quoted
+strings with ``\\n \\r \\\\ \\' \\"`` escapes, option flags (``-f``), and a
+last argument that may take the rest of the line.
+
+Handlers run on the main-loop thread with the big lock held.  A handler
+reports a failure by raising :class:`CommandError` (or QOMError/UserError):
+the monitor prints one "Error: ..." line.  Any other exception is printed
+as one line too and never reaches the main loop.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Callable
+
+from pemu.qom.object import Object, QOMError, object_get_root, object_resolve_path
+from pemu.system import runstate
+from pemu.system.runstate import RunState, ShutdownCause
+from pemu.util.error import UserError
+
+if TYPE_CHECKING:
+    from pemu.monitor.monitor import Monitor
+
+
+class CommandError(Exception):
+    """A command failed; the message is printed after "Error: "."""
+
+
+# --- argument specifications ------------------------------------------------------
+
+
+class ArgKind(Enum):
+    WORD = "s"  # one word or quoted string
+    REST = "S"  # everything up to the end of the line
+    FLAG = "-"  # an option letter ("-f"), true when present
+
+
+@dataclass(frozen=True)
+class ArgSpec:
+    key: str
+    kind: ArgKind
+    optional: bool = False
+    letter: str = ""  # FLAG only
+
+
+def word(key: str, optional: bool = False) -> ArgSpec:
+    return ArgSpec(key, ArgKind.WORD, optional)
+
+
+def rest(key: str, optional: bool = False) -> ArgSpec:
+    return ArgSpec(key, ArgKind.REST, optional)
+
+
+def flag(key: str, letter: str) -> ArgSpec:
+    return ArgSpec(key, ArgKind.FLAG, True, letter)
+
+
+Handler = Callable[["Monitor", dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class HMPCommand:
+    """One monitor command.  ``name`` may list aliases: "quit|q"."""
+
+    name: str
+    params: str
+    help: str
+    handler: Handler | None = None
+    args: tuple[ArgSpec, ...] = ()
+    sub_table: tuple[HMPCommand, ...] | None = None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.name.split("|"))
+
+    def matches(self, text: str) -> bool:
+        return text in self.names
+
+
+class ArgumentError(Exception):
+    """The arguments of a command line do not parse; the message is printed as is."""
+
+
+# --- tokens -------------------------------------------------------------------------
+
+_ESCAPES = {"n": "\n", "r": "\r", "\\": "\\", "'": "'", '"': '"'}
+
+
+def _skip_blanks(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos].isspace():
+        pos += 1
+    return pos
+
+
+def next_word(text: str, pos: int) -> tuple[str, int] | None:
+    """The next word or double-quoted string from ``pos`` (QEMU's get_str),
+    and the position after it; None at the end of the line."""
+    pos = _skip_blanks(text, pos)
+    if pos >= len(text):
+        return None
+    if text[pos] != '"':
+        end = pos
+        while end < len(text) and not text[end].isspace():
+            end += 1
+        return text[pos:end], end
+    pos += 1
+    out: list[str] = []
+    while pos < len(text) and text[pos] != '"':
+        ch = text[pos]
+        if ch == "\\":
+            code = text[pos + 1] if pos + 1 < len(text) else ""
+            if code not in _ESCAPES:
+                raise ArgumentError(f"unsupported escape code: '\\{code}'")
+            out.append(_ESCAPES[code])
+            pos += 2
+        else:
+            out.append(ch)
+            pos += 1
+    if pos >= len(text):
+        raise ArgumentError("unterminated string")
+    return "".join(out), pos + 1
+
+
+def parse_arguments(cmd: HMPCommand, text: str) -> dict[str, Any]:
+    """The arguments of ``cmd`` from the rest of its line, keyed by ArgSpec.key."""
+    args: dict[str, Any] = {}
+    pos = 0
+    for spec in cmd.args:
+        pos = _skip_blanks(text, pos)
+        if spec.kind is ArgKind.FLAG:
+            args[spec.key] = False
+            if text.startswith("-", pos):
+                letter = text[pos + 1:pos + 2]
+                later_flags = {s.letter for s in cmd.args if s.kind is ArgKind.FLAG}
+                if letter == spec.letter:
+                    args[spec.key] = True
+                    pos += 2
+                elif letter not in later_flags:
+                    raise ArgumentError(f"{cmd.names[0]}: unsupported option -{letter}")
+            continue
+        if pos >= len(text):
+            if spec.optional:
+                continue
+            raise ArgumentError(f"{cmd.names[0]}: string expected")
+        if spec.kind is ArgKind.REST:
+            args[spec.key] = text[pos:].rstrip()
+            pos = len(text)
+            continue
+        try:
+            token = next_word(text, pos)
+        except ArgumentError as e:
+            raise ArgumentError(f"{cmd.names[0]}: {e}") from None
+        assert token is not None
+        args[spec.key], pos = token
+    if _skip_blanks(text, pos) < len(text):
+        raise ArgumentError(f"{cmd.names[0]}: extraneous characters at the end of line")
+    return args
+
+
+# --- dispatch ---------------------------------------------------------------------------
+
+
+def _command_name(text: str, pos: int) -> tuple[str, int]:
+    """A command name ends at a blank or '/' (as in "x/10i")."""
+    pos = _skip_blanks(text, pos)
+    end = pos
+    while end < len(text) and not text[end].isspace() and text[end] != "/":
+        end += 1
+    return text[pos:end], end
+
+
+def find_command(table: tuple[HMPCommand, ...], name: str) -> HMPCommand | None:
+    for cmd in table:
+        if cmd.matches(name):
+            return cmd
+    return None
+
+
+def handle_hmp_command(mon: Monitor, line: str) -> None:
+    """Parse and run one command line, printing any error as one line."""
+    table = hmp_cmds()
+    pos = 0
+    start = _skip_blanks(line, 0)
+    cmd: HMPCommand | None = None
+    while True:
+        name, end = _command_name(line, pos)
+        if not name:
+            if cmd is None:
+                return  # an empty line
+            break
+        found = find_command(table, name)
+        if found is None:
+            mon.print_line(f"unknown command: '{line[start:end]}'")
+            return
+        cmd, pos = found, _skip_blanks(line, end)
+        if cmd.sub_table is None or pos >= len(line):
+            break
+        table = cmd.sub_table
+    assert cmd is not None
+    typed = line[start:pos].rstrip()
+    if cmd.handler is None:
+        mon.print_line(f'Command "{typed}" is not available.')
+        return
+    try:
+        args = parse_arguments(cmd, line[pos:])
+    except ArgumentError as e:
+        mon.print_line(str(e))
+        mon.print_line(f'Try "help {typed}" for more information')
+        return
+    run_handler(mon, cmd, args)
+
+
+def run_handler(mon: Monitor, cmd: HMPCommand, args: dict[str, Any]) -> None:
+    try:
+        assert cmd.handler is not None
+        cmd.handler(mon, args)
+    except (CommandError, QOMError, UserError) as e:
+        mon.error(str(e))
+    except Exception as e:  # a bug in a command must not take the VMM down
+        detail = str(e).splitlines()[0] if str(e) else ""
+        mon.error(f"internal error in '{cmd.names[0]}': {type(e).__name__}" + (f": {detail}" if detail else ""))
+
+
+# --- help -------------------------------------------------------------------------------
+
+
+def _help_line(cmd: HMPCommand, prefix: str = "") -> str:
+    return f"{prefix}{cmd.name} {cmd.params} -- {cmd.help}"
+
+
+def help_lines(words: list[str]) -> list[str]:
+    """What `help [words...]` prints (help_cmd_dump)."""
+    table = hmp_cmds()
+    prefix: list[str] = []
+    for index, name in enumerate(words):
+        cmd = find_command(table, name)
+        if cmd is None:
+            return ["unknown command: '" + " ".join(words[:index + 1]) + "'"]
+        if cmd.sub_table is None:
+            return [_help_line(cmd, "".join(p + " " for p in prefix))]
+        prefix.append(name)
+        table = cmd.sub_table
+    lead = "".join(p + " " for p in prefix)
+    return [_help_line(cmd, lead) for cmd in table]
+
+
+def hmp_help(mon: Monitor, args: dict[str, Any]) -> None:
+    words: list[str] = []
+    text = args.get("name") or ""
+    pos = 0
+    while (token := next_word(text, pos)) is not None:
+        words.append(token[0])
+        pos = token[1]
+    for line in help_lines(words):
+        mon.print_line(line)
+
+
+def hmp_info_help(mon: Monitor, args: dict[str, Any]) -> None:
+    for line in help_lines(["info"]):
+        mon.print_line(line)
+
+
+# --- run state ----------------------------------------------------------------------------
+
+
+def hmp_info_status(mon: Monitor, args: dict[str, Any]) -> None:
+    state = runstate.state
+    running = runstate.runstate_is_running()
+    text = "VM status: " + ("running" if running else "paused")
+    if not running and state is not RunState.PAUSED:
+        text += f" ({state.value})"
+    mon.print_line(text)
+
+
+def hmp_stop(mon: Monitor, args: dict[str, Any]) -> None:
+    runstate.vm_stop(RunState.PAUSED)
+
+
+def hmp_cont(mon: Monitor, args: dict[str, Any]) -> None:
+    if runstate.state in (RunState.SHUTDOWN, RunState.INTERNAL_ERROR):
+        raise CommandError("Resetting the Virtual Machine is required")
+    runstate.vm_start()
+
+
+def hmp_quit(mon: Monitor, args: dict[str, Any]) -> None:
+    mon.suspend()
+    runstate.qemu_system_shutdown_request(ShutdownCause.HOST_QMP_QUIT)
+
+
+# QEMU's cause for a monitor reset is HOST_QMP_SYSTEM_RESET; pemu's runstate
+# has no such member yet, so the closest host-initiated cause stands in.
+SYSTEM_RESET_CAUSE: ShutdownCause = getattr(ShutdownCause, "HOST_QMP_SYSTEM_RESET", ShutdownCause.HOST_UI)
+
+
+def hmp_system_reset(mon: Monitor, args: dict[str, Any]) -> None:
+    runstate.qemu_system_reset_request(SYSTEM_RESET_CAUSE)
+
+
+PowerdownHandler = Callable[[], None]
+_powerdown_handlers: list[PowerdownHandler] = []
+
+
+def register_powerdown_handler(cb: PowerdownHandler) -> None:
+    """``cb()`` presses the machine's power button (the ACPI PM device
+    registers one); `system_powerdown` calls every registered handler."""
+    _powerdown_handlers.append(cb)
+
+
+def unregister_powerdown_handler(cb: PowerdownHandler) -> None:
+    if cb in _powerdown_handlers:
+        _powerdown_handlers.remove(cb)
+
+
+def hmp_system_powerdown(mon: Monitor, args: dict[str, Any]) -> None:
+    if not _powerdown_handlers:
+        raise CommandError("this machine has no power button (no ACPI power button handler)")
+    for cb in list(_powerdown_handlers):
+        cb()
+
+
+# --- version, name ----------------------------------------------------------------------------
+
+
+def hmp_info_version(mon: Monitor, args: dict[str, Any]) -> None:
+    from pemu.monitor.monitor import monitor_version
+
+    mon.print_line(monitor_version())
+
+
+def vm_name() -> str | None:
+    """The -name of the VM, when the command line set one."""
+    import sys
+
+    vl = sys.modules.get("pemu.system.vl")
+    name = getattr(vl, "qemu_name", None) if vl is not None else None
+    return name if isinstance(name, str) and name else None
+
+
+def hmp_info_name(mon: Monitor, args: dict[str, Any]) -> None:
+    name = vm_name()
+    if name is not None:
+        mon.print_line(name)
+
+
+# --- QOM ----------------------------------------------------------------------------------------
+
+
+def _resolve(path: str) -> Object:
+    obj = object_resolve_path(path)
+    if obj is None:
+        raise CommandError(f"Device '{path}' not found")
+    return obj
+
+
+def hmp_info_qom_tree(mon: Monitor, args: dict[str, Any]) -> None:
+    from pemu.monitor.qom_info import format_qom_tree
+
+    path = args.get("path")
+    if path is not None:
+        obj = object_resolve_path(path)
+        if obj is None:
+            mon.print_line(f"Path '{path}' could not be resolved.")
+            return
+    else:
+        obj = object_get_root()
+    mon.puts(format_qom_tree(obj))
+
+
+def hmp_info_qtree(mon: Monitor, args: dict[str, Any]) -> None:
+    from pemu.hw.core.sysbus import sysbus_get_default
+    from pemu.monitor.qom_info import format_qtree
+
+    mon.puts(format_qtree(sysbus_get_default(), brief=bool(args.get("brief"))))
+
+
+def hmp_qom_list(mon: Monitor, args: dict[str, Any]) -> None:
+    path = args.get("path")
+    if path is None:
+        mon.print_line("/")
+        return
+    obj = _resolve(path)
+    for prop in obj.property_iter():
+        mon.print_line(f"{prop.name} ({prop.type})")
+
+
+def hmp_qom_get(mon: Monitor, args: dict[str, Any]) -> None:
+    from pemu.monitor.qom_info import qom_value_to_json
+
+    obj = _resolve(args["path"])
+    mon.print_line(qom_value_to_json(obj.property_get(args["property"])))
+
+
+def hmp_qom_set(mon: Monitor, args: dict[str, Any]) -> None:
+    obj = _resolve(args["path"])
+    obj.property_parse(args["property"], args["value"])
+
+
+# --- memory -------------------------------------------------------------------------------------
+
+
+def hmp_info_mtree(mon: Monitor, args: dict[str, Any]) -> None:
+    from pemu.system.memory import mtree_info
+
+    mon.puts(mtree_info(flatview=bool(args.get("flatview"))))
+
+
+# --- CPUs ---------------------------------------------------------------------------------------
+
+
+def machine_cpus() -> list[Object]:
+    """The CPU objects of the machine, by cpu_index."""
+    found: list[Object] = []
+
+    def walk(obj: Object) -> None:
+        for _, child in obj.children():
+            if child.typename.endswith("-x86_64-cpu") or child.is_a("cpu"):
+                found.append(child)
+            else:
+                walk(child)
+
+    walk(object_get_root())
+    return sorted(found, key=lambda cpu: getattr(cpu, "cpu_index", 0))
+
+
+def _thread_id(cpu: Object) -> int:
+    run = getattr(cpu, "run", None)
+    thread = getattr(run, "thread", None)
+    native = getattr(thread, "native_id", None)
+    return native if isinstance(native, int) else os.getpid()
+
+
+def hmp_info_cpus(mon: Monitor, args: dict[str, Any]) -> None:
+    cpus = machine_cpus()
+    for n, cpu in enumerate(cpus):
+        index = getattr(cpu, "cpu_index", n)
+        mark = "*" if n == 0 else " "
+        mon.print_line(f"{mark} CPU #{index}: thread_id={_thread_id(cpu)}")
+
+
+def hmp_info_registers(mon: Monitor, args: dict[str, Any]) -> None:
+    cpus = [cpu for cpu in machine_cpus() if hasattr(cpu, "env")]
+    if not cpus:
+        mon.print_line("No CPU available")
+        return
+    chosen = cpus if args.get("all") else cpus[:1]
+    from pemu.system.cpus import cpu_synchronize_state
+
+    for cpu in chosen:
+        if args.get("all"):
+            mon.print_line(f"\nCPU#{getattr(cpu, 'cpu_index', 0)}")
+        cpu_synchronize_state(cpu)
+        mon.puts(format_x86_registers(getattr(cpu, "env")))
+
+
+def _seg_line(name: str, sc: Any, wide: bool, protected: bool, lma: bool) -> str:
+    from pemu.target.i386 import cpu_state as cs
+
+    flags = sc.flags & 0x00FFFF00
+    base = sc.base if wide else sc.base & 0xFFFFFFFF
+    text = f"{name:<3}={sc.selector & 0xFFFF:04x} {base:0{16 if wide else 8}x} {sc.limit & 0xFFFFFFFF:08x} {flags:08x}"
+    if not protected or not sc.flags & cs.DESC_P_MASK:
+        return text
+    text += f" DPL={(sc.flags >> cs.DESC_DPL_SHIFT) & 3} "
+    if sc.flags & cs.DESC_S_MASK:
+        if sc.flags & cs.DESC_CS_MASK:
+            kind = "CS64" if sc.flags & cs.DESC_L_MASK else ("CS32" if sc.flags & cs.DESC_B_MASK else "CS16")
+            bits = ("C" if sc.flags & cs.DESC_C_MASK else "-") + ("R" if sc.flags & cs.DESC_R_MASK else "-")
+        else:
+            kind = "DS  " if sc.flags & cs.DESC_B_MASK or lma else "DS16"
+            bits = ("E" if sc.flags & (1 << 10) else "-") + ("W" if sc.flags & cs.DESC_W_MASK else "-")
+        text += f"{kind} [{bits}{'A' if sc.flags & cs.DESC_A_MASK else '-'}]"
+    else:
+        text += f"type={(sc.flags >> cs.DESC_TYPE_SHIFT) & 0xF:x}"
+    return text
+
+
+def format_x86_registers(env: Any) -> str:
+    """`info registers` for one x86 CPU (x86_cpu_dump_state, the general part)."""
+    from pemu.target.i386 import cpu_state as cs
+
+    lma = bool(env.efer & cs.Efer.LMA)
+    protected = bool(env.cr0 & cs.CR0_PE_MASK)
+    regs = [r & 0xFFFFFFFFFFFFFFFF for r in env.regs]
+    rfl = env.rflags & 0xFFFFFFFF
+    flag_text = "".join(ch if rfl & mask else "-" for ch, mask in (
+        ("D", cs.DF_MASK), ("O", cs.OF_MASK), ("S", cs.SF_MASK), ("Z", cs.ZF_MASK),
+        ("A", cs.AF_MASK), ("P", cs.PF_MASK), ("C", cs.CF_MASK)))
+    cpl = env.cpl
+    a20 = 1 if (env.a20_mask >> 20) & 1 else 0
+    hlt = 1 if env.halted else 0
+    lines: list[str] = []
+    if lma:
+        names = ["RAX", "RBX", "RCX", "RDX", "RSI", "RDI", "RBP", "RSP",
+                 "R8 ", "R9 ", "R10", "R11", "R12", "R13", "R14", "R15"]
+        order = [0, 3, 1, 2, 6, 7, 5, 4, 8, 9, 10, 11, 12, 13, 14, 15]
+        for row in range(4):
+            lines.append(" ".join(f"{names[i]}={regs[order[i]]:016x}" for i in range(row * 4, row * 4 + 4)))
+        lines.append(f"RIP={env.rip & 0xFFFFFFFFFFFFFFFF:016x} RFL={rfl:08x} [{flag_text}] "
+                     f"CPL={cpl} II=0 A20={a20} SMM=0 HLT={hlt}")
+    else:
+        names = ["EAX", "EBX", "ECX", "EDX", "ESI", "EDI", "EBP", "ESP"]
+        order = [0, 3, 1, 2, 6, 7, 5, 4]
+        for row in range(2):
+            lines.append(" ".join(f"{names[i]}={regs[order[i]] & 0xFFFFFFFF:08x}" for i in range(row * 4, row * 4 + 4)))
+        lines.append(f"EIP={env.rip & 0xFFFFFFFF:08x} EFL={rfl:08x} [{flag_text}] "
+                     f"CPL={cpl} II=0 A20={a20} SMM=0 HLT={hlt}")
+    for name, seg in zip(("ES", "CS", "SS", "DS", "FS", "GS"), env.segs):
+        lines.append(_seg_line(name, seg, lma, protected, lma))
+    lines.append(_seg_line("LDT", env.ldt, lma, protected, lma))
+    lines.append(_seg_line("TR", env.tr, lma, protected, lma))
+    width = 16 if lma else 8
+    lines.append(f"GDT=     {env.gdt.base & ((1 << (4 * width)) - 1):0{width}x} {env.gdt.limit & 0xFFFFFFFF:08x}")
+    lines.append(f"IDT=     {env.idt.base & ((1 << (4 * width)) - 1):0{width}x} {env.idt.limit & 0xFFFFFFFF:08x}")
+    if lma:
+        lines.append(f"CR0={env.cr0 & 0xFFFFFFFF:08x} CR2={env.cr2 & 0xFFFFFFFFFFFFFFFF:016x} "
+                     f"CR3={env.cr3 & 0xFFFFFFFFFFFFFFFF:016x} CR4={env.cr4 & 0xFFFFFFFF:08x}")
+    else:
+        lines.append(f"CR0={env.cr0 & 0xFFFFFFFF:08x} CR2={env.cr2 & 0xFFFFFFFF:08x} "
+                     f"CR3={env.cr3 & 0xFFFFFFFF:08x} CR4={env.cr4 & 0xFFFFFFFF:08x}")
+    lines.append(f"EFER={env.efer & 0xFFFFFFFFFFFFFFFF:016x}")
+    return "".join(line + "\n" for line in lines)
+
+
+# --- the tables -----------------------------------------------------------------------------------
+
+
+def _sorted(cmds: list[HMPCommand]) -> tuple[HMPCommand, ...]:
+    # QEMU sorts both tables by name when the monitor starts (sortcmdlist).
+    return tuple(sorted(cmds, key=lambda c: c.name))
+
+
+HMP_INFO_CMDS = _sorted([
+    HMPCommand("version", "", "show the version of pemu", hmp_info_version),
+    HMPCommand("status", "", "show the current VM status (running|paused)", hmp_info_status),
+    HMPCommand("name", "", "show the current VM name", hmp_info_name),
+    HMPCommand("cpus", "", "show infos for each CPU", hmp_info_cpus),
+    HMPCommand("registers", "[-a]", "show the cpu registers (-a: all - show register info for all cpus)",
+               hmp_info_registers, (flag("all", "a"),)),
+    HMPCommand("mtree", "[-f]", "show memory tree (-f: dump flat view for address spaces)",
+               hmp_info_mtree, (flag("flatview", "f"),)),
+    HMPCommand("qtree", "[-b]", "show device tree (-b: brief, omit properties)",
+               hmp_info_qtree, (flag("brief", "b"),)),
+    HMPCommand("qom-tree", "[path]", "show QOM composition tree", hmp_info_qom_tree, (word("path", True),)),
+])
+
+HMP_CMDS = _sorted([
+    HMPCommand("help|?", "[cmd]", "show the help", hmp_help, (rest("name", True),)),
+    HMPCommand("info", "[subcommand]", "show various information about the system state",
+               hmp_info_help, sub_table=HMP_INFO_CMDS),
+    HMPCommand("quit|q", "", "quit the emulator", hmp_quit),
+    HMPCommand("stop|s", "", "stop emulation", hmp_stop),
+    HMPCommand("cont|c", "", "resume emulation", hmp_cont),
+    HMPCommand("system_reset", "", "reset the system", hmp_system_reset),
+    HMPCommand("system_powerdown", "", "send system power down event", hmp_system_powerdown),
+    HMPCommand("qom-list", "path", "list QOM properties", hmp_qom_list, (word("path", True),)),
+    HMPCommand("qom-get", "path property", "print QOM property", hmp_qom_get,
+               (word("path"), word("property"))),
+    HMPCommand("qom-set", "path property value", "set QOM property", hmp_qom_set,
+               (word("path"), word("property"), rest("value"))),
+])
+
+
+def hmp_cmds() -> tuple[HMPCommand, ...]:
+    """The top-level command table."""
+    return HMP_CMDS
