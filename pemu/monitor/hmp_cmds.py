@@ -335,11 +335,15 @@ def hmp_info_version(mon: Monitor, args: dict[str, Any]) -> None:
 
 
 def vm_name() -> str | None:
-    """The -name of the VM, when the command line set one."""
+    """The -name of the VM, when the command line set one: QEMU's global
+    ``qemu_name`` if vl defines one, else what vl keeps on the machine."""
     import sys
 
     vl = sys.modules.get("pemu.system.vl")
     name = getattr(vl, "qemu_name", None) if vl is not None else None
+    if not name:
+        machine = object_resolve_path("/machine")
+        name = getattr(machine, "name_", None)
     return name if isinstance(name, str) and name else None
 
 
@@ -474,7 +478,8 @@ def _seg_line(name: str, sc: Any, wide: bool, protected: bool, lma: bool) -> str
             bits = ("C" if sc.flags & cs.DESC_C_MASK else "-") + ("R" if sc.flags & cs.DESC_R_MASK else "-")
         else:
             kind = "DS  " if sc.flags & cs.DESC_B_MASK or lma else "DS16"
-            bits = ("E" if sc.flags & (1 << 10) else "-") + ("W" if sc.flags & cs.DESC_W_MASK else "-")
+            # Bit 10 is "conforming" in a code descriptor, "expand-down" in a data one.
+            bits = ("E" if sc.flags & cs.DESC_C_MASK else "-") + ("W" if sc.flags & cs.DESC_W_MASK else "-")
         text += f"{kind} [{bits}{'A' if sc.flags & cs.DESC_A_MASK else '-'}]"
     else:
         text += f"type={(sc.flags >> cs.DESC_TYPE_SHIFT) & 0xF:x}"

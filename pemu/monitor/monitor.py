@@ -61,11 +61,12 @@ class _EscapeState(Enum):
 class LineEditor:
     """Accumulate typed bytes into lines, echoing them (QEMU's readline, minimal).
 
-    ``echo(text)`` receives what the terminal should show; ``on_line(line)``
+    ``echo(data)`` receives the bytes the terminal should show, typed bytes
+    as they came (a UTF-8 character echoes as itself); ``on_line(line)``
     receives each finished line, without its end-of-line.
     """
 
-    def __init__(self, echo: Callable[[str], None], on_line: Callable[[str], None]) -> None:
+    def __init__(self, echo: Callable[[bytes], None], on_line: Callable[[str], None]) -> None:
         self._echo = echo
         self._on_line = on_line
         self.buffer = bytearray()
@@ -83,7 +84,7 @@ class LineEditor:
         self._escape = _EscapeState.NORMAL
 
     def show_prompt(self) -> None:
-        self._echo(self.prompt)
+        self._echo(self.prompt.encode())
 
     def feed_byte(self, byte: int) -> None:
         byte &= 0xFF
@@ -102,13 +103,13 @@ class LineEditor:
         elif byte >= 0x20:
             if len(self.buffer) < MAX_LINE_BYTES:
                 self.buffer.append(byte)
-                self._echo(bytes([byte]).decode("latin-1"))
+                self._echo(bytes([byte]))
         # Other control characters (tab, Ctrl-C ...) are ignored.
 
     def _finish_line(self) -> None:
         line = self.buffer.decode("utf-8", errors="replace")
         self.buffer.clear()
-        self._echo("\n")
+        self._echo(b"\n")
         if line.strip():
             if not self.history or self.history[-1] != line:
                 self.history.append(line)
@@ -123,7 +124,7 @@ class LineEditor:
         while len(self.buffer) > 1 and self.buffer[-1] & 0xC0 == 0x80:
             self.buffer.pop()
         self.buffer.pop()
-        self._echo("\b \b")
+        self._echo(b"\b \b")
 
     def _escape_byte(self, byte: int) -> None:
         if self._escape is _EscapeState.ESC:
@@ -153,14 +154,14 @@ class LineEditor:
         text = self.history[pos] if pos < len(self.history) else ""
         self.buffer = bytearray(text.encode("utf-8")[:MAX_LINE_BYTES])
         # Back to the start of the line, redraw, clear what is left.
-        self._echo("\r" + self.prompt + text + "\x1b[K")
+        self._echo(b"\r" + (self.prompt + text).encode() + b"\x1b[K")
 
 
 class Monitor:
     """One human monitor (QEMU's MonitorHMP) on a chardev."""
 
     def __init__(self, chr: Chardev | None) -> None:
-        self.editor = LineEditor(self.puts, self._run_line)
+        self.editor = LineEditor(self._write, self._run_line)
         # True while the monitor does not have a mux's input focus.
         self.mux_out = False
         # True once the chardev has opened (the banner is due or shown).
@@ -174,10 +175,11 @@ class Monitor:
     # -- output -----------------------------------------------------------------
     def puts(self, text: str) -> None:
         """Write ``text`` to the user, with "\\n" as "\\r\\n" (monitor_puts)."""
-        if not text:
-            return
-        data = text.replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8", errors="replace")
-        self.fe.write(data)
+        self._write(text.encode("utf-8", errors="replace"))
+
+    def _write(self, data: bytes) -> None:
+        if data:
+            self.fe.write(data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
 
     def printf(self, text: str) -> None:
         """Alias of :meth:`puts` for readers of QEMU's monitor_printf."""

@@ -535,3 +535,110 @@ def test_info_cpus_and_registers(mon: Monitor, chardev: CaptureChardev, machine:
 def test_info_registers_without_cpu(mon: Monitor, chardev: CaptureChardev) -> None:
     assert run(chardev, "info cpus") == []
     assert run(chardev, "info registers") == ["No CPU available"]
+
+
+def test_info_qtree_pci_function(mon: Monitor, chardev: CaptureChardev, machine: Object) -> None:
+    from pemu.hw.pci import pci
+
+    def lpc_class_init(klass: ObjectClass, data: Any) -> None:
+        k: pci.PCIDeviceClass = klass  # type: ignore[assignment]
+        k.vendor_id, k.device_id, k.class_id = 0x8086, 0x2918, 0x0601
+
+    if not qom.type_exists("t-mon-lpc"):
+        qom.type_register(TypeInfo("t-mon-lpc", parent=pci.TYPE_PCI_DEVICE, class_init=lpc_class_init))
+    host = qdev_new("t-mon-sysdev")
+    bus = pci.pci_root_bus_new(host, "pcie.0", True)
+    qdev.qdev_realize(host, sysbus.sysbus_get_default())
+    lpc = qdev_new("t-mon-lpc")
+    lpc.property_parse("addr", "1f")
+    qdev.qdev_realize(lpc, bus)
+    lines = run(chardev, "info qtree")
+    at = lines.index('      dev: t-mon-lpc, id ""')
+    assert lines[at - 2:at] == ["    bus: pcie.0", "      type PCIE"]
+    assert lines[at + 1:at + 4] == [
+        "        addr = 1f.0",
+        "        multifunction = false",
+        "        class ISA bridge, addr 00:1f.0, pci id 8086:2918 (sub 0000:0000)",
+    ]
+
+
+def test_utf8_input_echoes_as_typed_and_backspaces_whole_characters(mon: Monitor, chardev: CaptureChardev) -> None:
+    chardev.push_input("fé".encode())
+    assert chardev.take().encode() == "fé".encode()
+    chardev.push_input(b"\x7f\x7f\r")
+    assert chardev.take() == "\b \b\b \b\r\n(qemu) "
+
+
+def test_hostile_bytes_do_not_break_the_monitor(mon: Monitor, chardev: CaptureChardev) -> None:
+    chardev.push_input(bytes(range(256)) + b"\xff\xfe\r")
+    out = bytes(chardev.out)
+    chardev.out.clear()
+    assert out.endswith(b"(qemu) ")
+    assert b"Traceback" not in out and b"Error: internal" not in out
+    assert run(chardev, "info status") == ["VM status: paused"]
+
+
+def test_info_name_from_the_machine(mon: Monitor, chardev: CaptureChardev, machine: Object) -> None:
+    assert run(chardev, "info name") == []
+    machine.name_ = "vm-under-test"  # type: ignore[attr-defined]
+    assert run(chardev, "info name") == ["vm-under-test"]
+
+
+def test_monitor_over_a_real_tcp_socket() -> None:
+    import socket
+    import time
+
+    from pemu.chardev import qemu_chr_delete, qemu_chr_new
+    from pemu.util.main_loop import main_loop
+
+    chr = qemu_chr_new("mon-tcp", "tcp:127.0.0.1:0,server=on,wait=off")
+    assert chr is not None
+    m = monitor_init_hmp(chr)
+    host, port = chr.local_address  # type: ignore[attr-defined]
+    client = socket.create_connection((host, port))
+    client.settimeout(0.05)
+    received = b""
+
+    def read_until(marker: bytes) -> bool:
+        nonlocal received
+        deadline = time.monotonic() + 3
+        while marker not in received and time.monotonic() < deadline:
+            main_loop().run_once(0.02)
+            try:
+                received += client.recv(4096)
+            except socket.timeout:
+                pass
+        return marker in received
+
+    try:
+        assert read_until(b"(qemu) ")
+        assert received == BANNER.encode() + b"(qemu) "
+        received = b""
+        client.sendall(b"info status\r\n")
+        assert read_until(b"paused\r\n(qemu) ")
+        assert received == b"info status\r\nVM status: paused\r\n(qemu) "
+    finally:
+        client.close()
+        m.close()
+        qemu_chr_delete("mon-tcp")
+
+
+def test_info_registers_in_long_mode(mon: Monitor, chardev: CaptureChardev, machine: Object) -> None:
+    from pemu.target.i386 import cpu_state as cs
+
+    cpu = object_get_root().child("machine").child("unattached").child("device[0]")  # type: ignore[union-attr]
+    env: CPUX86State = cpu.env  # type: ignore[union-attr]
+    env.efer = cs.Efer.LME | cs.Efer.LMA
+    env.cr0 = cs.CR0_PE_MASK | cs.CR0_PG_MASK
+    env.rip = 0xFFFFFFFF81000000
+    env.regs[cs.Reg.RBX] = 0x1234
+    env.regs[cs.Reg.RDX] = 0
+    env.rflags = 0x246
+    env.segs[cs.SegReg.CS] = cs.SegmentCache(0x10, 0, 0xFFFFFFFF, cs.DESC_P_MASK | cs.DESC_S_MASK | cs.DESC_CS_MASK
+                                             | cs.DESC_R_MASK | cs.DESC_A_MASK | cs.DESC_L_MASK | cs.DESC_G_MASK)
+    lines = run(chardev, "info registers")
+    assert lines[0] == "RAX=0000000000000000 RBX=0000000000001234 RCX=0000000000000000 RDX=0000000000000000"
+    assert lines[4].startswith("RIP=ffffffff81000000 RFL=00000246 [---Z-P-] CPL=0")
+    assert lines[6] == "CS =0010 0000000000000000 ffffffff 00a09b00 DPL=0 CS64 [-RA]"
+    assert lines[-2].startswith("CR0=80000001 CR2=0000000000000000")
+    assert lines[-1] == "EFER=0000000000000500"
