@@ -420,10 +420,12 @@ def hmp_info_mtree(mon: Monitor, args: dict[str, Any]) -> None:
 
 def machine_cpus() -> list[Object]:
     """The CPU objects of the machine, by cpu_index."""
+    from pemu.monitor.qom_info import qom_children
+
     found: list[Object] = []
 
     def walk(obj: Object) -> None:
-        for _, child in obj.children():
+        for _, child in qom_children(obj):
             if child.typename.endswith("-x86_64-cpu") or child.is_a("cpu"):
                 found.append(child)
             else:

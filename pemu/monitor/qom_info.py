@@ -34,13 +34,27 @@ PCI_CLASS_NAMES: dict[int, str] = {
 # --- info qom-tree ----------------------------------------------------------------
 
 
-def qom_composition_lines(obj: Object, indent: int = 0) -> Iterator[str]:
+def qom_children(obj: Object) -> Iterator[tuple[str, Object]]:
+    """The ``child<>`` properties of ``obj``, read from its property table.
+
+    ``Object.children()`` is not used: a qdev bus keeps its devices in an
+    attribute of that same name, which hides the method.
+    """
+    for prop in list(obj.properties.values()):
+        if prop.is_child and prop.get is not None:
+            child = prop.get(obj)
+            if isinstance(child, Object):
+                yield prop.name, child
+
+
+def qom_composition_lines(obj: Object, indent: int = 0, name: str | None = None) -> Iterator[str]:
     """"/name (type)" for ``obj``, then its children sorted by name, each
     level indented by two more spaces (print_qom_composition)."""
-    name = "" if obj is object_get_root() else (obj.name_in_parent() or "")
+    if name is None:
+        name = "" if obj is object_get_root() else (obj.name_in_parent() or "")
     yield f"{' ' * indent}/{name} ({obj.typename})"
-    for _, child in sorted(obj.children(), key=lambda item: item[0]):
-        yield from qom_composition_lines(child, indent + 2)
+    for child_name, child in sorted(qom_children(obj), key=lambda item: item[0]):
+        yield from qom_composition_lines(child, indent + 2, child_name)
 
 
 def format_qom_tree(obj: Object) -> str:

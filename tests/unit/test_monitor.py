@@ -483,6 +483,10 @@ def test_info_qtree(mon: Monitor, chardev: CaptureChardev, machine: Object) -> N
         "        ram = 536870912 (512 MiB)",
         "        enabled = true",
     ]
+    # A bus is a QOM child of its device (and its device list must not get in the way).
+    tree = run(chardev, "info qom-tree /machine/unattached")
+    at = tree.index("  /device[1] (t-mon-sysdev)")
+    assert tree[at + 1] == "    /inner.0 (System)"
     brief = run(chardev, "info qtree -b")
     assert brief == ["bus: main-system-bus", "  type System", '  dev: t-mon-sysdev, id "uart0"',
                      '    gpio-in "" 2', '    gpio-out "" 1', "    bus: inner.0", "      type System",
