@@ -304,25 +304,13 @@ def hmp_system_reset(mon: Monitor, args: dict[str, Any]) -> None:
 
 
 PowerdownHandler = Callable[[], None]
-_powerdown_handlers: list[PowerdownHandler] = []
-
-
-def register_powerdown_handler(cb: PowerdownHandler) -> None:
-    """``cb()`` presses the machine's power button (the ACPI PM device
-    registers one); `system_powerdown` calls every registered handler."""
-    _powerdown_handlers.append(cb)
-
-
-def unregister_powerdown_handler(cb: PowerdownHandler) -> None:
-    if cb in _powerdown_handlers:
-        _powerdown_handlers.remove(cb)
+register_powerdown_handler = runstate.qemu_register_powerdown_notifier
+unregister_powerdown_handler = runstate.qemu_unregister_powerdown_notifier
 
 
 def hmp_system_powerdown(mon: Monitor, args: dict[str, Any]) -> None:
-    if not _powerdown_handlers:
+    if not runstate.qemu_system_powerdown_request():
         raise CommandError("this machine has no power button (no ACPI power button handler)")
-    for cb in list(_powerdown_handlers):
-        cb()
 
 
 # --- version, name ----------------------------------------------------------------------------

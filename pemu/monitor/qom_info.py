@@ -101,7 +101,7 @@ def qdev_prop_human(kind: str, value: Any) -> str:
 def _device_class_chain(dev: DeviceState) -> Iterator[DeviceClass]:
     """The device's class, then its ancestors' classes, down to TYPE_DEVICE."""
     klass: ObjectClass | None = dev.klass
-    while klass is not None and klass.name != TYPE_DEVICE:
+    while klass is not None and klass.type.name != TYPE_DEVICE:
         if isinstance(klass, DeviceClass):
             yield klass
         klass = klass.parent_class
@@ -214,7 +214,7 @@ def qbus_lines(bus: BusState, indent: int = 0, brief: bool = False) -> Iterator[
     yield f"{' ' * indent}bus: {bus.name}"
     indent += 2
     yield f"{' ' * indent}type {bus.typename}"
-    for dev in list(bus.children):
+    for dev in list(bus.devices_on_bus):
         yield from qdev_lines(dev, indent, brief)
 
 

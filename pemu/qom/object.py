@@ -382,7 +382,7 @@ class Object:
 
     @property
     def typename(self) -> str:
-        return self.klass.name
+        return self.klass.type.name
 
     def is_a(self, typename: str) -> bool:
         return type_is_a(self.klass.type, typename)

@@ -95,7 +95,7 @@ def _find_bus_for(dc: DeviceClass) -> BusState | None:
         if bus.is_a(dc.bus_type):
             klass = bus.klass
             max_dev = getattr(klass, "max_dev", 0)
-            if max_dev and len(bus.children) >= max_dev:
+            if max_dev and len(bus.devices_on_bus) >= max_dev:
                 continue
             return bus
     return None

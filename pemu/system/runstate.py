@@ -26,6 +26,7 @@ class ShutdownCause(Enum):
     NONE = "none"
     HOST_ERROR = "host-error"
     HOST_QMP_QUIT = "host-qmp-quit"
+    HOST_QMP_SYSTEM_RESET = "host-qmp-system-reset"
     HOST_SIGNAL = "host-signal"
     HOST_UI = "host-ui"
     GUEST_SHUTDOWN = "guest-shutdown"
@@ -117,3 +118,23 @@ def vm_stop(new_state: RunState = RunState.PAUSED) -> None:
     cpus.pause_all_vcpus()
     qemu_clock_enable_virtual(False)
     runstate_set(new_state)
+
+
+_powerdown_notifiers: list[Callable[[], None]] = []
+
+
+def qemu_register_powerdown_notifier(cb: Callable[[], None]) -> None:
+    """``cb()`` presses the machine's power button (the ACPI PM device registers one)."""
+    _powerdown_notifiers.append(cb)
+
+
+def qemu_unregister_powerdown_notifier(cb: Callable[[], None]) -> None:
+    if cb in _powerdown_notifiers:
+        _powerdown_notifiers.remove(cb)
+
+
+def qemu_system_powerdown_request() -> bool:
+    """Ask the guest to power down (ACPI power button); False if nothing can."""
+    for cb in list(_powerdown_notifiers):
+        cb()
+    return bool(_powerdown_notifiers)

@@ -505,10 +505,10 @@ def qemu_setup_defaults_and_monitors(cfg: Config) -> None:
     on stdio, multiplexed (Ctrl-A c switches)."""
     from pemu.chardev.registry import qemu_chr_find, qemu_chr_new
 
-    def monitor_init_hmp(chr_: Any) -> None:
+    def monitor_init_hmp(chr_: Any) -> Any:
         from pemu.monitor import monitor_init_hmp as init
 
-        init(chr_)
+        return init(chr_)
 
     serials = list(cfg.serials)
     monitors = list(cfg.monitors)
@@ -525,11 +525,14 @@ def qemu_setup_defaults_and_monitors(cfg: Config) -> None:
         serials = ["null"]
     # stdio can back one character device; if the serial port and the
     # monitor both want it, they share it through a mux as with mon:stdio.
+    # The monitor asked for explicitly starts with the input focus.
     stdio_serial = [i for i, s in enumerate(serials) if s == "stdio"]
     stdio_monitor = [i for i, (kind, s) in enumerate(monitors) if kind == "monitor" and s == "stdio"]
+    monitor_first = False
     if stdio_serial and stdio_monitor:
         serials[stdio_serial[0]] = "mon:stdio"
         del monitors[stdio_monitor[0]]
+        monitor_first = True
 
     for n, (kind, spec) in enumerate(monitors):
         if kind == "mon":
@@ -548,8 +551,22 @@ def qemu_setup_defaults_and_monitors(cfg: Config) -> None:
             continue
         chr_ = qemu_chr_new(f"serial{i}", spec)
         if chr_ is not None and spec.startswith("mon:"):
-            monitor_init_hmp(chr_)
+            mon = monitor_init_hmp(chr_)
+            if monitor_first:
+                _focus_after_board.append((chr_, mon.fe))
         _serial_hds.append(chr_)
+
+
+# (mux, front-end) pairs whose front-end takes the input focus once the board
+# (and so the serial port on the same mux) exists.
+_focus_after_board: list[tuple[Any, Any]] = []
+
+
+def give_monitor_focus() -> None:
+    for mux, fe in _focus_after_board:
+        take = getattr(mux, "take_focus", None)
+        if take is not None:
+            take(fe)
 
 
 # --- the whole start-up -------------------------------------------------------------------------
@@ -590,6 +607,18 @@ def device_help(cfg: Config) -> None:
             raise EarlyExit(0)
 
 
+def suspend_mux_open() -> None:
+    from pemu.chardev import char_mux
+
+    char_mux.suspend_mux_open()
+
+
+def resume_mux_open() -> None:
+    from pemu.chardev import char_mux
+
+    char_mux.resume_mux_open()
+
+
 def qemu_init(argv: list[str]) -> VM:
     cfg = parse_config(argv)
     _register_all_types()
@@ -598,15 +627,19 @@ def qemu_init(argv: list[str]) -> VM:
     machine = qemu_create_machine(cfg, mc)
     configure_accelerators(cfg, machine)
     qemu_create_cli_objects(cfg)
+    # Front-ends attach to muxed back-ends from here on; the muxes announce
+    # themselves (banner, prompt) only once the machine is built.
+    suspend_mux_open()
     qemu_create_chardevs(cfg)
     qemu_setup_defaults_and_monitors(cfg)
     runstate.requests.no_reboot = cfg.no_reboot
     runstate.requests.no_shutdown = cfg.no_shutdown
     qmp_x_exit_preconfig(cfg, machine)
+    give_monitor_focus()
+    resume_mux_open()
     if not cfg.start_paused:
         runstate.vm_start()
-    else:
-        runstate.runstate_set(RunState.PAUSED)
+    # With -S the VM stays in "prelaunch" until `cont`.
     return VM(machine, cfg)
 
 

@@ -174,7 +174,7 @@ class DeviceState(Object):
             if self.parent is None:
                 # Devices nobody adopted go under /machine/unattached.
                 unattached = container_get(object_get_root(), "/machine/unattached")
-                n = sum(1 for _ in unattached.children())
+                n = sum(1 for name, _ in unattached.children() if name.startswith("device["))
                 while unattached.child(f"device[{n}]") is not None:
                     n += 1
                 unattached.add_child(f"device[{n}]", self)
@@ -188,7 +188,7 @@ class DeviceState(Object):
                 device_cold_reset(self)
         else:
             for bus in self.child_buses:
-                for child in list(bus.children):
+                for child in list(bus.devices_on_bus):
                     child.set_realized(False)
                 bus.realized = False
             if dc.unrealize is not None:
@@ -301,22 +301,22 @@ class BusClass(ObjectClass):
 class BusState(Object):
     name: str
     realized: bool
-    children: list[DeviceState]
+    devices_on_bus: list[DeviceState]  # QEMU's BusState.children
     parent_dev: DeviceState | None
 
     def add_child(self, dev: DeviceState) -> None:
         bc: BusClass = self.klass  # type: ignore[assignment]
-        if bc.max_dev and len(self.children) >= bc.max_dev:
+        if bc.max_dev and len(self.devices_on_bus) >= bc.max_dev:
             raise QOMError(f"Bus '{self.name}' does not support hotplugging" if self.realized
                            else f"Bus '{self.name}' is full")
         if dev.parent_bus is not None:
             dev.parent_bus.remove_child(dev)
-        self.children.append(dev)
+        self.devices_on_bus.append(dev)
         dev.parent_bus = self
 
     def remove_child(self, dev: DeviceState) -> None:
-        if dev in self.children:
-            self.children.remove(dev)
+        if dev in self.devices_on_bus:
+            self.devices_on_bus.remove(dev)
         dev.parent_bus = None
 
 
@@ -324,7 +324,7 @@ def _bus_initfn(obj: Object) -> None:
     bus: BusState = obj  # type: ignore[assignment]
     bus.name = ""
     bus.realized = False
-    bus.children = []
+    bus.devices_on_bus = []
     bus.parent_dev = None
 
 
@@ -359,7 +359,7 @@ def qbus_reset_counts_for_tests() -> None:
 
 
 def qbus_walk_devices(bus: BusState) -> Iterator[DeviceState]:
-    for dev in list(bus.children):
+    for dev in list(bus.devices_on_bus):
         yield dev
         for child_bus in dev.child_buses:
             yield from qbus_walk_devices(child_bus)
@@ -368,7 +368,7 @@ def qbus_walk_devices(bus: BusState) -> Iterator[DeviceState]:
 def qbus_find(root: BusState, name: str) -> BusState | None:
     if root.name == name:
         return root
-    for dev in root.children:
+    for dev in root.devices_on_bus:
         for child in dev.child_buses:
             found = qbus_find(child, name)
             if found is not None:
@@ -378,7 +378,7 @@ def qbus_find(root: BusState, name: str) -> BusState | None:
 
 def qbus_iter(root: BusState) -> Iterator[BusState]:
     yield root
-    for dev in root.children:
+    for dev in root.devices_on_bus:
         for child in dev.child_buses:
             yield from qbus_iter(child)
 
@@ -390,7 +390,7 @@ def device_cold_reset(dev: DeviceState) -> None:
     """Reset a device and everything on its buses (children first, as the
     Resettable phases leave devices below before their bridge)."""
     for bus in dev.child_buses:
-        for child in list(bus.children):
+        for child in list(bus.devices_on_bus):
             device_cold_reset(child)
     dc: DeviceClass = dev.klass  # type: ignore[assignment]
     if dc.reset is not None:
@@ -398,7 +398,7 @@ def device_cold_reset(dev: DeviceState) -> None:
 
 
 def bus_cold_reset(bus: BusState) -> None:
-    for dev in list(bus.children):
+    for dev in list(bus.devices_on_bus):
         device_cold_reset(dev)
 
 

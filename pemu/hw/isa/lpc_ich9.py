@@ -79,6 +79,9 @@ def _ich9_lpc_realize(dev: Any) -> None:
         ops = MemoryRegionOps(block.read, block.write, 1, 4, True, 1, 4)
         pm_io.add_subregion(offset, MemoryRegion.io(name, block.length, ops, owner=lpc))
     io.add_subregion(ICH9_PMBASE_DEFAULT, pm_io)
+    from pemu.system.runstate import qemu_register_powerdown_notifier
+
+    qemu_register_powerdown_notifier(pm.power_button)
     rst_ops = MemoryRegionOps(lpc.rst_cnt_read, lpc.rst_cnt_write, 1, 1, False, 1, 1)
     io.add_subregion_overlap(ICH9_RST_CNT_IOPORT, MemoryRegion.io("lpc-reset-control", 1, rst_ops, owner=lpc), 1)
 

@@ -139,13 +139,18 @@ def _serial_realize(dev: Any) -> None:
 
     if not 0 <= dev.index < len(memmap.COM_IOBASES):
         raise QOMError(f"Max. supported number of ISA serial ports is {len(memmap.COM_IOBASES)}.")
-    iobase = dev.iobase if dev.iobase >= 0 else memmap.COM_IOBASES[dev.index]
-    irq = dev.irq if dev.irq >= 0 else memmap.COM_IRQS[dev.index]
+    if dev.iobase < 0:
+        dev.iobase = memmap.COM_IOBASES[dev.index]
+    if dev.irq < 0:
+        dev.irq = memmap.COM_IRQS[dev.index]
+    iobase, irq = dev.iobase, dev.irq
     chr_ = dev.chr
     if chr_ is None and dev.chardev:
         chr_ = qemu_chr_find(dev.chardev)
         if chr_ is None:
             raise QOMError(f"Property 'isa-serial.chardev' can't find value '{dev.chardev}'")
+    if chr_ is not None:
+        dev.chardev = chr_.label if hasattr(chr_, "label") else getattr(chr_, "id", "")
     dev.backend = backend = CharBackend(chr_) if chr_ is not None else None
     dev.model = model = SerialUART(dev.get_irq(irq), backend,
                                     on_can_receive=backend.accept_input if backend else None,
