@@ -178,3 +178,12 @@ def test_memory_backend_object_backs_the_ram() -> None:
              "-monitor", "stdio", stdin="info mtree\nquit\n")
     assert r.returncode == 0, r.stderr
     assert "alias ram-below-4g @mem0 0000000000000000-000000000fffffff" in r.stdout
+
+
+def test_maxmem_makes_room_for_hotplugged_memory() -> None:
+    r = pemu("-m", "1G,slots=2,maxmem=4G", "-S", "-nographic", "-nodefaults", "-monitor", "stdio",
+             stdin="info mtree\nquit\n")
+    assert r.returncode == 0, r.stderr
+    # Hot-plug memory sits above 4G, after RAM, 1 GiB aligned, sized maxmem - memory.
+    assert "0000000100000000-00000001bfffffff (prio 0, i/o): device-memory" in r.stdout
+    assert "ram-above-4g" not in r.stdout

@@ -35,6 +35,24 @@ def smbios_set_defaults(pcms: PCMachineState, manufacturer: str, product: str, v
     pcms.smbios_defaults = (manufacturer, product, version)  # type: ignore[attr-defined]
 
 
+def q35_ram_split(ram_size: int, gigabyte_align: bool, max_ram_below_4g: int = 0) -> tuple[int, int]:
+    """(RAM below 4G, RAM above 4G) on q35.
+
+    RAM up to the MMCONFIG window (0xB0000000) stays below 4G; with that
+    much RAM or more, q35 keeps 2 GiB below 4G (gigabyte alignment, on for
+    current machine types) and puts the rest from 4G up.  A max-ram-below-4g
+    setting lowers the limit further.
+    """
+    lowmem = memmap.Q35_LOWMEM_DEFAULT
+    if gigabyte_align and ram_size >= memmap.Q35_LOWMEM_DEFAULT:
+        lowmem = memmap.Q35_LOWMEM_GIGABYTE_ALIGNED
+    if max_ram_below_4g:
+        if max_ram_below_4g > memmap.FOUR_GIB:
+            raise QOMError("max-ram-below-4g must be at most 4G")
+        lowmem = min(lowmem, max_ram_below_4g)
+    return x86_ram_split(ram_size, lowmem)
+
+
 def pc_q35_init(machine: Any) -> None:
     """Build the q35 board (seed: pc_q35_init)."""
     from pemu.hw.i386.pc import pc_basic_device_init, pc_late_init
@@ -42,17 +60,8 @@ def pc_q35_init(machine: Any) -> None:
     pcms: PCMachineState = machine
     pcmc: PCMachineClass = pcms.klass  # type: ignore[assignment]
 
-    # RAM up to the MMCONFIG window stays below 4G; with that much RAM or
-    # more, q35 keeps 2 GiB below 4G (gigabyte alignment) and puts the rest
-    # above 4G.
-    lowmem = memmap.Q35_LOWMEM_DEFAULT
-    if pcmc.gigabyte_align and machine.ram_size >= memmap.Q35_LOWMEM_DEFAULT:
-        lowmem = memmap.Q35_LOWMEM_GIGABYTE_ALIGNED
-    if pcms.max_ram_below_4g:
-        if pcms.max_ram_below_4g > memmap.FOUR_GIB:
-            raise QOMError("max-ram-below-4g must be at most 4G")
-        lowmem = min(lowmem, pcms.max_ram_below_4g)
-    pcms.below_4g_mem_size, pcms.above_4g_mem_size = x86_ram_split(machine.ram_size, lowmem)
+    pcms.below_4g_mem_size, pcms.above_4g_mem_size = q35_ram_split(
+        machine.ram_size, pcmc.gigabyte_align, pcms.max_ram_below_4g)
 
     x86_cpus_init(pcms)
 
