@@ -192,16 +192,27 @@ def pc_basic_device_init(pcms: PCMachineState, isa_bus: Any, system_io: MemoryRe
     from pemu.hw.isa.isa_bus import isa_bus_irqs
     from pemu.system.vl import serial_hd
 
-    pic = _isa_create(pcms, isa_bus, "isa-i8259", int_output=_CPUInterruptLine(pcms))
-    isa_bus_irqs(isa_bus, pic.model.get_irq_lines())
-    pcms.gsi = list(pic.model.get_irq_lines())
-    pcms.pic = pic  # type: ignore[attr-defined]
-    for cpu in pcms.cpus:
-        cpu.get_pic_interrupt = pic.model.read_irq
+    from pemu.accel.kvm.kvm_accel import kvm_irqchip_in_kernel, kvm_isa_irqs
+
+    # Under KVM with kernel-irqchip=on the 8259s, the IOAPIC and the 8254
+    # (with the speaker port 0x61) are the kernel's: ISA lines go to KVM.
+    irqchip_in_kernel = kvm_irqchip_in_kernel()
+    if irqchip_in_kernel:
+        lines = kvm_isa_irqs()
+        isa_bus_irqs(isa_bus, list(lines))
+        pcms.gsi = list(lines)
+    else:
+        pic = _isa_create(pcms, isa_bus, "isa-i8259", int_output=_CPUInterruptLine(pcms))
+        isa_bus_irqs(isa_bus, pic.model.get_irq_lines())
+        pcms.gsi = list(pic.model.get_irq_lines())
+        pcms.pic = pic  # type: ignore[attr-defined]
+        for cpu in pcms.cpus:
+            cpu.get_pic_interrupt = pic.model.read_irq
 
     pcms.rtc = _isa_create(pcms, isa_bus, "mc146818rtc")
-    pit = _isa_create(pcms, isa_bus, "isa-pit")
-    _isa_create(pcms, isa_bus, "isa-pcspk", pit=pit)
+    if not irqchip_in_kernel:
+        pit = _isa_create(pcms, isa_bus, "isa-pit")
+        _isa_create(pcms, isa_bus, "isa-pcspk", pit=pit)
     _isa_create(pcms, isa_bus, "i8042")
     _isa_create(pcms, isa_bus, "port92")
     _isa_create(pcms, isa_bus, "ioport80")
@@ -228,6 +239,9 @@ def pc_late_init(pcms: PCMachineState) -> None:
     if pcms.acpi != "off":
         tables_base = (pcms.below_4g_mem_size - ACPI_TABLES_SIZE) & ~0xFFF
         with_apic = getattr(pcms.cpus[0].model, "has_apic", False) if pcms.cpus else False
+        from pemu.accel.kvm.kvm_accel import kvm_irqchip_in_kernel
+
+        with_apic = with_apic or kvm_irqchip_in_kernel()  # the in-kernel LAPICs and IOAPIC
         build = build_acpi_tables(tables_base, with_apic=with_apic, cpus=pcms.smp.cpus)
         if len(build.blob) > ACPI_TABLES_SIZE:
             raise QOMError("ACPI tables do not fit in their reserved area")

@@ -1,0 +1,667 @@
+"""The KVM accelerator (QEMU's accel/kvm/kvm-all.c and target/i386/kvm/kvm.c).
+
+One VM per machine; its memory slots follow the system memory's FlatView
+(:class:`KVMMemoryListener`).  Each vCPU thread sits in KVM_RUN (the GIL is
+released by the ioctl) and handles the exits the kernel passes up: port I/O
+and MMIO go through the AddressSpaces under the big lock; HLT parks the
+thread when the interrupt controller lives in pemu; shutdown, system events
+and errors end up as run-state requests.
+
+A kick sets ``immediate_exit`` in the kvm_run page and sends SIGUSR1 to the
+vCPU thread, so KVM_RUN returns EINTR whether the thread is already in the
+kernel or about to enter it.
+
+Interrupt controllers: with ``kernel-irqchip=on`` (the default) the 8259s,
+the IOAPIC, the LAPICs and the 8254 are KVM's; ISA lines become KVM_IRQ_LINE
+calls on GSIs routed as on a PC (GSI 0 at IOAPIC pin 2).  With
+``kernel-irqchip=off`` pemu's own 8259/8254 models run and the vCPU injects
+with KVM_INTERRUPT when the guest can take an interrupt, asking for an
+interrupt-window exit otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from pemu.accel.accel import AccelOps, AccelUnavailable, VCPUExit, current_accel
+from pemu.accel.kvm import kvm_sys as k
+from pemu.accel.kvm.kvm_sys import ExitReason, KVMError, MPState, SystemEvent
+from pemu.target.i386.cpu_state import (
+    MSR, MSR_IA32_APICBASE_BSP, CPUX86State, DescriptorTable, SegmentCache,
+)
+from pemu.util.error import UserError, error_report
+from pemu.util.log import guest_error
+from pemu.util.main_loop import bql
+
+KVM_DEVICE_ENV = "PEMU_KVM_DEVICE"
+DEFAULT_KVM_DEVICE = "/dev/kvm"
+SIG_IPI = signal.SIGUSR1
+CPU_INTERRUPT_HARD = 0x0002
+PAGE_SIZE = 0x1000
+# Where Intel's real-mode emulation keeps its TSS and identity page table
+# (just below the BIOS, as QEMU puts them).
+KVM_TSS_ADDR = 0xFEFFD000
+KVM_IDENTITY_MAP_ADDR = 0xFEFFC000
+NUM_IOAPIC_PINS = 24
+
+
+def kvm_device_path() -> str:
+    return os.environ.get(KVM_DEVICE_ENV) or DEFAULT_KVM_DEVICE
+
+
+# -- memory slots ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, order=True)
+class SlotMapping:
+    """One KVM memory slot's worth of guest RAM: page-aligned, host-backed."""
+
+    guest_phys_addr: int
+    size: int
+    host_addr: int
+    readonly: bool
+
+
+def plan_slots(ranges: Any) -> list[SlotMapping]:
+    """The slots that show the RAM and ROM ranges of a FlatView to KVM.
+
+    Only whole pages can be slots; the sub-page ends of a RAM range stay
+    unmapped and reach pemu as MMIO exits, which the AddressSpace serves
+    from the same RAM.  Everything that is not RAM is MMIO too.
+    """
+    slots: list[SlotMapping] = []
+    for fr in ranges:
+        block = fr.mr.ram_block
+        if block is None:
+            continue
+        start = (fr.start + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+        end = (fr.start + fr.size) & ~(PAGE_SIZE - 1)
+        if start >= end:
+            continue
+        host = block.host_addr + fr.offset_in_region + (start - fr.start)
+        if host % PAGE_SIZE:
+            continue  # KVM needs page-aligned host memory; leave it to MMIO
+        slots.append(SlotMapping(start, end - start, host, bool(fr.readonly)))
+    slots.sort()
+    return slots
+
+
+class KVMMemoryListener:
+    """Keeps the VM's memory slots equal to the RAM/ROM of a FlatView.
+
+    On a change, slots that are no longer wanted are deleted first, then the
+    new ones added, so two slots never overlap (KVM refuses that).  Slots
+    that did not change stay (PAM or BAR moves touch only their pages).
+    """
+
+    def __init__(self, vm: k.KVMVMFd, readonly_supported: bool, max_slots: int) -> None:
+        self.vm = vm
+        self.readonly_supported = readonly_supported
+        self.max_slots = max_slots
+        self.slots: dict[SlotMapping, int] = {}
+        self._free: list[int] = []
+        self._next = 0
+        self.lock = threading.Lock()
+
+    def _alloc(self) -> int:
+        if self._free:
+            return self._free.pop()
+        if self._next >= self.max_slots:
+            raise KVMError(0, f"out of KVM memory slots ({self.max_slots})")
+        self._next += 1
+        return self._next - 1
+
+    def flatview_changed(self, old: Any, new: Any) -> None:
+        wanted = plan_slots(new)
+        if not self.readonly_supported:
+            wanted = [SlotMapping(s.guest_phys_addr, s.size, s.host_addr, False) for s in wanted]
+        with self.lock:
+            keep = set(wanted)
+            for mapping, slot in list(self.slots.items()):
+                if mapping not in keep:
+                    self.vm.set_user_memory_region(slot, mapping.guest_phys_addr, 0, mapping.host_addr)
+                    del self.slots[mapping]
+                    self._free.append(slot)
+            for mapping in wanted:
+                if mapping in self.slots:
+                    continue
+                slot = self._alloc()
+                flags = k.KVM_MEM_READONLY if mapping.readonly else 0
+                self.vm.set_user_memory_region(slot, mapping.guest_phys_addr, mapping.size, mapping.host_addr,
+                                               flags)
+                self.slots[mapping] = slot
+
+
+# -- interrupt lines and routing --------------------------------------------------------------
+
+
+class KVMIRQLine:
+    """An ISA/GSI line into the in-kernel irqchip (KVM_IRQ_LINE)."""
+
+    __slots__ = ("vm", "gsi")
+
+    def __init__(self, vm: k.KVMVMFd, gsi: int) -> None:
+        self.vm = vm
+        self.gsi = gsi
+
+    def set(self, level: int) -> None:
+        self.vm.irq_line(self.gsi, 1 if level else 0)
+
+
+def pc_gsi_routing() -> list[k.kvm_irq_routing_entry]:
+    """The PC's routing: ISA IRQs 0-15 to both 8259s (except the cascade,
+    IRQ 2) and GSIs 0-23 to the IOAPIC, with GSI 0 (the PIT) at pin 2 as the
+    MADT's interrupt source override says."""
+    entries: list[k.kvm_irq_routing_entry] = []
+
+    def add(gsi: int, chip: int, pin: int) -> None:
+        entry = k.kvm_irq_routing_entry(gsi=gsi, type=k.KVM_IRQ_ROUTING_IRQCHIP)
+        entry.u.irqchip.irqchip = chip
+        entry.u.irqchip.pin = pin
+        entries.append(entry)
+
+    for irq in range(16):
+        if irq == 2:
+            continue
+        add(irq, k.KVM_IRQCHIP_PIC_MASTER if irq < 8 else k.KVM_IRQCHIP_PIC_SLAVE, irq % 8)
+    for gsi in range(NUM_IOAPIC_PINS):
+        if gsi == 2:
+            continue
+        add(gsi, k.KVM_IRQCHIP_IOAPIC, 2 if gsi == 0 else gsi)
+    return entries
+
+
+# -- register conversion ----------------------------------------------------------------------
+
+
+def segment_to_kvm(seg: SegmentCache, out: k.kvm_segment) -> None:
+    """QEMU's descriptor-flags encoding to KVM's unpacked segment."""
+    flags = seg.flags
+    out.base = seg.base & 0xFFFFFFFFFFFFFFFF
+    out.limit = seg.limit & 0xFFFFFFFF
+    out.selector = seg.selector & 0xFFFF
+    out.type = (flags >> 8) & 0xF
+    out.s = (flags >> 12) & 1
+    out.dpl = (flags >> 13) & 3
+    out.present = (flags >> 15) & 1
+    out.avl = (flags >> 20) & 1
+    out.l = (flags >> 21) & 1
+    out.db = (flags >> 22) & 1
+    out.g = (flags >> 23) & 1
+    out.unusable = 0 if out.present else 1
+    out.padding = 0
+
+
+def segment_from_kvm(seg: k.kvm_segment) -> SegmentCache:
+    present = seg.present and not seg.unusable
+    flags = (seg.type << 8 | seg.s << 12 | seg.dpl << 13 | (1 << 15 if present else 0) | seg.avl << 20
+             | seg.l << 21 | seg.db << 22 | seg.g << 23)
+    return SegmentCache(seg.selector, seg.base, seg.limit, flags)
+
+
+_SEG_FIELDS = ("es", "cs", "ss", "ds", "fs", "gs")  # QEMU's order (SegReg)
+_REG_FIELDS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+               "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")  # QEMU's order (Reg)
+# MSRs loaded at reset and read back by get_state: (index, env attribute).
+_ENV_MSRS = (
+    (MSR.IA32_SYSENTER_CS, "sysenter_cs"), (MSR.IA32_SYSENTER_ESP, "sysenter_esp"),
+    (MSR.IA32_SYSENTER_EIP, "sysenter_eip"), (MSR.PAT, "pat"), (MSR.STAR, "star"), (MSR.LSTAR, "lstar"),
+    (MSR.CSTAR, "cstar"), (MSR.FMASK, "fmask"), (MSR.KERNELGSBASE, "kernel_gs_base"), (MSR.IA32_TSC, "tsc"),
+    (MSR.IA32_MISC_ENABLE, "misc_enable"),
+)
+
+
+def cpu_dump_state(regs: k.kvm_regs, sregs: k.kvm_sregs) -> str:
+    """The registers as QEMU's `info registers` prints the main ones."""
+    lines = []
+    names = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11",
+             "r12", "r13", "r14", "r15")
+    for i in range(0, 16, 4):
+        lines.append(" ".join(f"{n.upper():<3}={getattr(regs, n):016x}" for n in names[i:i + 4]))
+    lines.append(f"RIP={regs.rip:016x} RFL={regs.rflags:08x}")
+    for name in ("es", "cs", "ss", "ds", "fs", "gs", "ldt", "tr"):
+        s = getattr(sregs, name)
+        lines.append(f"{name.upper():<3}={s.selector:04x} {s.base:016x} {s.limit:08x} type={s.type:x} "
+                     f"p={s.present} dpl={s.dpl} db={s.db} l={s.l} g={s.g}")
+    lines.append(f"GDT=     {sregs.gdt.base:016x} {sregs.gdt.limit:08x}")
+    lines.append(f"IDT=     {sregs.idt.base:016x} {sregs.idt.limit:08x}")
+    lines.append(f"CR0={sregs.cr0:08x} CR2={sregs.cr2:016x} CR3={sregs.cr3:016x} CR4={sregs.cr4:08x}")
+    lines.append(f"EFER={sregs.efer:016x} APIC_BASE={sregs.apic_base:016x}")
+    return "\n".join(lines)
+
+
+# -- CPUID ----------------------------------------------------------------------------------------
+
+# (leaf, subleaf, register) whose bits are features: the model's value is
+# masked with what KVM can virtualize.
+_FEATURE_REGS = {(1, 0): ("ecx", "edx"), (7, 0): ("ebx", "ecx", "edx"), (0x80000001, 0): ("ecx", "edx")}
+_CPUID_APIC_EDX = 1 << 9
+_CPUID_X2APIC_ECX = 1 << 21
+_CPUID_TSC_DEADLINE_ECX = 1 << 24
+
+
+def build_cpuid(model: Any, supported: list[k.kvm_cpuid_entry2], apic_id: int,
+                lapic_in_kernel: bool) -> list[k.kvm_cpuid_entry2]:
+    """CPUID entries for KVM_SET_CPUID2: the leaves KVM knows, with the
+    model's values; feature words keep only what both have."""
+    entries: list[k.kvm_cpuid_entry2] = []
+    for sup in supported:
+        leaf, index = sup.function, sup.index
+        if 0x40000000 <= leaf <= 0x4FFFFFFF:
+            continue  # no paravirtual interface is offered
+        if leaf == 0xD and getattr(model, "has", lambda _: False)("xsave"):
+            values = [sup.eax, sup.ebx, sup.ecx, sup.edx]  # the state layout is the host's
+        else:
+            values = list(model.cpuid(leaf, index))
+        regs = dict(zip(("eax", "ebx", "ecx", "edx"), values))
+        for reg in _FEATURE_REGS.get((leaf, index), ()):
+            regs[reg] &= getattr(sup, reg)
+        if leaf == 1:
+            regs["ebx"] = (regs["ebx"] & 0x00FFFFFF) | (apic_id & 0xFF) << 24
+            if not lapic_in_kernel:
+                regs["edx"] &= ~_CPUID_APIC_EDX
+                regs["ecx"] &= ~(_CPUID_X2APIC_ECX | _CPUID_TSC_DEADLINE_ECX)
+        entry = k.kvm_cpuid_entry2(function=leaf, index=index, flags=sup.flags, eax=regs["eax"],
+                                   ebx=regs["ebx"], ecx=regs["ecx"], edx=regs["edx"])
+        entries.append(entry)
+    return entries
+
+
+# -- the vCPU -----------------------------------------------------------------------------------
+
+
+class KVMVCPU:
+    """One vCPU in KVM.  All methods but ``kick`` run on the vCPU thread
+    (or on the main thread while the vCPU is parked)."""
+
+    def __init__(self, accel: KVMAccel, cpu: Any) -> None:
+        self.accel = accel
+        self.cpu = cpu
+        self.run_state = cpu.run
+        self.env: CPUX86State = cpu.env
+        self.vcpu_id = int(getattr(cpu, "apic_id", cpu.cpu_index))
+        assert accel.vm is not None
+        self.fd = accel.vm.create_vcpu(self.vcpu_id)
+        self.run = self.fd.run
+        self.run_page = memoryview(self.fd.run_mmap)
+        self.thread_id: int | None = None
+        self.in_guest = False
+        self.kick_pending = False
+        self.exits = 0
+        self.fd.set_cpuid2(build_cpuid(cpu.model, accel.supported_cpuid, self.vcpu_id, accel.irqchip_in_kernel))
+        self._handlers = {
+            ExitReason.IO: self._handle_io,
+            ExitReason.MMIO: self._handle_mmio,
+            ExitReason.HLT: self._handle_hlt,
+            ExitReason.IRQ_WINDOW_OPEN: self._handle_irq_window,
+            ExitReason.SHUTDOWN: self._handle_shutdown,
+            ExitReason.SYSTEM_EVENT: self._handle_system_event,
+            ExitReason.INTR: self._handle_intr,
+        }
+
+    # -- kicks ------------------------------------------------------------------------------------
+    def kick(self) -> None:
+        self.kick_pending = True
+        self.run.immediate_exit = 1
+        tid = self.thread_id
+        if self.in_guest and tid is not None and self.accel.signal_installed:
+            try:
+                signal.pthread_kill(tid, SIG_IPI)
+            except (ProcessLookupError, OSError):
+                pass
+
+    # -- the run loop --------------------------------------------------------------------------------
+    def has_work(self) -> bool:
+        if self.accel.irqchip_in_kernel:
+            return True  # the kernel waits out HLT itself
+        return bool(self.run_state.interrupt_request & CPU_INTERRUPT_HARD) and bool(self.run.if_flag)
+
+    def _inject_from_pic(self) -> None:
+        """kernel-irqchip=off: hand the 8259's vector to KVM when the guest can take it."""
+        run = self.run
+        if not self.run_state.interrupt_request & CPU_INTERRUPT_HARD:
+            run.request_interrupt_window = 0
+            return
+        if run.ready_for_interrupt_injection and run.if_flag:
+            get_vector = getattr(self.cpu, "get_pic_interrupt", None)
+            vector = None
+            if get_vector is not None:
+                with bql:
+                    vector = get_vector()
+            if vector is not None and vector >= 0:
+                self.fd.interrupt(vector)
+            run.request_interrupt_window = 0
+        else:
+            run.request_interrupt_window = 1
+
+    def exec(self) -> VCPUExit:
+        """Run in KVM until an exit needs the vCPU thread's loop (kick, HLT, shutdown)."""
+        if self.thread_id is None:
+            self.thread_id = threading.get_ident()
+        fd = self.fd
+        run = self.run
+        handlers = self._handlers
+        userspace_pic = not self.accel.irqchip_in_kernel
+        self.kick_pending = False
+        run.immediate_exit = 0
+        while True:
+            if userspace_pic:
+                self._inject_from_pic()
+            self.in_guest = True
+            if self.kick_pending:
+                self.in_guest = False
+                run.immediate_exit = 0
+                return VCPUExit.KICKED
+            try:
+                ret = fd.run_once()
+            finally:
+                self.in_guest = False
+            self.exits += 1
+            if ret < 0:
+                run.immediate_exit = 0
+                return VCPUExit.KICKED
+            reason = run.exit_reason
+            handler = handlers.get(reason)  # type: ignore[call-overload]
+            if handler is None:
+                return self._handle_error(reason)
+            result = handler()
+            if result is not None:
+                return result
+
+    # -- exits -------------------------------------------------------------------------------------
+    def _handle_io(self) -> VCPUExit | None:
+        io = self.run.u.io
+        size, port, count = io.size, io.port, io.count
+        if size not in (1, 2, 4) or count == 0:
+            guest_error(f"kvm: port I/O exit with size {size}, count {count}")
+            return None
+        data = self.fd.io_data(io.data_offset, size * count)
+        space = self.cpu.io
+        mask = (1 << (8 * size)) - 1
+        with bql:
+            if io.direction == k.KVM_EXIT_IO_OUT:
+                for i in range(count):
+                    space.dispatch_write(port, int.from_bytes(data[i * size:(i + 1) * size], "little") & mask,
+                                         size)
+            else:
+                for i in range(count):
+                    data[i * size:(i + 1) * size] = (space.dispatch_read(port, size) & mask).to_bytes(size, "little")
+        return None
+
+    def _handle_mmio(self) -> VCPUExit | None:
+        mmio = self.run.u.mmio
+        length, addr = mmio.len, mmio.phys_addr
+        if length not in (1, 2, 4, 8):
+            guest_error(f"kvm: MMIO exit of length {length} at {addr:#x}")
+            return None
+        space = self.cpu.memory
+        with bql:
+            if mmio.is_write:
+                value = int.from_bytes(bytes(mmio.data)[:length], "little")
+                space.dispatch_write(addr, value, length)
+            else:
+                value = space.dispatch_read(addr, length) & ((1 << (8 * length)) - 1)
+                for i, b in enumerate(value.to_bytes(length, "little")):
+                    mmio.data[i] = b
+        return None
+
+    def _handle_hlt(self) -> VCPUExit | None:
+        return VCPUExit.HALTED
+
+    def _handle_irq_window(self) -> VCPUExit | None:
+        return None
+
+    def _handle_intr(self) -> VCPUExit | None:
+        return VCPUExit.KICKED
+
+    def _handle_shutdown(self) -> VCPUExit:
+        from pemu.system.runstate import ShutdownCause, qemu_system_reset_request
+
+        guest_error(f"CPU {self.cpu.cpu_index}: triple fault, resetting")
+        qemu_system_reset_request(ShutdownCause.GUEST_RESET)
+        return VCPUExit.SHUTDOWN
+
+    def _handle_system_event(self) -> VCPUExit:
+        from pemu.system.runstate import ShutdownCause, qemu_system_reset_request, qemu_system_shutdown_request
+
+        event = self.run.u.system_event.type
+        if event == SystemEvent.SHUTDOWN:
+            qemu_system_shutdown_request(ShutdownCause.GUEST_SHUTDOWN)
+        elif event == SystemEvent.RESET:
+            qemu_system_reset_request(ShutdownCause.GUEST_RESET)
+        elif event == SystemEvent.CRASH:
+            qemu_system_shutdown_request(ShutdownCause.GUEST_PANIC)
+        else:
+            guest_error(f"kvm: unknown system event {event}")
+            return VCPUExit.KICKED  # type: ignore[return-value]
+        return VCPUExit.SHUTDOWN
+
+    def _handle_error(self, reason: int) -> VCPUExit:
+        """Exits pemu cannot go on from: report them with the registers and stop the VM."""
+        run = self.run
+        try:
+            name = ExitReason(reason).name
+        except ValueError:
+            name = f"unknown exit reason {reason}"
+        if reason == ExitReason.INTERNAL_ERROR:
+            internal = run.u.internal
+            ndata = min(internal.ndata, 16)
+            extra = "".join(f"\nextra data[{i}]: {internal.data[i]:#018x}" for i in range(ndata))
+            message = f"KVM internal error. Suberror: {internal.suberror}{extra}"
+        elif reason == ExitReason.FAIL_ENTRY:
+            fail = run.u.fail_entry
+            message = (f"KVM: entry failed, hardware error {fail.hardware_entry_failure_reason:#x}"
+                       f" on CPU {fail.cpu}")
+        else:
+            message = f"KVM: unhandled exit ({name})"
+        try:
+            dump = cpu_dump_state(self.fd.get_regs(), self.fd.get_sregs())
+        except KVMError as e:
+            dump = f"(registers unavailable: {e})"
+        error_report(f"{message}\n{dump}")
+        self.accel.report_internal_error()
+        return VCPUExit.SHUTDOWN
+
+    # -- state transfer -------------------------------------------------------------------------------
+    def put_state(self) -> None:
+        env = self.env
+        regs = k.kvm_regs()
+        for name, value in zip(_REG_FIELDS, env.regs):
+            setattr(regs, name, value & 0xFFFFFFFFFFFFFFFF)
+        regs.rip = env.rip & 0xFFFFFFFFFFFFFFFF
+        regs.rflags = env.rflags | 2
+        sregs = k.kvm_sregs()
+        for name, seg in zip(_SEG_FIELDS, env.segs):
+            segment_to_kvm(seg, getattr(sregs, name))
+        segment_to_kvm(env.ldt, sregs.ldt)
+        segment_to_kvm(env.tr, sregs.tr)
+        sregs.tr.unusable = 0  # VMX requires a usable TR
+        sregs.gdt.base, sregs.gdt.limit = env.gdt.base, env.gdt.limit & 0xFFFF
+        sregs.idt.base, sregs.idt.limit = env.idt.base, env.idt.limit & 0xFFFF
+        sregs.cr0, sregs.cr2, sregs.cr3, sregs.cr4 = env.cr0, env.cr2, env.cr3, env.cr4
+        sregs.cr8, sregs.efer, sregs.apic_base = env.cr8, env.efer, env.apic_base
+        fpu = k.kvm_fpu()
+        fpu.fcw = 0x37F
+        fpu.mxcsr = 0x1F80
+        self.fd.set_regs(regs)
+        self.fd.set_sregs(sregs)
+        self.fd.set_fpu(fpu)
+        msrs = {int(index): getattr(env, attr) for index, attr in _ENV_MSRS}
+        done = self.fd.set_msrs(msrs)
+        if done != len(msrs):
+            failed = list(msrs)[done]
+            guest_error(f"kvm: MSR {failed:#x} could not be set")
+        if self.accel.irqchip_in_kernel:
+            is_bsp = bool(env.apic_base & MSR_IA32_APICBASE_BSP)
+            self.fd.set_mp_state(MPState.RUNNABLE if is_bsp else MPState.UNINITIALIZED)
+
+    def get_state(self) -> None:
+        env = self.env
+        regs = self.fd.get_regs()
+        sregs = self.fd.get_sregs()
+        env.regs = [getattr(regs, name) for name in _REG_FIELDS]
+        env.rip = regs.rip
+        env.rflags = regs.rflags
+        env.segs = [segment_from_kvm(getattr(sregs, name)) for name in _SEG_FIELDS]
+        env.ldt = segment_from_kvm(sregs.ldt)
+        env.tr = segment_from_kvm(sregs.tr)
+        env.gdt = DescriptorTable(sregs.gdt.base, sregs.gdt.limit)
+        env.idt = DescriptorTable(sregs.idt.base, sregs.idt.limit)
+        env.cr0, env.cr2, env.cr3, env.cr4 = sregs.cr0, sregs.cr2, sregs.cr3, sregs.cr4
+        env.cr8, env.efer, env.apic_base = sregs.cr8, sregs.efer, sregs.apic_base
+        values = self.fd.get_msrs([int(index) for index, _ in _ENV_MSRS])
+        for index, attr in _ENV_MSRS:
+            if int(index) in values:
+                setattr(env, attr, values[int(index)])
+        if self.accel.irqchip_in_kernel:
+            env.halted = self.fd.get_mp_state() == MPState.HALTED
+        else:
+            env.halted = self.run_state.halted
+
+    def destroy(self) -> None:
+        self.fd.close()
+
+
+# -- the accelerator ------------------------------------------------------------------------------
+
+
+def _ignore_signal(signum: int, frame: Any) -> None:
+    pass
+
+
+class KVMAccel(AccelOps):
+    name = "kvm"
+    supports_smp = True
+
+    def __init__(self) -> None:
+        path = kvm_device_path()
+        try:
+            self.system = k.KVMSystem(path)
+        except OSError as e:
+            raise AccelUnavailable(f"Could not access KVM kernel module: {e.strerror or e}") from None
+        self.vm: k.KVMVMFd | None = None
+        self.irqchip_in_kernel = False
+        self.memory_listener: KVMMemoryListener | None = None
+        self.supported_cpuid: list[k.kvm_cpuid_entry2] = []
+        self.signal_installed = False
+        self.gsi_lines: list[KVMIRQLine] = []
+        self.internal_error = False
+
+    def init_machine(self, machine: Any) -> None:
+        from pemu.system.physmem import address_space_memory
+
+        mode = getattr(machine, "kernel_irqchip", "on") or "on"
+        if mode == "split":
+            raise UserError("kernel-irqchip=split is not supported by pemu", "-machine kernel-irqchip=split")
+        try:
+            self.vm = vm = self.system.create_vm()
+        except KVMError as e:
+            raise UserError(f"failed to initialize kvm: {e.strerror}") from None
+        if not self.system.check_extension(k.Cap.IMMEDIATE_EXIT):
+            raise UserError("failed to initialize kvm: KVM_CAP_IMMEDIATE_EXIT is missing")
+        for setter, addr in ((vm.set_identity_map_addr, KVM_IDENTITY_MAP_ADDR), (vm.set_tss_addr, KVM_TSS_ADDR)):
+            try:
+                setter(addr)
+            except KVMError:
+                pass  # only Intel's real-mode support needs them
+        self.supported_cpuid = self.system.supported_cpuid()
+        if mode == "on":
+            if not self.system.check_extension(k.Cap.IRQCHIP):
+                raise UserError("kernel-irqchip=on is not supported by this KVM", "-machine kernel-irqchip=on")
+            vm.create_irqchip()
+            vm.set_gsi_routing(pc_gsi_routing())
+            vm.create_pit2(0)
+            self.irqchip_in_kernel = True
+            self.gsi_lines = [KVMIRQLine(vm, gsi) for gsi in range(NUM_IOAPIC_PINS)]
+        smp = getattr(getattr(machine, "smp", None), "cpus", 1)
+        if smp > 1 and not self.irqchip_in_kernel:
+            raise UserError("-smp > 1 needs kernel-irqchip=on under kvm", f"-smp {smp}")
+        max_vcpus = self.system.check_extension(k.Cap.MAX_VCPUS) or self.system.check_extension(k.Cap.NR_VCPUS)
+        if max_vcpus and smp > max_vcpus:
+            raise UserError(f"Number of SMP cpus requested ({smp}) exceeds the maximum cpus supported by "
+                            f"KVM ({max_vcpus})", f"-smp {smp}")
+        max_slots = self.system.check_extension(k.Cap.NR_MEMSLOTS) or 32
+        self.memory_listener = KVMMemoryListener(vm, bool(self.system.check_extension(k.Cap.READONLY_MEM)),
+                                                 max_slots)
+        address_space_memory().add_listener(self.memory_listener)
+        self._install_kick_signal()
+
+    def _install_kick_signal(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(SIG_IPI) in (signal.SIG_DFL, signal.SIG_IGN, None):
+            signal.signal(SIG_IPI, _ignore_signal)
+        self.signal_installed = True
+
+    def create_vcpu(self, cpu: Any) -> KVMVCPU:
+        return KVMVCPU(self, cpu)
+
+    def report_internal_error(self) -> None:
+        """Stop the VM in the internal-error state (from the main loop: a vCPU cannot pause itself)."""
+        from pemu.system import runstate
+        from pemu.util.main_loop import main_loop
+
+        self.internal_error = True
+
+        def stop() -> None:
+            runstate.vm_stop(runstate.RunState.INTERNAL_ERROR)
+
+        main_loop().bh_schedule(stop)
+
+    def send_msi(self, address: int, data: int) -> None:
+        """Deliver an MSI write (address 0xFEExxxxx) to the in-kernel LAPICs."""
+        if self.vm is None or not self.irqchip_in_kernel:
+            guest_error(f"kvm: MSI to {address:#x} without an in-kernel irqchip")
+            return
+        try:
+            self.vm.signal_msi(address, data)
+        except KVMError as e:
+            guest_error(f"kvm: MSI to {address:#x} data {data:#x}: {e}")
+
+    def close(self) -> None:
+        from pemu.system.physmem import address_space_memory
+
+        if self.memory_listener is not None:
+            try:
+                address_space_memory().remove_listener(self.memory_listener)
+            except (ValueError, AssertionError):
+                pass
+            self.memory_listener = None
+        if self.vm is not None:
+            self.vm.close()
+            self.vm = None
+        self.system.close()
+
+
+# -- what the board asks about ----------------------------------------------------------------------
+
+
+def kvm_enabled() -> bool:
+    accel = current_accel()
+    return accel is not None and accel.name == "kvm"
+
+
+def kvm_irqchip_in_kernel() -> bool:
+    accel = current_accel()
+    return isinstance(accel, KVMAccel) and accel.irqchip_in_kernel
+
+
+def kvm_isa_irqs() -> list[KVMIRQLine]:
+    """The 16 ISA interrupt lines into the in-kernel irqchip (GSIs 0-15)."""
+    accel = current_accel()
+    assert isinstance(accel, KVMAccel) and accel.irqchip_in_kernel
+    return accel.gsi_lines[:16]
+
+
+def kvm_irqchip_send_msi(address: int, data: int) -> None:
+    accel = current_accel()
+    if isinstance(accel, KVMAccel):
+        accel.send_msi(address, data)
+
+
+__all__ = ["KVMAccel", "KVMVCPU", "KVMMemoryListener", "plan_slots", "pc_gsi_routing", "build_cpuid",
+           "kvm_enabled", "kvm_irqchip_in_kernel", "kvm_isa_irqs", "kvm_irqchip_send_msi", "kvm_device_path"]
