@@ -112,6 +112,8 @@ def x86_load_linux(x86ms: X86MachineState) -> None:
 
     assert x86ms.kernel is not None
     kernel = _read_user_file(x86ms.kernel, "kernel")
+    if kernel[0x202:0x206] != b"HdrS" and x86_load_direct_kernel(x86ms, kernel):
+        return
     initrd = _read_user_file(x86ms.initrd, "initrd") if x86ms.initrd else None
     acpi_rsdp = getattr(x86ms, "acpi_rsdp_addr", None)
     try:
@@ -121,6 +123,31 @@ def x86_load_linux(x86ms: X86MachineState) -> None:
         raise QOMError(e.message) from None
     x86ms.linux_boot = plan
     linux_boot_apply(x86ms)
+
+
+def x86_load_direct_kernel(x86ms: X86MachineState, kernel: bytes) -> bool:
+    """Not a bzImage: an ELF kernel with a PVH entry note, or a multiboot
+    kernel, as QEMU tries them.  False when it is neither."""
+    from pemu.hw.i386.multiboot import is_multiboot, load_multiboot_modules, plan_multiboot
+    from pemu.hw.i386.pvh import has_pvh_note, plan_pvh_boot
+    from pemu.util.error import UserError
+
+    assert x86ms.kernel is not None
+    try:
+        if has_pvh_note(kernel):
+            initrd = _read_user_file(x86ms.initrd, "initrd") if x86ms.initrd else None
+            plan = plan_pvh_boot(kernel, initrd, x86ms.kernel_cmdline, x86ms.e820,
+                                 getattr(x86ms, "acpi_rsdp_addr", None))
+        elif is_multiboot(kernel):
+            modules = load_multiboot_modules(x86ms.initrd)
+            plan = plan_multiboot(kernel, x86ms.kernel, x86ms.kernel_cmdline, modules, x86ms.e820)
+        else:
+            return False
+    except UserError as e:
+        raise QOMError(e.message) from None
+    x86ms.linux_boot = plan
+    linux_boot_apply(x86ms)
+    return True
 
 
 def linux_boot_apply(x86ms: X86MachineState) -> None:

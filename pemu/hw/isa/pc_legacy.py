@@ -219,6 +219,9 @@ def _register() -> None:
     _isa_type(TYPE_I8042, I8042State, _i8042_realize, "i8042 keyboard controller", categories=("input",))
     _isa_type(TYPE_PORT92, Port92State, _port92_realize, "port 0x92 (A20, fast reset)")
     _isa_type(TYPE_IOPORT80, IOPort80State, _ioport80_realize, "port 0x80 (POST code sink)")
+    from pemu.hw.misc.debugexit import register_debug_exit_type
+
+    register_debug_exit_type()
 
     def serial_class_init(klass: ObjectClass, data: Any) -> None:
         dc: DeviceClass = klass  # type: ignore[assignment]

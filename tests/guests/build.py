@@ -1,0 +1,42 @@
+"""Build the test guests (tests/guests/*.S, *.c) with the host's gcc/as/ld.
+
+``build_test_guest(outdir)`` returns the path of the multiboot ELF kernel;
+``build_pio_guest(outdir)`` the same kernel (the "pio" test is chosen on its
+command line).  Nothing is cached in the repository: the tests build into a
+temporary directory.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+GUEST_DIR = Path(__file__).resolve().parent
+LINKER_SCRIPT = GUEST_DIR / "guest.ld"
+CFLAGS = ["-m32", "-ffreestanding", "-fno-pic", "-fno-stack-protector", "-fno-asynchronous-unwind-tables",
+          "-mno-sse", "-mno-mmx", "-mgeneral-regs-only", "-nostdlib", "-O2", "-Wall", "-Werror"]
+
+
+class GuestToolsMissing(RuntimeError):
+    pass
+
+
+def tools_available() -> bool:
+    return all(shutil.which(t) for t in ("gcc", "ld"))
+
+
+def build_test_guest(outdir: Path) -> Path:
+    if not tools_available():
+        raise GuestToolsMissing("gcc and ld are needed to build the test guests")
+    outdir.mkdir(parents=True, exist_ok=True)
+    objs = []
+    for src in ("boot.S", "guest.c"):
+        obj = outdir / (src.rsplit(".", 1)[0] + ".o")
+        subprocess.run(["gcc", *CFLAGS, "-c", str(GUEST_DIR / src), "-o", str(obj)], check=True,
+                       capture_output=True, text=True)
+        objs.append(str(obj))
+    kernel = outdir / "test-guest.elf"
+    subprocess.run(["ld", "-m", "elf_i386", "-T", str(LINKER_SCRIPT), "-nostdlib", "-o", str(kernel), *objs],
+                   check=True, capture_output=True, text=True)
+    return kernel

@@ -1,0 +1,359 @@
+/*
+ * pemu's test guest: one multiboot kernel, the test chosen on its command
+ * line ("test=NAME ...").  It reports over COM1 and ends through
+ * isa-debug-exit at port 0x501: 0 for "passed" (pemu exits with 1),
+ * other values for failures.  Tests:
+ *
+ *   serial   print a greeting                       "hello from the test guest"
+ *   cmdline  print the command line                  "cmdline: <text>"
+ *   mmap     walk the multiboot memory map           "mmap: N entries ... mmap ok"
+ *   pit      10 IRQ0 ticks through the 8259          "pit: 10 ticks"
+ *   lapic    10 LAPIC timer interrupts                "lapic: 10 ticks"
+ *   smp      INIT/SIPI the APs, count them (cpus=N)  "smp: N cpus up"
+ *   io       port I/O device (PCI config) and MMIO   "pci 00:00.0 8086:29c0", "mmio ..."
+ *   exit     exit with code=N                          (no output)
+ *   pio      N=count writes to port 0x80 (the benchmark)
+ */
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+#define COM1 0x3F8
+#define DEBUG_EXIT 0x501
+#define LAPIC_BASE 0xFEE00000u
+#define AP_TRAMPOLINE_ADDR 0x8000
+
+struct mb_info {
+    u32 flags, mem_lower, mem_upper, boot_device, cmdline, mods_count, mods_addr;
+    u32 syms[4];
+    u32 mmap_length, mmap_addr;
+} __attribute__((packed));
+
+struct mb_mmap_entry {
+    u32 size;
+    u64 addr, len;
+    u32 type;
+} __attribute__((packed));
+
+extern char ap_trampoline[], ap_trampoline_end[];
+
+static inline void outb(u16 port, u8 v) { __asm__ volatile("outb %0, %1" :: "a"(v), "Nd"(port)); }
+static inline void outl(u16 port, u32 v) { __asm__ volatile("outl %0, %1" :: "a"(v), "Nd"(port)); }
+static inline u8 inb(u16 port) { u8 v; __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port)); return v; }
+static inline u32 inl(u16 port) { u32 v; __asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(port)); return v; }
+static inline u32 mmio_read(u32 addr) { return *(volatile u32 *)addr; }
+static inline void mmio_write(u32 addr, u32 v) { *(volatile u32 *)addr = v; }
+
+static volatile int print_lock;
+
+static void serial_putc(char c)
+{
+    for (int i = 0; i < 100000 && !(inb(COM1 + 5) & 0x20); i++)
+        ;
+    outb(COM1, c);
+}
+
+static void puts_raw(const char *s)
+{
+    for (; *s; s++) {
+        if (*s == '\n')
+            serial_putc('\r');
+        serial_putc(*s);
+    }
+}
+
+static void put_hex(u64 v, int digits)
+{
+    char buf[17];
+    for (int i = digits - 1; i >= 0; i--, v >>= 4)
+        buf[i] = "0123456789abcdef"[v & 15];
+    buf[digits] = 0;
+    puts_raw(buf);
+}
+
+static void put_dec(u32 v)
+{
+    char buf[11];
+    int i = 10;
+    buf[i] = 0;
+    do {
+        buf[--i] = '0' + v % 10;
+        v /= 10;
+    } while (v);
+    puts_raw(buf + i);
+}
+
+static void lock(void) { while (__sync_lock_test_and_set(&print_lock, 1)) __asm__ volatile("pause"); }
+static void unlock(void) { __sync_lock_release(&print_lock); }
+
+static void __attribute__((noreturn)) debug_exit(u8 code)
+{
+    outb(DEBUG_EXIT, code);
+    for (;;)
+        __asm__ volatile("cli; hlt");
+}
+
+static int str_eq_prefix(const char *s, const char *prefix)
+{
+    while (*prefix)
+        if (*s++ != *prefix++)
+            return 0;
+    return 1;
+}
+
+/* The value of "key=" in the command line (a pointer into it), or 0. */
+static const char *arg(const char *cmdline, const char *key)
+{
+    const char *p = cmdline;
+    while (*p) {
+        while (*p == ' ')
+            p++;
+        if (str_eq_prefix(p, key)) {
+            const char *k = key;
+            const char *q = p;
+            while (*k)
+                k++, q++;
+            if (*q == '=')
+                return q + 1;
+        }
+        while (*p && *p != ' ')
+            p++;
+    }
+    return 0;
+}
+
+static u32 arg_num(const char *cmdline, const char *key, u32 fallback)
+{
+    const char *v = arg(cmdline, key);
+    if (!v)
+        return fallback;
+    u32 n = 0;
+    while (*v >= '0' && *v <= '9')
+        n = n * 10 + (u32)(*v++ - '0');
+    return n;
+}
+
+/* -- interrupts ------------------------------------------------------------------ */
+
+static volatile u32 pit_ticks, lapic_ticks, spurious;
+
+#define PIC_VECTOR_BASE 0x20
+#define LAPIC_TIMER_VECTOR 0x40
+
+void guest_interrupt(u32 vector)
+{
+    if (vector == PIC_VECTOR_BASE) {
+        pit_ticks++;
+        outb(0x20, 0x20);
+    } else if (vector == LAPIC_TIMER_VECTOR) {
+        lapic_ticks++;
+        mmio_write(LAPIC_BASE + 0xB0, 0);
+    } else if (vector < 32) {
+        lock();
+        puts_raw("exception ");
+        put_dec(vector);
+        puts_raw("\n");
+        unlock();
+        debug_exit(0x40 + (u8)vector);
+    } else {
+        spurious++;
+    }
+}
+
+static void pic_init(u8 mask_master)
+{
+    outb(0x20, 0x11); outb(0xA0, 0x11);               /* ICW1: edge, cascade, ICW4 */
+    outb(0x21, PIC_VECTOR_BASE); outb(0xA1, PIC_VECTOR_BASE + 8);
+    outb(0x21, 0x04); outb(0xA1, 0x02);
+    outb(0x21, 0x01); outb(0xA1, 0x01);
+    outb(0x21, mask_master); outb(0xA1, 0xFF);
+}
+
+static int wait_ticks(volatile u32 *counter, u32 want)
+{
+    /* hlt until enough ticks came; give up after many wake-ups without one. */
+    for (u32 idle = 0; *counter < want && idle < 100000; idle++)
+        __asm__ volatile("sti; hlt; cli");
+    return *counter >= want;
+}
+
+static int test_pit(void)
+{
+    pic_init(0xFE);                                   /* IRQ0 only */
+    outb(0x43, 0x34);                                 /* channel 0, lo/hi, mode 2 */
+    outb(0x40, 1193 & 0xFF);                          /* 1 kHz */
+    outb(0x40, 1193 >> 8);
+    int ok = wait_ticks(&pit_ticks, 10);
+    puts_raw("pit: ");
+    put_dec(pit_ticks);
+    puts_raw(" ticks\n");
+    return ok ? 0 : 2;
+}
+
+static int test_lapic(void)
+{
+    pic_init(0xFF);
+    mmio_write(LAPIC_BASE + 0xF0, 0x1FF);             /* software enable, spurious vector 0xff */
+    mmio_write(LAPIC_BASE + 0x3E0, 0xB);              /* divide by 1 */
+    mmio_write(LAPIC_BASE + 0x320, (1 << 17) | LAPIC_TIMER_VECTOR);  /* periodic */
+    mmio_write(LAPIC_BASE + 0x380, 200000);
+    int ok = wait_ticks(&lapic_ticks, 10);
+    mmio_write(LAPIC_BASE + 0x320, 1 << 16);
+    puts_raw("lapic: ");
+    put_dec(lapic_ticks);
+    puts_raw(" ticks\n");
+    return ok ? 0 : 3;
+}
+
+static int test_mmap(struct mb_info *info)
+{
+    if (!(info->flags & (1 << 6)))
+        return 4;
+    u32 n = 0, ram_low = 0, ram_high = 0;
+    u32 end = info->mmap_addr + info->mmap_length;
+    for (u32 p = info->mmap_addr; p < end; n++) {
+        struct mb_mmap_entry *e = (struct mb_mmap_entry *)p;
+        puts_raw("mmap: ");
+        put_hex(e->addr, 16);
+        puts_raw("-");
+        put_hex(e->addr + e->len - 1, 16);
+        puts_raw(" type ");
+        put_dec(e->type);
+        puts_raw("\n");
+        if (e->type == 1 && e->addr == 0)
+            ram_low = 1;
+        if (e->type == 1 && e->addr == 0x100000 && (u32)(e->len >> 10) == info->mem_upper)
+            ram_high = 1;
+        p += e->size + 4;
+    }
+    puts_raw("mmap: ");
+    put_dec(n);
+    puts_raw(" entries, mem_lower ");
+    put_dec(info->mem_lower);
+    puts_raw(" KiB, mem_upper ");
+    put_dec(info->mem_upper);
+    puts_raw(" KiB\n");
+    if (!ram_low || !ram_high || info->mem_lower != 639)
+        return 5;
+    puts_raw("mmap ok\n");
+    return 0;
+}
+
+/* -- SMP ---------------------------------------------------------------------------- */
+
+static volatile u32 cpus_up = 1;
+
+void ap_main(void)
+{
+    u32 id = mmio_read(LAPIC_BASE + 0x20) >> 24;
+    lock();
+    puts_raw("ap: cpu with apic id ");
+    put_dec(id);
+    puts_raw(" is up\n");
+    unlock();
+    __sync_fetch_and_add(&cpus_up, 1);
+}
+
+static void lapic_icr(u32 low)
+{
+    mmio_write(LAPIC_BASE + 0x310, 0);
+    mmio_write(LAPIC_BASE + 0x300, low);
+    for (int i = 0; i < 100000 && (mmio_read(LAPIC_BASE + 0x300) & (1 << 12)); i++)
+        ;
+}
+
+static void delay(u32 loops)
+{
+    for (volatile u32 i = 0; i < loops; i++)
+        ;
+}
+
+static int test_smp(const char *cmdline)
+{
+    u32 want = arg_num(cmdline, "cpus", 2);
+    u8 *dst = (u8 *)AP_TRAMPOLINE_ADDR;
+    for (char *p = ap_trampoline; p < ap_trampoline_end; p++)
+        *dst++ = (u8)*p;
+    mmio_write(LAPIC_BASE + 0xF0, 0x1FF);
+    lapic_icr(0x000C4500);                            /* INIT to all but self */
+    delay(1000);
+    lapic_icr(0x000C4600 | (AP_TRAMPOLINE_ADDR >> 12));  /* SIPI */
+    delay(1000);
+    if (cpus_up < want)
+        lapic_icr(0x000C4600 | (AP_TRAMPOLINE_ADDR >> 12));
+    for (u32 i = 0; i < 2000000 && cpus_up < want; i++)
+        __asm__ volatile("pause");
+    lock();
+    puts_raw("smp: ");
+    put_dec(cpus_up);
+    puts_raw(" cpus up\n");
+    unlock();
+    return cpus_up == want ? 0 : 6;
+}
+
+/* -- devices ----------------------------------------------------------------------- */
+
+static int test_io(void)
+{
+    outl(0xCF8, 0x80000000u);                         /* 00:00.0, register 0 */
+    u32 id = inl(0xCFC);
+    puts_raw("pci 00:00.0 ");
+    put_hex(id & 0xFFFF, 4);
+    puts_raw(":");
+    put_hex(id >> 16, 4);
+    puts_raw("\n");
+    u32 v = mmio_read(0xFED00000u);                   /* the HPET window */
+    puts_raw("mmio fed00000: ");
+    put_hex(v, 8);
+    puts_raw("\n");
+    return id == 0x29C08086u ? 0 : 7;
+}
+
+static void test_pio(const char *cmdline)
+{
+    u32 n = arg_num(cmdline, "count", 10000);
+    for (u32 i = 0; i < n; i++)
+        outb(0x80, (u8)i);
+}
+
+void guest_main(u32 magic, struct mb_info *info)
+{
+    if (magic != 0x2BADB002)
+        debug_exit(0x10);
+    const char *cmdline = (info->flags & (1 << 2)) ? (const char *)info->cmdline : "";
+    const char *test = arg(cmdline, "test");
+    int rc = 0;
+    if (!test)
+        debug_exit(0x11);
+    if (str_eq_prefix(test, "serial")) {
+        puts_raw("hello from the test guest\n");
+    } else if (str_eq_prefix(test, "cmdline")) {
+        puts_raw("cmdline: ");
+        puts_raw(cmdline);
+        puts_raw("\n");
+    } else if (str_eq_prefix(test, "mmap")) {
+        rc = test_mmap(info);
+    } else if (str_eq_prefix(test, "pit")) {
+        rc = test_pit();
+    } else if (str_eq_prefix(test, "lapic")) {
+        rc = test_lapic();
+    } else if (str_eq_prefix(test, "smp")) {
+        rc = test_smp(cmdline);
+    } else if (str_eq_prefix(test, "io")) {
+        rc = test_io();
+    } else if (str_eq_prefix(test, "exit")) {
+        debug_exit((u8)arg_num(cmdline, "code", 0));
+    } else if (str_eq_prefix(test, "pio")) {
+        test_pio(cmdline);
+    } else {
+        puts_raw("unknown test\n");
+        rc = 0x12;
+    }
+    if (rc == 0)
+        puts_raw("TEST PASSED\n");
+    else
+        puts_raw("TEST FAILED\n");
+    debug_exit((u8)rc);
+}
