@@ -237,9 +237,10 @@ class HPET:
         if t.periodic and t.period:
             bits = 32 if t.is_32bit else 64
             late = _signed(current - t.cmp, bits)
-            if late > 0:
-                # Step the comparator past the counter in one go (a tiny
-                # period after a long pause must not loop millions of times).
+            if late >= 0:
+                # This match is being delivered now: step the comparator past
+                # the counter in one go (a tiny period after a long pause
+                # must not loop millions of times).
                 steps = late // t.period + 1
                 t.cmp = (t.cmp + steps * t.period) & ((1 << bits) - 1)
             self._arm(t, self._diff(t, current))
