@@ -27,15 +27,21 @@ from pemu.hw.acpi.acpi_tables import (
     build_xsdt,
 )
 from pemu.hw.acpi.aml_build import (
+    MemCacheable,
     aml_device,
+    aml_dword_memory,
     aml_eisaid,
     aml_io,
     aml_irq_no_flags,
+    aml_memory32_fixed,
     aml_name_decl,
     aml_package,
     aml_resource_template,
     aml_scope,
+    aml_word_bus_number,
+    aml_word_io,
 )
+from pemu.hw.acpi.bios_linker_loader import AllocZone, BiosLinker
 from pemu.hw.acpi.core import ICH9_GPE0_LEN, PM1_CNT_LEN, PM1_EVT_LEN, PM_TMR_LEN, S5_SLP_TYP
 
 # ICH9 power-management I/O layout (QEMU's ich9.h): PMBASE and offsets into it.
@@ -121,6 +127,16 @@ class PcAcpiConfig:
     rtc: bool = True
     ps2: bool = True
     oem: AcpiOem = AcpiOem()
+    # The q35 board's extras (off by default; q35_acpi_config turns them on).
+    pci_host: bool = False
+    """Describe PCI0 (the MCH's root bus) with its windows and _PRT, the ISA devices under it."""
+    pci_hole: tuple[int, int] = (0xC0000000, 0xFEBFFFFF)
+    """First and last address of the 32-bit PCI memory window."""
+    hpet: bool = False
+    hpet_id: int = 0x8086A201
+    mcfg: tuple[int, int] | None = None
+    """(base, size) of the PCIe MMCONFIG window for the MCFG table."""
+    waet: bool = False
 
 
 @dataclass(frozen=True)
@@ -145,7 +161,61 @@ def build_facs() -> bytes:
     return struct.pack("<4sIIIIIQB3xI24x", b"FACS", FACS_LENGTH, 0, 0, 0, 0, 0, 2, 0)
 
 
-def build_dsdt(cfg: PcAcpiConfig = PcAcpiConfig()) -> bytes:
+# q35 INTx routing (ICH9 defaults, as QEMU's ich9_lpc_map_irq): functions in
+# slots 25-31 use PIRQ A-D by pin, every other slot PIRQ E-H swizzled by slot.
+ICH9_FIRST_FIXED_SLOT = 25
+PIRQ_COUNT = 8
+PIRQ_PIC_IRQS = (10, 10, 11, 11, 10, 10, 11, 11)
+"""The ISA IRQ of each PIRQ in PIC mode (SeaBIOS's choice, which direct boot copies)."""
+PIRQ_FIRST_GSI = 16
+
+
+def q35_pci_slot_pirq(slot: int, pin: int) -> int:
+    """The PIRQ (0 = A .. 7 = H) of INTx ``pin`` (0 = INTA) of a device in ``slot`` of bus 0."""
+    if not (0 <= slot < 32 and 0 <= pin < 4):
+        raise ValueError(f"PCI slot {slot} pin {pin}")
+    if slot >= ICH9_FIRST_FIXED_SLOT:
+        return pin
+    return (slot + pin) % 4 + 4
+
+
+def q35_pirq_gsi(pirq: int, with_apic: bool) -> int:
+    """Where a PIRQ arrives: GSI 16-23 on the IOAPIC, or its ISA IRQ on the 8259s."""
+    return PIRQ_FIRST_GSI + pirq if with_apic else PIRQ_PIC_IRQS[pirq]
+
+
+def build_prt(with_apic: bool) -> bytes:
+    """_PRT of PCI0 for all 32 slots: static GSIs (Source 0), matching the
+    interrupt model the guest has (PIC IRQs without an APIC)."""
+    entries = [aml_package((slot << 16) | 0xFFFF, pin, 0, q35_pirq_gsi(q35_pci_slot_pirq(slot, pin), with_apic))
+               for slot in range(32) for pin in range(4)]
+    return aml_name_decl("_PRT", aml_package(*entries))
+
+
+def build_pci0_crs(cfg: PcAcpiConfig) -> bytes:
+    hole_start, hole_end = cfg.pci_hole
+    return aml_name_decl("_CRS", aml_resource_template(
+        aml_word_bus_number(0x00, 0xFF),
+        aml_io(0x0CF8, 0x0CF8, 0x01, 0x08),
+        aml_word_io(0x0000, 0x0CF7),
+        aml_word_io(0x0D00, 0xFFFF),
+        aml_dword_memory(0x000A0000, 0x000BFFFF, cacheable=MemCacheable.CACHEABLE),
+        aml_dword_memory(hole_start, hole_end)))
+
+
+def build_hpet_aml(cfg: PcAcpiConfig) -> bytes:
+    from pemu.hw.i386 import memmap
+
+    return aml_device(
+        "HPET",
+        aml_name_decl("_HID", aml_eisaid("PNP0103")),
+        aml_name_decl("_UID", 0),
+        aml_name_decl("_STA", 0x0F),
+        aml_name_decl("_CRS", aml_resource_template(
+            aml_memory32_fixed(memmap.HPET_BASE, memmap.HPET_SIZE, read_write=False))))
+
+
+def build_dsdt(cfg: PcAcpiConfig = PcAcpiConfig(), with_apic: bool = False) -> bytes:
     devices: list[bytes] = []
     for index, (port, irq) in enumerate(cfg.serial_ports):
         devices.append(aml_device(
@@ -174,9 +244,50 @@ def build_dsdt(cfg: PcAcpiConfig = PcAcpiConfig()) -> bytes:
             aml_name_decl("_HID", aml_eisaid("PNP0F13")),
             aml_name_decl("_STA", 0x0F),
             aml_name_decl("_CRS", aml_resource_template(aml_irq_no_flags(12)))))
+    if cfg.pci_host:
+        # The ISA devices sit behind the LPC bridge at 00:1f.0.
+        devices = [aml_device(
+            "PCI0",
+            aml_name_decl("_HID", aml_eisaid("PNP0A08")),
+            aml_name_decl("_CID", aml_eisaid("PNP0A03")),
+            aml_name_decl("_ADR", 0),
+            aml_name_decl("_UID", 0),
+            aml_name_decl("_BBN", 0),
+            build_pci0_crs(cfg),
+            build_prt(with_apic),
+            aml_device("ISA", aml_name_decl("_ADR", 0x001F0000), *devices))]
+    if cfg.hpet:
+        devices.append(build_hpet_aml(cfg))
     aml = (aml_scope("\\_SB", *devices)
            + aml_name_decl("\\_S5", aml_package(S5_SLP_TYP, S5_SLP_TYP, 0, 0)))
     return build_table("DSDT", 2, aml, cfg.oem)
+
+
+def build_mcfg(base: int, size: int, cfg: PcAcpiConfig = PcAcpiConfig()) -> bytes:
+    """MCFG (PCI Firmware spec 3.2, 4.1.2): one ECAM allocation for segment 0."""
+    end_bus = size // (1 << 20) - 1
+    if not 0 <= end_bus <= 0xFF or base % (1 << 20):
+        raise ValueError(f"MCFG window {base:#x}+{size:#x}")
+    body = bytes(8) + struct.pack("<QHBBI", base, 0, 0, end_bus, 0)
+    return build_table("MCFG", 1, body, cfg.oem)
+
+
+def build_hpet_table(cfg: PcAcpiConfig = PcAcpiConfig()) -> bytes:
+    """HPET description table (IA-PC HPET spec 3.2.4): block id, base as a GAS, number, tick, protection."""
+    from pemu.hw.i386 import memmap
+
+    body = (struct.pack("<I", cfg.hpet_id)
+            + GenericAddress(AddressSpace.SYSTEM_MEMORY, 0, memmap.HPET_BASE).pack()
+            + struct.pack("<BHB", 0, 0, 0))
+    return build_table("HPET", 1, body, cfg.oem)
+
+
+ACPI_WAET_PM_TIMER_GOOD = 1 << 1
+
+
+def build_waet(cfg: PcAcpiConfig = PcAcpiConfig()) -> bytes:
+    """WAET: tells Windows-style guests the PM timer needs no workaround reads."""
+    return build_table("WAET", 1, struct.pack("<I", ACPI_WAET_PM_TIMER_GOOD), cfg.oem)
 
 
 def build_fadt(facs_addr: int, dsdt_addr: int, with_apic: bool, cpus: int,
@@ -286,10 +397,16 @@ def build_acpi_tables(base_addr: int, with_apic: bool, cpus: int,
         return addr
 
     facs = place("FACS", build_facs(), FACS_ALIGN)
-    dsdt = place("DSDT", build_dsdt(cfg))
+    dsdt = place("DSDT", build_dsdt(cfg, with_apic))
     pointed = [place("FACP", build_fadt(facs, dsdt, with_apic, cpus, cfg))]
     if with_apic:
         pointed.append(place("APIC", build_madt(cpus, cfg)))
+    if cfg.hpet:
+        pointed.append(place("HPET", build_hpet_table(cfg)))
+    if cfg.mcfg is not None:
+        pointed.append(place("MCFG", build_mcfg(*cfg.mcfg, cfg)))
+    if cfg.waet:
+        pointed.append(place("WAET", build_waet(cfg)))
     rsdt = place("RSDT", build_rsdt(pointed, cfg.oem))
     xsdt = place("XSDT", build_xsdt(pointed, cfg.oem))
     rsdp = place("RSD PTR ", build_rsdp(rsdt, xsdt, cfg.oem.oem_id), RSDP_ALIGN)
@@ -297,3 +414,68 @@ def build_acpi_tables(base_addr: int, with_apic: bool, cpus: int,
     if base_addr + len(blob) > 1 << 32:
         raise ValueError("ACPI tables must lie below 4 GiB (RSDT holds 32-bit pointers)")
     return AcpiBuild(base_addr=base_addr, blob=bytes(blob), rsdp_addr=rsdp, tables=tables)
+
+
+# --- tables for firmware boot (placed by the firmware, linked by etc/table-loader) -------------
+
+ACPI_BUILD_TABLE_FILE = "etc/acpi/tables"
+ACPI_BUILD_RSDP_FILE = "etc/acpi/rsdp"
+ACPI_BUILD_LOADER_FILE = "etc/table-loader"
+
+
+@dataclass(frozen=True)
+class AcpiFirmwareTables:
+    """The three fw_cfg files of QEMU's acpi_setup."""
+
+    tables: bytes
+    rsdp: bytes
+    loader: bytes
+
+
+def q35_acpi_config(below_4g_mem_size: int, hpet: bool, mcfg: tuple[int, int] | None,
+                    serial_ports: tuple[tuple[int, int], ...] = ((0x3F8, 4),)) -> PcAcpiConfig:
+    """The q35 board's tables: PCI0 with its windows and _PRT, the HPET, MCFG and WAET."""
+    hole_start = max(below_4g_mem_size, mcfg[0] + mcfg[1] if mcfg else 0)
+    hole_start = -(-hole_start // (1 << 20)) * (1 << 20)
+    return PcAcpiConfig(serial_ports=serial_ports, pci_host=True, pci_hole=(hole_start, IOAPIC_DEFAULT_ADDRESS - 1),
+                        hpet=hpet, mcfg=mcfg, waet=True)
+
+
+def build_acpi_tables_for_firmware(with_apic: bool, cpus: int,
+                                   cfg: PcAcpiConfig = PcAcpiConfig()) -> AcpiFirmwareTables:
+    """The same tables as :func:`build_acpi_tables`, as the blob
+    ``etc/acpi/tables`` whose pointers hold offsets within it, the RSDP as
+    ``etc/acpi/rsdp``, and the linker script that has the firmware allocate
+    them (tables anywhere high, RSDP in the F segment), add the load address
+    to every pointer and fix every checksum."""
+    build = build_acpi_tables(0, with_apic, cpus, cfg)
+    rsdp_off = build.rsdp_addr
+    tables = build.blob[:rsdp_off]
+    rsdp = build.blob[rsdp_off:rsdp_off + 36]
+    T, R = ACPI_BUILD_TABLE_FILE, ACPI_BUILD_RSDP_FILE
+    linker = BiosLinker()
+    linker.add_allocate(T, len(tables), FACS_ALIGN, AllocZone.HIGH)
+    linker.add_allocate(R, len(rsdp), RSDP_ALIGN, AllocZone.FSEG)
+
+    def length_at(off: int) -> int:
+        return int(struct.unpack_from("<I", tables, off + 4)[0])
+
+    def pointer(dest: str, blob: bytes, field_off: int, size: int) -> None:
+        target = int.from_bytes(blob[field_off:field_off + size], "little")
+        linker.add_pointer(dest, field_off, size, T, target)
+
+    fadt = build.tables["FACP"]
+    for name, size in (("FIRMWARE_CTRL", 4), ("DSDT", 4), ("X_FIRMWARE_CTRL", 8), ("X_DSDT", 8)):
+        pointer(T, tables, fadt + FADT_FIELD_OFFSETS[name], size)
+    for sig, size in (("RSDT", 4), ("XSDT", 8)):
+        off = build.tables[sig]
+        for entry in range(off + 36, off + length_at(off), size):
+            pointer(T, tables, entry, size)
+    pointer(R, rsdp, 16, 4)
+    pointer(R, rsdp, 24, 8)
+    for sig, off in build.tables.items():
+        if sig != "FACS":
+            linker.add_checksum(T, off, length_at(off), off + 9)
+    linker.add_checksum(R, 0, 20, 8)
+    linker.add_checksum(R, 0, 36, 32)
+    return AcpiFirmwareTables(tables, rsdp, linker.commands)
