@@ -51,7 +51,7 @@ HANDLED_OPTIONS = {
     "machine", "m", "smp", "cpu", "accel", "enable-kvm", "device", "global", "object", "chardev",
     "serial", "monitor", "mon", "kernel", "initrd", "append", "bios", "name", "nodefaults",
     "no-user-config", "nographic", "display", "S", "no-reboot", "no-shutdown", "d", "D", "L",
-    "version", "help", "h",
+    "version", "help", "h", "fw_cfg", "smbios",
 }
 
 
@@ -97,6 +97,8 @@ class Config:
     no_reboot: bool = False
     no_shutdown: bool = False
     data_dirs: list[str] = field(default_factory=list)
+    fw_cfg_files: list[tuple[str, bytes]] = field(default_factory=list)  # -fw_cfg name=...
+    smbios: list[tuple[QemuOpts, str]] = field(default_factory=list)
 
 
 class EarlyExit(Exception):
@@ -231,6 +233,12 @@ def _apply_option(cfg: Config, opt: ParsedOption) -> None:
     elif name == "L":
         assert arg is not None
         cfg.data_dirs.append(arg)
+    elif name == "fw_cfg":
+        from pemu.hw.nvram.fw_cfg import parse_fw_cfg_option
+
+        cfg.fw_cfg_files.append(parse_fw_cfg_option(opt.parse_opts(), opt.location))
+    elif name == "smbios":
+        cfg.smbios.append((opt.parse_opts(), opt.location))
 
 
 # --- machine selection ----------------------------------------------------------------------
@@ -404,6 +412,13 @@ def qemu_create_machine(cfg: Config, mc: MachineClass) -> MachineState:
     if machine.kernel is None and (machine.initrd is not None or machine.append is not None):
         raise UserError("-initrd or -append only allowed with -kernel option")
     machine.data_dirs = list(cfg.data_dirs)  # type: ignore[attr-defined]
+    # -fw_cfg files and -smbios fields, for the board's fw_cfg (pemu.hw.i386.fw_cfg).
+    from pemu.hw.smbios.smbios import SmbiosConfig, smbios_entry_add
+
+    machine.fw_cfg_user_files = list(cfg.fw_cfg_files)  # type: ignore[attr-defined]
+    machine.smbios_config = smbios_cfg = SmbiosConfig()  # type: ignore[attr-defined]
+    for opts, location in cfg.smbios:
+        smbios_entry_add(smbios_cfg, opts, location)
     return machine
 
 

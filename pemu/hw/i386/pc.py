@@ -126,6 +126,11 @@ def pc_memory_init(pcms: PCMachineState, system_memory: MemoryRegion, rom_memory
     option_rom = MemoryRegion.rom("pc.rom", memmap.PC_ROM_SIZE)
     rom_memory.add_subregion_overlap(memmap.PC_ROM_MIN_VGA, option_rom, 1)
 
+    # The firmware configuration device (fw_cfg_arch_create, as in the seed).
+    from pemu.hw.i386.fw_cfg import fw_cfg_arch_create
+
+    fw_cfg_arch_create(pcms, machine.smp.cpus, machine.smp.max_cpus)
+
 
 def pc_build_e820(pcms: PCMachineState, tables_base: int | None = None) -> E820Table:
     """The memory map the guest is told about, with the same holes QEMU and
@@ -209,6 +214,8 @@ def pc_basic_device_init(pcms: PCMachineState, isa_bus: Any, system_io: MemoryRe
         for cpu in pcms.cpus:
             cpu.get_pic_interrupt = pic.model.read_irq
 
+    if pcms.hpet_enabled:
+        pc_hpet_init(pcms)
     pcms.rtc = _isa_create(pcms, isa_bus, "mc146818rtc")
     if not irqchip_in_kernel:
         pit = _isa_create(pcms, isa_bus, "isa-pit")
@@ -222,6 +229,23 @@ def pc_basic_device_init(pcms: PCMachineState, isa_bus: Any, system_io: MemoryRe
             _isa_create(pcms, isa_bus, "isa-serial", chr=chr_)
 
 
+def pc_hpet_init(pcms: PCMachineState) -> Any:
+    """The HPET at 0xFED00000 with its interrupt outputs on the GSIs (pc_hpet_init).
+    Without an IOAPIC only GSIs 0-15 exist: the guest uses the legacy
+    replacement route (timer 0 on IRQ 0, timer 1 on IRQ 8)."""
+    from pemu.hw.core.sysbus import sysbus_realize
+    from pemu.hw.timer.hpet import TYPE_HPET
+
+    hpet = qdev_new(TYPE_HPET)
+    sysbus_realize(hpet)  # type: ignore[arg-type]  (adopted under /machine/unattached)
+    hpet.unref()
+    hpet.mmio_map(0, memmap.HPET_BASE)  # type: ignore[attr-defined]
+    for n, line in enumerate(pcms.gsi):
+        hpet.connect_irq(n, line)  # type: ignore[attr-defined]
+    pcms.hpet_dev = hpet  # type: ignore[attr-defined]
+    return hpet
+
+
 ACPI_TABLES_SIZE = 128 * 1024
 
 
@@ -229,20 +253,26 @@ def pc_late_init(pcms: PCMachineState) -> None:
     """What needs the whole board: CMOS memory bytes, ACPI tables and the
     guest's e820 map (for direct boot the tables sit at the top of RAM below
     4G, reserved in e820, and boot_params points at the RSDP)."""
-    from pemu.hw.i386.acpi_build import build_acpi_tables
+    from pemu.hw.i386.acpi_build import build_acpi_tables, build_acpi_tables_for_firmware, q35_acpi_config
+    from pemu.hw.i386.fw_cfg import pc_fw_cfg_machine_done
     from pemu.hw.rtc.mc146818rtc import pc_cmos_init_memory
     from pemu.system.physmem import address_space_memory
 
     pc_cmos_init_memory(pcms.rtc.model, below_4g_mem_size=pcms.below_4g_mem_size,
                         above_4g_mem_size=pcms.above_4g_mem_size, cpu_count=pcms.smp.cpus)
     tables_base = None
+    fw_tables = None
     if pcms.acpi != "off":
         tables_base = (pcms.below_4g_mem_size - ACPI_TABLES_SIZE) & ~0xFFF
         with_apic = getattr(pcms.cpus[0].model, "has_apic", False) if pcms.cpus else False
         from pemu.accel.kvm.kvm_accel import kvm_irqchip_in_kernel
 
         with_apic = with_apic or kvm_irqchip_in_kernel()  # the in-kernel LAPICs and IOAPIC
-        build = build_acpi_tables(tables_base, with_apic=with_apic, cpus=pcms.smp.cpus)
+        acpi_cfg = q35_acpi_config(pcms.below_4g_mem_size, hpet=pcms.hpet_enabled,
+                                   mcfg=(memmap.MCH_PCIEXBAR_DEFAULT, memmap.MCH_PCIEXBAR_SIZE))
+        build = build_acpi_tables(tables_base, with_apic=with_apic, cpus=pcms.smp.cpus, cfg=acpi_cfg)
+        # The same tables for firmware boot, placed by the firmware (etc/table-loader).
+        fw_tables = build_acpi_tables_for_firmware(with_apic, pcms.smp.cpus, acpi_cfg)
         if len(build.blob) > ACPI_TABLES_SIZE:
             raise QOMError("ACPI tables do not fit in their reserved area")
         address_space_memory().write_rom(tables_base, build.blob)
@@ -251,3 +281,4 @@ def pc_late_init(pcms: PCMachineState) -> None:
     else:
         pcms.acpi_rsdp_addr = None  # type: ignore[attr-defined]
     pcms.e820 = pc_build_e820(pcms, tables_base)
+    pc_fw_cfg_machine_done(pcms, fw_tables)

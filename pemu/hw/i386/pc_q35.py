@@ -100,7 +100,6 @@ def pc_q35_init(machine: Any) -> None:
     system_memory.add_subregion(memmap.MCH_PCIEXBAR_DEFAULT,
                                 placeholder_region(pcms, "pcie-mmcfg-mmio", memmap.MCH_PCIEXBAR_SIZE))
     system_memory.add_subregion(memmap.IOAPIC_BASE, placeholder_region(pcms, "ioapic", memmap.IOAPIC_SIZE))
-    system_memory.add_subregion(memmap.HPET_BASE, placeholder_region(pcms, "hpet", memmap.HPET_SIZE))
     system_memory.add_subregion(memmap.ICH9_RCBA_BASE, placeholder_region(pcms, "lpc-rcrb-mmio", memmap.ICH9_RCBA_SIZE))
     system_memory.add_subregion_overlap(memmap.APIC_BASE, placeholder_region(pcms, "apic-msi", memmap.APIC_SPACE_SIZE), 4096)
 
