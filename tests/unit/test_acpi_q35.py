@@ -117,3 +117,77 @@ def test_firmware_tables_link_like_the_firmware() -> None:
     xsdt_addr = struct.unpack_from("<Q", rsdp, 24)[0]
     xsdt = out["etc/acpi/tables"][xsdt_addr - tables_base:]
     assert xsdt[:4] == b"XSDT"
+
+
+# --- the MCH registers behind those tables: PAM and PCIEXBAR, seen in `info mtree` ---------------
+
+
+@pytest.fixture
+def mch_board():  # type: ignore[no-untyped-def]
+    import pemu.hw.pci_host.q35  # noqa: F401  (registers the types)
+    from pemu.hw.core.qdev import qdev_new
+    from pemu.hw.core.sysbus import sysbus_realize
+    from pemu.hw.pci_host.q35 import mch_init_pam, mch_init_pciexbar
+    from pemu.system.memory import MEMORY_SIZE_UNLIMITED, MemoryRegion
+    from pemu.system.physmem import cpu_exec_init_all, get_system_memory
+
+    cpu_exec_init_all()
+    system = get_system_memory()
+    ram = MemoryRegion.ram("pc.ram", 2 << 20)
+    system.add_subregion(0, MemoryRegion.alias("ram-below-4g", ram, 0, 2 << 20))
+    pci = MemoryRegion.container("pci", MEMORY_SIZE_UNLIMITED)
+    system.add_subregion_overlap(0, pci, -1)
+    host = qdev_new("q35-pcihost")
+    sysbus_realize(host)  # type: ignore[arg-type]
+    mch_init_pam(host.mch, ram, pci, system)  # type: ignore[attr-defined]
+    mch_init_pciexbar(host.mch, host.bus, system)  # type: ignore[attr-defined]
+    return host
+
+
+def cfg_write(host, offset: int, value: int, size: int) -> None:  # type: ignore[no-untyped-def]
+    host.conf_write(0, 0x80000000 | (offset & 0xFC), 4)
+    host.data_write(offset & 3, value, size)
+
+
+def cfg_read(host, offset: int, size: int) -> int:  # type: ignore[no-untyped-def]
+    host.conf_write(0, 0x80000000 | (offset & 0xFC), 4)
+    return host.data_read(offset & 3, size)
+
+
+def test_pam_switching_in_mtree(mch_board) -> None:  # type: ignore[no-untyped-def]
+    from pemu.system.memory import mtree_info
+
+    seg = "00000000000f0000-00000000000fffff"
+    assert f"{seg} (prio 1, i/o): alias pam-pci @pci {seg}" in mtree_info()
+    cfg_write(mch_board, 0x90, 0x30, 1)            # PAM0: the BIOS segment to RAM
+    tree = mtree_info()
+    assert f"{seg} (prio 1, ram): alias pam-ram @pc.ram {seg}" in tree
+    assert f"{seg} (prio 1, i/o) [disabled]: alias pam-pci @pci {seg}" in tree
+    cfg_write(mch_board, 0x90, 0x10, 1)            # read-only RAM
+    assert f"{seg} (prio 0, rom): pc.ram @00000000000f0000" in mtree_info(flatview=True)
+    cfg_write(mch_board, 0x90, 0x00, 1)            # back to PCI
+    assert f"{seg} (prio 1, i/o): alias pam-pci @pci {seg}" in mtree_info()
+    assert cfg_read(mch_board, 0x90, 1) == 0x00
+    cfg_write(mch_board, 0x91, 0xFF, 1)            # only the PAM bits are writable
+    assert cfg_read(mch_board, 0x91, 1) == 0x33
+
+
+def test_pciexbar_enables_and_moves_the_ecam_window(mch_board) -> None:  # type: ignore[no-untyped-def]
+    from pemu.system.memory import mtree_info
+    from pemu.system.physmem import address_space_memory
+
+    assert "pcie-mmcfg-mmio" not in mtree_info()           # disabled at reset
+    assert cfg_read(mch_board, 0x60, 4) == 0xB0000000
+    cfg_write(mch_board, 0x60, 0xB0000001, 4)
+    assert "00000000b0000000-00000000bfffffff (prio 0, i/o): pcie-mmcfg-mmio" in mtree_info()
+    space = address_space_memory()
+    assert space.dispatch_read(0xB0000000, 4) == 0x29C08086   # 00:00.0 through ECAM
+    assert space.dispatch_read(0xB0000000 + (3 << 15), 4) == 0xFFFFFFFF  # empty slot
+    space.dispatch_write(0xB0000000 + 0x90, 0x30, 1)           # ECAM write reaches the MCH (PAM0)
+    assert cfg_read(mch_board, 0x90, 1) == 0x30
+    cfg_write(mch_board, 0x60, 0xE0000000 | 0b101, 4)          # 64 MiB at 0xE0000000
+    tree = mtree_info()
+    assert "00000000e0000000-00000000e3ffffff (prio 0, i/o): pcie-mmcfg-mmio" in tree
+    assert "00000000b0000000-00000000bfffffff" not in tree
+    cfg_write(mch_board, 0x60, 0xE0000000 | 0b111, 4)          # reserved length: off
+    assert "pcie-mmcfg-mmio" not in mtree_info()

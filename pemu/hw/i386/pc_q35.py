@@ -20,7 +20,7 @@ from pemu.hw.i386.pc import (
     pc_memory_init,
     placeholder_region,
 )
-from pemu.hw.pci_host.q35 import mch_init_pam
+from pemu.hw.pci_host.q35 import mch_init_pam, mch_init_pciexbar
 from pemu.hw.i386.x86 import x86_cpus_init, x86_load_linux, x86_ram_split
 from pemu.qom.object import ObjectClass, QOMError, TypeInfo, type_register
 from pemu.system.memory import MEMORY_SIZE_UNLIMITED, MemoryRegion
@@ -97,8 +97,11 @@ def pc_q35_init(machine: Any) -> None:
     pcms.isabus = lpc.isa_bus  # type: ignore[attr-defined]
 
     # Fixed windows whose devices come later.
-    system_memory.add_subregion(memmap.MCH_PCIEXBAR_DEFAULT,
-                                placeholder_region(pcms, "pcie-mmcfg-mmio", memmap.MCH_PCIEXBAR_SIZE))
+    # The ECAM window at 0xB0000000.  QEMU leaves PCIEXBAREN clear at reset
+    # for SeaBIOS to set; pemu sets it from reset so that direct boot (no
+    # firmware) finds the window the MCFG table describes, and SeaBIOS writes
+    # the same value again.
+    mch_init_pciexbar(host.mch, pcms.pcibus, system_memory, enabled_at_reset=True)  # type: ignore[attr-defined]
     system_memory.add_subregion(memmap.IOAPIC_BASE, placeholder_region(pcms, "ioapic", memmap.IOAPIC_SIZE))
     system_memory.add_subregion(memmap.ICH9_RCBA_BASE, placeholder_region(pcms, "lpc-rcrb-mmio", memmap.ICH9_RCBA_SIZE))
     system_memory.add_subregion_overlap(memmap.APIC_BASE, placeholder_region(pcms, "apic-msi", memmap.APIC_SPACE_SIZE), 4096)

@@ -140,11 +140,31 @@ def _q35_host_class_init(klass: ObjectClass, data: Any) -> None:
 
 class MCHPCIState(PCIDevice):
     pam: list[PAMSegment]
+    mmcfg: PCIEMMCFG | None
+    pciexbar_reset: int
 
     def config_write(self, addr: int, value: int, size: int) -> None:
         super().config_write(addr, value, size)
         if addr < MCH_HOST_BRIDGE_PAM0 + 7 and addr + size > MCH_HOST_BRIDGE_PAM0:
             self.update_pam()
+        if addr < MCH_HOST_BRIDGE_PCIEXBAR + 8 and addr + size > MCH_HOST_BRIDGE_PCIEXBAR:
+            self.update_pciexbar()
+
+    def update_pciexbar(self) -> None:
+        """Map, move or unmap the ECAM window after PCIEXBAR changed (mch_update_pciexbar)."""
+        from pemu.util.log import guest_error
+
+        if getattr(self, "mmcfg", None) is None:
+            return
+        assert self.mmcfg is not None
+        reg = int.from_bytes(self.config[MCH_HOST_BRIDGE_PCIEXBAR:MCH_HOST_BRIDGE_PCIEXBAR + 8], "little")
+        length = PCIEXBAR_LENGTHS.get((reg & PCIEXBAR_LENGTH_MASK) >> 1)
+        enabled = bool(reg & PCIEXBAREN)
+        if length is None:
+            guest_error("mch: PCIEXBAR length 3 is reserved; window disabled")
+            enabled, length = False, 0
+        base = reg & PCIEXBAR_ADMSK & ~((length or 1) - 1)
+        self.mmcfg.update(enabled, base, length)
 
     def update_pam(self) -> None:
         """Apply PAM0-6 to the shadow segments (mch_update_pam)."""
@@ -155,6 +175,54 @@ class MCHPCIState(PCIDevice):
             for i in range(PAM_EXPAN_COUNT):
                 reg = self.config[MCH_HOST_BRIDGE_PAM0 + 1 + i // 2]
                 self.pam[1 + i].update((reg >> (4 * (i & 1))) & 3)
+
+
+# PCIEXBAR: the PCIe MMCONFIG (ECAM) window, 64-bit register at 0x60.
+MCH_HOST_BRIDGE_PCIEXBAR = 0x60
+PCIEXBAREN = 0x1
+PCIEXBAR_LENGTH_MASK = 0x6
+PCIEXBAR_LENGTHS = {0: 256 << 20, 1: 128 << 20, 2: 64 << 20}
+PCIEXBAR_ADMSK = 0x0000000FFC000000
+PCIEXBAR_RESET = memmap.MCH_PCIEXBAR_DEFAULT  # address set, window disabled (as QEMU)
+
+
+class PCIEMMCFG:
+    """The ECAM window: bus << 20 | devfn << 12 | register, routed to the
+    bus's config space; mapped in system memory while PCIEXBAREN is set."""
+
+    def __init__(self, bus: PCIBus, system: MemoryRegion, owner: object) -> None:
+        self.bus, self.system = bus, system
+        self.size = 0
+        self.base = -1
+        self.mr: MemoryRegion | None = None
+        self.owner = owner
+
+    def read(self, offset: int, size: int) -> int:
+        return pci_bus_config_read(self.bus, (offset >> 20) & 0xFF, (offset >> 12) & 0xFF, offset & 0xFFF, size)
+
+    def write(self, offset: int, value: int, size: int) -> None:
+        pci_bus_config_write(self.bus, (offset >> 20) & 0xFF, (offset >> 12) & 0xFF, offset & 0xFFF, value, size)
+
+    def update(self, enabled: bool, base: int, size: int) -> None:
+        if self.mr is not None and (not enabled or base != self.base or size != self.size):
+            self.system.del_subregion(self.mr)
+            self.mr = None
+        if enabled and self.mr is None:
+            self.mr = MemoryRegion.io("pcie-mmcfg-mmio", size, MemoryRegionOps(self.read, self.write, 1, 4, False, 1, 4),
+                                      owner=self.owner)
+            self.system.add_subregion(base, self.mr)
+        self.base, self.size = (base, size) if enabled else (-1, 0)
+
+
+def mch_init_pciexbar(mch: MCHPCIState, bus: PCIBus, system: MemoryRegion, enabled_at_reset: bool = False) -> None:
+    """Give the MCH its ECAM window.  ``enabled_at_reset``: the window is on
+    from reset (direct boot, where no firmware enables it)."""
+    mch.mmcfg = PCIEMMCFG(bus, system, mch)
+    mch.pciexbar_reset = PCIEXBAR_RESET | (PCIEXBAREN if enabled_at_reset else 0)
+    mch.wmask[MCH_HOST_BRIDGE_PCIEXBAR:MCH_HOST_BRIDGE_PCIEXBAR + 8] = \
+        (PCIEXBAR_ADMSK | PCIEXBAR_LENGTH_MASK | PCIEXBAREN).to_bytes(8, "little")
+    mch.config[MCH_HOST_BRIDGE_PCIEXBAR:MCH_HOST_BRIDGE_PCIEXBAR + 8] = mch.pciexbar_reset.to_bytes(8, "little")
+    mch.update_pciexbar()
 
 
 def mch_init_pam(mch: MCHPCIState, ram: MemoryRegion, pci: MemoryRegion, system: MemoryRegion) -> None:
@@ -170,6 +238,9 @@ def _mch_reset(dev: Any) -> None:
         dev.config[MCH_HOST_BRIDGE_PAM0 + i] = 0
     if getattr(dev, "pam", None):
         dev.update_pam()
+    if getattr(dev, "mmcfg", None) is not None:
+        dev.config[MCH_HOST_BRIDGE_PCIEXBAR:MCH_HOST_BRIDGE_PCIEXBAR + 8] = dev.pciexbar_reset.to_bytes(8, "little")
+        dev.update_pciexbar()
 
 
 def _mch_class_init(klass: ObjectClass, data: Any) -> None:
