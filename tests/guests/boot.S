@@ -82,9 +82,20 @@ isr_common:
     pushl 32(%esp)            /* the vector */
     call guest_interrupt
     addl $4, %esp
+    /*
+     * Return without iret: KVM's instruction emulator (which runs guests on
+     * software-only KVM hosts) handles iret in real mode only.  The frame
+     * {eip, cs, eflags} above the error code becomes {eflags, eip} for
+     * popfl + ret (same privilege level, same code segment).
+     */
+    movl 40(%esp), %eax       /* eip */
+    movl 48(%esp), %ebx       /* eflags */
+    movl %ebx, 44(%esp)
+    movl %eax, 48(%esp)
     popa
-    addl $8, %esp
-    iret
+    addl $12, %esp
+    popfl
+    ret
 
     .macro isr_addr vec
     .long isr_\vec
