@@ -40,3 +40,32 @@ def build_test_guest(outdir: Path) -> Path:
     subprocess.run(["ld", "-m", "elf_i386", "-T", str(LINKER_SCRIPT), "-nostdlib", "-o", str(kernel), *objs],
                    check=True, capture_output=True, text=True)
     return kernel
+
+
+# -- running a test guest ----------------------------------------------------------------
+
+import os  # noqa: E402
+import sys  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+REPO_ROOT = GUEST_DIR.parents[1]
+PASSED_STATUS = 1  # isa-debug-exit with 0: (0 << 1) | 1
+
+
+@dataclass
+class GuestRun:
+    status: int
+    output: str
+    stderr: str
+
+
+def run_test_guest(kernel: Path, append: str, *, accel: str = "kvm", extra: list[str] | None = None,
+                   memory: str = "64", timeout: float = 60, env: dict[str, str] | None = None) -> GuestRun:
+    """Run pemu on a test guest until it exits through isa-debug-exit (serial on stdout)."""
+    argv = [sys.executable, "-m", "pemu", "-accel", accel, "-m", memory, "-nodefaults", "-nographic",
+            "-serial", "stdio", "-display", "none", "-no-reboot", "-device", "isa-debug-exit",
+            "-kernel", str(kernel), "-append", append, *(extra or [])]
+    proc = subprocess.run(argv, capture_output=True, timeout=timeout, cwd=REPO_ROOT,
+                          env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
+    return GuestRun(proc.returncode, proc.stdout.decode(errors="replace").replace("\r\n", "\n"),
+                    proc.stderr.decode(errors="replace"))

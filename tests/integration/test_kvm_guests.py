@@ -1,0 +1,90 @@
+"""The test guests under -accel kvm: serial, command line, memory map,
+timers from the in-kernel PIT and LAPIC (and from pemu's PIT with
+kernel-irqchip=off), two CPUs, port I/O and MMIO, isa-debug-exit codes;
+and -accel kvm without a usable /dev/kvm."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.guests.build import PASSED_STATUS, build_test_guest, run_test_guest, tools_available
+
+pytestmark = pytest.mark.skipif(not tools_available(), reason="gcc/ld are needed for the test guests")
+
+
+@pytest.fixture(scope="module")
+def test_guest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_test_guest(tmp_path_factory.mktemp("guest"))
+
+
+@pytest.mark.kvm
+@pytest.mark.parametrize("append, expected", [
+    ("test=serial", "hello from the test guest\n"),
+    ("test=cmdline alpha=1 beta", "test=cmdline alpha=1 beta\n"),
+    ("test=mmap", "mmap ok\n"),
+    ("test=pit", "pit: 10 ticks\n"),
+    ("test=lapic", "lapic: 10 ticks\n"),
+    ("test=io", "rtc register d: 80\n"),
+])
+def test_guest_passes_under_kvm(test_guest: Path, append: str, expected: str) -> None:
+    run = run_test_guest(test_guest, append)
+    assert expected in run.output, run.output + run.stderr
+    assert "TEST PASSED" in run.output
+    assert run.status == PASSED_STATUS, run.stderr
+
+
+@pytest.mark.kvm
+def test_memory_map_matches_the_machine(test_guest: Path) -> None:
+    run = run_test_guest(test_guest, "test=mmap", memory="96")
+    # 96 MiB: RAM from 1 MiB up to the ACPI tables at the top of low RAM.
+    assert "mmap: 0000000000000000-000000000009fbff type 1" in run.output
+    upper = int(re.search(r"mem_upper (\d+) KiB", run.output).group(1))
+    assert 90 * 1024 < upper < 95 * 1024
+    assert run.status == PASSED_STATUS
+
+
+@pytest.mark.kvm
+def test_pit_timer_with_kernel_irqchip_off(test_guest: Path) -> None:
+    run = run_test_guest(test_guest, "test=pit", extra=["-machine", "kernel-irqchip=off"])
+    assert "pit: 10 ticks" in run.output, run.output + run.stderr
+    assert run.status == PASSED_STATUS
+
+
+@pytest.mark.kvm
+def test_two_cpus_report_in(test_guest: Path) -> None:
+    run = run_test_guest(test_guest, "test=smp cpus=2", extra=["-smp", "2"], timeout=90)
+    assert "ap: cpu with apic id 1 is up" in run.output, run.output + run.stderr
+    assert "smp: 2 cpus up" in run.output
+    assert run.status == PASSED_STATUS
+
+
+@pytest.mark.kvm
+@pytest.mark.parametrize("code", [1, 5, 0x7F])
+def test_debug_exit_status(test_guest: Path, code: int) -> None:
+    run = run_test_guest(test_guest, f"test=exit code={code}")
+    assert run.status == (code << 1) | 1, run.stderr
+
+
+@pytest.mark.kvm
+def test_smp_needs_the_in_kernel_irqchip(test_guest: Path) -> None:
+    run = run_test_guest(test_guest, "test=serial", extra=["-smp", "2", "-machine", "kernel-irqchip=off"])
+    assert run.status == 1
+    assert run.stderr.count("\n") == 1 and "kernel-irqchip=on" in run.stderr
+
+
+def test_missing_kvm_device_is_one_line_error(test_guest: Path, tmp_path: Path) -> None:
+    run = run_test_guest(test_guest, "test=serial", env={"PEMU_KVM_DEVICE": str(tmp_path / "no-kvm")})
+    assert run.status == 1
+    assert run.stderr.count("\n") == 1, run.stderr
+    assert "Could not access KVM kernel module: No such file or directory" in run.stderr
+    assert run.output == ""
+
+
+def test_kvm_tcg_falls_back_to_tcg(test_guest: Path, tmp_path: Path) -> None:
+    run = run_test_guest(test_guest, "test=serial", accel="kvm:tcg",
+                         env={"PEMU_KVM_DEVICE": str(tmp_path / "no-kvm")})
+    assert "hello from the test guest" in run.output, run.stderr
+    assert run.status == PASSED_STATUS
