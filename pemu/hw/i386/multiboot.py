@@ -131,7 +131,13 @@ def parse_module_list(spec: str) -> list[tuple[str, str]]:
     return out
 
 
-def _load_aout(image: bytes, hdr: MultibootHeader) -> tuple[list[LoadBlob], int, int]:
+def _check_ram(addr: int, size: int, e820: E820Table, what: str) -> None:
+    """Before anything is allocated: a guest-chosen size must not exceed guest RAM."""
+    if size and not e820.contains(addr, size):
+        raise MultibootError(f"multiboot: {what} at {addr:#x}-{addr + size - 1:#x} is not in guest RAM")
+
+
+def _load_aout(image: bytes, hdr: MultibootHeader, e820: E820Table) -> tuple[list[LoadBlob], int, int]:
     if hdr.load_addr > hdr.header_addr:
         raise MultibootError("multiboot: load_addr is above header_addr")
     file_offset = hdr.offset - (hdr.header_addr - hdr.load_addr)
@@ -151,14 +157,17 @@ def _load_aout(image: bytes, hdr: MultibootHeader) -> tuple[list[LoadBlob], int,
         raise MultibootError("multiboot: bss_end_addr is below load_end_addr")
     if bss_end > 1 << 32:
         raise MultibootError("multiboot: kernel does not fit below 4 GiB")
+    _check_ram(hdr.load_addr, bss_end - hdr.load_addr, e820, "kernel")
     data = image[file_offset:file_offset + size] + bytes(bss_end - end)
     if not hdr.load_addr <= hdr.entry_addr < max(bss_end, hdr.load_addr + 1):
         raise MultibootError(f"multiboot: entry_addr {hdr.entry_addr:#x} is outside the loaded image")
     return [LoadBlob(hdr.load_addr, data, "kernel")], hdr.entry_addr, bss_end
 
 
-def _load_elf(image: bytes) -> tuple[list[LoadBlob], int, int]:
+def _load_elf(image: bytes, e820: E820Table) -> tuple[list[LoadBlob], int, int]:
     elf = parse_elf(image)
+    for segment in elf.segments:
+        _check_ram(segment.paddr, segment.memsz, e820, "kernel segment")
     entry = elf.vaddr_to_paddr(elf.entry)
     if entry >= 1 << 32:
         raise MultibootError(f"multiboot: ELF entry point {elf.entry:#x} is above 4 GiB")
@@ -187,9 +196,9 @@ def plan_multiboot(image: bytes, kernel_name: str, cmdline: str, modules: list[M
     if unknown:
         raise MultibootError(f"multiboot: unsupported required header flags {unknown:#x}")
     if hdr.flags & MultibootHeaderFlags.AOUT_KLUDGE:
-        blobs, entry, kernel_end = _load_aout(image, hdr)
+        blobs, entry, kernel_end = _load_aout(image, hdr, e820)
     elif is_elf(image):
-        blobs, entry, kernel_end = _load_elf(image)
+        blobs, entry, kernel_end = _load_elf(image, e820)
     else:
         raise MultibootError("multiboot: the kernel is not ELF and its header has no address fields (flag 16)")
 

@@ -263,6 +263,9 @@ def plan_pvh_boot(kernel: bytes, initrd: bytes | None, cmdline: str, e820: E820T
     entry_point = pvh_entry_point(elf)
     if entry_point is None:
         raise PVHError("the ELF kernel has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY)")
+    for segment in elf.segments:
+        if not e820.contains(segment.paddr, segment.memsz):
+            raise PVHError(f"PVH kernel: segment at {segment.paddr:#x}-{segment.end - 1:#x} is not in guest RAM")
     blobs = elf_load_blobs(elf, "kernel")
     cmd = cmdline.encode() + b"\0"
     if len(cmd) > PVH_CMDLINE_MAX:
