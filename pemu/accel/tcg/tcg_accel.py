@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import time
 from typing import Any
 
 from unicorn import (UC_ARCH_X86, UC_ERR_INSN_INVALID, UC_HOOK_INSN, UC_HOOK_INTR, UC_MODE_64, Uc, UcError)
@@ -21,6 +22,7 @@ from unicorn import x86_const as ucx
 from unicorn.unicorn_py3.unicorn import uclib
 
 from pemu.accel.accel import AccelOps, VCPUExit
+from pemu.accel.tcg.exit_request import TBExitRequest, verify_exit_request
 from pemu.accel.tcg.memory_map import UnicornMemoryMap
 from pemu.target.i386.cpu_models import TCG_UNSUPPORTED
 from pemu.target.i386.cpu_state import (
@@ -40,7 +42,7 @@ CPU_INTERRUPT_HARD = 0x0002
 # the same rate against the PIT, which follows the same clock.
 TSC_KHZ = 1_000_000
 # How long the guest may run with an interrupt pending while IF=0 before we look again.
-IRQ_POLL_US = 200
+IRQ_POLL_S = 0.001
 
 _HOOK_INSN_CB = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_void_p)
 _uc_hook_add = uclib.uc_hook_add
@@ -98,38 +100,51 @@ class _RAMAccess:
         return True
 
 
-class _Kicker:
-    """Stops a running ``emu_start`` from another thread, retrying until it took.
+class _IRQPoll:
+    """Asks the vCPU out of the engine after a delay (an interrupt waits for IF=1).
 
-    ``uc_emu_stop`` is lost if it lands just before the vCPU enters the
-    engine, so the kick is repeated until the vCPU has come out once.
+    Unicorn cannot tell us when the guest sets IF, so while an interrupt is
+    pending with IF clear the vCPU runs with a deadline and looks again.
+    One thread serves every deadline; ``fired`` tells the vCPU it was this.
     """
 
-    def __init__(self, vcpu: TCGVCPU) -> None:
-        self.vcpu = vcpu
-        self.event = threading.Event()
+    def __init__(self, exit_request: TBExitRequest) -> None:
+        self.exit_request = exit_request
+        self.cond = threading.Condition(threading.Lock())
+        self.deadline: float | None = None
+        self.fired = False
         self.done = False
-        self.thread = threading.Thread(target=self._run, name="tcg-kicker", daemon=True)
+        self.thread = threading.Thread(target=self._run, name="tcg-irq-poll", daemon=True)
         self.thread.start()
 
-    def kick(self) -> None:
-        self.event.set()
+    def schedule(self, delay_s: float) -> None:
+        with self.cond:
+            self.fired = False
+            self.deadline = time.monotonic() + delay_s
+            self.cond.notify()
+
+    def cancel(self) -> None:
+        with self.cond:
+            self.deadline = None
+
+    def stop(self) -> None:
+        with self.cond:
+            self.done = True
+            self.cond.notify()
 
     def _run(self) -> None:
-        vcpu = self.vcpu
-        while not self.done:
-            self.event.wait()
-            self.event.clear()
-            if self.done:
-                return
-            exits = vcpu.exits
-            for _ in range(200):
-                if vcpu.in_guest:
-                    vcpu.uc.emu_stop()
-                if vcpu.exits != exits or not vcpu.in_guest:
-                    break
-                self.event.wait(0.001)
-                self.event.clear()
+        with self.cond:
+            while not self.done:
+                if self.deadline is None:
+                    self.cond.wait()
+                    continue
+                remaining = self.deadline - time.monotonic()
+                if remaining > 0:
+                    self.cond.wait(remaining)
+                    continue
+                self.deadline = None
+                self.fired = True
+                self.exit_request.request()
 
 
 class TCGVCPU:
@@ -137,6 +152,7 @@ class TCGVCPU:
 
     def __init__(self, cpu: Any) -> None:
         verify_context_layout()
+        verify_exit_request()
         self.cpu = cpu
         self.run = cpu.run
         self.env: CPUX86State = cpu.env
@@ -146,7 +162,6 @@ class TCGVCPU:
         self._rflags = ctypes.c_uint64()
         self._reg = ctypes.c_uint64()
         self.delivery = InterruptDelivery(self.ctx, _RAMAccess(cpu.memory), self.read_rflags)
-        self.in_guest = False
         self.exits = 0
         self.kick_pending = False
         self.tb_flush_pending = False
@@ -163,7 +178,7 @@ class TCGVCPU:
             self._notifier_installed = True
         except ImportError:  # pragma: no cover - memory API always present in the tree
             self._notifier_installed = False
-        self.kicker = _Kicker(self)
+        self.irq_poll = _IRQPoll(self.exit_request)
 
     # -- raw register access (no allocation) ------------------------------------------
     def read_rflags(self) -> int:
@@ -189,6 +204,7 @@ class TCGVCPU:
     # -- hooks ------------------------------------------------------------------------
     def _install_hooks(self) -> None:
         uc = self.uc
+        self.exit_request = TBExitRequest(uc)
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, ucx.UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, ucx.UC_X86_INS_OUT)
@@ -220,7 +236,7 @@ class TCGVCPU:
 
         guest_error(f"CPU {self.cpu.cpu_index}: triple fault (last exception {intno:#x}), resetting")
         self.shutdown_pending = True
-        self.uc.emu_stop()
+        self.exit_request.request()
         qemu_system_reset_request(ShutdownCause.GUEST_RESET)
 
     def _on_in(self, uc: Uc, port: int, size: int, _: object) -> int:
@@ -307,9 +323,9 @@ class TCGVCPU:
         self.kick()
 
     def kick(self) -> None:
+        """Make the vCPU leave the engine soon (any thread, also from inside hooks)."""
         self.kick_pending = True
-        if self.in_guest:
-            self.kicker.kick()
+        self.exit_request.request()
 
     # -- the run loop (called by pemu.system.cpus) ------------------------------------
     def has_work(self) -> bool:
@@ -322,6 +338,9 @@ class TCGVCPU:
         """Run guest code until something needs the vCPU thread's attention."""
         uc = self.uc
         ctx = self.ctx
+        # Disarm first, then forget old kicks: a kick from now on re-arms the
+        # request, so it either shows in kick_pending below or stops the engine.
+        self.exit_request.clear()
         self.kick_pending = False
         if self.memory_map.apply_pending():
             self.tb_flush_pending = True
@@ -329,19 +348,20 @@ class TCGVCPU:
             self.tb_flush_pending = False
             uc.ctl_flush_tb()
         ctx.save()
-        timeout = 0
+        poll = False
         if self.run.interrupt_request & CPU_INTERRUPT_HARD:
             if ctx.eflags & IF_MASK and not ctx.hflags & HF.INHIBIT_IRQ:
                 if not self._deliver_external():
                     return VCPUExit.SHUTDOWN
             else:
-                timeout = IRQ_POLL_US
-        self.in_guest = True
+                poll = True
+                self.irq_poll.schedule(IRQ_POLL_S)
         if self.kick_pending:
-            self.in_guest = False
+            if poll:
+                self.irq_poll.cancel()
             return VCPUExit.KICKED
         try:
-            uc.emu_start(ctx.eip, 0, timeout=timeout)
+            uc.emu_start(ctx.eip, 0)
             error = None
         except UcError as e:
             error = e
@@ -349,14 +369,15 @@ class TCGVCPU:
             error = None
             qemu_log_mask(LOG_GUEST_ERROR, f"tcg: hook error: {e!r}")
         finally:
-            self.in_guest = False
             self.exits += 1
+        if poll:
+            self.irq_poll.cancel()
         if self.shutdown_pending:
             self.shutdown_pending = False
             return VCPUExit.SHUTDOWN
         if error is not None:
             return self._engine_error(error)
-        if self.kick_pending or timeout:
+        if self.kick_pending or (poll and self.irq_poll.fired):
             return VCPUExit.KICKED
         return VCPUExit.HALTED if self._after_hlt() else VCPUExit.KICKED
 
@@ -465,8 +486,7 @@ class TCGVCPU:
         self.tb_flush_pending = True
 
     def destroy(self) -> None:
-        self.kicker.done = True
-        self.kicker.kick()
+        self.irq_poll.stop()
         try:
             self.cpu.memory.remove_listener(self.memory_map)
         except ValueError:
