@@ -75,6 +75,9 @@ class Q35PCIHost(SysBusDevice):
     bus: PCIBus
     mch: PCIDevice
     config_reg: int
+    # Where the root bus's memory BARs go: the board's "pci" container, set
+    # before realize (QEMU's pci-address-space link); system memory if unset.
+    pci_address_space: MemoryRegion | None
     conf_mr: MemoryRegion
     data_mr: MemoryRegion
 
@@ -106,10 +109,11 @@ class Q35PCIHost(SysBusDevice):
 def _q35_host_init(obj: Object) -> None:
     host: Q35PCIHost = obj  # type: ignore[assignment]
     host.config_reg = 0
+    host.pci_address_space = None
 
 
 def _q35_host_realize(dev: Any) -> None:
-    from pemu.system.physmem import get_system_io
+    from pemu.system.physmem import get_system_io, get_system_memory
 
     host: Q35PCIHost = dev
     io = get_system_io()
@@ -117,7 +121,8 @@ def _q35_host_realize(dev: Any) -> None:
     host.data_mr = MemoryRegion.io("pci-conf-data", 4, MemoryRegionOps(host.data_read, host.data_write, 1, 4, False, 1, 4), owner=host)
     io.add_subregion(memmap.PCI_CONFIG_ADDR, host.conf_mr)
     io.add_subregion(memmap.PCI_CONFIG_DATA, host.data_mr)
-    host.bus = pci_root_bus_new(host, "pcie.0", express=True)
+    pci_memory = host.pci_address_space if host.pci_address_space is not None else get_system_memory()
+    host.bus = pci_root_bus_new(host, "pcie.0", express=True, address_space_mem=pci_memory, address_space_io=io)
     mch = qdev_new(TYPE_MCH_PCI_DEVICE)
     mch.property_set("addr", "0.0")
     host.add_child("mch", mch)
@@ -142,13 +147,33 @@ class MCHPCIState(PCIDevice):
     pam: list[PAMSegment]
     mmcfg: PCIEMMCFG | None
     pciexbar_reset: int
+    smram_region: MemoryRegion | None
 
     def config_write(self, addr: int, value: int, size: int) -> None:
         super().config_write(addr, value, size)
         if addr < MCH_HOST_BRIDGE_PAM0 + 7 and addr + size > MCH_HOST_BRIDGE_PAM0:
             self.update_pam()
+        if addr <= MCH_HOST_BRIDGE_ESMRAMC and addr + size > MCH_HOST_BRIDGE_SMRAM:
+            self.update_smram()
         if addr < MCH_HOST_BRIDGE_PCIEXBAR + 8 and addr + size > MCH_HOST_BRIDGE_PCIEXBAR:
             self.update_pciexbar()
+
+    def update_smram(self) -> None:
+        """Apply SMRAM/ESMRAMC (mch_update_smram).  D_LCK makes the registers
+        read-only except D_CLS and closes the window for good.  With the
+        window closed (D_OPEN clear, or H_SMRAME set) 0xA0000-0xBFFFF decodes
+        to PCI (the VGA window); open, the CPU sees the RAM below it.  pemu has
+        no SMM, so the SMM-only view of that RAM and TSEG are not modelled."""
+        smram = self.config[MCH_HOST_BRIDGE_SMRAM]
+        if smram & SMRAM_D_LCK:
+            self.config[MCH_HOST_BRIDGE_SMRAM] = smram = smram & ~SMRAM_D_OPEN & 0xFF
+            self.wmask[MCH_HOST_BRIDGE_SMRAM] = SMRAM_WMASK_LCK
+            self.wmask[MCH_HOST_BRIDGE_ESMRAMC] = ESMRAMC_WMASK_LCK
+        if self.smram_region is None:
+            return
+        h_smrame = bool(self.config[MCH_HOST_BRIDGE_ESMRAMC] & ESMRAMC_H_SMRAME)
+        closed = not smram & SMRAM_D_OPEN or h_smrame
+        self.smram_region.set_enabled(closed)
 
     def update_pciexbar(self) -> None:
         """Map, move or unmap the ECAM window after PCIEXBAR changed (mch_update_pciexbar)."""
@@ -225,6 +250,48 @@ def mch_init_pciexbar(mch: MCHPCIState, bus: PCIBus, system: MemoryRegion, enabl
     mch.update_pciexbar()
 
 
+# SMRAM control (0x9D) and extended SMRAM control (0x9E).
+MCH_HOST_BRIDGE_SMRAM = 0x9D
+MCH_HOST_BRIDGE_ESMRAMC = 0x9E
+SMRAM_D_OPEN, SMRAM_D_CLS, SMRAM_D_LCK, SMRAM_G_SMRAME = 0x40, 0x20, 0x10, 0x08
+SMRAM_C_BASE_SEG = 0x02  # hard-wired: the compatible SMRAM is at 0xA0000
+SMRAM_DEFAULT = SMRAM_C_BASE_SEG
+SMRAM_WMASK = SMRAM_D_OPEN | SMRAM_D_CLS | SMRAM_D_LCK | SMRAM_G_SMRAME
+SMRAM_WMASK_LCK = SMRAM_D_CLS
+ESMRAMC_H_SMRAME, ESMRAMC_SM_CACHE, ESMRAMC_SM_L1, ESMRAMC_SM_L2 = 0x40, 0x10, 0x08, 0x04
+ESMRAMC_TSEG_SZ_MASK, ESMRAMC_T_EN = 0x06, 0x01
+ESMRAMC_DEFAULT = ESMRAMC_SM_CACHE | ESMRAMC_SM_L1 | ESMRAMC_SM_L2
+ESMRAMC_WMASK = ESMRAMC_H_SMRAME | ESMRAMC_TSEG_SZ_MASK | ESMRAMC_T_EN
+ESMRAMC_WMASK_LCK = 0
+SMRAM_C_BASE, SMRAM_C_SIZE = 0xA0000, 0x20000
+
+# TOLUD (0xB0): bits 15:4 are address bits 31:20 of the top of low usable DRAM.
+MCH_HOST_BRIDGE_TOLUD = 0xB0
+
+
+def mch_init_smram(mch: MCHPCIState, pci: MemoryRegion, system: MemoryRegion) -> None:
+    """The "smram-region": a window of the PCI space over 0xA0000-0xBFFFF in
+    system memory, above RAM, enabled while SMRAM is closed."""
+    mch.smram_region = MemoryRegion.alias("smram-region", pci, SMRAM_C_BASE, SMRAM_C_SIZE, owner=mch)
+    system.add_subregion_overlap(SMRAM_C_BASE, mch.smram_region, 1)
+    _mch_reset_smram(mch)
+
+
+def mch_set_tolud(mch: PCIDevice, below_4g_mem_size: int) -> None:
+    """Report the top of low usable DRAM (read-only to the guest), 1 MiB granular."""
+    top = min(below_4g_mem_size, memmap.FOUR_GIB - memmap.MiB) & ~(memmap.MiB - 1)
+    mch.set_word(MCH_HOST_BRIDGE_TOLUD, (top >> 16) & 0xFFF0)
+    mch.wmask[MCH_HOST_BRIDGE_TOLUD:MCH_HOST_BRIDGE_TOLUD + 2] = b"\0\0"
+
+
+def _mch_reset_smram(mch: Any) -> None:
+    mch.config[MCH_HOST_BRIDGE_SMRAM] = SMRAM_DEFAULT
+    mch.config[MCH_HOST_BRIDGE_ESMRAMC] = ESMRAMC_DEFAULT
+    mch.wmask[MCH_HOST_BRIDGE_SMRAM] = SMRAM_WMASK
+    mch.wmask[MCH_HOST_BRIDGE_ESMRAMC] = ESMRAMC_WMASK
+    mch.update_smram()
+
+
 def mch_init_pam(mch: MCHPCIState, ram: MemoryRegion, pci: MemoryRegion, system: MemoryRegion) -> None:
     mch.pam = [PAMSegment(mch, ram, pci, system, PAM_BIOS_BASE, PAM_BIOS_SIZE)]
     for i in range(PAM_EXPAN_COUNT):
@@ -234,6 +301,7 @@ def mch_init_pam(mch: MCHPCIState, ram: MemoryRegion, pci: MemoryRegion, system:
 
 
 def _mch_reset(dev: Any) -> None:
+    _mch_reset_smram(dev)
     for i in range(7):
         dev.config[MCH_HOST_BRIDGE_PAM0 + i] = 0
     if getattr(dev, "pam", None):
@@ -251,11 +319,19 @@ def _mch_class_init(klass: ObjectClass, data: Any) -> None:
     k.class_id = PCI_CLASS_BRIDGE_HOST
     k.user_creatable = False
     k.desc = "Host bridge"
-    k.reset = _mch_reset
+    k.pci_reset = _mch_reset  # type: ignore[attr-defined]
+    k.pci_realize = _mch_reset_smram  # type: ignore[attr-defined]
 
 
 type_register(TypeInfo(TYPE_Q35_HOST_DEVICE, parent=TYPE_SYS_BUS_DEVICE, instance_type=Q35PCIHost,
                        instance_init=_q35_host_init, class_init=_q35_host_class_init))
+def _mch_init(obj: Object) -> None:
+    mch: MCHPCIState = obj  # type: ignore[assignment]
+    mch.smram_region = None
+    mch.mmcfg = None
+    mch.pam = []
+
+
 type_register(TypeInfo(TYPE_MCH_PCI_DEVICE, parent=TYPE_PCI_DEVICE, class_init=_mch_class_init,
-                       instance_type=MCHPCIState,
+                       instance_type=MCHPCIState, instance_init=_mch_init,
                        interfaces=("conventional-pci-device",)))
