@@ -88,3 +88,34 @@ def test_kvm_tcg_falls_back_to_tcg(test_guest: Path, tmp_path: Path) -> None:
                          env={"PEMU_KVM_DEVICE": str(tmp_path / "no-kvm")})
     assert "hello from the test guest" in run.output, run.stderr
     assert run.status == PASSED_STATUS
+
+
+# -- Debian's uncompressed vmlinux through its PVH entry --------------------------------------------
+
+from tests.fixtures.build_guest import READY_MARKER, Guest  # noqa: E402
+from tests.fixtures.vmlinux import ensure_vmlinux  # noqa: E402
+from tests.integration.harness import GuestProcess  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def vmlinux(guest_images: Guest) -> Path:
+    return ensure_vmlinux(Path(guest_images.kernel))
+
+
+@pytest.mark.kvm
+@pytest.mark.guest
+def test_vmlinux_pvh_prints_banner_and_e820_under_kvm(vmlinux: Path) -> None:
+    args = ["-accel", "kvm", "-machine", "q35", "-m", "256", "-nodefaults", "-nographic", "-serial", "stdio",
+            "-display", "none", "-kernel", str(vmlinux), "-append", "earlyprintk=serial console=ttyS0"]
+    with GuestProcess(args) as vm:
+        vm.expect(r"Linux version 6\.\S+", timeout=150)
+        vm.expect(r"BIOS-e820: \[mem 0x0000000000100000-0x000000000ffdffff\] usable", timeout=60)
+        vm.expect(r"BIOS-e820: \[mem 0x00000000b0000000-0x00000000bfffffff\] reserved", timeout=60)
+
+
+@pytest.mark.guest
+def test_vmlinux_pvh_boots_to_the_shell_under_tcg(vmlinux: Path, guest_images: Guest) -> None:
+    args = ["-accel", "tcg", "-machine", "q35", "-m", "512", "-nographic", "-kernel", str(vmlinux),
+            "-initrd", str(guest_images.initrd), "-append", "console=ttyS0"]
+    with GuestProcess(args) as vm:
+        vm.expect(READY_MARKER, timeout=300)
