@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from pemu.hw.core.machine import MachineClass, machine_type_name
-from pemu.hw.core.qdev import qdev_new, qdev_realize
+from pemu.hw.core.qdev import qdev_new, qemu_register_reset, qdev_realize
 from pemu.hw.core.sysbus import sysbus_realize
 from pemu.hw.i386 import memmap
 from pemu.hw.i386.pc import (
@@ -20,7 +20,7 @@ from pemu.hw.i386.pc import (
     pc_memory_init,
     placeholder_region,
 )
-from pemu.hw.pci_host.q35 import mch_init_pam, mch_init_pciexbar
+from pemu.hw.pci_host.q35 import mch_init_pam, mch_init_pciexbar, mch_init_smram, mch_set_tolud
 from pemu.hw.i386.x86 import x86_cpus_init, x86_load_linux, x86_ram_split
 from pemu.qom.object import ObjectClass, QOMError, TypeInfo, type_register
 from pemu.system.memory import MEMORY_SIZE_UNLIMITED, MemoryRegion
@@ -53,6 +53,33 @@ def q35_ram_split(ram_size: int, gigabyte_align: bool, max_ram_below_4g: int = 0
     return x86_ram_split(ram_size, lowmem)
 
 
+DIRECT_BOOT_FIRMWARE = "pemu direct-boot stub"  # pc_sysfw's name for "no firmware"
+
+
+def q35_direct_boot_chipset_setup(lpc: Any, smb: Any) -> None:
+    """The chipset programming SeaBIOS does before it boots Linux, for a
+    direct boot: the LPC's PM block, PIRQ routes, RCBA and ELCR, and the
+    SMBus host interface.  Runs after the devices' own reset."""
+    from pemu.hw.isa.lpc_ich9 import ich9_lpc_direct_boot_setup
+
+    ich9_lpc_direct_boot_setup(lpc)
+    if smb is not None:
+        from pemu.hw.i2c.smbus_ich9 import ich9_smb_direct_boot_setup
+
+        ich9_smb_direct_boot_setup(smb)
+
+
+def _q35_connect_ioapic_gsis(lpc: Any) -> None:
+    """With an IOAPIC (KVM's in-kernel irqchip), PIRQ A-H also drive GSI
+    16-23, where the APIC-model _PRT sends them."""
+    from pemu.accel.kvm.kvm_accel import kvm_irqchip_in_kernel
+
+    if kvm_irqchip_in_kernel():
+        from pemu.accel.accel import current_accel
+
+        lpc.gsi_lines = list(getattr(current_accel(), "gsi_lines", []))
+
+
 def pc_q35_init(machine: Any) -> None:
     """Build the q35 board (seed: pc_q35_init)."""
     from pemu.hw.i386.pc import pc_basic_device_init, pc_late_init
@@ -83,10 +110,13 @@ def pc_q35_init(machine: Any) -> None:
     host = qdev_new("q35-pcihost")
     pcms.add_child("q35", host)
     host.unref()
+    host.pci_address_space = pci_memory  # type: ignore[attr-defined]  (where memory BARs map)
     sysbus_realize(host)  # type: ignore[arg-type]
     pcms.pcibus = host.bus  # type: ignore[attr-defined]
     assert machine.ram is not None
     mch_init_pam(host.mch, machine.ram, pci_memory, system_memory)  # type: ignore[attr-defined]
+    mch_init_smram(host.mch, pci_memory, system_memory)  # type: ignore[attr-defined]
+    mch_set_tolud(host.mch, pcms.below_4g_mem_size)  # type: ignore[attr-defined]
 
     lpc = qdev_new("ICH9-LPC")
     lpc.property_set("addr", "1f.0")
@@ -96,6 +126,17 @@ def pc_q35_init(machine: Any) -> None:
     pcms.lpc = lpc  # type: ignore[attr-defined]
     pcms.isabus = lpc.isa_bus  # type: ignore[attr-defined]
 
+    # The SMBus controller, function 3 of the LPC's slot.
+    smb = None
+    if pcms.smbus_enabled:
+        import pemu.hw.i2c.smbus_ich9  # noqa: F401  (registers the type)
+
+        smb = qdev_new("ICH9-SMB")
+        smb.property_set("addr", "1f.3")
+        qdev_realize(smb, pcms.pcibus)
+        smb.unref()
+        pcms.smbus = smb.smbus  # type: ignore[attr-defined]
+
     # Fixed windows whose devices come later.
     # The ECAM window at 0xB0000000.  QEMU leaves PCIEXBAREN clear at reset
     # for SeaBIOS to set; pemu sets it from reset so that direct boot (no
@@ -103,10 +144,14 @@ def pc_q35_init(machine: Any) -> None:
     # the same value again.
     mch_init_pciexbar(host.mch, pcms.pcibus, system_memory, enabled_at_reset=True)  # type: ignore[attr-defined]
     system_memory.add_subregion(memmap.IOAPIC_BASE, placeholder_region(pcms, "ioapic", memmap.IOAPIC_SIZE))
-    system_memory.add_subregion(memmap.ICH9_RCBA_BASE, placeholder_region(pcms, "lpc-rcrb-mmio", memmap.ICH9_RCBA_SIZE))
     system_memory.add_subregion_overlap(memmap.APIC_BASE, placeholder_region(pcms, "apic-msi", memmap.APIC_SPACE_SIZE), 4096)
 
     pc_basic_device_init(pcms, pcms.isabus, system_io)
+    _q35_connect_ioapic_gsis(lpc)
+
+    if machine.kernel is not None and pcms.bios_source == DIRECT_BOOT_FIRMWARE:
+        # No firmware will program the chipset: do at every reset what SeaBIOS would.
+        qemu_register_reset(lambda: q35_direct_boot_chipset_setup(lpc, smb))
     pc_late_init(pcms)
 
     if machine.kernel is not None:

@@ -1,13 +1,25 @@
 """The ICH9 LPC bridge (QEMU's hw/isa/lpc_ich9.c) at 00:1f.0: the PCI
-function that owns the ISA bus of the q35 and its legacy devices."""
+function that owns the ISA bus of the q35 and its legacy devices, the ACPI
+PM block behind PMBASE, the PIRQ A-H routers that take the PCI INTx lines to
+ISA IRQs (and, with an IOAPIC, to GSIs 16-23), and the root complex register
+block (RCRB) behind RCBA.
+
+At reset the registers hold the chip's values: PM block and RCRB off, every
+PIRQ unrouted.  Firmware programs them; for direct boot, where there is no
+firmware, :func:`ich9_lpc_direct_boot_setup` writes what SeaBIOS would.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from pemu.hw.core.irq import IRQLine
+from pemu.hw.i386 import memmap
 from pemu.hw.isa.isa_bus import ISABus, isa_bus_new
-from pemu.hw.pci.pci import TYPE_PCI_DEVICE, PCIDevice, PCIDeviceClass
+from pemu.hw.pci.pci import TYPE_PCI_DEVICE, PCIDevice, PCIDeviceClass, pci_bus_get_irq_level, pci_bus_irqs
 from pemu.qom.object import ObjectClass, TypeInfo, type_register
+from pemu.system.memory import MemoryRegion
+from pemu.util.log import LOG_UNIMP, guest_error, qemu_log_mask
 
 TYPE_ICH9_LPC_DEVICE = "ICH9-LPC"
 PCI_DEVICE_ID_INTEL_ICH9_8 = 0x2918
@@ -22,11 +34,188 @@ RST_CNT_SYS_RST = 0x02
 RST_CNT_RST_CPU = 0x04
 RST_CNT_FULL_RST = 0x08
 
+# LPC configuration registers.
+ICH9_LPC_PMBASE = 0x40  # dword: bits 15:7 the I/O base of the 128-byte PM block, bit 0 reads 1
+ICH9_LPC_PMBASE_DEFAULT = 0x1
+ICH9_LPC_PMBASE_BASE_ADDRESS_MASK = 0xFF80
+ICH9_PM_IO_SIZE = 0x80
+ICH9_LPC_ACPI_CTRL = 0x44  # ACPI_CNTL
+ICH9_LPC_ACPI_CTRL_ACPI_EN = 0x80
+ICH9_LPC_ACPI_CTRL_SCI_IRQ_SEL_MASK = 0x07
+# SCI_IRQ_SEL: the interrupt the SCI is wired to (3 is reserved).
+ICH9_SCI_IRQ_SELECT = {0: 9, 1: 10, 2: 11, 4: 20, 5: 21, 6: 22, 7: 23}
+ICH9_LPC_PIRQA_ROUT = 0x60  # PIRQA-D routing, one byte each
+ICH9_LPC_PIRQE_ROUT = 0x68  # PIRQE-H
+ICH9_LPC_PIRQ_ROUT_IRQEN = 0x80  # set: the PIRQ is NOT routed to an ISA IRQ
+ICH9_LPC_PIRQ_ROUT_MASK = 0x0F
+ICH9_LPC_PIRQ_ROUT_DEFAULT = 0x80
+ICH9_LPC_NB_PIRQS = 8
+ICH9_PIRQ_VALID_ISA_IRQS = frozenset({3, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15})
+ICH9_FIRST_PIRQ_GSI = 16
+ICH9_LPC_RCBA = 0xF0
+ICH9_LPC_RCBA_EN = 0x1
+ICH9_LPC_RCBA_BA_MASK = 0xFFFFC000
+ICH9_LPC_RCBA_DEFAULT = 0x0
+
+# The chipset configuration registers in the RCRB that route the INTx of the
+# fixed functions in slots 25-31 (DnnIR: a 3-bit PIRQ number per pin).
+ICH9_CC_SIZE = memmap.ICH9_RCBA_SIZE
+ICH9_CC_DIR_DEFAULT = 0x3210  # INTA-D -> PIRQA-D
+ICH9_CC_DIR_REGISTERS = {31: 0x3140, 30: 0x3142, 29: 0x3144, 28: 0x3146, 27: 0x3148, 26: 0x314C, 25: 0x3150}
+
+# What SeaBIOS programs, and direct boot copies: PM block at 0x600 with ACPI
+# on and the SCI on IRQ 9, PIRQ A-H on IRQ 10/11 (the DSDT's _PRT), the RCRB
+# at 0xFED1C000.
+ICH9_DIRECT_BOOT_PIRQ_IRQS = (10, 10, 11, 11, 10, 10, 11, 11)
+ICH9_DIRECT_BOOT_PMBASE = ICH9_PMBASE_DEFAULT
+
+
+def _pirq_register(pirq: int) -> int:
+    return (ICH9_LPC_PIRQA_ROUT + pirq) if pirq < 4 else (ICH9_LPC_PIRQE_ROUT + pirq - 4)
+
+
+def _overlaps(addr: int, size: int, reg: int, reg_size: int) -> bool:
+    return addr < reg + reg_size and addr + size > reg
+
 
 class ICH9LPCState(PCIDevice):
     isa_bus: ISABus
     pm: Any  # pemu.hw.acpi.core.AcpiPmRegs
+    pm_io: MemoryRegion
+    rcrb: MemoryRegion
+    chip_config: bytearray
     rst_cnt: int
+    sci_level: int
+    # GSI 0-23 of an IOAPIC, when the board has one (PIRQs then also drive GSI 16-23).
+    gsi_lines: list[IRQLine]
+    # The level this bridge last put on each ISA IRQ it drives (PIRQs and SCI).
+    pic_levels: dict[int, int]
+
+    # -- configuration space -------------------------------------------------------
+    def config_write(self, addr: int, value: int, size: int) -> None:
+        super().config_write(addr, value, size)
+        if _overlaps(addr, size, ICH9_LPC_PMBASE, 4) or _overlaps(addr, size, ICH9_LPC_ACPI_CTRL, 1):
+            self.update_pmbase_sci()
+        if _overlaps(addr, size, ICH9_LPC_PIRQA_ROUT, 4) or _overlaps(addr, size, ICH9_LPC_PIRQE_ROUT, 4):
+            self.update_irq_routes()
+        if _overlaps(addr, size, ICH9_LPC_RCBA, 4):
+            self.update_rcba()
+
+    def update_pmbase_sci(self) -> None:
+        """Place the PM block at PMBASE while ACPI_CNTL.ACPI_EN is set
+        (ich9_lpc_pmbase_sci_update); the SCI follows SCI_IRQ_SEL."""
+        from pemu.system.memory import memory_transaction
+
+        base = self.get_long(ICH9_LPC_PMBASE) & ICH9_LPC_PMBASE_BASE_ADDRESS_MASK
+        enabled = bool(self.config[ICH9_LPC_ACPI_CTRL] & ICH9_LPC_ACPI_CTRL_ACPI_EN) and base != 0
+        with memory_transaction():
+            if enabled:
+                self.pm_io.set_address(base)
+            self.pm_io.set_enabled(enabled)
+        self.update_irq_routes()
+
+    def sci_irq(self) -> int:
+        """The ISA IRQ or GSI of the SCI, or -1 for the reserved selection."""
+        return ICH9_SCI_IRQ_SELECT.get(self.config[ICH9_LPC_ACPI_CTRL] & ICH9_LPC_ACPI_CTRL_SCI_IRQ_SEL_MASK, -1)
+
+    def pirq_route(self, pirq: int) -> int:
+        """The ISA IRQ PIRQ ``pirq`` (0 = A) is routed to, or -1 when unrouted."""
+        rout = self.config[_pirq_register(pirq)]
+        irq = rout & ICH9_LPC_PIRQ_ROUT_MASK
+        if rout & ICH9_LPC_PIRQ_ROUT_IRQEN or irq not in ICH9_PIRQ_VALID_ISA_IRQS:
+            return -1
+        return irq
+
+    # -- interrupts ----------------------------------------------------------------
+    def set_pirq(self, pirq: int, level: int) -> None:
+        """The PCI bus's set_irq: PIRQ ``pirq`` is now ``level`` (ich9_lpc_set_irq)."""
+        if not 0 <= pirq < ICH9_LPC_NB_PIRQS:
+            return
+        self._update_gsi(ICH9_FIRST_PIRQ_GSI + pirq)
+        irq = self.pirq_route(pirq)
+        if irq >= 0:
+            self._drive_pic(irq)
+
+    def set_sci(self, level: int) -> None:
+        level = 1 if level else 0
+        if level == self.sci_level:
+            return
+        self.sci_level = level
+        irq = self.sci_irq()
+        if irq < 0:
+            return
+        if irq < 16:
+            self._drive_pic(irq)
+        self._update_gsi(irq)
+
+    def _pic_level(self, irq: int) -> int:
+        level = 0
+        bus = self.pci_bus
+        for pirq in range(ICH9_LPC_NB_PIRQS):
+            if self.pirq_route(pirq) == irq:
+                level |= pci_bus_get_irq_level(bus, pirq)
+        if self.sci_irq() == irq:
+            level |= self.sci_level
+        return level
+
+    def _drive_pic(self, irq: int) -> None:
+        level = self._pic_level(irq)
+        if self.pic_levels.get(irq) != level:
+            self.pic_levels[irq] = level
+            self.isa_bus.irqs[irq].set(level)
+
+    def _update_gsi(self, gsi: int) -> None:
+        if gsi < ICH9_FIRST_PIRQ_GSI or gsi >= len(self.gsi_lines):
+            return
+        level = 0
+        pirq = gsi - ICH9_FIRST_PIRQ_GSI
+        if pirq < ICH9_LPC_NB_PIRQS:
+            level |= pci_bus_get_irq_level(self.pci_bus, pirq)
+        if self.sci_irq() == gsi:
+            level |= self.sci_level
+        self.gsi_lines[gsi].set(level)
+
+    def update_irq_routes(self) -> None:
+        """Routing changed: bring every ISA IRQ this bridge drives, or drove
+        before, to the level the new routing gives it."""
+        targets = {self.pirq_route(p) for p in range(ICH9_LPC_NB_PIRQS)} | {self.sci_irq()}
+        for irq in sorted((targets | set(self.pic_levels)) - {-1}):
+            if irq < 16:
+                self._drive_pic(irq)
+
+    # -- the RCRB ------------------------------------------------------------------
+    def update_rcba(self) -> None:
+        """Map the RCRB at RCBA while its enable bit is set (ich9_lpc_rcba_update)."""
+        from pemu.system.memory import memory_transaction
+        from pemu.system.physmem import get_system_memory
+
+        rcba = self.get_long(ICH9_LPC_RCBA)
+        system = get_system_memory()
+        with memory_transaction():
+            if self.rcrb.container is not None:
+                self.rcrb.container.del_subregion(self.rcrb)
+            if rcba & ICH9_LPC_RCBA_EN:
+                system.add_subregion_overlap(rcba & ICH9_LPC_RCBA_BA_MASK, self.rcrb, 1)
+
+    def cc_read(self, offset: int, size: int) -> int:
+        if offset < 0 or offset + size > ICH9_CC_SIZE:
+            return (1 << (8 * size)) - 1
+        return int.from_bytes(self.chip_config[offset:offset + size], "little")
+
+    def cc_write(self, offset: int, value: int, size: int) -> None:
+        if offset < 0 or offset + size > ICH9_CC_SIZE:
+            guest_error(f"ich9-rcrb: write at {offset:#x} size {size} outside the block")
+            return
+        old = bytes(self.chip_config[offset:offset + size])
+        self.chip_config[offset:offset + size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+        if old != self.chip_config[offset:offset + size] and any(
+                _overlaps(offset, size, reg, 2) for reg in ICH9_CC_DIR_REGISTERS.values()):
+            qemu_log_mask(LOG_UNIMP, "ich9-rcrb: INTx routing of slots 25-31 stays at its default (DnnIR ignored)")
+
+    def cc_reset(self) -> None:
+        self.chip_config[:] = bytes(ICH9_CC_SIZE)
+        for slot, reg in ICH9_CC_DIR_REGISTERS.items():
+            self.chip_config[reg:reg + 2] = (0 if slot == 30 else ICH9_CC_DIR_DEFAULT).to_bytes(2, "little")
 
     # The reset control register (0xCF9): writing RST_CPU resets the machine.
     def rst_cnt_read(self, offset: int, size: int) -> int:
@@ -41,13 +230,21 @@ class ICH9LPCState(PCIDevice):
 
 
 class _SCILine:
-    """The SCI, routed to ISA IRQ 9 on whatever the bus is wired to when it fires."""
+    """The PM block's SCI output, routed by ACPI_CNTL.SCI_IRQ_SEL."""
 
     def __init__(self, lpc: ICH9LPCState) -> None:
         self.lpc = lpc
 
     def set(self, level: int) -> None:
-        self.lpc.isa_bus.irqs[ICH9_SCI_ISA_IRQ].set(level)
+        self.lpc.set_sci(level)
+
+
+def ich9_lpc_map_irq(dev: PCIDevice, pin: int) -> int:
+    """The PIRQ of a root-bus function's INTx ``pin`` (ich9_lpc_map_irq): the
+    same table the DSDT's _PRT is built from."""
+    from pemu.hw.i386.acpi_build import q35_pci_slot_pirq
+
+    return q35_pci_slot_pirq(dev.devfn >> 3, pin & 3)
 
 
 def _on_sleep(state: int) -> None:
@@ -70,15 +267,31 @@ def _ich9_lpc_realize(dev: Any) -> None:
     io = get_system_io()
     lpc.isa_bus = isa_bus_new(lpc, io, "isa.0")
     lpc.rst_cnt = 0
-    # The ACPI PM block at PMBASE (fixed at QEMU's 0x600 until PMBASE is
-    # programmable through config space).
+    lpc.sci_level = 0
+    lpc.gsi_lines = []
+    lpc.pic_levels = {}
+    # The ACPI PM block, placed by PMBASE and enabled by ACPI_CNTL.
     lpc.pm = pm = AcpiPmRegs(_SCILine(lpc), _on_sleep, timer_32bit=False)
-    pm_io = MemoryRegion.container("ich9-pm", 0x80, owner=lpc)
+    lpc.pm_io = pm_io = MemoryRegion.container("ich9-pm", ICH9_PM_IO_SIZE, owner=lpc)
     for name, offset, block in (("acpi-evt", PM1_EVT_OFFSET, pm.evt), ("acpi-cnt", PM1_CNT_OFFSET, pm.cnt),
                                 ("acpi-tmr", PM_TMR_OFFSET, pm.tmr), ("acpi-gpe0", GPE0_OFFSET, pm.gpe0)):
         ops = MemoryRegionOps(block.read, block.write, 1, 4, True, 1, 4)
         pm_io.add_subregion(offset, MemoryRegion.io(name, block.length, ops, owner=lpc))
-    io.add_subregion(ICH9_PMBASE_DEFAULT, pm_io)
+    pm_io.enabled = False
+    io.add_subregion(0, pm_io)
+    # The root complex register block, mapped by RCBA.
+    lpc.chip_config = bytearray(ICH9_CC_SIZE)
+    lpc.rcrb = MemoryRegion.io("lpc-rcrb-mmio", ICH9_CC_SIZE,
+                               MemoryRegionOps(lpc.cc_read, lpc.cc_write, 1, 4, False, 1, 4), owner=lpc)
+    # Writable bits of the registers above.
+    lpc.wmask[ICH9_LPC_PMBASE:ICH9_LPC_PMBASE + 4] = ICH9_LPC_PMBASE_BASE_ADDRESS_MASK.to_bytes(4, "little")
+    lpc.wmask[ICH9_LPC_ACPI_CTRL] = ICH9_LPC_ACPI_CTRL_ACPI_EN | ICH9_LPC_ACPI_CTRL_SCI_IRQ_SEL_MASK
+    for pirq in range(ICH9_LPC_NB_PIRQS):
+        lpc.wmask[_pirq_register(pirq)] = ICH9_LPC_PIRQ_ROUT_IRQEN | ICH9_LPC_PIRQ_ROUT_MASK
+    lpc.wmask[ICH9_LPC_RCBA:ICH9_LPC_RCBA + 4] = (ICH9_LPC_RCBA_BA_MASK | ICH9_LPC_RCBA_EN).to_bytes(4, "little")
+    # INTx of the root bus arrives here as PIRQ A-H.
+    pci_bus_irqs(lpc.pci_bus, lpc.set_pirq, ich9_lpc_map_irq, ICH9_LPC_NB_PIRQS)
+    _ich9_lpc_reset_registers(lpc)
     from pemu.system.runstate import qemu_register_powerdown_notifier
 
     qemu_register_powerdown_notifier(pm.power_button)
@@ -86,9 +299,47 @@ def _ich9_lpc_realize(dev: Any) -> None:
     io.add_subregion_overlap(ICH9_RST_CNT_IOPORT, MemoryRegion.io("lpc-reset-control", 1, rst_ops, owner=lpc), 1)
 
 
+def _ich9_lpc_reset_registers(lpc: ICH9LPCState) -> None:
+    for pirq in range(ICH9_LPC_NB_PIRQS):
+        lpc.config[_pirq_register(pirq)] = ICH9_LPC_PIRQ_ROUT_DEFAULT
+    lpc.config[ICH9_LPC_ACPI_CTRL] = 0
+    lpc.set_long(ICH9_LPC_PMBASE, ICH9_LPC_PMBASE_DEFAULT)
+    lpc.set_long(ICH9_LPC_RCBA, ICH9_LPC_RCBA_DEFAULT)
+    lpc.cc_reset()
+    lpc.sci_level = 0
+    lpc.update_pmbase_sci()
+    lpc.update_rcba()
+
+
 def _ich9_lpc_reset(dev: Any) -> None:
     dev.rst_cnt = 0
     dev.pm.reset()
+    _ich9_lpc_reset_registers(dev)
+
+
+def ich9_lpc_direct_boot_setup(lpc: ICH9LPCState) -> None:
+    """Program what firmware would (SeaBIOS's ich9 LPC setup), for direct
+    boot: PMBASE 0x600 with ACPI enabled and the SCI on IRQ 9, PIRQ A-H on
+    the IRQs the DSDT's _PRT names, the RCRB at 0xFED1C000, and in the ELCR
+    the SCI and PCI interrupts level-triggered.  Goes through config space
+    and port I/O, exactly as the firmware's writes would."""
+    from pemu.hw.intc.i8259 import ELCR_BASE
+    from pemu.system.physmem import address_space_io
+
+    lpc.config_write(ICH9_LPC_PMBASE, ICH9_DIRECT_BOOT_PMBASE | ICH9_LPC_PMBASE_DEFAULT, 4)
+    lpc.config_write(ICH9_LPC_ACPI_CTRL, ICH9_LPC_ACPI_CTRL_ACPI_EN, 1)  # SCI_IRQ_SEL 0: IRQ 9
+    for pirq, irq in enumerate(ICH9_DIRECT_BOOT_PIRQ_IRQS):
+        lpc.config_write(_pirq_register(pirq), irq, 1)
+    lpc.config_write(ICH9_LPC_RCBA, memmap.ICH9_RCBA_BASE | ICH9_LPC_RCBA_EN, 4)
+    level = 1 << ICH9_SCI_ISA_IRQ
+    for irq in ICH9_DIRECT_BOOT_PIRQ_IRQS:
+        level |= 1 << irq
+    io = address_space_io()
+    if io.flatview.lookup(ELCR_BASE) is None:
+        return  # an in-kernel irqchip keeps its ELCR to itself
+    for chip in range(2):
+        current = io.dispatch_read(ELCR_BASE + chip, 1)
+        io.dispatch_write(ELCR_BASE + chip, current | ((level >> (8 * chip)) & 0xFF), 1)
 
 
 def _ich9_lpc_class_init(klass: ObjectClass, data: Any) -> None:
@@ -100,7 +351,7 @@ def _ich9_lpc_class_init(klass: ObjectClass, data: Any) -> None:
     k.user_creatable = False
     k.desc = "ICH9 LPC bridge"
     k.pci_realize = _ich9_lpc_realize  # type: ignore[attr-defined]
-    k.reset = _ich9_lpc_reset
+    k.pci_reset = _ich9_lpc_reset  # type: ignore[attr-defined]
 
 
 type_register(TypeInfo(TYPE_ICH9_LPC_DEVICE, parent=TYPE_PCI_DEVICE, instance_type=ICH9LPCState,
