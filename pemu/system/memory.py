@@ -480,15 +480,19 @@ class AddressSpace:
         self.listeners.remove(listener)
 
     # -- single accesses (MMIO and port I/O from a CPU) --------------------------
+    # A single access goes whole to the region at its first byte, as long as
+    # it fits in that region (QEMU dispatches it so even where another region
+    # shows through part of it, e.g. 0xCF9 inside the 0xCF8 dword); only an
+    # access that runs past the end of its region is split into bytes.
     def dispatch_read(self, addr: int, size: int) -> int:
         fr = self.flatview.lookup(addr)
-        if fr is None or addr + size > fr.start + fr.size:
-            if fr is not None:
-                return self._read_split(addr, size)
+        if fr is None:
             guest_error(f"{self.name}: read of size {size} at {addr:#x}: nothing is there")
             return (1 << (size * 8)) - 1
         offset = addr - fr.start + fr.offset_in_region
         mr = fr.mr
+        if offset + size > mr.size or (mr.ram_block is not None and addr + size > fr.end):
+            return self._read_split(addr, size)
         block = mr.ram_block
         if block is not None:
             return int.from_bytes(block.view[offset:offset + size], "little")
@@ -496,14 +500,14 @@ class AddressSpace:
 
     def dispatch_write(self, addr: int, value: int, size: int) -> None:
         fr = self.flatview.lookup(addr)
-        if fr is None or addr + size > fr.start + fr.size:
-            if fr is not None:
-                self._write_split(addr, value, size)
-                return
+        if fr is None:
             guest_error(f"{self.name}: write of size {size} at {addr:#x} value {value:#x}: nothing is there")
             return
         offset = addr - fr.start + fr.offset_in_region
         mr = fr.mr
+        if offset + size > mr.size or (mr.ram_block is not None and addr + size > fr.end):
+            self._write_split(addr, value, size)
+            return
         block = mr.ram_block
         if block is not None:
             if not fr.readonly:

@@ -219,3 +219,34 @@ def test_alias_window_must_fit():
     ram = MemoryRegion.ram("r", 0x1000)
     with pytest.raises(ValueError):
         MemoryRegion.alias("bad", ram, 0x800, 0x1000)
+
+
+def test_wide_access_goes_whole_to_the_region_at_its_first_byte():
+    # As 0xCF8-0xCFB (PCI config address) with the 1-byte reset register at
+    # 0xCF9 on top: a dword at 0xCF8 still reaches the config address whole.
+    conf, rst = Regs(), Regs()
+    root = MemoryRegion.container("io", 0x10000)
+    root.add_subregion(0xCF8, MemoryRegion.io("conf", 4, conf.ops))
+    root.add_subregion_overlap(0xCF9, MemoryRegion.io("rst", 1, rst.ops), 1)
+    space = AddressSpace(root, "overlap")
+    try:
+        space.dispatch_write(0xCF8, 0x80001234, 4)
+        assert conf.log == [("w", 0, 4, 0x80001234)] and rst.log == []
+        assert space.dispatch_read(0xCF8, 4) == 0x80001234
+        space.dispatch_write(0xCF9, 0x06, 1)
+        assert rst.log == [("w", 0, 1, 0x06)]
+    finally:
+        space.destroy()
+
+
+def test_ram_access_never_reads_past_its_window():
+    ram = MemoryRegion.ram("r", 0x3000)
+    ram.ram_block.view[0x1000:0x1002] = b"\x11\x22"
+    root = MemoryRegion.container("root", 1 << 20)
+    root.add_subregion(0, MemoryRegion.alias("w", ram, 0, 0x1000))
+    space = AddressSpace(root, "window")
+    try:
+        # The last byte of the window, then nothing: never the RAM behind it.
+        assert space.dispatch_read(0xFFF, 2) == 0xFF00
+    finally:
+        space.destroy()
