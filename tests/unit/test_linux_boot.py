@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import lzma
 import struct
 
 import pytest
@@ -16,7 +19,9 @@ from pemu.hw.i386.linux_boot import (
     InitrdFormat,
     SegmentState,
     check_initrd,
+    identity_page_tables,
     kernel_footprint_end,
+    parse_vmlinux,
     plan_linux_boot,
 )
 
@@ -200,8 +205,92 @@ DEBIAN_KERNEL = "/root/.cache/pemu/guest/vmlinuz-6.1.0-56-amd64"
 def test_real_debian_kernel_header():
     with open(DEBIAN_KERNEL, "rb") as f:
         data = f.read()
-    plan = plan_linux_boot(data, None, "console=ttyS0", 512 * MiB, q35_e820(512 * MiB), None)
+    plan = plan_linux_boot(data, None, "console=ttyS0", 512 * MiB, q35_e820(512 * MiB), None,
+                           unpack_on_host=False)
     h = plan.header
     assert h.version >= 0x020F and h.relocatable and h.pref_address == 0x1000000
     assert plan.kernel_end == 0x1000000 + h.init_size
     assert blob(plan, "kernel").data == data[h.setup_size:]
+    # Unpacked on the host: vmlinux at 16 MiB, entered in long mode at startup_64.
+    plan = plan_linux_boot(data, None, "console=ttyS0", 512 * MiB, q35_e820(512 * MiB), None)
+    assert plan.entry.eip == 0x1000000 == plan.kernel_addr
+    assert plan.entry.efer & 0x100 and plan.entry.cr0 & 0x80000000
+    assert blob(plan, "vmlinux segment 0").addr == 0x1000000
+    assert plan.kernel_end >= 0x1000000 + h.init_size
+
+
+def make_elf(entry: int, segments: list[tuple[int, bytes, int]], machine: int = 62) -> bytes:
+    """An ELF64 with one PT_LOAD per (paddr, data, memsz)."""
+    phoff = 64
+    data_off = phoff + 56 * len(segments)
+    head = struct.pack("<4sBBBBB7xHHIQQQIHHHHHH", b"\x7fELF", 2, 1, 1, 0, 0, 2, machine, 1, entry, phoff, 0,
+                       0, 64, 56, len(segments), 64, 0, 0)
+    phdrs = b""
+    body = b""
+    for paddr, data, memsz in segments:
+        phdrs += struct.pack("<IIQQQQQQ", 1, 7, data_off + len(body), (0xFFFFFFFF80000000 + paddr) & (2**64 - 1), paddr,
+                             len(data), memsz, 0x1000)
+        body += data
+    return head + phdrs + body
+
+
+def bzimage_with_payload(payload: bytes, **kw) -> bytes:
+    img = bytearray(make_bzimage(kernel_size=0x1000 + len(payload) + 4, payload=(0x1000, len(payload) + 4), **kw))
+    start = 5 * 512 + 0x1000
+    img[start:start + len(payload) + 4] = payload + struct.pack("<I", 12345)
+    return bytes(img)
+
+
+def test_identity_page_tables_map_4gib_with_2mib_pages():
+    pt = identity_page_tables(0x9000, 4)
+    assert len(pt) == 6 * 0x1000
+    assert struct.unpack_from("<Q", pt, 0)[0] == 0xA003
+    assert struct.unpack_from("<4Q", pt, 0x1000) == (0xB003, 0xC003, 0xD003, 0xE003)
+    assert struct.unpack_from("<Q", pt, 0x2000)[0] == 0x83
+    last = struct.unpack_from("<Q", pt, len(pt) - 8)[0]
+    assert last == (0xFFFFFFFF & ~0x1FFFFF) | 0x83
+
+
+def test_parse_vmlinux_checks_the_elf():
+    elf = make_elf(0x1000000, [(0x1000000, b"CODE", 0x2000), (0x1200000, b"DATA", 4)])
+    v = parse_vmlinux(elf)
+    assert v is not None and v.entry == 0x1000000 and (v.start, v.end) == (0x1000000, 0x1200004)
+    assert [s.data for s in v.segments] == [b"CODE", b"DATA"]
+    assert parse_vmlinux(make_elf(0x1000000, [(0x1000000, b"x", 1)], machine=3)) is None  # i386
+    assert parse_vmlinux(elf[:100]) is None  # program headers cut off
+    assert parse_vmlinux(b"\x7fELF") is None
+    assert parse_vmlinux(make_elf(0, [(0xFFFFF000, b"x", 0x2000)])) is None  # past 4 GiB
+
+
+@pytest.mark.parametrize("compress", [
+    lambda b: lzma.compress(b, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32),
+    lambda b: gzip.compress(b),
+    lambda b: bz2.compress(b),
+])
+def test_payload_unpacked_on_host_enters_vmlinux_in_long_mode(compress):
+    elf = make_elf(0x1000000, [(0x1000000, b"\x90" * 64, 0x10000), (0x1400000, b"DATA", 0x300000)])
+    kernel = bzimage_with_payload(compress(elf))
+    ram = 64 * MiB
+    plan = plan_linux_boot(kernel, b"\x1f\x8b" + bytes(100), "console=ttyS0", ram, q35_e820(ram), None)
+    e = plan.entry
+    assert (e.eip, e.esi, e.cr3) == (0x1000000, 0x7000, 0x9000)
+    assert e.cr0 & 0x80000001 == 0x80000001 and e.cr4 & 0x20 and e.efer & 0x500 == 0x500
+    assert e.cs.selector == BOOT_CS and e.cs.flags & 0x2 and not e.cs.flags & 0x4  # L set, D clear
+    assert e.ds.selector == BOOT_DS and not e.eflags & 0x200
+    assert blob(plan, "vmlinux segment 0").addr == 0x1000000
+    assert blob(plan, "vmlinux segment 1").data == b"DATA"
+    assert blob(plan, "page tables").addr == 0x9000
+    gdt = blob(plan, "boot GDT").data
+    assert struct.unpack_from("<Q", gdt, 16)[0] == SegmentState(BOOT_CS, 0, 0xFFFFFFFF, 0x9B, 0xA).descriptor
+    assert plan.kernel_end >= 0x1700000 and plan.initrd_addr >= plan.kernel_end
+    assert not any(b.name == "kernel" for b in plan.blobs)
+    spans = sorted((b.addr, b.end) for b in plan.blobs)
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+
+
+def test_unusable_payload_keeps_the_32bit_entry():
+    for payload in (b"\xfd7zXZ\x00garbage", lzma.compress(b"not an elf"),
+                    lzma.compress(make_elf(0x1000, [(0x1000, b"low", 3)]))):  # below 1 MiB: not a vmlinux
+        plan = plan_linux_boot(bzimage_with_payload(payload), None, "", 64 * MiB, q35_e820(64 * MiB), None)
+        assert plan.entry.eip == 0x100000 and plan.entry.cr0 == 0x11
+        assert blob(plan, "kernel").addr == 0x100000
