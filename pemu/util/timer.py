@@ -14,7 +14,7 @@ import itertools
 import threading
 import time
 from enum import IntEnum
-from typing import Callable
+from typing import Callable, Protocol
 
 SCALE_NS = 1
 SCALE_US = 1000
@@ -189,3 +189,30 @@ def timerlist_run_expired() -> bool:
 
 def timerlist_set_notify(cb: Callable[[], None] | None) -> None:
     _timers.notify_cb = cb
+
+
+# --- what device models take, so tests can drive time -----------------------------
+
+
+Clock = Callable[[], int]  # now, in nanoseconds
+
+
+class TimerLike(Protocol):
+    """What a device needs of a timer: arm it at an absolute time, or cancel it."""
+
+    def mod_ns(self, expire_ns: int) -> None: ...
+
+    def delete(self) -> None: ...
+
+
+TimerFactory = Callable[[Callable[[], None]], TimerLike]
+
+
+def virtual_clock_ns() -> int:
+    """The default clock of device models: QEMU_CLOCK_VIRTUAL."""
+    return qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL)
+
+
+def virtual_timer(cb: Callable[[], None]) -> TimerLike:
+    """The default timer factory of device models: a QEMUTimer on the virtual clock."""
+    return QEMUTimer(QEMU_CLOCK_VIRTUAL, cb)

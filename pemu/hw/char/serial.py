@@ -21,7 +21,12 @@ from typing import Callable, Protocol
 
 from pemu.hw.core.irq import IRQLine, NoIRQ
 from pemu.util.log import guest_error
-from pemu.util.timer import NANOSECONDS_PER_SECOND, QEMU_CLOCK_VIRTUAL, QEMUTimer, qemu_clock_get_ns
+from pemu.util.timer import (
+    NANOSECONDS_PER_SECOND,
+    TimerLike,
+)
+from pemu.util.timer import virtual_clock_ns as _virtual_clock_ns
+from pemu.util.timer import virtual_timer as _virtual_timer
 
 COM1_BASE = 0x3F8
 COM1_IRQ = 4
@@ -101,17 +106,6 @@ class CharBackend(Protocol):
     def write(self, data: bytes) -> None: ...
 
 
-class TimerLike(Protocol):
-    def mod_ns(self, expire_ns: int) -> None: ...
-    def delete(self) -> None: ...
-
-
-def _virtual_clock_ns() -> int:
-    return qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL)
-
-
-def _virtual_timer(cb: Callable[[], None]) -> TimerLike:
-    return QEMUTimer(QEMU_CLOCK_VIRTUAL, cb)
 
 
 def _modem_lines_from_mcr(mcr: int) -> int:

@@ -21,11 +21,16 @@ import calendar
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable, Protocol
+from typing import Callable
 
 from pemu.hw.core.irq import IRQLine, NoIRQ
 from pemu.util.log import guest_error
-from pemu.util.timer import NANOSECONDS_PER_SECOND, QEMU_CLOCK_VIRTUAL, QEMUTimer, qemu_clock_get_ns
+from pemu.util.timer import (
+    NANOSECONDS_PER_SECOND,
+    TimerLike,
+)
+from pemu.util.timer import virtual_clock_ns as _virtual_clock_ns
+from pemu.util.timer import virtual_timer as _virtual_timer
 
 RTC_BASE = 0x70
 RTC_IRQ = 8
@@ -87,17 +92,6 @@ MiB = 1024 * KiB
 GiB = 1024 * MiB
 
 
-class TimerLike(Protocol):
-    def mod_ns(self, expire_ns: int) -> None: ...
-    def delete(self) -> None: ...
-
-
-def _virtual_clock_ns() -> int:
-    return qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL)
-
-
-def _virtual_timer(cb: Callable[[], None]) -> TimerLike:
-    return QEMUTimer(QEMU_CLOCK_VIRTUAL, cb)
 
 
 def _from_bcd(value: int) -> int:

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 from pemu.hw.core.irq import IRQLine
 from pemu.hw.core.qdev import DeviceClass, Property, device_class_set_props
 from pemu.hw.core.sysbus import TYPE_SYS_BUS_DEVICE, SysBusDevice
-from pemu.hw.timer.i8254 import Clock, TimerFactory, TimerLike, virtual_clock_ns, virtual_timer
+from pemu.util.timer import Clock, TimerFactory, TimerLike, virtual_clock_ns, virtual_timer
 from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, type_register
 from pemu.system.memory import MemoryRegion, MemoryRegionOps
 from pemu.util.log import guest_error

@@ -19,11 +19,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Callable, Protocol
 
 from pemu.hw.core.irq import IRQLine
 from pemu.util.log import guest_error
-from pemu.util.timer import NANOSECONDS_PER_SECOND, QEMU_CLOCK_VIRTUAL, QEMUTimer, qemu_clock_get_ns
+from pemu.util.timer import (
+    NANOSECONDS_PER_SECOND,
+    Clock,
+    TimerFactory,
+    virtual_clock_ns,
+    virtual_timer,
+)
 
 PIT_BASE = 0x40
 WINDOW_SIZE = 4
@@ -45,23 +50,6 @@ STATUS_OUT = 0x80
 STATUS_NULL_COUNT = 0x40
 
 
-Clock = Callable[[], int]
-
-
-class TimerLike(Protocol):
-    def mod_ns(self, expire_ns: int) -> None: ...
-    def delete(self) -> None: ...
-
-
-TimerFactory = Callable[[Callable[[], None]], TimerLike]
-
-
-def virtual_clock_ns() -> int:
-    return qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL)
-
-
-def virtual_timer(cb: Callable[[], None]) -> TimerLike:
-    return QEMUTimer(QEMU_CLOCK_VIRTUAL, cb)
 
 
 def ns_to_ticks(ns: int) -> int:
