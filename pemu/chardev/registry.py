@@ -99,7 +99,7 @@ def qemu_chr_new_from_opts(opts: Mapping[str, str]) -> Chardev:
     base_id = f"{chr_id}-base"
     if chr_id in _chardevs:
         raise UserError(f"Duplicate ID '{chr_id}' for chardev")
-    base = _create(base_id, backend, options)
+    _create(base_id, backend, options)
     try:
         return _create(chr_id, "mux", ChardevOptions({"backend": "mux", "id": chr_id, "chardev": base_id}))
     except BaseException:

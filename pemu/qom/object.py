@@ -23,7 +23,7 @@ without owning them.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, TypeVar
 
 TYPE_OBJECT = "object"

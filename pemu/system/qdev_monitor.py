@@ -121,7 +121,7 @@ def qdev_device_add(opts: QemuOpts) -> DeviceState:
         raise QOMError(f"'{driver}' is not a valid device model name")
     dc: DeviceClass = klass  # type: ignore[assignment]
     if klass.abstract:
-        raise QOMError(f"Parameter 'driver' expects a non-abstract device type")
+        raise QOMError("Parameter 'driver' expects a non-abstract device type")
     if not dc.user_creatable:
         raise QOMError("Parameter 'driver' expects a pluggable device type")
 

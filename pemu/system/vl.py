@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -29,7 +28,6 @@ from pemu.hw.core.qdev import (
     MachineInitPhase,
     bus_cold_reset,
     phase_advance,
-    phase_check,
     qdev_prop_register_global,
     qemu_run_reset_handlers,
 )
