@@ -11,6 +11,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
 from unicorn import x86_const as ucx
 
@@ -26,13 +28,15 @@ def test_layout_and_behaviour_self_test() -> None:
     verify_exit_request()
 
 
-def test_request_stops_before_the_next_block_and_clear_lets_it_run() -> None:
+@pytest.mark.parametrize("use_stub", [True, False], ids=["stub", "two-hooks"])
+def test_request_stops_before_the_next_block_and_clear_lets_it_run(use_stub: bool) -> None:
     uc = Uc(UC_ARCH_X86, UC_MODE_64)
     uc.mem_map(0x1000, 0x2000)
     uc.mem_write(0x1000, RMW_LOOP)
     uc.reg_write(ucx.UC_X86_REG_RBX, 0x2000)
     uc.reg_write(ucx.UC_X86_REG_RCX, 5)
-    req = TBExitRequest(uc)
+    req = TBExitRequest(uc, use_stub=use_stub)
+    assert req.uses_stub == use_stub
     req.request()
     assert req.armed
     uc.emu_start(0x1000, 0)
@@ -45,14 +49,16 @@ def test_request_stops_before_the_next_block_and_clear_lets_it_run() -> None:
     assert int.from_bytes(uc.mem_read(0x2000, 8), "little") == 5
 
 
-def test_requests_from_another_thread_never_repeat_a_read_modify_write() -> None:
+@pytest.mark.parametrize("use_stub", [True, False], ids=["stub", "two-hooks"])
+def test_requests_from_another_thread_never_repeat_a_read_modify_write(use_stub: bool) -> None:
     n = 1_000_000
     uc = Uc(UC_ARCH_X86, UC_MODE_64)
     uc.mem_map(0x1000, 0x2000)
     uc.mem_write(0x1000, RMW_LOOP)
     uc.reg_write(ucx.UC_X86_REG_RBX, 0x2000)
     uc.reg_write(ucx.UC_X86_REG_RCX, n)
-    req = TBExitRequest(uc)
+    req = TBExitRequest(uc, use_stub=use_stub)
+    assert req.uses_stub == use_stub
     done = threading.Event()
 
     def kicker() -> None:

@@ -12,29 +12,35 @@ timer thread calls ``uc_emu_stop``) can land there.
 
 What is safe is a stop raised *at the start of a block*, before its first
 instruction: the request is then seen by the check at the block's entry
-and nothing of the block has run.  Block hooks run exactly there, so:
+and nothing of the block has run.  Block hooks run exactly there.  A block
+hook on every address, whose callback is native code, does it:
 
-* ``always`` is a block hook on every address whose callback is a native
-  no-op (C ``abs``).  It only exists to make every translated block call
-  Unicorn's block-hook helper (the helper is compiled into a block only
-  if a block hook matched when it was translated).
-* ``stopper`` is a block hook on every address whose native callback is
-  ``uc_emu_stop`` itself (its first argument is the engine, as for a block
-  hook).  It is switched off by setting the hook's ``to_delete`` flag,
-  which the helper checks at run time; :meth:`request` clears that flag,
-  so the next block start calls ``uc_emu_stop`` from inside the engine.
+* Fast path: the callback is a 14-byte x86-64 stub in an executable page,
+  ``if (*user_data) tail-call uc_emu_stop(uc)`` (the engine is the first
+  argument of a block callback, as of ``uc_emu_stop``).  ``user_data``
+  points at a flag byte; :meth:`TBExitRequest.request` sets it and
+  :meth:`TBExitRequest.clear` clears it.  With a single block hook Unicorn
+  compiles a direct call to the callback into each block, so a block costs
+  one native call (no measurable slowdown on tight loops).
+* Fallback, where no executable page can be had: two block hooks, a
+  native no-op (C ``abs``) that makes every block call Unicorn's generic
+  hook helper, and one whose callback is ``uc_emu_stop`` itself, switched
+  by its ``to_delete`` flag (checked by the helper at run time).  This costs
+  about 20% on tight loops.  (Swapping the callback pointer of a single
+  hook does not work: the direct call is fixed when the block is compiled.)
 
-Both callbacks are C functions, so a block costs a helper call and no
-Python.  The flag is one byte written from any thread; the request stays
+The switch is a one-byte store, safe from any thread; the request stays
 armed until the vCPU thread clears it, so it cannot be lost in the window
 before ``emu_start``.  The hook structure is private to Unicorn:
-:meth:`TBExitRequest.__init__` checks its layout and
+:func:`_add_native_block_hook` checks its layout and
 :func:`verify_exit_request` checks the behaviour once per process.
 """
 
 from __future__ import annotations
 
 import ctypes
+import mmap
+import struct
 
 from unicorn import UC_ARCH_X86, UC_HOOK_BLOCK, UC_MODE_64, Uc, UcError
 from unicorn import x86_const as ucx
@@ -43,6 +49,35 @@ from unicorn.unicorn_py3.unicorn import uclib
 _libc = ctypes.CDLL(None)
 _NATIVE_NOOP = ctypes.cast(_libc.abs, ctypes.c_void_p).value
 _NATIVE_EMU_STOP = ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value
+
+
+def _stop_if_flag_stub(emu_stop: int) -> bytes:
+    """x86-64 SysV code for ``void cb(uc, address, size, const uint8_t *flag)``."""
+    return (bytes.fromhex("803900")  # cmpb $0, (%rcx)      ; *flag (4th argument)
+            + bytes.fromhex("7501")  # jne 1f
+            + bytes.fromhex("c3")  # ret
+            + bytes.fromhex("48b8") + struct.pack("<Q", emu_stop)  # 1: movabs $uc_emu_stop, %rax
+            + bytes.fromhex("ffe0"))  # jmp *%rax             ; uc_emu_stop(uc), same frame
+
+
+_stub_page: mmap.mmap | None = None
+_stub_failed = False
+
+
+def _stop_if_flag_callback() -> int | None:
+    """The address of the stub, in a page made once per process; None if not possible here."""
+    global _stub_page, _stub_failed
+    if _stub_page is None and not _stub_failed:
+        try:
+            page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+        except OSError:  # W^X policy: use the two-hook fallback
+            _stub_failed = True
+            return None
+        page.write(_stop_if_flag_stub(_NATIVE_EMU_STOP))
+        _stub_page = page
+    if _stub_page is None:
+        return None
+    return ctypes.addressof(ctypes.c_char.from_buffer(_stub_page))
 
 
 class _UcHook(ctypes.Structure):
@@ -66,10 +101,10 @@ class ExitRequestError(RuntimeError):
     """Unicorn's hook structure is not the one pemu was written for."""
 
 
-def _add_native_block_hook(uc: Uc, callback: int | None) -> _UcHook:
+def _add_native_block_hook(uc: Uc, callback: int | None, user_data: int | None = None) -> _UcHook:
     handle = ctypes.c_size_t()
-    err = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), UC_HOOK_BLOCK, ctypes.c_void_p(callback), None,
-                            ctypes.c_uint64(1), ctypes.c_uint64(0))
+    err = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), UC_HOOK_BLOCK, ctypes.c_void_p(callback),
+                            ctypes.c_void_p(user_data), ctypes.c_uint64(1), ctypes.c_uint64(0))
     if err:
         raise UcError(err)
     hook = _UcHook.from_address(handle.value)
@@ -82,22 +117,38 @@ def _add_native_block_hook(uc: Uc, callback: int | None) -> _UcHook:
 class TBExitRequest:
     """Makes one engine's running ``emu_start`` return before its next translation block."""
 
-    def __init__(self, uc: Uc) -> None:
-        self._always = _add_native_block_hook(uc, _NATIVE_NOOP)
-        self._stopper = _add_native_block_hook(uc, _NATIVE_EMU_STOP)
-        self._stopper.to_delete = True
+    def __init__(self, uc: Uc, *, use_stub: bool = True) -> None:
+        stub = _stop_if_flag_callback() if use_stub else None
+        self._flag = ctypes.c_uint8(0)
+        self._stopper: _UcHook | None = None
+        if stub is not None:
+            _add_native_block_hook(uc, stub, ctypes.addressof(self._flag))
+        else:
+            _add_native_block_hook(uc, _NATIVE_NOOP)
+            self._stopper = _add_native_block_hook(uc, _NATIVE_EMU_STOP)
+            self._stopper.to_delete = True
+
+    @property
+    def uses_stub(self) -> bool:
+        return self._stopper is None
 
     def request(self) -> None:
         """Arm the stop; safe from any thread and from inside hooks."""
-        self._stopper.to_delete = False
+        if self._stopper is None:
+            self._flag.value = 1
+        else:
+            self._stopper.to_delete = False
 
     def clear(self) -> None:
         """Disarm it (vCPU thread, outside ``emu_start``)."""
-        self._stopper.to_delete = True
+        if self._stopper is None:
+            self._flag.value = 0
+        else:
+            self._stopper.to_delete = True
 
     @property
     def armed(self) -> bool:
-        return not self._stopper.to_delete
+        return bool(self._flag.value) if self._stopper is None else not self._stopper.to_delete
 
 
 _verified = False
@@ -108,12 +159,18 @@ def verify_exit_request() -> None:
     global _verified
     if _verified:
         return
+    for use_stub in (True, False):
+        _verify(use_stub)
+    _verified = True
+
+
+def _verify(use_stub: bool) -> None:
     uc = Uc(UC_ARCH_X86, UC_MODE_64)
     uc.mem_map(0x1000, 0x2000)
     # 0x1000: inc qword [rbx]; jmp 0x1005 / 0x1005: inc qword [rbx]; hlt
     uc.mem_write(0x1000, bytes.fromhex("48ff03eb00" "48ff03f4"))
     uc.reg_write(ucx.UC_X86_REG_RBX, 0x2000)
-    req = TBExitRequest(uc)
+    req = TBExitRequest(uc, use_stub=use_stub)
     uc.emu_start(0x1000, 0)
     ran = int.from_bytes(uc.mem_read(0x2000, 8), "little")
     req.request()
@@ -123,4 +180,3 @@ def verify_exit_request() -> None:
     if (ran, stopped_at, after) != (2, 0x1000, 2):
         raise ExitRequestError(f"block-start stop misbehaves (ran {ran}, stopped at {stopped_at:#x}, "
                                f"count {after}); pemu needs unicorn==2.1.4")
-    _verified = True
