@@ -187,3 +187,27 @@ def test_maxmem_makes_room_for_hotplugged_memory() -> None:
     # Hot-plug memory sits above 4G, after RAM, 1 GiB aligned, sized maxmem - memory.
     assert "0000000100000000-00000001bfffffff (prio 0, i/o): device-memory" in r.stdout
     assert "ram-above-4g" not in r.stdout
+
+
+def test_global_and_device_properties_reach_the_device() -> None:
+    r = pemu("-M", "q35", "-m", "256", "-S", "-nographic", "-nodefaults", "-monitor", "stdio",
+             "-global", "isa-serial.irq=3", "-device", "isa-serial,id=com2,iobase=0x2f8",
+             stdin="info qtree\nquit\n")
+    assert r.returncode == 0, r.stderr
+    tree = r.stdout.replace("\r\n", "\n")
+    block = tree[tree.index('dev: isa-serial, id "com2"'):]
+    assert re.search(r"^\s+iobase = 760 \(0x2f8\)$", block, re.M)
+    assert re.search(r"^\s+irq = 3 \(0x3\)$", block, re.M)
+
+
+def test_machine_type_and_accel_as_machine_properties() -> None:
+    r = pemu("-machine", "type=q35,accel=tcg", "-m", "128", "-S", "-nographic", "-nodefaults",
+             "-monitor", "stdio", stdin="info status\nquit\n")
+    assert r.returncode == 0, r.stderr
+    assert "VM status: paused (prelaunch)" in r.stdout
+
+
+def test_bad_global_property_is_one_line() -> None:
+    r = pemu("-S", "-display", "none", "-nodefaults", "-global", "isa-serial.nosuch=1", "-device", "isa-serial")
+    assert r.returncode == 1 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert "Property 'isa-serial.nosuch' not found" in r.stderr
