@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Callable
 
 import pytest
+
+from tests.unit.fakes import EdgeCounter, FakeClock
 
 from pemu.hw.timer.hpet import (
     HPET,
@@ -23,68 +24,20 @@ from pemu.hw.timer.hpet import (
 )
 
 
-class FakeTimer:
-    def __init__(self, cb: Callable[[], None]) -> None:
-        self.cb, self.expire = cb, -1
-
-    def mod_ns(self, expire_ns: int) -> None:
-        self.expire = expire_ns
-
-    def delete(self) -> None:
-        self.expire = -1
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.ns = 5_000_000_000
-        self.timers: list[FakeTimer] = []
-
-    def __call__(self) -> int:
-        return self.ns
-
-    def timer(self, cb: Callable[[], None]) -> FakeTimer:
-        t = FakeTimer(cb)
-        self.timers.append(t)
-        return t
-
-    def advance(self, delta_ns: int) -> None:
-        end = self.ns + delta_ns
-        for _ in range(10_000):
-            due = [t for t in self.timers if 0 <= t.expire <= end]
-            if not due:
-                break
-            t = min(due, key=lambda t: t.expire)
-            self.ns = max(self.ns, t.expire)
-            t.expire = -1
-            t.cb()
-        self.ns = end
-
-
-class Line:
-    def __init__(self) -> None:
-        self.level = 0
-        self.pulses = 0
-
-    def set(self, level: int) -> None:
-        if level and not self.level:
-            self.pulses += 1
-        self.level = level
-
-
 def timer_reg(n: int, reg: int) -> int:
     return 0x100 + 0x20 * n + reg
 
 
 @pytest.fixture
-def rig() -> tuple[HPET, FakeClock, list[Line], list[bool]]:
-    clock = FakeClock()
-    lines = [Line() for _ in range(24)]
+def rig() -> tuple[HPET, FakeClock, list[EdgeCounter], list[bool]]:
+    clock = FakeClock(5_000_000_000, max_fires=10_000)
+    lines = [EdgeCounter() for _ in range(24)]
     pit: list[bool] = []
     hpet = HPET(lines, clock=clock, timer_factory=clock.timer, pit_enabled=pit.append)
     return hpet, clock, lines, pit
 
 
-def test_capabilities(rig: tuple[HPET, FakeClock, list[Line], list[bool]]) -> None:
+def test_capabilities(rig: tuple[HPET, FakeClock, list[EdgeCounter], list[bool]]) -> None:
     hpet, *_ = rig
     assert hpet.read(HPET_ID, 4) == 0x8086A201
     assert hpet.read(HPET_ID + 4, 4) == 10_000_000
@@ -98,7 +51,7 @@ def test_capabilities(rig: tuple[HPET, FakeClock, list[Line], list[bool]]) -> No
     assert hpet_fw_cfg_bytes(0x8086A201)[:13] == bytes([1]) + (0x8086A201).to_bytes(4, "little") + (0xFED00000).to_bytes(8, "little")
 
 
-def test_counter_runs_only_when_enabled(rig: tuple[HPET, FakeClock, list[Line], list[bool]]) -> None:
+def test_counter_runs_only_when_enabled(rig: tuple[HPET, FakeClock, list[EdgeCounter], list[bool]]) -> None:
     hpet, clock, *_ = rig
     assert hpet.read(HPET_COUNTER, 4) == 0
     clock.advance(1000)
@@ -116,7 +69,7 @@ def test_counter_runs_only_when_enabled(rig: tuple[HPET, FakeClock, list[Line], 
     assert hpet.read(HPET_COUNTER, 8) == (1 << 32) | 600
 
 
-def test_one_shot_comparator_level_and_status(rig: tuple[HPET, FakeClock, list[Line], list[bool]]) -> None:
+def test_one_shot_comparator_level_and_status(rig: tuple[HPET, FakeClock, list[EdgeCounter], list[bool]]) -> None:
     hpet, clock, lines, _ = rig
     hpet.write(timer_reg(2, 0), HPET_TN_ENABLE | HPET_TN_TYPE_LEVEL | (20 << 9), 4)
     hpet.write(timer_reg(2, 8), 1000, 8)
@@ -128,10 +81,10 @@ def test_one_shot_comparator_level_and_status(rig: tuple[HPET, FakeClock, list[L
     hpet.write(HPET_STATUS, 0b100, 4)          # write 1 to clear
     assert lines[20].level == 0 and hpet.read(HPET_STATUS, 4) == 0
     clock.advance(1_000_000)                   # one-shot: no second interrupt
-    assert lines[20].pulses == 1
+    assert lines[20].rising == 1
 
 
-def test_periodic_timer_with_setval(rig: tuple[HPET, FakeClock, list[Line], list[bool]]) -> None:
+def test_periodic_timer_with_setval(rig: tuple[HPET, FakeClock, list[EdgeCounter], list[bool]]) -> None:
     hpet, clock, lines, _ = rig
     # As Linux programs it: 32-bit mode, SETVAL, then the first match, then the period.
     hpet.write(timer_reg(2, 0), HPET_TN_ENABLE | HPET_TN_PERIODIC | HPET_TN_SETVAL | HPET_TN_32BIT | (2 << 9), 4)
@@ -141,24 +94,24 @@ def test_periodic_timer_with_setval(rig: tuple[HPET, FakeClock, list[Line], list
     assert hpet.read(timer_reg(2, 8), 8) == 100_000
     hpet.write(HPET_CFG, HPET_CFG_ENABLE, 4)
     clock.advance(1_000_000)
-    assert lines[2].pulses == 1
+    assert lines[2].rising == 1
     assert hpet.read(timer_reg(2, 8), 8) == 150_000
     clock.advance(5_000_000)
-    assert lines[2].pulses == 11
+    assert lines[2].rising == 11
 
 
-def test_periodic_catches_up_without_looping(rig: tuple[HPET, FakeClock, list[Line], list[bool]]) -> None:
+def test_periodic_catches_up_without_looping(rig: tuple[HPET, FakeClock, list[EdgeCounter], list[bool]]) -> None:
     hpet, clock, lines, _ = rig
     hpet.write(timer_reg(2, 0), HPET_TN_ENABLE | HPET_TN_PERIODIC | HPET_TN_SETVAL | (2 << 9), 4)
     hpet.write(timer_reg(2, 8), 1, 4)          # a 10 ns period: re-armed at most every 10 us
     hpet.write(HPET_CFG, HPET_CFG_ENABLE, 4)
     clock.ns += 10**9                          # the host stalled for a second
     clock.advance(0)
-    assert lines[2].pulses == 1
+    assert lines[2].rising == 1
     assert hpet.read(timer_reg(2, 8), 8) > hpet.read(HPET_COUNTER, 8) - 1
 
 
-def test_32bit_mode_truncates(rig: tuple[HPET, FakeClock, list[Line], list[bool]]) -> None:
+def test_32bit_mode_truncates(rig: tuple[HPET, FakeClock, list[EdgeCounter], list[bool]]) -> None:
     hpet, clock, lines, _ = rig
     hpet.write(timer_reg(1, 8), 0x1_2345_6789, 8)
     hpet.write(timer_reg(1, 0), HPET_TN_32BIT, 4)
@@ -167,7 +120,7 @@ def test_32bit_mode_truncates(rig: tuple[HPET, FakeClock, list[Line], list[bool]
     assert hpet.read(timer_reg(1, 8), 8) == 0x2345_6789
 
 
-def test_legacy_replacement_routes_and_pit(rig: tuple[HPET, FakeClock, list[Line], list[bool]]) -> None:
+def test_legacy_replacement_routes_and_pit(rig: tuple[HPET, FakeClock, list[EdgeCounter], list[bool]]) -> None:
     hpet, clock, lines, pit = rig
     hpet.write(HPET_CFG, HPET_CFG_ENABLE | HPET_CFG_LEGACY, 4)
     assert pit == [True, False]                # reset enables, legacy mode cuts the PIT off
@@ -177,22 +130,22 @@ def test_legacy_replacement_routes_and_pit(rig: tuple[HPET, FakeClock, list[Line
     hpet.write(timer_reg(0, 8), now + 100, 8)
     hpet.write(timer_reg(1, 8), now + 200, 8)
     clock.advance(3_000)
-    assert lines[0].pulses == 1 and lines[8].pulses == 1
+    assert lines[0].rising == 1 and lines[8].rising == 1
     hpet.write(HPET_CFG, HPET_CFG_ENABLE, 4)
     assert pit[-1] is True
 
 
-def test_disabling_timer_stops_it(rig: tuple[HPET, FakeClock, list[Line], list[bool]]) -> None:
+def test_disabling_timer_stops_it(rig: tuple[HPET, FakeClock, list[EdgeCounter], list[bool]]) -> None:
     hpet, clock, lines, _ = rig
     hpet.write(HPET_CFG, HPET_CFG_ENABLE, 4)
     hpet.write(timer_reg(2, 0), HPET_TN_ENABLE | (3 << 9), 4)
     hpet.write(timer_reg(2, 8), hpet.read(HPET_COUNTER, 8) + 100, 8)
     hpet.write(timer_reg(2, 0), 3 << 9, 4)
     clock.advance(10_000)
-    assert lines[3].pulses == 0
+    assert lines[3].rising == 0
 
 
-def test_bad_accesses_do_not_raise(rig: tuple[HPET, FakeClock, list[Line], list[bool]]) -> None:
+def test_bad_accesses_do_not_raise(rig: tuple[HPET, FakeClock, list[EdgeCounter], list[bool]]) -> None:
     hpet, *_ = rig
     hpet.write(timer_reg(7, 0), 0xFFFFFFFF, 4)   # no such timer
     assert hpet.read(timer_reg(7, 0), 4) == 0

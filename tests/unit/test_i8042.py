@@ -6,17 +6,7 @@ import pytest
 
 from pemu.hw.input import i8042 as k
 from pemu.hw.input.i8042 import I8042
-
-
-class Line:
-    def __init__(self) -> None:
-        self.level = 0
-        self.rising = 0
-
-    def set(self, level: int) -> None:
-        if level and not self.level:
-            self.rising += 1
-        self.level = level
+from tests.unit.fakes import EdgeCounter as Line
 
 
 class Rig:

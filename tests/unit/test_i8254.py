@@ -2,64 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Callable
 
 import pytest
 
 from pemu.hw.audio.pcspk import PCSpeaker
 from pemu.hw.timer.i8254 import MIN_IRQ_INTERVAL_NS, PIT, PIT_FREQ, ticks_to_ns
-
-
-class FakeTimer:
-    def __init__(self, clock: "FakeClock", cb: Callable[[], None]) -> None:
-        self.clock, self.cb, self.expire = clock, cb, -1
-
-    def mod_ns(self, expire_ns: int) -> None:
-        self.expire = expire_ns
-
-    def delete(self) -> None:
-        self.expire = -1
-
-
-class FakeClock:
-    """Virtual time that moves only when the test says, running due timers in order."""
-
-    def __init__(self) -> None:
-        self.ns = 1_000_000_000
-        self.timers: list[FakeTimer] = []
-        self.fired = 0
-
-    def __call__(self) -> int:
-        return self.ns
-
-    def timer(self, cb: Callable[[], None]) -> FakeTimer:
-        t = FakeTimer(self, cb)
-        self.timers.append(t)
-        return t
-
-    def advance(self, delta_ns: int) -> None:
-        end = self.ns + delta_ns
-        while True:
-            due = [t for t in self.timers if 0 <= t.expire <= end]
-            if not due:
-                break
-            t = min(due, key=lambda t: t.expire)
-            self.ns = max(self.ns, t.expire)
-            t.expire = -1
-            self.fired += 1
-            t.cb()
-        self.ns = end
-
-
-class EdgeCounter:
-    def __init__(self) -> None:
-        self.level = 0
-        self.rising = 0
-
-    def set(self, level: int) -> None:
-        if level and not self.level:
-            self.rising += 1
-        self.level = level
+from tests.unit.fakes import EdgeCounter, FakeClock
 
 
 NS_PER_S = 1_000_000_000

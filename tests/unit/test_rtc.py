@@ -9,33 +9,12 @@ import pytest
 
 from pemu.hw.rtc import mc146818rtc as r
 from pemu.hw.rtc.mc146818rtc import MC146818RTC, pc_cmos_init_memory
+from tests.unit.fakes import EdgeCounter as Line
+from tests.unit.fakes import ManualTimer as Timer
 
 NS = 1_000_000_000
 # Tuesday 2024-02-27 13:45:58 UTC, 0.25 s into the second.
 HOST_NS = calendar.timegm((2024, 2, 27, 13, 45, 58, 0, 0, 0)) * NS + NS // 4
-
-
-class Timer:
-    def __init__(self, cb: Callable[[], None]) -> None:
-        self.cb = cb
-        self.expire = -1
-
-    def mod_ns(self, expire_ns: int) -> None:
-        self.expire = expire_ns
-
-    def delete(self) -> None:
-        self.expire = -1
-
-
-class Line:
-    def __init__(self) -> None:
-        self.level = 0
-        self.rising = 0
-
-    def set(self, level: int) -> None:
-        if level and not self.level:
-            self.rising += 1
-        self.level = level
 
 
 class Rig:

@@ -8,6 +8,8 @@ import pytest
 
 from pemu.hw.char import serial as s
 from pemu.hw.char.serial import SerialUART
+from tests.unit.fakes import EdgeCounter as Line
+from tests.unit.fakes import ManualTimer
 
 
 class Sink:
@@ -16,29 +18,6 @@ class Sink:
 
     def write(self, data: bytes) -> None:
         self.data += data
-
-
-class Line:
-    def __init__(self) -> None:
-        self.level = 0
-        self.rising = 0
-
-    def set(self, level: int) -> None:
-        if level and not self.level:
-            self.rising += 1
-        self.level = level
-
-
-class ManualTimer:
-    def __init__(self, cb: Callable[[], None]) -> None:
-        self.cb = cb
-        self.expire = -1
-
-    def mod_ns(self, expire_ns: int) -> None:
-        self.expire = expire_ns
-
-    def delete(self) -> None:
-        self.expire = -1
 
 
 class Rig:
