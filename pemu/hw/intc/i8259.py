@@ -87,22 +87,8 @@ class I8259:
     def __post_init__(self) -> None:
         self.elcr = 0
         self.irr = 0
-        self.last_irr = 0
-        self.imr = 0
-        self.isr = 0
-        self.priority_add = 0
-        self.irq_base = 0
-        self.read_isr = False
-        self.poll = False
-        self.special_mask = False
-        self.init_state = InitState.READY
-        self.auto_eoi = False
-        self.rotate_on_auto_eoi = False
-        self.special_fully_nested = False
-        self.init4 = False
-        self.single_mode = False
-        self.ltim = False
         self._int_level = 0
+        self._clear_init_registers()
 
     # -- priority logic -----------------------------------------------------
     def _priority(self, mask: int) -> int:
@@ -170,8 +156,12 @@ class I8259:
     # -- reset ------------------------------------------------------------------
     def init_reset(self) -> None:
         """What ICW1 resets (the ELCR survives it; pending level requests too)."""
-        self.last_irr = 0
         self.irr &= self.elcr
+        self._clear_init_registers()
+        self.update_irq()
+
+    def _clear_init_registers(self) -> None:
+        self.last_irr = 0
         self.imr = 0
         self.isr = 0
         self.priority_add = 0
@@ -186,7 +176,6 @@ class I8259:
         self.init4 = False
         self.single_mode = False
         self.ltim = False
-        self.update_irq()
 
     def reset(self) -> None:
         self.elcr = 0
