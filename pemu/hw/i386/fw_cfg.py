@@ -21,6 +21,7 @@ from typing import Any
 from pemu.hw.i386 import memmap
 from pemu.hw.i386.e820 import E820Table, E820Type
 from pemu.hw.nvram.fw_cfg import (
+    BOOTORDER_FILE,
     FW_CFG_ARCH_LOCAL,
     FWCfgKey,
     FWCfgState,
@@ -43,7 +44,6 @@ SMBIOS_TABLES_FILE = "etc/smbios/smbios-tables"
 SMBIOS_ANCHOR_FILE = "etc/smbios/smbios-anchor"
 BOOT_FAIL_WAIT_FILE = "etc/boot-fail-wait"
 E820_FILE = "etc/e820"
-BOOTORDER_FILE = "bootorder"
 
 
 def fw_cfg_arch_create(pcms: Any, boot_cpus: int, max_cpus: int, *, dma_as: Any = None,
@@ -62,7 +62,7 @@ def fw_cfg_arch_create(pcms: Any, boot_cpus: int, max_cpus: int, *, dma_as: Any 
     fw_cfg.add_i64(FWCfgKey.RAM_SIZE, pcms.ram_size)
     fw_cfg.add_i32(FWCfgX86Key.IRQ0_OVERRIDE, 1)
     fw_cfg.add_bytes(FWCfgX86Key.HPET, hpet_fw_cfg_bytes(0x8086A201))
-    fw_cfg.add_file(BOOTORDER_FILE, b"")
+    fw_cfg.update_bootorder()
     # -1: no automatic reboot when booting fails (QEMU's -boot reboot-timeout default).
     fw_cfg.add_file(BOOT_FAIL_WAIT_FILE, struct.pack("<i", -1))
     pcms.fw_cfg = fw_cfg
@@ -102,9 +102,12 @@ def fw_cfg_add_acpi(fw_cfg: FWCfgState, tables: Any) -> None:
     fw_cfg.add_file(ACPI_BUILD_LOADER_FILE, tables.loader)
 
 
-def fw_cfg_add_option_rom(fw_cfg: FWCfgState, name: str, data: bytes) -> None:
-    """Offer an option ROM (linuxboot_dma.bin, a NIC's ROM) as genroms/<name>."""
+def fw_cfg_add_option_rom(fw_cfg: FWCfgState, name: str, data: bytes, bootindex: int | None = None) -> None:
+    """Offer an option ROM (linuxboot_dma.bin, a NIC's ROM) as genroms/<name>;
+    with ``bootindex`` it is also a boot device ("/rom@genroms/<name>" in bootorder)."""
     fw_cfg.add_file(f"genroms/{name}", data)
+    if bootindex is not None:
+        fw_cfg.add_boot_device(bootindex, f"/rom@genroms/{name}")
 
 
 def fw_cfg_add_linux_boot(fw_cfg: FWCfgState, *, setup: bytes, setup_addr: int, kernel: bytes,

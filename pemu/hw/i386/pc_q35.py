@@ -155,7 +155,7 @@ def pc_q35_init(machine: Any) -> None:
     pc_late_init(pcms)
 
     if machine.kernel is not None:
-        x86_load_linux(pcms)
+        x86_load_linux(pcms, firmware_boot=pcms.bios_source != DIRECT_BOOT_FIRMWARE)
 
 
 def _q35_machine_options(k: MachineClass, version: str) -> None:

@@ -3,6 +3,8 @@ and the direct Linux boot (x86_load_linux)."""
 
 from __future__ import annotations
 
+import struct
+from dataclasses import dataclass
 from typing import Any
 
 from pemu.hw.core.machine import TYPE_MACHINE, MachineClass, MachineState
@@ -97,21 +99,30 @@ def _read_user_file(path: str, what: str) -> bytes:
         raise QOMError(f"could not load {what} '{path}': {e.strerror}") from None
 
 
-def x86_load_linux(x86ms: X86MachineState) -> None:
-    """Load the -kernel bzImage, -initrd and -append for direct boot.
+def x86_load_linux(x86ms: X86MachineState, *, firmware_boot: bool = False) -> None:
+    """Load the -kernel bzImage, -initrd and -append.
 
-    In QEMU this parses the bzImage header and hands setup, kernel, initrd
-    and command line to the firmware over fw_cfg.  pemu's direct boot has no
-    firmware in the way: the pure planner (pemu.hw.i386.linux_boot) lays
-    everything out and fills boot_params, and the plan is written to RAM
-    and the boot CPU set to the kernel's 32-bit entry here, and again at
-    every system reset (a guest reboot boots the kernel again).
+    With ``firmware_boot`` (-bios or -machine firmware= given) this does
+    what QEMU's x86_load_linux does: the bzImage header is patched for the
+    16-bit boot protocol and setup, kernel, initrd and command line go into
+    fw_cfg, with linuxboot_dma.bin offered as the first boot device; the
+    firmware (SeaBIOS) runs that option ROM, which loads everything over
+    fw_cfg DMA and jumps into the kernel's real-mode setup.
+
+    Without it (direct boot) there is no firmware in the way: the pure
+    planner (pemu.hw.i386.linux_boot) lays everything out and fills
+    boot_params, and the plan is written to RAM and the boot CPU set to the
+    kernel's entry here, and again at every system reset (a guest reboot
+    boots the kernel again).
     """
     from pemu.hw.i386.linux_boot import plan_linux_boot
     from pemu.util.error import UserError
 
     assert x86ms.kernel is not None
     kernel = _read_user_file(x86ms.kernel, "kernel")
+    if firmware_boot:
+        x86_load_linux_fw_cfg(x86ms, kernel)
+        return
     if kernel[0x202:0x206] != b"HdrS" and x86_load_direct_kernel(x86ms, kernel):
         return
     initrd = _read_user_file(x86ms.initrd, "initrd") if x86ms.initrd else None
@@ -123,6 +134,143 @@ def x86_load_linux(x86ms: X86MachineState) -> None:
         raise QOMError(e.message) from None
     x86ms.linux_boot = plan
     linux_boot_apply(x86ms)
+
+
+# Where QEMU's x86_load_linux puts a "high and recent" (protocol >= 2.02) kernel
+# for the firmware: the real-mode setup at 64 KiB, the command line at 128 KiB,
+# the protected-mode kernel at 1 MiB.
+FW_SETUP_ADDR = 0x10000
+FW_CMDLINE_ADDR = 0x20000
+FW_KERNEL_ADDR = 0x100000
+FW_LOADER_TYPE_QEMU = 0xB0
+"""type_of_loader: boot loader id 0xB (QEMU), version 0."""
+FW_ACPI_DATA_SIZE = 0x20000 + 0x8000
+"""What QEMU's PC keeps free at the top of low RAM for the firmware's
+tables (pcmc->acpi_data_size): the initrd ends below it."""
+LINUXBOOT_DMA_ROM = "linuxboot_dma.bin"
+LINUXBOOT_ROM = "linuxboot.bin"
+
+# The special vga= values (Documentation/arch/x86/boot.rst, vid_mode).
+_VGA_MODES = {"normal": 0xFFFF, "ext": 0xFFFE, "ask": 0xFFFD}
+
+
+@dataclass(frozen=True)
+class FirmwareLinuxBoot:
+    """What x86_load_linux hands the firmware over fw_cfg for a bzImage."""
+
+    setup: bytes  # boot sector + real-mode setup, header patched
+    setup_addr: int
+    kernel: bytes  # the protected-mode part
+    kernel_addr: int
+    cmdline: bytes  # without its NUL
+    cmdline_addr: int
+    initrd: bytes | None
+    initrd_addr: int
+
+
+def _vga_mode(cmdline: str) -> int | None:
+    """The video mode a vga= argument asks for (as QEMU reads it), None without one."""
+    at = cmdline.find("vga=")
+    if at < 0:
+        return None
+    arg = cmdline[at + 4:].split(maxsplit=1)[0] if cmdline[at + 4:].strip() else ""
+    if arg in _VGA_MODES:
+        return _VGA_MODES[arg]
+    try:
+        value = int(arg, 0)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 0xFFFF:
+        from pemu.hw.i386.bzimage import LinuxBootError
+
+        raise LinuxBootError(f"can't parse 'vga' parameter '{arg}'")
+    return value
+
+
+def plan_firmware_linux_boot(kernel: bytes, initrd: bytes | None, cmdline: str,
+                             below_4g_mem_size: int,
+                             acpi_data_size: int = FW_ACPI_DATA_SIZE) -> FirmwareLinuxBoot:
+    """Patch the bzImage's setup header as QEMU does for firmware boot and
+    say where each piece goes.  Raises LinuxBootError for bad input."""
+    from pemu.hw.i386.bzimage import (
+        LinuxBootError,
+        LoadFlags,
+        XLoadFlags,
+        parse_bzimage,
+    )
+
+    hdr = parse_bzimage(kernel)  # protocol >= 2.06 and LOADED_HIGH: "high and recent"
+    cmdline_bytes = cmdline.encode("utf-8")
+    if b"\0" in cmdline_bytes:
+        raise LinuxBootError("kernel command line contains a NUL character")
+    if len(cmdline_bytes) > hdr.cmdline_size:
+        raise LinuxBootError(f"kernel command line too long ({len(cmdline_bytes)} bytes, "
+                             f"this kernel accepts at most {hdr.cmdline_size})")
+    if len(cmdline_bytes) + 1 > FW_KERNEL_ADDR - FW_CMDLINE_ADDR:
+        raise LinuxBootError(f"kernel command line too long ({len(cmdline_bytes)} bytes)")
+
+    if hdr.xloadflags & XLoadFlags.XLF_CAN_BE_LOADED_ABOVE_4G:
+        initrd_max = 0xFFFFFFFF
+    else:
+        initrd_max = hdr.initrd_addr_max
+    if initrd_max >= below_4g_mem_size - acpi_data_size:
+        initrd_max = below_4g_mem_size - acpi_data_size - 1
+
+    setup = bytearray(kernel[:hdr.setup_size])
+    struct.pack_into("<I", setup, 0x228, FW_CMDLINE_ADDR)  # cmd_line_ptr
+    vga = _vga_mode(cmdline)
+    if vga is not None:
+        struct.pack_into("<H", setup, 0x1FA, vga)  # vid_mode
+    setup[0x210] = FW_LOADER_TYPE_QEMU  # type_of_loader
+    setup[0x211] |= LoadFlags.CAN_USE_HEAP  # loadflags
+    # heap_end_ptr: the heap and stack end where the command line starts.
+    struct.pack_into("<H", setup, 0x224, FW_CMDLINE_ADDR - FW_SETUP_ADDR - 0x200)
+
+    initrd_addr = 0
+    if initrd is not None:
+        if len(initrd) >= initrd_max:
+            raise LinuxBootError(f"initrd is too large, cannot support (max: {initrd_max}, "
+                                 f"need {len(initrd)})")
+        initrd_addr = (initrd_max - len(initrd)) & ~0xFFF
+        if initrd_addr < FW_KERNEL_ADDR + hdr.kernel_size:
+            raise LinuxBootError(f"not enough RAM below 4 GiB for the kernel and an initrd of "
+                                 f"{len(initrd)} bytes")
+        struct.pack_into("<II", setup, 0x218, initrd_addr, len(initrd))  # ramdisk_image, ramdisk_size
+
+    return FirmwareLinuxBoot(setup=bytes(setup), setup_addr=FW_SETUP_ADDR,
+                             kernel=bytes(kernel[hdr.setup_size:]), kernel_addr=FW_KERNEL_ADDR,
+                             cmdline=cmdline_bytes, cmdline_addr=FW_CMDLINE_ADDR,
+                             initrd=initrd, initrd_addr=initrd_addr)
+
+
+def x86_load_linux_fw_cfg(x86ms: X86MachineState, kernel: bytes) -> None:
+    """The firmware-boot half of x86_load_linux: fw_cfg items and linuxboot ROM."""
+    from pemu.hw.i386.fw_cfg import fw_cfg_add_linux_boot, fw_cfg_add_option_rom
+    from pemu.hw.i386.pc_sysfw import qemu_find_file
+    from pemu.util.error import UserError
+
+    fw_cfg = x86ms.fw_cfg
+    if fw_cfg is None:
+        raise QOMError("firmware boot with -kernel needs fw_cfg")
+    if kernel[0x202:0x206] != b"HdrS":
+        raise QOMError("pemu boots only bzImage kernels through the firmware "
+                       "(boot ELF or multiboot kernels without -bios)")
+    initrd = _read_user_file(x86ms.initrd, "initrd") if x86ms.initrd else None
+    try:
+        boot = plan_firmware_linux_boot(kernel, initrd, x86ms.kernel_cmdline or "",
+                                        x86ms.below_4g_mem_size)
+    except UserError as e:
+        raise QOMError(e.message) from None
+    fw_cfg_add_linux_boot(fw_cfg, setup=boot.setup, setup_addr=boot.setup_addr, kernel=boot.kernel,
+                          kernel_addr=boot.kernel_addr, cmdline=boot.cmdline, cmdline_addr=boot.cmdline_addr,
+                          initrd=boot.initrd, initrd_addr=boot.initrd_addr)
+    klass: X86MachineClass = x86ms.klass  # type: ignore[assignment]
+    rom_name = LINUXBOOT_DMA_ROM if klass.fwcfg_dma_enabled and fw_cfg.dma_enabled else LINUXBOOT_ROM
+    path = qemu_find_file(rom_name, list(getattr(x86ms, "data_dirs", [])))
+    if path is None:
+        raise QOMError(f"Could not open option rom '{rom_name}'")
+    rom = _read_user_file(path, "option rom")
+    fw_cfg_add_option_rom(fw_cfg, rom_name, rom, bootindex=0)
 
 
 def x86_load_direct_kernel(x86ms: X86MachineState, kernel: bytes) -> bool:
@@ -193,4 +341,4 @@ def x86_ram_split(ram_size: int, lowmem: int) -> tuple[int, int]:
 
 
 __all__ = ["TYPE_X86_MACHINE", "X86MachineClass", "X86MachineState", "x86_cpus_init", "x86_cpu_new",
-           "x86_load_linux", "linux_boot_apply", "x86_ram_split", "memmap"]
+           "x86_load_linux", "plan_firmware_linux_boot", "FirmwareLinuxBoot", "linux_boot_apply", "x86_ram_split", "memmap"]

@@ -78,6 +78,7 @@ FW_CFG_ARCH_LOCAL = 0x8000
 FW_CFG_ENTRY_MASK = 0x3FFF
 FW_CFG_INVALID = 0xFFFF
 FW_CFG_MAX_FILE_PATH = 56
+BOOTORDER_FILE = "bootorder"
 
 FW_CFG_SIGNATURE = b"QEMU"
 FW_CFG_DMA_SIGNATURE = b"QEMU CFG"
@@ -150,6 +151,7 @@ class FWCfgState:
         self.cur_offset = 0
         self.dma_addr = 0
         self._in_dma = False
+        self.boot_devices: list[tuple[int, str]] = []
         self.add_bytes(FWCfgKey.SIGNATURE, FW_CFG_SIGNATURE)
         self.add_i32(FWCfgKey.ID, FW_CFG_VERSION | (FW_CFG_VERSION_DMA if self.dma_enabled else 0))
         self._update_file_dir()
@@ -207,6 +209,24 @@ class FWCfgState:
             return
         entry.data = bytearray(data)
         self._update_file_dir()
+
+    # -- the boot order (QEMU's "bootorder" file from add_boot_device_path) -------
+    def add_boot_device(self, bootindex: int, path: str) -> None:
+        """Make ``path`` (an OpenFirmware device path) a boot device; the
+        firmware tries them by ascending ``bootindex``."""
+        if bootindex < 0:
+            raise FWCfgError(f"fw_cfg: bad bootindex {bootindex}")
+        if any(index == bootindex for index, _ in self.boot_devices):
+            raise FWCfgError(f"bootindex {bootindex} used by two devices")
+        self.boot_devices.append((bootindex, path))
+        self.boot_devices.sort()
+        self.update_bootorder()
+
+    def update_bootorder(self) -> None:
+        """(Re)write the "bootorder" file: the paths one a line, NUL-terminated
+        (empty when there is no boot device)."""
+        text = "\n".join(path for _, path in self.boot_devices)
+        self.modify_file(BOOTORDER_FILE, text.encode() + b"\0" if text else b"")
 
     def file(self, name: str) -> bytes | None:
         entry = self.files.get(name)
