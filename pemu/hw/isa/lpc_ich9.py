@@ -28,6 +28,12 @@ PCI_CLASS_BRIDGE_ISA = 0x0601
 
 ICH9_PMBASE_DEFAULT = 0x600
 PM1_EVT_OFFSET, PM1_CNT_OFFSET, PM_TMR_OFFSET, GPE0_OFFSET = 0x00, 0x04, 0x08, 0x20
+SMI_EN_OFFSET, SMI_STS_OFFSET = 0x30, 0x34
+ICH9_SMI_IO_SIZE = 8
+SMI_EN_APMC_EN = 1 << 5
+"""SMI on writes to the APM control port 0xB2.  pemu has no SMM: it reads set
+from reset, as QEMU's ICH9 with smm=off, so firmware (SeaBIOS's
+ich9_lpc_apmc_smm_setup) takes SMM as already set up and skips it."""
 ICH9_SCI_ISA_IRQ = 9
 ICH9_RST_CNT_IOPORT = 0xCF9
 RST_CNT_SYS_RST = 0x02
@@ -85,6 +91,7 @@ class ICH9LPCState(PCIDevice):
     rcrb: MemoryRegion
     chip_config: bytearray
     rst_cnt: int
+    smi_en: int
     sci_level: int
     # GSI 0-23 of an IOAPIC, when the board has one (PIRQs then also drive GSI 16-23).
     gsi_lines: list[IRQLine]
@@ -217,6 +224,26 @@ class ICH9LPCState(PCIDevice):
         for slot, reg in ICH9_CC_DIR_REGISTERS.items():
             self.chip_config[reg:reg + 2] = (0 if slot == 30 else ICH9_CC_DIR_DEFAULT).to_bytes(2, "little")
 
+    # SMI_EN / SMI_STS in the PM block.  No SMI is ever raised (no SMM):
+    # SMI_EN keeps what the guest writes, with APMC_EN stuck at 1, and
+    # SMI_STS reads 0.
+    def smi_read(self, offset: int, size: int) -> int:
+        if offset < 0 or offset + size > ICH9_SMI_IO_SIZE:
+            return 0
+        regs = self.smi_en.to_bytes(4, "little") + bytes(4)
+        return int.from_bytes(regs[offset:offset + size], "little")
+
+    def smi_write(self, offset: int, value: int, size: int) -> None:
+        if offset < 0 or offset + size > ICH9_SMI_IO_SIZE:
+            guest_error(f"ich9-smi: write at {offset:#x} size {size} outside the block")
+            return
+        if offset >= SMI_STS_OFFSET - SMI_EN_OFFSET:
+            return  # SMI_STS: write 1 to clear, and nothing is ever set
+        regs = bytearray(self.smi_en.to_bytes(4, "little"))
+        n = min(size, 4 - offset)
+        regs[offset:offset + n] = (value & ((1 << (8 * n)) - 1)).to_bytes(n, "little")
+        self.smi_en = int.from_bytes(regs, "little") | SMI_EN_APMC_EN
+
     # The reset control register (0xCF9): writing RST_CPU resets the machine.
     def rst_cnt_read(self, offset: int, size: int) -> int:
         return self.rst_cnt
@@ -267,6 +294,7 @@ def _ich9_lpc_realize(dev: Any) -> None:
     io = get_system_io()
     lpc.isa_bus = isa_bus_new(lpc, io, "isa.0")
     lpc.rst_cnt = 0
+    lpc.smi_en = SMI_EN_APMC_EN
     lpc.sci_level = 0
     lpc.gsi_lines = []
     lpc.pic_levels = {}
@@ -277,6 +305,8 @@ def _ich9_lpc_realize(dev: Any) -> None:
                                 ("acpi-tmr", PM_TMR_OFFSET, pm.tmr), ("acpi-gpe0", GPE0_OFFSET, pm.gpe0)):
         ops = MemoryRegionOps(block.read, block.write, 1, 4, True, 1, 4)
         pm_io.add_subregion(offset, MemoryRegion.io(name, block.length, ops, owner=lpc))
+    smi_ops = MemoryRegionOps(lpc.smi_read, lpc.smi_write, 1, 4, True, 1, 4)
+    pm_io.add_subregion(SMI_EN_OFFSET, MemoryRegion.io("apm-smi", ICH9_SMI_IO_SIZE, smi_ops, owner=lpc))
     pm_io.enabled = False
     io.add_subregion(0, pm_io)
     # The root complex register block, mapped by RCBA.
@@ -313,6 +343,7 @@ def _ich9_lpc_reset_registers(lpc: ICH9LPCState) -> None:
 
 def _ich9_lpc_reset(dev: Any) -> None:
     dev.rst_cnt = 0
+    dev.smi_en = SMI_EN_APMC_EN
     dev.pm.reset()
     _ich9_lpc_reset_registers(dev)
 
