@@ -174,3 +174,19 @@ def test_ich9_smi_en_reports_smm_as_set_up() -> None:
     assert io.dispatch_read(0x630, 2) == 0xAB21
     device_cold_reset(lpc)
     assert lpc.smi_en == 0x20
+
+
+def test_dsdt_fw_cfg_device_for_linux_qemu_fw_cfg() -> None:
+    from pemu.hw.i386.acpi_build import build_dsdt, build_fw_cfg_aml, q35_acpi_config
+
+    expected = (
+        b"\x5b\x82\x2e" + b"FWCF"                                    # Device (FWCF), PkgLength 0x2E
+        + b"\x08_HID\x0dQEMU0002\x00"                                # Name (_HID, "QEMU0002")
+        + b"\x08_STA\x0a\x0b"                                        # Name (_STA, 0x0B)
+        + b"\x08_CRS\x11\x0d\x0a\x0a"                                # Name (_CRS, Buffer (10) {
+        + b"\x47\x01\x10\x05\x10\x05\x01\x0c"                        #   IO (Decode16, 0x510, 0x510, 1, 12)
+        + b"\x79\x08")                                               #   EndTag, checksum })
+    assert build_fw_cfg_aml(0x510, 0x0C) == expected
+    cfg = q35_acpi_config(0x80000000, hpet=True, mcfg=(0xB0000000, 0x10000000), fw_cfg_io=(0x510, 0x0C))
+    assert expected in build_dsdt(cfg)
+    assert b"FWCF" not in build_dsdt(q35_acpi_config(0x80000000, hpet=True, mcfg=None))

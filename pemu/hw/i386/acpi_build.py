@@ -137,6 +137,9 @@ class PcAcpiConfig:
     mcfg: tuple[int, int] | None = None
     """(base, size) of the PCIe MMCONFIG window for the MCFG table."""
     waet: bool = False
+    fw_cfg_io: tuple[int, int] | None = None
+    """(port, length) of the fw_cfg device, described as \\_SB.FWCF (QEMU0002)
+    for Linux's qemu_fw_cfg driver."""
 
 
 @dataclass(frozen=True)
@@ -215,6 +218,15 @@ def build_hpet_aml(cfg: PcAcpiConfig) -> bytes:
             aml_memory32_fixed(memmap.HPET_BASE, memmap.HPET_SIZE, read_write=False))))
 
 
+def build_fw_cfg_aml(port: int, length: int) -> bytes:
+    """The fw_cfg device as QEMU describes it: present, enabled, not shown in UI."""
+    return aml_device(
+        "FWCF",
+        aml_name_decl("_HID", "QEMU0002"),
+        aml_name_decl("_STA", 0x0B),
+        aml_name_decl("_CRS", aml_resource_template(aml_io(port, port, 0x01, length))))
+
+
 def build_dsdt(cfg: PcAcpiConfig = PcAcpiConfig(), with_apic: bool = False) -> bytes:
     devices: list[bytes] = []
     for index, (port, irq) in enumerate(cfg.serial_ports):
@@ -258,6 +270,8 @@ def build_dsdt(cfg: PcAcpiConfig = PcAcpiConfig(), with_apic: bool = False) -> b
             aml_device("ISA", aml_name_decl("_ADR", 0x001F0000), *devices))]
     if cfg.hpet:
         devices.append(build_hpet_aml(cfg))
+    if cfg.fw_cfg_io is not None:
+        devices.append(build_fw_cfg_aml(*cfg.fw_cfg_io))
     aml = (aml_scope("\\_SB", *devices)
            + aml_name_decl("\\_S5", aml_package(S5_SLP_TYP, S5_SLP_TYP, 0, 0)))
     return build_table("DSDT", 2, aml, cfg.oem)
@@ -433,12 +447,14 @@ class AcpiFirmwareTables:
 
 
 def q35_acpi_config(below_4g_mem_size: int, hpet: bool, mcfg: tuple[int, int] | None,
-                    serial_ports: tuple[tuple[int, int], ...] = ((0x3F8, 4),)) -> PcAcpiConfig:
-    """The q35 board's tables: PCI0 with its windows and _PRT, the HPET, MCFG and WAET."""
+                    serial_ports: tuple[tuple[int, int], ...] = ((0x3F8, 4),),
+                    fw_cfg_io: tuple[int, int] | None = None) -> PcAcpiConfig:
+    """The q35 board's tables: PCI0 with its windows and _PRT, the HPET, MCFG
+    and WAET, and the fw_cfg device when ``fw_cfg_io`` is given."""
     hole_start = max(below_4g_mem_size, mcfg[0] + mcfg[1] if mcfg else 0)
     hole_start = -(-hole_start // (1 << 20)) * (1 << 20)
     return PcAcpiConfig(serial_ports=serial_ports, pci_host=True, pci_hole=(hole_start, IOAPIC_DEFAULT_ADDRESS - 1),
-                        hpet=hpet, mcfg=mcfg, waet=True)
+                        hpet=hpet, mcfg=mcfg, waet=True, fw_cfg_io=fw_cfg_io)
 
 
 def build_acpi_tables_for_firmware(with_apic: bool, cpus: int,

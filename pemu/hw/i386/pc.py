@@ -249,6 +249,17 @@ def pc_hpet_init(pcms: PCMachineState) -> Any:
 ACPI_TABLES_SIZE = 128 * 1024
 
 
+def _fw_cfg_acpi_io(pcms: PCMachineState) -> tuple[int, int] | None:
+    """The fw_cfg ports the DSDT describes: the selector/data pair, and with
+    DMA up to the end of the DMA address register (as QEMU: 0x510-0x51B)."""
+    fw_cfg = pcms.fw_cfg
+    if fw_cfg is None:
+        return None
+    if fw_cfg.dma_enabled:
+        return memmap.FW_CFG_IO_BASE, memmap.FW_CFG_DMA_IO_BASE + 8 - memmap.FW_CFG_IO_BASE
+    return memmap.FW_CFG_IO_BASE, 2
+
+
 def pc_late_init(pcms: PCMachineState) -> None:
     """What needs the whole board: CMOS memory bytes, ACPI tables and the
     guest's e820 map (for direct boot the tables sit at the top of RAM below
@@ -269,7 +280,8 @@ def pc_late_init(pcms: PCMachineState) -> None:
 
         with_apic = with_apic or kvm_irqchip_in_kernel()  # the in-kernel LAPICs and IOAPIC
         acpi_cfg = q35_acpi_config(pcms.below_4g_mem_size, hpet=pcms.hpet_enabled,
-                                   mcfg=(memmap.MCH_PCIEXBAR_DEFAULT, memmap.MCH_PCIEXBAR_SIZE))
+                                   mcfg=(memmap.MCH_PCIEXBAR_DEFAULT, memmap.MCH_PCIEXBAR_SIZE),
+                                   fw_cfg_io=_fw_cfg_acpi_io(pcms))
         build = build_acpi_tables(tables_base, with_apic=with_apic, cpus=pcms.smp.cpus, cfg=acpi_cfg)
         # The same tables for firmware boot, placed by the firmware (etc/table-loader).
         fw_tables = build_acpi_tables_for_firmware(with_apic, pcms.smp.cpus, acpi_cfg)
