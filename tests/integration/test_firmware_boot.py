@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.fixtures.build_guest import READY_MARKER, Guest
-from tests.integration.harness import GuestProcess
+from tests.integration.harness import GuestProcess, default_guest_args
 
 SEABIOS = "/usr/share/seabios/bios-256k.bin"
 LINUXBOOT_DMA = "/usr/share/qemu/linuxboot_dma.bin"
@@ -98,6 +98,19 @@ def test_memtotal_about_4g(guest: GuestProcess) -> None:
     m = re.search(r"MemTotal:\s+(\d+) kB", guest.run("cat /proc/meminfo"))
     assert m
     assert 3_800_000 < int(m.group(1)) <= 4 * 1024 * 1024
+
+
+def test_direct_boot_shows_the_same_tables_and_devices(guest: GuestProcess, guest_images: Guest) -> None:
+    commands = ("ls /sys/firmware/acpi/tables/", "ls /sys/bus/pci/devices/",
+                "cat /sys/bus/pci/devices/*/vendor /sys/bus/pci/devices/*/device")
+    firmware = [guest.run(cmd).split() for cmd in commands]
+    direct_vm = GuestProcess(default_guest_args(guest_images, memory="4096"))
+    try:
+        direct_vm.expect(READY_MARKER, BOOT_TIMEOUT)
+        direct = [direct_vm.run(cmd).split() for cmd in commands]
+    finally:
+        direct_vm.kill()
+    assert direct == firmware
 
 
 def test_reboot_through_the_fadt_reset_register_then_s5_poweroff(guest: GuestProcess) -> None:
