@@ -16,6 +16,7 @@ import os
 import re
 import struct
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -40,6 +41,53 @@ def firmware_args(guest: Guest, *, memory: str = "4096", accel: str = "tcg") -> 
     return ["-machine", f"q35,graphics=off,accel={accel}", "-m", memory, "-nographic",
             "-bios", SEABIOS, "-kernel", str(guest.kernel), "-initrd", str(guest.initrd),
             "-append", "console=ttyS0"]
+
+
+def test_seabios_alone_prints_its_banner_and_finds_no_boot_device() -> None:
+    vm = GuestProcess(["-machine", "q35,graphics=off", "-m", "256", "-nographic", "-bios", SEABIOS])
+    try:
+        vm.expect(BANNER, 60)
+        vm.expect(r"No bootable device", 60)
+    finally:
+        vm.kill()
+
+
+# Real-mode code for a stand-in kernel's setup: print the command line that
+# cmd_line_ptr (patched into the header by x86_load_linux) points at on COM1,
+# then halt.  linuxboot enters it with DS at the setup segment.
+_PRINT_CMDLINE = bytes.fromhex(
+    "baf803"        # mov dx, 0x3f8
+    "66a12802"      # mov eax, [0x228]          ; cmd_line_ptr
+    "89c7"          # mov di, ax
+    "83e70f"        # and di, 0xf
+    "66c1e804"      # shr eax, 4
+    "8ec0"          # mov es, ax
+    "268a05"        # next: mov al, es:[di]
+    "84c0"          # test al, al
+    "7404"          # jz done
+    "ee"            # out dx, al
+    "47"            # inc di
+    "ebf5"          # jmp next
+    "fa"            # done: cli
+    "f4"            # hlt
+    "ebfc")         # jmp done
+_SETUP_CODE_OFFSET = 0x280
+
+
+def test_linuxboot_dma_enters_the_setup_code_with_the_command_line(tmp_path: Path) -> None:
+    from tests.unit.test_bzimage import make_bzimage
+
+    image = bytearray(make_bzimage(jump_len=_SETUP_CODE_OFFSET - 0x202))
+    image[_SETUP_CODE_OFFSET:_SETUP_CODE_OFFSET + len(_PRINT_CMDLINE)] = _PRINT_CMDLINE
+    kernel = tmp_path / "bzImage"
+    kernel.write_bytes(bytes(image))
+    vm = GuestProcess(["-machine", "q35,graphics=off", "-m", "256", "-nographic", "-bios", SEABIOS,
+                       "-kernel", str(kernel), "-append", "hello from the firmware path"])
+    try:
+        vm.expect(r"Booting from ROM", 60)
+        vm.expect(r"hello from the firmware path", 60)
+    finally:
+        vm.kill()
 
 
 @pytest.fixture(scope="module")
