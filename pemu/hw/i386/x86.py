@@ -1,5 +1,7 @@
 """The x86 machine (QEMU's hw/i386/x86.c): TYPE_X86_MACHINE, CPU creation
-and the direct Linux boot (x86_load_linux)."""
+and x86_load_linux: -kernel booted directly by pemu (no -bios), or handed to
+the firmware over fw_cfg with the linuxboot_dma.bin option ROM (-bios or
+-machine firmware=)."""
 
 from __future__ import annotations
 
