@@ -390,6 +390,10 @@ def qemu_create_machine(cfg: Config, mc: MachineClass) -> MachineState:
         machine.cpu_features = features  # type: ignore[attr-defined]
     machine.name_ = cfg.name  # type: ignore[attr-defined]
 
+    # -nographic means graphics=off (the firmware then uses the serial
+    # console), unless -machine says otherwise: it is applied below.
+    if cfg.nographic:
+        machine.property_set("graphics", False)
     # -machine properties (besides type= and accel=), then the boot options.
     if cfg.machine is not None:
         for key, value in cfg.machine.items():

@@ -211,3 +211,17 @@ def test_bad_global_property_is_one_line() -> None:
     r = pemu("-S", "-display", "none", "-nodefaults", "-global", "isa-serial.nosuch=1", "-device", "isa-serial")
     assert r.returncode == 1 and len(r.stderr.splitlines()) == 1, r.stderr
     assert "Property 'isa-serial.nosuch' not found" in r.stderr
+
+
+SEABIOS = "/usr/share/seabios/bios-256k.bin"
+
+
+@pytest.mark.skipif(not os.path.isfile(SEABIOS), reason="needs Debian's seabios package")
+def test_nographic_puts_the_firmware_banner_on_the_serial_console() -> None:
+    # -nographic implies graphics=off, as in QEMU, so SeaBIOS writes to COM1.
+    vm = GuestProcess(["-machine", "q35", "-m", "256", "-nographic", "-bios", SEABIOS])
+    try:
+        vm.expect(r"SeaBIOS \(version", 120)
+        vm.expect(r"No bootable device", 120)
+    finally:
+        vm.kill()
