@@ -169,16 +169,20 @@ class _CPUInterruptLine:
     """The 8259's INTR output: raises or lowers the boot CPU's hard interrupt request."""
 
     def __init__(self, pcms: PCMachineState) -> None:
+        from pemu.system import cpus
+
         self.pcms = pcms
+        # Bound once: this runs on every edge of the PIC's output.
+        self._raise = cpus.cpu_interrupt
+        self._lower = cpus.cpu_reset_interrupt
+        self._hard = cpus.CPU_INTERRUPT_HARD
 
     def set(self, level: int) -> None:
-        from pemu.system.cpus import CPU_INTERRUPT_HARD, cpu_interrupt, cpu_reset_interrupt
-
         cpu = self.pcms.cpus[0]
         if level:
-            cpu_interrupt(cpu, CPU_INTERRUPT_HARD)
+            self._raise(cpu, self._hard)
         else:
-            cpu_reset_interrupt(cpu, CPU_INTERRUPT_HARD)
+            self._lower(cpu, self._hard)
 
 
 def _isa_create(pcms: PCMachineState, isa_bus: Any, typename: str, **attrs: Any) -> Any:
