@@ -330,7 +330,7 @@ def parse_smp(cfg: Config, mc: MachineClass) -> tuple[int, int, int, int, int]:
         raise UserError("Invalid CPU topology: values must be positive", loc)
     sockets, cores, threads, dies = vals["sockets"], vals["cores"], vals["threads"], vals["dies"] or 1
     cpus, maxcpus = vals["cpus"], vals["maxcpus"]
-    if cpus == 0 and any((sockets, cores, threads, maxcpus)) is False:
+    if cpus == 0 and not any((sockets, cores, threads, maxcpus)):
         raise UserError("Invalid CPU topology: CPU topology parameters must be greater than zero", loc)
     maxcpus = maxcpus or cpus or (max(sockets, 1) * dies * max(cores, 1) * max(threads, 1))
     threads = threads or 1
@@ -405,8 +405,7 @@ def qemu_create_machine(cfg: Config, mc: MachineClass) -> MachineState:
             try:
                 machine.property_parse(key, value)
             except QOMError as e:
-                raise UserError(str(e).replace(f"'{machine.typename}.", f"'{machine.typename}."),
-                                cfg.machine.location) from None
+                raise UserError(str(e), cfg.machine.location) from None
     for prop, value in (("kernel", cfg.kernel), ("initrd", cfg.initrd), ("append", cfg.append),
                         ("firmware", cfg.bios)):
         if value is not None:

@@ -250,7 +250,7 @@ class TCGVCPU:
     def _on_out(self, uc: Uc, port: int, size: int, value: int, _: object) -> None:
         try:
             with bql:
-                self.cpu.io.dispatch_write(port & 0xFFFF, value & ((1 << (8 * size)) - 1), size)
+                self.cpu.io.dispatch_write(port & 0xFFFF, value, size)  # dispatch masks to size
         except Exception as e:
             qemu_log_mask(LOG_GUEST_ERROR, f"tcg: out {port:#x}/{size}: {e!r}")
 

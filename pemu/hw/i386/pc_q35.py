@@ -21,6 +21,7 @@ from pemu.hw.i386.pc import (
     placeholder_region,
 )
 from pemu.hw.pci_host.q35 import mch_init_pam, mch_init_pciexbar, mch_init_smram, mch_set_tolud
+from pemu.hw.i386.pc_sysfw import DIRECT_BOOT_FIRMWARE
 from pemu.hw.i386.x86 import x86_cpus_init, x86_load_linux, x86_ram_split
 from pemu.qom.object import ObjectClass, QOMError, TypeInfo, type_register
 from pemu.system.memory import MEMORY_SIZE_UNLIMITED, MemoryRegion
@@ -51,9 +52,6 @@ def q35_ram_split(ram_size: int, gigabyte_align: bool, max_ram_below_4g: int = 0
             raise QOMError("max-ram-below-4g must be at most 4G")
         lowmem = min(lowmem, max_ram_below_4g)
     return x86_ram_split(ram_size, lowmem)
-
-
-DIRECT_BOOT_FIRMWARE = "pemu direct-boot stub"  # pc_sysfw's name for "no firmware"
 
 
 def q35_direct_boot_chipset_setup(lpc: Any, smb: Any) -> None:
@@ -149,13 +147,14 @@ def pc_q35_init(machine: Any) -> None:
     pc_basic_device_init(pcms, pcms.isabus, system_io)
     _q35_connect_ioapic_gsis(lpc)
 
-    if machine.kernel is not None and pcms.bios_source == DIRECT_BOOT_FIRMWARE:
+    direct_boot = machine.kernel is not None and pcms.bios_source == DIRECT_BOOT_FIRMWARE
+    if direct_boot:
         # No firmware will program the chipset: do at every reset what SeaBIOS would.
         qemu_register_reset(lambda: q35_direct_boot_chipset_setup(lpc, smb))
     pc_late_init(pcms)
 
     if machine.kernel is not None:
-        x86_load_linux(pcms, firmware_boot=pcms.bios_source != DIRECT_BOOT_FIRMWARE)
+        x86_load_linux(pcms, firmware_boot=not direct_boot)
 
 
 def _q35_machine_options(k: MachineClass, version: str) -> None:

@@ -21,6 +21,9 @@ DEFAULT_BIOS = "bios-256k.bin"
 FIRMWARE_SEARCH_PATH = ["/usr/share/seabios", "/usr/share/qemu", "/usr/lib/ipxe/qemu"]
 STUB_SIZE = 64 * 1024
 
+# Where the firmware image came from when there is none: direct boot.
+DIRECT_BOOT_FIRMWARE = "pemu direct-boot stub"
+
 # The stub's code at the reset vector: cli; hlt; jmp back to the hlt.
 _STUB_RESET_CODE = bytes([0xFA, 0xF4, 0xEB, 0xFD])
 
@@ -48,12 +51,12 @@ def stub_firmware() -> bytes:
 def load_firmware_image(bios_name: str | None, direct_kernel: bool, data_dirs: list[str]) -> tuple[bytes, str]:
     """The firmware image and where it came from."""
     if bios_name is None and direct_kernel:
-        return stub_firmware(), "pemu direct-boot stub"
+        return stub_firmware(), DIRECT_BOOT_FIRMWARE
     name = bios_name or DEFAULT_BIOS
     path = qemu_find_file(name, data_dirs)
     if path is None:
         if bios_name is None:
-            return stub_firmware(), "pemu direct-boot stub"
+            return stub_firmware(), DIRECT_BOOT_FIRMWARE
         raise UserError(f"could not load PC BIOS '{name}'")
     with open(path, "rb") as f:
         data = f.read()
