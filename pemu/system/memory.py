@@ -30,6 +30,7 @@ from pemu.util.log import guest_error
 
 UINT64_MAX = (1 << 64) - 1
 MEMORY_SIZE_UNLIMITED = 1 << 64  # a region spanning the whole 64-bit space
+_FILL_CHUNK = 64 * 1024  # AddressSpace.fill writes RAM in pieces of this size
 
 
 class MemTxResult(IntEnum):
@@ -450,6 +451,49 @@ def _io_write(mr: MemoryRegion, offset: int, value: int, size: int) -> None:
         ops.write(offset + i, (value >> (i * 8)) & ((1 << (hi * 8)) - 1), hi)
 
 
+# --- bulk accesses to device registers (DMA into MMIO) ------------------------------
+
+MMIO_BULK_LIMIT = 64 * 1024
+"""Bytes of device registers one bulk access (a DMA transfer, a loader) may
+reach.  Each of them is a call of the device's handler, so a guest-chosen
+length into an MMIO window (up to 4 GiB for fw_cfg) would hold the big lock
+for minutes; no device takes that much data through its registers.  A bulk
+access that runs past the limit stops there and reports MEMTX_ERROR, as an
+access the target refuses, and the DMA engine reports its error status."""
+
+
+def _bulk_access_size(ops: MemoryRegionOps, offset: int, remaining: int) -> int:
+    """The size of the next access of a bulk transfer to a device: as wide as
+    the device accepts, no wider than the alignment of ``offset`` (unless it
+    takes unaligned accesses), a power of two (QEMU's memory_access_size)."""
+    size = min(ops.valid_max_access_size, remaining)
+    if not ops.valid_unaligned:
+        alignment = offset & -offset
+        if alignment:
+            size = min(size, alignment)
+    return 1 << (size.bit_length() - 1)
+
+
+def _io_write_bulk(mr: MemoryRegion, offset: int, data: bytes | bytearray | memoryview) -> None:
+    ops = mr.ops
+    assert ops is not None
+    pos, end = 0, len(data)
+    while pos < end:
+        size = _bulk_access_size(ops, offset + pos, end - pos)
+        _io_write(mr, offset + pos, int.from_bytes(data[pos:pos + size], "little"), size)
+        pos += size
+
+
+def _io_read_bulk(mr: MemoryRegion, offset: int, length: int) -> bytes:
+    ops = mr.ops
+    assert ops is not None
+    out = bytearray()
+    while len(out) < length:
+        size = _bulk_access_size(ops, offset + len(out), length - len(out))
+        out += _io_read(mr, offset + len(out), size).to_bytes(size, "little")
+    return bytes(out)
+
+
 class AddressSpace:
     """A root region seen by one master, with its current flat view."""
 
@@ -544,6 +588,7 @@ class AddressSpace:
     def read_result(self, addr: int, length: int) -> tuple[bytes, MemTxResult]:
         out = bytearray()
         result = MemTxResult.OK
+        budget = MMIO_BULK_LIMIT
         for piece, n, fr in self._walk(addr, length):
             if fr is None:
                 guest_error(f"{self.name}: read of {n} bytes at {piece:#x}: nothing is there")
@@ -553,8 +598,12 @@ class AddressSpace:
                 off = piece - fr.start + fr.offset_in_region
                 out += fr.mr.ram_block.view[off:off + n]
             else:
-                for i in range(n):
-                    out.append(self.dispatch_read(piece + i, 1))
+                out += _io_read_bulk(fr.mr, piece - fr.start + fr.offset_in_region, min(n, budget))
+                if n > budget:
+                    self._bulk_limit_hit("read", piece + budget, fr.mr)
+                    out += b"\xff" * (length - len(out))
+                    return bytes(out), MemTxResult.ERROR
+                budget -= n
         return bytes(out), result
 
     def read(self, addr: int, length: int) -> bytes:
@@ -564,6 +613,7 @@ class AddressSpace:
         """Write ``data`` at ``addr``.  ROM is skipped unless ``rom`` (QEMU's
         address_space_write_rom, used by loaders)."""
         result = MemTxResult.OK
+        budget = MMIO_BULK_LIMIT
         pos = 0
         for piece, n, fr in self._walk(addr, len(data)):
             chunk = data[pos:pos + n]
@@ -579,9 +629,44 @@ class AddressSpace:
                 for cb in _ram_write_notifiers:
                     cb(piece, n)
             else:
-                for i in range(n):
-                    self.dispatch_write(piece + i, chunk[i], 1)
+                _io_write_bulk(fr.mr, piece - fr.start + fr.offset_in_region, chunk[:budget])
+                if n > budget:
+                    self._bulk_limit_hit("write", piece + budget, fr.mr)
+                    return MemTxResult.ERROR
+                budget -= n
         return result
+
+    def fill(self, addr: int, byte: int, length: int) -> MemTxResult:
+        """Write ``length`` copies of ``byte`` at ``addr`` (QEMU's
+        address_space_set), without ever holding ``length`` bytes on the host."""
+        result = MemTxResult.OK
+        budget = MMIO_BULK_LIMIT
+        pattern = bytes([byte & 0xFF]) * min(length, _FILL_CHUNK)
+        for piece, n, fr in self._walk(addr, length):
+            if fr is None:
+                guest_error(f"{self.name}: write of {n} bytes at {piece:#x}: nothing is there")
+                result = MemTxResult.DECODE_ERROR
+            elif fr.mr.ram_block is not None:
+                if fr.readonly:
+                    continue
+                view = fr.mr.ram_block.view
+                off = piece - fr.start + fr.offset_in_region
+                for start in range(off, off + n, _FILL_CHUNK):
+                    size = min(_FILL_CHUNK, off + n - start)
+                    view[start:start + size] = pattern[:size]
+                for cb in _ram_write_notifiers:
+                    cb(piece, n)
+            else:
+                _io_write_bulk(fr.mr, piece - fr.start + fr.offset_in_region, pattern[:min(n, budget)])
+                if n > budget:
+                    self._bulk_limit_hit("write", piece + budget, fr.mr)
+                    return MemTxResult.ERROR
+                budget -= n
+        return result
+
+    def _bulk_limit_hit(self, what: str, addr: int, mr: MemoryRegion) -> None:
+        guest_error(f"{self.name}: bulk {what} stopped at {addr:#x} in {mr.name}: "
+                    f"{MMIO_BULK_LIMIT} bytes of device registers is the limit")
 
     def write_rom(self, addr: int, data: bytes | bytearray | memoryview) -> MemTxResult:
         return self.write(addr, data, rom=True)
