@@ -21,6 +21,7 @@ import bisect
 import ctypes
 import mmap
 import struct
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum, IntEnum
@@ -69,15 +70,22 @@ class RegionKind(Enum):
     ALIAS = "alias"
 
 
+# The mmap module names MAP_NORESERVE only from Python 3.13 on; Linux's value
+# (include/uapi/asm-generic/mman-common.h) before that.
+MAP_NORESERVE = 0x4000 if sys.version_info < (3, 13) else mmap.MAP_NORESERVE
+
+
 class RAMBlock:
     """Host memory behind a RAM region: an anonymous mapping with MAP_NORESERVE,
-    so a large guest costs nothing until it touches its memory."""
+    so a large guest costs nothing until it touches its memory, and the host's
+    overcommit heuristic does not refuse a guest larger than the host's RAM
+    (as QEMU maps it).  OSError when even the address space is lacking."""
 
     def __init__(self, idstr: str, size: int) -> None:
         self.idstr = idstr
         self.size = size
         self.mmap = mmap.mmap(-1, max(size, mmap.PAGESIZE),
-                              flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0),
+                              flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE,
                               prot=mmap.PROT_READ | mmap.PROT_WRITE)
         self.view = memoryview(self.mmap)[:size]
         self.host_addr = ctypes.addressof(ctypes.c_char.from_buffer(self.mmap))
