@@ -31,7 +31,7 @@ from pemu.util.log import guest_error
 
 UINT64_MAX = (1 << 64) - 1
 MEMORY_SIZE_UNLIMITED = 1 << 64  # a region spanning the whole 64-bit space
-_FILL_CHUNK = 64 * 1024  # AddressSpace.fill writes RAM in pieces of this size
+_FILL_CHUNK = 64 * 1024  # RAMBlock.fill writes RAM in pieces of this size
 
 
 class MemTxResult(IntEnum):
@@ -89,6 +89,25 @@ class RAMBlock:
                               prot=mmap.PROT_READ | mmap.PROT_WRITE)
         self.view = memoryview(self.mmap)[:size]
         self.host_addr = ctypes.addressof(ctypes.c_char.from_buffer(self.mmap))
+
+    def fill(self, offset: int, byte: int, length: int) -> None:
+        """Set ``length`` bytes from ``offset`` to ``byte``.  Zeroing whole
+        pages hands them back to the kernel instead (MADV_DONTNEED: a private
+        anonymous mapping reads zeros there afterwards), so zeroing gigabytes
+        of guest RAM takes neither seconds of page faults nor host memory."""
+        end = offset + length
+        if byte == 0:
+            first = -(-offset // mmap.PAGESIZE) * mmap.PAGESIZE
+            last = end // mmap.PAGESIZE * mmap.PAGESIZE
+            if first < last:
+                self.mmap.madvise(mmap.MADV_DONTNEED, first, last - first)
+                self.fill(offset, 0, first - offset)
+                self.fill(last, 0, end - last)
+                return
+        pattern = bytes([byte]) * min(length, _FILL_CHUNK)
+        for start in range(offset, end, _FILL_CHUNK):
+            size = min(_FILL_CHUNK, end - start)
+            self.view[start:start + size] = pattern[:size]
 
     def __repr__(self) -> str:
         return f"RAMBlock({self.idstr!r}, {self.size:#x})"
@@ -649,7 +668,7 @@ class AddressSpace:
         address_space_set), without ever holding ``length`` bytes on the host."""
         result = MemTxResult.OK
         budget = MMIO_BULK_LIMIT
-        pattern = bytes([byte & 0xFF]) * min(length, _FILL_CHUNK)
+        pattern = bytes([byte & 0xFF]) * min(length, MMIO_BULK_LIMIT)
         for piece, n, fr in self._walk(addr, length):
             if fr is None:
                 guest_error(f"{self.name}: write of {n} bytes at {piece:#x}: nothing is there")
@@ -657,11 +676,7 @@ class AddressSpace:
             elif fr.mr.ram_block is not None:
                 if fr.readonly:
                     continue
-                view = fr.mr.ram_block.view
-                off = piece - fr.start + fr.offset_in_region
-                for start in range(off, off + n, _FILL_CHUNK):
-                    size = min(_FILL_CHUNK, off + n - start)
-                    view[start:start + size] = pattern[:size]
+                fr.mr.ram_block.fill(piece - fr.start + fr.offset_in_region, byte & 0xFF, n)
                 for cb in _ram_write_notifiers:
                     cb(piece, n)
             else:
