@@ -7,8 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from pemu.hw.timer.hpet import HPET, HPET_CFG, HPET_CFG_ENABLE, HPET_TN_ENABLE
 from pemu.util import timer
-from pemu.util.timer import QEMU_CLOCK_REALTIME, QEMUTimer, TimerList
+from pemu.util.timer import QEMU_CLOCK_REALTIME, QEMU_CLOCK_VIRTUAL, QEMUTimer, TimerList
+from tests.unit.fakes import EdgeCounter
 
 HOUR_NS = 3600 * timer.NANOSECONDS_PER_SECOND
 
@@ -96,3 +98,18 @@ def test_a_million_rearms_keep_one_entry_per_timer_and_memory_flat(made: list[QE
     grown = resident_bytes() - before
     assert timer.timerlist_entries(QEMU_CLOCK_REALTIME) == entries + 4
     assert grown < 4 << 20, f"resident memory grew by {grown >> 10} KiB"
+
+
+def test_hpet_comparator_rewritten_in_a_loop_keeps_one_entry() -> None:
+    # The scenario through the device: a comparator far ahead, rewritten in a loop.
+    hpet = HPET([EdgeCounter() for _ in range(24)])   # the real virtual-clock timers
+    entries = timer.timerlist_entries(QEMU_CLOCK_VIRTUAL)
+    try:
+        hpet.write(0x100, HPET_TN_ENABLE, 4)               # timer 0: one-shot, enabled
+        hpet.write(HPET_CFG, HPET_CFG_ENABLE, 4)
+        for i in range(100_000):
+            hpet.write(0x108, 0x7000_0000 + (i & 0xFFFF), 4)   # comparator, ~30 s ahead
+        assert timer.timerlist_entries(QEMU_CLOCK_VIRTUAL) == entries + 1
+    finally:
+        hpet.write(HPET_CFG, 0, 4)
+    assert timer.timerlist_entries(QEMU_CLOCK_VIRTUAL) == entries
