@@ -75,7 +75,11 @@ def _hostmem_class_init(klass: ObjectClass, data: Any) -> None:
 
 def ram_backend_memory_alloc(backend: HostMemoryBackend) -> None:
     name = backend.name_in_parent() or "memory-backend-ram"
-    backend.mr = MemoryRegion.ram(name, backend.size, owner=backend)
+    try:
+        backend.mr = MemoryRegion.ram(name, backend.size, owner=backend)
+    except OSError as e:
+        # As QEMU's ram_block_add: the size does not fit in the host's address space.
+        raise QOMError(f"cannot set up guest memory '{name}': {e.strerror}") from None
     if backend.prealloc:
         view = backend.mr.ram_block.view  # type: ignore[union-attr]
         for off in range(0, backend.size, 4096):

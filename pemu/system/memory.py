@@ -21,6 +21,7 @@ import bisect
 import ctypes
 import mmap
 import struct
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum, IntEnum
@@ -30,6 +31,7 @@ from pemu.util.log import guest_error
 
 UINT64_MAX = (1 << 64) - 1
 MEMORY_SIZE_UNLIMITED = 1 << 64  # a region spanning the whole 64-bit space
+_FILL_CHUNK = 64 * 1024  # RAMBlock.fill writes RAM in pieces of this size
 
 
 class MemTxResult(IntEnum):
@@ -68,18 +70,44 @@ class RegionKind(Enum):
     ALIAS = "alias"
 
 
+# The mmap module names MAP_NORESERVE only from Python 3.13 on; Linux's value
+# (include/uapi/asm-generic/mman-common.h) before that.
+MAP_NORESERVE = 0x4000 if sys.version_info < (3, 13) else mmap.MAP_NORESERVE
+
+
 class RAMBlock:
     """Host memory behind a RAM region: an anonymous mapping with MAP_NORESERVE,
-    so a large guest costs nothing until it touches its memory."""
+    so a large guest costs nothing until it touches its memory, and the host's
+    overcommit heuristic does not refuse a guest larger than the host's RAM
+    (as QEMU maps it).  OSError when even the address space is lacking."""
 
     def __init__(self, idstr: str, size: int) -> None:
         self.idstr = idstr
         self.size = size
         self.mmap = mmap.mmap(-1, max(size, mmap.PAGESIZE),
-                              flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0),
+                              flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE,
                               prot=mmap.PROT_READ | mmap.PROT_WRITE)
         self.view = memoryview(self.mmap)[:size]
         self.host_addr = ctypes.addressof(ctypes.c_char.from_buffer(self.mmap))
+
+    def fill(self, offset: int, byte: int, length: int) -> None:
+        """Set ``length`` bytes from ``offset`` to ``byte``.  Zeroing whole
+        pages hands them back to the kernel instead (MADV_DONTNEED: a private
+        anonymous mapping reads zeros there afterwards), so zeroing gigabytes
+        of guest RAM takes neither seconds of page faults nor host memory."""
+        end = offset + length
+        if byte == 0:
+            first = -(-offset // mmap.PAGESIZE) * mmap.PAGESIZE
+            last = end // mmap.PAGESIZE * mmap.PAGESIZE
+            if first < last:
+                self.mmap.madvise(mmap.MADV_DONTNEED, first, last - first)
+                self.fill(offset, 0, first - offset)
+                self.fill(last, 0, end - last)
+                return
+        pattern = bytes([byte]) * min(length, _FILL_CHUNK)
+        for start in range(offset, end, _FILL_CHUNK):
+            size = min(_FILL_CHUNK, end - start)
+            self.view[start:start + size] = pattern[:size]
 
     def __repr__(self) -> str:
         return f"RAMBlock({self.idstr!r}, {self.size:#x})"
@@ -450,6 +478,49 @@ def _io_write(mr: MemoryRegion, offset: int, value: int, size: int) -> None:
         ops.write(offset + i, (value >> (i * 8)) & ((1 << (hi * 8)) - 1), hi)
 
 
+# --- bulk accesses to device registers (DMA into MMIO) ------------------------------
+
+MMIO_BULK_LIMIT = 64 * 1024
+"""Bytes of device registers one bulk access (a DMA transfer, a loader) may
+reach.  Each of them is a call of the device's handler, so a guest-chosen
+length into an MMIO window (up to 4 GiB for fw_cfg) would hold the big lock
+for minutes; no device takes that much data through its registers.  A bulk
+access that runs past the limit stops there and reports MEMTX_ERROR, as an
+access the target refuses, and the DMA engine reports its error status."""
+
+
+def _bulk_access_size(ops: MemoryRegionOps, offset: int, remaining: int) -> int:
+    """The size of the next access of a bulk transfer to a device: as wide as
+    the device accepts, no wider than the alignment of ``offset`` (unless it
+    takes unaligned accesses), a power of two (QEMU's memory_access_size)."""
+    size = min(ops.valid_max_access_size, remaining)
+    if not ops.valid_unaligned:
+        alignment = offset & -offset
+        if alignment:
+            size = min(size, alignment)
+    return 1 << (size.bit_length() - 1)
+
+
+def _io_write_bulk(mr: MemoryRegion, offset: int, data: bytes | bytearray | memoryview) -> None:
+    ops = mr.ops
+    assert ops is not None
+    pos, end = 0, len(data)
+    while pos < end:
+        size = _bulk_access_size(ops, offset + pos, end - pos)
+        _io_write(mr, offset + pos, int.from_bytes(data[pos:pos + size], "little"), size)
+        pos += size
+
+
+def _io_read_bulk(mr: MemoryRegion, offset: int, length: int) -> bytes:
+    ops = mr.ops
+    assert ops is not None
+    out = bytearray()
+    while len(out) < length:
+        size = _bulk_access_size(ops, offset + len(out), length - len(out))
+        out += _io_read(mr, offset + len(out), size).to_bytes(size, "little")
+    return bytes(out)
+
+
 class AddressSpace:
     """A root region seen by one master, with its current flat view."""
 
@@ -544,6 +615,7 @@ class AddressSpace:
     def read_result(self, addr: int, length: int) -> tuple[bytes, MemTxResult]:
         out = bytearray()
         result = MemTxResult.OK
+        budget = MMIO_BULK_LIMIT
         for piece, n, fr in self._walk(addr, length):
             if fr is None:
                 guest_error(f"{self.name}: read of {n} bytes at {piece:#x}: nothing is there")
@@ -553,8 +625,12 @@ class AddressSpace:
                 off = piece - fr.start + fr.offset_in_region
                 out += fr.mr.ram_block.view[off:off + n]
             else:
-                for i in range(n):
-                    out.append(self.dispatch_read(piece + i, 1))
+                out += _io_read_bulk(fr.mr, piece - fr.start + fr.offset_in_region, min(n, budget))
+                if n > budget:
+                    self._bulk_limit_hit("read", piece + budget, fr.mr)
+                    out += b"\xff" * (length - len(out))
+                    return bytes(out), MemTxResult.ERROR
+                budget -= n
         return bytes(out), result
 
     def read(self, addr: int, length: int) -> bytes:
@@ -564,6 +640,7 @@ class AddressSpace:
         """Write ``data`` at ``addr``.  ROM is skipped unless ``rom`` (QEMU's
         address_space_write_rom, used by loaders)."""
         result = MemTxResult.OK
+        budget = MMIO_BULK_LIMIT
         pos = 0
         for piece, n, fr in self._walk(addr, len(data)):
             chunk = data[pos:pos + n]
@@ -579,9 +656,40 @@ class AddressSpace:
                 for cb in _ram_write_notifiers:
                     cb(piece, n)
             else:
-                for i in range(n):
-                    self.dispatch_write(piece + i, chunk[i], 1)
+                _io_write_bulk(fr.mr, piece - fr.start + fr.offset_in_region, chunk[:budget])
+                if n > budget:
+                    self._bulk_limit_hit("write", piece + budget, fr.mr)
+                    return MemTxResult.ERROR
+                budget -= n
         return result
+
+    def fill(self, addr: int, byte: int, length: int) -> MemTxResult:
+        """Write ``length`` copies of ``byte`` at ``addr`` (QEMU's
+        address_space_set), without ever holding ``length`` bytes on the host."""
+        result = MemTxResult.OK
+        budget = MMIO_BULK_LIMIT
+        pattern = bytes([byte & 0xFF]) * min(length, MMIO_BULK_LIMIT)
+        for piece, n, fr in self._walk(addr, length):
+            if fr is None:
+                guest_error(f"{self.name}: write of {n} bytes at {piece:#x}: nothing is there")
+                result = MemTxResult.DECODE_ERROR
+            elif fr.mr.ram_block is not None:
+                if fr.readonly:
+                    continue
+                fr.mr.ram_block.fill(piece - fr.start + fr.offset_in_region, byte & 0xFF, n)
+                for cb in _ram_write_notifiers:
+                    cb(piece, n)
+            else:
+                _io_write_bulk(fr.mr, piece - fr.start + fr.offset_in_region, pattern[:min(n, budget)])
+                if n > budget:
+                    self._bulk_limit_hit("write", piece + budget, fr.mr)
+                    return MemTxResult.ERROR
+                budget -= n
+        return result
+
+    def _bulk_limit_hit(self, what: str, addr: int, mr: MemoryRegion) -> None:
+        guest_error(f"{self.name}: bulk {what} stopped at {addr:#x} in {mr.name}: "
+                    f"{MMIO_BULK_LIMIT} bytes of device registers is the limit")
 
     def write_rom(self, addr: int, data: bytes | bytearray | memoryview) -> MemTxResult:
         return self.write(addr, data, rom=True)

@@ -9,7 +9,6 @@ held; ``timerlist_deadline_ns`` tells the main loop how long it may sleep.
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import threading
 import time
@@ -83,14 +82,17 @@ def qemu_clock_enable_virtual(enabled: bool) -> None:
 class QEMUTimer:
     """A one-shot timer on one clock; re-arm it from its callback for periodic work."""
 
-    __slots__ = ("clock", "cb", "scale", "expire_time", "_seq")
+    __slots__ = ("clock", "cb", "scale", "expire_time", "_key", "_index")
 
     def __init__(self, clock: QEMUClockType, cb: Callable[[], None], scale: int = SCALE_NS) -> None:
         self.clock = clock
         self.cb = cb
         self.scale = scale
         self.expire_time = -1  # ns; -1 when not pending
-        self._seq = -1
+        # The list's sort key: expire_time, then arming order (ties fire first
+        # armed, first run), as one integer so comparing is one operation.
+        self._key = 0
+        self._index = -1  # slot in its clock's TimerList; -1 when not on it
 
     def mod_ns(self, expire_ns: int) -> None:
         _timers.mod(self, max(0, expire_ns))
@@ -108,12 +110,89 @@ class QEMUTimer:
         return 0 <= self.expire_time <= now_ns
 
 
+class TimerList:
+    """The armed timers of one clock (QEMU's QEMUTimerList): a binary heap on
+    (expire_time, arming order) in which every timer knows its slot, so
+    re-arming or deleting a timer moves or removes its one entry in
+    O(log n).  The list never holds more entries than there are armed timers."""
+
+    __slots__ = ("heap",)
+
+    def __init__(self) -> None:
+        self.heap: list[QEMUTimer] = []
+
+    def __len__(self) -> int:
+        return len(self.heap)
+
+    def earliest(self) -> QEMUTimer | None:
+        return self.heap[0] if self.heap else None
+
+    def insert(self, timer: QEMUTimer) -> None:
+        timer._index = len(self.heap)
+        self.heap.append(timer)
+        self._sift_up(timer._index)
+
+    def moved(self, timer: QEMUTimer) -> None:
+        """Restore the order after ``timer``'s deadline changed."""
+        if not self._sift_up(timer._index):
+            self._sift_down(timer._index)
+
+    def remove(self, timer: QEMUTimer) -> None:
+        heap = self.heap
+        index = timer._index
+        last = heap.pop()
+        timer._index = -1
+        if last is not timer:
+            heap[index] = last
+            last._index = index
+            self.moved(last)
+
+    def _sift_up(self, index: int) -> bool:
+        """Move the timer at ``index`` towards the root; True if it moved."""
+        heap = self.heap
+        timer = heap[index]
+        start = index
+        while index > 0:
+            parent = (index - 1) >> 1
+            above = heap[parent]
+            if timer._key >= above._key:
+                break
+            heap[index] = above
+            above._index = index
+            index = parent
+        if index == start:
+            return False
+        heap[index] = timer
+        timer._index = index
+        return True
+
+    def _sift_down(self, index: int) -> None:
+        heap = self.heap
+        size = len(heap)
+        timer = heap[index]
+        while True:
+            child = 2 * index + 1
+            if child >= size:
+                break
+            right = child + 1
+            if right < size and heap[right]._key < heap[child]._key:
+                child = right
+            below = heap[child]
+            if below._key >= timer._key:
+                break
+            heap[index] = below
+            below._index = index
+            index = child
+        heap[index] = timer
+        timer._index = index
+
+
 class _TimerLists:
-    """All armed timers, in one heap per clock, with lazy deletion."""
+    """All armed timers: one TimerList per clock."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.heaps: dict[QEMUClockType, list[tuple[int, int, QEMUTimer]]] = {c: [] for c in QEMUClockType}
+        self.lists: dict[QEMUClockType, TimerList] = {c: TimerList() for c in QEMUClockType}
         self.seq = itertools.count()
         self.notify_cb: Callable[[], None] | None = None
 
@@ -123,35 +202,35 @@ class _TimerLists:
 
     def mod(self, timer: QEMUTimer, expire_ns: int) -> None:
         with self.lock:
-            heap = self.heaps[timer.clock]
-            earliest = heap[0][0] if heap else None
+            timers = self.lists[timer.clock]
+            earliest = timers.earliest()
+            rearm = earliest is None or expire_ns < earliest.expire_time
             timer.expire_time = expire_ns
-            timer._seq = next(self.seq)
-            heapq.heappush(heap, (expire_ns, timer._seq, timer))
-            rearm = earliest is None or expire_ns < earliest
+            timer._key = (expire_ns << 64) | next(self.seq)
+            if timer._index < 0:
+                timers.insert(timer)
+            else:
+                timers.moved(timer)
         if rearm:
             self.notify()
 
     def delete(self, timer: QEMUTimer) -> None:
         with self.lock:
+            if timer._index >= 0:
+                self.lists[timer.clock].remove(timer)
             timer.expire_time = -1
-            timer._seq = -1
-
-    def _prune(self, heap: list[tuple[int, int, QEMUTimer]]) -> None:
-        while heap and heap[0][2]._seq != heap[0][1]:
-            heapq.heappop(heap)
 
     def deadline_ns(self) -> int:
         """Nanoseconds until the next timer expires; -1 if none is armed."""
         best = -1
         with self.lock:
-            for clock, heap in self.heaps.items():
-                self._prune(heap)
-                if not heap:
+            for clock, timers in self.lists.items():
+                earliest = timers.earliest()
+                if earliest is None:
                     continue
                 if clock == QEMUClockType.VIRTUAL and _virtual.stopped_at is not None:
                     continue
-                delta = max(0, heap[0][0] - qemu_clock_get_ns(clock))
+                delta = max(0, earliest.expire_time - qemu_clock_get_ns(clock))
                 if best < 0 or delta < best:
                     best = delta
         return best
@@ -159,18 +238,17 @@ class _TimerLists:
     def run_expired(self) -> bool:
         """Run the callbacks of expired timers; True if any ran."""
         ran = False
-        for clock, heap in self.heaps.items():
+        for clock, timers in self.lists.items():
             if clock == QEMUClockType.VIRTUAL and _virtual.stopped_at is not None:
                 continue
             now = qemu_clock_get_ns(clock)
             while True:
                 with self.lock:
-                    self._prune(heap)
-                    if not heap or heap[0][0] > now:
+                    timer = timers.earliest()
+                    if timer is None or timer.expire_time > now:
                         break
-                    _, _, timer = heapq.heappop(heap)
+                    timers.remove(timer)
                     timer.expire_time = -1
-                    timer._seq = -1
                 timer.cb()
                 ran = True
         return ran
@@ -185,6 +263,11 @@ def timerlist_deadline_ns() -> int:
 
 def timerlist_run_expired() -> bool:
     return _timers.run_expired()
+
+
+def timerlist_entries(clock: QEMUClockType) -> int:
+    """How many entries the clock's timer list holds (one per armed timer)."""
+    return len(_timers.lists[clock])
 
 
 def timerlist_set_notify(cb: Callable[[], None] | None) -> None:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Iterator
 
 import pytest
 
+import pemu.hw.pci_host.q35 as q35
+from pemu.hw.core.qdev import qdev_new
+from pemu.hw.core.sysbus import sysbus_realize
 from pemu.hw.nvram.fw_cfg import (
     FW_CFG_ARCH_LOCAL,
     FW_CFG_FILE_FIRST,
@@ -15,9 +19,11 @@ from pemu.hw.nvram.fw_cfg import (
     FWCfgError,
     FWCfgKey,
     FWCfgState,
+    fw_cfg_init_io_dma,
     parse_fw_cfg_option,
 )
-from pemu.system.memory import AddressSpace, MemoryRegion
+from pemu.system.memory import MEMORY_SIZE_UNLIMITED, MMIO_BULK_LIMIT, AddressSpace, MemoryRegion
+from pemu.system.physmem import address_space_io, address_space_memory, cpu_exec_init_all, get_system_memory
 from pemu.util.error import UserError
 
 RAM_SIZE = 0x10000
@@ -251,3 +257,38 @@ def test_user_option_parsing(tmp_path: object) -> None:
         parse_fw_cfg_option(Opts(name="opt/x", file=f"{tmp_path}/missing"))
     with pytest.raises(UserError, match="invalid argument"):
         parse_fw_cfg_option(Opts(string="a"))
+
+
+def test_dma_zero_fill_aimed_at_mmconfig_stops_at_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reproducer of issue 8: a READ past the end of an item, 256 MiB long,
+    into the PCIe MMCONFIG window, started by the guest's port writes.  It used
+    to take minutes under the big lock; now the device registers take at most
+    MMIO_BULK_LIMIT bytes and the descriptor reports ERROR."""
+    cpu_exec_init_all()
+    system = get_system_memory()
+    system.add_subregion(0, MemoryRegion.ram("pc.ram", 1 << 20))
+    pci = MemoryRegion.container("pci", MEMORY_SIZE_UNLIMITED)
+    system.add_subregion_overlap(0, pci, -1)
+    host = qdev_new(q35.TYPE_Q35_HOST_DEVICE)
+    host.pci_address_space = pci  # type: ignore[attr-defined]
+    sysbus_realize(host)  # type: ignore[arg-type]
+    q35.mch_init_pciexbar(host.mch, host.bus, system, enabled_at_reset=True)  # type: ignore[attr-defined]
+    fw_cfg_init_io_dma(0x510, 0x514, address_space_memory())
+    config_writes: list[int] = []
+    real_write = q35.pci_bus_config_write
+
+    def counting_write(bus: object, bus_num: int, devfn: int, where: int, value: int, size: int) -> None:
+        config_writes.append(size)
+        real_write(bus, bus_num, devfn, where, value, size)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(q35, "pci_bus_config_write", counting_write)
+    mem, io = address_space_memory(), address_space_io()
+    assert mem.flatview.lookup(0xB0100000).mr.name == "pcie-mmcfg-mmio"  # type: ignore[union-attr]
+    mem.write(0x1000, struct.pack(">IIQ", FWCfgDmaControl.READ, 0x0FFFFFFF, 0xB0100000))
+    started = time.monotonic()
+    io.dispatch_write(0x514, 0, 4)
+    io.dispatch_write(0x518, int.from_bytes((0x1000).to_bytes(4, "big"), "little"), 4)  # outl: starts it
+    elapsed = time.monotonic() - started
+    assert struct.unpack(">I", mem.read(0x1000, 4))[0] == FWCfgDmaControl.ERROR
+    assert sum(config_writes) == MMIO_BULK_LIMIT and set(config_writes) == {4}
+    assert elapsed < 1.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pemu.system.memory import (
+    MMIO_BULK_LIMIT,
     AddressSpace,
     MemoryRegion,
     MemoryRegionOps,
@@ -248,5 +249,117 @@ def test_ram_access_never_reads_past_its_window():
     try:
         # The last byte of the window, then nothing: never the RAM behind it.
         assert space.dispatch_read(0xFFF, 2) == 0xFF00
+    finally:
+        space.destroy()
+
+
+class CountingRegs:
+    """A large register window that only counts the accesses it gets."""
+
+    def __init__(self, valid_max: int = 4) -> None:
+        self.sizes: list[int] = []
+        self.ops = MemoryRegionOps(self.read, self.write, 1, valid_max, False, 1, valid_max)
+
+    def read(self, offset: int, size: int) -> int:
+        self.sizes.append(size)
+        return 0
+
+    def write(self, offset: int, value: int, size: int) -> None:
+        self.sizes.append(size)
+
+
+@pytest.mark.parametrize("start, length, valid_max, sizes", [
+    (0x0, 16, 4, [4, 4, 4, 4]),
+    (0x1, 10, 4, [1, 2, 4, 2, 1]),          # aligned accesses, never wider than the device takes
+    (0x0, 16, 8, [8, 8]),
+    (0x0, 7, 8, [4, 2, 1]),
+    (0x0, 4, 1, [1, 1, 1, 1]),
+])
+def test_bulk_access_to_registers_goes_by_the_largest_valid_size(start: int, length: int, valid_max: int,
+                                                                 sizes: list[int]) -> None:
+    regs = CountingRegs(valid_max)
+    root = MemoryRegion.container("root", 1 << 20)
+    root.add_subregion(0x1000, MemoryRegion.io("dev", 0x100, regs.ops))
+    space = AddressSpace(root, "bulk")
+    try:
+        assert space.write(0x1000 + start, bytes(length)) == MemTxResult.OK
+        assert regs.sizes == sizes
+        regs.sizes.clear()
+        assert space.read_result(0x1000 + start, length) == (bytes(length), MemTxResult.OK)
+        assert regs.sizes == sizes
+        regs.sizes.clear()
+        assert space.fill(0x1000 + start, 0, length) == MemTxResult.OK
+        assert regs.sizes == sizes
+    finally:
+        space.destroy()
+
+
+def test_bulk_access_to_registers_stops_at_the_limit() -> None:
+    # A guest-chosen DMA length into a register window: at most MMIO_BULK_LIMIT
+    # bytes reach the device, then the transfer fails as a refused access.
+    regs = CountingRegs()
+    ram = MemoryRegion.ram("ram", 0x1000)
+    root = MemoryRegion.container("root", 1 << 32)
+    root.add_subregion(0x10000000, MemoryRegion.io("window", 0x10000000, regs.ops))
+    root.add_subregion(0x20000000, ram)
+    space = AddressSpace(root, "bounded")
+    try:
+        assert space.fill(0x10000000, 0, 0x10001000) == MemTxResult.ERROR
+        assert sum(regs.sizes) == MMIO_BULK_LIMIT and set(regs.sizes) == {4}
+        regs.sizes.clear()
+        assert space.write(0x1FFFF000, b"\x55" * 0x2000) == MemTxResult.OK    # under the limit: all done
+        assert bytes(ram.ram_block.view[:0x1000]) == b"\x55" * 0x1000
+        assert space.write(0x10000000, b"\x55" * (MMIO_BULK_LIMIT + 4)) == MemTxResult.ERROR
+        assert sum(regs.sizes) == 0x1000 + MMIO_BULK_LIMIT
+        regs.sizes.clear()
+        data, res = space.read_result(0x10000000, MMIO_BULK_LIMIT * 2)
+        assert res == MemTxResult.ERROR and len(data) == MMIO_BULK_LIMIT * 2
+        assert sum(regs.sizes) == MMIO_BULK_LIMIT
+    finally:
+        space.destroy()
+
+
+def test_fill_ram_and_skip_holes_in_bulk() -> None:
+    ram = MemoryRegion.ram("ram", 0x300000)
+    rom = MemoryRegion.rom("rom", 0x1000)
+    root = MemoryRegion.container("root", 1 << 64)
+    root.add_subregion(0, ram)
+    root.add_subregion(0x400000, rom)
+    space = AddressSpace(root, "fill")
+    try:
+        ram.ram_block.view[0x2FFFFF] = 0x11
+        # Up to 4 GiB, as a fw_cfg DMA may ask: RAM is filled, the hole and ROM are skipped.
+        assert space.fill(0x10, 0xA5, 0xFFFFFFFF) == MemTxResult.DECODE_ERROR
+        assert ram.ram_block.view[0x0F] == 0 and ram.ram_block.view[0x10] == 0xA5
+        assert bytes(ram.ram_block.view[0x2FFFF0:]) == b"\xa5" * 16
+        assert bytes(rom.ram_block.view[:16]) == bytes(16)
+    finally:
+        space.destroy()
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def test_zero_fill_of_ram_neither_faults_in_nor_keeps_host_memory() -> None:
+    # A fw_cfg DMA may zero up to 4 GiB of guest RAM in one request: page by
+    # page that took ~30 s of page faults under the big lock (and 4 GiB of host memory).
+    size = 256 << 20
+    ram = MemoryRegion.ram("ram", size)
+    root = MemoryRegion.container("root", 1 << 32)
+    root.add_subregion(0, ram)
+    space = AddressSpace(root, "zero")
+    view = ram.ram_block.view
+    try:
+        view[0x10:0x3000] = b"\x77" * (0x3000 - 0x10)
+        view[size - 0x1800:] = b"\x77" * 0x1800
+        before = resident_bytes()
+        assert space.fill(0x20, 0, size - 0x20 - 0x10) == MemTxResult.OK
+        assert resident_bytes() - before < 16 << 20
+        assert bytes(view[0x10:0x20]) == b"\x77" * 16 and not any(view[0x20:0x3000])
+        assert not any(view[size - 0x1800:size - 0x10]) and bytes(view[size - 0x10:]) == b"\x77" * 16
+        space.fill(0x1001, 0x42, 0x2000)                   # other bytes: written as they are
+        assert bytes(view[0x1000:0x1002]) == b"\0\x42" and bytes(view[0x3000:0x3002]) == b"\x42\0"
     finally:
         space.destroy()

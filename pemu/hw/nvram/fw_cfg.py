@@ -107,17 +107,14 @@ FW_CFG_FILE = struct.Struct(">IHH56s")
 """One directory entry: size, select, reserved, name (NUL-padded), big-endian."""
 assert FW_CFG_FILE.size == 64
 
-# Zero-filling a READ of a missing item is done in pieces of this size, so a
-# guest-chosen length of up to 4 GiB never becomes one host allocation.
-_ZERO_CHUNK = 64 * 1024
-
-
 class DMAMemory(Protocol):
     """What the DMA engine needs from an address space (pemu.system.memory.AddressSpace)."""
 
     def read_result(self, addr: int, length: int) -> tuple[bytes, MemTxResult]: ...
 
     def write(self, addr: int, data: bytes | bytearray | memoryview, rom: bool = False) -> MemTxResult: ...
+
+    def fill(self, addr: int, byte: int, length: int) -> MemTxResult: ...
 
 
 SelectCallback = Callable[[], None]
@@ -373,7 +370,7 @@ class FWCfgState:
                 # Past the end (or no item): reads give zeros, writes fail.
                 chunk = length
                 if op == FWCfgDmaControl.READ:
-                    if self._zero_fill(space, address, chunk) != MemTxResult.OK:
+                    if space.fill(address, 0, chunk) != MemTxResult.OK:
                         status = FWCfgDmaControl.ERROR
                 elif op == FWCfgDmaControl.WRITE:
                     guest_error("fw_cfg: DMA write past the end of the item")
@@ -401,16 +398,6 @@ class FWCfgState:
             address = (address + chunk) & ((1 << 64) - 1)
             length -= chunk
         space.write(desc_addr, struct.pack(">I", status))
-
-    @staticmethod
-    def _zero_fill(space: DMAMemory, address: int, length: int) -> MemTxResult:
-        while length > 0:
-            n = min(length, _ZERO_CHUNK)
-            if space.write(address, bytes(n)) != MemTxResult.OK:
-                return MemTxResult.DECODE_ERROR
-            address += n
-            length -= n
-        return MemTxResult.OK
 
 
 # --- -fw_cfg name=...,file=...|string=... ------------------------------------------------------
