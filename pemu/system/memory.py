@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from enum import Enum, IntEnum
 from typing import Callable, Iterator, Protocol
 
+from pemu.system.runstate import contain_fault
 from pemu.util.log import guest_error
 
 UINT64_MAX = (1 << 64) - 1
@@ -484,6 +485,8 @@ class AddressSpace:
     # it fits in that region (QEMU dispatches it so even where another region
     # shows through part of it, e.g. 0xCF9 inside the 0xCF8 dword); only an
     # access that runs past the end of its region is split into bytes.
+    # An exception out of a device's handler stops here (contain_fault): the
+    # VM stops in internal-error and the access reads as all ones.
     def dispatch_read(self, addr: int, size: int) -> int:
         fr = self.flatview.lookup(addr)
         if fr is None:
@@ -496,7 +499,11 @@ class AddressSpace:
         block = mr.ram_block
         if block is not None:
             return int.from_bytes(block.view[offset:offset + size], "little")
-        return _io_read(mr, offset, size)
+        try:
+            return _io_read(mr, offset, size)
+        except Exception as exc:  # a bug in the device model: contained here, for every accelerator
+            contain_fault(f"device '{mr.name}', {self.name} read at {addr:#x} size {size}", exc)
+            return (1 << (size * 8)) - 1
 
     def dispatch_write(self, addr: int, value: int, size: int) -> None:
         fr = self.flatview.lookup(addr)
@@ -513,7 +520,11 @@ class AddressSpace:
             if not fr.readonly:
                 block.view[offset:offset + size] = (value & ((1 << (size * 8)) - 1)).to_bytes(size, "little")
             return
-        _io_write(mr, offset, value, size)
+        try:
+            _io_write(mr, offset, value, size)
+        except Exception as exc:
+            value &= (1 << (size * 8)) - 1
+            contain_fault(f"device '{mr.name}', {self.name} write at {addr:#x} size {size} value {value:#x}", exc)
 
     def _read_split(self, addr: int, size: int) -> int:
         return sum(self.dispatch_read(addr + i, 1) << (8 * i) for i in range(size))
