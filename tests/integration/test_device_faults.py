@@ -51,6 +51,13 @@ def monitor_session(path: Path, commands: list[str]) -> list[str]:
         return answers
 
 
+def wait_for_stderr_lines(vm: GuestProcess, n: int) -> None:
+    deadline = time.monotonic() + FAULT_TIMEOUT
+    while vm.stderr.count("\n") < n:
+        assert vm.returncode is None and time.monotonic() < deadline, vm.tail()
+        time.sleep(0.05)
+
+
 # (injected handler, the guest's command line, what the line on stderr names)
 CASES = [
     pytest.param("mmio-read", "test=io", "device 'hpet', cpu-memory-0 read at 0xfed00000 size 4",
@@ -80,11 +87,7 @@ def test_device_fault_stops_the_vm_and_the_monitor_stays(test_guest: Path, tmp_p
         if handler == "chardev-read":
             vm.expect("idle", timeout=FAULT_TIMEOUT)
             vm.send("x")
-        deadline = time.monotonic() + FAULT_TIMEOUT
-        while "\n" not in vm.stderr:
-            assert vm.returncode is None, vm.tail()
-            assert time.monotonic() < deadline, vm.tail()
-            time.sleep(0.05)
+        wait_for_stderr_lines(vm, 1)
         status, _ = monitor_session(monitor, ["info status", "quit"])
         assert vm.wait(30) == 0, vm.tail()
         assert vm.stderr == (f"pemu: fault in {where}: RuntimeError: injected fault; "
@@ -95,16 +98,33 @@ def test_device_fault_stops_the_vm_and_the_monitor_stays(test_guest: Path, tmp_p
     assert text.count("Traceback") == 1
 
 
+@pytest.mark.parametrize("accel", ACCELS)
+def test_after_a_reset_the_guest_runs_again(test_guest: Path, tmp_path: Path, accel: list[str]) -> None:
+    """system_reset leaves internal-error for prelaunch (as QEMU), `cont` runs the guest from the
+    start, and its next fault is reported again: once per run."""
+    monitor = tmp_path / "mon.sock"
+    args = [*accel, "-m", "64", "-nodefaults", "-display", "none", "-serial", "stdio",
+            "-monitor", f"unix:{monitor},server=on,wait=off", "-kernel", str(test_guest), "-append", "test=io"]
+    with GuestProcess(argv=[sys.executable, "-m", "tests.integration.fault_injection", "pio-write", "--",
+                            *args]) as vm:
+        wait_for_stderr_lines(vm, 1)
+        assert monitor_session(monitor, ["cont", "system_reset", "info status"]) == [
+            "Error: Resetting the Virtual Machine is required\n", "", "VM status: paused (prelaunch)\n"]
+        monitor_session(monitor, ["cont"])
+        wait_for_stderr_lines(vm, 2)
+        assert monitor_session(monitor, ["info status", "quit"])[0] == "VM status: paused (internal-error)\n"
+        assert vm.wait(30) == 0, vm.tail()
+        first, second = vm.stderr.splitlines()
+        assert first == second and "fault in device 'rtc', I/O write at 0x70" in first
+
+
 def test_without_a_log_file_stderr_has_only_the_line(test_guest: Path, tmp_path: Path) -> None:
     monitor = tmp_path / "mon.sock"
     args = ["-accel", "tcg", "-m", "64", "-nodefaults", "-display", "none", "-serial", "stdio", "-no-reboot",
             "-monitor", f"unix:{monitor},server=on,wait=off", "-kernel", str(test_guest), "-append", "test=io"]
     with GuestProcess(argv=[sys.executable, "-m", "tests.integration.fault_injection", "pio-write", "--",
                             *args]) as vm:
-        deadline = time.monotonic() + FAULT_TIMEOUT
-        while "\n" not in vm.stderr:
-            assert vm.returncode is None and time.monotonic() < deadline, vm.tail()
-            time.sleep(0.05)
+        wait_for_stderr_lines(vm, 1)
         monitor_session(monitor, ["quit"])
         assert vm.wait(30) == 0, vm.tail()
         assert vm.stderr.count("\n") == 1 and "Traceback" not in vm.stderr
