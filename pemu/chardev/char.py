@@ -16,6 +16,10 @@ Two directions:
   pending buffer until the front-end calls ``accept_input()``.  While input
   is pending the back-end stops reading from the host, which gives natural
   back-pressure.
+
+The front-end's handlers are device code: an exception out of one is
+contained here (``contain_fault``: the VM stops in internal-error) and the
+input it was given is dropped.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ import os
 from enum import Enum
 from typing import TYPE_CHECKING, Mapping
 
+from pemu.system.runstate import contain_fault
 from pemu.util import cutils
 from pemu.util.error import UserError
+from pemu.util.main_loop import handler_name
 
 if TYPE_CHECKING:
     from pemu.chardev.char_fe import CharBackend
@@ -119,13 +125,21 @@ class Chardev:
         fe = self.be
         if fe is None or fe.can_read is None or fe.read is None:
             return 0
-        return max(0, int(fe.can_read()))
+        try:
+            return max(0, int(fe.can_read()))
+        except Exception as exc:
+            contain_fault(f"chardev '{self.label}' can-read handler {handler_name(fe.can_read)}", exc)
+            return 0
 
     def be_write(self, data: bytes) -> None:
         """Hand ``data`` to the front-end, which said it can take it."""
         fe = self.be
         if fe is not None and fe.read is not None:
-            fe.read(data)
+            try:
+                fe.read(data)
+            except Exception as exc:
+                shown = repr(bytes(data[:16])) + ("..." if len(data) > 16 else "")
+                contain_fault(f"chardev '{self.label}' read handler {handler_name(fe.read)}, input {shown}", exc)
 
     def push_input(self, data: bytes) -> bool:
         """Queue host input and deliver what the front-end can take.
@@ -167,7 +181,11 @@ class Chardev:
     def send_event(self, event: ChrEvent) -> None:
         fe = self.be
         if fe is not None and fe.event is not None:
-            fe.event(event)
+            try:
+                fe.event(event)
+            except Exception as exc:
+                contain_fault(f"chardev '{self.label}' event handler {handler_name(fe.event)}, "
+                              f"event {event.name}", exc)
 
     # -- front-end attachment ---------------------------------------------------
     def attach_frontend(self, fe: CharBackend) -> int:

@@ -16,7 +16,6 @@ import threading
 from typing import Any
 
 from pemu.accel.accel import AccelVCPU, VCPUExit, current_accel
-from pemu.util.log import LOG_GUEST_ERROR, qemu_log_mask
 from pemu.util.main_loop import bql
 
 CPU_INTERRUPT_HARD = 0x0002
@@ -82,6 +81,31 @@ def qemu_cpu_is_self(cpu: Any) -> bool:
     return run_state(cpu).thread is threading.current_thread()
 
 
+def current_cpu() -> Any | None:
+    """The CPU whose vCPU thread this is, or None on any other thread."""
+    me = threading.current_thread()
+    for cpu in all_vcpus():
+        if run_state(cpu).thread is me:
+            return cpu
+    return None
+
+
+def qemu_in_vcpu_thread() -> bool:
+    return current_cpu() is not None
+
+
+def cpu_stop_current() -> None:
+    """Stop the calling vCPU: it leaves the accelerator soon and parks (QEMU's cpu_stop_current)."""
+    cpu = current_cpu()
+    if cpu is None:
+        return
+    run = run_state(cpu)
+    with run.lock:
+        run.stop = True
+    if run.accel_vcpu is not None:
+        run.accel_vcpu.kick()
+
+
 def _park(cpu: Any, run: CPURunState) -> None:
     with bql:
         run.stop = False
@@ -120,12 +144,10 @@ def _vcpu_thread_fn(cpu: Any) -> None:
                 break
         try:
             reason = vcpu.exec()
-        except Exception as e:  # an engine bug must not take the VMM down silently
-            qemu_log_mask(LOG_GUEST_ERROR, f"CPU {cpu.cpu_index}: internal error: {e!r}")
-            from pemu.system.runstate import ShutdownCause, qemu_system_shutdown_request
+        except Exception as e:  # an accelerator bug: contained like a device fault
+            from pemu.system.runstate import contain_fault
 
-            run.shutdown = True
-            qemu_system_shutdown_request(ShutdownCause.HOST_ERROR, 1)
+            contain_fault(f"CPU {cpu.cpu_index}", e)
             continue
         if reason is VCPUExit.HALTED:
             with run.lock:

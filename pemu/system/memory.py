@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from enum import Enum, IntEnum
 from typing import Callable, Iterator, Protocol
 
+from pemu.system.runstate import contain_fault
 from pemu.util.log import guest_error
 
 UINT64_MAX = (1 << 64) - 1
@@ -501,23 +502,40 @@ def _bulk_access_size(ops: MemoryRegionOps, offset: int, remaining: int) -> int:
     return 1 << (size.bit_length() - 1)
 
 
-def _io_write_bulk(mr: MemoryRegion, offset: int, data: bytes | bytearray | memoryview) -> None:
+def _io_write_bulk(space_name: str, mr: MemoryRegion, addr: int, offset: int,
+                   data: bytes | bytearray | memoryview) -> bool:
+    """Write ``data`` into a device's registers from ``offset`` (``addr`` in
+    the address space); False if the device faulted (contained: the VM stops)."""
     ops = mr.ops
     assert ops is not None
     pos, end = 0, len(data)
     while pos < end:
         size = _bulk_access_size(ops, offset + pos, end - pos)
-        _io_write(mr, offset + pos, int.from_bytes(data[pos:pos + size], "little"), size)
+        value = int.from_bytes(data[pos:pos + size], "little")
+        try:
+            _io_write(mr, offset + pos, value, size)
+        except Exception as exc:  # as in dispatch_write
+            contain_fault(f"device '{mr.name}', {space_name} write at {addr + pos:#x} size {size} "
+                          f"value {value:#x}", exc)
+            return False
         pos += size
+    return True
 
 
-def _io_read_bulk(mr: MemoryRegion, offset: int, length: int) -> bytes:
+def _io_read_bulk(space_name: str, mr: MemoryRegion, addr: int, offset: int,
+                  length: int) -> bytes | None:
+    """Read ``length`` bytes of a device's registers from ``offset``; None if
+    the device faulted (contained: the VM stops)."""
     ops = mr.ops
     assert ops is not None
     out = bytearray()
     while len(out) < length:
         size = _bulk_access_size(ops, offset + len(out), length - len(out))
-        out += _io_read(mr, offset + len(out), size).to_bytes(size, "little")
+        try:
+            out += _io_read(mr, offset + len(out), size).to_bytes(size, "little")
+        except Exception as exc:  # as in dispatch_read
+            contain_fault(f"device '{mr.name}', {space_name} read at {addr + len(out):#x} size {size}", exc)
+            return None
     return bytes(out)
 
 
@@ -555,6 +573,8 @@ class AddressSpace:
     # it fits in that region (QEMU dispatches it so even where another region
     # shows through part of it, e.g. 0xCF9 inside the 0xCF8 dword); only an
     # access that runs past the end of its region is split into bytes.
+    # An exception out of a device's handler stops here (contain_fault): the
+    # VM stops in internal-error and the access reads as all ones.
     def dispatch_read(self, addr: int, size: int) -> int:
         fr = self.flatview.lookup(addr)
         if fr is None:
@@ -567,7 +587,11 @@ class AddressSpace:
         block = mr.ram_block
         if block is not None:
             return int.from_bytes(block.view[offset:offset + size], "little")
-        return _io_read(mr, offset, size)
+        try:
+            return _io_read(mr, offset, size)
+        except Exception as exc:  # a bug in the device model: contained here, for every accelerator
+            contain_fault(f"device '{mr.name}', {self.name} read at {addr:#x} size {size}", exc)
+            return (1 << (size * 8)) - 1
 
     def dispatch_write(self, addr: int, value: int, size: int) -> None:
         fr = self.flatview.lookup(addr)
@@ -584,7 +608,11 @@ class AddressSpace:
             if not fr.readonly:
                 block.view[offset:offset + size] = (value & ((1 << (size * 8)) - 1)).to_bytes(size, "little")
             return
-        _io_write(mr, offset, value, size)
+        try:
+            _io_write(mr, offset, value, size)
+        except Exception as exc:
+            value &= (1 << (size * 8)) - 1
+            contain_fault(f"device '{mr.name}', {self.name} write at {addr:#x} size {size} value {value:#x}", exc)
 
     def _read_split(self, addr: int, size: int) -> int:
         return sum(self.dispatch_read(addr + i, 1) << (8 * i) for i in range(size))
@@ -625,7 +653,12 @@ class AddressSpace:
                 off = piece - fr.start + fr.offset_in_region
                 out += fr.mr.ram_block.view[off:off + n]
             else:
-                out += _io_read_bulk(fr.mr, piece - fr.start + fr.offset_in_region, min(n, budget))
+                data = _io_read_bulk(self.name, fr.mr, piece, piece - fr.start + fr.offset_in_region,
+                                     min(n, budget))
+                if data is None:
+                    out += b"\xff" * (length - len(out))
+                    return bytes(out), MemTxResult.ERROR
+                out += data
                 if n > budget:
                     self._bulk_limit_hit("read", piece + budget, fr.mr)
                     out += b"\xff" * (length - len(out))
@@ -656,7 +689,9 @@ class AddressSpace:
                 for cb in _ram_write_notifiers:
                     cb(piece, n)
             else:
-                _io_write_bulk(fr.mr, piece - fr.start + fr.offset_in_region, chunk[:budget])
+                if not _io_write_bulk(self.name, fr.mr, piece, piece - fr.start + fr.offset_in_region,
+                                      chunk[:budget]):
+                    return MemTxResult.ERROR
                 if n > budget:
                     self._bulk_limit_hit("write", piece + budget, fr.mr)
                     return MemTxResult.ERROR
@@ -680,7 +715,9 @@ class AddressSpace:
                 for cb in _ram_write_notifiers:
                     cb(piece, n)
             else:
-                _io_write_bulk(fr.mr, piece - fr.start + fr.offset_in_region, pattern[:min(n, budget)])
+                if not _io_write_bulk(self.name, fr.mr, piece, piece - fr.start + fr.offset_in_region,
+                                      pattern[:min(n, budget)]):
+                    return MemTxResult.ERROR
                 if n > budget:
                     self._bulk_limit_hit("write", piece + budget, fr.mr)
                     return MemTxResult.ERROR

@@ -671,6 +671,9 @@ def _install_signal_handlers() -> None:
 
 
 def main_loop_should_exit(vm: VM) -> bool:
+    stop = runstate.take_vmstop_request()
+    if stop is not None:
+        runstate.vm_stop(stop)
     cause = runstate.take_shutdown_request()
     if cause != ShutdownCause.NONE:
         if vm.cfg.no_shutdown and cause in (ShutdownCause.GUEST_SHUTDOWN, ShutdownCause.GUEST_RESET):
@@ -687,6 +690,8 @@ def main_loop_should_exit(vm: VM) -> bool:
         if was_running or runstate.state == RunState.SHUTDOWN:
             runstate.runstate_set(RunState.PAUSED)
             runstate.vm_start()
+        elif runstate.state == RunState.INTERNAL_ERROR:
+            runstate.runstate_set(RunState.PRELAUNCH)  # as QEMU: a reset machine may be continued
     return False
 
 
@@ -695,6 +700,7 @@ def qemu_main_loop(vm: VM) -> int:
 
     loop = main_loop()
     runstate.requests.notify = loop.notify
+    loop.on_handler_fault = runstate.contain_fault
     while not main_loop_should_exit(vm):
         loop.run_once()
     return runstate.requests.exit_status

@@ -47,6 +47,11 @@ def qemu_log(message: str) -> None:
         _file.flush()
 
 
+def qemu_log_separate() -> bool:
+    """True when the log is a file of its own (-D), not stderr."""
+    return _file is not sys.stderr
+
+
 def guest_error(message: str) -> None:
     qemu_log_mask(LOG_GUEST_ERROR, message)
 

@@ -5,6 +5,10 @@ back-ends, the monitor, sockets) and on the next timer deadline, then runs
 fd handlers, bottom halves and expired timers, all with the big lock held.
 vCPU threads take the same lock around device accesses, so device models
 never see two threads at once.
+
+A handler that raises is passed with its exception to ``on_handler_fault``,
+which the machine sets to its fault policy (stop the VM, report once); the
+loop itself goes on.  Without one the exception propagates.
 """
 
 from __future__ import annotations
@@ -22,6 +26,17 @@ from pemu.util import timer
 bql = threading.RLock()
 
 FdHandler = Callable[[], None]
+# (what failed, e.g. "timer callback RTC._periodic_tick", the exception)
+HandlerFault = Callable[[str, Exception], None]
+
+
+def handler_name(cb: Callable[..., object]) -> str:
+    """A handler's name for messages: Class.method for a bound method."""
+    owner = getattr(cb, "__self__", None)
+    func = getattr(cb, "__func__", None)
+    if owner is not None and func is not None:
+        return f"{type(owner).__name__}.{func.__name__}"
+    return getattr(cb, "__qualname__", None) or repr(cb)
 
 
 class MainLoop:
@@ -34,6 +49,7 @@ class MainLoop:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self.selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self.on_handler_fault: HandlerFault | None = None
         timer.timerlist_set_notify(self.notify)
 
     # -- file descriptors ---------------------------------------------------
@@ -90,16 +106,28 @@ class MainLoop:
                     continue
                 read, write = handlers
                 if mask & selectors.EVENT_READ and read:
-                    read()
+                    self.call_handler("fd read handler", read)
                 if mask & selectors.EVENT_WRITE and write:
-                    write()
+                    self.call_handler("fd write handler", write)
             while True:
                 with self.bh_lock:
                     if not self.bottom_halves:
                         break
                     cb = self.bottom_halves.popleft()
-                cb()
-            timer.timerlist_run_expired()
+                self.call_handler("bottom half", cb)
+            timer.timerlist_run_expired(self._call_timer_cb)
+
+    def call_handler(self, kind: str, cb: Callable[[], None]) -> None:
+        """Run one handler; if it raises, hand the fault to ``on_handler_fault``."""
+        try:
+            cb()
+        except Exception as exc:
+            if self.on_handler_fault is None:
+                raise
+            self.on_handler_fault(f"{kind} {handler_name(cb)}", exc)
+
+    def _call_timer_cb(self, cb: Callable[[], None]) -> None:
+        self.call_handler("timer callback", cb)
 
     def run(self, done: Callable[[], bool]) -> None:
         while not done():

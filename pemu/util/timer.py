@@ -235,8 +235,9 @@ class _TimerLists:
                     best = delta
         return best
 
-    def run_expired(self) -> bool:
-        """Run the callbacks of expired timers; True if any ran."""
+    def run_expired(self, call: Callable[[Callable[[], None]], None] | None = None) -> bool:
+        """Run the callbacks of expired timers (through ``call``, the main
+        loop's guard, if given); True if any ran."""
         ran = False
         for clock, timers in self.lists.items():
             if clock == QEMUClockType.VIRTUAL and _virtual.stopped_at is not None:
@@ -249,7 +250,10 @@ class _TimerLists:
                         break
                     timers.remove(timer)
                     timer.expire_time = -1
-                timer.cb()
+                if call is None:
+                    timer.cb()
+                else:
+                    call(timer.cb)
                 ran = True
         return ran
 
@@ -261,8 +265,8 @@ def timerlist_deadline_ns() -> int:
     return _timers.deadline_ns()
 
 
-def timerlist_run_expired() -> bool:
-    return _timers.run_expired()
+def timerlist_run_expired(call: Callable[[Callable[[], None]], None] | None = None) -> bool:
+    return _timers.run_expired(call)
 
 
 def timerlist_entries(clock: QEMUClockType) -> int:

@@ -13,6 +13,9 @@
  *   io       a port I/O device (RTC) and MMIO         "rtc register d: 80", "mmio fed00000: ..."
  *   exit     exit with code=N                          (no output)
  *   pio      N=count writes to port 0x80 (the benchmark)
+ *   idle     halt for good, interrupts off, after     "idle"
+ *            switching on the RTC's periodic
+ *            interrupt with rtc=periodic
  */
 
 typedef unsigned char u8;
@@ -316,6 +319,23 @@ static void test_pio(const char *cmdline)
         outb(0x80, (u8)i);
 }
 
+/* Stay alive doing nothing, so the host can act on a running machine. */
+static void __attribute__((noreturn)) test_idle(const char *cmdline)
+{
+    const char *rtc = arg(cmdline, "rtc");
+    if (rtc && str_eq_prefix(rtc, "periodic")) {
+        outb(0x70, 0x0A);
+        outb(0x71, 0x26);                             /* RTC register A: 1024 Hz */
+        outb(0x70, 0x0B);
+        u8 b = inb(0x71);
+        outb(0x70, 0x0B);
+        outb(0x71, b | 0x40);                         /* register B: PIE */
+    }
+    puts_raw("idle\n");
+    for (;;)
+        __asm__ volatile("cli; hlt");
+}
+
 void guest_main(u32 magic, struct mb_info *info)
 {
     if (magic != 0x2BADB002)
@@ -345,6 +365,8 @@ void guest_main(u32 magic, struct mb_info *info)
         debug_exit((u8)arg_num(cmdline, "code", 0));
     } else if (str_eq_prefix(test, "pio")) {
         test_pio(cmdline);
+    } else if (str_eq_prefix(test, "idle")) {
+        test_idle(cmdline);
     } else {
         puts_raw("unknown test\n");
         rc = 0x12;
