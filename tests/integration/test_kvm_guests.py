@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.guests.build import PASSED_STATUS, build_test_guest, run_test_guest, tools_available
+from tests.guests.build import PASSED_STATUS, build_test_guest, build_ttext_guest, run_test_guest, tools_available
 
 pytestmark = pytest.mark.skipif(not tools_available(), reason="gcc/ld are needed for the test guests")
 
@@ -51,6 +51,14 @@ def test_pit_timer_with_kernel_irqchip_off(test_guest: Path) -> None:
     run = run_test_guest(test_guest, "test=pit", extra=["-machine", "kernel-irqchip=off"])
     assert "pit: 10 ticks" in run.output, run.output + run.stderr
     assert run.status == PASSED_STATUS
+
+
+@pytest.mark.kvm
+def test_kernel_linked_with_ttext_boots_under_kvm(tmp_path: Path) -> None:
+    """Its ELF headers' segment at 0xff000 is written into the BIOS area's ROM."""
+    run = run_test_guest(build_ttext_guest(tmp_path), "test=serial")
+    assert "hello from the test guest" in run.output, run.output + run.stderr
+    assert run.status == PASSED_STATUS, run.stderr
 
 
 @pytest.mark.kvm
