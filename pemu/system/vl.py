@@ -18,7 +18,7 @@ from __future__ import annotations
 import signal
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pemu import __version__
 from pemu.cli.options import (
@@ -50,6 +50,9 @@ from pemu.util import log
 from pemu.util.error import UserError
 from pemu.util.qemu_opts import QemuOpts, qemu_global_option
 
+if TYPE_CHECKING:
+    from pemu.accel.accel import AccelRequest
+
 
 def _register_all_types() -> None:
     """Import every module that registers QOM types: the one known point
@@ -74,7 +77,7 @@ class Config:
     smp: QemuOpts | None = None
     smp_location: str = "-smp"
     cpu_model: str | None = None
-    accels: list[Any] = field(default_factory=list)  # pemu.accel.accel.AccelRequest, in order
+    accels: list[AccelRequest] = field(default_factory=list)  # -accel, -enable-kvm or -machine accel=, in order
     devices: list[tuple[QemuOpts, str]] = field(default_factory=list)
     objects: list[tuple[QemuOpts, str]] = field(default_factory=list)
     chardevs: list[tuple[QemuOpts, str]] = field(default_factory=list)
@@ -407,7 +410,9 @@ def qemu_create_machine(cfg: Config, mc: MachineClass) -> MachineState:
             if key == "accel":
                 from pemu.accel.accel import accel_requests
 
-                cfg.accels = cfg.accels or accel_requests(value, cfg.machine.location)
+                if cfg.accels:
+                    raise UserError('The -accel and "-machine accel=" options are incompatible')
+                cfg.accels = accel_requests(value, cfg.machine.location)
                 continue
             try:
                 machine.property_parse(key, value)

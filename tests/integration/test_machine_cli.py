@@ -171,6 +171,8 @@ def test_monitor_on_a_unix_socket_with_cont_and_quit() -> None:
     (["-accel", "tcg,tb-size=lots"], r"^pemu: -accel tcg,tb-size=lots: Parameter 'tb-size' expects uint64$"),
     (["-accel", "tcg,split-wx=on"],
      r"^pemu: -accel tcg,split-wx=on: Property 'tcg-accel\.split-wx' is not supported by pemu$"),
+    (["-accel", "tcg", "-machine", "q35,accel=kvm"],
+     r"^pemu: The -accel and \"-machine accel=\" options are incompatible$"),
     # A port beyond 65535 is refused, not taken modulo 65536.
     (["-monitor", "tcp::99999,server=on,wait=off"],
      r"^pemu: -monitor tcp::99999,server=on,wait=off: port 99999 out of range$"),
