@@ -109,6 +109,8 @@ TCG_ACCEL_PROPERTIES = (
     AccelProperty("tb-size", "tb_size_mib", _parse_tcg_tb_size),
     AccelProperty("split-wx"),
 )
+
+
 def _parse_kernel_irqchip(text: str) -> str:
     if parse_on_off_split("kernel-irqchip")(text) == "split":
         raise ValueError("kernel-irqchip=split is not supported by pemu")
