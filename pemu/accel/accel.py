@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from enum import Enum, auto
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from pemu.util.error import UserError
 
@@ -44,9 +46,111 @@ class AccelVCPU(Protocol):
     def destroy(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class AccelProperty:
+    """A property of an accelerator object, set with ``-accel NAME,PROP=VALUE``
+    (QEMU's ``tcg-accel.thread``).
+
+    ``parse`` turns the text into the value stored in the accelerator's
+    attribute ``attr``, raising ValueError with QEMU's message for a bad one.
+    A property QEMU has and pemu does not act on has ``parse`` None (and
+    ``reason``): it is refused by name rather than silently ignored.
+    """
+
+    name: str
+    attr: str = ""
+    parse: Callable[[str], Any] | None = None
+    reason: str = "is not supported by pemu"
+
+
+def parse_on_off_split(name: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in ("on", "off", "split"):
+            raise ValueError(f"Parameter '{name}' does not accept value '{text}'")
+        return text
+
+    return parse
+
+
+def parse_uint64(name: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 0)
+        except ValueError:
+            value = -1
+        if not 0 <= value < 1 << 64:
+            raise ValueError(f"Parameter '{name}' expects uint64")
+        return value
+
+    return parse
+
+
+def _parse_tcg_thread(text: str) -> str:
+    if text == "multi":
+        raise ValueError("thread=multi is not supported by pemu: its tcg runs the guest on one vCPU thread")
+    if text != "single":
+        raise ValueError(f"Invalid 'thread' setting {text}")
+    return text
+
+
+TB_SIZE_MAX_MIB = (1 << 32) // (1 << 20) - 1  # the engine takes the size in bytes as a 32-bit number
+
+
+def _parse_tcg_tb_size(text: str) -> int:
+    mib = parse_uint64("tb-size")(text)
+    if mib > TB_SIZE_MAX_MIB:
+        raise ValueError(f"tb-size {mib} MiB is too large: pemu's tcg takes at most {TB_SIZE_MAX_MIB} MiB")
+    return mib
+
+
+# QEMU 7.2's properties of tcg-accel and kvm-accel (qom-list-properties).
+TCG_ACCEL_PROPERTIES = (
+    AccelProperty("thread", "thread", _parse_tcg_thread),
+    AccelProperty("tb-size", "tb_size_mib", _parse_tcg_tb_size),
+    AccelProperty("split-wx"),
+)
+
+
+def _parse_kernel_irqchip(text: str) -> str:
+    if parse_on_off_split("kernel-irqchip")(text) == "split":
+        raise ValueError("kernel-irqchip=split is not supported by pemu")
+    return text
+
+
+KVM_ACCEL_PROPERTIES = (
+    AccelProperty("kernel-irqchip", "kernel_irqchip", _parse_kernel_irqchip),
+    AccelProperty("notify-vmexit"),
+    AccelProperty("notify-window"),
+    AccelProperty("dirty-ring-size"),
+    AccelProperty("kvm-shadow-mem"),
+)
+
+
 class AccelOps(ABC):
     name: str = ""
     supports_smp: bool = False
+    # Properties -accel may set, beyond the accelerator's name.
+    properties: ClassVar[tuple[AccelProperty, ...]] = ()
+
+    @property
+    def type_name(self) -> str:
+        """The QOM type name QEMU gives this accelerator ("tcg-accel")."""
+        return f"{self.name}-accel"
+
+    def set_properties(self, props: Sequence[tuple[str, str]], location: str | None) -> None:
+        """Apply ``-accel`` properties in order; unknown, unsupported or bad ones are user errors."""
+        by_name = {prop.name: prop for prop in self.properties}
+        for key, text in props:
+            prop = by_name.get(key)
+            if prop is None:
+                raise UserError(f"Property '{self.type_name}.{key}' not found", location)
+            if prop.parse is None:
+                raise UserError(f"Property '{self.type_name}.{key}' {prop.reason}", location)
+            try:
+                value = prop.parse(text)
+            except ValueError as e:
+                raise UserError(str(e), location) from None
+            setattr(self, prop.attr, value)
 
     @abstractmethod
     def init_machine(self, machine: Any) -> None: ...
@@ -111,27 +215,50 @@ def find_accel(name: str) -> AccelOps:
     return getattr(module, class_name)()
 
 
-def configure_accelerators(spec: str | None = None, smp_cpus: int = 1, location: str | None = None) -> AccelOps:
-    """Pick the first usable accelerator of ``spec`` ("kvm:tcg"); default tcg.
+@dataclass(frozen=True)
+class AccelRequest:
+    """One accelerator to try, as one -accel option asked for it."""
+
+    name: str
+    props: tuple[tuple[str, str], ...] = ()
+    location: str | None = None
+
+
+def accel_requests(spec: str, location: str | None = None,
+                   props: Sequence[tuple[str, str]] = ()) -> list[AccelRequest]:
+    """The accelerators of "kvm:tcg" in order, each with ``props``."""
+    return [AccelRequest(name, tuple(props), location) for name in spec.split(":") if name]
+
+
+def configure_accelerators(spec: str | Sequence[AccelRequest] | None = None, smp_cpus: int = 1,
+                           location: str | None = None) -> AccelOps:
+    """Pick the first usable accelerator of ``spec`` ("kvm:tcg", or the
+    requests of the -accel options in order); default tcg.
 
     Unknown names and a list where nothing works are user errors; so is
-    -smp > 1 on an accelerator that runs a single vCPU.
+    -smp > 1 on an accelerator that runs a single vCPU, and a property the
+    chosen accelerator does not have (those of one that is not available
+    are not looked at, as in QEMU).
     """
     global _current
-    names = [n for n in (spec or "tcg").split(":") if n]
-    loc = location or (f"-accel {spec}" if spec else None)
+    if spec is None or isinstance(spec, str):
+        requests = accel_requests(spec or "tcg", location or (f"-accel {spec}" if spec else None))
+    else:
+        requests = list(spec) or accel_requests("tcg")
+    loc = requests[0].location
     errors: list[str] = []
-    for name in names:
-        if name not in _REGISTRY:
-            raise UserError(f"invalid accelerator {name}", loc)
-    for name in names:
+    for request in requests:
+        if request.name not in _REGISTRY:
+            raise UserError(f"invalid accelerator {request.name}", request.location)
+    for request in requests:
         try:
-            accel = find_accel(name)
+            accel = find_accel(request.name)
         except AccelUnavailable as e:
             errors.append(str(e))
             continue
+        accel.set_properties(request.props, request.location)
         if smp_cpus > 1 and not accel.supports_smp:
-            raise UserError(f"{name} supports only one vCPU", f"-smp {smp_cpus}")
+            raise UserError(f"{request.name} supports only one vCPU", f"-smp {smp_cpus}")
         _current = accel
         return accel
     detail = f" ({'; '.join(errors)})" if errors else ""

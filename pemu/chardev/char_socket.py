@@ -26,6 +26,7 @@ from pemu.util.main_loop import main_loop
 
 # sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
 UNIX_PATH_MAX = 108
+PORT_MAX = 65535
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,9 @@ class SocketChardev(FdChardev):
             raise UserError("chardev: socket: no host given")
         if host is not None and not port:
             raise UserError("chardev: socket: no port given")
+        if port is not None and port.isdigit() and int(port) > PORT_MAX:
+            # getaddrinfo would take it modulo 65536 and listen on another port.
+            raise UserError(f"port {port} out of range")
         for unsupported in ("telnet", "reconnect"):
             if opts.has(unsupported) and opts.get(unsupported) not in ("off", "0"):
                 raise UserError(f"chardev: socket: '{unsupported}' is not supported")

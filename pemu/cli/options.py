@@ -4,7 +4,9 @@ pemu takes qemu-system-x86_64's command line.  :data:`OPTIONS` lists every
 option pemu recognises: its name, whether it takes an argument, whether pemu
 acts on it yet, the option group its argument is parsed into, and its help.
 :func:`parse_command_line` turns argv into :class:`ParsedOption`s in order;
-acting on them (and refusing the ones not implemented) is vl.py's business.
+acting on them is vl.py's business.  ``implemented`` is the one place that
+decides which options pemu refuses (vl.py refuses exactly
+:func:`unimplemented_options`) and which ones ``-help`` marks (*).
 
 The option groups (QemuOptsList) that option arguments are parsed into are
 also declared here, in :func:`standard_opts_lists`, and registered at one
@@ -105,15 +107,15 @@ OPTION_TABLE: tuple[QemuOption, ...] = (
          "memory", True),
     _opt("name", True, True, _STD, "-name [guest=]name[,process=name][,debug-threads=on|off]",
          "set the name of the guest", "name", True),
-    _opt("uuid", True, True, _STD, "-uuid %08x-%04x-%04x-%04x-%012x", "set the system UUID"),
+    _opt("uuid", True, False, _STD, "-uuid %08x-%04x-%04x-%04x-%012x", "set the system UUID"),
     _opt("device", True, True, _STD, "-device driver[,prop[=value][,...]]",
          "add a device; -device help lists drivers, -device driver,help its properties",
          "device", True),
     _opt("global", True, True, _STD, "-global driver.property=value\n-global driver=d,property=p,value=v",
          "set a default value of a property for every device of a type"),
-    _opt("object", True, False, _STD, "-object type,id=id[,prop=value[,...]]",
+    _opt("object", True, True, _STD, "-object type,id=id[,prop=value[,...]]",
          "create a user-creatable object", "object", True),
-    _opt("boot", True, True, _STD,
+    _opt("boot", True, False, _STD,
          "-boot [order=drives][,once=drives][,menu=on|off][,reboot-timeout=ms][,strict=on|off]",
          "set the boot order (a: floppy, c: hard disk, d: CD-ROM, n: network)", "boot-opts", True),
     _opt("rtc", True, False, _STD, "-rtc [base=utc|localtime|date][,clock=host|rt|vm][,driftfix=none|slew]",
@@ -122,9 +124,9 @@ OPTION_TABLE: tuple[QemuOption, ...] = (
     _opt("no-user-config", False, True, _STD, "-no-user-config", "read no user configuration file"),
     _opt("L", True, True, _STD, "-L path", "add a directory to search for firmware and ROM images"),
     _opt("bios", True, True, _STD, "-bios file", "load the firmware from this file"),
-    _opt("fw_cfg", True, False, _STD, "-fw_cfg [name=]name,file=file\n-fw_cfg [name=]name,string=str",
+    _opt("fw_cfg", True, True, _STD, "-fw_cfg [name=]name,file=file\n-fw_cfg [name=]name,string=str",
          "add a named fw_cfg entry from a file or a string", "fw_cfg", True),
-    _opt("smbios", True, False, _STD, "-smbios type=n[,field=value[,...]]", "set SMBIOS fields",
+    _opt("smbios", True, True, _STD, "-smbios type=n[,field=value[,...]]", "set SMBIOS fields",
          "smbios", True),
     _opt("numa", True, False, _STD, "-numa node[,memdev=id][,cpus=first[-last]][,nodeid=n]",
          "describe a NUMA node"),
@@ -138,13 +140,13 @@ OPTION_TABLE: tuple[QemuOption, ...] = (
     _opt("no-hpet", False, False, _STD, "-no-hpet", "create no HPET"),
     _opt("no-acpi", False, False, _STD, "-no-acpi", "create no ACPI tables"),
     # -- block devices
-    _opt("drive", True, True, _BLK, "-drive [file=file][,if=type][,format=f][,media=d][,index=i][,...]",
+    _opt("drive", True, False, _BLK, "-drive [file=file][,if=type][,format=f][,media=d][,index=i][,...]",
          "add a drive", "drive"),
     _opt("blockdev", True, False, _BLK, "-blockdev driver=d,node-name=n[,...]", "add a block node"),
-    _opt("hda", True, True, _BLK, "-hda file", "use a file as IDE/SATA hard disk 0"),
-    _opt("hdb", True, True, _BLK, "-hdb file", "use a file as IDE/SATA hard disk 1"),
-    _opt("hdc", True, True, _BLK, "-hdc file", "use a file as IDE/SATA hard disk 2"),
-    _opt("hdd", True, True, _BLK, "-hdd file", "use a file as IDE/SATA hard disk 3"),
+    _opt("hda", True, False, _BLK, "-hda file", "use a file as IDE/SATA hard disk 0"),
+    _opt("hdb", True, False, _BLK, "-hdb file", "use a file as IDE/SATA hard disk 1"),
+    _opt("hdc", True, False, _BLK, "-hdc file", "use a file as IDE/SATA hard disk 2"),
+    _opt("hdd", True, False, _BLK, "-hdd file", "use a file as IDE/SATA hard disk 3"),
     _opt("cdrom", True, False, _BLK, "-cdrom file", "use a file as the CD-ROM image"),
     _opt("fda", True, False, _BLK, "-fda file", "use a file as floppy disk 0"),
     _opt("snapshot", False, False, _BLK, "-snapshot", "write to temporary files instead of disk images"),
@@ -155,7 +157,7 @@ OPTION_TABLE: tuple[QemuOption, ...] = (
     _opt("vga", True, False, _DPY, "-vga std|cirrus|virtio|none", "select the video card"),
     _opt("vnc", True, False, _DPY, "-vnc display[,option[,...]]", "start a VNC server"),
     # -- network
-    _opt("netdev", True, True, _NET, "-netdev user,id=str[,hostfwd=rule][,...]\n-netdev tap,id=str[,...]",
+    _opt("netdev", True, False, _NET, "-netdev user,id=str[,hostfwd=rule][,...]\n-netdev tap,id=str[,...]",
          "create a network back-end", "netdev", True),
     _opt("nic", True, False, _NET, "-nic [type][,model=m][,mac=addr][,...]",
          "create a network card and its back-end in one go", "nic", True),
@@ -166,7 +168,7 @@ OPTION_TABLE: tuple[QemuOption, ...] = (
     _opt("serial", True, True, _CHR, "-serial dev", "connect the next serial port to dev (stdio, pty, none, ...)"),
     _opt("parallel", True, False, _CHR, "-parallel dev", "connect the next parallel port to dev"),
     _opt("monitor", True, True, _CHR, "-monitor dev", "put the human monitor on dev"),
-    _opt("qmp", True, True, _CHR, "-qmp dev", "put a QMP monitor on dev"),
+    _opt("qmp", True, False, _CHR, "-qmp dev", "put a QMP monitor on dev"),
     _opt("qmp-pretty", True, False, _CHR, "-qmp-pretty dev", "put a pretty-printing QMP monitor on dev"),
     _opt("mon", True, True, _CHR, "-mon [chardev=]id[,mode=readline|control][,pretty=on|off]",
          "put a monitor on a character device", "mon", True),

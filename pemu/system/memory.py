@@ -731,6 +731,11 @@ class AddressSpace:
     def write_rom(self, addr: int, data: bytes | bytearray | memoryview) -> MemTxResult:
         return self.write(addr, data, rom=True)
 
+    def is_memory(self, addr: int, length: int) -> bool:
+        """True when every byte of [addr, addr+length) is RAM or ROM, so a
+        loader's :meth:`write_rom` lands in memory rather than a device."""
+        return all(fr is not None and fr.mr.ram_block is not None for _, _, fr in self._walk(addr, length))
+
     def map(self, addr: int, length: int, is_write: bool = False) -> memoryview | None:
         """Zero-copy view of guest RAM for [addr, addr+length), or None if
         the range is not all in one RAM range (callers then fall back to

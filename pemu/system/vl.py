@@ -18,10 +18,16 @@ from __future__ import annotations
 import signal
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pemu import __version__
-from pemu.cli.options import ParsedOption, parse_command_line, qemu_options_help, register_standard_opts
+from pemu.cli.options import (
+    ParsedOption,
+    parse_command_line,
+    qemu_options_help,
+    register_standard_opts,
+    unimplemented_options,
+)
 from pemu.hw.core.machine import TYPE_MACHINE, MachineClass, MachineState
 from pemu.hw.core.qdev import (
     GlobalProperty,
@@ -44,13 +50,8 @@ from pemu.util import log
 from pemu.util.error import UserError
 from pemu.util.qemu_opts import QemuOpts, qemu_global_option
 
-# Options vl.py acts on.  Anything else the table knows is refused by name.
-HANDLED_OPTIONS = {
-    "machine", "m", "smp", "cpu", "accel", "enable-kvm", "device", "global", "object", "chardev",
-    "serial", "monitor", "mon", "kernel", "initrd", "append", "bios", "name", "nodefaults",
-    "no-user-config", "nographic", "display", "S", "no-reboot", "no-shutdown", "d", "D", "L",
-    "version", "help", "h", "fw_cfg", "smbios",
-}
+if TYPE_CHECKING:
+    from pemu.accel.accel import AccelRequest
 
 
 def _register_all_types() -> None:
@@ -76,8 +77,7 @@ class Config:
     smp: QemuOpts | None = None
     smp_location: str = "-smp"
     cpu_model: str | None = None
-    accel: str | None = None
-    accel_location: str | None = None
+    accels: list[AccelRequest] = field(default_factory=list)  # -accel, -enable-kvm or -machine accel=, in order
     devices: list[tuple[QemuOpts, str]] = field(default_factory=list)
     objects: list[tuple[QemuOpts, str]] = field(default_factory=list)
     chardevs: list[tuple[QemuOpts, str]] = field(default_factory=list)
@@ -113,9 +113,9 @@ def parse_config(argv: list[str]) -> Config:
     register_standard_opts()
     parsed = parse_command_line(argv)
     cfg = Config()
-    for opt in parsed:
-        if opt.name not in HANDLED_OPTIONS:
-            raise opt.error(f"option '-{opt.option.name}' is not supported by pemu yet")
+    # The option table's `implemented` flag decides (and -help shows it).
+    for opt in unimplemented_options(parsed):
+        raise opt.error(f"option '-{opt.option.name}' is not supported by pemu yet")
     for opt in parsed:
         _apply_option(cfg, opt)
     return cfg
@@ -146,12 +146,17 @@ def _apply_option(cfg: Config, opt: ParsedOption) -> None:
 
             sys.stdout.write(accel_help())
             raise EarlyExit(0)
+        from pemu.accel.accel import accel_requests
+
         accel = opts.get("accel")
-        cfg.accel = accel if cfg.accel is None else f"{cfg.accel}:{accel}"
-        cfg.accel_location = opt.location
+        if not accel:
+            raise opt.error("Parameter 'accel' is missing")
+        props = [(key, value) for key, value in opts.items() if key != "accel"]
+        cfg.accels += accel_requests(accel, opt.location, props)
     elif name == "enable-kvm":
-        cfg.accel = "kvm"
-        cfg.accel_location = opt.location
+        from pemu.accel.accel import AccelRequest
+
+        cfg.accels.append(AccelRequest("kvm", (), opt.location))
     elif name == "device":
         cfg.devices.append((opt.parse_opts(), opt.location))
     elif name == "global":
@@ -237,6 +242,9 @@ def _apply_option(cfg: Config, opt: ParsedOption) -> None:
         cfg.fw_cfg_files.append(parse_fw_cfg_option(opt.parse_opts(), opt.location))
     elif name == "smbios":
         cfg.smbios.append((opt.parse_opts(), opt.location))
+    else:
+        # The table marks it implemented, so it was not refused: a table entry without code here.
+        raise NotImplementedError(f"-{name} is marked implemented in pemu.cli.options but vl does not act on it")
 
 
 # --- machine selection ----------------------------------------------------------------------
@@ -400,7 +408,11 @@ def qemu_create_machine(cfg: Config, mc: MachineClass) -> MachineState:
             if key in ("type",):
                 continue
             if key == "accel":
-                cfg.accel = cfg.accel or value
+                from pemu.accel.accel import accel_requests
+
+                if cfg.accels:
+                    raise UserError('The -accel and "-machine accel=" options are incompatible')
+                cfg.accels = accel_requests(value, cfg.machine.location)
                 continue
             try:
                 machine.property_parse(key, value)
@@ -426,7 +438,7 @@ def qemu_create_machine(cfg: Config, mc: MachineClass) -> MachineState:
 def configure_accelerators(cfg: Config, machine: MachineState) -> Any:
     from pemu.accel.accel import configure_accelerators as configure
 
-    accel = configure(cfg.accel, machine.smp.cpus, cfg.accel_location)
+    accel = configure(cfg.accels or None, machine.smp.cpus)
     accel.init_machine(machine)
     machine.accel = accel.name
     phase_advance(MachineInitPhase.ACCEL_CREATED)
@@ -550,6 +562,18 @@ def qemu_setup_defaults_and_monitors(cfg: Config) -> None:
         del monitors[stdio_monitor[0]]
         monitor_first = True
 
+    def chr_new(label: str, spec: str, location: str) -> Any:
+        try:
+            return qemu_chr_new(label, spec)
+        except UserError as e:
+            raise UserError(e.message, e.location or location) from None
+        except QOMError as e:
+            raise UserError(str(e), location) from None
+
+    # Every back-end first, and only then the monitors, which greet the user
+    # (banner, prompt) as they start: a bad -serial or -monitor is then one
+    # error line, with no monitor banner before it.
+    monitor_chrs: list[Any] = []
     for n, (kind, spec) in enumerate(monitors):
         if kind == "mon":
             chr_ = qemu_chr_find(spec)
@@ -558,19 +582,25 @@ def qemu_setup_defaults_and_monitors(cfg: Config) -> None:
         else:
             if spec == "none":
                 continue
-            chr_ = qemu_chr_new(f"compat_monitor{n}", spec)
+            chr_ = chr_new(f"compat_monitor{n}", spec, f"-monitor {spec}")
         if chr_ is not None:
-            monitor_init_hmp(chr_)
+            monitor_chrs.append(chr_)
+    serial_monitor_chrs: list[Any] = []
     for i, spec in enumerate(serials):
         if spec == "none":
             _serial_hds.append(None)
             continue
-        chr_ = qemu_chr_new(f"serial{i}", spec)
+        as_typed = cfg.serials[i] if i < len(cfg.serials) else spec
+        chr_ = chr_new(f"serial{i}", spec, f"-serial {as_typed}")
         if chr_ is not None and spec.startswith("mon:"):
-            mon = monitor_init_hmp(chr_)
-            if monitor_first:
-                _focus_after_board.append((chr_, mon.fe))
+            serial_monitor_chrs.append(chr_)
         _serial_hds.append(chr_)
+    for chr_ in monitor_chrs:
+        monitor_init_hmp(chr_)
+    for chr_ in serial_monitor_chrs:
+        mon = monitor_init_hmp(chr_)
+        if monitor_first:
+            _focus_after_board.append((chr_, mon.fe))
 
 
 # (mux, front-end) pairs whose front-end takes the input focus once the board

@@ -1,8 +1,8 @@
 """Build the test guests (tests/guests/*.S, *.c) with the host's gcc/as/ld.
 
-``build_test_guest(outdir)`` returns the path of the multiboot ELF kernel;
-``build_pio_guest(outdir)`` the same kernel (the "pio" test is chosen on its
-command line).  Nothing is cached in the repository: the tests build into a
+``build_test_guest(outdir)`` returns the path of the multiboot ELF kernel
+(the test it runs is chosen on its command line); ``build_ttext_guest(outdir)``
+the same guest linked with ``ld -Ttext=0x100000`` instead of guest.ld.  Nothing is cached in the repository: the tests build into a
 temporary directory.
 """
 
@@ -26,19 +26,34 @@ def tools_available() -> bool:
     return all(shutil.which(t) for t in ("gcc", "ld"))
 
 
-def build_test_guest(outdir: Path) -> Path:
+def _compile(outdir: Path, sources: tuple[str, ...]) -> list[str]:
     if not tools_available():
         raise GuestToolsMissing("gcc and ld are needed to build the test guests")
     outdir.mkdir(parents=True, exist_ok=True)
     objs = []
-    for src in ("boot.S", "guest.c"):
+    for src in sources:
         obj = outdir / (src.rsplit(".", 1)[0] + ".o")
         subprocess.run(["gcc", *CFLAGS, "-c", str(GUEST_DIR / src), "-o", str(obj)], check=True,
                        capture_output=True, text=True)
         objs.append(str(obj))
+    return objs
+
+
+def build_test_guest(outdir: Path) -> Path:
+    objs = _compile(outdir, ("boot.S", "guest.c"))
     kernel = outdir / "test-guest.elf"
     subprocess.run(["ld", "-m", "elf_i386", "-T", str(LINKER_SCRIPT), "-nostdlib", "-o", str(kernel), *objs],
                    check=True, capture_output=True, text=True)
+    return kernel
+
+
+def build_ttext_guest(outdir: Path) -> Path:
+    """The same guest linked as many hobby kernels are, with ``ld -Ttext=0x100000``
+    and no linker script: its first LOAD segment holds only the ELF headers, at 0xff000."""
+    objs = _compile(outdir, ("text_header.S", "boot.S", "guest.c"))
+    kernel = outdir / "test-guest-ttext.elf"
+    subprocess.run(["ld", "-m", "elf_i386", "-Ttext=0x100000", "-e", "boot32", "-z", "noexecstack", "-nostdlib",
+                    "-o", str(kernel), *objs], check=True, capture_output=True, text=True)
     return kernel
 
 

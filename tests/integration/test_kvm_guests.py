@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.guests.build import PASSED_STATUS, build_test_guest, run_test_guest, tools_available
+from tests.guests.build import PASSED_STATUS, build_test_guest, build_ttext_guest, run_test_guest, tools_available
 
 pytestmark = pytest.mark.skipif(not tools_available(), reason="gcc/ld are needed for the test guests")
 
@@ -51,6 +51,41 @@ def test_pit_timer_with_kernel_irqchip_off(test_guest: Path) -> None:
     run = run_test_guest(test_guest, "test=pit", extra=["-machine", "kernel-irqchip=off"])
     assert "pit: 10 ticks" in run.output, run.output + run.stderr
     assert run.status == PASSED_STATUS
+
+
+@pytest.mark.kvm
+def test_kernel_linked_with_ttext_boots_under_kvm(tmp_path: Path) -> None:
+    """Its ELF headers' segment at 0xff000 is written into the BIOS area's ROM."""
+    run = run_test_guest(build_ttext_guest(tmp_path), "test=serial")
+    assert "hello from the test guest" in run.output, run.output + run.stderr
+    assert run.status == PASSED_STATUS, run.stderr
+
+
+@pytest.mark.kvm
+def test_accel_kernel_irqchip_off_takes_effect(test_guest: Path) -> None:
+    """-accel kvm,kernel-irqchip=off is the same setting as -machine kernel-irqchip=off:
+    pemu's own PIT drives the timer, and two vCPUs are refused without the in-kernel irqchip."""
+    run = run_test_guest(test_guest, "test=pit", accel="kvm,kernel-irqchip=off")
+    assert "pit: 10 ticks" in run.output, run.output + run.stderr
+    assert run.status == PASSED_STATUS
+    run = run_test_guest(test_guest, "test=serial", accel="kvm,kernel-irqchip=off", extra=["-smp", "2"])
+    assert run.status == 1
+    assert run.stderr.count("\n") == 1 and "needs kernel-irqchip=on" in run.stderr, run.stderr
+
+
+@pytest.mark.kvm
+@pytest.mark.parametrize("accel, message", [
+    ("kvm,kernel-irqchip=maybe", "pemu: -accel kvm,kernel-irqchip=maybe: Parameter 'kernel-irqchip' does not "
+                                 "accept value 'maybe'"),
+    ("kvm,kernel-irqchip=split", "pemu: -accel kvm,kernel-irqchip=split: kernel-irqchip=split is not supported"),
+    ("kvm,thread=single", "pemu: -accel kvm,thread=single: Property 'kvm-accel.thread' not found"),
+    ("kvm,dirty-ring-size=4096", "pemu: -accel kvm,dirty-ring-size=4096: Property 'kvm-accel.dirty-ring-size' "
+                                 "is not supported by pemu"),
+])
+def test_bad_kvm_accel_properties(test_guest: Path, accel: str, message: str) -> None:
+    run = run_test_guest(test_guest, "test=serial", accel=accel)
+    assert run.status == 1
+    assert run.stderr.startswith(message) and run.stderr.count("\n") == 1, run.stderr
 
 
 @pytest.mark.kvm

@@ -162,6 +162,29 @@ def test_monitor_on_a_unix_socket_with_cont_and_quit() -> None:
     (["-m", "1G,maxmem=512M"], r"^pemu: -m 1G,maxmem=512M: invalid value of maxmem"),
     (["-cpu", "nosuch"], r"^pemu: -cpu nosuch: unable to find CPU model 'nosuch'"),
     (["-smp", "2"], r"^pemu: -smp 2: tcg supports only one vCPU"),
+    # -accel properties are QEMU's, checked, never ignored.
+    (["-accel", "tcg,foo=bar"], r"^pemu: -accel tcg,foo=bar: Property 'tcg-accel\.foo' not found$"),
+    (["-accel", "tcg,kernel-irqchip=off"],
+     r"^pemu: -accel tcg,kernel-irqchip=off: Property 'tcg-accel\.kernel-irqchip' not found$"),
+    (["-accel", "tcg,thread=multi"], r"^pemu: -accel tcg,thread=multi: thread=multi is not supported by pemu"),
+    (["-accel", "tcg,thread=many"], r"^pemu: -accel tcg,thread=many: Invalid 'thread' setting many$"),
+    (["-accel", "tcg,tb-size=lots"], r"^pemu: -accel tcg,tb-size=lots: Parameter 'tb-size' expects uint64$"),
+    (["-accel", "tcg,split-wx=on"],
+     r"^pemu: -accel tcg,split-wx=on: Property 'tcg-accel\.split-wx' is not supported by pemu$"),
+    (["-accel", "tcg", "-machine", "q35,accel=kvm"],
+     r"^pemu: The -accel and \"-machine accel=\" options are incompatible$"),
+    # A port beyond 65535 is refused, not taken modulo 65536.
+    (["-monitor", "tcp::99999,server=on,wait=off"],
+     r"^pemu: -monitor tcp::99999,server=on,wait=off: port 99999 out of range$"),
+    (["-chardev", "socket,id=c0,host=127.0.0.1,port=65536,server=on,wait=off"],
+     r"^pemu: -chardev socket,id=c0,host=127\.0\.0\.1,port=65536,server=on,wait=off: port 65536 out of range$"),
+    # The CPU type is named, as in QEMU.
+    (["-cpu", "qemu64,+nosuchflag"],
+     r"^pemu: -cpu qemu64,\+nosuchflag: Property 'qemu64-x86_64-cpu\.nosuchflag' not found$"),
+    (["-cpu", "qemu64,nosuchflag=on"], r"^pemu: -cpu qemu64,nosuchflag=on: can't apply global "
+     r"qemu64-x86_64-cpu\.nosuchflag=on: Property 'qemu64-x86_64-cpu\.nosuchflag' not found$"),
+    (["-cpu", "qemu64,sse4.2=maybe"], r"^pemu: -cpu qemu64,sse4\.2=maybe: can't apply global "
+     r"qemu64-x86_64-cpu\.sse4\.2=maybe: Parameter 'sse4\.2' expects 'on' or 'off'$"),
 ])
 def test_bad_input_gives_one_line_and_status_1(args: list[str], message: str) -> None:
     r = pemu(*args, "-S", "-display", "none", "-nodefaults") if args[-1] != "-m" else pemu(*args)
@@ -170,6 +193,15 @@ def test_bad_input_gives_one_line_and_status_1(args: list[str], message: str) ->
     lines = r.stderr.splitlines()
     assert len(lines) == 1, r.stderr
     assert re.search(message, lines[0]), lines[0]
+
+
+@pytest.mark.parametrize("serial", ["bogus:", "tcp::99999,server=on,wait=off"])
+def test_bad_serial_fails_before_the_monitor_greets(serial: str) -> None:
+    """The monitor's banner and prompt do not come before the -serial error."""
+    r = pemu("-S", "-display", "none", "-nodefaults", "-monitor", "stdio", "-serial", serial)
+    assert r.returncode == 1
+    assert r.stdout == ""
+    assert r.stderr.splitlines() == [r.stderr.strip()] and r.stderr.startswith(f"pemu: -serial {serial}: ")
 
 
 def test_memory_backend_object_backs_the_ram() -> None:

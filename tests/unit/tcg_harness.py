@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import pytest
 
@@ -54,10 +54,10 @@ class StubCPU:
 
 
 class Machine:
-    def __init__(self, ram_size: int = 4 << 20, model: str = "qemu64") -> None:
+    def __init__(self, ram_size: int = 4 << 20, model: str = "qemu64", accel: str | Sequence[Any] = "tcg") -> None:
         from pemu.accel.accel import configure_accelerators
 
-        configure_accelerators("tcg")
+        configure_accelerators(accel)
         self.sysmem = MemoryRegion.container("system", 1 << 40)
         self.ram = MemoryRegion.ram("ram", ram_size)
         self.sysmem.add_subregion(0, self.ram)

@@ -197,14 +197,8 @@ def test_with_acpi_tables_in_reserved_ram():
     assert plan.initrd_addr + plan.initrd_size <= acpi.base_addr
 
 
-DEBIAN_KERNEL = "/root/.cache/pemu/guest/vmlinuz-6.1.0-56-amd64"
-
-
-@pytest.mark.skipif(not __import__("os").path.exists(DEBIAN_KERNEL),
-                    reason="the Debian guest kernel is not in the cache")
-def test_real_debian_kernel_header():
-    with open(DEBIAN_KERNEL, "rb") as f:
-        data = f.read()
+def test_real_debian_kernel_header(guest_images):
+    data = guest_images.kernel.read_bytes()
     plan = plan_linux_boot(data, None, "console=ttyS0", 512 * MiB, q35_e820(512 * MiB), None,
                            unpack_on_host=False)
     h = plan.header

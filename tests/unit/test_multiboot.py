@@ -102,7 +102,7 @@ def test_module_list_parsing() -> None:
     (header(1 << 16, 0x100000, 0x100000, 0x100400, 0, 0x100000), "runs past the end"),
     (header(1 << 16, 0x100000, 0x100000, 0x100010, 0x100008, 0x100000), "bss_end_addr is below"),
     (header(1 << 16, 0x100000, 0x100000, 0, 0, 0x900000), "entry_addr 0x900000 is outside"),
-    (header(1 << 16, 0x100000, 0x100000, 0, 0x80000000, 0x100000), "is not in guest RAM"),
+    (header(1 << 16, 0x100000, 0x100000, 0, 0x80000000, 0x100000), "is not in guest memory"),
     (b"\x00" * 16, "no valid header"),
 ])
 def test_bad_headers_give_one_clear_error(image: bytes, message: str) -> None:
@@ -117,6 +117,41 @@ def test_bad_elf_is_reported() -> None:
         plan_multiboot(bytes(image), "k", "", [], e820_64m())
     with pytest.raises(ElfError, match="bad size"):
         plan_multiboot(elf32_kernel(memsz=1), "k", "", [], e820_64m())
+
+
+def elf32_two_segments(low_paddr: int) -> bytes:
+    """As `ld -Ttext=0x100000` links: a first LOAD segment holding only the
+    ELF headers at ``low_paddr``, then the code with the header at 1 MiB."""
+    ehdr_size, phdr_size = 52, 32
+    headers_size = ehdr_size + 2 * phdr_size
+    code = header(0) + b"\xf4" * 16
+    ehdr = (b"\x7fELF" + bytes([1, 1, 1]) + bytes(9)
+            + struct.pack("<HHIIIIIHHHHHH", 2, 3, 1, 0x10000C, ehdr_size, 0, 0, ehdr_size, phdr_size, 2, 40, 0, 0))
+    phdrs = (struct.pack("<IIIIIIII", 1, 0, low_paddr, low_paddr, headers_size, headers_size, 4, 0x1000)
+             + struct.pack("<IIIIIIII", 1, 0x1000, 0x100000, 0x100000, len(code), len(code), 5, 0x1000))
+    image = ehdr + phdrs
+    return image + bytes(0x1000 - len(image)) + code
+
+
+def q35_memory(addr: int, length: int) -> bool:
+    """Where a 64 MiB q35 machine has RAM or ROM: low RAM, the BIOS area
+    from 0xc0000, RAM from 1 MiB on (the VGA window 0xa0000-0xbffff is not)."""
+    spans = [(0, 0xA0000), (0xC0000, 0x4000000)]
+    return any(start <= addr and addr + length <= end for start, end in spans)
+
+
+def test_elf_headers_segment_in_the_bios_area_is_loaded() -> None:
+    plan = plan_multiboot(elf32_two_segments(0xFF000), "k", "", [], e820_64m(), q35_memory)
+    headers = next(b for b in plan.blobs if b.name == "kernel segment 0")
+    assert headers.addr == 0xFF000 and headers.data[:4] == b"\x7fELF"
+    assert plan.entry.eip == 0x10000C
+
+
+def test_elf_segment_outside_guest_memory_is_refused() -> None:
+    with pytest.raises(MultibootError, match="kernel segment at 0xa0000-0xa0073 is not in guest memory"):
+        plan_multiboot(elf32_two_segments(0xA0000), "k", "", [], e820_64m(), q35_memory)
+    with pytest.raises(MultibootError, match="kernel segment at 0x8000000-0x8000073 is not in guest memory"):
+        plan_multiboot(elf32_two_segments(0x8000000), "k", "", [], e820_64m(), q35_memory)
 
 
 def test_kernel_overlapping_the_info_area_is_refused() -> None:

@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from pemu.accel.accel import configure_accelerators
+from pemu.accel.accel import AccelOps, AccelRequest, configure_accelerators
 from pemu.target.i386.cpu_models import TCG_UNSUPPORTED, parse_cpu_option, x86_cpu_list, x86_cpu_model_for
 from pemu.target.i386.cpu_state import CPUX86State, Reg, SegReg
 from pemu.target.i386.tcg.uc_context import verify_context_layout
@@ -60,6 +60,41 @@ def test_accelerator_selection() -> None:
     # kvm may or may not work here; the fallback must end on tcg either way
     assert configure_accelerators("kvm:tcg").name in ("kvm", "tcg")
     configure_accelerators("tcg")
+
+
+def test_accel_properties_are_checked_per_accelerator(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # noqa: ANN001
+    def tcg(*props: tuple[str, str]) -> AccelOps:
+        return configure_accelerators([AccelRequest("tcg", props, "-accel tcg,...")])
+
+    assert tcg(("thread", "single"), ("tb-size", "64")).tb_size_mib == 64
+    for props, message in [
+        ((("foo", "bar"),), "-accel tcg,...: Property 'tcg-accel.foo' not found"),
+        ((("kernel-irqchip", "off"),), "-accel tcg,...: Property 'tcg-accel.kernel-irqchip' not found"),
+        ((("thread", "multi"),), "-accel tcg,...: thread=multi is not supported by pemu"),
+        ((("thread", "x"),), "-accel tcg,...: Invalid 'thread' setting x"),
+        ((("tb-size", "-1"),), "-accel tcg,...: Parameter 'tb-size' expects uint64"),
+        ((("tb-size", "4096"),), "-accel tcg,...: tb-size 4096 MiB is too large"),
+        ((("split-wx", "on"),), "-accel tcg,...: Property 'tcg-accel.split-wx' is not supported by pemu"),
+    ]:
+        with pytest.raises(UserError) as info:
+            tcg(*props)
+        assert str(info.value).startswith(message)
+    # Properties of an accelerator that is not available are not looked at (QEMU's order).
+    monkeypatch.setenv("PEMU_KVM_DEVICE", str(tmp_path / "no-kvm"))
+    fallback = configure_accelerators([AccelRequest("kvm", (("nosuch", "1"),)), AccelRequest("tcg")])
+    assert fallback.name == "tcg"
+    configure_accelerators("tcg")
+
+
+def test_tb_size_sizes_the_engine_translation_cache() -> None:
+    from tcg_harness import Machine
+
+    m = Machine(accel=[AccelRequest("tcg", (("tb-size", "48"),))])
+    try:
+        assert m.vcpu.uc.ctl_get_tcg_buffer_size() == 48 << 20
+    finally:
+        m.close()
+        configure_accelerators("tcg")
 
 
 def test_reset_and_flat32_state() -> None:

@@ -27,7 +27,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from pemu.accel.accel import AccelOps, AccelUnavailable, VCPUExit, current_accel
+from pemu.accel.accel import KVM_ACCEL_PROPERTIES, AccelOps, AccelUnavailable, VCPUExit, current_accel
 from pemu.accel.kvm import kvm_sys as k
 from pemu.accel.kvm.kvm_sys import ExitReason, KVMError, MPState, SystemEvent
 from pemu.target.i386.cpu_state import (
@@ -536,6 +536,7 @@ def _ignore_signal(signum: int, frame: Any) -> None:
 class KVMAccel(AccelOps):
     name = "kvm"
     supports_smp = True
+    properties = KVM_ACCEL_PROPERTIES
 
     def __init__(self) -> None:
         path = kvm_device_path()
@@ -550,13 +551,21 @@ class KVMAccel(AccelOps):
         self.signal_installed = False
         self.gsi_lines: list[KVMIRQLine] = []
         self.internal_error = False
+        # -accel kvm,kernel-irqchip=...; when not given, -machine kernel-irqchip=
+        # (QEMU's older spelling of the same setting) decides.
+        self.kernel_irqchip: str | None = None
 
     def init_machine(self, machine: Any) -> None:
         from pemu.system.physmem import address_space_memory
 
-        mode = getattr(machine, "kernel_irqchip", "on") or "on"
+        where: str | None = None  # -accel's value was checked where the option is named
+        if self.kernel_irqchip is not None:
+            mode = self.kernel_irqchip
+        else:
+            mode = getattr(machine, "kernel_irqchip", "on") or "on"
+            where = f"-machine kernel-irqchip={mode}"
         if mode == "split":
-            raise UserError("kernel-irqchip=split is not supported by pemu", "-machine kernel-irqchip=split")
+            raise UserError("kernel-irqchip=split is not supported by pemu", where)
         try:
             self.vm = vm = self.system.create_vm()
         except KVMError as e:
@@ -571,7 +580,7 @@ class KVMAccel(AccelOps):
         self.supported_cpuid = self.system.supported_cpuid()
         if mode == "on":
             if not self.system.check_extension(k.Cap.IRQCHIP):
-                raise UserError("kernel-irqchip=on is not supported by this KVM", "-machine kernel-irqchip=on")
+                raise UserError("kernel-irqchip=on is not supported by this KVM", where)
             vm.create_irqchip()
             vm.set_gsi_routing(pc_gsi_routing())
             vm.create_pit2(0)

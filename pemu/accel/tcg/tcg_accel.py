@@ -21,7 +21,7 @@ from unicorn import (UC_ARCH_X86, UC_ERR_INSN_INVALID, UC_HOOK_INSN, UC_HOOK_INT
 from unicorn import x86_const as ucx
 from unicorn.unicorn_py3.unicorn import uclib
 
-from pemu.accel.accel import AccelOps, VCPUExit
+from pemu.accel.accel import TCG_ACCEL_PROPERTIES, AccelOps, VCPUExit
 from pemu.accel.tcg.exit_request import TBExitRequest, verify_exit_request
 from pemu.accel.tcg.memory_map import UnicornMemoryMap
 from pemu.target.i386.cpu_models import TCG_UNSUPPORTED
@@ -150,13 +150,15 @@ class _IRQPoll:
 class TCGVCPU:
     """One x86 vCPU on a Unicorn engine.  All methods but ``kick`` run on the vCPU thread."""
 
-    def __init__(self, cpu: Any) -> None:
+    def __init__(self, cpu: Any, tb_size: int = 0) -> None:
         verify_context_layout()
         verify_exit_request()
         self.cpu = cpu
         self.run = cpu.run
         self.env: CPUX86State = cpu.env
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        if tb_size:
+            self.uc.ctl_set_tcg_buffer_size(tb_size)  # before the engine initialises on first use
         self.ctx = CPUContext(self.uc)
         self._load_blob(_real_mode_state())
         self._rflags = ctypes.c_uint64()
@@ -500,12 +502,17 @@ class TCGVCPU:
 class TCGAccel(AccelOps):
     name = "tcg"
     supports_smp = False
+    properties = TCG_ACCEL_PROPERTIES
+
+    def __init__(self) -> None:
+        self.thread = "single"
+        self.tb_size_mib = 0  # -accel tcg,tb-size=N: translation cache in MiB; 0 is the engine's default
 
     def init_machine(self, machine: Any) -> None:
         verify_context_layout()
 
     def create_vcpu(self, cpu: Any) -> TCGVCPU:
-        return TCGVCPU(cpu)
+        return TCGVCPU(cpu, self.tb_size_mib << 20)
 
     def cpu_model_filter(self) -> dict[Any, int]:
         return dict(TCG_UNSUPPORTED)

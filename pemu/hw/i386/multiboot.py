@@ -13,12 +13,13 @@ at the entry in 32-bit protected mode with EAX=0x2BADB002, EBX=&info.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntFlag
 
 from pemu.hw.i386.e820 import E820Table, E820Type
 from pemu.hw.i386.linux_boot import BOOT_GDT, BOOT_GDT_ADDR, EntryState, LoadBlob
-from pemu.hw.i386.pvh import check_fits_in_ram, check_no_overlap, elf_load_blobs, is_elf, parse_elf
+from pemu.hw.i386.pvh import check_no_overlap, elf_load_blobs, is_elf, parse_elf
 from pemu.util.error import UserError
 
 MULTIBOOT_HEADER_MAGIC = 0x1BADB002
@@ -58,6 +59,11 @@ class MultibootInfoFlags(IntFlag):
 
 class MultibootError(UserError):
     """A -kernel image with a multiboot header that cannot be loaded."""
+
+
+# Is [addr, addr + length) guest memory (RAM or ROM) that a loader can write?
+# The board answers from its address space; without one, RAM in the e820 map.
+MemoryProbe = Callable[[int, int], bool]
 
 
 @dataclass(frozen=True)
@@ -131,13 +137,14 @@ def parse_module_list(spec: str) -> list[tuple[str, str]]:
     return out
 
 
-def _check_ram(addr: int, size: int, e820: E820Table, what: str) -> None:
-    """Before anything is allocated: a guest-chosen size must not exceed guest RAM."""
-    if size and not e820.contains(addr, size):
-        raise MultibootError(f"multiboot: {what} at {addr:#x}-{addr + size - 1:#x} is not in guest RAM")
+def _check_memory(addr: int, size: int, is_memory: MemoryProbe, what: str) -> None:
+    """A kernel-chosen span must land in guest memory; checked before anything
+    is allocated for it, so a huge size costs nothing."""
+    if size and not is_memory(addr, size):
+        raise MultibootError(f"multiboot: {what} at {addr:#x}-{addr + size - 1:#x} is not in guest memory")
 
 
-def _load_aout(image: bytes, hdr: MultibootHeader, e820: E820Table) -> tuple[list[LoadBlob], int, int]:
+def _load_aout(image: bytes, hdr: MultibootHeader, is_memory: MemoryProbe) -> tuple[list[LoadBlob], int, int]:
     if hdr.load_addr > hdr.header_addr:
         raise MultibootError("multiboot: load_addr is above header_addr")
     file_offset = hdr.offset - (hdr.header_addr - hdr.load_addr)
@@ -157,17 +164,20 @@ def _load_aout(image: bytes, hdr: MultibootHeader, e820: E820Table) -> tuple[lis
         raise MultibootError("multiboot: bss_end_addr is below load_end_addr")
     if bss_end > 1 << 32:
         raise MultibootError("multiboot: kernel does not fit below 4 GiB")
-    _check_ram(hdr.load_addr, bss_end - hdr.load_addr, e820, "kernel")
+    _check_memory(hdr.load_addr, bss_end - hdr.load_addr, is_memory, "kernel")
     data = image[file_offset:file_offset + size] + bytes(bss_end - end)
     if not hdr.load_addr <= hdr.entry_addr < max(bss_end, hdr.load_addr + 1):
         raise MultibootError(f"multiboot: entry_addr {hdr.entry_addr:#x} is outside the loaded image")
     return [LoadBlob(hdr.load_addr, data, "kernel")], hdr.entry_addr, bss_end
 
 
-def _load_elf(image: bytes, e820: E820Table) -> tuple[list[LoadBlob], int, int]:
+def _load_elf(image: bytes, is_memory: MemoryProbe) -> tuple[list[LoadBlob], int, int]:
     elf = parse_elf(image)
+    # A segment goes wherever the machine has memory, not only into RAM the
+    # e820 map offers: `ld -Ttext=0x100000` puts the ELF headers in a
+    # segment of their own at 0xff000, in the BIOS area, as QEMU accepts.
     for segment in elf.segments:
-        _check_ram(segment.paddr, segment.memsz, e820, "kernel segment")
+        _check_memory(segment.paddr, segment.memsz, is_memory, "kernel segment")
     entry = elf.vaddr_to_paddr(elf.entry)
     if entry >= 1 << 32:
         raise MultibootError(f"multiboot: ELF entry point {elf.entry:#x} is above 4 GiB")
@@ -188,7 +198,12 @@ def _mem_sizes(e820: E820Table) -> tuple[int, int]:
 
 
 def plan_multiboot(image: bytes, kernel_name: str, cmdline: str, modules: list[MultibootModule],
-                   e820: E820Table) -> MultibootPlan:
+                   e820: E820Table, is_memory: MemoryProbe | None = None) -> MultibootPlan:
+    """The blobs and entry state for a multiboot kernel.  ``e820`` is the
+    memory map given to the kernel; ``is_memory`` says where the machine has
+    memory to load into (RAM of the e820 map when not given)."""
+    if is_memory is None:
+        is_memory = e820.contains
     hdr = find_multiboot_header(image)
     if hdr is None:
         raise MultibootError("not a multiboot kernel (no valid header in the first 8 KiB)")
@@ -196,9 +211,9 @@ def plan_multiboot(image: bytes, kernel_name: str, cmdline: str, modules: list[M
     if unknown:
         raise MultibootError(f"multiboot: unsupported required header flags {unknown:#x}")
     if hdr.flags & MultibootHeaderFlags.AOUT_KLUDGE:
-        blobs, entry, kernel_end = _load_aout(image, hdr, e820)
+        blobs, entry, kernel_end = _load_aout(image, hdr, is_memory)
     elif is_elf(image):
-        blobs, entry, kernel_end = _load_elf(image, e820)
+        blobs, entry, kernel_end = _load_elf(image, is_memory)
     else:
         raise MultibootError("multiboot: the kernel is not ELF and its header has no address fields (flag 16)")
 
@@ -241,7 +256,8 @@ def plan_multiboot(image: bytes, kernel_name: str, cmdline: str, modules: list[M
     blobs.append(LoadBlob(MBI_ADDR, bytes(area), "multiboot information"))
     blobs.append(LoadBlob(BOOT_GDT_ADDR, b"".join(struct.pack("<Q", d) for d in BOOT_GDT), "boot GDT"))
     check_no_overlap(blobs, "multiboot")
-    check_fits_in_ram(blobs, e820, "multiboot")
+    for blob in blobs:
+        _check_memory(blob.addr, len(blob.data), is_memory, blob.name)
     state = EntryState(eip=entry, esi=0, eax=MULTIBOOT_BOOTLOADER_MAGIC, ebx=MBI_ADDR)
     return MultibootPlan(blobs, state, MBI_ADDR, kernel_end, placed)
 

@@ -280,6 +280,7 @@ def x86_load_direct_kernel(x86ms: X86MachineState, kernel: bytes) -> bool:
     kernel, as QEMU tries them.  False when it is neither."""
     from pemu.hw.i386.multiboot import is_multiboot, load_multiboot_modules, plan_multiboot
     from pemu.hw.i386.pvh import has_pvh_note, plan_pvh_boot
+    from pemu.system.physmem import address_space_memory
     from pemu.util.error import UserError
 
     assert x86ms.kernel is not None
@@ -290,7 +291,8 @@ def x86_load_direct_kernel(x86ms: X86MachineState, kernel: bytes) -> bool:
                                  getattr(x86ms, "acpi_rsdp_addr", None))
         elif is_multiboot(kernel):
             modules = load_multiboot_modules(x86ms.initrd)
-            plan = plan_multiboot(kernel, x86ms.kernel, x86ms.kernel_cmdline, modules, x86ms.e820)
+            plan = plan_multiboot(kernel, x86ms.kernel, x86ms.kernel_cmdline, modules, x86ms.e820,
+                                  address_space_memory().is_memory)
         else:
             return False
     except UserError as e:

@@ -284,25 +284,29 @@ def parse_cpu_option(option: str) -> tuple[X86CPUModel, dict[str, bool]]:
     if name not in BUILTIN_MODELS:
         raise UserError(f"unable to find CPU model '{name}'", location)
     model = BUILTIN_MODELS[name].copy()
+    type_name = f"{name}-x86_64-cpu"
     requested: dict[str, bool] = {}
     for prop in props:
         if not prop:
             continue
-        if prop[0] in "+-":
-            feat, on = prop[1:], prop[0] == "+"
-        elif "=" in prop:
-            feat, value = prop.split("=", 1)
-            if value in ("on", "true", "yes"):
-                on = True
-            elif value in ("off", "false", "no"):
-                on = False
-            else:
-                raise UserError(f"Parameter '{feat}' expects 'on' or 'off'", location)
+        # QEMU sets "+feat"/"-feat" directly and turns "feat[=value]" into a
+        # global property of the CPU type; its errors say which.
+        as_global = prop[0] not in "+-"
+        if not as_global:
+            typed, value = prop[1:], "on" if prop[0] == "+" else "off"
         else:
-            feat, on = prop, True
-        feat = _ALIASES.get(feat.replace("_", "-"), feat.replace("_", "-"))
+            typed, _, value = prop.partition("=")
+            value = value if "=" in prop else "on"
+        prefix = f"can't apply global {type_name}.{typed}={value}: " if as_global else ""
+        feat = _ALIASES.get(typed.replace("_", "-"), typed.replace("_", "-"))
         if feat not in FEATURES:
-            raise UserError(f"can't apply global {name}-x86_64-cpu.{feat}=on: Property '.{feat}' not found", location)
+            raise UserError(f"{prefix}Property '{type_name}.{typed}' not found", location)
+        if value in ("on", "true", "yes"):
+            on = True
+        elif value in ("off", "false", "no"):
+            on = False
+        else:
+            raise UserError(f"{prefix}Parameter '{typed}' expects 'on' or 'off'", location)
         model.set_feature(feat, on)
         requested[feat] = on
     return model, requested
