@@ -37,6 +37,7 @@ class PCMachineState(X86MachineState):
     max_fw_size: int
     data_dirs: list[str]
     placeholders: list[MemoryRegion]
+    i8042: Any
 
 
 def _pc_machine_initfn(obj: Object) -> None:
@@ -48,6 +49,7 @@ def _pc_machine_initfn(obj: Object) -> None:
     pcms.bios_source = ""
     pcms.data_dirs = []
     pcms.placeholders = []
+    pcms.i8042 = None
 
 
 def _pc_machine_class_init(klass: ObjectClass, data: Any) -> None:
@@ -224,7 +226,7 @@ def pc_basic_device_init(pcms: PCMachineState, isa_bus: Any, system_io: MemoryRe
     if not irqchip_in_kernel:
         pit = _isa_create(pcms, isa_bus, "isa-pit")
         _isa_create(pcms, isa_bus, "isa-pcspk", pit=pit)
-    _isa_create(pcms, isa_bus, "i8042")
+    pcms.i8042 = _isa_create(pcms, isa_bus, "i8042")
     _isa_create(pcms, isa_bus, "port92")
     _isa_create(pcms, isa_bus, "ioport80")
     for i in range(4):

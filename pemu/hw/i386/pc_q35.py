@@ -54,13 +54,16 @@ def q35_ram_split(ram_size: int, gigabyte_align: bool, max_ram_below_4g: int = 0
     return x86_ram_split(ram_size, lowmem)
 
 
-def q35_direct_boot_chipset_setup(lpc: Any, smb: Any) -> None:
+def q35_direct_boot_chipset_setup(lpc: Any, smb: Any, kbd: Any) -> None:
     """The chipset programming SeaBIOS does before it boots Linux, for a
-    direct boot: the LPC's PM block, PIRQ routes, RCBA and ELCR, and the
-    SMBus host interface.  Runs after the devices' own reset."""
+    direct boot: the LPC's PM block, PIRQ routes, RCBA and ELCR, the SMBus
+    host interface and the keyboard controller's command byte.  Runs after
+    the devices' own reset."""
     from pemu.hw.isa.lpc_ich9 import ich9_lpc_direct_boot_setup
 
     ich9_lpc_direct_boot_setup(lpc)
+    if kbd is not None:
+        kbd.model.firmware_setup()
     if smb is not None:
         from pemu.hw.i2c.smbus_ich9 import ich9_smb_direct_boot_setup
 
@@ -150,7 +153,7 @@ def pc_q35_init(machine: Any) -> None:
     direct_boot = machine.kernel is not None and pcms.bios_source == DIRECT_BOOT_FIRMWARE
     if direct_boot:
         # No firmware will program the chipset: do at every reset what SeaBIOS would.
-        qemu_register_reset(lambda: q35_direct_boot_chipset_setup(lpc, smb))
+        qemu_register_reset(lambda: q35_direct_boot_chipset_setup(lpc, smb, pcms.i8042))
     pc_late_init(pcms)
 
     if machine.kernel is not None:
