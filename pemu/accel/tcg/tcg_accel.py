@@ -38,16 +38,24 @@ from pemu.util.main_loop import bql
 from pemu.util.timer import QEMU_CLOCK_VIRTUAL, qemu_clock_get_ns
 
 CPU_INTERRUPT_HARD = 0x0002
-# TSC rate: 1 GHz, so a TSC tick is a nanosecond of virtual time; Linux measures
-# the same rate against the PIT, which follows the same clock.
+# TSC rate: 1 GHz, so a TSC tick is a nanosecond of virtual time (the TSC is
+# the virtual clock plus an offset); Linux measures the same rate against the
+# PIT, which follows the same clock.
 TSC_KHZ = 1_000_000
+_U64 = 0xFFFFFFFFFFFFFFFF
 # How long the guest may run with an interrupt pending while IF=0 before we look again.
 IRQ_POLL_S = 0.001
 
+# Instruction hooks registered through the C API: the binding's own wrappers
+# cost a Python-level dispatch per event, and it refuses RDTSC/RDTSCP.
 _HOOK_INSN_CB = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_void_p)
+_HOOK_IN_CB = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_void_p)
+_HOOK_OUT_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint32,
+                                ctypes.c_void_p)
 _uc_hook_add = uclib.uc_hook_add
 _uc_reg_read = uclib.uc_reg_read
 _uc_reg_write = uclib.uc_reg_write
+_uc_reg_write_batch = uclib.uc_reg_write_batch
 
 _real_mode_blob: bytes | None = None
 
@@ -161,6 +169,10 @@ class TCGVCPU:
         self._load_blob(_real_mode_state())
         self._rflags = ctypes.c_uint64()
         self._reg = ctypes.c_uint64()
+        # RDTSC's result: EDX:EAX in one batched register write.
+        self._tsc_lo, self._tsc_hi = ctypes.c_uint64(), ctypes.c_uint64()
+        self._tsc_regs = (ctypes.c_int * 2)(ucx.UC_X86_REG_RAX, ucx.UC_X86_REG_RDX)
+        self._tsc_vals = (ctypes.c_void_p * 2)(ctypes.addressof(self._tsc_lo), ctypes.addressof(self._tsc_hi))
         self.delivery = InterruptDelivery(self.ctx, _RAMAccess(cpu.memory), self.read_rflags)
         self.exits = 0
         self.kick_pending = False
@@ -206,19 +218,23 @@ class TCGVCPU:
         uc = self.uc
         self.exit_request = TBExitRequest(uc)
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
-        uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, ucx.UC_X86_INS_IN)
-        uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, ucx.UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, ucx.UC_X86_INS_SYSCALL)
         uc.hook_add(UC_HOOK_INSN, self._on_sysenter, None, 1, 0, ucx.UC_X86_INS_SYSENTER)
         uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, ucx.UC_X86_INS_CPUID)
-        # The binding refuses RDTSC/RDTSCP hooks: register them through the C API.
-        self._c_hooks = [_HOOK_INSN_CB(self._on_rdtsc), _HOOK_INSN_CB(self._on_rdtscp)]
-        for cb, insn in zip(self._c_hooks, (ucx.UC_X86_INS_RDTSC, ucx.UC_X86_INS_RDTSCP)):
-            handle = ctypes.c_size_t()
-            err = _uc_hook_add(uc._uch, ctypes.byref(handle), UC_HOOK_INSN, ctypes.cast(cb, ctypes.c_void_p),
-                               None, ctypes.c_uint64(1), ctypes.c_uint64(0), ctypes.c_int(insn))
-            if err:
-                raise UcError(err)
+        # The frequent ones go straight from the engine to these methods.
+        self._c_hooks: list[Any] = []
+        self._add_insn_hook(_HOOK_IN_CB(self._on_in), ucx.UC_X86_INS_IN)
+        self._add_insn_hook(_HOOK_OUT_CB(self._on_out), ucx.UC_X86_INS_OUT)
+        self._add_insn_hook(_HOOK_INSN_CB(self._on_rdtsc), ucx.UC_X86_INS_RDTSC)
+        self._add_insn_hook(_HOOK_INSN_CB(self._on_rdtscp), ucx.UC_X86_INS_RDTSCP)
+
+    def _add_insn_hook(self, cb: Any, insn: int) -> None:
+        self._c_hooks.append(cb)  # the engine holds only a raw pointer: keep the thunk alive
+        handle = ctypes.c_size_t()
+        err = _uc_hook_add(self.uc._uch, ctypes.byref(handle), UC_HOOK_INSN, ctypes.cast(cb, ctypes.c_void_p),
+                           None, ctypes.c_uint64(1), ctypes.c_uint64(0), ctypes.c_int(insn))
+        if err:
+            raise UcError(err)
 
     def _on_interrupt(self, uc: Uc, intno: int, _: object) -> None:
         ctx = self.ctx
@@ -239,7 +255,7 @@ class TCGVCPU:
         self.exit_request.request()
         qemu_system_reset_request(ShutdownCause.GUEST_RESET)
 
-    def _on_in(self, uc: Uc, port: int, size: int, _: object) -> int:
+    def _on_in(self, uch: int, port: int, size: int, _: object) -> int:
         try:
             with bql:
                 return self.cpu.io.dispatch_read(port & 0xFFFF, size)
@@ -247,7 +263,7 @@ class TCGVCPU:
             qemu_log_mask(LOG_GUEST_ERROR, f"tcg: in {port:#x}/{size}: {e!r}")
             return (1 << (8 * size)) - 1
 
-    def _on_out(self, uc: Uc, port: int, size: int, value: int, _: object) -> None:
+    def _on_out(self, uch: int, port: int, size: int, value: int, _: object) -> None:
         try:
             with bql:
                 self.cpu.io.dispatch_write(port & 0xFFFF, value, size)  # dispatch masks to size
@@ -300,16 +316,18 @@ class TCGVCPU:
         return 1
 
     def tsc_now(self) -> int:
-        return (qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL) * TSC_KHZ // 1_000_000 + self.tsc_offset) & 0xFFFFFFFFFFFFFFFF
+        return (qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL) + self.tsc_offset) & _U64
 
-    def _on_rdtsc(self, handle: int, user_data: int) -> int:
-        tsc = self.tsc_now()
-        self._write_reg(ucx.UC_X86_REG_RAX, tsc & 0xFFFFFFFF)
-        self._write_reg(ucx.UC_X86_REG_RDX, tsc >> 32)
+    def _on_rdtsc(self, uch: int, user_data: int) -> int:
+        # Kept to one clock read and one engine call: Linux reads the TSC often.
+        tsc = (qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL) + self.tsc_offset) & _U64
+        self._tsc_lo.value = tsc & 0xFFFFFFFF
+        self._tsc_hi.value = tsc >> 32
+        _uc_reg_write_batch(uch, self._tsc_regs, self._tsc_vals, 2)
         return 1
 
-    def _on_rdtscp(self, handle: int, user_data: int) -> int:
-        self._on_rdtsc(handle, user_data)
+    def _on_rdtscp(self, uch: int, user_data: int) -> int:
+        self._on_rdtsc(uch, user_data)
         self.ctx.save()
         self._write_reg(ucx.UC_X86_REG_RCX, self.ctx.u64(Off.TSC_AUX) & 0xFFFFFFFF)
         return 1
@@ -481,7 +499,7 @@ class TCGVCPU:
         ctx.old_exception = -1
         ctx.restore()
         self.write_rflags(env.rflags)
-        self.tsc_offset = (env.tsc - qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL) * TSC_KHZ // 1_000_000) if env.tsc else 0
+        self.tsc_offset = (env.tsc - qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL)) if env.tsc else 0
         self.shutdown_pending = False
         self.tb_flush_pending = True
 
