@@ -7,6 +7,10 @@ through the AddressSpace (devices, sub-page pieces of RAM, unassigned space).
 Unicorn maps whole 4 KiB pages, so a page only partly covered by RAM is MMIO.
 
 On each topology change only the pieces that differ are unmapped and mapped.
+The map starts following its AddressSpace at the vCPU's first run, so the
+engine's first mappings are the machine's real ones: Unicorn unmaps page by
+page, and replacing a 4 GiB placeholder mapping would cost a million TLB
+flushes.
 """
 
 from __future__ import annotations
@@ -89,9 +93,10 @@ class UnicornMemoryMap:
     """A MemoryListener that mirrors one AddressSpace into one Unicorn instance.
 
     ``flatview_changed`` may run on any thread (under the big lock); the
-    engine is touched only from the vCPU thread, so changes are queued and
-    applied by :meth:`apply_pending` before the next ``emu_start``.
-    ``on_pending`` asks the vCPU to come out of the guest.
+    engine is touched only from the vCPU thread, so the newest view is kept
+    and turned into mappings by :meth:`apply_pending` before the next
+    ``emu_start``.  ``on_pending`` asks the vCPU to come out of the guest.
+    The first :meth:`apply_pending` starts listening.
     """
 
     def __init__(self, uc: Uc, space: Any, on_pending: Callable[[], None]) -> None:
@@ -99,22 +104,27 @@ class UnicornMemoryMap:
         self.space = space
         self.on_pending = on_pending
         self.current: set[Mapping] = set()
+        self.listening = False
         self._lock = threading.Lock()
-        self._pending: list[Mapping] | None = None
+        self._pending: Any = None  # the newest FlatView not applied yet
 
     def flatview_changed(self, old: Any, new: Any) -> None:
-        plan = plan_mappings(new.ranges)
         with self._lock:
-            self._pending = plan
-        self.on_pending()
+            self._pending = new
+        if old is not None:  # not the first view, which the vCPU thread asked for itself
+            self.on_pending()
 
     def apply_pending(self) -> bool:
-        """Apply the latest queued topology; True if anything changed."""
+        """Apply the latest topology; True if anything changed."""
+        if not self.listening:
+            with bql:
+                self.space.add_listener(self)
+            self.listening = True
         with self._lock:
-            plan, self._pending = self._pending, None
-        if plan is None:
+            view, self._pending = self._pending, None
+        if view is None:
             return False
-        wanted = set(plan)
+        wanted = set(plan_mappings(view.ranges))
         removed = self.current - wanted
         added = sorted(wanted - self.current)
         for m in sorted(removed):

@@ -179,10 +179,9 @@ class TCGVCPU:
         self.tb_flush_pending = False
         self.shutdown_pending = False
         self.tsc_offset = 0
+        # Mapped at the first run (memory_map.apply_pending), when the board is built.
         self.memory_map = UnicornMemoryMap(self.uc, cpu.memory, self._memory_changed)
         self._install_hooks()
-        cpu.memory.add_listener(self.memory_map)
-        self.memory_map.apply_pending()
         try:
             from pemu.system.memory import add_ram_write_notifier
 

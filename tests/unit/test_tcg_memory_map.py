@@ -1,0 +1,61 @@
+"""The engine's view of guest-physical memory (accel/tcg/memory_map.py)."""
+
+from __future__ import annotations
+
+from pemu.accel.tcg.memory_map import LOW_MMIO_END, Mapping, MapKind, plan_mappings
+from pemu.system.memory import MemoryRegion, render_flatview
+from tcg_harness import Machine, needs_binutils
+
+KiB, MiB = 1 << 10, 1 << 20
+
+
+def test_plan_cuts_ram_and_rom_out_of_mmio() -> None:
+    root = MemoryRegion.container("system", 1 << 40)
+    ram = MemoryRegion.ram("ram", 2 * MiB)
+    rom = MemoryRegion.rom("rom", 64 * KiB)
+    root.add_subregion(0, ram)
+    root.add_subregion_overlap(0xF0000, rom, 1)
+    plan = plan_mappings(render_flatview(root).ranges)
+    assert [(m.start, m.size, m.kind) for m in plan] == [
+        (0, 0xF0000, MapKind.RAM),
+        (0xF0000, 0x10000, MapKind.ROM),
+        (0x100000, 2 * MiB - 0x100000, MapKind.RAM),
+        (2 * MiB, LOW_MMIO_END - 2 * MiB, MapKind.MMIO),
+    ]
+    assert rom.ram_block is not None and plan[1].host_addr == rom.ram_block.host_addr
+
+
+def test_a_partly_covered_page_is_mmio() -> None:
+    root = MemoryRegion.container("system", 1 << 40)
+    root.add_subregion(0, MemoryRegion.ram("ram", 0x1800))
+    plan = plan_mappings(render_flatview(root).ranges)
+    assert plan[0] == Mapping(0, 0x1000, MapKind.RAM, plan[0].host_addr)
+    assert plan[1] == Mapping(0x1000, LOW_MMIO_END - 0x1000, MapKind.MMIO)
+
+
+@needs_binutils
+def test_first_run_maps_the_built_machine_without_unmapping() -> None:
+    """The board adds RAM after the CPU exists: the engine must not have mapped
+    the empty machine first (unmapping 4 GiB of MMIO goes page by page)."""
+    m = Machine(ram_size=1 * MiB)
+    try:
+        uc = m.vcpu.uc
+        unmapped: list[tuple[int, int]] = []
+        real_unmap = uc.mem_unmap
+        uc.mem_unmap = lambda addr, size: (unmapped.append((addr, size)), real_unmap(addr, size))
+        more = MemoryRegion.ram("more", 1 * MiB)
+        m.sysmem.add_subregion(1 * MiB, more)
+        m.asm(0x10000, """
+        movl $0x12345678, 0x100000
+        mov 0x100000, %eax
+        out %eax, $0xe9
+        out %al, $0xf4
+        hlt
+        """)
+        m.start_flat32(0x10000)
+        m.run_until_done()
+        assert m.outputs() == [0x12345678]
+        assert more.ram_block is not None and more.ram_block.view[:4].tobytes() == bytes.fromhex("78563412")
+        assert unmapped == []
+    finally:
+        m.close()
