@@ -19,10 +19,23 @@ def test_plan_cuts_ram_and_rom_out_of_mmio() -> None:
     assert [(m.start, m.size, m.kind) for m in plan] == [
         (0, 0xF0000, MapKind.RAM),
         (0xF0000, 0x10000, MapKind.ROM),
-        (0x100000, 2 * MiB - 0x100000, MapKind.RAM),
+        (MiB, MiB, MapKind.RAM),
         (2 * MiB, LOW_MMIO_END - 2 * MiB, MapKind.MMIO),
     ]
     assert rom.ram_block is not None and plan[1].host_addr == rom.ram_block.host_addr
+
+
+def test_ram_is_cut_at_1mib_so_chipset_remaps_below_stay_small() -> None:
+    root = MemoryRegion.container("system", 1 << 40)
+    ram = MemoryRegion.ram("ram", 4 * MiB)
+    root.add_subregion(0, ram)
+    plan = plan_mappings(render_flatview(root).ranges)
+    assert ram.ram_block is not None
+    assert plan[:2] == [Mapping(0, MiB, MapKind.RAM, ram.ram_block.host_addr),
+                        Mapping(MiB, 3 * MiB, MapKind.RAM, ram.ram_block.host_addr + MiB)]
+    # PAM-style change below 1 MiB: the mapping above stays as it was.
+    root.add_subregion_overlap(0xF0000, MemoryRegion.rom("rom", 64 * KiB), 1)
+    assert plan[1] in plan_mappings(render_flatview(root).ranges)
 
 
 def test_a_partly_covered_page_is_mmio() -> None:

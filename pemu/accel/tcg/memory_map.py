@@ -29,6 +29,10 @@ PAGE_SIZE = 0x1000
 PAGE_MASK = ~(PAGE_SIZE - 1)
 LOW_MMIO_END = 1 << 32
 PHYS_ADDR_END = 1 << 40
+# RAM and ROM mappings are cut here: the chipset remaps pieces below 1 MiB
+# (PAM, SMRAM) while the guest runs, and a mapping that also held the RAM
+# above would be unmapped and mapped again whole, page by page.
+LEGACY_END = 1 << 20
 
 
 class MapKind(Enum):
@@ -61,9 +65,11 @@ def plan_mappings(ranges: Any) -> list[Mapping]:
         if block is not None:
             a = (start + PAGE_SIZE - 1) & PAGE_MASK
             b = end & PAGE_MASK
-            if a < b:
-                host = block.host_addr + fr.offset_in_region + (a - start)
-                ram.append(Mapping(a, b - a, MapKind.ROM if fr.readonly else MapKind.RAM, host))
+            kind = MapKind.ROM if fr.readonly else MapKind.RAM
+            host = block.host_addr + fr.offset_in_region - start
+            for lo, hi in ((a, min(b, LEGACY_END)), (max(a, LEGACY_END), b)):
+                if lo < hi:
+                    ram.append(Mapping(lo, hi - lo, kind, host + lo))
         mmio_wanted.append((start & PAGE_MASK, (end + PAGE_SIZE - 1) & PAGE_MASK))
     ram.sort()
     # Merge the wanted MMIO space, then cut out the RAM runs.
