@@ -72,3 +72,45 @@ def test_first_run_maps_the_built_machine_without_unmapping() -> None:
         assert unmapped == []
     finally:
         m.close()
+
+
+@needs_binutils
+def test_guest_writes_to_rom_are_dropped_and_the_guest_goes_on() -> None:
+    """Hardware and QEMU ignore writes to ROM (and to read-only PAM shadows):
+    no fault, the bytes stay, the instruction otherwise completes."""
+    m = Machine(ram_size=1 * MiB)
+    try:
+        rom = MemoryRegion.rom("rom", 64 * KiB)
+        assert rom.ram_block is not None
+        rom.ram_block.view[:] = b"\x5a" * (64 * KiB)
+        m.sysmem.add_subregion(0x100000, rom)
+        m.asm(0x10000, """
+        movl $0x11223344, 0x100000
+        mov 0x100000, %eax
+        out %eax, $0xe9
+        mov $0x100010, %edi
+        mov $16, %ecx
+        mov $0xab, %al
+        cld
+        rep stosb
+        mov %ecx, %eax
+        out %eax, $0xe9
+        mov %edi, %eax
+        out %eax, $0xe9
+        mov 0x100010, %eax
+        out %eax, $0xe9
+        addl $1, 0x100020
+        mov 0x100020, %eax
+        out %eax, $0xe9
+        movl $0x12345678, 0x80000
+        mov 0x80000, %eax
+        out %eax, $0xe9
+        out %al, $0xf4
+        hlt
+        """)
+        m.start_flat32(0x10000)
+        m.run_until_done()
+        assert m.outputs() == [0x5A5A5A5A, 0, 0x100020, 0x5A5A5A5A, 0x5A5A5A5A, 0x12345678]
+        assert rom.ram_block.view.tobytes() == b"\x5a" * (64 * KiB)
+    finally:
+        m.close()

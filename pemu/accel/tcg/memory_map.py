@@ -15,6 +15,7 @@ flushes.
 
 from __future__ import annotations
 
+import ctypes
 import threading
 from dataclasses import dataclass
 from enum import Enum
@@ -142,6 +143,27 @@ class UnicornMemoryMap:
             self._map(m)
         self.current = wanted
         return bool(removed or added)
+
+    def run_dropping_rom_writes(self, run: Callable[[], None]) -> None:
+        """Call ``run`` (one guest instruction) with the ROM mappings writable,
+        then put their bytes back and protect them again: the guest's writes
+        to ROM are dropped, as hardware and QEMU drop them, while the rest of
+        the instruction takes effect.  (The engine maps ROM read/execute only,
+        so that code runs from it at full speed; a write ends ``emu_start``
+        with a write-protection error and the vCPU comes here.)"""
+        roms = sorted(m for m in self.current if m.kind is MapKind.ROM)
+        saved: dict[tuple[int, int], bytes] = {}
+        for m in roms:
+            if (m.host_addr, m.size) not in saved:  # an alias shares its host memory
+                saved[(m.host_addr, m.size)] = ctypes.string_at(m.host_addr, m.size)
+            self.uc.mem_protect(m.start, m.size, UC_PROT_ALL)
+        try:
+            run()
+        finally:
+            for (host_addr, size), data in saved.items():
+                ctypes.memmove(host_addr, data, size)
+            for m in roms:
+                self.uc.mem_protect(m.start, m.size, UC_PROT_READ | UC_PROT_EXEC)
 
     def _map(self, m: Mapping) -> None:
         if m.kind is MapKind.RAM:

@@ -17,7 +17,8 @@ import threading
 import time
 from typing import Any
 
-from unicorn import (UC_ARCH_X86, UC_ERR_INSN_INVALID, UC_HOOK_INSN, UC_HOOK_INTR, UC_MODE_64, Uc, UcError)
+from unicorn import (UC_ARCH_X86, UC_ERR_INSN_INVALID, UC_ERR_WRITE_PROT, UC_HOOK_INSN, UC_HOOK_INTR, UC_MODE_64, Uc,
+                     UcError)
 from unicorn import x86_const as ucx
 from unicorn.unicorn_py3.unicorn import uclib
 
@@ -425,7 +426,9 @@ class TCGVCPU:
         ctx.restore()
         return True
 
-    def _engine_error(self, error: UcError) -> VCPUExit:
+    def _engine_error(self, error: UcError, rom_write_dropped: bool = False) -> VCPUExit:
+        if error.errno == UC_ERR_WRITE_PROT and not rom_write_dropped:
+            return self._step_dropping_rom_writes()
         ctx = self.ctx
         ctx.save()
         if error.errno == UC_ERR_INSN_INVALID:
@@ -440,6 +443,21 @@ class TCGVCPU:
             self.shutdown_pending = False
             return VCPUExit.SHUTDOWN
         ctx.restore()
+        return VCPUExit.KICKED
+
+    def _step_dropping_rom_writes(self) -> VCPUExit:
+        """The guest wrote to ROM: run that one instruction with the write dropped."""
+        ctx = self.ctx
+        ctx.save()
+        uc = self.uc
+        uc.ctl_flush_tb()  # the step must translate a fresh one-instruction block
+        try:
+            self.memory_map.run_dropping_rom_writes(lambda: uc.emu_start(ctx.eip, 0, 0, 1))
+        except UcError as e:
+            return self._engine_error(e, rom_write_dropped=True)
+        if self.shutdown_pending:
+            self.shutdown_pending = False
+            return VCPUExit.SHUTDOWN
         return VCPUExit.KICKED
 
     # -- state transfer ------------------------------------------------------------------
