@@ -102,6 +102,10 @@ def pc_q35_init(machine: Any) -> None:
     system_memory.add_subregion_overlap(0, pci_memory, -1)
     pcms.pci_memory = pci_memory
     rom_memory = pci_memory
+    # QEMU's default machine has a VGA whose legacy window claims 0xA0000-0xBFFFF
+    # in PCI space (the MCH shows PCI there while SMRAM is closed).  pemu has no
+    # VGA: a placeholder keeps the window off the RAM below it, as in QEMU.
+    pci_memory.add_subregion_overlap(memmap.VGA_WINDOW, placeholder_region(pcms, "vga-lowmem", memmap.VGA_WINDOW_SIZE), 1)
 
     smbios_set_defaults(pcms, "QEMU", "Standard PC (Q35 + ICH9, 2009)", machine.mc.name)
 
