@@ -58,16 +58,6 @@ _uc_reg_read = uclib.uc_reg_read
 _uc_reg_write = uclib.uc_reg_write
 _uc_reg_write_batch = uclib.uc_reg_write_batch
 
-_real_mode_blob: bytes | None = None
-
-
-def _real_mode_state() -> bytes:
-    global _real_mode_blob
-    if _real_mode_blob is None:
-        _real_mode_blob = real_mode_context_bytes()
-    return _real_mode_blob
-
-
 class _RAMAccess:
     """Guest-physical RAM through the CPU's AddressSpace (for the page walk and frames).
 
@@ -167,7 +157,7 @@ class TCGVCPU:
         self.env: CPUX86State = cpu.env
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
         self.ctx = CPUContext(self.uc)
-        self._load_blob(_real_mode_state())
+        self._load_blob(real_mode_context_bytes())
         self._rflags = ctypes.c_uint64()
         self._reg = ctypes.c_uint64()
         # RDTSC's result: EDX:EAX in one batched register write.
@@ -488,7 +478,7 @@ class TCGVCPU:
         env = self.env
         uc = self.uc
         ctx = self.ctx
-        self._load_blob(_real_mode_state())
+        self._load_blob(real_mode_context_bytes())
         uc.msr_write(0xC0000080, env.efer & ~0x400)
         self._write_reg(ucx.UC_X86_REG_CR4, env.cr4)
         self._write_reg(ucx.UC_X86_REG_CR3, env.cr3)

@@ -203,12 +203,14 @@ def pc_basic_device_init(pcms: PCMachineState, isa_bus: Any, system_io: MemoryRe
     from pemu.hw.isa.isa_bus import isa_bus_irqs
     from pemu.system.vl import serial_hd
 
-    from pemu.accel.kvm.kvm_accel import kvm_irqchip_in_kernel, kvm_isa_irqs
+    from pemu.accel.kvm import kvm_irqchip_in_kernel
 
     # Under KVM with kernel-irqchip=on the 8259s, the IOAPIC and the 8254
     # (with the speaker port 0x61) are the kernel's: ISA lines go to KVM.
     irqchip_in_kernel = kvm_irqchip_in_kernel()
     if irqchip_in_kernel:
+        from pemu.accel.kvm.kvm_accel import kvm_isa_irqs
+
         lines = kvm_isa_irqs()
         isa_bus_irqs(isa_bus, list(lines))
         pcms.gsi = list(lines)
@@ -282,7 +284,7 @@ def pc_late_init(pcms: PCMachineState) -> None:
     if pcms.acpi != "off":
         tables_base = (pcms.below_4g_mem_size - ACPI_TABLES_SIZE) & ~0xFFF
         with_apic = getattr(pcms.cpus[0].model, "has_apic", False) if pcms.cpus else False
-        from pemu.accel.kvm.kvm_accel import kvm_irqchip_in_kernel
+        from pemu.accel.kvm import kvm_irqchip_in_kernel
 
         with_apic = with_apic or kvm_irqchip_in_kernel()  # the in-kernel LAPICs and IOAPIC
         acpi_cfg = q35_acpi_config(pcms.below_4g_mem_size, hpet=pcms.hpet_enabled,

@@ -73,7 +73,7 @@ def q35_direct_boot_chipset_setup(lpc: Any, smb: Any, kbd: Any) -> None:
 def _q35_connect_ioapic_gsis(lpc: Any) -> None:
     """With an IOAPIC (KVM's in-kernel irqchip), PIRQ A-H also drive GSI
     16-23, where the APIC-model _PRT sends them."""
-    from pemu.accel.kvm.kvm_accel import kvm_irqchip_in_kernel
+    from pemu.accel.kvm import kvm_irqchip_in_kernel
 
     if kvm_irqchip_in_kernel():
         from pemu.accel.accel import current_accel
