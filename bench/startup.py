@@ -21,18 +21,32 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
 
-from boot import (  # noqa: E402
-    BenchError, Emulator, Sample, _first_line, _summary, ensure_qemu, machine_description,
-)
+from boot import BenchError, _first_line, _summary, ensure_qemu, machine_description  # noqa: E402
 
 MACHINE_ARGS = ["-machine", "q35", "-S", "-display", "none", "-monitor", "stdio"]
 PYCACHE = Path.home() / ".cache" / "pemu" / "bench-pycache"
+
+
+@dataclass(frozen=True)
+class Sample:
+    seconds: float          # process start -> exit
+    cpu_seconds: float      # user + system time of the child
+    max_rss_kib: int
+
+
+@dataclass
+class Emulator:
+    name: str
+    argv: list[str]
+    env: dict[str, str] | None = None
+    samples: list[Sample] = field(default_factory=list)
 
 
 def measure(emulator: Emulator, timeout: float) -> Sample:
@@ -44,7 +58,6 @@ def measure(emulator: Emulator, timeout: float) -> Sample:
     proc.stdin.write(b"quit\n")
     proc.stdin.close()
     deadline = start + timeout
-    output = b""
     while True:  # wait4 for the child's resource usage, with a deadline
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
@@ -61,7 +74,7 @@ def measure(emulator: Emulator, timeout: float) -> Sample:
     if proc.returncode != 0 or b"(qemu)" not in output:
         raise BenchError(f"{emulator.name} exited with status {proc.returncode}:\n"
                          f"$ {shlex.join(emulator.argv)}\n{output.decode(errors='replace')[-2000:]}")
-    return Sample(elapsed, usage.ru_maxrss)
+    return Sample(elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss)
 
 
 def pemu_environment() -> dict[str, str]:
@@ -88,18 +101,20 @@ def report(emulators: list[Emulator], *, runs: int, engine: str) -> str:
         f"- pemu's engine: Unicorn {engine}",
         f"- {runs} interleaved runs each after one warm-up; median (min–max)",
         "",
-        "| Emulator | Start to exit (ms) | Max RSS (MiB) |",
-        "|---|---:|---:|",
+        "| Emulator | Start to exit (ms) | CPU time (ms) | Max RSS (MiB) |",
+        "|---|---:|---:|---:|",
     ]
     for emu in emulators:
         millis = [s.seconds * 1000 for s in emu.samples]
+        cpu = [s.cpu_seconds * 1000 for s in emu.samples]
         rss = [s.max_rss_kib / 1024 for s in emu.samples]
-        lines.append(f"| {emu.name} | {_summary(millis, '.0f')} | {_summary(rss, '.0f')} |")
+        lines.append(f"| {emu.name} | {_summary(millis, '.0f')} | {_summary(cpu, '.0f')} | {_summary(rss, '.0f')} |")
     if len(emulators) == 2:
         pemu, qemu = emulators
-        ratio = (statistics.median(s.seconds for s in pemu.samples)
-                 / statistics.median(s.seconds for s in qemu.samples))
-        lines.append(f"| **pemu / QEMU** | **{ratio:.2f}×** | |")
+        ratios = [statistics.median(getattr(s, field) for s in pemu.samples)
+                  / statistics.median(getattr(s, field) for s in qemu.samples)
+                  for field in ("seconds", "cpu_seconds", "max_rss_kib")]
+        lines.append("| **pemu / QEMU** | " + " | ".join(f"**{r:.2f}×**" for r in ratios) + " |")
     return "\n".join(lines)
 
 
