@@ -52,8 +52,9 @@ class Emulator:
 def measure(emulator: Emulator, timeout: float) -> Sample:
     """One start: ``quit`` on stdin, wait for the exit, collect its rusage."""
     start = time.monotonic()
+    # From the repository root: ``python3 -m`` puts the working directory first on sys.path.
     proc = subprocess.Popen(emulator.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env=emulator.env)
+                            stderr=subprocess.STDOUT, env=emulator.env, cwd=REPO_ROOT)
     assert proc.stdin is not None and proc.stdout is not None
     proc.stdin.write(b"quit\n")
     proc.stdin.close()
