@@ -248,7 +248,9 @@ def test_days_since_epoch(date: tuple[int, int, int], days: int) -> None:
     assert days_since_epoch(*date) == days
 
 
-@pytest.mark.parametrize("year, month, days", [(2024, 2, 29), (2023, 2, 28), (1900, 2, 28), (2000, 2, 29), (2023, 4, 30)])
+@pytest.mark.parametrize("year, month, days", [
+    (2024, 2, 29), (2023, 2, 28), (1900, 2, 28), (2000, 2, 29), (2023, 4, 30),
+])
 def test_days_in_month(year: int, month: int, days: int) -> None:
     from pemu.hw.rtc.mc146818rtc import days_in_month
 

@@ -58,6 +58,7 @@ _uc_reg_read = uclib.uc_reg_read
 _uc_reg_write = uclib.uc_reg_write
 _uc_reg_write_batch = uclib.uc_reg_write_batch
 
+
 class _RAMAccess:
     """Guest-physical RAM through the CPU's AddressSpace (for the page walk and frames).
 

@@ -105,7 +105,8 @@ def pc_q35_init(machine: Any) -> None:
     # QEMU's default machine has a VGA whose legacy window claims 0xA0000-0xBFFFF
     # in PCI space (the MCH shows PCI there while SMRAM is closed).  pemu has no
     # VGA: a placeholder keeps the window off the RAM below it, as in QEMU.
-    pci_memory.add_subregion_overlap(memmap.VGA_WINDOW, placeholder_region(pcms, "vga-lowmem", memmap.VGA_WINDOW_SIZE), 1)
+    vga_window = placeholder_region(pcms, "vga-lowmem", memmap.VGA_WINDOW_SIZE)
+    pci_memory.add_subregion_overlap(memmap.VGA_WINDOW, vga_window, 1)
 
     smbios_set_defaults(pcms, "QEMU", "Standard PC (Q35 + ICH9, 2009)", machine.mc.name)
 
