@@ -23,12 +23,18 @@ from pemu.chardev.char_file import FileChardev
 from pemu.chardev.char_mux import MuxChardev
 from pemu.chardev.char_null import NullChardev
 from pemu.chardev.char_pipe import PipeChardev
-from pemu.chardev.char_socket import SocketChardev
 from pemu.chardev.char_stdio import StdioChardev
 from pemu.util.error import UserError
 from pemu.util.qemu_opts import split_opt_elements
 
 ChardevFactory = Callable[[str, ChardevOptions], Chardev]
+
+
+def _socket_chardev(chr_id: str, opts: ChardevOptions) -> Chardev:
+    from pemu.chardev.char_socket import SocketChardev  # with the socket module: only when asked for
+
+    return SocketChardev.from_opts(chr_id, opts)
+
 
 # Every back-end a user may name with -chardev.
 BACKENDS: dict[str, ChardevFactory] = {
@@ -36,7 +42,7 @@ BACKENDS: dict[str, ChardevFactory] = {
     "file": FileChardev.from_opts,
     "pipe": PipeChardev.from_opts,
     "stdio": StdioChardev.from_opts,
-    "socket": SocketChardev.from_opts,
+    "socket": _socket_chardev,
     "mux": MuxChardev.from_opts,
 }
 

@@ -174,7 +174,8 @@ def cpu_interrupt(cpu: Any, mask: int) -> None:
     run = run_state(cpu)
     with run.lock:
         run.interrupt_request |= mask
-        run.lock.notify_all()
+        if not run.stopped:  # a parked thread looks at interrupt_request when resumed
+            run.lock.notify_all()
     if run.accel_vcpu is not None:
         run.accel_vcpu.kick()
 

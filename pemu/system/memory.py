@@ -11,8 +11,10 @@ a sorted list of non-overlapping :class:`FlatRange` pieces by the pure
 function :func:`render_flatview`.
 
 Changes to the tree are grouped in transactions; when the outermost one
-commits, every address space re-renders its view and tells its listeners
-(an accelerator remapping guest RAM, for instance).
+commits, every address space with listeners (an accelerator remapping guest
+RAM, for instance) re-renders its view and tells them; the others render
+theirs when it is next looked at, so building a machine, which commits at
+every step, renders little.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import mmap
 import struct
 import sys
 from contextlib import contextmanager
+from functools import cached_property
 from dataclasses import dataclass
 from enum import Enum, IntEnum
 from typing import Callable, Iterator, Protocol
@@ -546,18 +549,26 @@ class AddressSpace:
         self.root = root
         self.name = name
         self.listeners: list[MemoryListener] = []
-        self.flatview = render_flatview(root)
         _address_spaces.append(self)
+
+    @cached_property
+    def flatview(self) -> FlatView:
+        """The current view, rendered on first use after a change (a plain
+        attribute from then on: lookups on the dispatch path cost nothing more)."""
+        return render_flatview(self.root)
 
     def destroy(self) -> None:
         if self in _address_spaces:
             _address_spaces.remove(self)
 
     def update_topology(self) -> None:
-        new = render_flatview(self.root)
-        if new == self.flatview:
+        old: FlatView | None = self.__dict__.pop("flatview", None)
+        if not self.listeners:
+            return  # rendered when next looked at
+        new = self.flatview
+        if old is not None and new == old:
+            self.flatview = old  # unchanged: keep the object users may have cached
             return
-        old, self.flatview = self.flatview, new
         for listener in list(self.listeners):
             listener.flatview_changed(old, new)
 

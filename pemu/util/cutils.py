@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import enum
 import re
-from fractions import Fraction
 
 UINT64_MAX = (1 << 64) - 1
 
@@ -92,12 +91,13 @@ def _do_strtosz(text: str, default_suffix: str, unit: int) -> int:
         raise SizeParseError(text, SizeError.OUT_OF_RANGE, "does not fit in 64 bits")
     integral = int(integral_digits)
     fraction_digits = (m.group("frac") or "")[:_MAX_FRACTION_DIGITS]
-    fraction = Fraction(int(fraction_digits), 10 ** len(fraction_digits)) if fraction_digits else Fraction(0)
-    if fraction and multiplier == 1:
+    # The fraction as numerator / 10**digits, in integers.
+    numerator, denominator = int(fraction_digits or "0"), 10 ** len(fraction_digits)
+    if numerator and multiplier == 1:
         raise invalid("a fraction needs a scaling suffix (K, M, G, T, P or E)")
 
-    # QEMU rounds the scaled fraction to the nearest byte.
-    value = integral * multiplier + int(fraction * multiplier + Fraction(1, 2))
+    # QEMU rounds the scaled fraction to the nearest byte (halves up).
+    value = integral * multiplier + (2 * numerator * multiplier + denominator) // (2 * denominator)
     if value > UINT64_MAX:
         raise SizeParseError(text, SizeError.OUT_OF_RANGE, "does not fit in 64 bits")
     return value

@@ -57,6 +57,13 @@ def test_dmesg_is_clean(guest: GuestProcess) -> None:
     assert bad == []
 
 
+def test_keyboard_is_found_translated_as_after_seabios(guest: GuestProcess) -> None:
+    """Direct boot leaves the i8042 command byte as SeaBIOS would (translation on)."""
+    log = guest.run("dmesg", timeout=60)
+    keyboard_lines = [line for line in log.splitlines() if "serio" in line or "atkbd" in line]
+    assert "AT Translated Set 2 keyboard" in log, keyboard_lines
+
+
 def test_reboot_boots_again_then_poweroff_ends_pemu(guest: GuestProcess) -> None:
     guest.run("echo before-reboot")
     guest.sendline("reboot -f")

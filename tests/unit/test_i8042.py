@@ -113,14 +113,45 @@ def test_keyboard_commands_with_arguments(rig: Rig) -> None:
     assert rig.drain() == [0xFE]
 
 
-def test_disabled_keyboard_holds_its_data(rig: Rig) -> None:
-    rig.send(0xF4)
-    rig.drain()
+def test_disabled_keyboard_holds_its_data_but_not_the_controllers(rig: Rig) -> None:
     rig.command(0xAD)
-    rig.command(0xD2, 0x1C)
-    assert rig.drain() == []
+    rig.dev.keyboard.queue.append(0x1C)  # a scancode from the keyboard
+    rig.command(0xD2, 0x2A)  # a byte the controller writes back as if from the keyboard
+    rig.command(0x20)
+    assert rig.drain() == [0x2A, k.MODE_KBD_INT | k.MODE_AUX_INT | k.MODE_DISABLE_KBD]
     rig.command(0xAE)
     assert rig.drain() == [0x1C]
+
+
+def test_aux_loopback_goes_out_while_aux_is_disabled(rig: Rig) -> None:
+    """Linux's i8042_check_aux loops a byte back with the AUX port disabled
+    and waits for IRQ 12 (QEMU: controller data ignores the disable bit)."""
+    rig.command(0xA7)
+    rig.command(0xD3, 0x5A)
+    assert rig.aux_irq.level == 1 and rig.aux_irq.rising == 1
+    assert rig.status() & k.STAT_AUX_OBF
+    assert rig.drain() == [0x5A]
+    assert rig.aux_irq.level == 0
+
+
+def test_each_reply_byte_raises_a_new_edge(rig: Rig) -> None:
+    """GET ID answers FA AB 83: the edge-triggered PIC must see three interrupts."""
+    rig.send(0xF2)
+    assert rig.kbd_irq.rising == 1
+    assert rig.drain() == [0xFA, 0xAB, 0x83]
+    assert rig.kbd_irq.rising == 3 and rig.kbd_irq.level == 0
+    assert rig.dev.data_port.read(0) == 0x83  # an empty buffer reads as its last byte
+
+
+def test_firmware_setup_leaves_a_translated_keyboard(rig: Rig) -> None:
+    """As SeaBIOS leaves it: Linux's atkbd then finds "AT Translated Set 2"."""
+    rig.command(0x60, 0x00)
+    rig.dev.firmware_setup()
+    rig.command(0x20)
+    assert rig.drain() == [k.MODE_KBD_INT | k.MODE_DISABLE_AUX | k.MODE_XLATE]
+    rig.send(0xF2)
+    assert rig.drain() == [0xFA, 0xAB, 0x41]
+    assert rig.kbd_irq.rising == 4
 
 
 def test_no_mouse_answers_with_timeout(rig: Rig) -> None:
@@ -157,7 +188,7 @@ def test_interrupts_follow_the_command_byte(rig: Rig) -> None:
 
 
 def test_hostile_accesses(rig: Rig) -> None:
-    assert rig.dev.data_port.read(0) == 0x00  # empty buffer
+    assert rig.dev.data_port.read(0) == 0x00  # empty buffer, nothing read yet
     assert rig.dev.data_port.read(1) == 0xFF
     rig.dev.command_port.write(0, 0x1AA, 2)
     for value in range(0xF0):

@@ -363,3 +363,36 @@ def test_zero_fill_of_ram_neither_faults_in_nor_keeps_host_memory() -> None:
         assert bytes(view[0x1000:0x1002]) == b"\0\x42" and bytes(view[0x3000:0x3002]) == b"\x42\0"
     finally:
         space.destroy()
+
+
+def test_views_without_listeners_render_when_looked_at(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Building a machine commits at every step: only spaces someone listens
+    to re-render then; the others render on their next lookup."""
+    import pemu.system.memory as memory
+
+    renders: list[str] = []
+    real_render = memory.render_flatview
+    monkeypatch.setattr(memory, "render_flatview", lambda root: (renders.append(root.name), real_render(root))[1])
+    quiet_root = MemoryRegion.container("quiet", 1 << 32)
+    heard_root = MemoryRegion.container("heard", 1 << 32)
+    quiet = AddressSpace(quiet_root, "quiet")
+    heard = AddressSpace(heard_root, "heard")
+    seen: list[int] = []
+
+    class Listener:
+        def flatview_changed(self, old: object, new: memory.FlatView) -> None:
+            seen.append(len(new))
+
+    heard.add_listener(Listener())
+    try:
+        for i in range(5):
+            quiet_root.add_subregion(i * 0x1000, MemoryRegion.ram(f"q{i}", 0x1000))
+            heard_root.add_subregion(i * 0x2000, MemoryRegion.ram(f"h{i}", 0x1000))
+        assert renders.count("quiet") == 0
+        assert seen == [0, 1, 2, 3, 4, 5]  # a listener hears every change at once
+        assert quiet.flatview.lookup(0x4000) is not None
+        assert quiet.flatview.lookup(0x4000).mr.name == "q4"
+        assert renders.count("quiet") == 1
+    finally:
+        quiet.destroy()
+        heard.destroy()

@@ -231,3 +231,27 @@ def test_cmos_memory_bytes_small_guest(rig: Rig) -> None:
     c = rig.rtc
     assert cmos_bytes(c, 0x17, 0x18) == [0x00, 0x1C]  # 7168 KiB
     assert cmos_bytes(c, 0x34, 0x35) == [0, 0]
+
+
+@pytest.mark.parametrize("date, days", [
+    ((1970, 1, 1), 0),
+    ((1969, 12, 31), -1),
+    ((2000, 2, 29), 11016),
+    ((2000, 3, 1), 11017),
+    ((2026, 11, 30), 20787),
+    ((2100, 3, 1), 47541),
+    ((1, 1, 1), -719162),
+])
+def test_days_since_epoch(date: tuple[int, int, int], days: int) -> None:
+    from pemu.hw.rtc.mc146818rtc import days_since_epoch
+
+    assert days_since_epoch(*date) == days
+
+
+@pytest.mark.parametrize("year, month, days", [
+    (2024, 2, 29), (2023, 2, 28), (1900, 2, 28), (2000, 2, 29), (2023, 4, 30),
+])
+def test_days_in_month(year: int, month: int, days: int) -> None:
+    from pemu.hw.rtc.mc146818rtc import days_in_month
+
+    assert days_in_month(year, month) == days

@@ -7,10 +7,15 @@ through the AddressSpace (devices, sub-page pieces of RAM, unassigned space).
 Unicorn maps whole 4 KiB pages, so a page only partly covered by RAM is MMIO.
 
 On each topology change only the pieces that differ are unmapped and mapped.
+The map starts following its AddressSpace at the vCPU's first run, so the
+engine's first mappings are the machine's real ones: Unicorn unmaps page by
+page, and replacing a 4 GiB placeholder mapping would cost a million TLB
+flushes.
 """
 
 from __future__ import annotations
 
+import ctypes
 import threading
 from dataclasses import dataclass
 from enum import Enum
@@ -25,6 +30,10 @@ PAGE_SIZE = 0x1000
 PAGE_MASK = ~(PAGE_SIZE - 1)
 LOW_MMIO_END = 1 << 32
 PHYS_ADDR_END = 1 << 40
+# RAM and ROM mappings are cut here: the chipset remaps pieces below 1 MiB
+# (PAM, SMRAM) while the guest runs, and a mapping that also held the RAM
+# above would be unmapped and mapped again whole, page by page.
+LEGACY_END = 1 << 20
 
 
 class MapKind(Enum):
@@ -57,9 +66,11 @@ def plan_mappings(ranges: Any) -> list[Mapping]:
         if block is not None:
             a = (start + PAGE_SIZE - 1) & PAGE_MASK
             b = end & PAGE_MASK
-            if a < b:
-                host = block.host_addr + fr.offset_in_region + (a - start)
-                ram.append(Mapping(a, b - a, MapKind.ROM if fr.readonly else MapKind.RAM, host))
+            kind = MapKind.ROM if fr.readonly else MapKind.RAM
+            host = block.host_addr + fr.offset_in_region - start
+            for lo, hi in ((a, min(b, LEGACY_END)), (max(a, LEGACY_END), b)):
+                if lo < hi:
+                    ram.append(Mapping(lo, hi - lo, kind, host + lo))
         mmio_wanted.append((start & PAGE_MASK, (end + PAGE_SIZE - 1) & PAGE_MASK))
     ram.sort()
     # Merge the wanted MMIO space, then cut out the RAM runs.
@@ -89,9 +100,10 @@ class UnicornMemoryMap:
     """A MemoryListener that mirrors one AddressSpace into one Unicorn instance.
 
     ``flatview_changed`` may run on any thread (under the big lock); the
-    engine is touched only from the vCPU thread, so changes are queued and
-    applied by :meth:`apply_pending` before the next ``emu_start``.
-    ``on_pending`` asks the vCPU to come out of the guest.
+    engine is touched only from the vCPU thread, so the newest view is kept
+    and turned into mappings by :meth:`apply_pending` before the next
+    ``emu_start``.  ``on_pending`` asks the vCPU to come out of the guest.
+    The first :meth:`apply_pending` starts listening.
     """
 
     def __init__(self, uc: Uc, space: Any, on_pending: Callable[[], None]) -> None:
@@ -99,22 +111,27 @@ class UnicornMemoryMap:
         self.space = space
         self.on_pending = on_pending
         self.current: set[Mapping] = set()
+        self.listening = False
         self._lock = threading.Lock()
-        self._pending: list[Mapping] | None = None
+        self._pending: Any = None  # the newest FlatView not applied yet
 
     def flatview_changed(self, old: Any, new: Any) -> None:
-        plan = plan_mappings(new.ranges)
         with self._lock:
-            self._pending = plan
-        self.on_pending()
+            self._pending = new
+        if old is not None:  # not the first view, which the vCPU thread asked for itself
+            self.on_pending()
 
     def apply_pending(self) -> bool:
-        """Apply the latest queued topology; True if anything changed."""
+        """Apply the latest topology; True if anything changed."""
+        if not self.listening:
+            with bql:
+                self.space.add_listener(self)
+            self.listening = True
         with self._lock:
-            plan, self._pending = self._pending, None
-        if plan is None:
+            view, self._pending = self._pending, None
+        if view is None:
             return False
-        wanted = set(plan)
+        wanted = set(plan_mappings(view.ranges))
         removed = self.current - wanted
         added = sorted(wanted - self.current)
         for m in sorted(removed):
@@ -126,6 +143,27 @@ class UnicornMemoryMap:
             self._map(m)
         self.current = wanted
         return bool(removed or added)
+
+    def run_dropping_rom_writes(self, run: Callable[[], None]) -> None:
+        """Call ``run`` (one guest instruction) with the ROM mappings writable,
+        then put their bytes back and protect them again: the guest's writes
+        to ROM are dropped, as hardware and QEMU drop them, while the rest of
+        the instruction takes effect.  (The engine maps ROM read/execute only,
+        so that code runs from it at full speed; a write ends ``emu_start``
+        with a write-protection error and the vCPU comes here.)"""
+        roms = sorted(m for m in self.current if m.kind is MapKind.ROM)
+        saved: dict[tuple[int, int], bytes] = {}
+        for m in roms:
+            if (m.host_addr, m.size) not in saved:  # an alias shares its host memory
+                saved[(m.host_addr, m.size)] = ctypes.string_at(m.host_addr, m.size)
+            self.uc.mem_protect(m.start, m.size, UC_PROT_ALL)
+        try:
+            run()
+        finally:
+            for (host_addr, size), data in saved.items():
+                ctypes.memmove(host_addr, data, size)
+            for m in roms:
+                self.uc.mem_protect(m.start, m.size, UC_PROT_READ | UC_PROT_EXEC)
 
     def _map(self, m: Mapping) -> None:
         if m.kind is MapKind.RAM:

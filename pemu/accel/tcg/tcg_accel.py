@@ -17,7 +17,8 @@ import threading
 import time
 from typing import Any
 
-from unicorn import (UC_ARCH_X86, UC_ERR_INSN_INVALID, UC_HOOK_INSN, UC_HOOK_INTR, UC_MODE_64, Uc, UcError)
+from unicorn import (UC_ARCH_X86, UC_ERR_INSN_INVALID, UC_ERR_WRITE_PROT, UC_HOOK_INSN, UC_HOOK_INTR, UC_MODE_64, Uc,
+                     UcError)
 from unicorn import x86_const as ucx
 from unicorn.unicorn_py3.unicorn import uclib
 
@@ -38,25 +39,24 @@ from pemu.util.main_loop import bql
 from pemu.util.timer import QEMU_CLOCK_VIRTUAL, qemu_clock_get_ns
 
 CPU_INTERRUPT_HARD = 0x0002
-# TSC rate: 1 GHz, so a TSC tick is a nanosecond of virtual time; Linux measures
-# the same rate against the PIT, which follows the same clock.
+# TSC rate: 1 GHz, so a TSC tick is a nanosecond of virtual time (the TSC is
+# the virtual clock plus an offset); Linux measures the same rate against the
+# PIT, which follows the same clock.
 TSC_KHZ = 1_000_000
+_U64 = 0xFFFFFFFFFFFFFFFF
 # How long the guest may run with an interrupt pending while IF=0 before we look again.
 IRQ_POLL_S = 0.001
 
+# Instruction hooks registered through the C API: the binding's own wrappers
+# cost a Python-level dispatch per event, and it refuses RDTSC/RDTSCP.
 _HOOK_INSN_CB = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_void_p)
+_HOOK_IN_CB = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_void_p)
+_HOOK_OUT_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint32,
+                                ctypes.c_void_p)
 _uc_hook_add = uclib.uc_hook_add
 _uc_reg_read = uclib.uc_reg_read
 _uc_reg_write = uclib.uc_reg_write
-
-_real_mode_blob: bytes | None = None
-
-
-def _real_mode_state() -> bytes:
-    global _real_mode_blob
-    if _real_mode_blob is None:
-        _real_mode_blob = real_mode_context_bytes()
-    return _real_mode_blob
+_uc_reg_write_batch = uclib.uc_reg_write_batch
 
 
 class _RAMAccess:
@@ -160,19 +160,22 @@ class TCGVCPU:
         if tb_size:
             self.uc.ctl_set_tcg_buffer_size(tb_size)  # before the engine initialises on first use
         self.ctx = CPUContext(self.uc)
-        self._load_blob(_real_mode_state())
+        self._load_blob(real_mode_context_bytes())
         self._rflags = ctypes.c_uint64()
         self._reg = ctypes.c_uint64()
+        # RDTSC's result: EDX:EAX in one batched register write.
+        self._tsc_lo, self._tsc_hi = ctypes.c_uint64(), ctypes.c_uint64()
+        self._tsc_regs = (ctypes.c_int * 2)(ucx.UC_X86_REG_RAX, ucx.UC_X86_REG_RDX)
+        self._tsc_vals = (ctypes.c_void_p * 2)(ctypes.addressof(self._tsc_lo), ctypes.addressof(self._tsc_hi))
         self.delivery = InterruptDelivery(self.ctx, _RAMAccess(cpu.memory), self.read_rflags)
         self.exits = 0
         self.kick_pending = False
         self.tb_flush_pending = False
         self.shutdown_pending = False
         self.tsc_offset = 0
+        # Mapped at the first run (memory_map.apply_pending), when the board is built.
         self.memory_map = UnicornMemoryMap(self.uc, cpu.memory, self._memory_changed)
         self._install_hooks()
-        cpu.memory.add_listener(self.memory_map)
-        self.memory_map.apply_pending()
         try:
             from pemu.system.memory import add_ram_write_notifier
 
@@ -208,19 +211,23 @@ class TCGVCPU:
         uc = self.uc
         self.exit_request = TBExitRequest(uc)
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
-        uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, ucx.UC_X86_INS_IN)
-        uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, ucx.UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, ucx.UC_X86_INS_SYSCALL)
         uc.hook_add(UC_HOOK_INSN, self._on_sysenter, None, 1, 0, ucx.UC_X86_INS_SYSENTER)
         uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, ucx.UC_X86_INS_CPUID)
-        # The binding refuses RDTSC/RDTSCP hooks: register them through the C API.
-        self._c_hooks = [_HOOK_INSN_CB(self._on_rdtsc), _HOOK_INSN_CB(self._on_rdtscp)]
-        for cb, insn in zip(self._c_hooks, (ucx.UC_X86_INS_RDTSC, ucx.UC_X86_INS_RDTSCP)):
-            handle = ctypes.c_size_t()
-            err = _uc_hook_add(uc._uch, ctypes.byref(handle), UC_HOOK_INSN, ctypes.cast(cb, ctypes.c_void_p),
-                               None, ctypes.c_uint64(1), ctypes.c_uint64(0), ctypes.c_int(insn))
-            if err:
-                raise UcError(err)
+        # The frequent ones go straight from the engine to these methods.
+        self._c_hooks: list[Any] = []
+        self._add_insn_hook(_HOOK_IN_CB(self._on_in), ucx.UC_X86_INS_IN)
+        self._add_insn_hook(_HOOK_OUT_CB(self._on_out), ucx.UC_X86_INS_OUT)
+        self._add_insn_hook(_HOOK_INSN_CB(self._on_rdtsc), ucx.UC_X86_INS_RDTSC)
+        self._add_insn_hook(_HOOK_INSN_CB(self._on_rdtscp), ucx.UC_X86_INS_RDTSCP)
+
+    def _add_insn_hook(self, cb: Any, insn: int) -> None:
+        self._c_hooks.append(cb)  # the engine holds only a raw pointer: keep the thunk alive
+        handle = ctypes.c_size_t()
+        err = _uc_hook_add(self.uc._uch, ctypes.byref(handle), UC_HOOK_INSN, ctypes.cast(cb, ctypes.c_void_p),
+                           None, ctypes.c_uint64(1), ctypes.c_uint64(0), ctypes.c_int(insn))
+        if err:
+            raise UcError(err)
 
     def _on_interrupt(self, uc: Uc, intno: int, _: object) -> None:
         ctx = self.ctx
@@ -241,7 +248,7 @@ class TCGVCPU:
         self.exit_request.request()
         qemu_system_reset_request(ShutdownCause.GUEST_RESET)
 
-    def _on_in(self, uc: Uc, port: int, size: int, _: object) -> int:
+    def _on_in(self, uch: int, port: int, size: int, _: object) -> int:
         try:
             with bql:
                 return self.cpu.io.dispatch_read(port & 0xFFFF, size)
@@ -249,7 +256,7 @@ class TCGVCPU:
             qemu_log_mask(LOG_GUEST_ERROR, f"tcg: in {port:#x}/{size}: {e!r}")
             return (1 << (8 * size)) - 1
 
-    def _on_out(self, uc: Uc, port: int, size: int, value: int, _: object) -> None:
+    def _on_out(self, uch: int, port: int, size: int, value: int, _: object) -> None:
         try:
             with bql:
                 self.cpu.io.dispatch_write(port & 0xFFFF, value, size)  # dispatch masks to size
@@ -302,16 +309,18 @@ class TCGVCPU:
         return 1
 
     def tsc_now(self) -> int:
-        return (qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL) * TSC_KHZ // 1_000_000 + self.tsc_offset) & 0xFFFFFFFFFFFFFFFF
+        return (qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL) + self.tsc_offset) & _U64
 
-    def _on_rdtsc(self, handle: int, user_data: int) -> int:
-        tsc = self.tsc_now()
-        self._write_reg(ucx.UC_X86_REG_RAX, tsc & 0xFFFFFFFF)
-        self._write_reg(ucx.UC_X86_REG_RDX, tsc >> 32)
+    def _on_rdtsc(self, uch: int, user_data: int) -> int:
+        # Kept to one clock read and one engine call: Linux reads the TSC often.
+        tsc = (qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL) + self.tsc_offset) & _U64
+        self._tsc_lo.value = tsc & 0xFFFFFFFF
+        self._tsc_hi.value = tsc >> 32
+        _uc_reg_write_batch(uch, self._tsc_regs, self._tsc_vals, 2)
         return 1
 
-    def _on_rdtscp(self, handle: int, user_data: int) -> int:
-        self._on_rdtsc(handle, user_data)
+    def _on_rdtscp(self, uch: int, user_data: int) -> int:
+        self._on_rdtsc(uch, user_data)
         self.ctx.save()
         self._write_reg(ucx.UC_X86_REG_RCX, self.ctx.u64(Off.TSC_AUX) & 0xFFFFFFFF)
         return 1
@@ -410,7 +419,9 @@ class TCGVCPU:
         ctx.restore()
         return True
 
-    def _engine_error(self, error: UcError) -> VCPUExit:
+    def _engine_error(self, error: UcError, rom_write_dropped: bool = False) -> VCPUExit:
+        if error.errno == UC_ERR_WRITE_PROT and not rom_write_dropped:
+            return self._step_dropping_rom_writes()
         ctx = self.ctx
         ctx.save()
         if error.errno == UC_ERR_INSN_INVALID:
@@ -425,6 +436,21 @@ class TCGVCPU:
             self.shutdown_pending = False
             return VCPUExit.SHUTDOWN
         ctx.restore()
+        return VCPUExit.KICKED
+
+    def _step_dropping_rom_writes(self) -> VCPUExit:
+        """The guest wrote to ROM: run that one instruction with the write dropped."""
+        ctx = self.ctx
+        ctx.save()
+        uc = self.uc
+        uc.ctl_flush_tb()  # the step must translate a fresh one-instruction block
+        try:
+            self.memory_map.run_dropping_rom_writes(lambda: uc.emu_start(ctx.eip, 0, 0, 1))
+        except UcError as e:
+            return self._engine_error(e, rom_write_dropped=True)
+        if self.shutdown_pending:
+            self.shutdown_pending = False
+            return VCPUExit.SHUTDOWN
         return VCPUExit.KICKED
 
     # -- state transfer ------------------------------------------------------------------
@@ -455,7 +481,7 @@ class TCGVCPU:
         env = self.env
         uc = self.uc
         ctx = self.ctx
-        self._load_blob(_real_mode_state())
+        self._load_blob(real_mode_context_bytes())
         uc.msr_write(0xC0000080, env.efer & ~0x400)
         self._write_reg(ucx.UC_X86_REG_CR4, env.cr4)
         self._write_reg(ucx.UC_X86_REG_CR3, env.cr3)
@@ -483,7 +509,7 @@ class TCGVCPU:
         ctx.old_exception = -1
         ctx.restore()
         self.write_rflags(env.rflags)
-        self.tsc_offset = (env.tsc - qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL) * TSC_KHZ // 1_000_000) if env.tsc else 0
+        self.tsc_offset = (env.tsc - qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL)) if env.tsc else 0
         self.shutdown_pending = False
         self.tb_flush_pending = True
 

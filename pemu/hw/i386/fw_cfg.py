@@ -15,8 +15,7 @@ firmware boot with -kernel.
 from __future__ import annotations
 
 import struct
-import uuid as uuid_mod
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pemu.hw.i386 import memmap
 from pemu.hw.i386.e820 import E820Table, E820Type
@@ -28,6 +27,9 @@ from pemu.hw.nvram.fw_cfg import (
     fw_cfg_add_user_files,
     fw_cfg_init_io_dma,
 )
+
+if TYPE_CHECKING:
+    import uuid as uuid_mod  # imported where a UUID is parsed: uuid pulls in platform
 
 
 class FWCfgX86Key:

@@ -13,6 +13,7 @@ GiB = 1 << 30
 # Low memory.
 LOW_RAM_END = 0xA0000  # end of conventional memory (640 KiB)
 VGA_WINDOW = 0xA0000  # legacy VGA window, 128 KiB
+VGA_WINDOW_SIZE = 0x20000
 PC_ROM_MIN_VGA = 0xC0000  # pc.rom: option ROM space
 PC_ROM_MAX = 0xE0000
 PC_ROM_SIZE = PC_ROM_MAX - PC_ROM_MIN_VGA

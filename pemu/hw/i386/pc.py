@@ -37,6 +37,7 @@ class PCMachineState(X86MachineState):
     max_fw_size: int
     data_dirs: list[str]
     placeholders: list[MemoryRegion]
+    i8042: Any
 
 
 def _pc_machine_initfn(obj: Object) -> None:
@@ -48,6 +49,7 @@ def _pc_machine_initfn(obj: Object) -> None:
     pcms.bios_source = ""
     pcms.data_dirs = []
     pcms.placeholders = []
+    pcms.i8042 = None
 
 
 def _pc_machine_class_init(klass: ObjectClass, data: Any) -> None:
@@ -201,12 +203,14 @@ def pc_basic_device_init(pcms: PCMachineState, isa_bus: Any, system_io: MemoryRe
     from pemu.hw.isa.isa_bus import isa_bus_irqs
     from pemu.system.vl import serial_hd
 
-    from pemu.accel.kvm.kvm_accel import kvm_irqchip_in_kernel, kvm_isa_irqs
+    from pemu.accel.kvm import kvm_irqchip_in_kernel
 
     # Under KVM with kernel-irqchip=on the 8259s, the IOAPIC and the 8254
     # (with the speaker port 0x61) are the kernel's: ISA lines go to KVM.
     irqchip_in_kernel = kvm_irqchip_in_kernel()
     if irqchip_in_kernel:
+        from pemu.accel.kvm.kvm_accel import kvm_isa_irqs
+
         lines = kvm_isa_irqs()
         isa_bus_irqs(isa_bus, list(lines))
         pcms.gsi = list(lines)
@@ -224,7 +228,7 @@ def pc_basic_device_init(pcms: PCMachineState, isa_bus: Any, system_io: MemoryRe
     if not irqchip_in_kernel:
         pit = _isa_create(pcms, isa_bus, "isa-pit")
         _isa_create(pcms, isa_bus, "isa-pcspk", pit=pit)
-    _isa_create(pcms, isa_bus, "i8042")
+    pcms.i8042 = _isa_create(pcms, isa_bus, "i8042")
     _isa_create(pcms, isa_bus, "port92")
     _isa_create(pcms, isa_bus, "ioport80")
     for i in range(4):
@@ -280,7 +284,7 @@ def pc_late_init(pcms: PCMachineState) -> None:
     if pcms.acpi != "off":
         tables_base = (pcms.below_4g_mem_size - ACPI_TABLES_SIZE) & ~0xFFF
         with_apic = getattr(pcms.cpus[0].model, "has_apic", False) if pcms.cpus else False
-        from pemu.accel.kvm.kvm_accel import kvm_irqchip_in_kernel
+        from pemu.accel.kvm import kvm_irqchip_in_kernel
 
         with_apic = with_apic or kvm_irqchip_in_kernel()  # the in-kernel LAPICs and IOAPIC
         acpi_cfg = q35_acpi_config(pcms.below_4g_mem_size, hpet=pcms.hpet_enabled,

@@ -54,13 +54,16 @@ def q35_ram_split(ram_size: int, gigabyte_align: bool, max_ram_below_4g: int = 0
     return x86_ram_split(ram_size, lowmem)
 
 
-def q35_direct_boot_chipset_setup(lpc: Any, smb: Any) -> None:
+def q35_direct_boot_chipset_setup(lpc: Any, smb: Any, kbd: Any) -> None:
     """The chipset programming SeaBIOS does before it boots Linux, for a
-    direct boot: the LPC's PM block, PIRQ routes, RCBA and ELCR, and the
-    SMBus host interface.  Runs after the devices' own reset."""
+    direct boot: the LPC's PM block, PIRQ routes, RCBA and ELCR, the SMBus
+    host interface and the keyboard controller's command byte.  Runs after
+    the devices' own reset."""
     from pemu.hw.isa.lpc_ich9 import ich9_lpc_direct_boot_setup
 
     ich9_lpc_direct_boot_setup(lpc)
+    if kbd is not None:
+        kbd.model.firmware_setup()
     if smb is not None:
         from pemu.hw.i2c.smbus_ich9 import ich9_smb_direct_boot_setup
 
@@ -70,7 +73,7 @@ def q35_direct_boot_chipset_setup(lpc: Any, smb: Any) -> None:
 def _q35_connect_ioapic_gsis(lpc: Any) -> None:
     """With an IOAPIC (KVM's in-kernel irqchip), PIRQ A-H also drive GSI
     16-23, where the APIC-model _PRT sends them."""
-    from pemu.accel.kvm.kvm_accel import kvm_irqchip_in_kernel
+    from pemu.accel.kvm import kvm_irqchip_in_kernel
 
     if kvm_irqchip_in_kernel():
         from pemu.accel.accel import current_accel
@@ -99,6 +102,11 @@ def pc_q35_init(machine: Any) -> None:
     system_memory.add_subregion_overlap(0, pci_memory, -1)
     pcms.pci_memory = pci_memory
     rom_memory = pci_memory
+    # QEMU's default machine has a VGA whose legacy window claims 0xA0000-0xBFFFF
+    # in PCI space (the MCH shows PCI there while SMRAM is closed).  pemu has no
+    # VGA: a placeholder keeps the window off the RAM below it, as in QEMU.
+    vga_window = placeholder_region(pcms, "vga-lowmem", memmap.VGA_WINDOW_SIZE)
+    pci_memory.add_subregion_overlap(memmap.VGA_WINDOW, vga_window, 1)
 
     smbios_set_defaults(pcms, "QEMU", "Standard PC (Q35 + ICH9, 2009)", machine.mc.name)
 
@@ -150,7 +158,7 @@ def pc_q35_init(machine: Any) -> None:
     direct_boot = machine.kernel is not None and pcms.bios_source == DIRECT_BOOT_FIRMWARE
     if direct_boot:
         # No firmware will program the chipset: do at every reset what SeaBIOS would.
-        qemu_register_reset(lambda: q35_direct_boot_chipset_setup(lpc, smb))
+        qemu_register_reset(lambda: q35_direct_boot_chipset_setup(lpc, smb, pcms.i8042))
     pc_late_init(pcms)
 
     if machine.kernel is not None:

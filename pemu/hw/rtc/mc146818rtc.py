@@ -17,10 +17,8 @@ computed when register C is read.
 
 from __future__ import annotations
 
-import calendar
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Callable
 
 from pemu.hw.core.irq import IRQLine, NoIRQ
@@ -92,6 +90,26 @@ MiB = 1024 * KiB
 GiB = 1024 * MiB
 
 
+
+
+def _is_leap(year: int) -> bool:
+    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+
+
+_MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def days_in_month(year: int, month: int) -> int:
+    return 29 if month == 2 and _is_leap(year) else _MONTH_DAYS[month - 1]
+
+
+def days_since_epoch(year: int, month: int, day: int) -> int:
+    """Days from 1970-01-01 to a (proleptic Gregorian) date, negative before it."""
+    # Count from 1 March of year 0, so that a leap day ends its "year".
+    y = year - 1 if month <= 2 else year
+    era_days = y * 365 + y // 4 - y // 100 + y // 400
+    day_of_year = (153 * ((month + 9) % 12) + 2) // 5 + day - 1  # 1 March = 0
+    return era_days + day_of_year - 719468  # 719468: 0000-03-01 to 1970-01-01
 
 
 def _from_bcd(value: int) -> int:
@@ -206,13 +224,12 @@ class MC146818RTC:
         hour = self._decode_hour(c[RTC_HOURS])
         minute = self._decode(c[RTC_MINUTES])
         second = self._decode(c[RTC_SECONDS])
-        try:
-            stamp = datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc)
-        except ValueError:
+        if not (1 <= year and 1 <= month <= 12 and 1 <= day <= days_in_month(year, month)
+                and 0 <= hour < 24 and 0 <= minute < 60 and 0 <= second < 60):
             guest_error(f"mc146818rtc: invalid date/time {year:04}-{month:02}-{day:02} "
                         f"{hour:02}:{minute:02}:{second:02} in the clock registers")
             return None
-        return calendar.timegm(stamp.utctimetuple())
+        return ((days_since_epoch(year, month, day) * 24 + hour) * 60 + minute) * 60 + second
 
     def _stop(self, now: int) -> None:
         held = self.rtc_ns(now)

@@ -20,11 +20,13 @@ none.  Handles follow QEMU's numbering (type << 8, plus the instance).
 from __future__ import annotations
 
 import struct
-import uuid as uuid_mod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pemu.util.error import UserError
+
+if TYPE_CHECKING:
+    import uuid as uuid_mod  # imported where a UUID is parsed: uuid pulls in platform
 
 SMBIOS_MAJOR, SMBIOS_MINOR = 2, 8
 SMBIOS_21_ANCHOR = struct.Struct("<4sBBBBHB5s5sBHIHB")
@@ -38,7 +40,6 @@ ONE_KB, ONE_MB, ONE_GB = 1 << 10, 1 << 20, 1 << 30
 
 T0_BASE, T1_BASE, T2_BASE, T3_BASE, T4_BASE = 0x000, 0x100, 0x200, 0x300, 0x400
 T16_BASE, T17_BASE, T19_BASE, T32_BASE, T127_BASE = 0x1000, 0x1100, 0x1300, 0x2000, 0x7F00
-
 
 class _Strings:
     """The string set of one structure: fields refer to strings by index."""
@@ -323,8 +324,10 @@ def smbios_entry_add(cfg: SmbiosConfig, opts: Any, location: str | None = None) 
                 raise UserError(f"Parameter '{name}' is out of range", location)
             setattr(target, attr, number)
         elif kind_of == "uuid":
+            from uuid import UUID
+
             try:
-                target.uuid = uuid_mod.UUID(value)  # type: ignore[union-attr]
+                target.uuid = UUID(value)  # type: ignore[union-attr]
             except ValueError:
                 raise UserError("Invalid UUID", location) from None
         elif kind_of == "release":

@@ -16,6 +16,7 @@ Unicorn never calls).
 from __future__ import annotations
 
 import ctypes
+import functools
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
@@ -208,8 +209,9 @@ class CPUContext:
                        seg.limit & 0xFFFFFFFF, seg.flags & 0xFFFFFFFF)
 
 
+@functools.cache
 def real_mode_context_bytes() -> bytes:
-    """The saved context of a fresh 16-bit instance (real mode, CPL 0)."""
+    """The saved context of a fresh 16-bit instance (real mode, CPL 0); made once."""
     uc16 = Uc(UC_ARCH_X86, UC_MODE_16)
     return bytes(uc16.context_save())
 
