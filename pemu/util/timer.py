@@ -34,11 +34,13 @@ QEMU_CLOCK_HOST = QEMUClockType.HOST
 
 
 class _VirtualClock:
-    """Monotonic time that stops while the VM is stopped."""
+    """Monotonic time that stops while the VM is stopped.  It starts stopped
+    at 0 and runs from the first vm_start, so a VM started with -S sees no
+    time pass before ``cont`` (QEMU: cpu_enable_ticks in vm_start)."""
 
     def __init__(self) -> None:
-        self.offset = time.monotonic_ns()
-        self.stopped_at: int | None = None
+        self.offset = 0
+        self.stopped_at: int | None = 0
 
     def get_ns(self) -> int:
         if self.stopped_at is not None:
@@ -159,21 +161,39 @@ class _TimerLists:
     def run_expired(self) -> bool:
         """Run the callbacks of expired timers; True if any ran."""
         ran = False
-        for clock, heap in self.heaps.items():
+        for clock in self.heaps:
             if clock == QEMUClockType.VIRTUAL and _virtual.stopped_at is not None:
                 continue
-            now = qemu_clock_get_ns(clock)
-            while True:
-                with self.lock:
-                    self._prune(heap)
-                    if not heap or heap[0][0] > now:
-                        break
-                    _, _, timer = heapq.heappop(heap)
-                    timer.expire_time = -1
-                    timer._seq = -1
-                timer.cb()
-                ran = True
+            ran |= self.run_clock(clock, qemu_clock_get_ns(clock))
         return ran
+
+    def run_clock(self, clock: QEMUClockType, now: int) -> bool:
+        """Run the callbacks of the timers of ``clock`` due at ``now``."""
+        heap = self.heaps[clock]
+        ran = False
+        while True:
+            with self.lock:
+                self._prune(heap)
+                if not heap or heap[0][0] > now:
+                    break
+                _, _, timer = heapq.heappop(heap)
+                timer.expire_time = -1
+                timer._seq = -1
+            timer.cb()
+            ran = True
+        return ran
+
+    def next_expiry(self, clock: QEMUClockType) -> int:
+        """When the earliest timer of ``clock`` expires; -1 if none is armed."""
+        with self.lock:
+            heap = self.heaps[clock]
+            self._prune(heap)
+            return heap[0][0] if heap else -1
+
+    def count(self) -> int:
+        """Entries held in the timer lists, stale ones included."""
+        with self.lock:
+            return sum(len(heap) for heap in self.heaps.values())
 
 
 _timers = _TimerLists()
@@ -189,6 +209,28 @@ def timerlist_run_expired() -> bool:
 
 def timerlist_set_notify(cb: Callable[[], None] | None) -> None:
     _timers.notify_cb = cb
+
+
+def timerlist_count() -> int:
+    """How many entries the timer lists hold (a bound on it is checked by the fuzzer)."""
+    return _timers.count()
+
+
+def qemu_clock_advance_virtual_time(dest_ns: int) -> int:
+    """Move the stopped virtual clock forward to ``dest_ns``, running each
+    virtual timer at its own expiry time on the way (QEMU's
+    qemu_clock_advance_virtual_time, which qtest's clock_step uses).  Only
+    while the VM is stopped; returns the new time."""
+    if _virtual.stopped_at is None:
+        raise RuntimeError("the virtual clock can only be advanced while the VM is stopped")
+    while True:
+        expiry = _timers.next_expiry(QEMUClockType.VIRTUAL)
+        if expiry < 0 or expiry > dest_ns:
+            break
+        _virtual.stopped_at = max(_virtual.stopped_at, expiry)
+        _timers.run_clock(QEMUClockType.VIRTUAL, _virtual.stopped_at)
+    _virtual.stopped_at = max(_virtual.stopped_at, dest_ns)
+    return _virtual.stopped_at
 
 
 # --- what device models take, so tests can drive time -----------------------------
