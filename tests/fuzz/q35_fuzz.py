@@ -236,10 +236,10 @@ class Q35Fuzzer:
         return f"{type(exc).__name__} at {last.filename.split('/pemu/')[-1]}:{last.lineno}" if last else type(exc).__name__
 
     def _periodic_checks(self, result: SurfaceResult, index: int, op: Any) -> None:
-        from pemu.util.timer import timerlist_count
+        from pemu.util.timer import QEMUClockType, timerlist_entries
 
         surface = result.surface
-        entries = timerlist_count()
+        entries = sum(timerlist_entries(clock) for clock in QEMUClockType)
         result.max_timer_entries = max(result.max_timer_entries, entries)
         if entries > self.limits.timer_entries:
             self._record("timer-list", "timer-list", surface, index, op,
