@@ -29,7 +29,6 @@ class SMBusEEPROM:
         self.init_data = bytes(init_data).ljust(SMBUS_EEPROM_SIZE, b"\0")
         self.data = bytearray(self.init_data)
         self.offset = 0
-        self.reset()
 
     def reset(self) -> None:
         self.data[:] = self.init_data

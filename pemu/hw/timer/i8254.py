@@ -11,9 +11,10 @@ the state at the current time on the absolute grid of the load time, so
 periodic modes never drift.  IRQ0 is edge-triggered at the PIC, so when OUT
 rose at least once since the last callback the line is lowered first, which
 also folds several missed periods into one interrupt rather than replaying
-them.  The HPET in legacy-replacement mode takes IRQ 0 over and cuts channel 0
-off through :meth:`PIT.irq_control` (QEMU's pit_irq_control).  Callbacks are at least ``MIN_IRQ_INTERVAL_NS`` apart, so a guest
+them.  Callbacks are at least ``MIN_IRQ_INTERVAL_NS`` apart, so a guest
 programming a tiny count gets a bounded interrupt rate, not a timer storm.
+The HPET in legacy replacement mode takes IRQ 0 over and cuts channel 0 off
+through :meth:`PIT.irq_control` (QEMU's pit_irq_control).
 """
 
 from __future__ import annotations
