@@ -198,14 +198,14 @@ def timerlist_deadline_ns() -> int:
     return _timers.deadline_ns()
 
 
-def timerlist_run_expired() -> bool:
-    return _timers.run_expired()
-
-
 def timerlist_entries(clock: QEMUClockType) -> int:
     """How many entries the clock's timer list holds, stale ones included."""
     with _timers.lock:
         return len(_timers.heaps[clock])
+
+
+def timerlist_run_expired() -> bool:
+    return _timers.run_expired()
 
 
 def timerlist_set_notify(cb: Callable[[], None] | None) -> None:
