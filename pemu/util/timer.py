@@ -33,11 +33,13 @@ QEMU_CLOCK_HOST = QEMUClockType.HOST
 
 
 class _VirtualClock:
-    """Monotonic time that stops while the VM is stopped."""
+    """Monotonic time that stops while the VM is stopped.  It starts stopped
+    at 0 and runs from the first vm_start, so a VM started with -S sees no
+    time pass before ``cont`` (QEMU: cpu_enable_ticks in vm_start)."""
 
     def __init__(self) -> None:
-        self.offset = time.monotonic_ns()
-        self.stopped_at: int | None = None
+        self.offset = 0
+        self.stopped_at: int | None = 0
 
     def get_ns(self) -> int:
         if self.stopped_at is not None:
@@ -239,23 +241,36 @@ class _TimerLists:
         """Run the callbacks of expired timers (through ``call``, the main
         loop's guard, if given); True if any ran."""
         ran = False
-        for clock, timers in self.lists.items():
+        for clock in self.lists:
             if clock == QEMUClockType.VIRTUAL and _virtual.stopped_at is not None:
                 continue
-            now = qemu_clock_get_ns(clock)
-            while True:
-                with self.lock:
-                    timer = timers.earliest()
-                    if timer is None or timer.expire_time > now:
-                        break
-                    timers.remove(timer)
-                    timer.expire_time = -1
-                if call is None:
-                    timer.cb()
-                else:
-                    call(timer.cb)
-                ran = True
+            ran |= self.run_clock(clock, qemu_clock_get_ns(clock), call)
         return ran
+
+    def run_clock(self, clock: QEMUClockType, now: int,
+                  call: Callable[[Callable[[], None]], None] | None = None) -> bool:
+        """Run the callbacks of the timers of ``clock`` due at ``now``."""
+        timers = self.lists[clock]
+        ran = False
+        while True:
+            with self.lock:
+                timer = timers.earliest()
+                if timer is None or timer.expire_time > now:
+                    break
+                timers.remove(timer)
+                timer.expire_time = -1
+            if call is None:
+                timer.cb()
+            else:
+                call(timer.cb)
+            ran = True
+        return ran
+
+    def next_expiry(self, clock: QEMUClockType) -> int:
+        """When the earliest timer of ``clock`` expires; -1 if none is armed."""
+        with self.lock:
+            timer = self.lists[clock].earliest()
+            return timer.expire_time if timer is not None else -1
 
 
 _timers = _TimerLists()
@@ -276,6 +291,23 @@ def timerlist_entries(clock: QEMUClockType) -> int:
 
 def timerlist_set_notify(cb: Callable[[], None] | None) -> None:
     _timers.notify_cb = cb
+
+
+def qemu_clock_advance_virtual_time(dest_ns: int) -> int:
+    """Move the stopped virtual clock forward to ``dest_ns``, running each
+    virtual timer at its own expiry time on the way (QEMU's
+    qemu_clock_advance_virtual_time, which qtest's clock_step uses).  Only
+    while the VM is stopped; returns the new time."""
+    if _virtual.stopped_at is None:
+        raise RuntimeError("the virtual clock can only be advanced while the VM is stopped")
+    while True:
+        expiry = _timers.next_expiry(QEMUClockType.VIRTUAL)
+        if expiry < 0 or expiry > dest_ns:
+            break
+        _virtual.stopped_at = max(_virtual.stopped_at, expiry)
+        _timers.run_clock(QEMUClockType.VIRTUAL, _virtual.stopped_at)
+    _virtual.stopped_at = max(_virtual.stopped_at, dest_ns)
+    return _virtual.stopped_at
 
 
 # --- what device models take, so tests can drive time -----------------------------

@@ -12,6 +12,7 @@ from pemu.system import cpus
 from pemu.system.memory import AddressSpace, MemoryRegion, MemoryRegionOps
 from pemu.target.i386.cpu_models import x86_cpu_model_for
 from pemu.target.i386.cpu_state import CPUX86State
+from pemu.util.timer import qemu_clock_enable_virtual
 from guestasm import assemble, have_binutils
 
 needs_binutils = pytest.mark.skipif(not have_binutils(), reason="GNU as/ld/objcopy (binutils) not installed")
@@ -96,11 +97,14 @@ class Machine:
         cpus.cpu_synchronize_post_reset(self.cpu)
 
     def run_until_done(self, timeout: float = 5.0) -> None:
+        # As vm_start/vm_stop do: the virtual clock (and so the TSC) runs only while the vCPUs do.
+        qemu_clock_enable_virtual(True)
         cpus.resume_all_vcpus()
         try:
             assert self.ports.done.wait(timeout), "guest did not finish"
         finally:
             cpus.pause_all_vcpus()
+            qemu_clock_enable_virtual(False)
         cpus.cpu_synchronize_state(self.cpu)
 
     def outputs(self, port: int = 0xE9) -> list[int]:

@@ -225,3 +225,17 @@ def test_irq0_through_the_pic(clock: FakeClock) -> None:
             pic.master.write(0, 0x20)
             taken += 1
     assert taken == pytest.approx(100, abs=1)
+
+
+def test_irq_control_cuts_channel0_off_irq0(pit: PIT, clock: FakeClock, irq0: EdgeCounter) -> None:
+    """The HPET's legacy replacement route takes IRQ 0: while cut off the PIT
+    raises nothing and keeps no timer armed; reconnected, it resumes."""
+    program(pit, 0, 2, PIT_FREQ // 100)
+    pit.irq_control(False)
+    start = irq0.rising
+    clock.advance(NS_PER_S // 10)
+    assert irq0.rising == start
+    assert all(t.expire < 0 for t in clock.timers)
+    pit.irq_control(True)
+    clock.advance(NS_PER_S // 10)
+    assert irq0.rising - start == pytest.approx(10, abs=1)

@@ -55,6 +55,9 @@ class EEPROM:
     def read_data(self, command: int, length: int) -> bytes:
         return bytes(self.mem[(command + i) & 0xFF] for i in range(length))
 
+    def reset(self) -> None:
+        pass
+
 
 @pytest.fixture
 def host() -> tuple[ICH9SMBusHost, SMBusBus, Line]:

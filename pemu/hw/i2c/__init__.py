@@ -33,6 +33,8 @@ class SMBusDevice(Protocol):
 
     def read_data(self, command: int, length: int) -> bytes: ...
 
+    def reset(self) -> None: ...
+
 
 class SMBusBus:
     """The wires between a host controller and its targets."""
@@ -53,3 +55,8 @@ class SMBusBus:
 
     def find(self, address: int) -> SMBusDevice | None:
         return self.devices.get(address & SMBUS_ADDRESS_MASK)
+
+    def reset(self) -> None:
+        """Reset every device on the bus (the controller's reset reaches its bus)."""
+        for device in self.devices.values():
+            device.reset()

@@ -344,6 +344,7 @@ def _ich9_smb_reset(dev: Any) -> None:
     s: ICH9SMBState = dev
     s.config[ICH9_SMB_HOSTC] = 0
     s.smb.reset()
+    s.smbus.reset()
     s.update_hostc()
 
 

@@ -222,12 +222,15 @@ def pc_basic_device_init(pcms: PCMachineState, isa_bus: Any, system_io: MemoryRe
         for cpu in pcms.cpus:
             cpu.get_pic_interrupt = pic.model.read_irq
 
-    if pcms.hpet_enabled:
-        pc_hpet_init(pcms)
+    hpet = pc_hpet_init(pcms) if pcms.hpet_enabled else None
     pcms.rtc = _isa_create(pcms, isa_bus, "mc146818rtc")
     if not irqchip_in_kernel:
         pit = _isa_create(pcms, isa_bus, "isa-pit")
         _isa_create(pcms, isa_bus, "isa-pcspk", pit=pit)
+        if hpet is not None:
+            # Legacy replacement mode hands IRQ 0 to HPET timer 0: the HPET
+            # cuts the PIT's output off (QEMU connects HPET gpio-out 0 to the PIT).
+            hpet.pit_enabled_cb = pit.model.irq_control
     pcms.i8042 = _isa_create(pcms, isa_bus, "i8042")
     _isa_create(pcms, isa_bus, "port92")
     _isa_create(pcms, isa_bus, "ioport80")

@@ -136,12 +136,15 @@ def pc_q35_init(machine: Any) -> None:
     smb = None
     if pcms.smbus_enabled:
         import pemu.hw.i2c.smbus_ich9  # noqa: F401  (registers the type)
+        from pemu.hw.i2c.smbus_eeprom import SMBUS_EEPROM_MAX, smbus_eeprom_init
 
         smb = qdev_new("ICH9-SMB")
         smb.property_set("addr", "1f.3")
         qdev_realize(smb, pcms.pcibus)
         smb.unref()
         pcms.smbus = smb.smbus  # type: ignore[attr-defined]
+        # The memory modules' SPD EEPROMs, empty as in QEMU's q35.
+        smbus_eeprom_init(smb.smbus, SMBUS_EEPROM_MAX)  # type: ignore[attr-defined]
 
     # Fixed windows whose devices come later.
     # The ECAM window at 0xB0000000.  QEMU leaves PCIEXBAREN clear at reset

@@ -13,6 +13,8 @@ rose at least once since the last callback the line is lowered first, which
 also folds several missed periods into one interrupt rather than replaying
 them.  Callbacks are at least ``MIN_IRQ_INTERVAL_NS`` apart, so a guest
 programming a tiny count gets a bounded interrupt rate, not a timer storm.
+The HPET in legacy replacement mode takes IRQ 0 over and cuts channel 0 off
+through :meth:`PIT.irq_control` (QEMU's pit_irq_control).
 """
 
 from __future__ import annotations
@@ -207,6 +209,7 @@ class PIT:
         self.channels = [PITChannel(i, gate=(i != 2)) for i in range(NUM_CHANNELS)]
         self.channels[0].irq = irq0
         self.irq_timer = timer_factory(self._irq_timer_cb)
+        self.irq_disabled = False
         self.reset()
 
     def reset(self) -> None:
@@ -246,6 +249,18 @@ class PIT:
                 self._restart(ch, now)
         ch.gate = new
         self._update_irq(ch, now)
+
+    def irq_control(self, enable: bool) -> None:
+        """Connect or cut channel 0's output from IRQ 0 (the HPET's legacy
+        replacement route takes the line over while it is cut)."""
+        self.irq_disabled = not enable
+        ch = self.channels[0]
+        if enable:
+            now = self.clock()
+            ch.edges_seen = ch.rising_edges(ch.elapsed(now))  # edges while cut off are lost
+            self._update_irq(ch, now)
+        else:
+            self.irq_timer.delete()
 
     def get_gate(self, channel: int) -> int:
         return int(self.channels[channel].gate)
@@ -384,7 +399,7 @@ class PIT:
         self._update_irq(ch, now)
 
     def _update_irq(self, ch: PITChannel, now: int) -> None:
-        if ch.irq is None:
+        if ch.irq is None or self.irq_disabled:
             return
         d = ch.elapsed(now)
         edges = ch.rising_edges(d)
