@@ -634,3 +634,20 @@ def test_apic_memory_routes_cpu_accesses_and_msis() -> None:
     assert apics[1].irr == 1 << 0x42
     mem.write(0x1000, 0x42, 2)                                  # not a 32-bit write: dropped
     assert mem.read(0x1000, 4) == 0
+
+
+# --- QOM ---------------------------------------------------------------------------
+
+
+def test_qom_types() -> None:
+    from pemu.hw.core.qdev import device_cold_reset, qdev_new, qdev_realize
+    from pemu.qom.object import object_class_by_name
+
+    assert object_class_by_name("apic-common").abstract  # type: ignore[union-attr]
+    dev = qdev_new("apic")
+    dev.property_set("id", 3)
+    qdev_realize(dev, None)
+    device_cold_reset(dev)
+    apic = dev.model  # type: ignore[attr-defined]
+    assert isinstance(apic, APIC)
+    assert apic.read(ID, 4) == 3 << 24 and apic.read(VER, 4) == 0x50014

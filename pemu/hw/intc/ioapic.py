@@ -74,6 +74,7 @@ class IOAPIC:
         self.id = 0
         self.ioregsel = 0
         self.irr = 0          # pins with a pending (edge) or asserted (level) request
+        self.levels = 0       # the input lines' levels, to find rising edges
         self.ioredtbl = [IOAPIC_LVT_MASKED] * self.num_pins
 
     # -- input pins ---------------------------------------------------------------------
@@ -82,6 +83,8 @@ class IOAPIC:
             return
         entry = self.ioredtbl[pin]
         bit = 1 << pin
+        rising = level and not self.levels & bit
+        self.levels = self.levels | bit if level else self.levels & ~bit
         if entry & IOAPIC_LVT_TRIGGER_MODE:
             if level:
                 self.irr |= bit
@@ -89,7 +92,7 @@ class IOAPIC:
                     self.service()
             else:
                 self.irr &= ~bit
-        elif level and not entry & IOAPIC_LVT_MASKED:
+        elif rising and not entry & IOAPIC_LVT_MASKED:
             # The 82093AA ignores edges on a masked pin.
             self.irr |= bit
             self.service()
