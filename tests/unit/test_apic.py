@@ -91,8 +91,8 @@ def enable(apic: APIC, svr: int = 0x1FF) -> None:
     (LVT_TIMER, 0x10000),
     (LVT_THERMAL, 0x10000),
     (LVT_PERF, 0x10000),
-    (LVT_LINT0, 0x700),        # the BSP's LINT0 is ExtINT, as the BIOS leaves it
-    (LVT_LINT1, 0x400),
+    (LVT_LINT0, 0x10000),
+    (LVT_LINT1, 0x10000),
     (LVT_ERROR, 0x10000),
     (TMICT, 0),
     (TMCCT, 0),
@@ -103,9 +103,12 @@ def test_reset_values(offset: int, value: int) -> None:
     assert apic.read(offset, 4) == value
 
 
-def test_ap_reset_masks_lint() -> None:
+def test_ap_reset_and_firmware_virtual_wire() -> None:
     apics, *_ = make(2)
-    assert apics[1].read(LVT_LINT0, 4) == 0x10000
+    assert not apics[0].accept_pic_intr()      # masked LINT0: the 8259 cannot reach the CPU
+    apics[0].firmware_virtual_wire()
+    assert apics[0].read(LVT_LINT0, 4) == 0x700 and apics[0].read(LVT_LINT1, 4) == 0x400
+    assert apics[0].accept_pic_intr()
     assert apics[1].read(ID, 4) == 1 << 24
     assert apics[1].wait_for_sipi and not apics[0].wait_for_sipi
 
@@ -276,7 +279,7 @@ def test_level_eoi_broadcasts_to_ioapic() -> None:
 
 def test_lint0_extint_and_lint1_nmi() -> None:
     (apic,), (cpu,), *_ = make()
-    assert apic.accept_pic_intr()
+    apic.firmware_virtual_wire()
     apic.deliver_pic_intr(1)
     apic.deliver_nmi()
     assert cpu.events == [("extint", 0), ("nmi", 0)]

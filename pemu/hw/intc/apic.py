@@ -187,11 +187,15 @@ class APIC(APICCommon):
         self.apicbase = APIC_DEFAULT_ADDRESS | MSR_IA32_APICBASE_ENABLE | (self.apicbase & (1 << 8))
         self.id = self.initial_apic_id & 0xFF
         self.init_reset()
-        if self.is_bsp:
-            # What the BIOS sets up on the BSP: LINT0 as ExtINT (the 8259) and
-            # LINT1 as NMI, so the PIC reaches the processor (as QEMU's reset).
-            self.lvt[APIC_LVT_LINT0] = APIC_DM_EXTINT << 8
-            self.lvt[APIC_LVT_LINT1] = APIC_DM_NMI << 8
+
+    def firmware_virtual_wire(self) -> None:
+        """What firmware leaves on the BSP (SeaBIOS does it): LINT0 as ExtINT,
+        so the 8259 reaches the processor through the APIC, and LINT1 as NMI.
+        Reset itself masks every LVT, as QEMU's does since 2.4; a board that
+        starts a kernel without firmware calls this."""
+        self.lvt[APIC_LVT_LINT0] = APIC_DM_EXTINT << 8
+        self.lvt[APIC_LVT_LINT1] = APIC_DM_NMI << 8
+        self._update_irq()
 
     def init_reset(self) -> None:
         """An INIT: the registers return to their reset values, except the
