@@ -644,13 +644,19 @@ def test_apic_memory_routes_cpu_accesses_and_msis() -> None:
 
 def test_qom_types() -> None:
     from pemu.hw.core.qdev import device_cold_reset, qdev_new, qdev_realize
-    from pemu.qom.object import object_class_by_name
+    from pemu.qom.object import QOMError, object_class_by_name
 
     assert object_class_by_name("apic-common").abstract  # type: ignore[union-attr]
     dev = qdev_new("apic")
     dev.property_set("id", 3)
     qdev_realize(dev, None)
-    device_cold_reset(dev)
     apic = dev.model  # type: ignore[attr-defined]
     assert isinstance(apic, APIC)
+    apic.designate_bsp()
+    device_cold_reset(dev)
     assert apic.read(ID, 4) == 3 << 24 and apic.read(VER, 4) == 0x50014
+    assert apic.is_bsp and not apic.wait_for_sipi
+    bad = qdev_new("apic")
+    bad.property_set("id", 0xFFFFFFFF)
+    with pytest.raises(QOMError):
+        qdev_realize(bad, None)

@@ -25,10 +25,10 @@ from typing import Any, Callable
 
 from pemu.hw.core.qdev import DeviceClass, DeviceState
 from pemu.hw.intc.apic_common import (
+    APIC_BROADCAST_X2APIC,
     APIC_DEFAULT_ADDRESS,
     APIC_DESTMODE_LOGICAL,
     APIC_DESTMODE_PHYSICAL,
-    APIC_DFR_CLUSTER,
     APIC_DFR_FLAT,
     APIC_DM_EXTINT,
     APIC_DM_FIXED,
@@ -77,7 +77,7 @@ from pemu.hw.intc.apic_common import (
     NoCPU,
     TimerMode,
 )
-from pemu.qom.object import ObjectClass, TypeInfo, type_register
+from pemu.qom.object import ObjectClass, QOMError, TypeInfo, type_register
 from pemu.system.memory import MemoryRegion, MemoryRegionOps
 from pemu.util.log import guest_error
 from pemu.util.timer import Clock, TimerFactory, virtual_clock_ns, virtual_timer
@@ -722,6 +722,8 @@ TYPE_APIC = "apic"
 
 
 def _apic_realize(dev: Any) -> None:
+    if not 0 <= dev.apic_id < APIC_BROADCAST_X2APIC:
+        raise QOMError(f"apic: APIC ID {dev.apic_id} is invalid")
     dev.model = APIC(dev.apic_id, version=dev.version)
 
 

@@ -207,6 +207,10 @@ class APICCommon:
     def base_addr(self) -> int:
         return self.apicbase & MSR_IA32_APICBASE_BASE & ((1 << self.phys_bits) - 1)
 
+    def designate_bsp(self) -> None:
+        """Make this the bootstrap processor's APIC (QEMU's apic_designate_bsp)."""
+        self.apicbase |= MSR_IA32_APICBASE_BSP
+
     def get_base(self) -> int:
         return self.apicbase
 
