@@ -290,6 +290,19 @@ def test_lint0_extint_and_lint1_nmi() -> None:
     assert cpu.events == [("extint", 0), ("nmi", 0)]
 
 
+def test_unmasking_lint0_while_the_pic_is_asserted() -> None:
+    (apic,), (cpu,), *_ = make()
+    enable(apic)
+    apic.deliver_pic_intr(1)                   # LINT0 masked: nothing
+    assert cpu.events == []
+    apic.write(LVT_LINT0, 0x700, 4)
+    assert cpu.events == [("extint", 0)]
+    apic.write(LVT_LINT0, 0x10700, 4)
+    apic.deliver_pic_intr(0)
+    apic.write(LVT_LINT0, 0x700, 4)
+    assert cpu.events == [("extint", 0)]
+
+
 def test_lint0_fixed_level() -> None:
     (apic,), *_ = make()
     enable(apic)

@@ -196,12 +196,20 @@ def test_nmi_and_extint_entries() -> None:
             events.append("sipi")
 
     apics[0].cpu = CPU()
-    route(io, 0, 7 << 8)
+    route(io, 1, 7 << 8)
     route(io, 6, 4 << 8)
     route(io, 7, 6 << 8 | 0x10)      # start-up is reserved here: dropped
-    for pin in (0, 6, 7):
+    for pin in (1, 6, 7):
         io.irqs[pin].set(1)
     assert events == ["extint", "nmi"]
+
+
+def test_line_0_reaches_pin_2() -> None:
+    io, apics = rig()
+    route(io, 0, 0x30)
+    route(io, 2, 0x32)
+    io.irqs[0].set(1)
+    assert apics[0].irr == 1 << 0x32
 
 
 def test_pins_out_of_range_are_ignored() -> None:

@@ -155,6 +155,7 @@ class APIC(APICCommon):
         if not tsc_deadline:
             self._lvt_mask[APIC_LVT_TIMER] &= ~(2 << APIC_LVT_TIMER_SHIFT)
         self.irq_pending = False        # the level last given to cpu.apic_irq_changed
+        self.lint0_level = 0            # the 8259's INTR output, as last seen on LINT0
         self._reset_registers()
         self.wait_for_sipi = not bsp
 
@@ -365,6 +366,7 @@ class APIC(APICCommon):
 
     def deliver_pic_intr(self, level: int) -> None:
         """The 8259's INTR output changed."""
+        self.lint0_level = level
         if not self.hw_enabled:
             if level:
                 self.cpu.apic_extint()
@@ -631,8 +633,10 @@ class APIC(APICCommon):
                 self.initial_count = 0
                 self.tsc_deadline = 0
             self._timer_update(self.clock())
-        elif n == APIC_LVT_LINT0 and not new & APIC_LVT_MASKED and old & APIC_LVT_MASKED:
-            self._update_irq()
+        elif n == APIC_LVT_LINT0 and not new & APIC_LVT_MASKED and old & APIC_LVT_MASKED \
+                and self.lint0_level:
+            # Unmasking LINT0 while the 8259's output is high delivers it.
+            self.local_deliver(APIC_LVT_LINT0)
 
     def _write_divide(self, value: int) -> None:
         now = self.clock()

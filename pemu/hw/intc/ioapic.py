@@ -79,8 +79,13 @@ class IOAPIC:
 
     # -- input pins ---------------------------------------------------------------------
     def set_irq(self, pin: int, level: int) -> None:
+        """Input line ``pin`` (GSI n for the machine's first I/O APIC).  As in
+        QEMU, line 0 (the PIT's ISA IRQ 0) reaches pin 2: the MADT's interrupt
+        source override IRQ0 → GSI 2 describes this wiring."""
         if not 0 <= pin < self.num_pins:
             return
+        if pin == 0:
+            pin = 2
         entry = self.ioredtbl[pin]
         bit = 1 << pin
         rising = level and not self.levels & bit
