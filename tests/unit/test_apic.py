@@ -559,6 +559,8 @@ def test_apic_base_msr() -> None:
     assert bsp.base_addr == 0xFED00000 and bsp.is_bsp
     assert not bsp.set_base(APIC_DEFAULT_ADDRESS | MSR_IA32_APICBASE_ENABLE | 1)         # reserved bit
     assert not bsp.set_base(1 << 45 | MSR_IA32_APICBASE_ENABLE)                         # beyond phys bits
+    assert bsp.set_base(1 << 39 | APIC_DEFAULT_ADDRESS | MSR_IA32_APICBASE_ENABLE)      # within 40 bits
+    assert bsp.base_addr == 1 << 39 | APIC_DEFAULT_ADDRESS
     assert not bsp.set_base(APIC_DEFAULT_ADDRESS | MSR_IA32_APICBASE_EXTD)              # x2APIC while disabled
     assert bsp.set_base(APIC_DEFAULT_ADDRESS | MSR_IA32_APICBASE_ENABLE | MSR_IA32_APICBASE_EXTD)
     assert not bsp.set_base(APIC_DEFAULT_ADDRESS | MSR_IA32_APICBASE_ENABLE)            # x2APIC → xAPIC
