@@ -66,6 +66,7 @@ from pemu.hw.intc.apic_common import (
     APIC_TRIGGER_EDGE,
     APIC_TRIGGER_LEVEL,
     APIC_VERSION,
+    MSR_IA32_APICBASE_BSP,
     MSR_IA32_APICBASE_ENABLE,
     MSR_IA32_APICBASE_EXTD,
     MSR_X2APIC_BASE,
@@ -185,7 +186,7 @@ class APIC(APICCommon):
 
     def reset(self) -> None:
         """Power-on and RESET: xAPIC mode at the default base, enabled."""
-        self.apicbase = APIC_DEFAULT_ADDRESS | MSR_IA32_APICBASE_ENABLE | (self.apicbase & (1 << 8))
+        self.apicbase = APIC_DEFAULT_ADDRESS | MSR_IA32_APICBASE_ENABLE | (self.apicbase & MSR_IA32_APICBASE_BSP)
         self.id = self.initial_apic_id & 0xFF
         self.init_reset()
 
