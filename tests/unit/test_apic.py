@@ -610,7 +610,9 @@ def test_x2apic_registers_as_msrs() -> None:
     assert not apic.write_msr(0x808, 1 << 32)
     assert apic.write_msr(0x83F, 0x55)                       # self IPI
     assert apic.irr == 1 << 0x55
-    assert apic.write_msr(0x80B, 0) or True
+    assert apic.get_interrupt() == 0x55 and apic.read_msr(0x812) == 1 << 0x15
+    assert apic.write_msr(0x80B, 0)
+    assert apic.isr == 0
     assert apic.read_msr(0x830) == 0
 
 
@@ -650,8 +652,10 @@ def test_apic_memory_routes_cpu_accesses_and_msis() -> None:
     assert apics[0].irr == 1 << 0x41
     mem.write(0x1000, 0x42, 4)                                  # dest ID 1
     assert apics[1].irr == 1 << 0x42
-    mem.write(0x1000, 0x42, 2)                                  # not a 32-bit write: dropped
+    mem.write(0x1000, 0x43, 2)                                  # not a 32-bit write: dropped
+    assert not apics[1].irr >> 0x43 & 1
     assert mem.read(0x1000, 4) == 0
+    assert mem.region().size == 0x100000
 
 
 # --- QOM ---------------------------------------------------------------------------
