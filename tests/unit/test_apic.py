@@ -309,8 +309,20 @@ def test_lint0_fixed_level() -> None:
     apic.write(LVT_LINT0, 0x8000 | 0x45, 4)
     apic.deliver_pic_intr(1)
     assert apic.irr == 1 << 0x45 and apic.tmr == 1 << 0x45
+    assert apic.read(LVT_LINT0, 4) & 0x4000                # remote IRR
+    apic.deliver_pic_intr(0)                               # withdrawn before service
+    assert apic.irr == 0 and not apic.read(LVT_LINT0, 4) & 0x4000
+    apic.deliver_pic_intr(1)
+    assert apic.get_interrupt() == 0x45
+    apic.write(LVT_LINT0, 0x8000 | 0x45, 4)               # remote IRR is read-only
+    assert apic.read(LVT_LINT0, 4) & 0x4000
     apic.deliver_pic_intr(0)
+    apic.deliver_pic_intr(1)                               # not re-accepted before the EOI
     assert apic.irr == 0
+    apic.write(EOI, 0, 4)                                  # still asserted: delivered again
+    assert apic.irr == 1 << 0x45 and apic.read(LVT_LINT0, 4) & 0x4000
+    apic.deliver_pic_intr(0)
+    assert apic.irr == 0 and not apic.read(LVT_LINT0, 4) & 0x4000
 
 
 def test_globally_disabled_apic_passes_the_pic_through() -> None:

@@ -53,6 +53,7 @@ from pemu.hw.intc.apic_common import (
     APIC_LVT_MASKED,
     APIC_LVT_NB,
     APIC_LVT_PERFORM,
+    APIC_LVT_REMOTE_IRR,
     APIC_LVT_THERMAL,
     APIC_LVT_TIMER,
     APIC_LVT_TIMER_MODE,
@@ -322,8 +323,14 @@ class APIC(APICCommon):
             return
         bit = 1 << isrv
         self.isr &= ~bit
-        if self.tmr & bit and self.bus is not None:
-            self.bus.eoi_broadcast(isrv)
+        if self.tmr & bit:
+            for n in (APIC_LVT_LINT0, APIC_LVT_LINT1):
+                if self.lvt[n] & APIC_LVT_REMOTE_IRR and self.lvt[n] & 0xFF == isrv:
+                    self.lvt[n] &= ~APIC_LVT_REMOTE_IRR
+                    if n == APIC_LVT_LINT0 and self.lint0_level:
+                        self.local_deliver(n)   # still asserted: again
+            if self.bus is not None:
+                self.bus.eoi_broadcast(isrv)
         self._update_irq()
 
     def _error(self, bits: int) -> None:
@@ -339,7 +346,10 @@ class APIC(APICCommon):
         if mode == APIC_DM_FIXED:
             trigger = APIC_TRIGGER_EDGE
             if n in (APIC_LVT_LINT0, APIC_LVT_LINT1) and lvt & APIC_LVT_LEVEL_TRIGGER:
+                if lvt & APIC_LVT_REMOTE_IRR:
+                    return   # the last one is not EOIed yet
                 trigger = APIC_TRIGGER_LEVEL
+                self.lvt[n] = lvt | APIC_LVT_REMOTE_IRR
             vector = lvt & 0xFF
             if vector < 16:
                 # An illegal vector in an LVT; report it once, without recursing
@@ -377,8 +387,12 @@ class APIC(APICCommon):
             return
         lvt = self.lvt[APIC_LVT_LINT0]
         if (lvt >> 8) & 7 == APIC_DM_FIXED and lvt & APIC_LVT_LEVEL_TRIGGER:
-            self.irr &= ~(1 << (lvt & 0xFF))
-            self._update_irq()
+            bit = 1 << (lvt & 0xFF)
+            if self.irr & bit:
+                # Withdrawn before it was serviced: no EOI will come for it.
+                self.irr &= ~bit
+                self.lvt[APIC_LVT_LINT0] = lvt & ~APIC_LVT_REMOTE_IRR
+                self._update_irq()
 
     def deliver_nmi(self) -> None:
         """The LINT1 pin (an NMI button, the watchdog)."""
