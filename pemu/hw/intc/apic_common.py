@@ -18,6 +18,7 @@ from enum import IntEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pemu.hw.core.qdev import TYPE_DEVICE, DeviceClass, DeviceState, Property, device_class_set_props
+from pemu.hw.pci.msi import msi_decode
 from pemu.qom.object import ObjectClass, TypeInfo, type_register
 from pemu.util.log import guest_error
 
@@ -352,8 +353,6 @@ class APICBus:
             ioapic.eoi(vector)
 
     def send_msi(self, address: int, data: int) -> None:
-        from pemu.hw.pci.msi import msi_decode
-
         msg = msi_decode(address, data)
         if msg is None:
             guest_error(f"apic: malformed MSI (address {address:#x}, data {data:#x}) dropped")
