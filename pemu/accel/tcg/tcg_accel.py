@@ -21,7 +21,8 @@ from unicorn import (UC_ARCH_X86, UC_ERR_INSN_INVALID, UC_HOOK_INSN, UC_HOOK_INT
 from unicorn import x86_const as ucx
 from unicorn.unicorn_py3.unicorn import uclib
 
-from pemu.accel.accel import AccelOps, VCPUExit
+from pemu.accel.accel import AccelOps, AccelUnavailable, VCPUExit
+from pemu.accel.tcg.engine import EngineUnavailable, check_engine_choice, engine_info
 from pemu.accel.tcg.exit_request import TBExitRequest, verify_exit_request
 from pemu.accel.tcg.memory_map import UnicornMemoryMap
 from pemu.target.i386.cpu_models import TCG_UNSUPPORTED
@@ -500,6 +501,16 @@ class TCGVCPU:
 class TCGAccel(AccelOps):
     name = "tcg"
     supports_smp = False
+
+    def __init__(self) -> None:
+        try:
+            check_engine_choice()
+        except EngineUnavailable as e:
+            raise AccelUnavailable(f"tcg accelerator is not available: {e}") from None
+
+    @classmethod
+    def description(cls) -> str:
+        return f"software CPU on {engine_info().describe()}"
 
     def init_machine(self, machine: Any) -> None:
         verify_context_layout()
