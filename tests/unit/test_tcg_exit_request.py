@@ -61,7 +61,7 @@ def test_request_stops_before_the_next_block_and_clear_lets_it_run(mode: ExitMod
 
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: m.value)
 def test_requests_from_another_thread_never_repeat_a_read_modify_write(mode: ExitMode) -> None:
-    n = 1_000_000
+    n = 10_000_000  # long enough for many kicks on a fast engine
     uc = Uc(UC_ARCH_X86, UC_MODE_64)
     uc.mem_map(0x1000, 0x2000)
     uc.mem_write(0x1000, RMW_LOOP)
@@ -101,7 +101,7 @@ def test_vcpu_kicks_keep_guest_memory_exact() -> None:
         machine.asm(0x10000, """
         .code32
         mov $0x20000, %ebx
-        mov $400000, %ecx
+        mov $4000000, %ecx
     1:  incl (%ebx)
         xchg %eax, 4(%ebx)
         xchg %eax, 4(%ebx)
@@ -134,6 +134,6 @@ def test_vcpu_kicks_keep_guest_memory_exact() -> None:
             stop.set()
             thread.join()
         assert vcpu.exits - before > 10, "the vCPU was never kicked: the test proves nothing"
-        assert machine.outputs() == [400000, 0]
+        assert machine.outputs() == [4000000, 0]
     finally:
         machine.close()
