@@ -29,9 +29,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 from boot import BenchError, _first_line, ensure_qemu, machine_description, utc_now  # noqa: E402
 
-ITERATIONS = 100_000_000
-COPY_ROUNDS = 100  # of 1 MiB each
-BUF, BUF2 = 0x400000, 0x800000
+ITERATIONS = 300_000_000
+COPY_ROUNDS = 300  # of 1 MiB each
+# The copy's destination is 1 MiB + 64 KiB after its source, so the two pages
+# in use at a time do not share an entry of the 256-entry TLB.  "copy-aliased"
+# puts them 4 MiB apart: every access then misses the TLB (both emulators
+# have the same direct-mapped TLB) and runs the slow path.
+BUF, BUF2, BUF_ALIASED = 0x400000, 0x510000, 0x800000
+ALIASED_ROUNDS = 50
 
 LOOPS: dict[str, tuple[str, str]] = {
     "empty": ("start-up and exit only", ""),
@@ -66,6 +71,16 @@ LOOPS: dict[str, tuple[str, str]] = {
     mov ${COPY_ROUNDS}, %ebx
 2:  mov ${BUF:#x}, %esi
     mov ${BUF2:#x}, %edi
+    mov ${(1 << 20) // 4}, %ecx
+    cld
+    rep movsl
+    dec %ebx
+    jnz 2b
+"""),
+    "copy-aliased": (f"{ALIASED_ROUNDS} × 1 MiB `rep movsl`, source and destination 4 MiB apart", f"""
+    mov ${ALIASED_ROUNDS}, %ebx
+2:  mov ${BUF:#x}, %esi
+    mov ${BUF_ALIASED:#x}, %edi
     mov ${(1 << 20) // 4}, %ecx
     cld
     rep movsl
