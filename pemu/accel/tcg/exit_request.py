@@ -153,6 +153,7 @@ class TBExitRequest:
         self.mode = mode = mode or default_exit_mode()
         self._flag = ctypes.c_uint8(0)
         self._stopper: _UcHook | None = None
+        self._uc = uc  # keeps the engine alive while another thread may still request a stop
         self._uch = uc._uch
         if mode is ExitMode.ENGINE:
             self._engine_request = _engine_call("uc_pemu_exit_request")
