@@ -106,7 +106,8 @@ def test_msr_hooks() -> None:
     _hook_msr(uc, ucx.UC_X86_INS_RDMSR, callbacks[0])
     _hook_msr(uc, ucx.UC_X86_INS_WRMSR, callbacks[1])
     uc.emu_start(0x1000, 0)
-    assert seen == [("rdmsr", 0x1B, 0x1005, 0), ("wrmsr", 0x6E0, 0x1018, 0x1_12345678), ("rdmsr", 0xC0000080, 0x101F, 0)]
+    assert seen == [("rdmsr", 0x1B, 0x1005, 0), ("wrmsr", 0x6E0, 0x1018, 0x1_12345678),
+                    ("rdmsr", 0xC0000080, 0x101F, 0)]
     assert uc.reg_read(ucx.UC_X86_REG_EBX) == 0xFEE00900
     assert uc.reg_read(ucx.UC_X86_REG_ESI) & 0x500 == 0x500  # EFER LME|LMA of the 64-bit engine
 

@@ -7,7 +7,9 @@ model, RDTSC from the virtual clock, port I/O and MMIO through the memory
 API, HLT idling, and kicks from other threads.
 
 The engine is created as UC_MODE_64 and put into real mode by loading the
-saved context of a 16-bit instance (the register API cannot do it).
+saved context of a 16-bit instance (the register API cannot do it).  The
+library is pemu's build of Unicorn 2.1.4 when there is one, else the stock
+wheel's (pemu.accel.tcg.engine); what it offers is detected at run time.
 """
 
 from __future__ import annotations
