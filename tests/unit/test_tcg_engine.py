@@ -9,6 +9,7 @@ a real ``python3 -m pemu`` process.
 from __future__ import annotations
 
 import ctypes
+import io
 import os
 import subprocess
 import sys
@@ -161,3 +162,23 @@ def test_pemu_engine_patched_without_a_build_is_one_clear_error(tmp_path: Path) 
 def test_engine_key_follows_the_patches() -> None:
     key = engine_key()
     assert len(key) == 16 and key == engine_key()
+
+
+def test_build_without_the_tools_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pemu.accel.tcg.engine import build
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(build.shutil, "which", lambda tool: None if tool == "cmake" else f"/usr/bin/{tool}")
+    with pytest.raises(build.BuildError, match=r"^building pemu's engine needs cmake \(Debian: apt-get install"):
+        build.build_engine(out=io.StringIO())
+    assert not (tmp_path / "pemu").exists()
+
+
+def test_a_built_engine_is_not_built_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pemu.accel.tcg.engine import LIBRARY_NAME, build, built_engine_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    built_engine_dir().mkdir(parents=True)
+    (built_engine_dir() / LIBRARY_NAME).write_bytes(b"")
+    monkeypatch.setattr(build, "fetch_sdist", lambda *a: pytest.fail("fetched the sources again"))
+    assert build.build_engine(out=io.StringIO()) == built_engine_dir()
