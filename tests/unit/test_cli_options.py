@@ -89,8 +89,7 @@ def test_seed_command_line() -> None:
         ("kernel", "bzImage"),
         ("append", "root=/dev/sda2"),
     ]
-    # pemu has no network back-ends yet: the seed's -netdev is refused.
-    assert [p.name for p in unimplemented_options(parsed)] == ["netdev"]
+    assert [p.name for p in unimplemented_options(parsed)] == []
 
 
 def test_seed_command_line_into_option_groups(registry: QemuOptsRegistry) -> None:
