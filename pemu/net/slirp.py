@@ -106,9 +106,18 @@ def parse_hostfwd(rule: str) -> HostFwd:
     host_addr, rest = _host_address(rest)
     host_port_text, rest = _split(rest, "-", "Bad host port separator")
     host_port = _port(host_port_text, 0, "Bad host port")
-    guest_addr, guest_port_text = _split(rest, ":", "Missing guest address")
-    if guest_addr and not _is_ipv4(guest_addr):
-        raise HostFwdSyntaxError("Bad guest address")
+    if rest.startswith("["):  # beyond QEMU: the guest's IPv6 address
+        guest_addr, found, guest_port_text = rest[1:].partition("]:")
+        try:
+            ipaddress.IPv6Address(guest_addr)
+        except ValueError:
+            raise HostFwdSyntaxError("Bad guest address") from None
+        if not found or ":" not in host_addr:
+            raise HostFwdSyntaxError("Bad guest address")
+    else:
+        guest_addr, guest_port_text = _split(rest, ":", "Missing guest address")
+        if guest_addr and not _is_ipv4(guest_addr):
+            raise HostFwdSyntaxError("Bad guest address")
     guest_port = _port(guest_port_text, 1, "Bad guest port")
     return HostFwd(is_udp, host_addr, host_port, guest_addr, guest_port)
 
@@ -118,6 +127,15 @@ def parse_hostfwd_remove(rule: str) -> tuple[bool, str, int]:
     is_udp = _protocol(rule)
     host_addr, port_text = _host_address(rule.partition(":")[2])
     return is_udp, host_addr, _port(port_text, 0, "Bad host port")
+
+
+DEFAULT_GUEST_MAC = bytes.fromhex("525400123456")
+
+
+def slaac_address(net6: ipaddress.IPv6Network, mac: bytes) -> ipaddress.IPv6Address:
+    """The address a guest with ``mac`` configures in ``net6`` (modified EUI-64)."""
+    eui = bytes([mac[0] ^ 0x02]) + mac[1:3] + b"\xff\xfe" + mac[3:6]
+    return ipaddress.IPv6Address(int(net6.network_address) | int.from_bytes(eui, "big"))
 
 
 def _in_addr(text: str) -> ls.InAddr:
@@ -416,8 +434,12 @@ class SlirpNetClient(NetClientState):
             raise UserError(f"Invalid host forwarding rule '{rule}' ({e})") from None
         guest = fwd.guest_addr or str(self.addressing.dhcp_start)
         if fwd.is_ipv6:
+            # libslirp 4.7 forwards an IPv6 host socket only to the guest's IPv6
+            # address: by default the SLAAC address of QEMU's first default MAC.
+            if not fwd.guest_addr:
+                guest = str(slaac_address(self.addressing.net6, DEFAULT_GUEST_MAC))
             haddr = _sockaddr_in6(fwd.host_addr, fwd.host_port)
-            gaddr = _sockaddr_in(guest, fwd.guest_port)
+            gaddr = _sockaddr_in6(guest, fwd.guest_port) if ":" in guest else _sockaddr_in(guest, fwd.guest_port)
             flags = (ls.SLIRP_HOSTFWD_UDP if fwd.is_udp else 0) | ls.SLIRP_HOSTFWD_V6ONLY
             ret = self.lib.slirp_add_hostxfwd(self.slirp, haddr, len(haddr), gaddr, len(gaddr), flags)
         else:
