@@ -266,6 +266,7 @@ class SlirpNetClient(NetClientState):
         self._poll_fds: list[tuple[int, int]] = []
         self._ready: list[int] = []
         self._hostfwds: list[HostFwd] = []
+        self.guestfwds: list[Any] = []  # pemu.net.guestfwd.GuestFwd
         self._keep: list[Any] = []  # C strings and buffers slirp points at
         self.slirp: int | None = None
 
@@ -468,6 +469,9 @@ class SlirpNetClient(NetClientState):
 
     # -- teardown ----------------------------------------------------------------------------------
     def cleanup(self) -> None:
+        for fwd in self.guestfwds:
+            fwd.close()
+        self.guestfwds.clear()
         if self in self.loop.poll_sources:
             self.loop.poll_sources.remove(self)
         for t in self._timers.values():

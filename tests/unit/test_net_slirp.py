@@ -12,7 +12,7 @@ import pytest
 
 from pemu.net.net import NET_QUEUE_MAX_FRAMES, NetState, info_network, qemu_send_packet
 from pemu.util.error import UserError
-from pemu.util.main_loop import MainLoop
+from pemu.util.main_loop import main_loop
 from tests.unit.netframes import (
     GUEST_MAC,
     TestNic,
@@ -44,7 +44,7 @@ pytestmark = pytest.mark.skipif(not _libslirp_present(), reason="libslirp0 is no
 class Rig:
     def __init__(self, hostfwds: list[str] = (), opts: dict[str, str] | None = None) -> None:  # type: ignore[assignment]
         self.net = NetState(vm_running=lambda: True)
-        self.loop = MainLoop()
+        self.loop = main_loop()  # the chardevs of guestfwd watch their fds there
         self.user = slirp.SlirpNetClient(self.net, "net0", opts or {}, self.loop, list(hostfwds))
         self.nic = TestNic(self.net)
         self.nic.peer, self.user.peer = self.user, self.nic
@@ -280,3 +280,57 @@ def test_guest_flood_into_slirp_is_held_not_grown(rig: Rig) -> None:
     assert results.count(0) == 400 - slirp.SLIRP_INPUT_QUEUE_MAX
     assert len(rig.user._input) == slirp.SLIRP_INPUT_QUEUE_MAX
     rig.run_until(lambda: len(held) == 400 - slirp.SLIRP_INPUT_QUEUE_MAX)
+
+
+def _guest_tcp_connect(r: Rig, dst: str, dport: int) -> tuple[int, int]:
+    """The test NIC opens a TCP connection to dst:dport; returns (our next seq, their next seq)."""
+    gw = b"\x52\x55\x0a\x00\x02\x02"
+    r.nic.frames.clear()
+    r.send(gw + GUEST_MAC + b"\x08\x00" + tcp("10.0.2.15", dst, 40000, dport, 5000, 0, 0x02))
+    r.run_until(lambda: any((t := tcp_fields(f)) and t[6] & 0x12 == 0x12 for f in r.nic.frames))
+    synack = next(t for f in r.nic.frames if (t := tcp_fields(f)) and t[6] & 0x12 == 0x12)
+    their = synack[4] + 1
+    r.send(gw + GUEST_MAC + b"\x08\x00" + tcp("10.0.2.15", dst, 40000, dport, 5001, their, 0x10))
+    return 5001, their
+
+
+def test_guestfwd_to_a_tcp_chardev() -> None:
+    from pemu.chardev.registry import qemu_chr_cleanup
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        r = Rig()
+        try:
+            _learn_guest_mac(r)
+            r.user.add_guestfwd(f"tcp:10.0.2.100:1234-tcp:127.0.0.1:{port}")
+            host, _ = listener.accept()
+            host.settimeout(5)
+            seq, their = _guest_tcp_connect(r, "10.0.2.100", 1234)
+            gw = b"\x52\x55\x0a\x00\x02\x02"
+            r.send(gw + GUEST_MAC + b"\x08\x00"
+                   + tcp("10.0.2.15", "10.0.2.100", 40000, 1234, seq, their, 0x18, b"to the chardev"))
+            got = b""
+            while got != b"to the chardev":
+                r.loop.run_once(0.02)
+                host.setblocking(False)
+                try:
+                    got += host.recv(100)
+                except BlockingIOError:
+                    pass
+            r.nic.frames.clear()
+            host.sendall(b"from the chardev")
+            r.run_until(lambda: any((t := tcp_fields(f)) and t[7] == b"from the chardev" for f in r.nic.frames))
+            host.close()
+        finally:
+            r.close()
+            qemu_chr_cleanup()
+
+
+@pytest.mark.parametrize("rule", ["udp:10.0.2.100:1-tcp:x:1", "tcp:10.0.2.100:0-null", "tcp:1.2.3.x:5-null",
+                                  "tcp:10.0.2.100:5"])
+def test_malformed_guestfwd(rig: Rig, rule: str) -> None:
+    with pytest.raises(UserError) as e:
+        rig.user.add_guestfwd(rule)
+    assert e.value.message == f"Invalid guest forwarding rule '{rule}'"
