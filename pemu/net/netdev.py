@@ -155,8 +155,17 @@ def nic_conf_resolve(net: NetState, typename: str, mac: str | None, netdev: str 
 
 def net_check_clients(net: NetState) -> list[str]:
     """QEMU's warnings for back-ends that no NIC uses."""
+    from pemu.net.net import NetHubPort
+
     warnings = []
+    for hub in net.hubs:
+        has_nic = any(port.peer is not None and port.peer.is_nic for port in hub.ports)
+        has_host = any(port.peer is not None and not port.peer.is_nic for port in hub.ports)
+        if has_host and not has_nic:
+            warnings.append(f"hub {hub.hub_id} with no nics")
+        if has_nic and not has_host:
+            warnings.append(f"hub {hub.hub_id} is not connected to host network")
     for nc in net.clients:
-        if nc.peer is None and not nc.is_nic:
-            warnings.append(f"netdev {nc.name} has no peer")
+        if nc.peer is None and not isinstance(nc, NetHubPort):
+            warnings.append(f"{'nic' if nc.is_nic else 'netdev'} {nc.name} has no peer")
     return warnings

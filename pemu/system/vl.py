@@ -652,6 +652,13 @@ def qmp_x_exit_preconfig(cfg: Config, machine: MachineState) -> None:
 
 
 def qdev_machine_creation_done(machine: MachineState) -> None:
+    if "pemu.net.net" in sys.modules:
+        from pemu.net.net import net_state
+        from pemu.net.netdev import net_check_clients
+        from pemu.util.error import warn_report
+
+        for warning in net_check_clients(net_state()):
+            warn_report(warning)
     phase_advance(MachineInitPhase.MACHINE_READY)
     qemu_system_reset(machine)
 

@@ -134,3 +134,43 @@ def test_flush_of_empty_queue_is_harmless() -> None:
     _, nic, _ = pair()
     qemu_flush_queued_packets(nic)
     assert not nic.frames
+
+
+def test_nic_device_properties_through_qdev() -> None:
+    from pemu.hw.core.qdev import TYPE_DEVICE, DeviceClass, DeviceState, device_class_set_props, qdev_new, qdev_realize
+    from pemu.net.nic import nic_properties, qemu_new_nic
+    from pemu.qom.object import QOMError, TypeInfo, object_class_by_name, type_register
+
+    net = NetState(vm_running=lambda: True)
+    backend = Backend(net, "net0")
+
+    class TestNicDevice(DeviceState):
+        nic_mac: str | None
+        nic_netdev: str | None
+
+    def realize(dev: DeviceState) -> None:
+        dev.frames = []  # type: ignore[attr-defined]
+        dev.nic = qemu_new_nic(dev, lambda data: dev.frames.append(data) or len(data),  # type: ignore[attr-defined]
+                               lambda: True, net=net)
+
+    def class_init(klass: object, _data: object) -> None:
+        dc: DeviceClass = klass  # type: ignore[assignment]
+        dc.realize = realize
+        device_class_set_props(dc, nic_properties())
+
+    if object_class_by_name("pemu-test-nic") is None:
+        type_register(TypeInfo("pemu-test-nic", parent=TYPE_DEVICE, instance_type=TestNicDevice,
+                               class_init=class_init))
+    dev = qdev_new("pemu-test-nic")
+    dev.property_parse("netdev", "net0")
+    dev.property_parse("mac", "52:54:00:00:00:42")
+    qdev_realize(dev, None)
+    nic = dev.nic  # type: ignore[attr-defined]
+    assert nic.peer is backend and backend.peer is nic
+    qemu_send_packet(backend, b"frame")
+    assert dev.frames == [b"frame"]  # type: ignore[attr-defined]
+    assert "type=nic,model=pemu-test-nic,macaddr=52:54:00:00:00:42" in info_network(net)
+    dev2 = qdev_new("pemu-test-nic")
+    dev2.property_parse("netdev", "net9")
+    with pytest.raises(QOMError, match=r"^Property 'pemu-test-nic.netdev' can't find value 'net9'$"):
+        qdev_realize(dev2, None)
