@@ -211,7 +211,12 @@ def parse_addressing(opts: dict[str, str]) -> SlirpAddressing:
     ipv6 = _on_off(opts, "ipv6", True)
     if not ipv4 and not ipv6:
         raise UserError("IPv4 and IPv6 cannot both be disabled")
-    net6_text = opts.get("ipv6-net", "fec0::/64")
+    net6_text = opts.get("ipv6-net")
+    if net6_text is None:
+        # the older spelling: ipv6-prefix=ADDR,ipv6-prefixlen=N
+        net6_text = f"{opts.get('ipv6-prefix', 'fec0::')}/{opts.get('ipv6-prefixlen', '64')}"
+    elif "ipv6-prefix" in opts or "ipv6-prefixlen" in opts:
+        raise UserError("ipv6-net and ipv6-prefix/ipv6-prefixlen are mutually exclusive")
     if "/" not in net6_text:
         net6_text += "/64"
     try:
@@ -235,7 +240,7 @@ def parse_addressing(opts: dict[str, str]) -> SlirpAddressing:
 USER_NETDEV_KEYS = frozenset({
     "type", "id", "net", "host", "dhcpstart", "dns", "ipv4", "ipv6", "ipv6-net", "ipv6-prefix",
     "ipv6-prefixlen", "ipv6-host", "ipv6-dns", "hostname", "restrict", "hostfwd", "guestfwd",
-    "domainname", "tftp", "bootfile", "dnssearch",
+    "domainname", "tftp", "tftp-server-name", "bootfile",
 })
 
 
@@ -287,6 +292,11 @@ class SlirpNetClient(NetClientState):
         domain = opts.get("domainname")
         if domain is not None:
             cfg.vdomainname = self._cstr(domain)
+        for key, field_name in (("tftp", "tftp_path"), ("tftp-server-name", "tftp_server_name"),
+                                ("bootfile", "bootfile")):
+            value = opts.get(key)
+            if value is not None:
+                setattr(cfg, field_name, self._cstr(value))
         cfg.vdhcp_start = _in_addr(str(addressing.dhcp_start))
         cfg.vnameserver = _in_addr(str(addressing.dns))
         cfg.vnameserver6 = _in6_addr(addressing.dns6)

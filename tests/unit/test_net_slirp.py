@@ -334,3 +334,26 @@ def test_malformed_guestfwd(rig: Rig, rule: str) -> None:
     with pytest.raises(UserError) as e:
         rig.user.add_guestfwd(rule)
     assert e.value.message == f"Invalid guest forwarding rule '{rule}'"
+
+
+def test_addressing_defaults_and_errors() -> None:
+    a = slirp.parse_addressing({})
+    assert (str(a.net), str(a.host), str(a.dhcp_start), str(a.dns)) == ("10.0.2.0/24", "10.0.2.2", "10.0.2.15",
+                                                                       "10.0.2.3")
+    assert (str(a.net6), str(a.host6), str(a.dns6)) == ("fec0::/64", "fec0::2", "fec0::3")
+    b = slirp.parse_addressing({"ipv6-prefix": "fd00:1::", "ipv6-prefixlen": "48"})
+    assert str(b.net6) == "fd00:1::/48" and str(b.host6) == "fd00:1::2"
+    for opts, message in [
+        ({"host": "10.0.3.2"}, "The host address '10.0.3.2' is not in the network 10.0.2.0/24"),
+        ({"ipv4": "off", "ipv6": "off"}, "IPv4 and IPv6 cannot both be disabled"),
+        ({"ipv6-net": "fec0::/64", "ipv6-prefix": "fec0::"},
+         "ipv6-net and ipv6-prefix/ipv6-prefixlen are mutually exclusive"),
+        ({"ipv6-host": "fec1::2"}, "IPv6 Host doesn't belong to network"),
+        ({"restrict": "maybe"}, "Parameter 'restrict' expects 'on' or 'off'"),
+    ]:
+        with pytest.raises(UserError) as e:
+            if "restrict" in opts:
+                slirp.SlirpNetClient(NetState(), "n", opts, main_loop())
+            else:
+                slirp.parse_addressing(opts)
+        assert e.value.message == message
