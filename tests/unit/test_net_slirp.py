@@ -195,6 +195,20 @@ def test_udp_hostfwd_reaches_the_guest() -> None:
         r.close()
 
 
+def neighbour_advert(ns: bytes, target: bytes) -> bytes:
+    """The guest's answer to slirp's neighbour solicitation for ``target``."""
+    import struct
+
+    from tests.unit.netframes import checksum
+
+    router_mac, router_ip = ns[6:12], ns[22:38]
+    icmp = struct.pack("!BBHI", 136, 0, 0, 0x60000000) + target + b"\x02\x01" + GUEST_MAC
+    pseudo = target + router_ip + struct.pack("!I3xB", len(icmp), 58)
+    icmp = icmp[:2] + struct.pack("!H", checksum(pseudo + icmp)) + icmp[4:]
+    ip6 = struct.pack("!IHBB", 0x60000000, len(icmp), 58, 255) + target + router_ip
+    return router_mac + GUEST_MAC + b"\x86\xdd" + ip6 + icmp
+
+
 def test_ipv6_hostfwd_beyond_qemu() -> None:
     if not socket.has_ipv6:
         pytest.skip("no IPv6 on this host")
@@ -207,6 +221,12 @@ def test_ipv6_hostfwd_beyond_qemu() -> None:
         target = socket.inet_pton(socket.AF_INET6, "fec0::5054:ff:fe12:3456")
         r.run_until(lambda: any(f[12:14] == b"\x86\xdd" and f[54] == 135 and f[62:78] == target
                                 for f in r.nic.frames))
+        ns = next(f for f in r.nic.frames if f[12:14] == b"\x86\xdd" and f[54] == 135)
+        r.nic.frames.clear()
+        r.send(neighbour_advert(ns, target))
+        # ... then the SYN to the guest's port 22 over IPv6.
+        r.run_until(lambda: any(f[12:14] == b"\x86\xdd" and f[20] == 6 and f[38:54] == target
+                                and f[56:58] == b"\x00\x16" and f[67] & 0x02 for f in r.nic.frames))
         client.close()
     finally:
         r.close()
