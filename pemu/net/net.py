@@ -352,13 +352,25 @@ _net_state: NetState | None = None
 def net_state() -> NetState:
     global _net_state
     if _net_state is None:
+        from pemu.system import runstate
+
         _net_state = NetState()
+        runstate.qemu_add_vm_change_state_handler(_net_vm_change_state)
     return _net_state
+
+
+def _net_vm_change_state(running: bool, _state: object) -> None:
+    # Frames waited in queues while the VM was stopped (net_vm_change_state_handler).
+    if running and _net_state is not None:
+        _net_state.flush_all()
 
 
 def net_cleanup() -> None:
     global _net_state
     if _net_state is not None:
+        from pemu.system import runstate
+
+        runstate.qemu_del_vm_change_state_handler(_net_vm_change_state)
         _net_state.cleanup()
         _net_state = None
 

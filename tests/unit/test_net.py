@@ -174,3 +174,22 @@ def test_nic_device_properties_through_qdev() -> None:
     dev2.property_parse("netdev", "net9")
     with pytest.raises(QOMError, match=r"^Property 'pemu-test-nic.netdev' can't find value 'net9'$"):
         qdev_realize(dev2, None)
+
+
+def test_vm_start_flushes_what_waited_while_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pemu.net import net as netmod
+    from pemu.system import runstate
+
+    monkeypatch.setattr(runstate, "state", runstate.RunState.PAUSED)
+    state = netmod.net_state()
+    try:
+        backend = Backend(state, "net0")
+        nic = TestNic(state)
+        nic.peer, backend.peer = backend, nic
+        assert qemu_send_packet_async(backend, b"waited", None) == 0  # the VM is stopped: queued
+        assert not nic.frames
+        runstate.vm_start()
+        assert list(nic.frames) == [b"waited"]
+        runstate.vm_stop(runstate.RunState.PAUSED)
+    finally:
+        netmod.net_cleanup()
