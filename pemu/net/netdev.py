@@ -23,32 +23,36 @@ def nic_model_not_supported(model: str) -> UserError:
     return UserError(f"NIC model '{model}' is not supported by pemu yet")
 
 
-def _opts_dict(opts: QemuOpts) -> tuple[dict[str, str], list[str], list[str]]:
-    """Plain options, then the repeatable hostfwd and guestfwd rules."""
+REPEATABLE = ("hostfwd", "guestfwd", "dnssearch")
+
+
+def _opts_dict(opts: QemuOpts) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Plain options, then the repeatable ones (hostfwd, guestfwd, dnssearch)."""
     plain: dict[str, str] = {}
     for key, value in opts.items():
-        if key not in ("hostfwd", "guestfwd"):
+        if key not in REPEATABLE:
             plain[key] = value
-    return plain, opts.get_all("hostfwd"), opts.get_all("guestfwd")
+    return plain, {key: opts.get_all(key) for key in REPEATABLE if opts.get_all(key)}
 
 
 def net_client_init(net: NetState, loop: MainLoop, opts: QemuOpts, name: str | None,
                     peer: NetClientState | None = None) -> NetClientState:
     """Create one back-end from its options (net_client_init1)."""
-    plain, hostfwds, guestfwds = _opts_dict(opts)
+    plain, repeated = _opts_dict(opts)
     kind = plain.pop("type", None)
     plain.pop("id", None)
     if kind is None:
         raise UserError("Parameter 'type' is missing")
     if kind not in NETDEV_TYPES:
         raise UserError("Parameter 'type' expects a netdev backend type")
-    if kind != "user" and (hostfwds or guestfwds):
-        raise UserError(f"Invalid parameter '{'hostfwd' if hostfwds else 'guestfwd'}'")
+    if kind != "user" and repeated:
+        raise UserError(f"Invalid parameter '{next(iter(repeated))}'")
     nc: NetClientState
     if kind == "user":
         from pemu.net.slirp import SlirpNetClient
 
-        nc = SlirpNetClient(net, name, plain, loop, hostfwds, guestfwds)
+        nc = SlirpNetClient(net, name, plain, loop, repeated.get("hostfwd", []), repeated.get("guestfwd", []),
+                            repeated.get("dnssearch", []))
     elif kind in ("stream", "dgram", "socket"):
         from pemu.net import stream
 

@@ -250,7 +250,8 @@ class SlirpNetClient(NetClientState):
     driver = "user"
 
     def __init__(self, net: NetState, name: str | None, opts: dict[str, str], loop: MainLoop,
-                 hostfwds: list[str] = (), guestfwds: list[str] = ()) -> None:  # type: ignore[assignment]
+                 hostfwds: list[str] = (), guestfwds: list[str] = (),  # type: ignore[assignment]
+                 dnssearch: list[str] = ()) -> None:  # type: ignore[assignment]
         try:
             self.lib = ls.libslirp()
         except ls.LibslirpMissing as e:
@@ -297,6 +298,10 @@ class SlirpNetClient(NetClientState):
             value = opts.get(key)
             if value is not None:
                 setattr(cfg, field_name, self._cstr(value))
+        if dnssearch:
+            names = (ctypes.c_char_p * (len(dnssearch) + 1))(*[self._cstr(d) for d in dnssearch], None)
+            self._keep.append(names)
+            cfg.vdnssearch = ctypes.cast(names, ctypes.POINTER(ctypes.c_char_p))
         cfg.vdhcp_start = _in_addr(str(addressing.dhcp_start))
         cfg.vnameserver = _in_addr(str(addressing.dns))
         cfg.vnameserver6 = _in6_addr(addressing.dns6)

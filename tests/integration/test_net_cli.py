@@ -59,3 +59,13 @@ def test_monitor_hostfwd_add_remove_and_info_network() -> None:
     assert "net0: index=0,type=user,net=10.0.2.0,restrict=off" in out
     assert f"host forwarding rule for tcp:127.0.0.1:{port} removed" in out
     assert f"could not remove host forwarding rule 'tcp:127.0.0.1:{port}'" in out
+
+
+def test_info_network_shows_hubs_and_backends(tmp_path) -> None:  # noqa: ANN001
+    sock = tmp_path / "s"
+    result = pemu("-S", "-net", "user", "-netdev", f"stream,id=st0,server=on,addr.type=unix,addr.path={sock}",
+                  "-monitor", "stdio", stdin="info network\nquit\n")
+    assert result.returncode == 0, result.stderr
+    assert "hub 0\n \\ hub0port0: user.0: index=0,type=user,net=10.0.2.0,restrict=off\n" in result.stdout
+    assert f"st0: index=0,type=stream,listening on {sock}\n" in result.stdout
+    assert result.stderr == ("pemu: warning: hub 0 with no nics\npemu: warning: netdev st0 has no peer\n")

@@ -377,3 +377,41 @@ def test_addressing_defaults_and_errors() -> None:
             else:
                 slirp.parse_addressing(opts)
         assert e.value.message == message
+
+
+def _dhcp_options(frame: bytes) -> dict[int, bytes]:
+    from tests.unit.netframes import ip_payload
+
+    options = ip_payload(frame)[3][8 + 240:]
+    found: dict[int, bytes] = {}
+    i = 0
+    while i < len(options) and options[i] != 0xFF:
+        if options[i] == 0:
+            i += 1
+            continue
+        found[options[i]] = options[i + 2:i + 2 + options[i + 1]]
+        i += 2 + options[i + 1]
+    return found
+
+
+def test_dhcp_carries_hostname_domain_and_search_list() -> None:
+    net = NetState(vm_running=lambda: True)
+    loop = main_loop()
+    user = slirp.SlirpNetClient(net, "net0", {"hostname": "guesty", "domainname": "example.test"}, loop,
+                                dnssearch=["a.example", "b.example"])
+    nic = TestNic(net)
+    nic.peer, user.peer = user, nic
+    try:
+        qemu_send_packet(nic, dhcp_discover())
+        import time
+
+        end = time.monotonic() + 5
+        while not nic.frames:
+            assert time.monotonic() < end
+            loop.run_once(0.02)
+        options = _dhcp_options(nic.frames[0])
+        assert options[12] == b"guesty"
+        assert options[15] == b"example.test"
+        assert b"\x01a\x07example\x00" in options[119] and b"\x01b" in options[119]
+    finally:
+        net.cleanup()
