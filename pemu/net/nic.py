@@ -23,7 +23,8 @@ from pemu.util.error import UserError
 def nic_properties() -> list[Property]:
     """``mac`` and ``netdev`` (DEFINE_NIC_PROPERTIES), stored in nic_mac / nic_netdev."""
     return [
-        Property("mac", "str", None, attr="nic_mac", description="Ethernet 6-byte MAC Address, example: 52:54:00:12:34:56"),
+        Property("mac", "str", None, attr="nic_mac",
+                 description="Ethernet 6-byte MAC Address, example: 52:54:00:12:34:56"),
         Property("netdev", "str", None, attr="nic_netdev", description="ID of a netdev to use as a backend"),
     ]
 

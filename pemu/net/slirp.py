@@ -17,7 +17,7 @@ import socket
 import struct
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from pemu.net import libslirp as ls
 from pemu.net.net import NetClientState, NetState, qemu_flush_queued_packets, qemu_send_packet
@@ -250,8 +250,8 @@ class SlirpNetClient(NetClientState):
     driver = "user"
 
     def __init__(self, net: NetState, name: str | None, opts: dict[str, str], loop: MainLoop,
-                 hostfwds: list[str] = (), guestfwds: list[str] = (),  # type: ignore[assignment]
-                 dnssearch: list[str] = ()) -> None:  # type: ignore[assignment]
+                 hostfwds: Sequence[str] = (), guestfwds: Sequence[str] = (),
+                 dnssearch: Sequence[str] = ()) -> None:
         try:
             self.lib = ls.libslirp()
         except ls.LibslirpMissing as e:

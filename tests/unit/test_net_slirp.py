@@ -25,7 +25,7 @@ from tests.unit.netframes import (
     udp,
 )
 
-slirp = pytest.importorskip("pemu.net.slirp")
+from pemu.net import slirp  # noqa: E402  (libslirp itself is loaded on first use)
 
 
 def _libslirp_present() -> bool:
@@ -42,10 +42,10 @@ pytestmark = pytest.mark.skipif(not _libslirp_present(), reason="libslirp0 is no
 
 
 class Rig:
-    def __init__(self, hostfwds: list[str] = (), opts: dict[str, str] | None = None) -> None:  # type: ignore[assignment]
+    def __init__(self, hostfwds: list[str] | None = None, opts: dict[str, str] | None = None) -> None:
         self.net = NetState(vm_running=lambda: True)
         self.loop = main_loop()  # the chardevs of guestfwd watch their fds there
-        self.user = slirp.SlirpNetClient(self.net, "net0", opts or {}, self.loop, list(hostfwds))
+        self.user = slirp.SlirpNetClient(self.net, "net0", opts or {}, self.loop, hostfwds or [])
         self.nic = TestNic(self.net)
         self.nic.peer, self.user.peer = self.user, self.nic
 
