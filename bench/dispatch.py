@@ -62,14 +62,16 @@ def main() -> None:
         for _ in range(n):
             w(0x1000, 0x55, 4)
 
-    print(f"{'path':<12} {'ns/access (median of ' + str(args.runs) + ')':>28}")
+    # CPU time of this thread, best of the runs: the machine is shared, and
+    # what is compared is the work done per access, not the wait for a core.
+    print(f"{'path':<12} {'CPU ns/access (min of ' + str(args.runs) + ')':>30} {'median':>8}")
     for name, fn in (("io write", io_write), ("io read", io_read), ("ram write", ram_write)):
         times = []
         for _ in range(args.runs):
-            t0 = time.perf_counter()
+            t0 = time.thread_time()
             fn()
-            times.append((time.perf_counter() - t0) / n * 1e9)
-        print(f"{name:<12} {statistics.median(times):>28.1f}")
+            times.append((time.thread_time() - t0) / n * 1e9)
+        print(f"{name:<12} {min(times):>30.1f} {statistics.median(times):>8.1f}")
     space.destroy()
 
 

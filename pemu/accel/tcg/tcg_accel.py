@@ -18,8 +18,8 @@ import time
 from collections import deque
 from typing import Any
 
-from unicorn import (UC_ARCH_X86, UC_ERR_INSN_INVALID, UC_ERR_WRITE_PROT, UC_HOOK_INSN, UC_HOOK_INTR, UC_MODE_64, Uc,
-                     UcError)
+from unicorn import (UC_ARCH_X86, UC_ERR_ARG, UC_ERR_INSN_INVALID, UC_ERR_WRITE_PROT, UC_HOOK_INSN, UC_HOOK_INTR,
+                     UC_MODE_64, Uc, UcError)
 from unicorn import x86_const as ucx
 from unicorn.unicorn_py3.unicorn import uclib
 
@@ -64,6 +64,18 @@ _uc_hook_add = uclib.uc_hook_add
 _uc_reg_read = uclib.uc_reg_read
 _uc_reg_write = uclib.uc_reg_write
 _uc_reg_write_batch = uclib.uc_reg_write_batch
+# pemu's engine (patch 0007) drops translated code by guest-physical range;
+# the stock engine has no such entry point (see TCGVCPU._invalidate_code).
+_uc_invalidate_phys: Any = getattr(uclib, "uc_pemu_invalidate_phys_range", None)
+if _uc_invalidate_phys is not None:
+    _uc_invalidate_phys.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64]
+    _uc_invalidate_phys.restype = ctypes.c_int
+
+
+def engine_invalidates_by_physical_address() -> bool:
+    """True on pemu's engine with patch 0007: a DMA write drops only the code
+    of its pages with paging on too (the stock engine flushes everything then)."""
+    return _uc_invalidate_phys is not None
 
 
 class _RAMAccess:
@@ -372,16 +384,23 @@ class TCGVCPU:
     def _invalidate_code(self, paging: bool) -> None:
         """Drop the translated code of the written ranges (vCPU thread).
 
-        Unicorn's range invalidation (``ctl_remove_cache``) takes a *virtual*
-        address, resolves it through the CPU's current translation to a RAM
-        offset and assumes the rest of the range follows it; so it is given
-        one page at a time, and only while paging is off, when virtual is
-        physical.  With paging on the written pages cannot be named to it,
-        and the whole cache is flushed instead (QEMU names them by physical
-        address; so would an engine entry point for it)."""
+        pemu's engine takes guest-physical ranges (QEMU's
+        tb_invalidate_phys_range).  The stock engine's range invalidation
+        (``ctl_remove_cache``) takes a *virtual* address, resolves it through
+        the CPU's current translation to a RAM offset and assumes the rest of
+        the range follows it; so it is given one page at a time, and only
+        while paging is off, when virtual is physical.  With paging on the
+        written pages cannot be named to it, and the whole cache is flushed."""
         uc = self.uc
         queue = self.code_invalidate
         self._code_invalidate_pages = 0
+        if _uc_invalidate_phys is not None:
+            handle = uc._uch
+            while queue:
+                start, end = queue.popleft()
+                if _uc_invalidate_phys(handle, start, end):
+                    raise UcError(UC_ERR_ARG)
+            return
         if paging:
             queue.clear()
             uc.ctl_flush_tb()
