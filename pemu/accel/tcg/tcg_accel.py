@@ -26,7 +26,7 @@ from unicorn import x86_const as ucx
 from unicorn.unicorn_py3.unicorn import uclib
 
 from pemu.accel.accel import TCG_ACCEL_PROPERTIES, AccelOps, AccelUnavailable, VCPUExit
-from pemu.accel.tcg.engine import EngineUnavailable, check_engine_choice, engine_info
+from pemu.accel.tcg.engine import EngineFeature, EngineUnavailable, check_engine_choice, engine_info
 from pemu.accel.tcg.exit_request import TBExitRequest, verify_exit_request
 from pemu.accel.tcg.memory_map import UnicornMemoryMap
 from pemu.target.i386.cpu_models import TCG_UNSUPPORTED
@@ -69,8 +69,9 @@ _uc_reg_write = uclib.uc_reg_write
 _uc_reg_write_batch = uclib.uc_reg_write_batch
 # pemu's engine (patch 0007) drops translated code by guest-physical range;
 # the stock engine has no such entry point (see TCGVCPU._invalidate_code).
-_uc_invalidate_phys: Any = getattr(uclib, "uc_pemu_invalidate_phys_range", None)
-if _uc_invalidate_phys is not None:
+_uc_invalidate_phys: Any = None
+if engine_info().has(EngineFeature.PHYS_INVALIDATE):
+    _uc_invalidate_phys = uclib.uc_pemu_invalidate_phys_range
     _uc_invalidate_phys.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64]
     _uc_invalidate_phys.restype = ctypes.c_int
 
