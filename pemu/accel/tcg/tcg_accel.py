@@ -29,8 +29,8 @@ from pemu.accel.accel import TCG_ACCEL_PROPERTIES, AccelOps, AccelUnavailable, V
 from pemu.accel.tcg.engine import EngineFeature, EngineUnavailable, check_engine_choice, engine_info
 from pemu.accel.tcg.exit_request import TBExitRequest, verify_exit_request
 from pemu.accel.tcg.memory_map import UnicornMemoryMap
-from pemu.target.i386.cpu_models import TCG_UNSUPPORTED
 from pemu.system.memory import FlatView, RAMBlock, add_ram_write_notifier, remove_ram_write_notifier
+from pemu.target.i386.cpu_models import TCG_UNSUPPORTED
 from pemu.target.i386.cpu_state import (
     CR0_PG_MASK, EFLAGS_FIXED, IF_MASK, CPUX86State, DescriptorTable, SegmentCache,
 )
