@@ -170,3 +170,46 @@ def _append_temp_snapshot(base: BlockDriverState, cache: CacheMode) -> BlockDriv
     finally:
         os.unlink(path)
     return overlay
+
+
+def bdrv_commit(bs: BlockDriverState) -> None:
+    """Copy what ``bs`` holds into its backing image, then make ``bs`` empty (QEMU's bdrv_commit).
+
+    The backing image is reopened read-write for the copy and read-only after.
+    Raises OSError (ENOTSUP without a backing image).
+    """
+    import errno
+
+    from pemu.block.block_int import io_error
+
+    base = bs.backing
+    if base is None or bs.drv is None:
+        raise io_error(errno.ENOTSUP)
+    assert base.file is not None and isinstance(base.file.drv, FileDriver)
+    length = bs.getlength()
+    base_length = base.getlength()
+    base_fmt = base.format_name
+    _reopen(base, read_only=False)
+    try:
+        step = 1 << 16
+        for offset in range(0, length, step):
+            n = min(step, length - offset)
+            if not bs.drv.is_allocated(offset, n):
+                continue
+            data = bs.pread(offset, n)
+            if offset < base_length:
+                base.pwrite(offset, data[: base_length - offset])
+        base.flush()
+        bs.drv.make_empty()
+        bs.flush()
+    finally:
+        _reopen(base, read_only=True)
+    assert base.format_name == base_fmt
+
+
+def _reopen(bs: BlockDriverState, read_only: bool) -> None:
+    """Switch a node and its file between read-only and read-write (bdrv_reopen, simplified)."""
+    assert bs.file is not None and isinstance(bs.file.drv, FileDriver)
+    file_drv = bs.file.drv
+    bs.read_only = bs.file.read_only = read_only
+    file_drv.reopen(*file_perms(bs.format_name, read_only))

@@ -87,7 +87,7 @@ class BlockBackend:
 
             schedule_completion = main_loop().bh_schedule
         self._schedule = schedule_completion
-        self._io_lock = threading.Lock()  # one request at a time on the graph
+        self.io_lock = threading.Lock()  # one request at a time on the graph
         self._worker: ThreadPoolExecutor | None = None
         self._in_flight = 0
         self._idle = threading.Condition()
@@ -102,7 +102,7 @@ class BlockBackend:
     def getlength(self) -> int:
         if self.root is None:
             return -errno.ENOMEDIUM
-        with self._io_lock:
+        with self.io_lock:
             return self.root.getlength()
 
     def _check_request(self, offset: int, nbytes: int) -> int:
@@ -142,7 +142,7 @@ class BlockBackend:
             return ret
         start = time.monotonic_ns()
         try:
-            with self._io_lock:
+            with self.io_lock:
                 assert self.root is not None
                 data = self.root.pread(offset, nbytes)
             memoryview(buf)[:nbytes] = data
@@ -162,7 +162,7 @@ class BlockBackend:
             return ret
         start = time.monotonic_ns()
         try:
-            with self._io_lock:
+            with self.io_lock:
                 assert self.root is not None
                 self.root.pwrite(offset, data)
                 if not self.enable_write_cache:
@@ -178,7 +178,7 @@ class BlockBackend:
             return 0
         start = time.monotonic_ns()
         try:
-            with self._io_lock:
+            with self.io_lock:
                 self.root.flush()
         except OSError as exc:
             self.stats.failed_flush_operations += 1

@@ -112,6 +112,10 @@ class BlockDriver:
     def allocated_file_size(self) -> int:
         return -1
 
+    def make_empty(self) -> None:
+        """Drop all data of this node so reads fall through to the backing image."""
+        raise OSError(95, "Operation not supported")
+
     def is_allocated(self, offset: int, nbytes: int) -> bool:
         """Whether this node (not its backing chain) holds data for the range."""
         return True

@@ -125,6 +125,19 @@ class FileDriver(BlockDriver):
             if _lock_byte_conflicts(self.fd, RAW_LOCK_PERM_BASE + perm_bit.bit_length() - 1):
                 raise BlockOpenError(f'Failed to get shared "{PERM_NAMES[perm_bit]}" lock', hint)
 
+    def reopen(self, perm: int, shared: int) -> None:
+        """Reopen the file with the access ``perm`` needs and take its locks."""
+        flags = (os.O_RDWR if perm & BlockPerm.WRITE else os.O_RDONLY) | os.O_CLOEXEC
+        if self.direct:
+            flags |= os.O_DIRECT
+        os.close(self.fd)  # our old lock bytes go with it: they would conflict with the new ones
+        self.fd = os.open(self.bs.filename, flags)
+        self.perm, self.shared = 0, int(BLK_PERM_ALL)
+        try:
+            self.set_perm(perm, shared)
+        except BlockOpenError as exc:
+            raise OSError(errno.EBUSY, exc.message) from None
+
     # -- I/O ---------------------------------------------------------------------
     def getlength(self) -> int:
         return os.fstat(self.fd).st_size

@@ -447,5 +447,28 @@ class Qcow2Driver(BlockDriver):
         elif host and not reuse:
             self.refcounts.update(host >> self.cluster_bits, -1)
 
+    def make_empty(self) -> None:
+        """Unmap every cluster (data, compressed, L2 tables), freeing their references."""
+        self._check_alive()
+        for l1_index, l1_entry in enumerate(self.l1):
+            l2_offset = self._host_offset(l1_entry, L1E_OFFSET_MASK, "L2 table")
+            if not l2_offset:
+                continue
+            self.l1[l1_index] = 0
+            self.file.pwrite(self.header.l1_table_offset + l1_index * 8, bytes(8))
+            table = self.l2_cache.get(l2_offset)
+            entries = struct.unpack(f">{self.cluster_size // 8}Q", table)
+            self.l2_cache.discard(l2_offset)
+            if l1_entry & QCOW_OFLAG_COPIED:  # ours alone: drop what it points to
+                for entry in entries:
+                    if entry & QCOW_OFLAG_COMPRESSED:
+                        self.refcounts.free_range(*self._compressed_range(entry))
+                    else:
+                        host = self._host_offset(entry, L2E_OFFSET_MASK, "Cluster allocation")
+                        if host:
+                            self.refcounts.update(host >> self.cluster_bits, -1)
+            self.refcounts.update(l2_offset >> self.cluster_bits, -1)
+        self._compressed_cache = None
+
     def flush(self) -> None:
         """Metadata is written through, so the file's flush (done by the caller) suffices."""
