@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
-from pemu.block.block_int import BlockDriverState
+from pemu.block.block_int import BDRV_REQUEST_MAX_BYTES, BlockDriverState
 
 Completion = Callable[[int], None]
 Buffer = bytearray | memoryview
@@ -109,7 +109,7 @@ class BlockBackend:
         """blk_check_byte_request: 0, or the negative errno the request fails with."""
         if self.root is None:
             return -errno.ENOMEDIUM
-        if offset < 0 or nbytes < 0 or offset + nbytes > self.root.getlength():
+        if offset < 0 or nbytes < 0 or nbytes > BDRV_REQUEST_MAX_BYTES or offset + nbytes > self.root.getlength():
             return -errno.EIO
         return 0
 

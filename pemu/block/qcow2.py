@@ -243,8 +243,8 @@ class Qcow2Driver(BlockDriver):
         self.l1 = list(struct.unpack(f">{h.l1_size}Q", raw_l1))
         self.l2_cache = Qcow2Cache(l2_cache_tables, self._load_l2)
         self.refcounts = Qcow2Refcounts(
-            self.file, h.cluster_bits, h.refcount_order, h.refcount_table_offset,
-            h.refcount_table_clusters, refcount_cache_tables, self._signal_corruption,
+            self.file, self._update_refcount_table_header, h.cluster_bits, h.refcount_order, h.refcount_table_offset,
+            h.refcount_table_clusters, refcount_cache_tables, self._signal_corruption, QCOW_MAX_REFTABLE_SIZE,
         )
         self.csize_shift = 62 - (h.cluster_bits - 8)
         self.csize_mask = (1 << (h.cluster_bits - 8)) - 1
@@ -280,6 +280,13 @@ class Qcow2Driver(BlockDriver):
                 except OSError:
                     pass
         return io_error(errno.EIO)
+
+    def _update_refcount_table_header(self, offset: int, clusters: int) -> None:
+        """Point the header at a new refcount table (offset and size in one write)."""
+        self.file.pwrite(48, struct.pack(">QI", offset, clusters))
+        self.file.flush()
+        self.header.refcount_table_offset = offset
+        self.header.refcount_table_clusters = clusters
 
     def _check_alive(self) -> None:
         if self.corrupt:
@@ -321,8 +328,14 @@ class Qcow2Driver(BlockDriver):
         assert self.file.drv is not None
         return self.file.drv.allocated_file_size()
 
+    def _check_range(self, offset: int, nbytes: int) -> None:
+        """Nothing outside the virtual disk, whoever asks (the L1 table may reach further)."""
+        if offset < 0 or nbytes < 0 or offset + nbytes > self.size:
+            raise io_error(errno.EIO)
+
     def pread(self, offset: int, nbytes: int) -> bytes:
         self._check_alive()
+        self._check_range(offset, nbytes)
         out = bytearray()
         while nbytes > 0:
             in_cluster = offset & (self.cluster_size - 1)
@@ -384,6 +397,7 @@ class Qcow2Driver(BlockDriver):
     # -- writing ---------------------------------------------------------------------
     def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         self._check_alive()
+        self._check_range(offset, len(data))
         view = memoryview(data)
         while view:
             in_cluster = offset & (self.cluster_size - 1)

@@ -53,12 +53,14 @@ class Qcow2Refcounts:
     def __init__(
         self,
         file: BlockDriverState,
+        header_update: Callable[[int, int], None],
         cluster_bits: int,
         refcount_order: int,
         table_offset: int,
         table_clusters: int,
         cache_tables: int,
         signal_corruption: CorruptionSignal,
+        max_table_bytes: int,
     ) -> None:
         self.file = file
         self.cluster_bits = cluster_bits
@@ -73,6 +75,8 @@ class Qcow2Refcounts:
         self.cache = Qcow2Cache(cache_tables, self._load_block)
         self.signal_corruption = signal_corruption
         self.free_cluster_index = 0
+        self.header_update = header_update  # (table offset, table clusters) -> header written
+        self.max_table_entries = max_table_bytes // 8
 
     def _load_block(self, offset: int) -> bytearray:
         return bytearray(self.file.pread(offset, self.cluster_size))
@@ -100,6 +104,10 @@ class Qcow2Refcounts:
     def update(self, cluster: int, delta: int, avoid: range = range(0)) -> int:
         """Add ``delta`` to a cluster's refcount and write it; returns the new count."""
         table_index = cluster >> self.block_bits
+        if table_index >= len(self.table):
+            if delta < 0:
+                raise self.signal_corruption(f"Freeing cluster {cluster:#x} beyond the refcount table")
+            self._grow_table(table_index, avoid)
         offset = self._block_offset(table_index)
         if offset == 0:
             if delta < 0:
@@ -126,10 +134,6 @@ class Qcow2Refcounts:
 
     def _alloc_refcount_block(self, table_index: int, avoid: range) -> int:
         """A new, empty refcount block placed inside the range it covers."""
-        if table_index >= len(self.table):
-            # Growing the refcount table is not implemented: with 64 KiB
-            # clusters one table cluster covers 16 TiB.
-            raise io_error(errno.EFBIG)
         first = table_index << self.block_bits
         cluster = first
         while cluster in avoid:
@@ -142,6 +146,42 @@ class Qcow2Refcounts:
         self.table[table_index] = offset
         self.file.pwrite(self.table_offset + table_index * 8, struct.pack(">Q", offset))
         return offset
+
+    def _grow_table(self, needed_index: int, avoid: range) -> None:
+        """A bigger refcount table, placed with a refcount block covering it past everything in use.
+
+        The new area starts where the old table's coverage ends (and after
+        clusters being allocated right now): one refcount block, then the
+        table.  It is written completely before the header points to it; the
+        old table's clusters are freed last.
+        """
+        per_block = 1 << self.block_bits
+        entries_per_cluster = self.cluster_size // 8
+        start = max(len(self.table) << self.block_bits, avoid.stop)
+        while True:
+            block_index = start >> self.block_bits
+            entries = max(2 * len(self.table), needed_index + 1, block_index + 1)
+            table_clusters = -(-entries // entries_per_cluster)
+            if table_clusters * entries_per_cluster > self.max_table_entries:
+                raise io_error(errno.EFBIG)
+            if start + 1 + table_clusters <= (block_index + 1) * per_block:
+                break
+            start = (block_index + 1) * per_block  # does not fit in this block's range: next one
+        block = bytearray(self.cluster_size)
+        for cluster in range(start, start + 1 + table_clusters):
+            set_refcount_entry(block, cluster - block_index * per_block, self.order, 1)
+        block_offset = start << self.cluster_bits
+        table_offset = (start + 1) << self.cluster_bits
+        new_table = self.table + [0] * (table_clusters * entries_per_cluster - len(self.table))
+        new_table[block_index] = block_offset
+        self.file.pwrite(block_offset, block)
+        self.file.pwrite(table_offset, struct.pack(f">{len(new_table)}Q", *new_table))
+        self.file.flush()
+        old_offset, old_clusters = self.table_offset, len(self.table) * 8 // self.cluster_size
+        self.header_update(table_offset, table_clusters)
+        self.table, self.table_offset = new_table, table_offset
+        self.cache.put_new(block_offset, block)
+        self.free_range(old_offset, old_clusters * self.cluster_size)
 
     def alloc_clusters(self, count: int) -> int:
         """Host offset of ``count`` new contiguous clusters, each with refcount 1."""
