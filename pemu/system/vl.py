@@ -62,6 +62,7 @@ def _register_all_types() -> None:
     import pemu.hw.pci_host.q35  # noqa: F401
     import pemu.hw.isa.lpc_ich9  # noqa: F401
     import pemu.hw.isa.pc_legacy  # noqa: F401
+    import pemu.hw.ide.qdev  # noqa: F401  (ide-hd, ide-cd: no IDE bus until the AHCI controller)
     from pemu.target.i386.cpu import x86_register_cpu_types
 
     x86_register_cpu_types()

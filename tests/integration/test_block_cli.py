@@ -237,3 +237,11 @@ def test_info_block_and_blockstats(tmp_path: Path) -> None:
             "wr_total_time_ns=0 rd_total_time_ns=0 flush_total_time_ns=0 rd_merged=0 wr_merged=0 "
             "idle_time_ns=0\n") in out
     assert "Device 'nosuch' not found" in out
+
+
+def test_ide_devices_exist_but_have_no_bus_until_the_ahci_controller(image: Path) -> None:
+    drive = f"file={image},format=qcow2,if=none,id=d0"
+    r = pemu("-drive", drive, "-device", "ide-hd,drive=d0,bus=ide.0")
+    assert one_error_line(r) == "pemu: -device ide-hd,drive=d0,bus=ide.0: Bus 'ide.0' not found"
+    r = pemu("-drive", drive, "-device", "ide-cd,drive=d0")
+    assert one_error_line(r) == "pemu: -device ide-cd,drive=d0: No 'IDE' bus found for device 'ide-cd'"
