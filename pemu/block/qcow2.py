@@ -19,14 +19,13 @@ one (internal snapshots) are copied before they are written.
 from __future__ import annotations
 
 import errno
-import os
 import struct
 import zlib
 from dataclasses import dataclass, field
 
 from pemu.block.block_int import BlockDriver, BlockDriverState, BlockOpenError, io_error
 from pemu.block.qcow2_cache import Qcow2Cache
-from pemu.block.qcow2_refcount import Qcow2Refcounts
+from pemu.block.qcow2_refcount import Qcow2Refcounts, be64_array
 from pemu.util.error import error_report
 
 QCOW_MAGIC = b"QFI\xfb"
@@ -240,7 +239,7 @@ class Qcow2Driver(BlockDriver):
         self.l2_bits = h.cluster_bits - 3
         self.size = h.size
         raw_l1 = self.file.pread(h.l1_table_offset, h.l1_size * 8) if h.l1_size else b""
-        self.l1 = list(struct.unpack(f">{h.l1_size}Q", raw_l1))
+        self.l1 = be64_array(raw_l1)  # at most 32 MiB (the header check), not a Python int per entry
         self.l2_cache = Qcow2Cache(l2_cache_tables, self._load_l2)
         self.refcounts = Qcow2Refcounts(
             self.file, self._update_refcount_table_header, h.cluster_bits, h.refcount_order, h.refcount_table_offset,

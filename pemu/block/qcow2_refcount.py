@@ -12,14 +12,24 @@ a crash leaves at worst a leaked cluster, never a cluster used twice.
 
 from __future__ import annotations
 
+import array
 import errno
 import struct
+import sys
 from typing import Callable
 
 from pemu.block.block_int import BlockDriverState, io_error
 from pemu.block.qcow2_cache import Qcow2Cache
 
 REFT_OFFSET_MASK = 0xFFFFFFFFFFFFFE00
+
+
+def be64_array(raw: bytes) -> array.array[int]:
+    """A table of big-endian 64-bit entries as a compact native array."""
+    table = array.array("Q", raw)
+    if sys.byteorder == "little":
+        table.byteswap()
+    return table
 
 # Raises (marks the image corrupt and fails the request with EIO).
 CorruptionSignal = Callable[[str], Exception]
@@ -71,7 +81,7 @@ class Qcow2Refcounts:
         self.block_bits = cluster_bits + 3 - refcount_order
         self.table_offset = table_offset
         raw = file.pread(table_offset, table_clusters * self.cluster_size)
-        self.table = list(struct.unpack(f">{len(raw) // 8}Q", raw))
+        self.table = be64_array(raw)
         self.cache = Qcow2Cache(cache_tables, self._load_block)
         self.signal_corruption = signal_corruption
         self.free_cluster_index = 0
@@ -172,7 +182,7 @@ class Qcow2Refcounts:
             set_refcount_entry(block, cluster - block_index * per_block, self.order, 1)
         block_offset = start << self.cluster_bits
         table_offset = (start + 1) << self.cluster_bits
-        new_table = self.table + [0] * (table_clusters * entries_per_cluster - len(self.table))
+        new_table = self.table + array.array("Q", bytes(8 * (table_clusters * entries_per_cluster - len(self.table))))
         new_table[block_index] = block_offset
         self.file.pwrite(block_offset, block)
         self.file.pwrite(table_offset, struct.pack(f">{len(new_table)}Q", *new_table))

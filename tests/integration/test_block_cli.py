@@ -63,6 +63,8 @@ def test_bad_images_get_one_error_line_and_status_1(image: Path, tmp_path: Path)
         "Use of AES-CBC encrypted qcow2 images is no longer supported in system emulators":
             (32, struct.pack(">I", 1)),
         "Unsupported cluster size: 2^30": (20, struct.pack(">I", 30)),
+        "qcow2: Image is corrupt; cannot be opened read/write": (72, struct.pack(">Q", 2)),
+        "Invalid L1 table offset": (40, struct.pack(">Q", 0x30001)),
     }
     original = image.read_bytes()
     for message, (offset, value) in cases.items():
