@@ -10,6 +10,7 @@ import shutil
 import struct
 import subprocess
 import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -455,6 +456,25 @@ def test_a_second_writer_is_refused_with_qemus_message(tmp_path: Path) -> None:
     finally:
         first.close()
     open_image(image).close()  # closing released the locks
+
+
+@pytest.mark.skipif(shutil.which("qemu-io") is None, reason="qemu-io (Debian package qemu-utils) is not installed")
+def test_pemu_is_refused_while_qemu_holds_the_image(tmp_path: Path) -> None:
+    image, _ = build("plain-v3", tmp_path)
+    qemu_io = subprocess.Popen(["qemu-io", "-c", "sleep 20000", str(image)])  # QEMU's block layer, read-write
+    try:
+        deadline = time.monotonic() + 30
+        while "lock" not in qemu_img("info", str(image)).stderr:  # until qemu-io has the image open
+            assert time.monotonic() < deadline and qemu_io.poll() is None
+            time.sleep(0.05)
+        with pytest.raises(BlockOpenError, match='^Failed to get "write" lock$'):
+            open_image(image)
+        with pytest.raises(BlockOpenError, match='^Failed to get shared "write" lock$'):
+            open_image(image, read_only=True)
+    finally:
+        qemu_io.kill()
+        qemu_io.wait()
+    open_image(image).close()
 
 
 def test_readers_share_and_a_qemu_img_writer_is_refused(tmp_path: Path) -> None:
