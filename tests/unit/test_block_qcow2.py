@@ -565,3 +565,47 @@ time.sleep(60)
     finally:
         bs.close()
     assert qemu_img("check", str(image)).returncode == 0
+
+
+@pytest.mark.skipif(shutil.which("qemu-io") is None, reason="qemu-io (Debian package qemu-utils) is not installed")
+def test_a_three_level_chain_written_by_qemu_reads_like_qemus_flattening(tmp_path: Path) -> None:
+    base, data = build("compressed", tmp_path)
+    mid, top = tmp_path / "mid.qcow2", tmp_path / "top.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-b", base.name, "-F", "qcow2", str(mid)).check_returncode()
+    qemu_img("create", "-q", "-f", "qcow2", "-o", "compat=0.10", "-b", mid.name, "-F", "qcow2", str(top)).check_returncode()
+    for image, pattern, offset, length in ((mid, 0x11, 0, 200_000), (mid, 0x22, 5 << 20, 70_000),
+                                           (top, 0x33, 100_000, 300_000), (top, 0x44, SIZE - 4096, 4096)):
+        subprocess.run(["qemu-io", "-c", f"write -P {pattern} {offset} {length}", str(image)],
+                       check=True, capture_output=True)
+    subprocess.run(["qemu-io", "-c", "write -z 6291456 131072", str(mid)], check=True, capture_output=True)
+    flat = tmp_path / "flat.raw"
+    qemu_img("convert", "-O", "raw", str(top), str(flat)).check_returncode()
+    bs = open_image(top, None, read_only=True)  # relative backing names, probed formats
+    try:
+        assert [node.filename for node in bs.chain()] == [str(top), str(mid), str(base)]
+        assert bs.pread(0, SIZE) == flat.read_bytes()
+    finally:
+        bs.close()
+    # and pemu's writes on top of the chain compare equal to the same writes on the flat copy
+    bs, ref = open_image(top), open_image(flat, "raw")
+    try:
+        random_writes([bs, ref], seed=77, count=80)
+    finally:
+        bs.close()
+        ref.close()
+    assert qemu_img("check", str(top)).returncode == 0
+    assert qemu_img("compare", "-f", "qcow2", "-F", "raw", str(top), str(flat)).returncode == 0
+    assert qemu_img("check", str(mid)).returncode == 0
+
+
+@pytest.mark.parametrize(("policy", "is_read", "error", "action"), [
+    ("report", True, errno.EIO, "report"), ("ignore", True, errno.EIO, "ignore"), ("stop", True, errno.EIO, "stop"),
+    ("enospc", False, errno.ENOSPC, "stop"), ("enospc", False, errno.EIO, "report"), ("stop", False, errno.EIO, "stop"),
+    ("auto", True, errno.ENOSPC, "report"), ("auto", False, errno.ENOSPC, "stop"),
+])
+def test_error_actions(policy: str, is_read: bool, error: int, action: str) -> None:
+    from pemu.block.block_backend import BlockdevOnError
+
+    blk = BlockBackend(None, "x", schedule_completion=lambda cb: cb(),
+                       on_read_error=BlockdevOnError(policy), on_write_error=BlockdevOnError(policy))
+    assert blk.get_error_action(is_read, error).value == action
