@@ -21,9 +21,9 @@ import enum
 import errno
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
 
 from pemu.block.block_int import BDRV_REQUEST_MAX_BYTES, BlockDriverState
 

@@ -17,8 +17,9 @@ import signal
 import sys
 import termios
 import threading
+from collections.abc import Callable
 from types import FrameType
-from typing import Callable, Union
+from typing import Union
 
 from pemu.chardev.char import ChardevOptions
 from pemu.chardev.char_fd import FdChardev

@@ -16,9 +16,10 @@ as one line too and never reaches the main loop.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from pemu.qom.object import Object, QOMError, object_get_root, object_resolve_path
 from pemu.system import runstate
@@ -460,7 +461,7 @@ def hmp_info_registers(mon: Monitor, args: dict[str, Any]) -> None:
         if args.get("all"):
             mon.print_line(f"\nCPU#{getattr(cpu, 'cpu_index', 0)}")
         cpu_synchronize_state(cpu)
-        mon.puts(format_x86_registers(getattr(cpu, "env")))
+        mon.puts(format_x86_registers(cpu.env))
 
 
 def _seg_line(name: str, sc: Any, wide: bool, protected: bool, lma: bool) -> str:
@@ -589,7 +590,7 @@ def hmp_set_link(mon: Monitor, args: dict[str, Any]) -> None:
 
     up = args["up_or_down"]
     if up not in ("on", "off"):
-        mon.puts(f"Parameter 'up' expects 'on' or 'off'\n")
+        mon.puts("Parameter 'up' expects 'on' or 'off'\n")
         return
     try:
         qemu_set_link(net_state(), args["name"], up == "on")

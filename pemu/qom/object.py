@@ -23,8 +23,9 @@ without owning them.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 TYPE_OBJECT = "object"
 TYPE_INTERFACE = "interface"
@@ -102,7 +103,7 @@ class ObjectProperty:
     type: str
     get: PropGetter | None = None
     set: PropSetter | None = None
-    release: Callable[["Object"], None] | None = None
+    release: Callable[[Object], None] | None = None
     description: str = ""
     default: Any = None
     enum_values: tuple[str, ...] | None = None

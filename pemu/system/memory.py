@@ -24,11 +24,12 @@ import ctypes
 import mmap
 import struct
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import cached_property
 from dataclasses import dataclass
 from enum import Enum, IntEnum
-from typing import Callable, Iterator, Protocol, runtime_checkable
+from functools import cached_property
+from typing import Protocol, runtime_checkable
 
 from pemu.system.runstate import contain_fault
 from pemu.util.log import guest_error

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import threading
 import traceback
+from collections.abc import Callable
 from enum import Enum
-from typing import Callable
 
 from pemu.util.error import error_report
 from pemu.util.log import LOG_GUEST_ERROR, qemu_log, qemu_log_separate, qemu_loglevel_mask

@@ -59,10 +59,10 @@ def _register_all_types() -> None:
     where the type registry is filled (QEMU's module_call_init)."""
     import pemu.backends.hostmem  # noqa: F401
     import pemu.hw.i386.pc_q35  # noqa: F401
-    import pemu.hw.pci_host.q35  # noqa: F401
+    import pemu.hw.ide.qdev  # noqa: F401  (ide-hd, ide-cd: no IDE bus until the AHCI controller)
     import pemu.hw.isa.lpc_ich9  # noqa: F401
     import pemu.hw.isa.pc_legacy  # noqa: F401
-    import pemu.hw.ide.qdev  # noqa: F401  (ide-hd, ide-cd: no IDE bus until the AHCI controller)
+    import pemu.hw.pci_host.q35  # noqa: F401
     from pemu.target.i386.cpu import x86_register_cpu_types
 
     x86_register_cpu_types()

@@ -17,7 +17,8 @@ import os
 import selectors
 import threading
 from collections import deque
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from pemu.util import timer
 

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 from pemu.util.cutils import SizeError, SizeParseError, parse_bool, parse_uint64, qemu_strtosz
 from pemu.util.error import UserError, warn_report

@@ -12,8 +12,9 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from enum import IntEnum
-from typing import Callable, Protocol
+from typing import Protocol
 
 SCALE_NS = 1
 SCALE_US = 1000

@@ -41,8 +41,9 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
 
 SURFACES = ("pio", "mmio", "fw_cfg_dma", "pci_config", "timers")
 RAM_MIB = 128

@@ -31,7 +31,11 @@ from pemu.accel.accel import KVM_ACCEL_PROPERTIES, AccelOps, AccelUnavailable, V
 from pemu.accel.kvm import kvm_sys as k
 from pemu.accel.kvm.kvm_sys import ExitReason, KVMError, MPState, SystemEvent
 from pemu.target.i386.cpu_state import (
-    MSR, MSR_IA32_APICBASE_BSP, CPUX86State, DescriptorTable, SegmentCache,
+    MSR,
+    MSR_IA32_APICBASE_BSP,
+    CPUX86State,
+    DescriptorTable,
+    SegmentCache,
 )
 from pemu.util.error import UserError, error_report
 from pemu.util.log import guest_error

@@ -15,7 +15,7 @@ import ctypes
 import errno
 import mmap
 import os
-from ctypes import (Structure, Union, c_int32, c_uint8, c_uint16, c_uint32, c_uint64, sizeof)
+from ctypes import Structure, Union, c_uint8, c_uint16, c_uint32, c_uint64, sizeof
 from enum import IntEnum
 from typing import Any
 

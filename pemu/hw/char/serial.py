@@ -16,8 +16,9 @@ the pin is disconnected, so no interrupt leaves the chip.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 from pemu.hw.core.irq import IRQLine, NoIRQ
 from pemu.util.log import guest_error

@@ -3,8 +3,9 @@ the seed's class hierarchy machine -> x86 machine -> PC machine -> q35."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from pemu.block.blockdev import BlockDevices
 from pemu.hw.core.qdev import MachineInitPhase, phase_advance

@@ -10,12 +10,12 @@ Reset walks the bus tree from the main system bus.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from pemu.hw.core.irq import IRQ, IRQLine, NoIRQ
-from pemu.system.memory import MemReentrancyGuard
 from pemu.qom.object import (
     TYPE_OBJECT,
     Object,
@@ -28,6 +28,7 @@ from pemu.qom.object import (
     object_new,
     type_register,
 )
+from pemu.system.memory import MemReentrancyGuard
 
 TYPE_DEVICE = "device"
 TYPE_BUS = "bus"

@@ -200,10 +200,9 @@ def pc_basic_device_init(pcms: PCMachineState, isa_bus: Any, system_io: MemoryRe
     """The PC's legacy devices: interrupt controllers, timers, CMOS, keyboard
     controller, ports 0x61/0x80/0x92 and the serial ports (pc_basic_device_init,
     pc_i8259_create, serial_hds_isa_init)."""
+    from pemu.accel.kvm import kvm_irqchip_in_kernel
     from pemu.hw.isa.isa_bus import isa_bus_irqs
     from pemu.system.vl import serial_hd
-
-    from pemu.accel.kvm import kvm_irqchip_in_kernel
 
     # Under KVM with kernel-irqchip=on the 8259s, the IOAPIC and the 8254
     # (with the speaker port 0x61) are the kernel's: ISA lines go to KVM.

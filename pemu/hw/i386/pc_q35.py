@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from pemu.hw.core.machine import MachineClass, machine_type_name
-from pemu.hw.core.qdev import qdev_new, qemu_register_reset, qdev_realize
+from pemu.hw.core.qdev import qdev_new, qdev_realize, qemu_register_reset
 from pemu.hw.core.sysbus import sysbus_realize
 from pemu.hw.i386 import memmap
 from pemu.hw.i386.pc import (
@@ -20,9 +20,9 @@ from pemu.hw.i386.pc import (
     pc_memory_init,
     placeholder_region,
 )
-from pemu.hw.pci_host.q35 import mch_init_pam, mch_init_pciexbar, mch_init_smram, mch_set_tolud
 from pemu.hw.i386.pc_sysfw import DIRECT_BOOT_FIRMWARE
 from pemu.hw.i386.x86 import x86_cpus_init, x86_load_linux, x86_ram_split
+from pemu.hw.pci_host.q35 import mch_init_pam, mch_init_pciexbar, mch_init_smram, mch_set_tolud
 from pemu.qom.object import ObjectClass, QOMError, TypeInfo, type_register
 from pemu.system.memory import MEMORY_SIZE_UNLIMITED, MemoryRegion
 from pemu.system.physmem import get_system_io, get_system_memory

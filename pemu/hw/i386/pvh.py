@@ -19,7 +19,12 @@ from enum import IntEnum
 
 from pemu.hw.i386.e820 import E820Table, E820Type
 from pemu.hw.i386.linux_boot import (
-    BOOT_GDT, BOOT_GDT_ADDR, EntryState, LoadBlob, _FLAT_CODE32, _FLAT_DATA32,
+    _FLAT_CODE32,
+    _FLAT_DATA32,
+    BOOT_GDT,
+    BOOT_GDT_ADDR,
+    EntryState,
+    LoadBlob,
 )
 from pemu.util.error import UserError
 

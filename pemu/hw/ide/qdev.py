@@ -10,7 +10,15 @@ what realize does today is claim the drive, as QEMU's device realize does.
 
 from __future__ import annotations
 
-from pemu.hw.core.qdev import TYPE_BUS, TYPE_DEVICE, BusState, DeviceClass, DeviceState, Property, device_class_set_props
+from pemu.hw.core.qdev import (
+    TYPE_BUS,
+    TYPE_DEVICE,
+    BusState,
+    DeviceClass,
+    DeviceState,
+    Property,
+    device_class_set_props,
+)
 from pemu.qom.object import ObjectClass, QOMError, TypeInfo, object_get_root, type_register
 
 TYPE_IDE_BUS = "IDE"

@@ -21,7 +21,8 @@ calls "apic-msi": a CPU's access reaches its own APIC, a device's write
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pemu.hw.core.qdev import DeviceClass, DeviceState
 from pemu.hw.intc.apic_common import (
@@ -67,6 +68,7 @@ from pemu.hw.intc.apic_common import (
     APIC_TRIGGER_EDGE,
     APIC_TRIGGER_LEVEL,
     APIC_VERSION,
+    APICCPU,
     MSR_IA32_APICBASE_BSP,
     MSR_IA32_APICBASE_ENABLE,
     MSR_IA32_APICBASE_EXTD,
@@ -75,7 +77,6 @@ from pemu.hw.intc.apic_common import (
     APICBus,
     APICCommon,
     APICCommonState,
-    APICCPU,
     NoCPU,
     TimerMode,
 )

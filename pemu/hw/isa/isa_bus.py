@@ -9,7 +9,8 @@ style device) and map its ``read``/``write`` into the I/O address space with
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pemu.hw.core.irq import IRQLine, NoIRQ
 from pemu.hw.core.qdev import TYPE_BUS, TYPE_DEVICE, BusState, DeviceClass, DeviceState, qbus_new

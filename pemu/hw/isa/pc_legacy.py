@@ -10,7 +10,8 @@ are QEMU's ("isa-serial", "mc146818rtc", "isa-pit", ...), so -device and
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pemu.hw.core.irq import IRQLine
 from pemu.hw.core.qdev import DeviceClass, Property, device_class_set_props

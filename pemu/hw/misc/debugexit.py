@@ -8,7 +8,8 @@ process (no device ever exits by itself).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pemu.hw.core.qdev import DeviceClass, Property, device_class_set_props
 from pemu.hw.isa.isa_bus import TYPE_ISA_DEVICE, ISADevice

@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
-from typing import Any, Callable
+from typing import Any
 
 from pemu.hw.core.qdev import DeviceClass, qdev_new
 from pemu.hw.core.sysbus import TYPE_SYS_BUS_DEVICE, SysBusDevice, sysbus_realize

@@ -4,8 +4,9 @@ device/function addressing and the PCI/PCIe bus types."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from pemu.hw.core.qdev import (
     TYPE_BUS,
@@ -27,7 +28,14 @@ from pemu.system.dma import (
     dma_memory_unmap,
     dma_memory_write,
 )
-from pemu.system.memory import MEMORY_SIZE_UNLIMITED, AddressSpace, MemoryRegion, MemTxResult, RAMMapping, memory_transaction
+from pemu.system.memory import (
+    MEMORY_SIZE_UNLIMITED,
+    AddressSpace,
+    MemoryRegion,
+    MemTxResult,
+    RAMMapping,
+    memory_transaction,
+)
 from pemu.util.log import guest_error
 
 TYPE_PCI_BUS = "PCI"

@@ -21,16 +21,17 @@ interrupt lines passed in; "hpet" is the sysbus QOM type.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from pemu.hw.core.irq import IRQLine
 from pemu.hw.core.qdev import DeviceClass, Property, device_class_set_props
 from pemu.hw.core.sysbus import TYPE_SYS_BUS_DEVICE, SysBusDevice
-from pemu.util.timer import Clock, TimerFactory, TimerLike, virtual_clock_ns, virtual_timer
 from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, type_register
 from pemu.system.memory import MemoryRegion, MemoryRegionOps
 from pemu.util.log import guest_error
+from pemu.util.timer import Clock, TimerFactory, TimerLike, virtual_clock_ns, virtual_timer
 
 HPET_BASE = 0xFED00000
 HPET_LEN = 0x400

@@ -9,12 +9,13 @@ the vCPU thread and resets the CPU.  Registers live in ``env``
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pemu.hw.core.cpu import TYPE_CPU, CPUClass, CPUState
 from pemu.hw.core.qdev import DeviceClass, Property, device_class_set_props
 from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, type_register
-from pemu.system.memory import AddressSpace, MemoryRegion, MEMORY_SIZE_UNLIMITED
+from pemu.system.memory import MEMORY_SIZE_UNLIMITED, AddressSpace, MemoryRegion
 from pemu.target.i386.cpu_state import CPUX86State
 
 TYPE_X86_CPU = "x86_64-cpu"

@@ -26,7 +26,13 @@ from pathlib import Path
 from typing import TextIO
 
 from pemu.accel.tcg.engine import (
-    LIBRARY_NAME, SDIST_SHA256, UNICORN_VERSION, built_engine_dir, cache_root, engine_key, patches,
+    LIBRARY_NAME,
+    SDIST_SHA256,
+    UNICORN_VERSION,
+    built_engine_dir,
+    cache_root,
+    engine_key,
+    patches,
 )
 
 SDIST_NAME = f"unicorn-{UNICORN_VERSION}.tar.gz"
