@@ -19,7 +19,6 @@ import termios
 import threading
 from collections.abc import Callable
 from types import FrameType
-from typing import Union
 
 from pemu.chardev.char import ChardevOptions
 from pemu.chardev.char_fd import FdChardev
@@ -28,7 +27,7 @@ from pemu.util.error import UserError
 STDIN_FD = 0
 STDOUT_FD = 1
 
-_SignalHandler = Union[Callable[[int, FrameType | None], object], int, signal.Handlers, None]
+_SignalHandler = Callable[[int, FrameType | None], object] | int | signal.Handlers | None
 
 # termios attribute list indices (see termios.tcgetattr)
 _IFLAG, _OFLAG, _CFLAG, _LFLAG, _CC = 0, 1, 2, 3, 6

@@ -517,7 +517,7 @@ def format_x86_registers(env: Any) -> str:
             lines.append(" ".join(f"{names[i]}={regs[order[i]] & 0xFFFFFFFF:08x}" for i in range(row * 4, row * 4 + 4)))
         lines.append(f"EIP={env.rip & 0xFFFFFFFF:08x} EFL={rfl:08x} [{flag_text}] "
                      f"CPL={cpl} II=0 A20={a20} SMM=0 HLT={hlt}")
-    for name, seg in zip(("ES", "CS", "SS", "DS", "FS", "GS"), env.segs):
+    for name, seg in zip(("ES", "CS", "SS", "DS", "FS", "GS"), env.segs, strict=True):
         lines.append(_seg_line(name, seg, lma, protected, lma))
     lines.append(_seg_line("LDT", env.ldt, lma, protected, lma))
     lines.append(_seg_line("TR", env.tr, lma, protected, lma))

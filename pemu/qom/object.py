@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Self
 
 TYPE_OBJECT = "object"
 TYPE_INTERFACE = "interface"
@@ -370,9 +370,6 @@ def type_exists(typename: str) -> bool:
 
 # --- objects -------------------------------------------------------------------
 
-O = TypeVar("O", bound="Object")
-
-
 class Object:
     """An instance of a QOM type."""
 
@@ -398,7 +395,7 @@ class Object:
         return self
 
     # -- references ------------------------------------------------------------
-    def ref(self: O) -> O:
+    def ref(self) -> Self:
         self._ref += 1
         return self
 

@@ -939,7 +939,8 @@ def mtree_info(flatview: bool = False, spaces: list[AddressSpace] | None = None)
             if target not in aliased:
                 aliased.append(target)
             win = _fmt_range(mr.alias_offset, mr.size, width)
-            lines.append(f"{indent}{rng} (prio {mr.priority}, {mr.kind_name()}){flags}: alias {mr.name} @{target.name} {win}")
+            lines.append(f"{indent}{rng} (prio {mr.priority}, {mr.kind_name()}){flags}: "
+                         f"alias {mr.name} @{target.name} {win}")
             return
         kind = mr.kind_name()
         if mr.readonly and kind == "ram":

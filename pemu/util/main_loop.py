@@ -125,7 +125,7 @@ class MainLoop:
                 events[index] |= mask
         with bql:
             for source, events in polled:
-                self.call_handler("poll source", lambda: source.dispatch(events))
+                self.call_handler("poll source", lambda source=source, events=events: source.dispatch(events))
             for key, mask in ready:
                 if isinstance(key.data, tuple):
                     continue

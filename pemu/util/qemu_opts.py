@@ -225,7 +225,8 @@ class QemuOpts:
     def _get_typed(self, name: str, opt_type: QemuOptType, default: OptValue) -> OptValue:
         desc = self.opts_list.find_desc(name)
         if desc is not None and desc.type is not opt_type:
-            raise TypeError(f"option '{name}' of group '{self.opts_list.name}' is {desc.type.name}, not {opt_type.name}")
+            raise TypeError(f"option '{name}' of group '{self.opts_list.name}' is {desc.type.name}, "
+                            f"not {opt_type.name}")
         opt = self._find(name)
         if opt is None:
             if desc is not None and desc.def_value_str is not None:
@@ -310,7 +311,8 @@ class QemuOpts:
             desc = by_name.get(opt.name)
             if desc is None:
                 raise UserError(f"Invalid parameter '{opt.name}'", self.location)
-            checked.append(QemuOpt(opt.name, opt.text, _parse_typed(opt.name, opt.text, desc.type, self.location), desc))
+            value = _parse_typed(opt.name, opt.text, desc.type, self.location)
+            checked.append(QemuOpt(opt.name, opt.text, value, desc))
         self._opts = checked
 
     def error(self, message: str) -> UserError:

@@ -271,7 +271,7 @@ class Q35Fuzzer:
         deadline = start + seconds
         index = 0
         op: Any = None
-        for index, op in zip(range(ops), generator(rng)):
+        for index, op in zip(range(ops), generator(rng), strict=False):
             t0 = time.monotonic()
             self._op_started = t0
             self._hang_armed = True

@@ -181,7 +181,7 @@ def test_madt():
     entries = []
     off = 8
     while off < len(body):
-        kind, length = body[off], body[off + 1]
+        length = body[off + 1]
         entries.append(body[off:off + length])
         off += length
     assert off == len(body)

@@ -514,7 +514,7 @@ def test_lowest_priority_arbitration() -> None:
 
 def test_lowest_priority_focus() -> None:
     apics, *_ = make(2)
-    for i, a in enumerate(apics):
+    for a in apics:
         enable(a)                              # focus checking on
         a.write(LDR, 1 << 24, 4)
     apics[0].write(TPR, 0x10, 4)

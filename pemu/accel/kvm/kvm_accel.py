@@ -261,7 +261,7 @@ def build_cpuid(model: Any, supported: list[k.kvm_cpuid_entry2], apic_id: int,
             values = [sup.eax, sup.ebx, sup.ecx, sup.edx]  # the state layout is the host's
         else:
             values = list(model.cpuid(leaf, index))
-        regs = dict(zip(("eax", "ebx", "ecx", "edx"), values))
+        regs = dict(zip(("eax", "ebx", "ecx", "edx"), values, strict=True))
         for reg in _FEATURE_REGS.get((leaf, index), ()):
             regs[reg] &= getattr(sup, reg)
         if leaf == 1:
@@ -474,12 +474,12 @@ class KVMVCPU:
     def put_state(self) -> None:
         env = self.env
         regs = k.kvm_regs()
-        for name, value in zip(_REG_FIELDS, env.regs):
+        for name, value in zip(_REG_FIELDS, env.regs, strict=True):
             setattr(regs, name, value & 0xFFFFFFFFFFFFFFFF)
         regs.rip = env.rip & 0xFFFFFFFFFFFFFFFF
         regs.rflags = env.rflags | 2
         sregs = k.kvm_sregs()
-        for name, seg in zip(_SEG_FIELDS, env.segs):
+        for name, seg in zip(_SEG_FIELDS, env.segs, strict=True):
             segment_to_kvm(seg, getattr(sregs, name))
         segment_to_kvm(env.ldt, sregs.ldt)
         segment_to_kvm(env.tr, sregs.tr)

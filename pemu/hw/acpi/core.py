@@ -203,7 +203,7 @@ class AcpiPmRegs:
 
     def update_sci(self) -> None:
         pm1 = self.pm1_sts & self.pm1_en & SCI_PM1_EVENTS
-        gpe = any(s & e for s, e in zip(self.gpe0_sts, self.gpe0_en))
+        gpe = any(s & e for s, e in zip(self.gpe0_sts, self.gpe0_en, strict=True))
         level = 1 if (pm1 or gpe) else 0
         if level != self._sci_level:
             self._sci_level = level

@@ -117,11 +117,13 @@ def _machine_class_init(klass: ObjectClass, data: Any) -> None:
     k.property_add_field("append", "str", description="Linux kernel command line")
     k.property_add_field("dtb", "str", description="Linux kernel device tree file")
     k.property_add_field("firmware", "str", description="Firmware image")
-    k.property_add_field("memory-backend", "str", default="", description="Set RAM backend: valid value is ID of hostmem based backend")
+    k.property_add_field("memory-backend", "str", default="",
+                         description="Set RAM backend: valid value is ID of hostmem based backend")
     k.property_add_field("dump-guest-core", "bool", default=True, description="Include guest memory in a core dump")
     k.property_add_field("mem-merge", "bool", default=True, description="Enable/disable memory merge support")
     k.property_add_field("usb", "bool", default=False, description="Set on/off to enable/disable usb")
-    k.property_add_field("graphics", "bool", default=True, description="Set on/off to enable/disable graphics emulation")
+    k.property_add_field("graphics", "bool", default=True,
+                         description="Set on/off to enable/disable graphics emulation")
     k.property_add_field("accel", "str", description="Accelerator list (legacy; use -accel)")
 
 

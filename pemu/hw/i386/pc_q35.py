@@ -153,7 +153,8 @@ def pc_q35_init(machine: Any) -> None:
     # the same value again.
     mch_init_pciexbar(host.mch, pcms.pcibus, system_memory, enabled_at_reset=True)  # type: ignore[attr-defined]
     system_memory.add_subregion(memmap.IOAPIC_BASE, placeholder_region(pcms, "ioapic", memmap.IOAPIC_SIZE))
-    system_memory.add_subregion_overlap(memmap.APIC_BASE, placeholder_region(pcms, "apic-msi", memmap.APIC_SPACE_SIZE), 4096)
+    apic_msi = placeholder_region(pcms, "apic-msi", memmap.APIC_SPACE_SIZE)
+    system_memory.add_subregion_overlap(memmap.APIC_BASE, apic_msi, 4096)
 
     pc_basic_device_init(pcms, pcms.isabus, system_io)
     _q35_connect_ioapic_gsis(lpc)

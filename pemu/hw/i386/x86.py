@@ -60,7 +60,8 @@ def _x86_machine_class_init(klass: ObjectClass, data: Any) -> None:
     k.property_add_field("acpi", "OnOffAuto", default="auto", enum_values=_ONOFFAUTO, description="Enable ACPI")
     k.property_add_field("pit", "OnOffAuto", default="auto", enum_values=_ONOFFAUTO, description="Enable i8254 PIT")
     k.property_add_field("pic", "OnOffAuto", default="auto", enum_values=_ONOFFAUTO, description="Enable i8259 PIC")
-    k.property_add_field("max-ram-below-4g", "size", default=0, description="Maximum ram below the 4G boundary (32bit boundary)")
+    k.property_add_field("max-ram-below-4g", "size", default=0,
+                         description="Maximum ram below the 4G boundary (32bit boundary)")
     k.property_add_field("kernel-irqchip", "OnOffSplit", default="on", enum_values=("on", "off", "split"),
                          description="Configure KVM in-kernel irqchip")
 
@@ -345,4 +346,5 @@ def x86_ram_split(ram_size: int, lowmem: int) -> tuple[int, int]:
 
 
 __all__ = ["TYPE_X86_MACHINE", "X86MachineClass", "X86MachineState", "x86_cpus_init", "x86_cpu_new",
-           "x86_load_linux", "plan_firmware_linux_boot", "FirmwareLinuxBoot", "linux_boot_apply", "x86_ram_split", "memmap"]
+           "x86_load_linux", "plan_firmware_linux_boot", "FirmwareLinuxBoot", "linux_boot_apply",
+           "x86_ram_split", "memmap"]

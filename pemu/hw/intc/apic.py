@@ -455,7 +455,8 @@ class APIC(APICCommon):
         d = self._ticks(now)
         if mode == TimerMode.PERIODIC:
             period_ns = self._ticks_to_ns(self.initial_count)
-            expiry = self.initial_count_load_time + self._ticks_to_ns((d // self.initial_count + 1) * self.initial_count)
+            next_reload = (d // self.initial_count + 1) * self.initial_count
+            expiry = self.initial_count_load_time + self._ticks_to_ns(next_reload)
             if period_ns < MIN_TIMER_PERIOD_NS:
                 expiry = max(expiry, now + MIN_TIMER_PERIOD_NS)
             self._arm(expiry)

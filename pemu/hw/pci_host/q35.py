@@ -117,8 +117,10 @@ def _q35_host_realize(dev: Any) -> None:
 
     host: Q35PCIHost = dev
     io = get_system_io()
-    host.conf_mr = MemoryRegion.io("pci-conf-idx", 4, MemoryRegionOps(host.conf_read, host.conf_write, 1, 4, False, 1, 4), owner=host)
-    host.data_mr = MemoryRegion.io("pci-conf-data", 4, MemoryRegionOps(host.data_read, host.data_write, 1, 4, False, 1, 4), owner=host)
+    host.conf_mr = MemoryRegion.io("pci-conf-idx", 4,
+                                   MemoryRegionOps(host.conf_read, host.conf_write, 1, 4, False, 1, 4), owner=host)
+    host.data_mr = MemoryRegion.io("pci-conf-data", 4,
+                                   MemoryRegionOps(host.data_read, host.data_write, 1, 4, False, 1, 4), owner=host)
     io.add_subregion(memmap.PCI_CONFIG_ADDR, host.conf_mr)
     io.add_subregion(memmap.PCI_CONFIG_DATA, host.data_mr)
     pci_memory = host.pci_address_space if host.pci_address_space is not None else get_system_memory()
@@ -234,8 +236,8 @@ class PCIEMMCFG:
             self.system.del_subregion(self.mr)
             self.mr = None
         if enabled and self.mr is None:
-            self.mr = MemoryRegion.io("pcie-mmcfg-mmio", size, MemoryRegionOps(self.read, self.write, 1, 4, False, 1, 4),
-                                      owner=self.owner)
+            ops = MemoryRegionOps(self.read, self.write, 1, 4, False, 1, 4)
+            self.mr = MemoryRegion.io("pcie-mmcfg-mmio", size, ops, owner=self.owner)
             self.system.add_subregion(base, self.mr)
         self.base, self.size = (base, size) if enabled else (-1, 0)
 

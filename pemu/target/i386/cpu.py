@@ -68,7 +68,8 @@ def x86_cpu_realizefn(dev: Object) -> None:
     cpu: X86CPU = dev  # type: ignore[assignment]
     klass: X86CPUClass = cpu.klass  # type: ignore[assignment]
     try:
-        cpu.model = cpu_models.x86_cpu_model_from_string(klass.model_name + ("," + cpu.features if cpu.features else ""))
+        spec = klass.model_name + ("," + cpu.features if cpu.features else "")
+        cpu.model = cpu_models.x86_cpu_model_from_string(spec)
     except Exception as e:  # a bad -cpu feature is user input
         raise QOMError(str(e)) from None
     cpu.env.cpuid_version = cpu.model.cpuid_version if hasattr(cpu.model, "cpuid_version") else cpu.env.cpuid_version

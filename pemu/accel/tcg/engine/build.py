@@ -160,7 +160,7 @@ def check_engine(directory: Path) -> int:
     code = ("import ctypes, sys; lib = ctypes.CDLL(sys.argv[1]); f = lib.uc_pemu_features; "
             "f.restype = ctypes.c_uint32; print(f())")
     result = subprocess.run([sys.executable, "-c", code, str(directory / LIBRARY_NAME)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            capture_output=True, text=True)
     if result.returncode != 0:
         raise BuildError(f"the built engine does not load: {result.stderr.strip().splitlines()[-1:]}")
     return int(result.stdout)
