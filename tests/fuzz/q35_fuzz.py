@@ -169,8 +169,8 @@ class Q35Fuzzer:
         def walk(mr: Any) -> None:
             if mr.kind is RegionKind.ROM:
                 found[id(mr)] = mr
-            if mr.alias is not None:
-                walk(mr.alias)
+            if mr.alias_target is not None:
+                walk(mr.alias_target)
             for sub in mr.subregions:
                 walk(sub)
 

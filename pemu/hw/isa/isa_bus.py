@@ -66,8 +66,8 @@ def _isa_device_init(obj: Object) -> None:
 
 def _isa_device_unrealize(obj: Any) -> None:
     for _, mr in obj.ioports:
-        if mr.container is not None:
-            mr.container.del_subregion(mr)
+        if mr.parent_container is not None:
+            mr.parent_container.del_subregion(mr)
     obj.ioports = []
 
 

@@ -199,8 +199,8 @@ class ICH9LPCState(PCIDevice):
         rcba = self.get_long(ICH9_LPC_RCBA)
         system = get_system_memory()
         with memory_transaction():
-            if self.rcrb.container is not None:
-                self.rcrb.container.del_subregion(self.rcrb)
+            if self.rcrb.parent_container is not None:
+                self.rcrb.parent_container.del_subregion(self.rcrb)
             if rcba & ICH9_LPC_RCBA_EN:
                 system.add_subregion_overlap(rcba & ICH9_LPC_RCBA_BA_MASK, self.rcrb, 1)
 

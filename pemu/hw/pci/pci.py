@@ -583,7 +583,7 @@ def pci_bar_address(dev: PCIDevice, region_num: int) -> int:
 
 
 def _bar_space_unmap(region: PCIIORegion) -> None:
-    container = region.memory.container
+    container = region.memory.parent_container
     if container is not None:
         container.del_subregion(region.memory)
     region.addr = PCI_BAR_UNMAPPED
