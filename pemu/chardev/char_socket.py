@@ -163,7 +163,7 @@ class SocketChardev(FdChardev):
             self._unlink_on_close = path
         else:
             last_error: OSError | None = None
-            sock = None
+            bound: socket.socket | None = None
             for family, kind, proto, _, sockaddr in self._resolve(passive=True):
                 candidate = socket.socket(family, kind, proto)
                 try:
@@ -174,11 +174,12 @@ class SocketChardev(FdChardev):
                     candidate.close()
                     last_error = exc
                     continue
-                sock = candidate
+                bound = candidate
                 break
-            if sock is None:
+            if bound is None:
                 reason = _strerror(last_error) if last_error else "no address"
                 raise UserError(f"Failed to bind socket: {reason}")
+            sock = bound
         sock.setblocking(False)
         return sock
 

@@ -40,6 +40,11 @@ def handler_name(cb: Callable[..., object]) -> str:
     return getattr(cb, "__qualname__", None) or repr(cb)
 
 
+def _bind_dispatch(source: PollSource, events: list[int]) -> Callable[[], None]:
+    """``source.dispatch(events)`` as a handler, bound to this source and its events."""
+    return lambda: source.dispatch(events)
+
+
 class PollSource(Protocol):
     """A library with its own sockets polled around each wait (slirp's
     slirp_pollfds_fill / slirp_pollfds_poll): ``fill`` names the fds and
@@ -125,7 +130,7 @@ class MainLoop:
                 events[index] |= mask
         with bql:
             for source, events in polled:
-                self.call_handler("poll source", lambda source=source, events=events: source.dispatch(events))
+                self.call_handler("poll source", _bind_dispatch(source, events))
             for key, mask in ready:
                 if isinstance(key.data, tuple):
                     continue

@@ -331,7 +331,7 @@ def kvm_ioctl(fd: int, request: int, arg: Any = None) -> int:
     return ret
 
 
-def variable_struct(header_type: type, entry_type: type, count: int) -> Any:
+def variable_struct(header_type: type[Structure], entry_type: type[Structure], count: int) -> Any:
     """A header followed by ``count`` entries (kvm_msrs, kvm_cpuid2, kvm_irq_routing)."""
 
     class Variable(Structure):

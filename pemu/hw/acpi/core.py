@@ -68,12 +68,12 @@ class Pm1Control(IntFlag):
 
 
 PM1_STS_DEFINED = 0
-for _bit in Pm1Status:
-    PM1_STS_DEFINED |= _bit
+for _status_bit in Pm1Status:
+    PM1_STS_DEFINED |= _status_bit
 PM1_EN_WRITABLE = 0
-for _bit in Pm1Enable:
-    PM1_EN_WRITABLE |= _bit
-del _bit
+for _enable_bit in Pm1Enable:
+    PM1_EN_WRITABLE |= _enable_bit
+del _status_bit, _enable_bit
 PM1_CNT_STORED = Pm1Control.SCI_EN | Pm1Control.BM_RLD | Pm1Control.SLP_TYP
 """Bits that keep their value; GBL_RLS and SLP_EN are write-only, the rest reserved."""
 SLP_TYP_SHIFT = 10

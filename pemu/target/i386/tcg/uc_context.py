@@ -20,6 +20,7 @@ import functools
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_16, UC_MODE_64, Uc
 from unicorn import x86_const as ucx
@@ -300,7 +301,7 @@ def verify_context_layout() -> None:
     _verified = True
 
 
-def _context_from_bytes(uc: Uc, data: bytes):  # -> UcContext
+def _context_from_bytes(uc: Uc, data: bytes) -> Any:  # a UcContext
     ctx = uc.context_save()
     ctypes.memmove(ctx.context, data, len(data))
     return ctx
