@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from pemu.qom.object import TYPE_OBJECT, Object, ObjectClass, QOMError, TypeInfo, type_register
+from pemu.qom.object import (
+    TYPE_OBJECT,
+    Object,
+    ObjectClass,
+    QOMError,
+    TypeInfo,
+    object_check,
+    object_class_check,
+    type_register,
+)
 from pemu.qom.object_interfaces import TYPE_USER_CREATABLE, UserCreatableClass
 from pemu.system.memory import MemoryRegion
 
@@ -41,7 +50,7 @@ class HostMemoryBackendClass(UserCreatableClass):
 
 
 def _check_size(obj: Object, value: int) -> None:
-    backend: HostMemoryBackend = obj  # type: ignore[assignment]
+    backend = object_check(obj, HostMemoryBackend)
     if backend.mr is not None:
         raise QOMError("cannot change property 'size' of memory-backend after it was completed")
     if value == 0:
@@ -49,22 +58,22 @@ def _check_size(obj: Object, value: int) -> None:
 
 
 def _hostmem_init(obj: Object) -> None:
-    backend: HostMemoryBackend = obj  # type: ignore[assignment]
+    backend = object_check(obj, HostMemoryBackend)
     backend.mr = None
     backend.size = 0
     backend.mapped = False
 
 
 def host_memory_backend_memory_complete(obj: Object) -> None:
-    backend: HostMemoryBackend = obj  # type: ignore[assignment]
+    backend = object_check(obj, HostMemoryBackend)
     if backend.size == 0:
         raise QOMError("can't create backend with size 0")
-    klass: HostMemoryBackendClass = obj.klass  # type: ignore[assignment]
+    klass = object_class_check(obj.klass, HostMemoryBackendClass)
     klass.alloc(backend)
 
 
 def _hostmem_class_init(klass: ObjectClass, data: Any) -> None:
-    k: HostMemoryBackendClass = klass  # type: ignore[assignment]
+    k = object_class_check(klass, HostMemoryBackendClass)
     k.complete = host_memory_backend_memory_complete
     k.property_add_field("size", "size", check=_check_size, description="Size of the memory region (ex: 500M)")
     k.property_add_field("share", "bool", default=False, description="Mark the memory as private to QEMU or shared")

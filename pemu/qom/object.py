@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 TYPE_OBJECT = "object"
 TYPE_INTERFACE = "interface"
@@ -514,6 +514,28 @@ class Object:
 
     def __repr__(self) -> str:
         return f"<{self.typename} {self.canonical_path() or 'unattached'}>"
+
+
+_O = TypeVar("_O", bound=Object)
+_C = TypeVar("_C", bound=ObjectClass)
+
+
+def object_check(obj: Object, python_type: type[_O]) -> _O:
+    """QEMU's OBJECT_CHECK in Python: ``obj`` seen as ``python_type``, the
+    Python class of its QOM type or of an ancestor (so that its fields are
+    known to the type checker); a QOMCastError if it is not one."""
+    if not isinstance(obj, python_type):
+        raise QOMCastError(f"Object {id(obj):#x} of type {obj.typename} is not a {python_type.__name__}")
+    return obj
+
+
+def object_class_check(klass: ObjectClass, python_type: type[_C]) -> _C:
+    """QEMU's OBJECT_CLASS_CHECK in Python: a class object seen as
+    ``python_type`` (its type's class_type or an ancestor's); a QOMCastError
+    if it is not one."""
+    if not isinstance(klass, python_type):
+        raise QOMCastError(f"Class {klass.name} is not a {python_type.__name__}")
+    return klass
 
 
 def _release_child(child: Object) -> None:

@@ -40,6 +40,7 @@ from pemu.hw.core.qdev import (
 from pemu.qom.object import (
     QOMError,
     container_get,
+    object_class_check,
     object_class_get_list_sorted,
     object_get_root,
     object_new_with_class,
@@ -312,7 +313,7 @@ def block_cleanup() -> None:
 def machine_help() -> str:
     lines = ["Supported machines are:"]
     for mc in reversed(object_class_get_list_sorted(TYPE_MACHINE, False)):
-        m: MachineClass = mc  # type: ignore[assignment]
+        m = object_class_check(mc, MachineClass)
         if m.alias:
             lines.append(f"{m.alias:<20} {m.desc} (alias of {m.name})")
         default = " (default)" if m.is_default else ""

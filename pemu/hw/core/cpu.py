@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pemu.hw.core.qdev import TYPE_DEVICE, DeviceClass, DeviceState
-from pemu.qom.object import ObjectClass, TypeInfo, type_register
+from pemu.qom.object import ObjectClass, TypeInfo, object_class_check, type_register
 
 TYPE_CPU = "cpu"
 
@@ -22,7 +22,7 @@ class CPUState(DeviceState):
 
 
 def _cpu_class_init(klass: ObjectClass, data: Any) -> None:
-    dc: DeviceClass = klass  # type: ignore[assignment]
+    dc = object_class_check(klass, DeviceClass)
     dc.user_creatable = False  # CPUs come from -smp, not -device (no CPU hot-plug yet)
     dc.categories = ("cpu",)
 

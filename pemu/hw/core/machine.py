@@ -9,7 +9,17 @@ from typing import Any
 
 from pemu.block.blockdev import BlockDevices
 from pemu.hw.core.qdev import MachineInitPhase, phase_advance
-from pemu.qom.object import TYPE_OBJECT, Object, ObjectClass, QOMError, TypeInfo, object_resolve_path, type_register
+from pemu.qom.object import (
+    TYPE_OBJECT,
+    Object,
+    ObjectClass,
+    QOMError,
+    TypeInfo,
+    object_check,
+    object_class_check,
+    object_resolve_path,
+    type_register,
+)
 from pemu.system.memory import MemoryRegion
 
 TYPE_MACHINE = "machine"
@@ -95,7 +105,7 @@ class MachineState(Object):
 
 
 def _machine_initfn(obj: Object) -> None:
-    ms: MachineState = obj  # type: ignore[assignment]
+    ms = object_check(obj, MachineState)
     mc = ms.mc
     ms.ram_size = mc.default_ram_size
     ms.maxram_size = mc.default_ram_size
@@ -111,7 +121,7 @@ def _machine_initfn(obj: Object) -> None:
 
 
 def _machine_class_init(klass: ObjectClass, data: Any) -> None:
-    k: MachineClass = klass  # type: ignore[assignment]
+    k = object_class_check(klass, MachineClass)
     k.property_add_field("kernel", "str", description="Linux kernel image file")
     k.property_add_field("initrd", "str", description="Linux initial ramdisk file")
     k.property_add_field("append", "str", description="Linux kernel command line")
@@ -130,7 +140,7 @@ def _machine_class_init(klass: ObjectClass, data: Any) -> None:
 def _machine_class_base_init(klass: ObjectClass, data: Any) -> None:
     # Every concrete machine type is named "<name>-machine"; its MachineClass
     # name is that without the suffix (QEMU's machine_class_base_init).
-    k: MachineClass = klass  # type: ignore[assignment]
+    k = object_class_check(klass, MachineClass)
     if not k.abstract and k.type.name.endswith(TYPE_MACHINE_SUFFIX):
         k.name = k.type.name[: -len(TYPE_MACHINE_SUFFIX)]
 

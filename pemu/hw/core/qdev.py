@@ -24,6 +24,8 @@ from pemu.qom.object import (
     QOMError,
     TypeInfo,
     container_get,
+    object_check,
+    object_class_check,
     object_get_root,
     object_new,
     type_register,
@@ -173,7 +175,7 @@ class DeviceState(Object):
     def set_realized(self, value: bool) -> None:
         if value == self.realized:
             return
-        dc: DeviceClass = self.klass  # type: ignore[assignment]
+        dc = object_class_check(self.klass, DeviceClass)
         if value:
             if self.parent is None:
                 # Devices nobody adopted go under /machine/unattached.
@@ -203,7 +205,7 @@ class DeviceState(Object):
         if self.realized:
             self.set_realized(False)
         if self.parent_bus is not None:
-            self.parent_bus.remove_child(self)
+            self.parent_bus.remove_device(self)
 
     # -- GPIO lines (qdev_init_gpio_in/out) ----------------------------------------
     def init_gpio_in(self, handler: Callable[[int, int], None], count: int, name: str = "") -> None:
@@ -227,7 +229,7 @@ class DeviceState(Object):
 
 
 def _device_initfn(obj: Object) -> None:
-    dev: DeviceState = obj  # type: ignore[assignment]
+    dev = object_check(obj, DeviceState)
     dev.id = None
     dev.realized = False
     dev.hotplugged = False
@@ -245,13 +247,13 @@ def _device_post_init(obj: Object) -> None:
 
 
 def _device_finalize(obj: Object) -> None:
-    dev: DeviceState = obj  # type: ignore[assignment]
+    dev = object_check(obj, DeviceState)
     if dev.realized:
         dev.set_realized(False)
 
 
 def _device_class_init(klass: ObjectClass, data: Any) -> None:
-    dc: DeviceClass = klass  # type: ignore[assignment]
+    dc = object_class_check(klass, DeviceClass)
     dc.props = []
     dc.property_add(ObjectProperty(
         "realized", "bool",
@@ -277,9 +279,9 @@ def qdev_new(typename: str) -> DeviceState:
 
 def qdev_realize(dev: DeviceState, bus: BusState | None) -> None:
     """Put ``dev`` on ``bus`` and realize it (qdev_realize)."""
-    dc: DeviceClass = dev.klass  # type: ignore[assignment]
+    dc = object_class_check(dev.klass, DeviceClass)
     if bus is not None:
-        bus.add_child(dev)
+        bus.add_device(dev)
     elif dc.bus_type is not None and dev.parent_bus is None:
         raise QOMError(f"device '{dev.typename}' needs a bus of type {dc.bus_type}")
     dev.property_set("realized", True)
@@ -309,24 +311,24 @@ class BusState(Object):
     devices_on_bus: list[DeviceState]  # QEMU's BusState.children
     parent_dev: DeviceState | None
 
-    def add_child(self, dev: DeviceState) -> None:
-        bc: BusClass = self.klass  # type: ignore[assignment]
+    def add_device(self, dev: DeviceState) -> None:
+        bc = object_class_check(self.klass, BusClass)
         if bc.max_dev and len(self.devices_on_bus) >= bc.max_dev:
             raise QOMError(f"Bus '{self.name}' does not support hotplugging" if self.realized
                            else f"Bus '{self.name}' is full")
         if dev.parent_bus is not None:
-            dev.parent_bus.remove_child(dev)
+            dev.parent_bus.remove_device(dev)
         self.devices_on_bus.append(dev)
         dev.parent_bus = self
 
-    def remove_child(self, dev: DeviceState) -> None:
+    def remove_device(self, dev: DeviceState) -> None:
         if dev in self.devices_on_bus:
             self.devices_on_bus.remove(dev)
         dev.parent_bus = None
 
 
 def _bus_initfn(obj: Object) -> None:
-    bus: BusState = obj  # type: ignore[assignment]
+    bus = object_check(obj, BusState)
     bus.name = ""
     bus.realized = False
     bus.devices_on_bus = []
@@ -397,7 +399,7 @@ def device_cold_reset(dev: DeviceState) -> None:
     for bus in dev.child_buses:
         for child in list(bus.devices_on_bus):
             device_cold_reset(child)
-    dc: DeviceClass = dev.klass  # type: ignore[assignment]
+    dc = object_class_check(dev.klass, DeviceClass)
     if dc.reset is not None:
         dc.reset(dev)
 

@@ -29,7 +29,7 @@ from pemu.hw.pci.pci import (
     pci_register_bar,
     pci_set_irq,
 )
-from pemu.qom.object import ObjectClass, TypeInfo, type_register
+from pemu.qom.object import ObjectClass, TypeInfo, object_class_check, type_register
 from pemu.system.memory import MemoryRegion, MemoryRegionOps
 from pemu.util.log import LOG_UNIMP, guest_error, qemu_log_mask
 
@@ -357,7 +357,7 @@ def ich9_smb_direct_boot_setup(s: ICH9SMBState) -> None:
 
 
 def _ich9_smb_class_init(klass: ObjectClass, data: Any) -> None:
-    k: PCIDeviceClass = klass  # type: ignore[assignment]
+    k = object_class_check(klass, PCIDeviceClass)
     k.vendor_id = 0x8086
     k.device_id = PCI_DEVICE_ID_INTEL_ICH9_6
     k.revision = ICH9_A2_SMB_REVISION

@@ -10,7 +10,7 @@ from pemu.hw.i386 import memmap
 from pemu.hw.i386.e820 import E820Table, E820Type
 from pemu.hw.i386.pc_sysfw import load_firmware_image, pc_system_firmware_init
 from pemu.hw.i386.x86 import TYPE_X86_MACHINE, X86MachineClass, X86MachineState
-from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, type_register
+from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, object_check, object_class_check, type_register
 from pemu.system.memory import MemoryRegion, MemoryRegionOps
 from pemu.util.log import LOG_UNIMP, qemu_log_mask
 
@@ -41,7 +41,7 @@ class PCMachineState(X86MachineState):
 
 
 def _pc_machine_initfn(obj: Object) -> None:
-    pcms: PCMachineState = obj  # type: ignore[assignment]
+    pcms = object_check(obj, PCMachineState)
     pcms.pci_memory = None
     pcms.pcibus = None
     pcms.isabus = None
@@ -53,7 +53,7 @@ def _pc_machine_initfn(obj: Object) -> None:
 
 
 def _pc_machine_class_init(klass: ObjectClass, data: Any) -> None:
-    k: PCMachineClass = klass  # type: ignore[assignment]
+    k = object_class_check(klass, PCMachineClass)
     k.default_ram_size = 128 << 20
     k.default_ram_id = "pc.ram"
     k.default_nic = "e1000e"
@@ -96,7 +96,7 @@ def placeholder_region(pcms: PCMachineState, name: str, size: int) -> MemoryRegi
 def pc_memory_init(pcms: PCMachineState, system_memory: MemoryRegion, rom_memory: MemoryRegion) -> None:
     """Lay out RAM, firmware and option-ROM space (seed: pc_memory_init)."""
     machine = pcms
-    pcmc: PCMachineClass = pcms.klass  # type: ignore[assignment]
+    pcmc = object_class_check(pcms.klass, PCMachineClass)
     ram = machine.ram
     assert ram is not None
 

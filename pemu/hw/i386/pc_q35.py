@@ -23,7 +23,7 @@ from pemu.hw.i386.pc import (
 from pemu.hw.i386.pc_sysfw import DIRECT_BOOT_FIRMWARE
 from pemu.hw.i386.x86 import x86_cpus_init, x86_load_linux, x86_ram_split
 from pemu.hw.pci_host.q35 import mch_init_pam, mch_init_pciexbar, mch_init_smram, mch_set_tolud
-from pemu.qom.object import ObjectClass, QOMError, TypeInfo, type_register
+from pemu.qom.object import ObjectClass, QOMError, TypeInfo, object_class_check, type_register
 from pemu.system.memory import MEMORY_SIZE_UNLIMITED, MemoryRegion
 from pemu.system.physmem import get_system_io, get_system_memory
 
@@ -86,7 +86,7 @@ def pc_q35_init(machine: Any) -> None:
     from pemu.hw.i386.pc import pc_basic_device_init, pc_late_init
 
     pcms: PCMachineState = machine
-    pcmc: PCMachineClass = pcms.klass  # type: ignore[assignment]
+    pcmc = object_class_check(pcms.klass, PCMachineClass)
 
     pcms.below_4g_mem_size, pcms.above_4g_mem_size = q35_ram_split(
         machine.ram_size, pcmc.gigabyte_align, pcms.max_ram_below_4g)
@@ -170,7 +170,7 @@ def pc_q35_init(machine: Any) -> None:
 
 
 def _q35_machine_options(k: MachineClass, version: str) -> None:
-    pcmc: PCMachineClass = k  # type: ignore[assignment]
+    pcmc = object_class_check(k, PCMachineClass)
     pcmc.desc = "Standard PC (Q35 + ICH9, 2009)"
     pcmc.init = pc_q35_init
     pcmc.default_cpu_type = "qemu64-x86_64-cpu"

@@ -12,7 +12,16 @@ from typing import Any
 from pemu.hw.core.machine import TYPE_MACHINE, MachineClass, MachineState
 from pemu.hw.core.qdev import qdev_realize
 from pemu.hw.i386 import memmap
-from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, object_new, type_register
+from pemu.qom.object import (
+    Object,
+    ObjectClass,
+    QOMError,
+    TypeInfo,
+    object_check,
+    object_class_check,
+    object_new,
+    type_register,
+)
 
 TYPE_X86_MACHINE = "x86-machine"
 
@@ -40,7 +49,7 @@ class X86MachineState(MachineState):
 
 
 def _x86_machine_initfn(obj: Object) -> None:
-    x86ms: X86MachineState = obj  # type: ignore[assignment]
+    x86ms = object_check(obj, X86MachineState)
     x86ms.below_4g_mem_size = 0
     x86ms.above_4g_mem_size = 0
     x86ms.cpus = []
@@ -55,7 +64,7 @@ _ONOFFAUTO = ("on", "off", "auto")
 
 
 def _x86_machine_class_init(klass: ObjectClass, data: Any) -> None:
-    k: X86MachineClass = klass  # type: ignore[assignment]
+    k = object_class_check(klass, X86MachineClass)
     k.property_add_field("smm", "OnOffAuto", default="auto", enum_values=_ONOFFAUTO, description="Enable SMM")
     k.property_add_field("acpi", "OnOffAuto", default="auto", enum_values=_ONOFFAUTO, description="Enable ACPI")
     k.property_add_field("pit", "OnOffAuto", default="auto", enum_values=_ONOFFAUTO, description="Enable i8254 PIT")
@@ -267,7 +276,7 @@ def x86_load_linux_fw_cfg(x86ms: X86MachineState, kernel: bytes) -> None:
     fw_cfg_add_linux_boot(fw_cfg, setup=boot.setup, setup_addr=boot.setup_addr, kernel=boot.kernel,
                           kernel_addr=boot.kernel_addr, cmdline=boot.cmdline, cmdline_addr=boot.cmdline_addr,
                           initrd=boot.initrd, initrd_addr=boot.initrd_addr)
-    klass: X86MachineClass = x86ms.klass  # type: ignore[assignment]
+    klass = object_class_check(x86ms.klass, X86MachineClass)
     rom_name = LINUXBOOT_DMA_ROM if klass.fwcfg_dma_enabled and fw_cfg.dma_enabled else LINUXBOOT_ROM
     path = qemu_find_file(rom_name, list(getattr(x86ms, "data_dirs", [])))
     if path is None:

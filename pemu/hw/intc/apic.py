@@ -80,7 +80,7 @@ from pemu.hw.intc.apic_common import (
     NoCPU,
     TimerMode,
 )
-from pemu.qom.object import ObjectClass, QOMError, TypeInfo, type_register
+from pemu.qom.object import ObjectClass, QOMError, TypeInfo, object_class_check, type_register
 from pemu.system.memory import MemoryRegion, MemoryRegionOps
 from pemu.util.log import guest_error
 from pemu.util.timer import Clock, TimerFactory, virtual_clock_ns, virtual_timer
@@ -753,7 +753,7 @@ def _apic_reset(dev: DeviceState) -> None:
 
 
 def _apic_class_init(klass: ObjectClass, data: Any) -> None:
-    dc: DeviceClass = klass  # type: ignore[assignment]
+    dc = object_class_check(klass, DeviceClass)
     dc.realize = _apic_realize
     dc.reset = _apic_reset
     dc.desc = "local APIC (userspace)"

@@ -14,7 +14,7 @@ from typing import Any
 
 from pemu.hw.core.irq import IRQLine, NoIRQ
 from pemu.hw.core.qdev import TYPE_BUS, TYPE_DEVICE, BusState, DeviceClass, DeviceState, qbus_new
-from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, type_register
+from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, object_check, object_class_check, type_register
 from pemu.system.memory import MemoryRegion, MemoryRegionOps
 
 TYPE_ISA_BUS = "ISA"
@@ -59,7 +59,7 @@ class ISADevice(DeviceState):
 
 
 def _isa_device_init(obj: Object) -> None:
-    dev: ISADevice = obj  # type: ignore[assignment]
+    dev = object_check(obj, ISADevice)
     dev.isa_irqs = []
     dev.ioports = []
 
@@ -72,13 +72,13 @@ def _isa_device_unrealize(obj: Any) -> None:
 
 
 def _isa_device_class_init(klass: ObjectClass, data: Any) -> None:
-    dc: DeviceClass = klass  # type: ignore[assignment]
+    dc = object_class_check(klass, DeviceClass)
     dc.bus_type = TYPE_ISA_BUS
     dc.unrealize = _isa_device_unrealize
 
 
 def _isa_bus_init(obj: Object) -> None:
-    bus: ISABus = obj  # type: ignore[assignment]
+    bus = object_check(obj, ISABus)
     bus.irqs = [NoIRQ() for _ in range(ISA_NUM_IRQS)]
 
 

@@ -17,7 +17,7 @@ from pemu.hw.core.irq import IRQLine
 from pemu.hw.core.qdev import DeviceClass, Property, device_class_set_props
 from pemu.hw.i386 import memmap
 from pemu.hw.isa.isa_bus import TYPE_ISA_DEVICE, ISADevice
-from pemu.qom.object import ObjectClass, QOMError, TypeInfo, type_register
+from pemu.qom.object import ObjectClass, QOMError, TypeInfo, object_class_check, type_register
 from pemu.system.runstate import ShutdownCause, qemu_system_reset_request
 
 TYPE_ISA_SERIAL = "isa-serial"
@@ -39,7 +39,7 @@ def _isa_type(name: str, instance_type: type, realize: Callable[[Any], None], de
               categories: tuple[str, ...] = ("misc",),
               instance_init: Callable[[Any], None] | None = None) -> None:
     def class_init(klass: ObjectClass, data: Any) -> None:
-        dc: DeviceClass = klass  # type: ignore[assignment]
+        dc = object_class_check(klass, DeviceClass)
         dc.realize = realize
         dc.reset = lambda dev: dev.model.reset()
         dc.desc = desc
@@ -225,7 +225,7 @@ def _register() -> None:
     register_debug_exit_type()
 
     def serial_class_init(klass: ObjectClass, data: Any) -> None:
-        dc: DeviceClass = klass  # type: ignore[assignment]
+        dc = object_class_check(klass, DeviceClass)
         dc.realize = _serial_realize
         dc.reset = lambda dev: dev.model.reset()
         dc.desc = "16550A UART on the ISA bus"

@@ -19,7 +19,7 @@ from pemu.hw.core.qdev import (
     device_class_set_props,
     qbus_new,
 )
-from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, type_register
+from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, object_check, object_class_check, type_register
 from pemu.system.dma import (
     DMADirection,
     dma_memory_map,
@@ -247,7 +247,7 @@ class PCIDevice(DeviceState):
 
 
 def _pci_device_init(obj: Object) -> None:
-    dev: PCIDevice = obj  # type: ignore[assignment]
+    dev = object_check(obj, PCIDevice)
     dev.devfn = -1
     dev.config = bytearray()
     dev.wmask = bytearray()
@@ -262,7 +262,7 @@ def _pci_device_init(obj: Object) -> None:
 
 def _pci_qdev_realize(obj: Any) -> None:
     dev: PCIDevice = obj
-    pc: PCIDeviceClass = dev.klass  # type: ignore[assignment]
+    pc = object_class_check(dev.klass, PCIDeviceClass)
     bus = dev.pci_bus
     size = PCIE_CONFIG_SPACE_SIZE if pc.is_express and bus.is_a(TYPE_PCIE_BUS) else PCI_CONFIG_SPACE_SIZE
     dev.config = bytearray(size)
@@ -317,7 +317,7 @@ def _pci_qdev_unrealize(obj: Any) -> None:
 
 
 def _pci_device_class_init(klass: ObjectClass, data: Any) -> None:
-    dc: PCIDeviceClass = klass  # type: ignore[assignment]
+    dc = object_class_check(klass, PCIDeviceClass)
     dc.bus_type = TYPE_PCI_BUS
     dc.realize = _pci_qdev_realize
     dc.unrealize = _pci_qdev_unrealize
@@ -329,7 +329,7 @@ def _pci_device_class_init(klass: ObjectClass, data: Any) -> None:
 
 
 def _pci_bus_init(obj: Object) -> None:
-    bus: PCIBus = obj  # type: ignore[assignment]
+    bus = object_check(obj, PCIBus)
     bus.devices = [None] * 256
     bus.bus_num = 0
     bus.address_space_mem = None

@@ -18,7 +18,7 @@ from pemu.hw.pci.pci import (
     pci_bus_config_write,
     pci_root_bus_new,
 )
-from pemu.qom.object import Object, ObjectClass, TypeInfo, type_register
+from pemu.qom.object import Object, ObjectClass, TypeInfo, object_check, object_class_check, type_register
 from pemu.system.memory import MemoryRegion, MemoryRegionOps
 
 TYPE_Q35_HOST_DEVICE = "q35-pcihost"
@@ -107,7 +107,7 @@ class Q35PCIHost(SysBusDevice):
 
 
 def _q35_host_init(obj: Object) -> None:
-    host: Q35PCIHost = obj  # type: ignore[assignment]
+    host = object_check(obj, Q35PCIHost)
     host.config_reg = 0
     host.pci_address_space = None
 
@@ -139,7 +139,7 @@ def _q35_host_reset(dev: Any) -> None:
 
 
 def _q35_host_class_init(klass: ObjectClass, data: Any) -> None:
-    dc: DeviceClass = klass  # type: ignore[assignment]
+    dc = object_class_check(klass, DeviceClass)
     dc.realize = _q35_host_realize
     dc.reset = _q35_host_reset
     dc.user_creatable = False
@@ -315,7 +315,7 @@ def _mch_reset(dev: Any) -> None:
 
 
 def _mch_class_init(klass: ObjectClass, data: Any) -> None:
-    k: PCIDeviceClass = klass  # type: ignore[assignment]
+    k = object_class_check(klass, PCIDeviceClass)
     k.vendor_id = PCI_VENDOR_ID_INTEL
     k.device_id = PCI_DEVICE_ID_INTEL_Q35_MCH
     k.revision = 0x02
@@ -329,7 +329,7 @@ def _mch_class_init(klass: ObjectClass, data: Any) -> None:
 type_register(TypeInfo(TYPE_Q35_HOST_DEVICE, parent=TYPE_SYS_BUS_DEVICE, instance_type=Q35PCIHost,
                        instance_init=_q35_host_init, class_init=_q35_host_class_init))
 def _mch_init(obj: Object) -> None:
-    mch: MCHPCIState = obj  # type: ignore[assignment]
+    mch = object_check(obj, MCHPCIState)
     mch.smram_region = None
     mch.mmcfg = None
     mch.pam = []

@@ -14,7 +14,7 @@ from typing import Any
 
 from pemu.hw.core.cpu import TYPE_CPU, CPUClass, CPUState
 from pemu.hw.core.qdev import DeviceClass, Property, device_class_set_props
-from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, type_register
+from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, object_check, object_class_check, type_register
 from pemu.system.memory import MEMORY_SIZE_UNLIMITED, AddressSpace, MemoryRegion
 from pemu.target.i386.cpu_state import CPUX86State
 
@@ -51,7 +51,7 @@ _next_cpu_index = 0
 
 def _x86_cpu_initfn(obj: Object) -> None:
     global _next_cpu_index
-    cpu: X86CPU = obj  # type: ignore[assignment]
+    cpu = object_check(obj, X86CPU)
     cpu.cpu_index = _next_cpu_index
     _next_cpu_index += 1
     cpu.env = CPUX86State()
@@ -65,8 +65,8 @@ def x86_cpu_realizefn(dev: Object) -> None:
     from pemu.system.physmem import address_space_io, get_system_memory
     from pemu.target.i386 import cpu_models
 
-    cpu: X86CPU = dev  # type: ignore[assignment]
-    klass: X86CPUClass = cpu.klass  # type: ignore[assignment]
+    cpu = object_check(dev, X86CPU)
+    klass = object_class_check(cpu.klass, X86CPUClass)
     try:
         spec = klass.model_name + ("," + cpu.features if cpu.features else "")
         cpu.model = cpu_models.x86_cpu_model_from_string(spec)
@@ -93,7 +93,7 @@ def x86_cpu_reset(cpu: X86CPU) -> None:
 
 
 def _x86_cpu_common_class_init(klass: ObjectClass, data: Any) -> None:
-    dc: DeviceClass = klass  # type: ignore[assignment]
+    dc = object_class_check(klass, DeviceClass)
     dc.realize = x86_cpu_realizefn
     dc.reset = lambda dev: x86_cpu_reset(dev)  # type: ignore[arg-type,return-value]
     dc.desc = "x86 CPU"
@@ -101,7 +101,7 @@ def _x86_cpu_common_class_init(klass: ObjectClass, data: Any) -> None:
 
 
 def _x86_cpu_cpudef_class_init(klass: ObjectClass, data: Any) -> None:
-    k: X86CPUClass = klass  # type: ignore[assignment]
+    k = object_class_check(klass, X86CPUClass)
     k.model_name = data
     k.desc = f"x86 CPU model {data}"
 
