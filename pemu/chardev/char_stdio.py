@@ -19,6 +19,7 @@ import termios
 import threading
 from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 from pemu.chardev.char import ChardevOptions
 from pemu.chardev.char_fd import FdChardev
@@ -33,14 +34,14 @@ _SignalHandler = Callable[[int, FrameType | None], object] | int | signal.Handle
 _IFLAG, _OFLAG, _CFLAG, _LFLAG, _CC = 0, 1, 2, 3, 6
 
 
-def raw_mode_attrs(saved: list, allow_signals: bool) -> list:
+def raw_mode_attrs(saved: list[Any], allow_signals: bool) -> list[Any]:
     """Terminal attributes for raw input, derived from ``saved``.
 
     Output post-processing stays on so that lone newlines still return the
     carriage; with ``allow_signals`` the terminal keeps turning Ctrl-C and
     Ctrl-Z into signals.
     """
-    attrs = [list(x) if isinstance(x, list) else x for x in saved]
+    attrs: list[Any] = [list(x) if isinstance(x, list) else x for x in saved]
     attrs[_IFLAG] &= ~(
         termios.IGNBRK | termios.BRKINT | termios.PARMRK | termios.ISTRIP
         | termios.INLCR | termios.IGNCR | termios.ICRNL | termios.IXON

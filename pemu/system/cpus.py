@@ -202,8 +202,9 @@ def _wait_stopped(cpus: list[Any]) -> None:
     with bql:
         while not all(run_state(c).stopped for c in cpus):
             for c in cpus:
-                if not run_state(c).stopped and run_state(c).accel_vcpu is not None:
-                    run_state(c).accel_vcpu.kick()
+                vcpu = run_state(c).accel_vcpu
+                if not run_state(c).stopped and vcpu is not None:
+                    vcpu.kick()
             qemu_pause_cond.wait(0.05)
 
 

@@ -101,7 +101,10 @@ class RegionKind(Enum):
 
 # The mmap module names MAP_NORESERVE only from Python 3.13 on; Linux's value
 # (include/uapi/asm-generic/mman-common.h) before that.
-MAP_NORESERVE = 0x4000 if sys.version_info < (3, 13) else mmap.MAP_NORESERVE
+if sys.version_info >= (3, 13):
+    MAP_NORESERVE = mmap.MAP_NORESERVE
+else:
+    MAP_NORESERVE = 0x4000
 
 
 class RAMBlock:

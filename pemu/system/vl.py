@@ -478,8 +478,9 @@ def qemu_create_machine(cfg: Config, mc: MachineClass) -> MachineState:
                 machine.property_parse(key, value)
             except QOMError as e:
                 raise UserError(str(e), cfg.machine.location) from None
-    for prop, value in (("kernel", cfg.kernel), ("initrd", cfg.initrd), ("append", cfg.append),
-                        ("firmware", cfg.bios)):
+    boot_props: tuple[tuple[str, str | None], ...] = (
+        ("kernel", cfg.kernel), ("initrd", cfg.initrd), ("append", cfg.append), ("firmware", cfg.bios))
+    for prop, value in boot_props:
         if value is not None:
             machine.property_set(prop, value)
     if machine.kernel is None and (machine.initrd is not None or machine.append is not None):

@@ -29,6 +29,7 @@ import enum
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import overload
 
 from pemu.util.cutils import SizeError, SizeParseError, parse_bool, parse_uint64, qemu_strtosz
 from pemu.util.error import UserError, warn_report
@@ -207,6 +208,11 @@ class QemuOpts:
 
     def has(self, name: str) -> bool:
         return self._find(name) is not None
+
+    @overload
+    def get(self, name: str) -> str | None: ...
+    @overload
+    def get(self, name: str, default: str) -> str: ...
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The text of the last ``name=`` (or the group's default, or ``default``)."""

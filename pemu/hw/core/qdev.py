@@ -94,8 +94,8 @@ def device_class_set_props(dc: DeviceClass, props: list[Property]) -> None:
             return getattr(obj, attr)
 
         def setter(obj: Object, value: Any, attr: str = attr, name: str = p.name) -> None:
-            dev = obj  # a DeviceState
-            if getattr(dev, "realized", False):
+            dev = object_check(obj, DeviceState)
+            if dev.realized:
                 raise QOMError(
                     f"Attempt to set property '{name}' on device '{dev.id or ''}' "
                     f"(type '{dev.typename}') after it was realized")
@@ -162,7 +162,8 @@ class DeviceClass(ObjectClass):
 
 class DeviceState(Object):
     id: str | None
-    realized: bool
+    # False already while the class's property defaults are set, before instance_init.
+    realized: bool = False
     hotplugged: bool
     parent_bus: BusState | None
     child_buses: list[BusState]
@@ -257,8 +258,8 @@ def _device_class_init(klass: ObjectClass, data: Any) -> None:
     dc.props = []
     dc.property_add(ObjectProperty(
         "realized", "bool",
-        get=lambda o: o.realized,  # type: ignore[attr-defined]
-        set=lambda o, v: o.set_realized(v),  # type: ignore[attr-defined]
+        get=lambda o: object_check(o, DeviceState).realized,
+        set=lambda o, v: object_check(o, DeviceState).set_realized(v),
     ))
 
 

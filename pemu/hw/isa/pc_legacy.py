@@ -34,6 +34,11 @@ def _guest_reset() -> None:
     qemu_system_reset_request(ShutdownCause.GUEST_RESET)
 
 
+def _reset_model(dev: Any) -> None:
+    """Device reset of the devices here: reset the register model realize made."""
+    dev.model.reset()
+
+
 def _isa_type(name: str, instance_type: type, realize: Callable[[Any], None], desc: str,
               props: list[Property] | None = None, user_creatable: bool = False,
               categories: tuple[str, ...] = ("misc",),
@@ -41,7 +46,7 @@ def _isa_type(name: str, instance_type: type, realize: Callable[[Any], None], de
     def class_init(klass: ObjectClass, data: Any) -> None:
         dc = object_class_check(klass, DeviceClass)
         dc.realize = realize
-        dc.reset = lambda dev: dev.model.reset()
+        dc.reset = _reset_model
         dc.desc = desc
         dc.user_creatable = user_creatable
         dc.categories = categories
@@ -227,7 +232,7 @@ def _register() -> None:
     def serial_class_init(klass: ObjectClass, data: Any) -> None:
         dc = object_class_check(klass, DeviceClass)
         dc.realize = _serial_realize
-        dc.reset = lambda dev: dev.model.reset()
+        dc.reset = _reset_model
         dc.desc = "16550A UART on the ISA bus"
         dc.categories = ("input",)
         device_class_set_props(dc, [

@@ -28,7 +28,7 @@ from typing import Any
 from pemu.hw.core.irq import IRQLine
 from pemu.hw.core.qdev import DeviceClass, Property, device_class_set_props
 from pemu.hw.core.sysbus import TYPE_SYS_BUS_DEVICE, SysBusDevice
-from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, object_class_check, type_register
+from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, object_check, object_class_check, type_register
 from pemu.system.memory import MemoryRegion, MemoryRegionOps
 from pemu.util.log import guest_error
 from pemu.util.timer import Clock, TimerFactory, TimerLike, virtual_clock_ns, virtual_timer
@@ -467,7 +467,7 @@ def _hpet_realize(dev: Any) -> None:
 def _hpet_class_init(klass: ObjectClass, data: Any) -> None:
     dc = object_class_check(klass, DeviceClass)
     dc.realize = _hpet_realize
-    dc.reset = lambda dev: dev.model.reset()
+    dc.reset = lambda dev: object_check(dev, HPETState).model.reset()
     dc.desc = "HPET"
     dc.user_creatable = False
     device_class_set_props(dc, [
