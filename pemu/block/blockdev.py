@@ -445,12 +445,12 @@ def parse_blockdev_arg(arg: str, fail: Any) -> dict[str, Any]:
     """-blockdev's argument: a JSON object, or keyval "a=1,b.c=2" with dotted keys."""
     if arg.lstrip().startswith("{"):
         try:
-            tree = json.loads(arg)
+            parsed = json.loads(arg)
         except json.JSONDecodeError as exc:
             raise fail(f"JSON parse error, {exc.msg}") from None
-        if not isinstance(tree, dict):
+        if not isinstance(parsed, dict):
             raise fail("JSON value must be an object")
-        return tree
+        return parsed
     tree: dict[str, Any] = {}
     elements: list[str] = []
     current = ""

@@ -480,9 +480,9 @@ def qemu_create_machine(cfg: Config, mc: MachineClass) -> MachineState:
                 raise UserError(str(e), cfg.machine.location) from None
     boot_props: tuple[tuple[str, str | None], ...] = (
         ("kernel", cfg.kernel), ("initrd", cfg.initrd), ("append", cfg.append), ("firmware", cfg.bios))
-    for prop, value in boot_props:
-        if value is not None:
-            machine.property_set(prop, value)
+    for prop, text in boot_props:
+        if text is not None:
+            machine.property_set(prop, text)
     if machine.kernel is None and (machine.initrd is not None or machine.append is not None):
         raise UserError("-initrd or -append only allowed with -kernel option")
     machine.data_dirs = list(cfg.data_dirs)  # type: ignore[attr-defined]

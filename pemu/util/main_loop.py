@@ -18,6 +18,7 @@ import selectors
 import threading
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import Protocol
 
 from pemu.util import timer
@@ -32,7 +33,10 @@ HandlerFault = Callable[[str, Exception], None]
 
 
 def handler_name(cb: Callable[..., object]) -> str:
-    """A handler's name for messages: Class.method for a bound method."""
+    """A handler's name for messages: Class.method for a bound method (also
+    when bound to arguments by functools.partial)."""
+    if isinstance(cb, partial):
+        cb = cb.func
     owner = getattr(cb, "__self__", None)
     func = getattr(cb, "__func__", None)
     if owner is not None and func is not None:

@@ -369,7 +369,7 @@ class KVMVCPU:
                 run.immediate_exit = 0
                 return VCPUExit.KICKED
             reason = run.exit_reason
-            handler = handlers.get(reason)  # type: ignore[call-overload]
+            handler = handlers.get(reason)
             if handler is None:
                 return self._handle_error(reason)
             result = handler()
@@ -441,7 +441,7 @@ class KVMVCPU:
             qemu_system_shutdown_request(ShutdownCause.GUEST_PANIC)
         else:
             guest_error(f"kvm: unknown system event {event}")
-            return VCPUExit.KICKED  # type: ignore[return-value]
+            return VCPUExit.KICKED
         return VCPUExit.SHUTDOWN
 
     def _handle_error(self, reason: int) -> VCPUExit:

@@ -104,7 +104,9 @@ RX_TIMEOUT_CHARS = 4
 
 
 class CharBackend(Protocol):
-    def write(self, data: bytes) -> None: ...
+    """What the UART needs of its chardev front-end (pemu.chardev.CharBackend)."""
+
+    def write(self, data: bytes) -> object: ...  # the count written, unused: the UART has no flow control
 
 
 

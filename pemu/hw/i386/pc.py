@@ -217,7 +217,7 @@ def pc_basic_device_init(pcms: PCMachineState, isa_bus: Any, system_io: MemoryRe
         pic = _isa_create(pcms, isa_bus, "isa-i8259", int_output=_CPUInterruptLine(pcms))
         isa_bus_irqs(isa_bus, pic.model.get_irq_lines())
         pcms.gsi = list(pic.model.get_irq_lines())
-        pcms.pic = pic  # type: ignore[attr-defined]
+        pcms.pic = pic
         for cpu in pcms.cpus:
             cpu.get_pic_interrupt = pic.model.read_irq
 
@@ -247,7 +247,7 @@ def pc_hpet_init(pcms: PCMachineState) -> Any:
     from pemu.hw.timer.hpet import TYPE_HPET
 
     hpet = qdev_new(TYPE_HPET)
-    sysbus_realize(hpet)  # type: ignore[arg-type]  (adopted under /machine/unattached)
+    sysbus_realize(hpet)  # type: ignore[arg-type]  # adopted under /machine/unattached
     hpet.unref()
     hpet.mmio_map(0, memmap.HPET_BASE)  # type: ignore[attr-defined]
     for n, line in enumerate(pcms.gsi):

@@ -116,7 +116,7 @@ def pc_q35_init(machine: Any) -> None:
     host = qdev_new("q35-pcihost")
     pcms.add_child("q35", host)
     host.unref()
-    host.pci_address_space = pci_memory  # type: ignore[attr-defined]  (where memory BARs map)
+    host.pci_address_space = pci_memory  # type: ignore[attr-defined]  # where memory BARs map
     sysbus_realize(host)  # type: ignore[arg-type]
     pcms.pcibus = host.bus  # type: ignore[attr-defined]
     assert machine.ram is not None

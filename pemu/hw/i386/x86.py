@@ -297,17 +297,16 @@ def x86_load_direct_kernel(x86ms: X86MachineState, kernel: bytes) -> bool:
     try:
         if has_pvh_note(kernel):
             initrd = _read_user_file(x86ms.initrd, "initrd") if x86ms.initrd else None
-            plan = plan_pvh_boot(kernel, initrd, x86ms.kernel_cmdline, x86ms.e820,
-                                 getattr(x86ms, "acpi_rsdp_addr", None))
+            x86ms.linux_boot = plan_pvh_boot(kernel, initrd, x86ms.kernel_cmdline, x86ms.e820,
+                                             getattr(x86ms, "acpi_rsdp_addr", None))
         elif is_multiboot(kernel):
             modules = load_multiboot_modules(x86ms.initrd)
-            plan = plan_multiboot(kernel, x86ms.kernel, x86ms.kernel_cmdline, modules, x86ms.e820,
-                                  address_space_memory().is_memory)
+            x86ms.linux_boot = plan_multiboot(kernel, x86ms.kernel, x86ms.kernel_cmdline, modules, x86ms.e820,
+                                              address_space_memory().is_memory)
         else:
             return False
     except UserError as e:
         raise QOMError(e.message) from None
-    x86ms.linux_boot = plan
     linux_boot_apply(x86ms)
     return True
 
@@ -337,9 +336,9 @@ def set_linux_entry_state(env: Any, entry: Any) -> None:
         env.regs[reg] = value
     env.rip = entry.eip
     env.rflags = entry.eflags
-    for reg, seg in ((SegReg.CS, entry.cs), (SegReg.DS, entry.ds), (SegReg.ES, entry.es),
-                     (SegReg.SS, entry.ss), (SegReg.FS, entry.fs), (SegReg.GS, entry.gs)):
-        env.segs[reg] = SegmentCache(seg.selector, seg.base, seg.limit, seg.qemu_flags)
+    for sreg, seg in ((SegReg.CS, entry.cs), (SegReg.DS, entry.ds), (SegReg.ES, entry.es),
+                      (SegReg.SS, entry.ss), (SegReg.FS, entry.fs), (SegReg.GS, entry.gs)):
+        env.segs[sreg] = SegmentCache(seg.selector, seg.base, seg.limit, seg.qemu_flags)
     env.gdt = DescriptorTable(entry.gdt_base, entry.gdt_limit)
     env.idt = DescriptorTable(entry.idt_base, entry.idt_limit)
     env.cr0, env.cr3, env.cr4, env.efer = entry.cr0, entry.cr3, entry.cr4, entry.efer

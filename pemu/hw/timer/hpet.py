@@ -23,6 +23,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from pemu.hw.core.irq import IRQLine
@@ -133,7 +134,7 @@ class HPET:
         self.pit_enabled = pit_enabled
         self.timers = [HPETTimer(i) for i in range(num_timers)]
         for t in self.timers:
-            t.qemu_timer = timer_factory(lambda t=t: self._timer_expired(t))
+            t.qemu_timer = timer_factory(partial(self._timer_expired, t))
         self.capability = (0x8086A001 | ((num_timers - 1) << 8) | (HPET_PERIOD_FS << 32))
         self.config = 0
         self.isr = 0

@@ -95,7 +95,7 @@ def x86_cpu_reset(cpu: X86CPU) -> None:
 def _x86_cpu_common_class_init(klass: ObjectClass, data: Any) -> None:
     dc = object_class_check(klass, DeviceClass)
     dc.realize = x86_cpu_realizefn
-    dc.reset = lambda dev: x86_cpu_reset(dev)  # type: ignore[arg-type,return-value]
+    dc.reset = lambda dev: x86_cpu_reset(object_check(dev, X86CPU))
     dc.desc = "x86 CPU"
     device_class_set_props(dc, [Property("apic-id", "uint32", 0)])
 
