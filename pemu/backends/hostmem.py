@@ -7,6 +7,7 @@ nothing until the guest touches the memory.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pemu.qom.object import (
@@ -33,9 +34,10 @@ class HostMemoryBackend(Object):
     prealloc: bool
     dump: bool
     merge: bool
+    mapped: bool = False  # in use as a machine's RAM
 
     def is_mapped(self) -> bool:
-        return getattr(self, "mapped", False)
+        return self.mapped
 
     def set_mapped(self, mapped: bool) -> None:
         self.mapped = mapped
@@ -46,7 +48,7 @@ class HostMemoryBackend(Object):
 
 
 class HostMemoryBackendClass(UserCreatableClass):
-    alloc: Any = None
+    alloc: Callable[[HostMemoryBackend], None] | None = None
 
 
 def _check_size(obj: Object, value: int) -> None:
@@ -69,7 +71,8 @@ def host_memory_backend_memory_complete(obj: Object) -> None:
     if backend.size == 0:
         raise QOMError("can't create backend with size 0")
     klass = object_class_check(obj.klass, HostMemoryBackendClass)
-    klass.alloc(backend)
+    if klass.alloc is not None:
+        klass.alloc(backend)
 
 
 def _hostmem_class_init(klass: ObjectClass, data: Any) -> None:
@@ -90,13 +93,15 @@ def ram_backend_memory_alloc(backend: HostMemoryBackend) -> None:
         # As QEMU's ram_block_add: the size does not fit in the host's address space.
         raise QOMError(f"cannot set up guest memory '{name}': {e.strerror}") from None
     if backend.prealloc:
-        view = backend.mr.ram_block.view  # type: ignore[union-attr]
+        block = backend.mr.ram_block
+        assert block is not None  # a RAM region has its block
+        view = block.view
         for off in range(0, backend.size, 4096):
             view[off] = 0
 
 
 def _ram_backend_class_init(klass: ObjectClass, data: Any) -> None:
-    klass.alloc = ram_backend_memory_alloc  # type: ignore[attr-defined]
+    object_class_check(klass, HostMemoryBackendClass).alloc = ram_backend_memory_alloc
 
 
 type_register(TypeInfo(TYPE_MEMORY_BACKEND, parent=TYPE_OBJECT, abstract=True, interfaces=(TYPE_USER_CREATABLE,),

@@ -400,7 +400,9 @@ class BlockDevices:
             try:
                 drive.blk.drain()
                 with drive.blk.io_lock:
-                    bdrv_commit(drive.blk.root)  # type: ignore[arg-type]
+                    root = drive.blk.root
+                    assert root is not None  # the targets have a medium (checked above)
+                    bdrv_commit(root)
             except OSError as exc:
                 raise CommitError(f"'commit' error for '{drive.id}': {os.strerror(exc.errno or 5)}") from None
 

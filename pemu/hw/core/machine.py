@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pemu.backends.hostmem import HostMemoryBackend
 from pemu.block.blockdev import BlockDevices
 from pemu.hw.core.qdev import MachineInitPhase, phase_advance
 from pemu.qom.object import (
@@ -89,7 +90,7 @@ class MachineState(Object):
 
     @property
     def mc(self) -> MachineClass:
-        return self.klass  # type: ignore[return-value]
+        return object_class_check(self.klass, MachineClass)
 
     @property
     def kernel_filename(self) -> str | None:
@@ -162,14 +163,15 @@ def machine_run_board_init(machine: MachineState) -> None:
             backend = object_resolve_path(machine.memory_backend)
         if backend is None or not backend.is_a("memory-backend"):
             raise QOMError(f"Memory backend '{machine.memory_backend}' not found")
+        backend = object_check(backend, HostMemoryBackend)
         size = backend.property_get("size")
         if size != machine.ram_size:
             raise QOMError("Machine memory size does not match the size of the memory backend")
-        if backend.is_mapped():  # type: ignore[attr-defined]
+        if backend.is_mapped():
             raise QOMError(f"memory backend {machine.memory_backend} can't be used multiple times.")
-        backend.set_mapped(True)  # type: ignore[attr-defined]
+        backend.set_mapped(True)
         machine.memdev = backend
-        machine.ram = backend.get_memory()  # type: ignore[attr-defined]
+        machine.ram = backend.get_memory()
     if mc.init is None:
         raise QOMError(f"machine type '{mc.name}' has no board init")
     mc.init(machine)

@@ -244,7 +244,7 @@ def _device_initfn(obj: Object) -> None:
 
 
 def _device_post_init(obj: Object) -> None:
-    qdev_prop_set_globals(obj)  # type: ignore[arg-type]
+    qdev_prop_set_globals(object_check(obj, DeviceState))
 
 
 def _device_finalize(obj: Object) -> None:

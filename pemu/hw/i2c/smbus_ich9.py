@@ -364,8 +364,8 @@ def _ich9_smb_class_init(klass: ObjectClass, data: Any) -> None:
     k.class_id = PCI_CLASS_SERIAL_SMBUS
     k.user_creatable = False  # part of the ICH9, wired by pc_q35_init
     k.desc = "ICH9 SMBUS Bridge"
-    k.pci_realize = _ich9_smb_realize  # type: ignore[attr-defined]
-    k.pci_reset = _ich9_smb_reset  # type: ignore[attr-defined]
+    k.pci_realize = _ich9_smb_realize
+    k.pci_reset = _ich9_smb_reset
 
 
 type_register(TypeInfo(TYPE_ICH9_SMB_DEVICE, parent=TYPE_PCI_DEVICE, instance_type=ICH9SMBState,

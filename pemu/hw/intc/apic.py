@@ -80,7 +80,7 @@ from pemu.hw.intc.apic_common import (
     NoCPU,
     TimerMode,
 )
-from pemu.qom.object import ObjectClass, QOMError, TypeInfo, object_class_check, type_register
+from pemu.qom.object import ObjectClass, QOMError, TypeInfo, object_check, object_class_check, type_register
 from pemu.system.memory import MemoryRegion, MemoryRegionOps
 from pemu.util.log import guest_error
 from pemu.util.timer import Clock, TimerFactory, virtual_clock_ns, virtual_timer
@@ -748,8 +748,14 @@ def _apic_realize(dev: Any) -> None:
     dev.model = APIC(dev.apic_id, version=dev.version)
 
 
+class APICState(APICCommonState):
+    """The emulated local APIC (TYPE_APIC): its model is an APIC."""
+
+    model: APIC
+
+
 def _apic_reset(dev: DeviceState) -> None:
-    dev.model.reset()  # type: ignore[attr-defined]
+    object_check(dev, APICState).model.reset()
 
 
 def _apic_class_init(klass: ObjectClass, data: Any) -> None:
@@ -759,5 +765,5 @@ def _apic_class_init(klass: ObjectClass, data: Any) -> None:
     dc.desc = "local APIC (userspace)"
 
 
-type_register(TypeInfo(TYPE_APIC, parent=TYPE_APIC_COMMON, instance_type=APICCommonState,
+type_register(TypeInfo(TYPE_APIC, parent=TYPE_APIC_COMMON, instance_type=APICState,
                        class_init=_apic_class_init))

@@ -382,8 +382,8 @@ def _ich9_lpc_class_init(klass: ObjectClass, data: Any) -> None:
     k.class_id = PCI_CLASS_BRIDGE_ISA
     k.user_creatable = False
     k.desc = "ICH9 LPC bridge"
-    k.pci_realize = _ich9_lpc_realize  # type: ignore[attr-defined]
-    k.pci_reset = _ich9_lpc_reset  # type: ignore[attr-defined]
+    k.pci_realize = _ich9_lpc_realize
+    k.pci_reset = _ich9_lpc_reset
 
 
 type_register(TypeInfo(TYPE_ICH9_LPC_DEVICE, parent=TYPE_PCI_DEVICE, instance_type=ICH9LPCState,

@@ -167,6 +167,10 @@ class PCIDeviceClass(DeviceClass):
     subsystem_vendor_id: int = 0
     subsystem_id: int = 0
     is_express: bool = False
+    # The function's own realize, after the generic part (QEMU's
+    # PCIDeviceClass.realize), and its own reset, after pci_device_reset.
+    pci_realize: Callable[[PCIDevice], None] | None = None
+    pci_reset: Callable[[PCIDevice], None] | None = None
 
 
 class PCIDevice(DeviceState):
@@ -298,7 +302,7 @@ def _pci_qdev_realize(obj: Any) -> None:
     dev.wmask[PCI_INTERRUPT_LINE] = 0xFF
     dev.w1cmask[PCI_STATUS + 1] = 0xF9  # the error bits of the status register
     pci_init_bus_master(dev)
-    realize = getattr(dev.klass, "pci_realize", None)
+    realize = pc.pci_realize
     if realize is not None:
         realize(dev)
 
@@ -393,7 +397,7 @@ def _pci_qdev_reset(obj: Any) -> None:
     of ``k.reset``, or calls :func:`pci_device_reset` from its own reset)."""
     dev: PCIDevice = obj
     pci_device_reset(dev)
-    hook = getattr(dev.klass, "pci_reset", None)
+    hook = object_class_check(dev.klass, PCIDeviceClass).pci_reset
     if hook is not None:
         hook(dev)
 

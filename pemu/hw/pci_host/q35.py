@@ -322,8 +322,8 @@ def _mch_class_init(klass: ObjectClass, data: Any) -> None:
     k.class_id = PCI_CLASS_BRIDGE_HOST
     k.user_creatable = False
     k.desc = "Host bridge"
-    k.pci_reset = _mch_reset  # type: ignore[attr-defined]
-    k.pci_realize = _mch_reset_smram  # type: ignore[attr-defined]
+    k.pci_reset = _mch_reset
+    k.pci_realize = _mch_reset_smram
 
 
 type_register(TypeInfo(TYPE_Q35_HOST_DEVICE, parent=TYPE_SYS_BUS_DEVICE, instance_type=Q35PCIHost,

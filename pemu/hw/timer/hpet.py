@@ -450,7 +450,7 @@ def _hpet_pit_enabled(dev: HPETState, on: bool) -> None:
 
 
 def _hpet_init(obj: Object) -> None:
-    obj.pit_enabled_cb = None  # type: ignore[attr-defined]
+    object_check(obj, HPETState).pit_enabled_cb = None
 
 
 def _hpet_realize(dev: Any) -> None:
