@@ -22,6 +22,7 @@ from pemu.qom.object import (
     object_new,
     type_register,
 )
+from pemu.target.i386.cpu import X86CPU
 
 TYPE_X86_MACHINE = "x86-machine"
 
@@ -83,13 +84,13 @@ type_register(TypeInfo(TYPE_X86_MACHINE, parent=TYPE_MACHINE, abstract=True, ins
 # --- CPUs ------------------------------------------------------------------------------
 
 
-def x86_cpu_new(x86ms: X86MachineState, apic_id: int) -> Object:
+def x86_cpu_new(x86ms: X86MachineState, apic_id: int) -> X86CPU:
     """Create one CPU of the machine's CPU type and realize it (seed: x86_cpu_new)."""
     assert x86ms.cpu_type is not None
-    cpu = object_new(x86ms.cpu_type)
+    cpu = object_check(object_new(x86ms.cpu_type), X86CPU)
     cpu.property_set("apic-id", apic_id)
-    cpu.features = getattr(x86ms, "cpu_features", "")  # type: ignore[attr-defined]
-    qdev_realize(cpu, None)  # type: ignore[arg-type]
+    cpu.features = getattr(x86ms, "cpu_features", "")
+    qdev_realize(cpu, None)
     cpu.unref()
     return cpu
 

@@ -73,7 +73,7 @@ class PAMSegment:
 
 class Q35PCIHost(SysBusDevice):
     bus: PCIBus
-    mch: PCIDevice
+    mch: MCHPCIState
     config_reg: int
     # Where the root bus's memory BARs go: the board's "pci" container, set
     # before realize (QEMU's pci-address-space link); system memory if unset.
@@ -126,12 +126,12 @@ def _q35_host_realize(dev: Any) -> None:
     pci_memory = host.pci_address_space if host.pci_address_space is not None else get_system_memory()
     host.bus = pci_root_bus_new(host, "pcie.0", express=True, address_space_mem=pci_memory, address_space_io=io,
                                 dma_root=get_system_memory())
-    mch = qdev_new(TYPE_MCH_PCI_DEVICE)
+    mch = object_check(qdev_new(TYPE_MCH_PCI_DEVICE), MCHPCIState)
     mch.property_set("addr", "0.0")
     host.add_child("mch", mch)
     mch.unref()
     qdev_realize(mch, host.bus)
-    host.mch = mch  # type: ignore[assignment]
+    host.mch = mch
 
 
 def _q35_host_reset(dev: Any) -> None:
