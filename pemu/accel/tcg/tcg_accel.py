@@ -24,11 +24,9 @@ from unicorn import (UC_ARCH_X86, UC_ERR_INSN_INVALID, UC_ERR_WRITE_PROT, UC_HOO
 from unicorn import x86_const as ucx
 from unicorn.unicorn_py3.unicorn import uclib
 
-from pemu.accel.accel import TCG_ACCEL_PROPERTIES, AccelOps, AccelUnavailable, VCPUExit
-from pemu.accel.tcg.engine import EngineUnavailable, check_engine_choice, engine_info
+from pemu.accel.accel import VCPUExit
 from pemu.accel.tcg.exit_request import TBExitRequest, verify_exit_request
 from pemu.accel.tcg.memory_map import UnicornMemoryMap
-from pemu.target.i386.cpu_models import TCG_UNSUPPORTED
 from pemu.target.i386.cpu_state import (
     EFLAGS_FIXED, IF_MASK, CPUX86State, DescriptorTable, SegmentCache,
 )
@@ -528,29 +526,3 @@ class TCGVCPU:
 
             remove_ram_write_notifier(self._ram_written)
 
-
-class TCGAccel(AccelOps):
-    name = "tcg"
-    supports_smp = False
-    properties = TCG_ACCEL_PROPERTIES
-
-    def __init__(self) -> None:
-        self.thread = "single"
-        self.tb_size_mib = 0  # -accel tcg,tb-size=N: translation cache in MiB; 0 is the engine's default
-        try:
-            check_engine_choice()
-        except EngineUnavailable as e:
-            raise AccelUnavailable(f"tcg accelerator is not available: {e}") from None
-
-    @classmethod
-    def description(cls) -> str:
-        return f"software CPU on {engine_info().describe()}"
-
-    def init_machine(self, machine: Any) -> None:
-        verify_context_layout()
-
-    def create_vcpu(self, cpu: Any) -> TCGVCPU:
-        return TCGVCPU(cpu, self.tb_size_mib << 20)
-
-    def cpu_model_filter(self) -> dict[Any, int]:
-        return dict(TCG_UNSUPPORTED)
