@@ -1,4 +1,4 @@
-"""The TCG accelerator: each vCPU is one Unicorn engine (QEMU 5 TCG inside).
+"""The TCG vCPU: each vCPU is one Unicorn engine (QEMU 5 TCG inside).
 
 Unicorn runs guest code; the host supplies what it lacks (see
 /work/shared/notes/unicorn-facts.md): delivery of exceptions and interrupts
@@ -10,6 +10,8 @@ The engine is created as UC_MODE_64 and put into real mode by loading the
 saved context of a 16-bit instance (the register API cannot do it).  The
 library is pemu's build of Unicorn 2.1.4 when there is one, else the stock
 wheel's (pemu.accel.tcg.engine); what it offers is detected at run time.
+This module loads it: it is imported when a vCPU first runs (the accelerator
+object, pemu.accel.tcg.tcg_all, does not import it).
 """
 
 from __future__ import annotations

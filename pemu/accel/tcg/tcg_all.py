@@ -17,13 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from pemu.accel.accel import TCG_ACCEL_PROPERTIES, AccelOps, AccelUnavailable, VCPUExit
 from pemu.accel.tcg.engine import EngineUnavailable, check_engine_available, engine_info
+from pemu.system.cpus import CPU_INTERRUPT_HARD
 from pemu.target.i386.cpu_models import TCG_UNSUPPORTED
 from pemu.target.i386.cpu_state import IF_MASK
 
 if TYPE_CHECKING:
     from pemu.accel.tcg.tcg_accel import TCGVCPU
-
-CPU_INTERRUPT_HARD = 0x0002
 
 
 class TCGVCPUHandle:
