@@ -85,14 +85,21 @@ def select_engine() -> None:
     """Point the unicorn binding at pemu's build, when it exists and is wanted.
 
     Does nothing once ``unicorn`` is imported (the library is loaded then),
-    when the user set ``LIBUNICORN_PATH`` themselves, or for ``stock``.
+    when the user set ``LIBUNICORN_PATH`` themselves, or for ``stock``.  A
+    ``LIBUNICORN_PATH`` that names pemu's build (a pemu that started this
+    one set it) counts as pemu's choice.
     """
     global _selected
-    if "unicorn" in sys.modules or "LIBUNICORN_PATH" in os.environ or engine_choice() == "stock":
+    if "unicorn" in sys.modules or engine_choice() == "stock":
         return
     try:
         directory = built_engine_dir()
     except OSError:  # the patches cannot be read: run on the wheel's engine
+        return
+    inherited = os.environ.get("LIBUNICORN_PATH")
+    if inherited is not None:
+        if Path(inherited) == directory:
+            _selected = directory
         return
     if (directory / LIBRARY_NAME).is_file():
         os.environ["LIBUNICORN_PATH"] = str(directory)
