@@ -91,7 +91,7 @@ def engine_description(python: list[str], env: dict[str, str]) -> str:
     code = "from pemu.accel.tcg.engine import engine_info; print(engine_info().describe())"
     try:
         out = subprocess.run([*python, "-c", code], capture_output=True, text=True, timeout=30, env=env,
-                             cwd=REPO_ROOT).stdout
+                             cwd=REPO_ROOT, check=False).stdout
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return out.strip().splitlines()[0] if out.strip() else ""

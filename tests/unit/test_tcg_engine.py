@@ -165,8 +165,8 @@ def test_a_paused_machine_does_not_load_the_engine() -> None:
             "qemu_init(['-machine', 'q35', '-S', '-display', 'none']); "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'unicorn'))")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
 
