@@ -45,6 +45,8 @@ class ArgKind(Enum):
 
 @dataclass(frozen=True)
 class ArgSpec:
+    """One argument of a monitor command: its key, how it is parsed, whether it may be left out."""
+
     key: str
     kind: ArgKind
     optional: bool = False

@@ -15,7 +15,6 @@ the log, and the VMM (main loop, monitor) goes on.
 from __future__ import annotations
 
 import threading
-import traceback
 from collections.abc import Callable
 from enum import Enum
 
@@ -197,6 +196,8 @@ def contain_fault(where: str, exc: BaseException) -> None:
     with requests.lock:
         first = not requests.fault_reported
         requests.fault_reported = True
+    import traceback  # only when something went wrong: not worth its import at start
+
     detail = " ".join(traceback.format_exception_only(exc)[-1].split())
     if len(detail) > FAULT_DETAIL_MAX:
         detail = detail[:FAULT_DETAIL_MAX] + "..."

@@ -317,7 +317,7 @@ def test_info_accel_names_the_engine(mon: Monitor, chardev: CaptureChardev,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     from pemu.accel import accel
     from pemu.accel.tcg.engine import engine_info
-    from pemu.accel.tcg.tcg_accel import TCGAccel
+    from pemu.accel.tcg.tcg_all import TCGAccel
 
     monkeypatch.setattr(accel, "_current", None)
     assert run(chardev, "info accel") == ["Error: no accelerator is configured"]
