@@ -18,6 +18,7 @@ import os
 import socket
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 from pemu.chardev.char import ChardevOptions, ChrEvent
 from pemu.chardev.char_fd import FdChardev
@@ -125,7 +126,7 @@ class SocketChardev(FdChardev):
         else:
             self.filename = where
 
-    def _resolve(self, passive: bool) -> list[tuple]:
+    def _resolve(self, passive: bool) -> list[tuple[Any, ...]]:
         assert isinstance(self.address, InetAddress)
         host = self.address.host or (None if not passive else "0.0.0.0")
         try:

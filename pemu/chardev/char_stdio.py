@@ -63,7 +63,7 @@ class TerminalState:
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.saved = termios.tcgetattr(fd)
-        self.raw: list | None = None
+        self.raw: list[Any] | None = None
 
     def make_raw(self, allow_signals: bool) -> None:
         self.raw = raw_mode_attrs(self.saved, allow_signals)
