@@ -159,11 +159,6 @@ class AccelOps(ABC):
     def create_vcpu(self, cpu: Any) -> AccelVCPU:
         """Make the accelerator's half of ``cpu`` (called on the main thread)."""
 
-    def create_vcpu_thread(self, cpu: Any) -> None:
-        from pemu.system.cpus import start_vcpu_thread
-
-        start_vcpu_thread(cpu, self.create_vcpu(cpu))
-
     def kick_vcpu(self, cpu: Any) -> None:
         vcpu = cpu.run.accel_vcpu
         if vcpu is not None:

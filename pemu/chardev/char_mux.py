@@ -92,18 +92,6 @@ class MuxChardev(Chardev):
         self.base_fe = CharBackend(base)
         _all_muxes.append(self)
 
-    @classmethod
-    def from_opts(cls, label: str, opts: ChardevOptions) -> MuxChardev:
-        from pemu.chardev.registry import qemu_chr_find
-
-        base_id = opts.get("chardev")
-        if not base_id:
-            raise UserError("chardev: mux: no chardev given")
-        base = qemu_chr_find(base_id)
-        if base is None:
-            raise UserError(f"mux: base chardev {base_id} not found")
-        return cls(label, base)
-
     def open(self) -> None:
         self.base_fe.set_handlers(self._base_can_read, self._base_read, self._base_event)
         if _muxes_opened:

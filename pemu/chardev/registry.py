@@ -36,6 +36,16 @@ def _socket_chardev(chr_id: str, opts: ChardevOptions) -> Chardev:
     return SocketChardev.from_opts(chr_id, opts)
 
 
+def _mux_chardev(chr_id: str, opts: ChardevOptions) -> Chardev:
+    base_id = opts.get("chardev")
+    if not base_id:
+        raise UserError("chardev: mux: no chardev given")
+    base = qemu_chr_find(base_id)
+    if base is None:
+        raise UserError(f"mux: base chardev {base_id} not found")
+    return MuxChardev(chr_id, base)
+
+
 # Every back-end a user may name with -chardev.
 BACKENDS: dict[str, ChardevFactory] = {
     "null": NullChardev.from_opts,
@@ -43,7 +53,7 @@ BACKENDS: dict[str, ChardevFactory] = {
     "pipe": PipeChardev.from_opts,
     "stdio": StdioChardev.from_opts,
     "socket": _socket_chardev,
-    "mux": MuxChardev.from_opts,
+    "mux": _mux_chardev,
 }
 
 # Live chardevs by id, in creation order.

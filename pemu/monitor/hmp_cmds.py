@@ -21,7 +21,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable
 
 from pemu.qom.object import Object, QOMError, object_get_root, object_resolve_path
-from pemu.system import runstate
+from pemu.system import cpus, runstate
 from pemu.system.runstate import RunState, ShutdownCause
 from pemu.util.error import UserError
 
@@ -280,13 +280,13 @@ def hmp_info_status(mon: Monitor, args: dict[str, Any]) -> None:
 
 
 def hmp_stop(mon: Monitor, args: dict[str, Any]) -> None:
-    runstate.vm_stop(RunState.PAUSED)
+    cpus.vm_stop(RunState.PAUSED)
 
 
 def hmp_cont(mon: Monitor, args: dict[str, Any]) -> None:
     if runstate.state in (RunState.SHUTDOWN, RunState.INTERNAL_ERROR):
         raise CommandError("Resetting the Virtual Machine is required")
-    runstate.vm_start()
+    cpus.vm_start()
 
 
 def hmp_quit(mon: Monitor, args: dict[str, Any]) -> None:
@@ -316,9 +316,14 @@ def hmp_system_powerdown(mon: Monitor, args: dict[str, Any]) -> None:
 # --- version, name ----------------------------------------------------------------------------
 
 
-def hmp_info_version(mon: Monitor, args: dict[str, Any]) -> None:
-    from pemu.monitor.monitor import monitor_version
+def monitor_version() -> str:
+    """pemu's version, as the banner and `info version` show it."""
+    import pemu
 
+    return str(getattr(pemu, "__version__", "0.1.0"))
+
+
+def hmp_info_version(mon: Monitor, args: dict[str, Any]) -> None:
     mon.print_line(monitor_version())
 
 

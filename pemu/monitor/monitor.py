@@ -24,6 +24,7 @@ from typing import Callable
 
 from pemu.chardev.char import Chardev, ChrEvent
 from pemu.chardev.char_fe import CharBackend
+from pemu.monitor.hmp_cmds import handle_hmp_command, monitor_version
 
 PROMPT = "(qemu) "
 
@@ -39,13 +40,6 @@ READ_CHUNK = 256
 BACKSPACE = 0x08
 DELETE = 0x7F
 ESCAPE = 0x1B
-
-
-def monitor_version() -> str:
-    """pemu's version, as the banner and `info version` show it."""
-    import pemu
-
-    return str(getattr(pemu, "__version__", "0.1.0"))
 
 
 def monitor_banner() -> str:
@@ -204,8 +198,6 @@ class Monitor:
 
     def handle_command(self, line: str) -> None:
         """Run one command line; never raises."""
-        from pemu.monitor.hmp_cmds import handle_hmp_command
-
         handle_hmp_command(self, line)
 
     def _run_line(self, line: str) -> None:

@@ -13,10 +13,16 @@ any thread: it sets a bit in ``interrupt_request`` and kicks the vCPU.
 from __future__ import annotations
 
 import threading
+import traceback
 from typing import Any
 
-from pemu.accel.accel import AccelVCPU, VCPUExit, current_accel
+from pemu.accel.accel import AccelVCPU, VCPUExit, configure_accelerators, current_accel
+from pemu.system import runstate
+from pemu.system.runstate import RunState
+from pemu.util.error import error_report
+from pemu.util.log import LOG_GUEST_ERROR, qemu_log, qemu_log_separate, qemu_loglevel_mask
 from pemu.util.main_loop import bql
+from pemu.util import timer
 
 CPU_INTERRUPT_HARD = 0x0002
 CPU_INTERRUPT_NMI = 0x0200
@@ -61,10 +67,8 @@ def qemu_init_vcpu(cpu: Any) -> None:
     run_state(cpu)
     accel = current_accel()
     if accel is None:
-        from pemu.accel.accel import configure_accelerators
-
         accel = configure_accelerators()
-    accel.create_vcpu_thread(cpu)
+    start_vcpu_thread(cpu, accel.create_vcpu(cpu))
 
 
 def start_vcpu_thread(cpu: Any, vcpu: AccelVCPU) -> None:
@@ -145,8 +149,6 @@ def _vcpu_thread_fn(cpu: Any) -> None:
         try:
             reason = vcpu.exec()
         except Exception as e:  # an accelerator bug: contained like a device fault
-            from pemu.system.runstate import contain_fault
-
             contain_fault(f"CPU {cpu.cpu_index}", e)
             continue
         if reason is VCPUExit.HALTED:
@@ -298,3 +300,70 @@ def destroy_vcpu(cpu: Any) -> None:
         run.accel_vcpu = None
     if cpu in _all_cpus:
         _all_cpus.remove(cpu)
+
+
+# --- starting and stopping the VM (QEMU keeps these in system/cpus.c too) ------
+
+def vm_start() -> None:
+    """Start (or continue) the guest: the virtual clock runs, vCPUs run."""
+    if runstate.state == RunState.RUNNING:
+        return
+    with runstate.requests.lock:
+        runstate.requests.fault_reported = False
+    runstate.runstate_set(RunState.RUNNING)
+    timer.qemu_clock_enable_virtual(True)
+    resume_all_vcpus()
+
+
+def vm_stop(new_state: RunState = RunState.PAUSED) -> None:
+    """Stop the guest: vCPUs parked, the virtual clock stands still.
+
+    On a vCPU thread (a device fault in its MMIO or port access) the stop is
+    left to the main loop, and this vCPU stops at once.
+    """
+    if qemu_in_vcpu_thread():
+        runstate.qemu_system_vmstop_request(new_state)
+        cpu_stop_current()
+        return
+    if runstate.state != RunState.RUNNING:
+        if new_state != runstate.state and runstate.state != RunState.PRELAUNCH:
+            runstate.runstate_set(new_state)
+        return
+    pause_all_vcpus()
+    timer.qemu_clock_enable_virtual(False)
+    runstate.runstate_set(new_state)
+
+
+# The exception's text in the one-line report is cut to this length (the log has it all).
+FAULT_DETAIL_MAX = 200
+
+
+def contain_fault(where: str, exc: BaseException) -> None:
+    """A handler raised ``exc`` while serving ``where`` ("device 'hpet',
+    cpu-memory-0 read at 0xfed00000 size 4"): stop the VM in ``internal-error``.
+
+    Called by the code that called the handler, on any thread; it never
+    raises.  The first fault since the VM last started gets one line on
+    stderr (with or without ``-d``); its traceback goes to the log when there
+    is one (``-D``, or ``-d guest_errors`` on stderr).  Later faults, until
+    the VM is started again, only go to the log, as one line each; each
+    still stops the vCPU it happened on.
+    """
+    with runstate.requests.lock:
+        first = not runstate.requests.fault_reported
+        runstate.requests.fault_reported = True
+    detail = " ".join(traceback.format_exception_only(exc)[-1].split())
+    if len(detail) > FAULT_DETAIL_MAX:
+        detail = detail[:FAULT_DETAIL_MAX] + "..."
+    message = f"fault in {where}: {detail}"
+    if first:
+        error_report(f"{message}; VM stopped (internal-error)")
+    if qemu_log_separate() or qemu_loglevel_mask(LOG_GUEST_ERROR):
+        if first:
+            qemu_log(message + "\n" + "".join(traceback.format_exception(exc)))
+        else:
+            qemu_log(message)
+    if runstate.state == RunState.PRELAUNCH:
+        runstate.runstate_set(RunState.INTERNAL_ERROR)  # nothing runs yet: only `cont` must be refused
+    else:
+        vm_stop(RunState.INTERNAL_ERROR)

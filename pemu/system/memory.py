@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from enum import Enum, IntEnum
 from typing import Callable, Iterator, Protocol
 
-from pemu.system.runstate import contain_fault
+from pemu.system.cpus import contain_fault
 from pemu.util.log import guest_error
 
 UINT64_MAX = (1 << 64) - 1

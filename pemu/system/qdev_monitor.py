@@ -23,6 +23,7 @@ from pemu.qom.object import (
     object_class_get_list_sorted,
     object_get_root,
 )
+from pemu.util.error import EarlyExit
 from pemu.util.qemu_opts import QemuOpts
 
 CATEGORY_NAMES = {
@@ -113,8 +114,6 @@ def qdev_device_add(opts: QemuOpts) -> DeviceState:
             sys.stdout.write(device_help_list())
         else:
             sys.stdout.write(device_help_props(driver))
-        from pemu.system.vl import EarlyExit
-
         raise EarlyExit(0)
     klass = object_class_by_name(driver)
     if klass is None or not klass.dynamic_cast(TYPE_DEVICE):

@@ -7,7 +7,7 @@ ever ends the process itself.
 
 A fault in a device model (an exception out of its handler) is contained by
 whoever called the handler (the memory API's dispatch, the main loop, the
-character front-end dispatch) with :func:`contain_fault`: the VM stops in
+character front-end dispatch) with ``pemu.system.cpus.contain_fault``: the VM stops in
 the ``internal-error`` state, stderr gets one line, the traceback goes to
 the log, and the VMM (main loop, monitor) goes on.
 """
@@ -15,12 +15,9 @@ the log, and the VMM (main loop, monitor) goes on.
 from __future__ import annotations
 
 import threading
-import traceback
 from enum import Enum
 from typing import Callable
 
-from pemu.util.error import error_report
-from pemu.util.log import LOG_GUEST_ERROR, qemu_log, qemu_log_separate, qemu_loglevel_mask
 
 
 class RunState(Enum):
@@ -119,77 +116,6 @@ def take_vmstop_request() -> RunState | None:
     with requests.lock:
         new_state, requests.vmstop = requests.vmstop, None
         return new_state
-
-
-def vm_start() -> None:
-    """Start (or continue) the guest: the virtual clock runs, vCPUs run."""
-    from pemu.system import cpus
-    from pemu.util.timer import qemu_clock_enable_virtual
-
-    if state == RunState.RUNNING:
-        return
-    with requests.lock:
-        requests.fault_reported = False
-    runstate_set(RunState.RUNNING)
-    qemu_clock_enable_virtual(True)
-    cpus.resume_all_vcpus()
-
-
-def vm_stop(new_state: RunState = RunState.PAUSED) -> None:
-    """Stop the guest: vCPUs parked, the virtual clock stands still.
-
-    On a vCPU thread (a device fault in its MMIO or port access) the stop is
-    left to the main loop, and this vCPU stops at once.
-    """
-    from pemu.system import cpus
-    from pemu.util.timer import qemu_clock_enable_virtual
-
-    if cpus.qemu_in_vcpu_thread():
-        qemu_system_vmstop_request(new_state)
-        cpus.cpu_stop_current()
-        return
-    if state != RunState.RUNNING:
-        if new_state != state and state != RunState.PRELAUNCH:
-            runstate_set(new_state)
-        return
-    cpus.pause_all_vcpus()
-    qemu_clock_enable_virtual(False)
-    runstate_set(new_state)
-
-
-# The exception's text in the one-line report is cut to this length (the log has it all).
-FAULT_DETAIL_MAX = 200
-
-
-def contain_fault(where: str, exc: BaseException) -> None:
-    """A handler raised ``exc`` while serving ``where`` ("device 'hpet',
-    cpu-memory-0 read at 0xfed00000 size 4"): stop the VM in ``internal-error``.
-
-    Called by the code that called the handler, on any thread; it never
-    raises.  The first fault since the VM last started gets one line on
-    stderr (with or without ``-d``); its traceback goes to the log when there
-    is one (``-D``, or ``-d guest_errors`` on stderr).  Later faults, until
-    the VM is started again, only go to the log, as one line each; each
-    still stops the vCPU it happened on.
-    """
-    with requests.lock:
-        first = not requests.fault_reported
-        requests.fault_reported = True
-    detail = " ".join(traceback.format_exception_only(exc)[-1].split())
-    if len(detail) > FAULT_DETAIL_MAX:
-        detail = detail[:FAULT_DETAIL_MAX] + "..."
-    message = f"fault in {where}: {detail}"
-    if first:
-        error_report(f"{message}; VM stopped (internal-error)")
-    if qemu_log_separate() or qemu_loglevel_mask(LOG_GUEST_ERROR):
-        if first:
-            qemu_log(message + "\n" + "".join(traceback.format_exception(exc)))
-        else:
-            qemu_log(message)
-    if state == RunState.PRELAUNCH:
-        runstate_set(RunState.INTERNAL_ERROR)  # nothing runs yet: only `cont` must be refused
-    else:
-        vm_stop(RunState.INTERNAL_ERROR)
 
 
 _powerdown_notifiers: list[Callable[[], None]] = []

@@ -44,10 +44,10 @@ from pemu.qom.object import (
     object_get_root,
     object_new_with_class,
 )
-from pemu.system import runstate
+from pemu.system import cpus, runstate
 from pemu.system.runstate import RunState, ShutdownCause
 from pemu.util import log
-from pemu.util.error import UserError
+from pemu.util.error import EarlyExit, UserError
 from pemu.util.qemu_opts import QemuOpts, qemu_global_option
 
 if TYPE_CHECKING:
@@ -97,13 +97,6 @@ class Config:
     data_dirs: list[str] = field(default_factory=list)
     fw_cfg_files: list[tuple[str, bytes]] = field(default_factory=list)  # -fw_cfg name=...
     smbios: list[tuple[QemuOpts, str]] = field(default_factory=list)
-
-
-class EarlyExit(Exception):
-    """Help or version was printed: exit with this status."""
-
-    def __init__(self, status: int = 0) -> None:
-        self.status = status
 
 
 # --- the command line ----------------------------------------------------------------------
@@ -495,8 +488,6 @@ def qemu_system_reset(machine: MachineState) -> None:
     """Reset every device and CPU, then replay the direct-boot setup."""
     from pemu.hw.core.sysbus import sysbus_get_default
     from pemu.hw.i386.x86 import linux_boot_apply
-    from pemu.system import cpus
-
     bus_cold_reset(sysbus_get_default())
     qemu_run_reset_handlers()
     for cpu in getattr(machine, "cpus", []):
@@ -684,7 +675,7 @@ def qemu_init(argv: list[str]) -> VM:
     give_monitor_focus()
     resume_mux_open()
     if not cfg.start_paused:
-        runstate.vm_start()
+        cpus.vm_start()
     # With -S the VM stays in "prelaunch" until `cont`.
     return VM(machine, cfg)
 
@@ -703,23 +694,21 @@ def _install_signal_handlers() -> None:
 def main_loop_should_exit(vm: VM) -> bool:
     stop = runstate.take_vmstop_request()
     if stop is not None:
-        runstate.vm_stop(stop)
+        cpus.vm_stop(stop)
     cause = runstate.take_shutdown_request()
     if cause != ShutdownCause.NONE:
         if vm.cfg.no_shutdown and cause in (ShutdownCause.GUEST_SHUTDOWN, ShutdownCause.GUEST_RESET):
-            runstate.vm_stop(RunState.SHUTDOWN)
+            cpus.vm_stop(RunState.SHUTDOWN)
         else:
             return True
     reset = runstate.take_reset_request()
     if reset != ShutdownCause.NONE:
         was_running = runstate.runstate_is_running()
-        from pemu.system import cpus
-
         cpus.pause_all_vcpus()
         qemu_system_reset(vm.machine)
         if was_running or runstate.state == RunState.SHUTDOWN:
             runstate.runstate_set(RunState.PAUSED)
-            runstate.vm_start()
+            cpus.vm_start()
         elif runstate.state == RunState.INTERNAL_ERROR:
             runstate.runstate_set(RunState.PRELAUNCH)  # as QEMU: a reset machine may be continued
     return False
@@ -730,7 +719,7 @@ def qemu_main_loop(vm: VM) -> int:
 
     loop = main_loop()
     runstate.requests.notify = loop.notify
-    loop.on_handler_fault = runstate.contain_fault
+    loop.on_handler_fault = cpus.contain_fault
     while not main_loop_should_exit(vm):
         loop.run_once()
     return runstate.requests.exit_status
@@ -738,8 +727,6 @@ def qemu_main_loop(vm: VM) -> int:
 
 def qemu_cleanup() -> None:
     from pemu.chardev.registry import qemu_chr_cleanup
-    from pemu.system import cpus
-
     try:
         cpus.pause_all_vcpus()
     finally:

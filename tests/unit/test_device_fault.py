@@ -1,6 +1,6 @@
 """Containment of a fault (an exception) in device code, in-process: the
 memory API's dispatch, the main loop's handlers, the character front-end
-dispatch and the vCPU thread all hand it to runstate.contain_fault, which
+dispatch and the vCPU thread all hand it to cpus.contain_fault, which
 stops the VM in internal-error, reports once and logs the traceback."""
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def test_only_the_first_fault_is_reported_until_the_vm_runs_again(vm: Fixture) -
         assert runstate.state == RunState.INTERNAL_ERROR
         # Once the VM runs again (after a reset), a fault is reported again.
         runstate.runstate_set(RunState.PAUSED)
-        runstate.vm_start()
+        cpus.vm_start()
         space.dispatch_read(0x70, 1)
         assert len(vm.stderr_lines()) == 1
     finally:
@@ -152,7 +152,7 @@ def test_a_fault_before_the_vm_ever_ran_leaves_it_in_internal_error(vm: Fixture)
 
 
 def test_a_long_or_multiline_exception_text_stays_one_short_line(vm: Fixture) -> None:
-    runstate.contain_fault("device 'x'", ValueError("a\nb " + "y" * 1000))
+    cpus.contain_fault("device 'x'", ValueError("a\nb " + "y" * 1000))
     (line,) = vm.stderr_lines()
     assert "ValueError: a b yyy" in line and len(line) < 400
     assert line.endswith("...; VM stopped (internal-error)")
@@ -211,7 +211,7 @@ def test_the_machine_installs_its_policy_in_the_main_loop(monkeypatch: pytest.Mo
     monkeypatch.setattr(loop, "on_handler_fault", None)
     monkeypatch.setattr(vl, "main_loop_should_exit", lambda vm: True)
     vl.qemu_main_loop(None)  # type: ignore[arg-type]
-    assert loop.on_handler_fault is runstate.contain_fault
+    assert loop.on_handler_fault is cpus.contain_fault
 
 
 # -- character front-ends --------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from pemu.monitor.monitor import Monitor
 from pemu.monitor.qom_info import qdev_prop_human
 from pemu.qom import object as qom
 from pemu.qom.object import Object, ObjectClass, TypeInfo, container_get, object_get_root, object_new
-from pemu.system import runstate
+from pemu.system import cpus, runstate
 from pemu.system.memory import AddressSpace, MemoryRegion
 from pemu.system.runstate import RunState, ShutdownCause
 from pemu.target.i386.cpu_state import CPUX86State
@@ -306,7 +306,7 @@ def test_exception_in_a_command_is_one_line(mon: Monitor, chardev: CaptureCharde
     def boom() -> None:
         raise RuntimeError("kaput\nsecond line")
 
-    monkeypatch.setattr(runstate, "vm_start", boom)
+    monkeypatch.setattr(cpus, "vm_start", boom)
     assert run(chardev, "cont") == ["Error: internal error in 'cont': RuntimeError: kaput"]
     # The monitor still works afterwards.
     assert run(chardev, "info status") == ["VM status: paused"]
@@ -327,8 +327,8 @@ def test_info_status(mon: Monitor, chardev: CaptureChardev, monkeypatch: pytest.
 def test_stop_and_cont_call_runstate(mon: Monitor, chardev: CaptureChardev,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[Any] = []
-    monkeypatch.setattr(runstate, "vm_stop", lambda state=RunState.PAUSED: calls.append(("stop", state)))
-    monkeypatch.setattr(runstate, "vm_start", lambda: calls.append("start"))
+    monkeypatch.setattr(cpus, "vm_stop", lambda state=RunState.PAUSED: calls.append(("stop", state)))
+    monkeypatch.setattr(cpus, "vm_start", lambda: calls.append("start"))
     assert run(chardev, "stop") == []
     assert run(chardev, "c") == []
     assert run(chardev, "cont") == []
@@ -339,7 +339,7 @@ def test_stop_and_cont_call_runstate(mon: Monitor, chardev: CaptureChardev,
 def test_cont_after_shutdown_needs_reset(mon: Monitor, chardev: CaptureChardev,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runstate, "state", RunState.SHUTDOWN)
-    monkeypatch.setattr(runstate, "vm_start", lambda: pytest.fail("must not start"))
+    monkeypatch.setattr(cpus, "vm_start", lambda: pytest.fail("must not start"))
     assert run(chardev, "cont") == ["Error: Resetting the Virtual Machine is required"]
 
 

@@ -611,13 +611,13 @@ class KVMAccel(AccelOps):
 
     def report_internal_error(self) -> None:
         """Stop the VM in the internal-error state (from the main loop: a vCPU cannot pause itself)."""
-        from pemu.system import runstate
+        from pemu.system import cpus, runstate
         from pemu.util.main_loop import main_loop
 
         self.internal_error = True
 
         def stop() -> None:
-            runstate.vm_stop(runstate.RunState.INTERNAL_ERROR)
+            cpus.vm_stop(runstate.RunState.INTERNAL_ERROR)
 
         main_loop().bh_schedule(stop)
 
