@@ -16,6 +16,7 @@ from enum import Enum, auto
 from typing import Any, ClassVar, Protocol
 
 from pemu.util.error import UserError
+from pemu.util.vm_context import current_vm
 
 
 class AccelUnavailable(Exception):
@@ -173,6 +174,14 @@ class AccelOps(ABC):
     def destroy_vcpu(self, cpu: Any) -> None:
         cpu.run.accel_vcpu.destroy()
 
+    def irqchip_in_kernel(self) -> bool:
+        """The accelerator emulates the interrupt controllers itself (QEMU's
+        kvm_irqchip_in_kernel()): the board then makes no userspace PIC."""
+        return False
+
+    def cleanup(self) -> None:
+        """Release what ``init_machine`` took (file descriptors, mappings) when the VM is destroyed."""
+
     def cpu_model_filter(self) -> dict[Any, int]:
         """CPUID feature bits this accelerator cannot provide (word → mask)."""
         return {}
@@ -184,7 +193,6 @@ _REGISTRY: dict[str, str] = {
     "tcg": "pemu.accel.tcg.tcg_accel:TCGAccel",
     "kvm": "pemu.accel.kvm.kvm_accel:KVMAccel",
 }
-_current: AccelOps | None = None
 
 
 def register_accel(name: str, target: str) -> None:
@@ -235,7 +243,6 @@ def configure_accelerators(spec: str | Sequence[AccelRequest] | None = None, smp
     chosen accelerator does not have (those of one that is not available
     are not looked at, as in QEMU).
     """
-    global _current
     if spec is None or isinstance(spec, str):
         requests = accel_requests(spec or "tcg", location or (f"-accel {spec}" if spec else None))
     else:
@@ -254,16 +261,13 @@ def configure_accelerators(spec: str | Sequence[AccelRequest] | None = None, smp
         accel.set_properties(request.props, request.location)
         if smp_cpus > 1 and not accel.supports_smp:
             raise UserError(f"{request.name} supports only one vCPU", f"-smp {smp_cpus}")
-        _current = accel
+        current_vm().accel = accel
         return accel
     detail = f" ({'; '.join(errors)})" if errors else ""
     raise UserError(f"no accelerator found{detail}", loc)
 
 
 def current_accel() -> AccelOps | None:
-    return _current
+    """The current VM's accelerator (QEMU's current_accel(), current_machine->accelerator)."""
+    return current_vm().accel
 
-
-def set_current_accel(accel: AccelOps | None) -> None:
-    global _current
-    _current = accel

@@ -24,6 +24,7 @@ from pemu.qom.object import Object, QOMError, object_get_root, object_resolve_pa
 from pemu.system import cpus, runstate
 from pemu.system.runstate import RunState, ShutdownCause
 from pemu.util.error import UserError
+from pemu.util.vm_context import set_current_vm
 
 if TYPE_CHECKING:
     from pemu.monitor.monitor import Monitor
@@ -218,6 +219,9 @@ def handle_hmp_command(mon: Monitor, line: str) -> None:
 
 
 def run_handler(mon: Monitor, cmd: HMPCommand, args: dict[str, Any]) -> None:
+    """Run a command on the monitor's own VM (QEMU's monitor acts on
+    current_machine, which is the monitor's with one VM a process)."""
+    previous = set_current_vm(mon.vm)
     try:
         assert cmd.handler is not None
         cmd.handler(mon, args)
@@ -226,6 +230,8 @@ def run_handler(mon: Monitor, cmd: HMPCommand, args: dict[str, Any]) -> None:
     except Exception as e:  # a bug in a command must not take the VMM down
         detail = str(e).splitlines()[0] if str(e) else ""
         mon.error(f"internal error in '{cmd.names[0]}': {type(e).__name__}" + (f": {detail}" if detail else ""))
+    finally:
+        set_current_vm(previous)
 
 
 # --- help -------------------------------------------------------------------------------
@@ -271,7 +277,7 @@ def hmp_info_help(mon: Monitor, args: dict[str, Any]) -> None:
 
 
 def hmp_info_status(mon: Monitor, args: dict[str, Any]) -> None:
-    state = runstate.state
+    state = runstate.runstate_get()
     running = runstate.runstate_is_running()
     text = "VM status: " + ("running" if running else "paused")
     if not running and state is not RunState.PAUSED:
@@ -284,7 +290,7 @@ def hmp_stop(mon: Monitor, args: dict[str, Any]) -> None:
 
 
 def hmp_cont(mon: Monitor, args: dict[str, Any]) -> None:
-    if runstate.state in (RunState.SHUTDOWN, RunState.INTERNAL_ERROR):
+    if runstate.runstate_get() in (RunState.SHUTDOWN, RunState.INTERNAL_ERROR):
         raise CommandError("Resetting the Virtual Machine is required")
     cpus.vm_start()
 

@@ -26,6 +26,8 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, TypeVar
 
+from pemu.util.vm_context import current_vm
+
 TYPE_OBJECT = "object"
 TYPE_INTERFACE = "interface"
 TYPE_CONTAINER = "container"
@@ -588,14 +590,12 @@ def object_finalize(obj: Object) -> None:
 
 # --- the root and containers ---------------------------------------------------------
 
-_root: Object | None = None
-
-
 def object_get_root() -> Object:
-    global _root
-    if _root is None:
-        _root = object_new(TYPE_CONTAINER)
-    return _root
+    """The root of the current VM's composition tree (made on first use)."""
+    vm = current_vm()
+    if vm.qom_root is None:
+        vm.qom_root = object_new(TYPE_CONTAINER)
+    return vm.qom_root
 
 
 def container_get(root: Object, path: str) -> Object:
@@ -644,12 +644,6 @@ def object_resolve_path(path: str, typename: str | None = None) -> Object | None
 
     walk(root)
     return matches[0] if len(matches) == 1 else None
-
-
-def _reset_for_tests() -> None:
-    """Forget the composition tree (unit tests build machines repeatedly)."""
-    global _root
-    _root = None
 
 
 # --- the base types --------------------------------------------------------------------

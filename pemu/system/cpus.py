@@ -23,6 +23,7 @@ from pemu.util.error import error_report
 from pemu.util.log import LOG_GUEST_ERROR, qemu_log, qemu_log_separate, qemu_loglevel_mask
 from pemu.util.main_loop import bql
 from pemu.util import timer
+from pemu.util.vm_context import current_vm
 
 CPU_INTERRUPT_HARD = 0x0002
 CPU_INTERRUPT_NMI = 0x0200
@@ -47,9 +48,6 @@ class CPURunState:
         self.accel_vcpu: AccelVCPU | None = None
 
 
-_all_cpus: list[Any] = []
-
-
 def run_state(cpu: Any) -> CPURunState:
     run = getattr(cpu, "run", None)
     if run is None:
@@ -59,7 +57,8 @@ def run_state(cpu: Any) -> CPURunState:
 
 
 def all_vcpus() -> list[Any]:
-    return list(_all_cpus)
+    """The current VM's vCPUs that have a thread."""
+    return list(current_vm().cpus)
 
 
 def qemu_init_vcpu(cpu: Any) -> None:
@@ -77,7 +76,7 @@ def start_vcpu_thread(cpu: Any, vcpu: AccelVCPU) -> None:
     run.stopped = True
     thread = threading.Thread(target=_vcpu_thread_fn, args=(cpu,), name=f"CPU {cpu.cpu_index}/TCG", daemon=True)
     run.thread = thread
-    _all_cpus.append(cpu)
+    current_vm().cpus.append(cpu)
     thread.start()
 
 
@@ -298,19 +297,21 @@ def destroy_vcpu(cpu: Any) -> None:
     if run.accel_vcpu is not None:
         run.accel_vcpu.destroy()
         run.accel_vcpu = None
-    if cpu in _all_cpus:
-        _all_cpus.remove(cpu)
+    vm_cpus = current_vm().cpus
+    if cpu in vm_cpus:
+        vm_cpus.remove(cpu)
 
 
 # --- starting and stopping the VM (QEMU keeps these in system/cpus.c too) ------
 
 def vm_start() -> None:
     """Start (or continue) the guest: the virtual clock runs, vCPUs run."""
-    if runstate.state == RunState.RUNNING:
+    run = runstate.vm_run_state()
+    if run.state == RunState.RUNNING:
         return
-    with runstate.requests.lock:
-        runstate.requests.fault_reported = False
-    runstate.runstate_set(RunState.RUNNING)
+    with run.requests.lock:
+        run.requests.fault_reported = False
+    run.state = RunState.RUNNING
     timer.qemu_clock_enable_virtual(True)
     resume_all_vcpus()
 
@@ -325,13 +326,14 @@ def vm_stop(new_state: RunState = RunState.PAUSED) -> None:
         runstate.qemu_system_vmstop_request(new_state)
         cpu_stop_current()
         return
-    if runstate.state != RunState.RUNNING:
-        if new_state != runstate.state and runstate.state != RunState.PRELAUNCH:
-            runstate.runstate_set(new_state)
+    run = runstate.vm_run_state()
+    if run.state != RunState.RUNNING:
+        if new_state != run.state and run.state != RunState.PRELAUNCH:
+            run.state = new_state
         return
     pause_all_vcpus()
     timer.qemu_clock_enable_virtual(False)
-    runstate.runstate_set(new_state)
+    run.state = new_state
 
 
 # The exception's text in the one-line report is cut to this length (the log has it all).
@@ -349,9 +351,10 @@ def contain_fault(where: str, exc: BaseException) -> None:
     the VM is started again, only go to the log, as one line each; each
     still stops the vCPU it happened on.
     """
-    with runstate.requests.lock:
-        first = not runstate.requests.fault_reported
-        runstate.requests.fault_reported = True
+    requests = runstate.run_requests()
+    with requests.lock:
+        first = not requests.fault_reported
+        requests.fault_reported = True
     detail = " ".join(traceback.format_exception_only(exc)[-1].split())
     if len(detail) > FAULT_DETAIL_MAX:
         detail = detail[:FAULT_DETAIL_MAX] + "..."
@@ -363,7 +366,7 @@ def contain_fault(where: str, exc: BaseException) -> None:
             qemu_log(message + "\n" + "".join(traceback.format_exception(exc)))
         else:
             qemu_log(message)
-    if runstate.state == RunState.PRELAUNCH:
+    if runstate.runstate_get() == RunState.PRELAUNCH:
         runstate.runstate_set(RunState.INTERNAL_ERROR)  # nothing runs yet: only `cont` must be refused
     else:
         vm_stop(RunState.INTERNAL_ERROR)

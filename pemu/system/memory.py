@@ -31,6 +31,7 @@ from enum import Enum, IntEnum
 from typing import Callable, Iterator, Protocol
 
 from pemu.system.cpus import contain_fault
+from pemu.util.vm_context import current_vm
 from pemu.util.log import guest_error
 
 UINT64_MAX = (1 << 64) - 1
@@ -380,29 +381,32 @@ def render_flatview(root: MemoryRegion) -> FlatView:
 
 # --- transactions --------------------------------------------------------------
 
-_transaction_depth = 0
-_changed = False
-_address_spaces: list[AddressSpace] = []
-_ram_write_notifiers: list[Callable[[int, int], None]] = []
+class VMMemory:
+    """One VM's address spaces, its open memory transaction, and who hears of
+    the VMM's writes to its RAM."""
+
+    def __init__(self) -> None:
+        self.transaction_depth = 0
+        self.changed = False
+        self.address_spaces: list[AddressSpace] = []
+        self.ram_write_notifiers: list[Callable[[int, int], None]] = []
 
 
 def _mark_changed() -> None:
-    global _changed
-    _changed = True
+    current_vm().memory.changed = True
 
 
 def memory_region_transaction_begin() -> None:
-    global _transaction_depth
-    _transaction_depth += 1
+    current_vm().memory.transaction_depth += 1
 
 
 def memory_region_transaction_commit() -> None:
-    global _transaction_depth, _changed
-    assert _transaction_depth > 0
-    _transaction_depth -= 1
-    if _transaction_depth == 0 and _changed:
-        _changed = False
-        for space in list(_address_spaces):
+    memory = current_vm().memory
+    assert memory.transaction_depth > 0
+    memory.transaction_depth -= 1
+    if memory.transaction_depth == 0 and memory.changed:
+        memory.changed = False
+        for space in list(memory.address_spaces):
             space.update_topology()
 
 
@@ -418,12 +422,13 @@ def memory_transaction() -> Iterator[None]:
 def add_ram_write_notifier(cb: Callable[[int, int], None]) -> None:
     """``cb(guest_phys_addr, length)`` runs after the VMM writes guest RAM
     (loaders, DMA), so an accelerator can drop translated code."""
-    _ram_write_notifiers.append(cb)
+    current_vm().memory.ram_write_notifiers.append(cb)
 
 
 def remove_ram_write_notifier(cb: Callable[[int, int], None]) -> None:
-    if cb in _ram_write_notifiers:
-        _ram_write_notifiers.remove(cb)
+    notifiers = current_vm().memory.ram_write_notifiers
+    if cb in notifiers:
+        notifiers.remove(cb)
 
 
 # --- address spaces --------------------------------------------------------------
@@ -549,7 +554,9 @@ class AddressSpace:
         self.root = root
         self.name = name
         self.listeners: list[MemoryListener] = []
-        _address_spaces.append(self)
+        # The VM this space belongs to: the one being built.
+        self.vm_memory = current_vm().memory
+        self.vm_memory.address_spaces.append(self)
 
     @cached_property
     def flatview(self) -> FlatView:
@@ -558,8 +565,8 @@ class AddressSpace:
         return render_flatview(self.root)
 
     def destroy(self) -> None:
-        if self in _address_spaces:
-            _address_spaces.remove(self)
+        if self in self.vm_memory.address_spaces:
+            self.vm_memory.address_spaces.remove(self)
 
     def update_topology(self) -> None:
         old: FlatView | None = self.__dict__.pop("flatview", None)
@@ -697,7 +704,7 @@ class AddressSpace:
                     continue
                 off = piece - fr.start + fr.offset_in_region
                 fr.mr.ram_block.view[off:off + n] = chunk
-                for cb in _ram_write_notifiers:
+                for cb in self.vm_memory.ram_write_notifiers:
                     cb(piece, n)
             else:
                 if not _io_write_bulk(self.name, fr.mr, piece, piece - fr.start + fr.offset_in_region,
@@ -723,7 +730,7 @@ class AddressSpace:
                 if fr.readonly:
                     continue
                 fr.mr.ram_block.fill(piece - fr.start + fr.offset_in_region, byte & 0xFF, n)
-                for cb in _ram_write_notifiers:
+                for cb in self.vm_memory.ram_write_notifiers:
                     cb(piece, n)
             else:
                 if not _io_write_bulk(self.name, fr.mr, piece, piece - fr.start + fr.offset_in_region,
@@ -789,7 +796,7 @@ class AddressSpace:
 
 
 def address_spaces() -> list[AddressSpace]:
-    return list(_address_spaces)
+    return list(current_vm().memory.address_spaces)
 
 
 # --- `info mtree` ----------------------------------------------------------------

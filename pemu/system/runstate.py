@@ -18,6 +18,8 @@ import threading
 from enum import Enum
 from typing import Callable
 
+from pemu.util.vm_context import current_vm
+
 
 
 class RunState(Enum):
@@ -42,7 +44,9 @@ class ShutdownCause(Enum):
     SUBSYSTEM_RESET = "subsystem-reset"
 
 
-class _Requests:
+class RunRequests:
+    """Shutdown, reset and stop requests waiting for the main loop."""
+
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.shutdown = ShutdownCause.NONE
@@ -57,49 +61,69 @@ class _Requests:
         self.fault_reported = False
 
 
-requests = _Requests()
-state = RunState.PRELAUNCH
+class VMRunState:
+    """One VM's run state, its pending requests and its power-button notifiers."""
+
+    def __init__(self) -> None:
+        self.state = RunState.PRELAUNCH
+        self.requests = RunRequests()
+        self.powerdown_notifiers: list[Callable[[], None]] = []
+
+
+def vm_run_state() -> VMRunState:
+    return current_vm().run
+
+
+def run_requests() -> RunRequests:
+    return current_vm().run.requests
+
+
+def runstate_get() -> RunState:
+    return current_vm().run.state
 
 
 def runstate_set(new: RunState) -> None:
-    global state
-    state = new
+    current_vm().run.state = new
 
 
 def runstate_is_running() -> bool:
-    return state == RunState.RUNNING
+    return current_vm().run.state == RunState.RUNNING
 
 
-def _wake() -> None:
+def _wake(requests: RunRequests) -> None:
     if requests.notify is not None:
         requests.notify()
 
 
 def qemu_system_shutdown_request(cause: ShutdownCause, exit_status: int = 0) -> None:
+    requests = run_requests()
     with requests.lock:
         if requests.shutdown == ShutdownCause.NONE:
             requests.shutdown = cause
             requests.exit_status = exit_status
-    _wake()
+    _wake(requests)
 
 
 def qemu_system_reset_request(cause: ShutdownCause) -> None:
     """A guest reset; with -no-reboot it becomes a shutdown, as in QEMU."""
+    requests = run_requests()
     if requests.no_reboot and cause != ShutdownCause.SUBSYSTEM_RESET:
         qemu_system_shutdown_request(cause)
         return
     with requests.lock:
         requests.reset = cause
-    _wake()
+    _wake(requests)
 
 
 def take_shutdown_request() -> ShutdownCause:
+    requests = run_requests()
     with requests.lock:
         cause, requests.shutdown = requests.shutdown, ShutdownCause.NONE
         return cause
 
 
 def take_reset_request() -> ShutdownCause:
+    requests = run_requests()
     with requests.lock:
         cause, requests.reset = requests.reset, ShutdownCause.NONE
         return cause
@@ -107,32 +131,33 @@ def take_reset_request() -> ShutdownCause:
 
 def qemu_system_vmstop_request(new_state: RunState) -> None:
     """Ask the main loop to stop the VM (a vCPU thread cannot wait for itself to park)."""
+    requests = run_requests()
     with requests.lock:
         requests.vmstop = new_state
-    _wake()
+    _wake(requests)
 
 
 def take_vmstop_request() -> RunState | None:
+    requests = run_requests()
     with requests.lock:
         new_state, requests.vmstop = requests.vmstop, None
         return new_state
 
 
-_powerdown_notifiers: list[Callable[[], None]] = []
-
-
 def qemu_register_powerdown_notifier(cb: Callable[[], None]) -> None:
     """``cb()`` presses the machine's power button (the ACPI PM device registers one)."""
-    _powerdown_notifiers.append(cb)
+    current_vm().run.powerdown_notifiers.append(cb)
 
 
 def qemu_unregister_powerdown_notifier(cb: Callable[[], None]) -> None:
-    if cb in _powerdown_notifiers:
-        _powerdown_notifiers.remove(cb)
+    notifiers = current_vm().run.powerdown_notifiers
+    if cb in notifiers:
+        notifiers.remove(cb)
 
 
 def qemu_system_powerdown_request() -> bool:
     """Ask the guest to power down (ACPI power button); False if nothing can."""
-    for cb in list(_powerdown_notifiers):
+    notifiers = current_vm().run.powerdown_notifiers
+    for cb in list(notifiers):
         cb()
-    return bool(_powerdown_notifiers)
+    return bool(notifiers)

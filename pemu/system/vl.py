@@ -46,9 +46,12 @@ from pemu.qom.object import (
 )
 from pemu.system import cpus, runstate
 from pemu.system.runstate import RunState, ShutdownCause
+from pemu.system.vm import VirtualMachine
+from pemu.chardev.char_mux import MuxChardev
 from pemu.util import log
 from pemu.util.error import EarlyExit, UserError
 from pemu.util.qemu_opts import QemuOpts, qemu_global_option
+from pemu.util.vm_context import current_vm, set_current_vm
 
 if TYPE_CHECKING:
     from pemu.accel.accel import AccelRequest
@@ -367,6 +370,7 @@ def qemu_create_machine(cfg: Config, mc: MachineClass) -> MachineState:
 
     container_get(machine, "unattached").add_child("sysbus", sysbus_get_default())
     phase_advance(MachineInitPhase.MACHINE_CREATED)
+    current_vm().machine = machine
 
     cpu_exec_init_all()
 
@@ -511,17 +515,10 @@ def qemu_create_chardevs(cfg: Config) -> None:
             raise UserError(getattr(e, "message", str(e)), loc) from None
 
 
-_serial_hds: list[Any] = []
-
-
-def serial_hd(i: int) -> Any:
-    """The back-end of serial port ``i`` (COM1 is 0), or None."""
-    return _serial_hds[i] if 0 <= i < len(_serial_hds) else None
-
-
 def qemu_setup_defaults_and_monitors(cfg: Config) -> None:
     """Default serial and monitor as QEMU picks them: with -nographic both
     on stdio, multiplexed (Ctrl-A c switches)."""
+    vm = current_vm()
     from pemu.chardev.registry import qemu_chr_find, qemu_chr_new
 
     def monitor_init_hmp(chr_: Any) -> Any:
@@ -579,40 +576,30 @@ def qemu_setup_defaults_and_monitors(cfg: Config) -> None:
     serial_monitor_chrs: list[Any] = []
     for i, spec in enumerate(serials):
         if spec == "none":
-            _serial_hds.append(None)
+            vm.serial_hds.append(None)
             continue
         as_typed = cfg.serials[i] if i < len(cfg.serials) else spec
         chr_ = chr_new(f"serial{i}", spec, f"-serial {as_typed}")
         if chr_ is not None and spec.startswith("mon:"):
             serial_monitor_chrs.append(chr_)
-        _serial_hds.append(chr_)
+        vm.serial_hds.append(chr_)
     for chr_ in monitor_chrs:
         monitor_init_hmp(chr_)
     for chr_ in serial_monitor_chrs:
         mon = monitor_init_hmp(chr_)
         if monitor_first:
-            _focus_after_board.append((chr_, mon.fe))
-
-
-# (mux, front-end) pairs whose front-end takes the input focus once the board
-# (and so the serial port on the same mux) exists.
-_focus_after_board: list[tuple[Any, Any]] = []
+            vm.focus_after_board.append((chr_, mon.fe))
 
 
 def give_monitor_focus() -> None:
-    for mux, fe in _focus_after_board:
-        take = getattr(mux, "take_focus", None)
-        if take is not None:
-            take(fe)
+    """Monitors that share stdio with the serial port take the input focus
+    once the board (and so the serial port on the same mux) exists."""
+    for mux, fe in current_vm().focus_after_board:
+        if isinstance(mux, MuxChardev):
+            mux.take_focus(fe)
 
 
 # --- the whole start-up -------------------------------------------------------------------------
-
-
-@dataclass
-class VM:
-    machine: MachineState
-    cfg: Config
 
 
 def qmp_x_exit_preconfig(cfg: Config, machine: MachineState) -> None:
@@ -656,10 +643,26 @@ def resume_mux_open() -> None:
     char_mux.resume_mux_open()
 
 
-def qemu_init(argv: list[str]) -> VM:
+def qemu_init(argv: list[str]) -> VirtualMachine:
+    """Build a VM from a command line; it becomes the current VM.
+
+    On a user error the half-built VM is destroyed (nothing of it is left)
+    and the VM that was current before is current again."""
     cfg = parse_config(argv)
     _register_all_types()
     device_help(cfg)
+    vm = VirtualMachine()
+    previous = vm.activate()
+    try:
+        qemu_build(cfg, vm)
+    except BaseException:
+        vm.destroy()
+        set_current_vm(previous)
+        raise
+    return vm
+
+
+def qemu_build(cfg: Config, vm: VirtualMachine) -> None:
     mc = select_machine(cfg)
     machine = qemu_create_machine(cfg, mc)
     configure_accelerators(cfg, machine)
@@ -669,15 +672,14 @@ def qemu_init(argv: list[str]) -> VM:
     suspend_mux_open()
     qemu_create_chardevs(cfg)
     qemu_setup_defaults_and_monitors(cfg)
-    runstate.requests.no_reboot = cfg.no_reboot
-    runstate.requests.no_shutdown = cfg.no_shutdown
+    vm.run.requests.no_reboot = cfg.no_reboot
+    vm.run.requests.no_shutdown = cfg.no_shutdown
     qmp_x_exit_preconfig(cfg, machine)
     give_monitor_focus()
     resume_mux_open()
     if not cfg.start_paused:
         cpus.vm_start()
     # With -S the VM stays in "prelaunch" until `cont`.
-    return VM(machine, cfg)
 
 
 def _install_signal_handlers() -> None:
@@ -691,13 +693,13 @@ def _install_signal_handlers() -> None:
         signal.signal(sig, on_signal)
 
 
-def main_loop_should_exit(vm: VM) -> bool:
+def main_loop_should_exit(vm: VirtualMachine) -> bool:
     stop = runstate.take_vmstop_request()
     if stop is not None:
         cpus.vm_stop(stop)
     cause = runstate.take_shutdown_request()
     if cause != ShutdownCause.NONE:
-        if vm.cfg.no_shutdown and cause in (ShutdownCause.GUEST_SHUTDOWN, ShutdownCause.GUEST_RESET):
+        if vm.run.requests.no_shutdown and cause in (ShutdownCause.GUEST_SHUTDOWN, ShutdownCause.GUEST_RESET):
             cpus.vm_stop(RunState.SHUTDOWN)
         else:
             return True
@@ -705,28 +707,32 @@ def main_loop_should_exit(vm: VM) -> bool:
     if reset != ShutdownCause.NONE:
         was_running = runstate.runstate_is_running()
         cpus.pause_all_vcpus()
+        assert vm.machine is not None
         qemu_system_reset(vm.machine)
-        if was_running or runstate.state == RunState.SHUTDOWN:
+        if was_running or vm.run.state == RunState.SHUTDOWN:
             runstate.runstate_set(RunState.PAUSED)
             cpus.vm_start()
-        elif runstate.state == RunState.INTERNAL_ERROR:
+        elif vm.run.state == RunState.INTERNAL_ERROR:
             runstate.runstate_set(RunState.PRELAUNCH)  # as QEMU: a reset machine may be continued
     return False
 
 
-def qemu_main_loop(vm: VM) -> int:
+def qemu_main_loop(vm: VirtualMachine) -> int:
     from pemu.util.main_loop import main_loop
 
     loop = main_loop()
-    runstate.requests.notify = loop.notify
+    vm.run.requests.notify = loop.notify
     loop.on_handler_fault = cpus.contain_fault
     while not main_loop_should_exit(vm):
         loop.run_once()
-    return runstate.requests.exit_status
+    return vm.run.requests.exit_status
 
 
-def qemu_cleanup() -> None:
+def qemu_cleanup(vm: VirtualMachine) -> None:
+    """Before the process exits: the vCPUs stop and the chardevs close
+    (the terminal is restored); the rest goes with the process."""
     from pemu.chardev.registry import qemu_chr_cleanup
+
     try:
         cpus.pause_all_vcpus()
     finally:
@@ -742,20 +748,10 @@ def main_with_args(argv: list[str]) -> int:
         return e.status
     except (UserError, QOMError) as e:
         error_report(str(e))
-        _cleanup_quietly()
         return 1
     _install_signal_handlers()
     try:
         status = qemu_main_loop(vm)
     finally:
-        qemu_cleanup()
+        qemu_cleanup(vm)
     return status
-
-
-def _cleanup_quietly() -> None:
-    try:
-        from pemu.chardev.registry import qemu_chr_cleanup
-
-        qemu_chr_cleanup()
-    except Exception:
-        pass

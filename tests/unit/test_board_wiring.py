@@ -71,7 +71,7 @@ def test_virtual_clock_stands_still_until_cont_and_while_stopped() -> None:
         t2 = qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL)
         time.sleep(0.2)
         result["paused"] = qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL) - t2
-        result["state"] = runstate.state.value
+        result["state"] = runstate.runstate_get().value
     """)
     assert result["prelaunch"] == 0, "the virtual clock (and the TSC under tcg) ran before cont"
     assert result["running"] >= 150_000_000

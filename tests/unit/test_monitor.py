@@ -95,15 +95,11 @@ def _register_types() -> None:
 
 
 @pytest.fixture(autouse=True)
-def fresh_world(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def fresh_world() -> Iterator[None]:
+    # The test's own VM (tests/conftest.py) gives a fresh QOM tree, system bus and run state.
     _register_types()
-    qom._reset_for_tests()
-    sysbus.sysbus_reset_for_tests()
-    qdev._phase_reset_for_tests()
-    monkeypatch.setattr(runstate, "state", RunState.PAUSED)
+    runstate.runstate_set(RunState.PAUSED)
     yield
-    qom._reset_for_tests()
-    sysbus.sysbus_reset_for_tests()
 
 
 @pytest.fixture
@@ -316,11 +312,11 @@ def test_exception_in_a_command_is_one_line(mon: Monitor, chardev: CaptureCharde
 
 
 def test_info_status(mon: Monitor, chardev: CaptureChardev, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runstate, "state", RunState.RUNNING)
+    runstate.runstate_set(RunState.RUNNING)
     assert run(chardev, "info status") == ["VM status: running"]
-    monkeypatch.setattr(runstate, "state", RunState.PRELAUNCH)
+    runstate.runstate_set(RunState.PRELAUNCH)
     assert run(chardev, "info status") == ["VM status: paused (prelaunch)"]
-    monkeypatch.setattr(runstate, "state", RunState.PAUSED)
+    runstate.runstate_set(RunState.PAUSED)
     assert run(chardev, "info status") == ["VM status: paused"]
 
 
@@ -338,7 +334,7 @@ def test_stop_and_cont_call_runstate(mon: Monitor, chardev: CaptureChardev,
 
 def test_cont_after_shutdown_needs_reset(mon: Monitor, chardev: CaptureChardev,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runstate, "state", RunState.SHUTDOWN)
+    runstate.runstate_set(RunState.SHUTDOWN)
     monkeypatch.setattr(cpus, "vm_start", lambda: pytest.fail("must not start"))
     assert run(chardev, "cont") == ["Error: Resetting the Virtual Machine is required"]
 
@@ -372,7 +368,6 @@ def test_system_reset(mon: Monitor, chardev: CaptureChardev, monkeypatch: pytest
 
 def test_system_powerdown(mon: Monitor, chardev: CaptureChardev, monkeypatch: pytest.MonkeyPatch) -> None:
     # Start from a machine with no power button (other tests may have built one).
-    monkeypatch.setattr(runstate, "_powerdown_notifiers", [])
     lines = run(chardev, "system_powerdown")
     assert len(lines) == 1 and lines[0].startswith("Error: ")
     pressed: list[int] = []

@@ -292,7 +292,7 @@ class KVMVCPU:
         self.in_guest = False
         self.kick_pending = False
         self.exits = 0
-        self.fd.set_cpuid2(build_cpuid(cpu.model, accel.supported_cpuid, self.vcpu_id, accel.irqchip_in_kernel))
+        self.fd.set_cpuid2(build_cpuid(cpu.model, accel.supported_cpuid, self.vcpu_id, accel.in_kernel_irqchip))
         self._handlers = {
             ExitReason.IO: self._handle_io,
             ExitReason.MMIO: self._handle_mmio,
@@ -316,7 +316,7 @@ class KVMVCPU:
 
     # -- the run loop --------------------------------------------------------------------------------
     def has_work(self) -> bool:
-        if self.accel.irqchip_in_kernel:
+        if self.accel.in_kernel_irqchip:
             return True  # the kernel waits out HLT itself
         return bool(self.run_state.interrupt_request & CPU_INTERRUPT_HARD) and bool(self.run.if_flag)
 
@@ -345,7 +345,7 @@ class KVMVCPU:
         fd = self.fd
         run = self.run
         handlers = self._handlers
-        userspace_pic = not self.accel.irqchip_in_kernel
+        userspace_pic = not self.accel.in_kernel_irqchip
         self.kick_pending = False
         run.immediate_exit = 0
         while True:
@@ -495,7 +495,7 @@ class KVMVCPU:
         if done != len(msrs):
             failed = list(msrs)[done]
             guest_error(f"kvm: MSR {failed:#x} could not be set")
-        if self.accel.irqchip_in_kernel:
+        if self.accel.in_kernel_irqchip:
             is_bsp = bool(env.apic_base & MSR_IA32_APICBASE_BSP)
             self.fd.set_mp_state(MPState.RUNNABLE if is_bsp else MPState.UNINITIALIZED)
 
@@ -517,7 +517,7 @@ class KVMVCPU:
         for index, attr in _ENV_MSRS:
             if int(index) in values:
                 setattr(env, attr, values[int(index)])
-        if self.accel.irqchip_in_kernel:
+        if self.accel.in_kernel_irqchip:
             env.halted = self.fd.get_mp_state() == MPState.HALTED
         else:
             env.halted = self.run_state.halted
@@ -545,7 +545,7 @@ class KVMAccel(AccelOps):
         except OSError as e:
             raise AccelUnavailable(f"Could not access KVM kernel module: {e.strerror or e}") from None
         self.vm: k.KVMVMFd | None = None
-        self.irqchip_in_kernel = False
+        self.in_kernel_irqchip = False
         self.memory_listener: KVMMemoryListener | None = None
         self.supported_cpuid: list[k.kvm_cpuid_entry2] = []
         self.signal_installed = False
@@ -584,10 +584,10 @@ class KVMAccel(AccelOps):
             vm.create_irqchip()
             vm.set_gsi_routing(pc_gsi_routing())
             vm.create_pit2(0)
-            self.irqchip_in_kernel = True
+            self.in_kernel_irqchip = True
             self.gsi_lines = [KVMIRQLine(vm, gsi) for gsi in range(NUM_IOAPIC_PINS)]
         smp = getattr(getattr(machine, "smp", None), "cpus", 1)
-        if smp > 1 and not self.irqchip_in_kernel:
+        if smp > 1 and not self.in_kernel_irqchip:
             raise UserError("-smp > 1 needs kernel-irqchip=on under kvm", f"-smp {smp}")
         max_vcpus = self.system.check_extension(k.Cap.MAX_VCPUS) or self.system.check_extension(k.Cap.NR_VCPUS)
         if max_vcpus and smp > max_vcpus:
@@ -623,13 +623,19 @@ class KVMAccel(AccelOps):
 
     def send_msi(self, address: int, data: int) -> None:
         """Deliver an MSI write (address 0xFEExxxxx) to the in-kernel LAPICs."""
-        if self.vm is None or not self.irqchip_in_kernel:
+        if self.vm is None or not self.in_kernel_irqchip:
             guest_error(f"kvm: MSI to {address:#x} without an in-kernel irqchip")
             return
         try:
             self.vm.signal_msi(address, data)
         except KVMError as e:
             guest_error(f"kvm: MSI to {address:#x} data {data:#x}: {e}")
+
+    def irqchip_in_kernel(self) -> bool:
+        return self.in_kernel_irqchip
+
+    def cleanup(self) -> None:
+        self.close()
 
     def close(self) -> None:
         from pemu.system.physmem import address_space_memory
@@ -656,13 +662,13 @@ def kvm_enabled() -> bool:
 
 def kvm_irqchip_in_kernel() -> bool:
     accel = current_accel()
-    return isinstance(accel, KVMAccel) and accel.irqchip_in_kernel
+    return isinstance(accel, KVMAccel) and accel.in_kernel_irqchip
 
 
 def kvm_isa_irqs() -> list[KVMIRQLine]:
     """The 16 ISA interrupt lines into the in-kernel irqchip (GSIs 0-15)."""
     accel = current_accel()
-    assert isinstance(accel, KVMAccel) and accel.irqchip_in_kernel
+    assert isinstance(accel, KVMAccel) and accel.in_kernel_irqchip
     return accel.gsi_lines[:16]
 
 

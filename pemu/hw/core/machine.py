@@ -4,11 +4,15 @@ the seed's class hierarchy machine -> x86 machine -> PC machine -> q35."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from pemu.hw.core.qdev import MachineInitPhase, phase_advance
 from pemu.qom.object import TYPE_OBJECT, Object, ObjectClass, QOMError, TypeInfo, object_resolve_path, type_register
 from pemu.system.memory import MemoryRegion
+from pemu.util.vm_context import current_vm
+
+if TYPE_CHECKING:
+    from pemu.system.vm import VirtualMachine
 
 TYPE_MACHINE = "machine"
 TYPE_MACHINE_SUFFIX = "-machine"
@@ -53,6 +57,7 @@ class MachineClass(ObjectClass):
 
 
 class MachineState(Object):
+    vm: VirtualMachine  # everything this machine's VM owns (QEMU reaches it through current_machine)
     ram_size: int
     maxram_size: int
     ram_slots: int
@@ -93,6 +98,7 @@ class MachineState(Object):
 
 def _machine_initfn(obj: Object) -> None:
     ms: MachineState = obj  # type: ignore[assignment]
+    ms.vm = current_vm()
     mc = ms.mc
     ms.ram_size = mc.default_ram_size
     ms.maxram_size = mc.default_ram_size

@@ -201,7 +201,6 @@ def pc_basic_device_init(pcms: PCMachineState, isa_bus: Any, system_io: MemoryRe
     controller, ports 0x61/0x80/0x92 and the serial ports (pc_basic_device_init,
     pc_i8259_create, serial_hds_isa_init)."""
     from pemu.hw.isa.isa_bus import isa_bus_irqs
-    from pemu.system.vl import serial_hd
 
     from pemu.accel.kvm import kvm_irqchip_in_kernel
 
@@ -235,7 +234,7 @@ def pc_basic_device_init(pcms: PCMachineState, isa_bus: Any, system_io: MemoryRe
     _isa_create(pcms, isa_bus, "port92")
     _isa_create(pcms, isa_bus, "ioport80")
     for i in range(4):
-        chr_ = serial_hd(i)
+        chr_ = pcms.vm.serial_hd(i)
         if chr_ is not None:
             _isa_create(pcms, isa_bus, "isa-serial", chr=chr_)
 

@@ -16,6 +16,7 @@ from pemu.hw.core.qdev import DeviceClass, Property, device_class_set_props
 from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, type_register
 from pemu.system.memory import AddressSpace, MemoryRegion, MEMORY_SIZE_UNLIMITED
 from pemu.target.i386.cpu_state import CPUX86State
+from pemu.util.vm_context import current_vm
 
 TYPE_X86_CPU = "x86_64-cpu"
 X86_CPU_TYPE_SUFFIX = "-" + TYPE_X86_CPU
@@ -45,14 +46,11 @@ class X86CPU(CPUState):
         x86_cpu_reset(self)
 
 
-_next_cpu_index = 0
-
-
 def _x86_cpu_initfn(obj: Object) -> None:
-    global _next_cpu_index
     cpu: X86CPU = obj  # type: ignore[assignment]
-    cpu.cpu_index = _next_cpu_index
-    _next_cpu_index += 1
+    vm = current_vm()
+    cpu.cpu_index = vm.next_cpu_index
+    vm.next_cpu_index += 1
     cpu.env = CPUX86State()
     cpu.model = None
     cpu.features = ""
