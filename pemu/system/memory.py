@@ -94,6 +94,17 @@ class RAMBlock:
                               prot=mmap.PROT_READ | mmap.PROT_WRITE)
         self.view = memoryview(self.mmap)[:size]
         self.host_addr = ctypes.addressof(ctypes.c_char.from_buffer(self.mmap))
+        current_vm().memory.ram_blocks.append(self)  # the VM being built owns it
+
+    def release(self) -> bool:
+        """Unmap the host memory (the VM is destroyed); False if something
+        still holds a view of it, which then keeps it until it lets go."""
+        try:
+            self.view.release()
+            self.mmap.close()
+        except BufferError:
+            return False
+        return True
 
     def fill(self, offset: int, byte: int, length: int) -> None:
         """Set ``length`` bytes from ``offset`` to ``byte``.  Zeroing whole
@@ -389,6 +400,7 @@ class VMMemory:
         self.transaction_depth = 0
         self.changed = False
         self.address_spaces: list[AddressSpace] = []
+        self.ram_blocks: list[RAMBlock] = []
         self.ram_write_notifiers: list[Callable[[int, int], None]] = []
 
 

@@ -132,3 +132,4 @@ class VirtualMachine:
             space.destroy()
         self.memory.ram_write_notifiers.clear()
         self.physmem = None
+        self.memory.ram_blocks = [block for block in self.memory.ram_blocks if not block.release()]

@@ -131,6 +131,8 @@ class _IRQPoll:
         with self.cond:
             self.done = True
             self.cond.notify()
+        if self.thread is not threading.current_thread():
+            self.thread.join(1)  # a destroyed VM leaves no thread behind
 
     def _run(self) -> None:
         with self.cond:

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from pemu.hw.core.cpu import TYPE_CPU, CPUClass, CPUState
 from pemu.hw.core.qdev import DeviceClass, Property, device_class_set_props
-from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, type_register
+from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, type_exists, type_register
 from pemu.system.memory import AddressSpace, MemoryRegion, MEMORY_SIZE_UNLIMITED
 from pemu.target.i386.cpu_state import CPUX86State
 from pemu.util.vm_context import current_vm
@@ -107,9 +107,12 @@ type_register(TypeInfo(TYPE_X86_CPU, parent=TYPE_CPU, abstract=True, instance_ty
 
 
 def x86_register_cpu_types() -> None:
-    """One QOM type per CPU model ("qemu64-x86_64-cpu"), as x86_register_cpudef_types."""
+    """One QOM type per CPU model ("qemu64-x86_64-cpu"), as x86_register_cpudef_types.
+    The type table is process-wide: a second VM finds them registered."""
     from pemu.target.i386 import cpu_models
 
     for name in cpu_models.x86_cpu_model_names():
+        if type_exists(x86_cpu_type_name(name)):
+            continue
         type_register(TypeInfo(x86_cpu_type_name(name), parent=TYPE_X86_CPU,
                                class_init=_x86_cpu_cpudef_class_init, class_data=name))
