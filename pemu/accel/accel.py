@@ -13,10 +13,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum, auto
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pemu.util.error import UserError
 from pemu.util.vm_context import current_vm
+
+if TYPE_CHECKING:
+    from pemu.hw.core.irq import IRQLine
 
 
 class AccelUnavailable(Exception):
@@ -178,6 +181,11 @@ class AccelOps(ABC):
         """The accelerator emulates the interrupt controllers itself (QEMU's
         kvm_irqchip_in_kernel()): the board then makes no userspace PIC."""
         return False
+
+    def irqchip_gsi_lines(self) -> list[IRQLine]:
+        """The interrupt lines into the accelerator's interrupt controllers,
+        by GSI (the 16 ISA IRQs first); empty unless :meth:`irqchip_in_kernel`."""
+        return []
 
     def cleanup(self) -> None:
         """Release what ``init_machine`` took (file descriptors, mappings) when the VM is destroyed."""

@@ -392,8 +392,8 @@ def qemu_create_machine(cfg: Config, mc: MachineClass) -> MachineState:
         if not type_exists(x86_cpu_type_name(model)):
             raise UserError(f"unable to find CPU model '{model}'", f"-cpu {cfg.cpu_model}")
         machine.cpu_type = x86_cpu_type_name(model)
-        machine.cpu_features = features  # type: ignore[attr-defined]
-    machine.name_ = cfg.name  # type: ignore[attr-defined]
+        machine.cpu_features = features
+    machine.name_ = cfg.name
 
     # -nographic means graphics=off (the firmware then uses the serial
     # console), unless -machine says otherwise: it is applied below.
@@ -421,12 +421,12 @@ def qemu_create_machine(cfg: Config, mc: MachineClass) -> MachineState:
             machine.property_set(prop, value)
     if machine.kernel is None and (machine.initrd is not None or machine.append is not None):
         raise UserError("-initrd or -append only allowed with -kernel option")
-    machine.data_dirs = list(cfg.data_dirs)  # type: ignore[attr-defined]
+    machine.data_dirs = list(cfg.data_dirs)
     # -fw_cfg files and -smbios fields, for the board's fw_cfg (pemu.hw.i386.fw_cfg).
     from pemu.hw.smbios.smbios import SmbiosConfig, smbios_entry_add
 
-    machine.fw_cfg_user_files = list(cfg.fw_cfg_files)  # type: ignore[attr-defined]
-    machine.smbios_config = smbios_cfg = SmbiosConfig()  # type: ignore[attr-defined]
+    machine.fw_cfg_user_files = list(cfg.fw_cfg_files)
+    machine.smbios_config = smbios_cfg = SmbiosConfig()
     for opts, location in cfg.smbios:
         smbios_entry_add(smbios_cfg, opts, location)
     return machine

@@ -25,7 +25,7 @@ import os
 import signal
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pemu.accel.accel import KVM_ACCEL_PROPERTIES, AccelOps, AccelUnavailable, VCPUExit, current_accel
 from pemu.accel.kvm import kvm_sys as k
@@ -36,6 +36,9 @@ from pemu.target.i386.cpu_state import (
 from pemu.util.error import UserError, error_report
 from pemu.util.log import guest_error
 from pemu.util.main_loop import bql
+
+if TYPE_CHECKING:
+    from pemu.hw.core.irq import IRQLine
 
 KVM_DEVICE_ENV = "PEMU_KVM_DEVICE"
 DEFAULT_KVM_DEVICE = "/dev/kvm"
@@ -327,7 +330,7 @@ class KVMVCPU:
             run.request_interrupt_window = 0
             return
         if run.ready_for_interrupt_injection and run.if_flag:
-            get_vector = getattr(self.cpu, "get_pic_interrupt", None)
+            get_vector = self.cpu.get_pic_interrupt
             vector = None
             if get_vector is not None:
                 with bql:
@@ -633,6 +636,9 @@ class KVMAccel(AccelOps):
 
     def irqchip_in_kernel(self) -> bool:
         return self.in_kernel_irqchip
+
+    def irqchip_gsi_lines(self) -> list[IRQLine]:
+        return list(self.gsi_lines)
 
     def cleanup(self) -> None:
         self.close()

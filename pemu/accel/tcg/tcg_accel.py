@@ -404,7 +404,7 @@ class TCGVCPU:
             return False
 
     def _deliver_external(self) -> bool:
-        get_vector = getattr(self.cpu, "get_pic_interrupt", None)
+        get_vector = self.cpu.get_pic_interrupt
         if get_vector is None:
             return True
         with bql:

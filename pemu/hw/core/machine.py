@@ -78,6 +78,12 @@ class MachineState(Object):
     mem_merge: bool
     usb: bool
     graphics: bool
+    # From the command line, besides the properties (set by vl before the board is built):
+    name_: str | None  # -name
+    cpu_features: str  # the "+feat,-feat" of -cpu
+    data_dirs: list[str]  # -L
+    fw_cfg_user_files: list[tuple[str, bytes]]  # -fw_cfg name=...
+    smbios_config: Any  # pemu.hw.smbios.smbios.SmbiosConfig from -smbios, or None
 
     @property
     def mc(self) -> MachineClass:
@@ -99,6 +105,11 @@ class MachineState(Object):
 def _machine_initfn(obj: Object) -> None:
     ms: MachineState = obj  # type: ignore[assignment]
     ms.vm = current_vm()
+    ms.name_ = None
+    ms.cpu_features = ""
+    ms.data_dirs = []
+    ms.fw_cfg_user_files = []
+    ms.smbios_config = None
     mc = ms.mc
     ms.ram_size = mc.default_ram_size
     ms.maxram_size = mc.default_ram_size

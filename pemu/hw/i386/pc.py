@@ -12,6 +12,7 @@ from pemu.hw.i386.pc_sysfw import load_firmware_image, pc_system_firmware_init
 from pemu.hw.i386.x86 import TYPE_X86_MACHINE, X86MachineClass, X86MachineState
 from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, type_register
 from pemu.system.memory import MemoryRegion, MemoryRegionOps
+from pemu.target.i386.cpu import x86_cpu_connect_pic
 from pemu.util.log import LOG_UNIMP, qemu_log_mask
 
 TYPE_PC_MACHINE = "generic-pc-machine"
@@ -35,9 +36,13 @@ class PCMachineState(X86MachineState):
     smbus_enabled: bool
     sata_enabled: bool
     max_fw_size: int
-    data_dirs: list[str]
     placeholders: list[MemoryRegion]
     i8042: Any
+    i8259: Any  # the 8259 pair (isa-i8259), None under an in-kernel irqchip
+    hpet_dev: Any
+    lpc: Any  # ICH9 LPC (q35)
+    smbus: Any  # ICH9 SMBus (q35), when enabled
+    smbios_defaults: tuple[str, str, str]  # manufacturer, product, version
 
 
 def _pc_machine_initfn(obj: Object) -> None:
@@ -47,9 +52,13 @@ def _pc_machine_initfn(obj: Object) -> None:
     pcms.isabus = None
     pcms.bios = None
     pcms.bios_source = ""
-    pcms.data_dirs = []
     pcms.placeholders = []
     pcms.i8042 = None
+    pcms.i8259 = None
+    pcms.hpet_dev = None
+    pcms.lpc = None
+    pcms.smbus = None
+    pcms.smbios_defaults = ("QEMU", "Standard PC", "pc")
 
 
 def _pc_machine_class_init(klass: ObjectClass, data: Any) -> None:
@@ -202,24 +211,22 @@ def pc_basic_device_init(pcms: PCMachineState, isa_bus: Any, system_io: MemoryRe
     pc_i8259_create, serial_hds_isa_init)."""
     from pemu.hw.isa.isa_bus import isa_bus_irqs
 
-    from pemu.accel.kvm import kvm_irqchip_in_kernel
-
     # Under KVM with kernel-irqchip=on the 8259s, the IOAPIC and the 8254
     # (with the speaker port 0x61) are the kernel's: ISA lines go to KVM.
-    irqchip_in_kernel = kvm_irqchip_in_kernel()
+    accel = pcms.vm.accel
+    irqchip_in_kernel = accel is not None and accel.irqchip_in_kernel()
     if irqchip_in_kernel:
-        from pemu.accel.kvm.kvm_accel import kvm_isa_irqs
-
-        lines = kvm_isa_irqs()
+        assert accel is not None
+        lines = accel.irqchip_gsi_lines()[:16]
         isa_bus_irqs(isa_bus, list(lines))
         pcms.gsi = list(lines)
     else:
         pic = _isa_create(pcms, isa_bus, "isa-i8259", int_output=_CPUInterruptLine(pcms))
         isa_bus_irqs(isa_bus, pic.model.get_irq_lines())
         pcms.gsi = list(pic.model.get_irq_lines())
-        pcms.pic = pic  # type: ignore[attr-defined]
+        pcms.i8259 = pic
         for cpu in pcms.cpus:
-            cpu.get_pic_interrupt = pic.model.read_irq
+            x86_cpu_connect_pic(cpu, pic.model.read_irq)
 
     hpet = pc_hpet_init(pcms) if pcms.hpet_enabled else None
     pcms.rtc = _isa_create(pcms, isa_bus, "mc146818rtc")
@@ -252,7 +259,7 @@ def pc_hpet_init(pcms: PCMachineState) -> Any:
     hpet.mmio_map(0, memmap.HPET_BASE)  # type: ignore[attr-defined]
     for n, line in enumerate(pcms.gsi):
         hpet.connect_irq(n, line)  # type: ignore[attr-defined]
-    pcms.hpet_dev = hpet  # type: ignore[attr-defined]
+    pcms.hpet_dev = hpet
     return hpet
 
 
@@ -286,9 +293,9 @@ def pc_late_init(pcms: PCMachineState) -> None:
     if pcms.acpi != "off":
         tables_base = (pcms.below_4g_mem_size - ACPI_TABLES_SIZE) & ~0xFFF
         with_apic = getattr(pcms.cpus[0].model, "has_apic", False) if pcms.cpus else False
-        from pemu.accel.kvm import kvm_irqchip_in_kernel
-
-        with_apic = with_apic or kvm_irqchip_in_kernel()  # the in-kernel LAPICs and IOAPIC
+        accel = pcms.vm.accel
+        # The in-kernel LAPICs and IOAPIC.
+        with_apic = with_apic or (accel is not None and accel.irqchip_in_kernel())
         acpi_cfg = q35_acpi_config(pcms.below_4g_mem_size, hpet=pcms.hpet_enabled,
                                    mcfg=(memmap.MCH_PCIEXBAR_DEFAULT, memmap.MCH_PCIEXBAR_SIZE),
                                    fw_cfg_io=_fw_cfg_acpi_io(pcms))
@@ -298,9 +305,9 @@ def pc_late_init(pcms: PCMachineState) -> None:
         if len(build.blob) > ACPI_TABLES_SIZE:
             raise QOMError("ACPI tables do not fit in their reserved area")
         address_space_memory().write_rom(tables_base, build.blob)
-        pcms.acpi_rsdp_addr = build.rsdp_addr  # type: ignore[attr-defined]
-        pcms.acpi_build = build  # type: ignore[attr-defined]
+        pcms.acpi_rsdp_addr = build.rsdp_addr
+        pcms.acpi_build = build
     else:
-        pcms.acpi_rsdp_addr = None  # type: ignore[attr-defined]
+        pcms.acpi_rsdp_addr = None
     pcms.e820 = pc_build_e820(pcms, tables_base)
     pc_fw_cfg_machine_done(pcms, fw_tables)

@@ -33,7 +33,7 @@ Q35_LATEST = Q35_MACHINE_VERSIONS[0]
 
 def smbios_set_defaults(pcms: PCMachineState, manufacturer: str, product: str, version: str) -> None:
     """Record the SMBIOS identity the tables will carry (seed: smbios_set_defaults)."""
-    pcms.smbios_defaults = (manufacturer, product, version)  # type: ignore[attr-defined]
+    pcms.smbios_defaults = (manufacturer, product, version)
 
 
 def q35_ram_split(ram_size: int, gigabyte_align: bool, max_ram_below_4g: int = 0) -> tuple[int, int]:
@@ -70,15 +70,12 @@ def q35_direct_boot_chipset_setup(lpc: Any, smb: Any, kbd: Any) -> None:
         ich9_smb_direct_boot_setup(smb)
 
 
-def _q35_connect_ioapic_gsis(lpc: Any) -> None:
+def _q35_connect_ioapic_gsis(pcms: PCMachineState, lpc: Any) -> None:
     """With an IOAPIC (KVM's in-kernel irqchip), PIRQ A-H also drive GSI
     16-23, where the APIC-model _PRT sends them."""
-    from pemu.accel.kvm import kvm_irqchip_in_kernel
-
-    if kvm_irqchip_in_kernel():
-        from pemu.accel.accel import current_accel
-
-        lpc.gsi_lines = list(getattr(current_accel(), "gsi_lines", []))
+    accel = pcms.vm.accel
+    if accel is not None and accel.irqchip_in_kernel():
+        lpc.gsi_lines = accel.irqchip_gsi_lines()
 
 
 def pc_q35_init(machine: Any) -> None:
@@ -129,7 +126,7 @@ def pc_q35_init(machine: Any) -> None:
     lpc.property_set("multifunction", True)
     qdev_realize(lpc, pcms.pcibus)
     lpc.unref()
-    pcms.lpc = lpc  # type: ignore[attr-defined]
+    pcms.lpc = lpc
     pcms.isabus = lpc.isa_bus  # type: ignore[attr-defined]
 
     # The SMBus controller, function 3 of the LPC's slot.
@@ -142,7 +139,7 @@ def pc_q35_init(machine: Any) -> None:
         smb.property_set("addr", "1f.3")
         qdev_realize(smb, pcms.pcibus)
         smb.unref()
-        pcms.smbus = smb.smbus  # type: ignore[attr-defined]
+        pcms.smbus = smb.smbus
         # The memory modules' SPD EEPROMs, empty as in QEMU's q35.
         smbus_eeprom_init(smb.smbus, SMBUS_EEPROM_MAX)  # type: ignore[attr-defined]
 
@@ -156,7 +153,7 @@ def pc_q35_init(machine: Any) -> None:
     system_memory.add_subregion_overlap(memmap.APIC_BASE, placeholder_region(pcms, "apic-msi", memmap.APIC_SPACE_SIZE), 4096)
 
     pc_basic_device_init(pcms, pcms.isabus, system_io)
-    _q35_connect_ioapic_gsis(lpc)
+    _q35_connect_ioapic_gsis(pcms, lpc)
 
     direct_boot = machine.kernel is not None and pcms.bios_source == DIRECT_BOOT_FIRMWARE
     if direct_boot:

@@ -38,12 +38,21 @@ class X86CPU(CPUState):
     memory: AddressSpace
     smm: AddressSpace
     io: AddressSpace
+    # The interrupt controller's acknowledge cycle: the vector of the interrupt
+    # the CPU takes on INTR (QEMU's cpu_get_pic_interrupt); see x86_cpu_connect_pic.
     get_pic_interrupt: Callable[[], int] | None
     cpu_as_root: MemoryRegion
     cpu_as_mem: MemoryRegion
 
     def reset(self) -> None:
         x86_cpu_reset(self)
+
+
+def x86_cpu_connect_pic(cpu: X86CPU, acknowledge: Callable[[], int]) -> None:
+    """Connect the board's interrupt controller to the CPU: the accelerator
+    calls ``acknowledge()`` (with the big lock held) to take the vector of a
+    pending INTR."""
+    cpu.get_pic_interrupt = acknowledge
 
 
 def _x86_cpu_initfn(obj: Object) -> None:
