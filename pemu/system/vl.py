@@ -28,14 +28,12 @@ from pemu.cli.options import (
     register_standard_opts,
     unimplemented_options,
 )
-from pemu.hw.core.machine import TYPE_MACHINE, MachineClass, MachineState
+from pemu.hw.core.machine import TYPE_MACHINE, MachineClass, MachineState, machine_reset
 from pemu.hw.core.qdev import (
     GlobalProperty,
     MachineInitPhase,
-    bus_cold_reset,
     phase_advance,
     qdev_prop_register_global,
-    qemu_run_reset_handlers,
 )
 from pemu.qom.object import (
     QOMError,
@@ -489,14 +487,9 @@ def qemu_create_cli_devices(cfg: Config) -> None:
 
 
 def qemu_system_reset(machine: MachineState) -> None:
-    """Reset every device and CPU, then replay the direct-boot setup."""
-    from pemu.hw.core.sysbus import sysbus_get_default
-    from pemu.hw.i386.x86 import linux_boot_apply
-    bus_cold_reset(sysbus_get_default())
-    qemu_run_reset_handlers()
-    for cpu in getattr(machine, "cpus", []):
-        cpus.cpu_reset(cpu)
-    linux_boot_apply(machine)  # type: ignore[arg-type]
+    """Reset the machine: its class's reset (the PC's resets devices and
+    CPUs and replays the direct-boot setup)."""
+    machine_reset(machine)
 
 
 # --- character devices and monitors ----------------------------------------------------------

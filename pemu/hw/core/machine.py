@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from pemu.hw.core.qdev import MachineInitPhase, phase_advance
+from pemu.hw.core.qdev import MachineInitPhase, bus_cold_reset, phase_advance, qemu_run_reset_handlers
+from pemu.hw.core.sysbus import sysbus_get_default
 from pemu.qom.object import TYPE_OBJECT, Object, ObjectClass, QOMError, TypeInfo, object_resolve_path, type_register
 from pemu.system.memory import MemoryRegion
 from pemu.util.vm_context import current_vm
@@ -152,6 +153,23 @@ type_register(TypeInfo(
     class_init=_machine_class_init, class_base_init=_machine_class_base_init,
     instance_init=_machine_initfn,
 ))
+
+
+def qemu_devices_reset(machine: MachineState) -> None:
+    """Reset every device of the machine, then run the reset handlers
+    (QEMU's qemu_devices_reset: what a machine without its own reset does)."""
+    bus_cold_reset(sysbus_get_default())
+    qemu_run_reset_handlers()
+
+
+def machine_reset(machine: MachineState) -> None:
+    """A system reset: the machine class's ``reset`` if it has one, else the
+    devices' (QEMU's qemu_system_reset calling mc->reset)."""
+    mc = machine.mc
+    if mc.reset is not None:
+        mc.reset(machine)
+    else:
+        qemu_devices_reset(machine)
 
 
 def machine_run_board_init(machine: MachineState) -> None:

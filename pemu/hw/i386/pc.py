@@ -9,8 +9,10 @@ from pemu.hw.core.qdev import qdev_new, qdev_realize
 from pemu.hw.i386 import memmap
 from pemu.hw.i386.e820 import E820Table, E820Type
 from pemu.hw.i386.pc_sysfw import load_firmware_image, pc_system_firmware_init
-from pemu.hw.i386.x86 import TYPE_X86_MACHINE, X86MachineClass, X86MachineState
+from pemu.hw.core.machine import MachineState, qemu_devices_reset
+from pemu.hw.i386.x86 import TYPE_X86_MACHINE, X86MachineClass, X86MachineState, linux_boot_apply
 from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, type_register
+from pemu.system import cpus
 from pemu.system.memory import MemoryRegion, MemoryRegionOps
 from pemu.target.i386.cpu import x86_cpu_connect_pic
 from pemu.util.log import LOG_UNIMP, qemu_log_mask
@@ -61,9 +63,20 @@ def _pc_machine_initfn(obj: Object) -> None:
     pcms.smbios_defaults = ("QEMU", "Standard PC", "pc")
 
 
+def pc_machine_reset(machine: MachineState) -> None:
+    """The PC's system reset (QEMU's pc_machine_reset): devices, then CPUs,
+    then the direct-boot setup is written again (a reboot boots the same kernel)."""
+    x86ms: X86MachineState = machine  # type: ignore[assignment]
+    qemu_devices_reset(machine)
+    for cpu in x86ms.cpus:
+        cpus.cpu_reset(cpu)
+    linux_boot_apply(x86ms)
+
+
 def _pc_machine_class_init(klass: ObjectClass, data: Any) -> None:
     k: PCMachineClass = klass  # type: ignore[assignment]
     k.default_ram_size = 128 << 20
+    k.reset = pc_machine_reset
     k.default_ram_id = "pc.ram"
     k.default_nic = "e1000e"
     k.property_add_field("hpet", "bool", attr="hpet_enabled", default=True, description="Enable HPET")
