@@ -193,8 +193,6 @@ class _CPUInterruptLine:
     """The 8259's INTR output: raises or lowers the boot CPU's hard interrupt request."""
 
     def __init__(self, pcms: PCMachineState) -> None:
-        from pemu.system import cpus
-
         self.pcms = pcms
         # Bound once: this runs on every edge of the PIC's output.
         self._raise = cpus.cpu_interrupt
