@@ -431,20 +431,19 @@ def machine_cpus() -> list[Object]:
                 walk(child)
 
     walk(object_get_root())
-    return sorted(found, key=lambda cpu: getattr(cpu, "cpu_index", 0))
+    return sorted(found, key=lambda cpu: cpu.cpu_index)  # type: ignore[attr-defined]
 
 
-def _thread_id(cpu: Object) -> int:
-    run = getattr(cpu, "run", None)
-    thread = getattr(run, "thread", None)
-    native = getattr(thread, "native_id", None)
+def _thread_id(cpu: Any) -> int:
+    thread = cpu.run.thread
+    native = thread.native_id if thread is not None else None
     return native if isinstance(native, int) else os.getpid()
 
 
 def hmp_info_cpus(mon: Monitor, args: dict[str, Any]) -> None:
     cpus = machine_cpus()
     for n, cpu in enumerate(cpus):
-        index = getattr(cpu, "cpu_index", n)
+        index = cpu.cpu_index  # type: ignore[attr-defined]
         mark = "*" if n == 0 else " "
         mon.print_line(f"{mark} CPU #{index}: thread_id={_thread_id(cpu)}")
 

@@ -386,6 +386,9 @@ class Object:
     def typename(self) -> str:
         return self.klass.type.name
 
+    def _before_unparent(self) -> None:
+        """Runs as the object leaves its parent (a device unrealizes here)."""
+
     def is_a(self, typename: str) -> bool:
         return type_is_a(self.klass.type, typename)
 
@@ -521,9 +524,7 @@ class Object:
 
 
 def _release_child(child: Object) -> None:
-    hook = getattr(child, "_before_unparent", None)
-    if hook is not None:
-        hook()
+    child._before_unparent()
     child.parent = None
     child.unref()
 

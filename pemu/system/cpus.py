@@ -17,6 +17,7 @@ import traceback
 from typing import Any
 
 from pemu.accel.accel import AccelVCPU, VCPUExit, configure_accelerators, current_accel
+from pemu.hw.core.cpu import CPURunState, CPUState
 from pemu.system import runstate
 from pemu.system.runstate import RunState
 from pemu.util.error import error_report
@@ -33,26 +34,9 @@ CPU_INTERRUPT_INIT = 0x0400
 qemu_pause_cond = threading.Condition(bql)
 
 
-class CPURunState:
-    """What the vCPU thread and the rest of the machine share about one CPU."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Condition(threading.Lock())
-        self.interrupt_request = 0
-        self.halted = False
-        self.shutdown = False  # after a triple fault: wait for reset
-        self.stop = False  # a stop was requested
-        self.stopped = True  # the thread is parked (the VM starts stopped)
-        self.unplug = False  # the thread must exit
-        self.thread: threading.Thread | None = None
-        self.accel_vcpu: AccelVCPU | None = None
-
-
 def run_state(cpu: Any) -> CPURunState:
-    run = getattr(cpu, "run", None)
-    if run is None:
-        run = CPURunState()
-        cpu.run = run
+    """What the vCPU thread and the rest of the machine share about ``cpu`` (its declared ``run``)."""
+    run: CPURunState = cpu.run
     return run
 
 
@@ -275,13 +259,8 @@ def cpu_synchronize_post_reset(cpu: Any) -> None:
         run.accel_vcpu.put_state()
 
 
-def cpu_reset(cpu: Any) -> None:
-    reset = getattr(cpu, "reset", None)
-    if callable(reset):
-        reset()
-    else:
-        cpu.env.reset(bsp=cpu.cpu_index == 0)
-        cpu_synchronize_post_reset(cpu)
+def cpu_reset(cpu: CPUState) -> None:
+    cpu.reset()
 
 
 def destroy_vcpu(cpu: Any) -> None:

@@ -7,6 +7,7 @@ import sys
 
 from pemu.hw.core.qdev import (
     TYPE_DEVICE,
+    BusClass,
     BusState,
     DeviceClass,
     DeviceState,
@@ -94,8 +95,8 @@ def _find_bus_for(dc: DeviceClass) -> BusState | None:
         return None
     for bus in qbus_iter(sysbus_get_default()):
         if bus.is_a(dc.bus_type):
-            klass = bus.klass
-            max_dev = getattr(klass, "max_dev", 0)
+            bc: BusClass = bus.klass  # type: ignore[assignment]
+            max_dev = bc.max_dev
             if max_dev and len(bus.devices_on_bus) >= max_dev:
                 continue
             return bus

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from pemu.hw.core.cpu import CPURunState
 from pemu.accel.accel import VCPUExit
 from pemu.chardev import CharBackend, Chardev
 from pemu.system import cpus, runstate, vl
@@ -266,6 +267,9 @@ class FakeVCPU:
 
 class FakeCPU:
     cpu_index = 7
+
+    def __init__(self) -> None:
+        self.run = CPURunState()
 
 
 def run_on_vcpu_thread(access: Any) -> tuple[FakeCPU, FakeVCPU]:

@@ -12,6 +12,7 @@ from pemu.chardev.char import Chardev, ChrEvent
 from pemu.chardev.char_fe import CharBackend
 from pemu.chardev.char_mux import MuxChardev, resume_mux_open, suspend_mux_open
 from pemu.hw.core import qdev, sysbus
+from pemu.hw.core.cpu import CPURunState
 from pemu.hw.core.qdev import DeviceClass, Property, device_class_set_props, qbus_new, qdev_new
 from pemu.hw.core.sysbus import TYPE_SYS_BUS_DEVICE, TYPE_SYSTEM_BUS, SysBusDevice
 from pemu.monitor import hmp_cmds, monitor_init_hmp, register_powerdown_handler, unregister_powerdown_handler
@@ -59,6 +60,7 @@ class MonMachine(Object):
 class MonCPU(Object):
     cpu_index: int
     env: CPUX86State
+    run: CPURunState
 
 
 def _dev_class_init(klass: ObjectClass, data: Any) -> None:
@@ -79,6 +81,7 @@ def _cpu_init(obj: Object) -> None:
     cpu: MonCPU = obj  # type: ignore[assignment]
     cpu.cpu_index = 0
     cpu.env = CPUX86State()
+    cpu.run = CPURunState()
 
 
 def _register_types() -> None:

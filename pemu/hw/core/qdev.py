@@ -84,8 +84,8 @@ def device_class_set_props(dc: DeviceClass, props: list[Property]) -> None:
             return getattr(obj, attr)
 
         def setter(obj: Object, value: Any, attr: str = attr, name: str = p.name) -> None:
-            dev = obj  # a DeviceState
-            if getattr(dev, "realized", False):
+            dev: DeviceState = obj  # type: ignore[assignment]
+            if dev.realized:
                 raise QOMError(
                     f"Attempt to set property '{name}' on device '{dev.id or ''}' "
                     f"(type '{dev.typename}') after it was realized")
@@ -148,7 +148,7 @@ class DeviceClass(ObjectClass):
 
 class DeviceState(Object):
     id: str | None
-    realized: bool
+    realized: bool = False  # property defaults are set before instance_init runs
     hotplugged: bool
     parent_bus: BusState | None
     child_buses: list[BusState]

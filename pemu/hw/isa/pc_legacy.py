@@ -151,7 +151,7 @@ def _serial_realize(dev: Any) -> None:
         if chr_ is None:
             raise QOMError(f"Property 'isa-serial.chardev' can't find value '{dev.chardev}'")
     if chr_ is not None:
-        dev.chardev = chr_.label if hasattr(chr_, "label") else getattr(chr_, "id", "")
+        dev.chardev = chr_.label
     dev.backend = backend = CharBackend(chr_) if chr_ is not None else None
     dev.model = model = SerialUART(dev.get_irq(irq), backend,
                                     on_can_receive=backend.accept_input if backend else None,

@@ -148,6 +148,9 @@ class PCIDeviceClass(DeviceClass):
     subsystem_vendor_id: int = 0
     subsystem_id: int = 0
     is_express: bool = False
+    # Run after the generic PCI realize and reset, for the function's own registers.
+    pci_realize: Callable[[PCIDevice], None] | None = None
+    pci_reset: Callable[[PCIDevice], None] | None = None
 
 
 class PCIDevice(DeviceState):
@@ -164,6 +167,10 @@ class PCIDevice(DeviceState):
     io_regions: list[PCIIORegion | None]
     irq_state: int  # bit n: INTx pin n asserted by the device
     cap_used: bytearray  # 1 where a capability (or the header) sits
+
+    @property
+    def pci_class(self) -> PCIDeviceClass:
+        return self.klass  # type: ignore[return-value]
 
     @property
     def pci_bus(self) -> PCIBus:
@@ -268,7 +275,7 @@ def _pci_qdev_realize(obj: Any) -> None:
     dev.wmask[PCI_COMMAND + 1] = PCI_COMMAND_INTX_DISABLE >> 8
     dev.wmask[PCI_INTERRUPT_LINE] = 0xFF
     dev.w1cmask[PCI_STATUS + 1] = 0xF9  # the error bits of the status register
-    realize = getattr(dev.klass, "pci_realize", None)
+    realize = dev.pci_class.pci_realize
     if realize is not None:
         realize(dev)
 
@@ -358,7 +365,7 @@ def _pci_qdev_reset(obj: Any) -> None:
     of ``k.reset``, or calls :func:`pci_device_reset` from its own reset)."""
     dev: PCIDevice = obj
     pci_device_reset(dev)
-    hook = getattr(dev.klass, "pci_reset", None)
+    hook = dev.pci_class.pci_reset
     if hook is not None:
         hook(dev)
 
