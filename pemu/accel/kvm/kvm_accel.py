@@ -286,7 +286,7 @@ class KVMVCPU:
         self.cpu = cpu
         self.run_state = cpu.run
         self.env: CPUX86State = cpu.env
-        self.vcpu_id = int(getattr(cpu, "apic_id", cpu.cpu_index))
+        self.vcpu_id = int(cpu.apic_id)
         assert accel.vm is not None
         self.fd = accel.vm.create_vcpu(self.vcpu_id)
         self.run = self.fd.run
@@ -565,7 +565,7 @@ class KVMAccel(AccelOps):
         if self.kernel_irqchip is not None:
             mode = self.kernel_irqchip
         else:
-            mode = getattr(machine, "kernel_irqchip", "on") or "on"
+            mode = machine.kernel_irqchip or "on"  # X86MachineState.kernel_irqchip
             where = f"-machine kernel-irqchip={mode}"
         if mode == "split":
             raise UserError("kernel-irqchip=split is not supported by pemu", where)
@@ -589,7 +589,7 @@ class KVMAccel(AccelOps):
             vm.create_pit2(0)
             self.in_kernel_irqchip = True
             self.gsi_lines = [KVMIRQLine(vm, gsi) for gsi in range(NUM_IOAPIC_PINS)]
-        smp = getattr(getattr(machine, "smp", None), "cpus", 1)
+        smp = machine.smp.cpus
         if smp > 1 and not self.in_kernel_irqchip:
             raise UserError("-smp > 1 needs kernel-irqchip=on under kvm", f"-smp {smp}")
         max_vcpus = self.system.check_extension(k.Cap.MAX_VCPUS) or self.system.check_extension(k.Cap.NR_VCPUS)
