@@ -24,7 +24,7 @@ from pemu.qom.object import Object, QOMError, object_get_root, object_resolve_pa
 from pemu.system import cpus, runstate
 from pemu.system.runstate import RunState, ShutdownCause
 from pemu.util.error import UserError
-from pemu.util.vm_context import set_current_vm
+from pemu.util.vm_context import current_vm, set_current_vm
 
 if TYPE_CHECKING:
     from pemu.monitor.monitor import Monitor
@@ -334,16 +334,10 @@ def hmp_info_version(mon: Monitor, args: dict[str, Any]) -> None:
 
 
 def vm_name() -> str | None:
-    """The -name of the VM, when the command line set one: QEMU's global
-    ``qemu_name`` if vl defines one, else what vl keeps on the machine."""
-    import sys
-
-    vl = sys.modules.get("pemu.system.vl")
-    name = getattr(vl, "qemu_name", None) if vl is not None else None
-    if not name:
-        machine = object_resolve_path("/machine")
-        name = getattr(machine, "name_", None)
-    return name if isinstance(name, str) and name else None
+    """The -name of the VM, when the command line set one (kept on the machine)."""
+    machine = current_vm().machine
+    name = machine.name_ if machine is not None else None
+    return name or None
 
 
 def hmp_info_name(mon: Monitor, args: dict[str, Any]) -> None:

@@ -24,6 +24,7 @@ from pemu.system import cpus, runstate
 from pemu.system.memory import AddressSpace, MemoryRegion
 from pemu.system.runstate import RunState, ShutdownCause
 from pemu.target.i386.cpu_state import CPUX86State
+from pemu.util.vm_context import current_vm
 
 BANNER = "pemu 0.1.0 monitor - type 'help' for more information\r\n"
 
@@ -54,7 +55,7 @@ class CaptureChardev(Chardev):
 
 
 class MonMachine(Object):
-    pass
+    name_: str | None = None  # -name, as MachineState keeps it
 
 
 class MonCPU(Object):
@@ -116,6 +117,7 @@ def machine() -> Object:
     cpu = object_new("t-mon-x86_64-cpu")
     container_get(root, "/machine/unattached").add_child("device[0]", cpu)
     cpu.unref()
+    current_vm().machine = m  # type: ignore[assignment]  # the VM's machine, as qemu_init records it
     return m
 
 
@@ -584,7 +586,8 @@ def test_hostile_bytes_do_not_break_the_monitor(mon: Monitor, chardev: CaptureCh
 
 def test_info_name_from_the_machine(mon: Monitor, chardev: CaptureChardev, machine: Object) -> None:
     assert run(chardev, "info name") == []
-    machine.name_ = "vm-under-test"  # type: ignore[attr-defined]
+    assert isinstance(machine, MonMachine)
+    machine.name_ = "vm-under-test"
     assert run(chardev, "info name") == ["vm-under-test"]
 
 
