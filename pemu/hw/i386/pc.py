@@ -3,19 +3,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
+from pemu.hw.core.machine import MachineState, qemu_devices_reset
 from pemu.hw.core.qdev import qdev_new, qdev_realize
 from pemu.hw.i386 import memmap
 from pemu.hw.i386.e820 import E820Table, E820Type
 from pemu.hw.i386.pc_sysfw import load_firmware_image, pc_system_firmware_init
-from pemu.hw.core.machine import MachineState, qemu_devices_reset
+from pemu.hw.isa.pc_legacy import ISAPICState, ISASerialState, PCSpkState
 from pemu.hw.i386.x86 import TYPE_X86_MACHINE, X86MachineClass, X86MachineState, linux_boot_apply
 from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, type_register
 from pemu.system import cpus
 from pemu.system.memory import MemoryRegion, MemoryRegionOps
 from pemu.target.i386.cpu import x86_cpu_connect_pic
 from pemu.util.log import LOG_UNIMP, qemu_log_mask
+
+if TYPE_CHECKING:
+    from pemu.chardev.char import Chardev
 
 TYPE_PC_MACHINE = "generic-pc-machine"
 
@@ -207,10 +211,13 @@ class _CPUInterruptLine:
             self._lower(cpu, self._hard)
 
 
-def _isa_create(pcms: PCMachineState, isa_bus: Any, typename: str, **attrs: Any) -> Any:
+def _isa_create(pcms: PCMachineState, isa_bus: Any, typename: str,
+                configure: Callable[[Any], None] | None = None) -> Any:
+    """Make, wire (``configure`` sets the device's declared links before
+    realize) and realize one ISA device of the board."""
     dev = qdev_new(typename)
-    for key, value in attrs.items():
-        setattr(dev, key, value)
+    if configure is not None:
+        configure(dev)
     qdev_realize(dev, isa_bus)
     dev.unref()
     return dev
@@ -232,7 +239,10 @@ def pc_basic_device_init(pcms: PCMachineState, isa_bus: Any, system_io: MemoryRe
         isa_bus_irqs(isa_bus, list(lines))
         pcms.gsi = list(lines)
     else:
-        pic = _isa_create(pcms, isa_bus, "isa-i8259", int_output=_CPUInterruptLine(pcms))
+        def connect_intr(dev: ISAPICState) -> None:
+            dev.int_output = _CPUInterruptLine(pcms)
+
+        pic = _isa_create(pcms, isa_bus, "isa-i8259", connect_intr)
         isa_bus_irqs(isa_bus, pic.model.get_irq_lines())
         pcms.gsi = list(pic.model.get_irq_lines())
         pcms.i8259 = pic
@@ -243,7 +253,10 @@ def pc_basic_device_init(pcms: PCMachineState, isa_bus: Any, system_io: MemoryRe
     pcms.rtc = _isa_create(pcms, isa_bus, "mc146818rtc")
     if not irqchip_in_kernel:
         pit = _isa_create(pcms, isa_bus, "isa-pit")
-        _isa_create(pcms, isa_bus, "isa-pcspk", pit=pit)
+        def link_pit(dev: PCSpkState) -> None:
+            dev.pit = pit
+
+        _isa_create(pcms, isa_bus, "isa-pcspk", link_pit)
         if hpet is not None:
             # Legacy replacement mode hands IRQ 0 to HPET timer 0: the HPET
             # cuts the PIT's output off (QEMU connects HPET gpio-out 0 to the PIT).
@@ -254,7 +267,10 @@ def pc_basic_device_init(pcms: PCMachineState, isa_bus: Any, system_io: MemoryRe
     for i in range(4):
         chr_ = pcms.vm.serial_hd(i)
         if chr_ is not None:
-            _isa_create(pcms, isa_bus, "isa-serial", chr=chr_)
+            def attach(dev: ISASerialState, chr_: Chardev = chr_) -> None:
+                dev.chr = chr_
+
+            _isa_create(pcms, isa_bus, "isa-serial", attach)
 
 
 def pc_hpet_init(pcms: PCMachineState) -> Any:
