@@ -104,7 +104,10 @@ class Config:
 
 
 def parse_config(argv: list[str]) -> Config:
-    register_standard_opts()
+    # The option tables are process-wide, as in QEMU; a command line starts
+    # them empty, so a second VM built in the process inherits nothing.
+    for opts_list in register_standard_opts():
+        opts_list.reset()
     parsed = parse_command_line(argv)
     cfg = Config()
     # The option table's `implemented` flag decides (and -help shows it).

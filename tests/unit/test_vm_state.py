@@ -126,6 +126,24 @@ def test_build_destroy_build_leaves_nothing_behind(tmp_path: Path) -> None:
     assert open_fds() - fds_before == set()  # nor a file descriptor
 
 
+def test_a_second_command_line_does_not_inherit_the_first_ones_options() -> None:
+    """The option tables are process-wide (as QEMU's); each command line starts them empty."""
+    outer = current_vm()
+    first = vl.qemu_init(BOARD + ["-m", "128", "-machine", "hpet=off", "-name", "first"])
+    try:
+        assert first.machine is not None and not first.machine.hpet_enabled  # type: ignore[attr-defined]
+    finally:
+        first.destroy()
+        set_current_vm(outer)
+    second = vl.qemu_init(BOARD + ["-m", "128"])
+    try:
+        assert second.machine is not None and second.machine.hpet_enabled  # type: ignore[attr-defined]
+        assert second.machine.name_ is None
+    finally:
+        second.destroy()
+        set_current_vm(outer)
+
+
 def test_a_failed_build_leaves_nothing_behind() -> None:
     main_loop()
     outer = current_vm()
