@@ -340,6 +340,16 @@ def vm_name() -> str | None:
     return name or None
 
 
+def hmp_info_accel(mon: Monitor, args: dict[str, Any]) -> None:
+    from pemu.accel.accel import current_accel
+
+    accel = current_accel()
+    if accel is None:
+        raise CommandError("no accelerator is configured")
+    detail = accel.description()
+    mon.print_line(f"accelerator: {accel.name}" + (f" ({detail})" if detail else ""))
+
+
 def hmp_info_name(mon: Monitor, args: dict[str, Any]) -> None:
     name = vm_name()
     if name is not None:
@@ -542,6 +552,7 @@ HMP_INFO_CMDS = _sorted([
     HMPCommand("cpus", "", "show infos for each CPU", hmp_info_cpus),
     HMPCommand("registers", "[-a]", "show the cpu registers (-a: all - show register info for all cpus)",
                hmp_info_registers, (flag("all", "a"),)),
+    HMPCommand("accel", "", "show the accelerator and the engine that runs guest code", hmp_info_accel),
     HMPCommand("mtree", "[-f]", "show memory tree (-f: dump flat view for address spaces)",
                hmp_info_mtree, (flag("flatview", "f"),)),
     HMPCommand("qtree", "[-b]", "show device tree (-b: brief, omit properties)",

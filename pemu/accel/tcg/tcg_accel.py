@@ -7,7 +7,9 @@ model, RDTSC from the virtual clock, port I/O and MMIO through the memory
 API, HLT idling, and kicks from other threads.
 
 The engine is created as UC_MODE_64 and put into real mode by loading the
-saved context of a 16-bit instance (the register API cannot do it).
+saved context of a 16-bit instance (the register API cannot do it).  The
+library is pemu's build of Unicorn 2.1.4 when there is one, else the stock
+wheel's (pemu.accel.tcg.engine); what it offers is detected at run time.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from unicorn import (UC_ARCH_X86, UC_ERR_INSN_INVALID, UC_ERR_WRITE_PROT, UC_HOO
 from unicorn import x86_const as ucx
 from unicorn.unicorn_py3.unicorn import uclib
 
-from pemu.accel.accel import TCG_ACCEL_PROPERTIES, AccelOps, VCPUExit
+from pemu.accel.accel import TCG_ACCEL_PROPERTIES, AccelOps, AccelUnavailable, VCPUExit
+from pemu.accel.tcg.engine import EngineUnavailable, check_engine_choice, engine_info
 from pemu.accel.tcg.exit_request import TBExitRequest, verify_exit_request
 from pemu.accel.tcg.memory_map import UnicornMemoryMap
 from pemu.target.i386.cpu_models import TCG_UNSUPPORTED
@@ -447,7 +450,8 @@ class TCGVCPU:
         uc = self.uc
         uc.ctl_flush_tb()  # the step must translate a fresh one-instruction block
         try:
-            self.memory_map.run_dropping_rom_writes(lambda: uc.emu_start(ctx.eip, 0, 0, 1))
+            with self.exit_request.exits_after_each_access():
+                self.memory_map.run_dropping_rom_writes(lambda: uc.emu_start(ctx.eip, 0, 0, 1))
         except UcError as e:
             return self._engine_error(e, rom_write_dropped=True)
         if self.shutdown_pending:
@@ -535,6 +539,14 @@ class TCGAccel(AccelOps):
     def __init__(self) -> None:
         self.thread = "single"
         self.tb_size_mib = 0  # -accel tcg,tb-size=N: translation cache in MiB; 0 is the engine's default
+        try:
+            check_engine_choice()
+        except EngineUnavailable as e:
+            raise AccelUnavailable(f"tcg accelerator is not available: {e}") from None
+
+    @classmethod
+    def description(cls) -> str:
+        return f"software CPU on {engine_info().describe()}"
 
     def init_machine(self, machine: Any) -> None:
         verify_context_layout()
