@@ -80,6 +80,7 @@ class Config:
     cpu_model: str | None = None
     accels: list[AccelRequest] = field(default_factory=list)  # -accel, -enable-kvm or -machine accel=, in order
     devices: list[tuple[QemuOpts, str]] = field(default_factory=list)
+    globals: list[GlobalProperty] = field(default_factory=list)  # -global, for the VM's devices
     objects: list[tuple[QemuOpts, str]] = field(default_factory=list)
     chardevs: list[tuple[QemuOpts, str]] = field(default_factory=list)
     serials: list[str] = field(default_factory=list)
@@ -159,7 +160,7 @@ def _apply_option(cfg: Config, opt: ParsedOption) -> None:
     elif name == "global":
         assert arg is not None
         g = qemu_global_option(arg, opt.location)
-        qdev_prop_register_global(GlobalProperty(g.driver, g.property, g.value))
+        cfg.globals.append(GlobalProperty(g.driver, g.property, g.value))
     elif name == "object":
         cfg.objects.append((opt.parse_opts(), opt.location))
     elif name == "chardev":
@@ -659,6 +660,8 @@ def qemu_init(argv: list[str]) -> VirtualMachine:
 
 
 def qemu_build(cfg: Config, vm: VirtualMachine) -> None:
+    for prop in cfg.globals:
+        qdev_prop_register_global(prop)
     mc = select_machine(cfg)
     machine = qemu_create_machine(cfg, mc)
     configure_accelerators(cfg, machine)

@@ -98,8 +98,9 @@ def test_build_destroy_build_leaves_nothing_behind(tmp_path: Path) -> None:
     fds_before = open_fds()
 
     first = vl.qemu_init(BOARD + ["-m", "128", "-serial", f"file:{tmp_path / 'com1.txt'}",
-                                  "-global", "mc146818rtc.lost_tick_policy=discard"])
+                                  "-global", "mc146818rtc.iobase=0x70"])
     assert first.cpus and first.memory.address_spaces and first.timers.armed() > 0
+    assert [g.driver for g in first.global_props] == ["mc146818rtc"] and outer.global_props == []
     assert open_fds() > fds_before  # the serial's file
     blocks = list(first.memory.ram_blocks)
     first.destroy()
