@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import threading
 import traceback
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pemu.accel.accel import AccelVCPU, VCPUExit, configure_accelerators, current_accel
-from pemu.hw.core.cpu import CPURunState, CPUState
 from pemu.system import runstate
 from pemu.system.runstate import RunState
 from pemu.util.error import error_report
@@ -25,6 +24,9 @@ from pemu.util.log import LOG_GUEST_ERROR, qemu_log, qemu_log_separate, qemu_log
 from pemu.util.main_loop import bql
 from pemu.util import timer
 from pemu.util.vm_context import current_vm
+
+if TYPE_CHECKING:
+    from pemu.hw.core.cpu import CPURunState, CPUState  # a layer above: types only
 
 CPU_INTERRUPT_HARD = 0x0002
 CPU_INTERRUPT_NMI = 0x0200

@@ -46,6 +46,7 @@ class EngineFeature(enum.IntFlag):
     EXIT_REQUEST = 0x08
     BLOCK_EXITS_ONLY = 0x10
     MSR_HOOKS = 0x20
+    PHYS_INVALIDATE = 0x40
 
 
 def patches() -> list[Path]:
