@@ -17,7 +17,7 @@ option tables, logging, and the host's stdin (one stdio chardev a process).
 
 :meth:`VirtualMachine.destroy` ends everything the VM started: vCPU threads
 joined, accelerator state freed, chardevs and monitors closed (their file
-descriptors with them), timers disarmed, address spaces unregistered, the
+descriptors with them), disk images closed, timers disarmed, address spaces unregistered, the
 QOM tree unparented.  Two VMs can exist side by side; building one never
 touches the other's state.
 """
@@ -120,6 +120,8 @@ class VirtualMachine:
         self.timers.clear()
         self.run.powerdown_notifiers.clear()
         self.reset_handlers.clear()
+        if self.machine is not None:
+            self.machine.block_devices.close_all()  # flushed, closed, their locks released
         if self.qom_root is not None:
             for _name, child in list(self.qom_root.children()):
                 child.unparent()

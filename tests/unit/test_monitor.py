@@ -107,7 +107,7 @@ def fresh_world() -> Iterator[None]:
 
 
 @pytest.fixture
-def machine() -> Object:
+def machine() -> Iterator[Object]:
     root = object_get_root()
     m = object_new("t-mon-machine")
     root.add_child("machine", m)
@@ -118,7 +118,8 @@ def machine() -> Object:
     container_get(root, "/machine/unattached").add_child("device[0]", cpu)
     cpu.unref()
     current_vm().machine = m  # type: ignore[assignment]  # the VM's machine, as qemu_init records it
-    return m
+    yield m
+    current_vm().machine = None  # not a MachineState: the VM's teardown must not treat it as one
 
 
 @pytest.fixture

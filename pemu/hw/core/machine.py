@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+from pemu.block.blockdev import BlockDevices
 from pemu.hw.core.qdev import MachineInitPhase, bus_cold_reset, phase_advance, qemu_run_reset_handlers
 from pemu.hw.core.sysbus import sysbus_get_default
 from pemu.qom.object import TYPE_OBJECT, Object, ObjectClass, QOMError, TypeInfo, object_resolve_path, type_register
@@ -79,6 +80,7 @@ class MachineState(Object):
     mem_merge: bool
     usb: bool
     graphics: bool
+    block_devices: BlockDevices  # -drive and -blockdev (pemu.block.blockdev)
     # From the command line, besides the properties (set by vl before the board is built):
     name_: str | None  # -name
     cpu_features: str  # the "+feat,-feat" of -cpu
@@ -122,6 +124,7 @@ def _machine_initfn(obj: Object) -> None:
     ms.device_memory = None
     ms.device_memory_base = 0
     ms.accel = None
+    ms.block_devices = BlockDevices(units_per_bus=mc.units_per_default_bus or 2)  # 2: QEMU's IDE master/slave
 
 
 def _machine_class_init(klass: ObjectClass, data: Any) -> None:
