@@ -97,11 +97,14 @@ def test_build_destroy_build_leaves_nothing_behind(tmp_path: Path) -> None:
     threads_before = set(threading.enumerate())
     fds_before = open_fds()
 
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(bytes(1 << 20))
     first = vl.qemu_init(BOARD + ["-m", "128", "-serial", f"file:{tmp_path / 'com1.txt'}",
-                                  "-global", "mc146818rtc.iobase=0x70"])
+                                  "-global", "mc146818rtc.iobase=0x70",
+                                  "-drive", f"file={disk},format=raw,if=none,id=disk0"])
     assert first.cpus and first.memory.address_spaces and first.timers.armed() > 0
     assert [g.driver for g in first.global_props] == ["mc146818rtc"] and outer.global_props == []
-    assert open_fds() > fds_before  # the serial's file
+    assert len(open_fds() - fds_before) >= 2  # the serial's file, the disk image
     blocks = list(first.memory.ram_blocks)
     first.destroy()
     set_current_vm(outer)
