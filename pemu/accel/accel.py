@@ -203,7 +203,7 @@ class AccelOps(ABC):
 # name → "module:Class"; imported on first use, so a missing engine only
 # matters when it is asked for.
 _REGISTRY: dict[str, str] = {
-    "tcg": "pemu.accel.tcg.tcg_accel:TCGAccel",
+    "tcg": "pemu.accel.tcg.tcg_all:TCGAccel",
     "kvm": "pemu.accel.kvm.kvm_accel:KVMAccel",
 }
 

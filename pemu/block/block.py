@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import struct
 import sys
-import tempfile
 
 from pemu.block.block_int import (
     BLOCK_PROBE_BUF_SIZE,
@@ -128,6 +127,8 @@ def _open_backing(bs: BlockDriverState, cache: CacheMode, locking: bool, chain: 
 
 def _append_temp_snapshot(base: BlockDriverState, cache: CacheMode) -> BlockDriverState:
     """bdrv_append_temp_snapshot: a deleted temporary qcow2 over ``base`` takes the writes."""
+    import tempfile
+
     from pemu.block.qcow2 import Qcow2Driver
     from pemu.block.qcow2_create import qcow2_create
 

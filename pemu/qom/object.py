@@ -66,6 +66,8 @@ class TypeInfo:
 
 @dataclass
 class TypeImpl:
+    """A registered type: its TypeInfo, resolved parent and class object (QEMU's TypeImpl)."""
+
     info: TypeInfo
     parent_type: TypeImpl | None = None
     klass: ObjectClass | None = None

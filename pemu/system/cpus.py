@@ -13,7 +13,6 @@ any thread: it sets a bit in ``interrupt_request`` and kicks the vCPU.
 from __future__ import annotations
 
 import threading
-import traceback
 from typing import TYPE_CHECKING, Any
 
 from pemu.accel.accel import AccelVCPU, VCPUExit, configure_accelerators, current_accel
@@ -294,6 +293,7 @@ def vm_start() -> None:
         run.requests.fault_reported = False
     run.state = RunState.RUNNING
     timer.qemu_clock_enable_virtual(True)
+    runstate.vm_state_notify(True, RunState.RUNNING)
     resume_all_vcpus()
 
 
@@ -315,6 +315,7 @@ def vm_stop(new_state: RunState = RunState.PAUSED) -> None:
     pause_all_vcpus()
     timer.qemu_clock_enable_virtual(False)
     run.state = new_state
+    runstate.vm_state_notify(False, new_state)
 
 
 # The exception's text in the one-line report is cut to this length (the log has it all).
@@ -336,6 +337,8 @@ def contain_fault(where: str, exc: BaseException) -> None:
     with requests.lock:
         first = not requests.fault_reported
         requests.fault_reported = True
+    import traceback  # only when something went wrong: not worth its import at start
+
     detail = " ".join(traceback.format_exception_only(exc)[-1].split())
     if len(detail) > FAULT_DETAIL_MAX:
         detail = detail[:FAULT_DETAIL_MAX] + "..."

@@ -68,6 +68,7 @@ class VMRunState:
         self.state = RunState.PRELAUNCH
         self.requests = RunRequests()
         self.powerdown_notifiers: list[Callable[[], None]] = []
+        self.change_state_handlers: list[Callable[[bool, RunState], None]] = []
 
 
 def vm_run_state() -> VMRunState:
@@ -142,6 +143,26 @@ def take_vmstop_request() -> RunState | None:
     with requests.lock:
         new_state, requests.vmstop = requests.vmstop, None
         return new_state
+
+
+# What runs when the VM starts or stops (qemu_add_vm_change_state_handler):
+# with the big lock held, on the thread that started or stopped it.
+VMChangeStateHandler = Callable[[bool, RunState], None]
+
+
+def qemu_add_vm_change_state_handler(cb: VMChangeStateHandler) -> None:
+    current_vm().run.change_state_handlers.append(cb)
+
+
+def qemu_del_vm_change_state_handler(cb: VMChangeStateHandler) -> None:
+    handlers = current_vm().run.change_state_handlers
+    if cb in handlers:
+        handlers.remove(cb)
+
+
+def vm_state_notify(running: bool, new_state: RunState) -> None:
+    for cb in list(current_vm().run.change_state_handlers):
+        cb(running, new_state)
 
 
 def qemu_register_powerdown_notifier(cb: Callable[[], None]) -> None:

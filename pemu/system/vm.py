@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from pemu.hw.core.machine import MachineState
     from pemu.hw.core.qdev import BusState
     from pemu.monitor.monitor import Monitor
+    from pemu.net.net import NetState
     from pemu.qom.object import Object
     from pemu.system.physmem import SystemMemory
 
@@ -73,6 +74,7 @@ class VirtualMachine:
         # (mux, front-end) pairs whose front-end takes the input focus once the board exists.
         self.focus_after_board: list[tuple[Chardev, CharBackend]] = []
         self.isa_serial_count = 0
+        self.net: NetState | None = None  # -netdev, -nic, -net and the NICs' clients (made on first use)
         self.machine: MachineState | None = None
         self.destroyed = False
 
@@ -118,7 +120,11 @@ class VirtualMachine:
         self.serial_hds.clear()
         self.focus_after_board.clear()
         self.timers.clear()
+        if self.net is not None:
+            self.net.cleanup()  # sockets, slirp: their fds close
+            self.net = None
         self.run.powerdown_notifiers.clear()
+        self.run.change_state_handlers.clear()
         self.reset_handlers.clear()
         if self.machine is not None:
             self.machine.block_devices.close_all()  # flushed, closed, their locks released

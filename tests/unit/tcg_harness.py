@@ -81,7 +81,7 @@ class Machine:
 
     @property
     def vcpu(self):  # noqa: ANN201 - the TCGVCPU
-        return self.cpu.run.accel_vcpu
+        return self.cpu.run.accel_vcpu.engine_vcpu()
 
     def load(self, addr: int, data: bytes) -> None:
         self.memory.write(addr, data)

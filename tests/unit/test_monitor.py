@@ -317,7 +317,7 @@ def test_exception_in_a_command_is_one_line(mon: Monitor, chardev: CaptureCharde
 def test_info_accel_names_the_engine(mon: Monitor, chardev: CaptureChardev,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     from pemu.accel.tcg.engine import engine_info
-    from pemu.accel.tcg.tcg_accel import TCGAccel
+    from pemu.accel.tcg.tcg_all import TCGAccel
 
     assert run(chardev, "info accel") == ["Error: no accelerator is configured"]
     current_vm().accel = TCGAccel()  # the test's own VM (tests/conftest.py)

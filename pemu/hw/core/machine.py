@@ -26,6 +26,8 @@ def machine_type_name(name: str) -> str:
 
 @dataclass
 class CpuTopology:
+    """The ``-smp`` topology: how many CPUs and how they are grouped."""
+
     cpus: int = 1
     sockets: int = 1
     dies: int = 1

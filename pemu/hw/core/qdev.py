@@ -102,6 +102,8 @@ def device_class_set_props(dc: DeviceClass, props: list[Property]) -> None:
 
 @dataclass
 class GlobalProperty:
+    """One ``-global DRIVER.PROP=VALUE``: applied to every new device of the driver."""
+
     driver: str
     property: str
     value: str
