@@ -34,7 +34,7 @@ class HostMemoryBackend(Object):
     prealloc: bool
     dump: bool
     merge: bool
-    mapped: bool = False  # in use as a machine's RAM
+    mapped: bool  # a machine uses it as its RAM
 
     def is_mapped(self) -> bool:
         return self.mapped

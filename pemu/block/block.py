@@ -11,7 +11,6 @@ the writes, as QEMU's -snapshot does.
 from __future__ import annotations
 
 import os
-import struct
 import sys
 
 from pemu.block.block_int import (
@@ -20,6 +19,7 @@ from pemu.block.block_int import (
     BlockOpenError,
     BlockPerm,
     CacheMode,
+    probe_format,
 )
 from pemu.block.file_posix import FileDriver
 
@@ -28,26 +28,6 @@ SUPPORTED_FORMATS = ("raw", "qcow2")
 OTHER_QEMU_FORMATS = ("bochs", "cloop", "dmg", "luks", "parallels", "qcow", "qed", "vdi", "vhdx", "vmdk", "vpc",
                       "vvfat")
 MAX_BACKING_CHAIN = 64
-
-
-def probe_format(buf: bytes) -> str:
-    """The format QEMU's bdrv_probe_all would pick for the first sector ``buf``."""
-    if buf[:4] == b"QFI\xfb" and len(buf) >= 8:
-        version = struct.unpack_from(">I", buf, 4)[0]
-        return "qcow2" if version >= 2 else "qcow"
-    if buf[:4] == b"QED\0":
-        return "qed"
-    if buf[:4] == b"KDMV" or buf.startswith(b"# Disk DescriptorFile"):
-        return "vmdk"
-    if buf[:8] == b"conectix":
-        return "vpc"
-    if buf[:8] == b"vhdxfile":
-        return "vhdx"
-    if buf[:6] == b"LUKS\xba\xbe":
-        return "luks"
-    if len(buf) >= 0x44 and struct.unpack_from("<I", buf, 0x40)[0] == 0xBEDA107F:
-        return "vdi"
-    return "raw"
 
 
 def raw_probe_warning(filename: str) -> str:

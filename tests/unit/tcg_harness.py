@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from guestasm import assemble, have_binutils
 
+from pemu.hw.core.cpu import CPURunState
 from pemu.system import cpus
 from pemu.system.memory import AddressSpace, MemoryRegion, MemoryRegionOps
 from pemu.target.i386.cpu_models import x86_cpu_model_for
@@ -46,6 +47,7 @@ class StubCPU:
 
     def __init__(self, memory: AddressSpace, io: AddressSpace, model: str = "qemu64") -> None:
         self.cpu_index = 0
+        self.run = CPURunState()
         self.env = CPUX86State()
         self.model = x86_cpu_model_for(model)
         self.env.cpuid_version = self.model.cpuid_version

@@ -174,6 +174,8 @@ class _IRQPoll:
         with self.cond:
             self.done = True
             self.cond.notify()
+        if self.thread is not threading.current_thread():
+            self.thread.join(1)  # a destroyed VM leaves no thread behind
 
     def _run(self) -> None:
         with self.cond:
@@ -507,7 +509,7 @@ class TCGVCPU:
             return False
 
     def _deliver_external(self) -> bool:
-        get_vector = getattr(self.cpu, "get_pic_interrupt", None)
+        get_vector = self.cpu.get_pic_interrupt
         if get_vector is None:
             return True
         with bql:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pemu.backends.hostmem import HostMemoryBackend
 from pemu.block.blockdev import BlockDevices
-from pemu.hw.core.qdev import MachineInitPhase, phase_advance
+from pemu.hw.core.qdev import MachineInitPhase, bus_cold_reset, phase_advance, qemu_run_reset_handlers
+from pemu.hw.core.sysbus import sysbus_get_default
 from pemu.qom.object import (
     TYPE_OBJECT,
     Object,
@@ -22,6 +23,10 @@ from pemu.qom.object import (
     type_register,
 )
 from pemu.system.memory import MemoryRegion
+from pemu.util.vm_context import current_vm
+
+if TYPE_CHECKING:
+    from pemu.system.vm import VirtualMachine
 
 TYPE_MACHINE = "machine"
 TYPE_MACHINE_SUFFIX = "-machine"
@@ -68,6 +73,7 @@ class MachineClass(ObjectClass):
 
 
 class MachineState(Object):
+    vm: VirtualMachine  # everything this machine's VM owns (QEMU reaches it through current_machine)
     ram_size: int
     maxram_size: int
     ram_slots: int
@@ -89,6 +95,12 @@ class MachineState(Object):
     usb: bool
     graphics: bool
     block_devices: BlockDevices  # -drive and -blockdev (pemu.block.blockdev)
+    # From the command line, besides the properties (set by vl before the board is built):
+    name_: str | None  # -name
+    cpu_features: str  # the "+feat,-feat" of -cpu
+    data_dirs: list[str]  # -L
+    fw_cfg_user_files: list[tuple[str, bytes]]  # -fw_cfg name=...
+    smbios_config: Any  # pemu.hw.smbios.smbios.SmbiosConfig from -smbios, or None
 
     @property
     def mc(self) -> MachineClass:
@@ -109,6 +121,12 @@ class MachineState(Object):
 
 def _machine_initfn(obj: Object) -> None:
     ms = object_check(obj, MachineState)
+    ms.vm = current_vm()
+    ms.name_ = None
+    ms.cpu_features = ""
+    ms.data_dirs = []
+    ms.fw_cfg_user_files = []
+    ms.smbios_config = None
     mc = ms.mc
     ms.ram_size = mc.default_ram_size
     ms.maxram_size = mc.default_ram_size
@@ -154,6 +172,23 @@ type_register(TypeInfo(
     class_init=_machine_class_init, class_base_init=_machine_class_base_init,
     instance_init=_machine_initfn,
 ))
+
+
+def qemu_devices_reset(machine: MachineState) -> None:
+    """Reset every device of the machine, then run the reset handlers
+    (QEMU's qemu_devices_reset: what a machine without its own reset does)."""
+    bus_cold_reset(sysbus_get_default())
+    qemu_run_reset_handlers()
+
+
+def machine_reset(machine: MachineState) -> None:
+    """A system reset: the machine class's ``reset`` if it has one, else the
+    devices' (QEMU's qemu_system_reset calling mc->reset)."""
+    mc = machine.mc
+    if mc.reset is not None:
+        mc.reset(machine)
+    else:
+        qemu_devices_reset(machine)
 
 
 def machine_run_board_init(machine: MachineState) -> None:

@@ -3,16 +3,24 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
+from pemu.hw.core.machine import MachineState, qemu_devices_reset
 from pemu.hw.core.qdev import qdev_new, qdev_realize
 from pemu.hw.i386 import memmap
 from pemu.hw.i386.e820 import E820Table, E820Type
 from pemu.hw.i386.pc_sysfw import load_firmware_image, pc_system_firmware_init
-from pemu.hw.i386.x86 import TYPE_X86_MACHINE, X86MachineClass, X86MachineState
+from pemu.hw.i386.x86 import TYPE_X86_MACHINE, X86MachineClass, X86MachineState, linux_boot_apply
+from pemu.hw.isa.pc_legacy import ISAPICState, ISASerialState, PCSpkState
 from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, object_check, object_class_check, type_register
+from pemu.system import cpus
 from pemu.system.memory import MemoryRegion, MemoryRegionOps
+from pemu.target.i386.cpu import x86_cpu_connect_pic
 from pemu.util.log import LOG_UNIMP, qemu_log_mask
+
+if TYPE_CHECKING:
+    from pemu.chardev.char import Chardev
 
 TYPE_PC_MACHINE = "generic-pc-machine"
 
@@ -35,9 +43,13 @@ class PCMachineState(X86MachineState):
     smbus_enabled: bool
     sata_enabled: bool
     max_fw_size: int
-    data_dirs: list[str]
     placeholders: list[MemoryRegion]
     i8042: Any
+    i8259: Any  # the 8259 pair (isa-i8259), None under an in-kernel irqchip
+    hpet_dev: Any
+    lpc: Any  # ICH9 LPC (q35)
+    smbus: Any  # ICH9 SMBus (q35), when enabled
+    smbios_defaults: tuple[str, str, str]  # manufacturer, product, version
 
 
 def _pc_machine_initfn(obj: Object) -> None:
@@ -47,14 +59,29 @@ def _pc_machine_initfn(obj: Object) -> None:
     pcms.isabus = None
     pcms.bios = None
     pcms.bios_source = ""
-    pcms.data_dirs = []
     pcms.placeholders = []
     pcms.i8042 = None
+    pcms.i8259 = None
+    pcms.hpet_dev = None
+    pcms.lpc = None
+    pcms.smbus = None
+    pcms.smbios_defaults = ("QEMU", "Standard PC", "pc")
+
+
+def pc_machine_reset(machine: MachineState) -> None:
+    """The PC's system reset (QEMU's pc_machine_reset): devices, then CPUs,
+    then the direct-boot setup is written again (a reboot boots the same kernel)."""
+    x86ms = object_check(machine, X86MachineState)
+    qemu_devices_reset(machine)
+    for cpu in x86ms.cpus:
+        cpus.cpu_reset(cpu)
+    linux_boot_apply(x86ms)
 
 
 def _pc_machine_class_init(klass: ObjectClass, data: Any) -> None:
     k = object_class_check(klass, PCMachineClass)
     k.default_ram_size = 128 << 20
+    k.reset = pc_machine_reset
     k.default_ram_id = "pc.ram"
     k.default_nic = "e1000e"
     k.property_add_field("hpet", "bool", attr="hpet_enabled", default=True, description="Enable HPET")
@@ -171,8 +198,6 @@ class _CPUInterruptLine:
     """The 8259's INTR output: raises or lowers the boot CPU's hard interrupt request."""
 
     def __init__(self, pcms: PCMachineState) -> None:
-        from pemu.system import cpus
-
         self.pcms = pcms
         # Bound once: this runs on every edge of the PIC's output.
         self._raise = cpus.cpu_interrupt
@@ -187,10 +212,13 @@ class _CPUInterruptLine:
             self._lower(cpu, self._hard)
 
 
-def _isa_create(pcms: PCMachineState, isa_bus: Any, typename: str, **attrs: Any) -> Any:
+def _isa_create(pcms: PCMachineState, isa_bus: Any, typename: str,
+                configure: Callable[[Any], None] | None = None) -> Any:
+    """Make, wire (``configure`` sets the device's declared links before
+    realize) and realize one ISA device of the board."""
     dev = qdev_new(typename)
-    for key, value in attrs.items():
-        setattr(dev, key, value)
+    if configure is not None:
+        configure(dev)
     qdev_realize(dev, isa_bus)
     dev.unref()
     return dev
@@ -200,32 +228,36 @@ def pc_basic_device_init(pcms: PCMachineState, isa_bus: Any, system_io: MemoryRe
     """The PC's legacy devices: interrupt controllers, timers, CMOS, keyboard
     controller, ports 0x61/0x80/0x92 and the serial ports (pc_basic_device_init,
     pc_i8259_create, serial_hds_isa_init)."""
-    from pemu.accel.kvm import kvm_irqchip_in_kernel
     from pemu.hw.isa.isa_bus import isa_bus_irqs
-    from pemu.system.vl import serial_hd
 
     # Under KVM with kernel-irqchip=on the 8259s, the IOAPIC and the 8254
     # (with the speaker port 0x61) are the kernel's: ISA lines go to KVM.
-    irqchip_in_kernel = kvm_irqchip_in_kernel()
+    accel = pcms.vm.accel
+    irqchip_in_kernel = accel is not None and accel.irqchip_in_kernel()
     if irqchip_in_kernel:
-        from pemu.accel.kvm.kvm_accel import kvm_isa_irqs
-
-        lines = kvm_isa_irqs()
+        assert accel is not None
+        lines = accel.irqchip_gsi_lines()[:16]
         isa_bus_irqs(isa_bus, list(lines))
         pcms.gsi = list(lines)
     else:
-        pic = _isa_create(pcms, isa_bus, "isa-i8259", int_output=_CPUInterruptLine(pcms))
+        def connect_intr(dev: ISAPICState) -> None:
+            dev.int_output = _CPUInterruptLine(pcms)
+
+        pic = _isa_create(pcms, isa_bus, "isa-i8259", connect_intr)
         isa_bus_irqs(isa_bus, pic.model.get_irq_lines())
         pcms.gsi = list(pic.model.get_irq_lines())
-        pcms.pic = pic
+        pcms.i8259 = pic
         for cpu in pcms.cpus:
-            cpu.get_pic_interrupt = pic.model.read_irq
+            x86_cpu_connect_pic(cpu, pic.model.read_irq)
 
     hpet = pc_hpet_init(pcms) if pcms.hpet_enabled else None
     pcms.rtc = _isa_create(pcms, isa_bus, "mc146818rtc")
     if not irqchip_in_kernel:
         pit = _isa_create(pcms, isa_bus, "isa-pit")
-        _isa_create(pcms, isa_bus, "isa-pcspk", pit=pit)
+        def link_pit(dev: PCSpkState) -> None:
+            dev.pit = pit
+
+        _isa_create(pcms, isa_bus, "isa-pcspk", link_pit)
         if hpet is not None:
             # Legacy replacement mode hands IRQ 0 to HPET timer 0: the HPET
             # cuts the PIT's output off (QEMU connects HPET gpio-out 0 to the PIT).
@@ -234,9 +266,12 @@ def pc_basic_device_init(pcms: PCMachineState, isa_bus: Any, system_io: MemoryRe
     _isa_create(pcms, isa_bus, "port92")
     _isa_create(pcms, isa_bus, "ioport80")
     for i in range(4):
-        chr_ = serial_hd(i)
+        chr_ = pcms.vm.serial_hd(i)
         if chr_ is not None:
-            _isa_create(pcms, isa_bus, "isa-serial", chr=chr_)
+            def attach(dev: ISASerialState, chr_: Chardev = chr_) -> None:
+                dev.chr = chr_
+
+            _isa_create(pcms, isa_bus, "isa-serial", attach)
 
 
 def pc_hpet_init(pcms: PCMachineState) -> Any:
@@ -244,15 +279,15 @@ def pc_hpet_init(pcms: PCMachineState) -> Any:
     Without an IOAPIC only GSIs 0-15 exist: the guest uses the legacy
     replacement route (timer 0 on IRQ 0, timer 1 on IRQ 8)."""
     from pemu.hw.core.sysbus import sysbus_realize
-    from pemu.hw.timer.hpet import TYPE_HPET
+    from pemu.hw.timer.hpet import TYPE_HPET, HPETState
 
-    hpet = qdev_new(TYPE_HPET)
-    sysbus_realize(hpet)  # type: ignore[arg-type]  # adopted under /machine/unattached
+    hpet = object_check(qdev_new(TYPE_HPET), HPETState)
+    sysbus_realize(hpet)  # adopted under /machine/unattached
     hpet.unref()
-    hpet.mmio_map(0, memmap.HPET_BASE)  # type: ignore[attr-defined]
+    hpet.mmio_map(0, memmap.HPET_BASE)
     for n, line in enumerate(pcms.gsi):
-        hpet.connect_irq(n, line)  # type: ignore[attr-defined]
-    pcms.hpet_dev = hpet  # type: ignore[attr-defined]
+        hpet.connect_irq(n, line)
+    pcms.hpet_dev = hpet
     return hpet
 
 
@@ -286,9 +321,9 @@ def pc_late_init(pcms: PCMachineState) -> None:
     if pcms.acpi != "off":
         tables_base = (pcms.below_4g_mem_size - ACPI_TABLES_SIZE) & ~0xFFF
         with_apic = getattr(pcms.cpus[0].model, "has_apic", False) if pcms.cpus else False
-        from pemu.accel.kvm import kvm_irqchip_in_kernel
-
-        with_apic = with_apic or kvm_irqchip_in_kernel()  # the in-kernel LAPICs and IOAPIC
+        accel = pcms.vm.accel
+        # The in-kernel LAPICs and IOAPIC.
+        with_apic = with_apic or (accel is not None and accel.irqchip_in_kernel())
         acpi_cfg = q35_acpi_config(pcms.below_4g_mem_size, hpet=pcms.hpet_enabled,
                                    mcfg=(memmap.MCH_PCIEXBAR_DEFAULT, memmap.MCH_PCIEXBAR_SIZE),
                                    fw_cfg_io=_fw_cfg_acpi_io(pcms))
@@ -298,9 +333,9 @@ def pc_late_init(pcms: PCMachineState) -> None:
         if len(build.blob) > ACPI_TABLES_SIZE:
             raise QOMError("ACPI tables do not fit in their reserved area")
         address_space_memory().write_rom(tables_base, build.blob)
-        pcms.acpi_rsdp_addr = build.rsdp_addr  # type: ignore[attr-defined]
-        pcms.acpi_build = build  # type: ignore[attr-defined]
+        pcms.acpi_rsdp_addr = build.rsdp_addr
+        pcms.acpi_build = build
     else:
-        pcms.acpi_rsdp_addr = None  # type: ignore[attr-defined]
+        pcms.acpi_rsdp_addr = None
     pcms.e820 = pc_build_e820(pcms, tables_base)
     pc_fw_cfg_machine_done(pcms, fw_tables)

@@ -167,8 +167,7 @@ class PCIDeviceClass(DeviceClass):
     subsystem_vendor_id: int = 0
     subsystem_id: int = 0
     is_express: bool = False
-    # The function's own realize, after the generic part (QEMU's
-    # PCIDeviceClass.realize), and its own reset, after pci_device_reset.
+    # Run after the generic PCI realize and reset, for the function's own registers.
     pci_realize: Callable[[PCIDevice], None] | None = None
     pci_reset: Callable[[PCIDevice], None] | None = None
 
@@ -192,6 +191,10 @@ class PCIDevice(DeviceState):
     bus_master_container_region: MemoryRegion | None
     bus_master_enable_region: MemoryRegion | None
     bus_master_as: AddressSpace | None
+
+    @property
+    def pci_class(self) -> PCIDeviceClass:
+        return object_class_check(self.klass, PCIDeviceClass)
 
     @property
     def pci_bus(self) -> PCIBus:
@@ -302,7 +305,7 @@ def _pci_qdev_realize(obj: Any) -> None:
     dev.wmask[PCI_INTERRUPT_LINE] = 0xFF
     dev.w1cmask[PCI_STATUS + 1] = 0xF9  # the error bits of the status register
     pci_init_bus_master(dev)
-    realize = pc.pci_realize
+    realize = dev.pci_class.pci_realize
     if realize is not None:
         realize(dev)
 
@@ -397,7 +400,7 @@ def _pci_qdev_reset(obj: Any) -> None:
     of ``k.reset``, or calls :func:`pci_device_reset` from its own reset)."""
     dev: PCIDevice = obj
     pci_device_reset(dev)
-    hook = object_class_check(dev.klass, PCIDeviceClass).pci_reset
+    hook = dev.pci_class.pci_reset
     if hook is not None:
         hook(dev)
 

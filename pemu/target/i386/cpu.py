@@ -14,9 +14,19 @@ from typing import Any
 
 from pemu.hw.core.cpu import TYPE_CPU, CPUClass, CPUState
 from pemu.hw.core.qdev import DeviceClass, Property, device_class_set_props
-from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, object_check, object_class_check, type_register
+from pemu.qom.object import (
+    Object,
+    ObjectClass,
+    QOMError,
+    TypeInfo,
+    object_check,
+    object_class_check,
+    type_exists,
+    type_register,
+)
 from pemu.system.memory import MEMORY_SIZE_UNLIMITED, AddressSpace, MemoryRegion
 from pemu.target.i386.cpu_state import CPUX86State
+from pemu.util.vm_context import current_vm
 
 TYPE_X86_CPU = "x86_64-cpu"
 X86_CPU_TYPE_SUFFIX = "-" + TYPE_X86_CPU
@@ -38,6 +48,8 @@ class X86CPU(CPUState):
     memory: AddressSpace
     smm: AddressSpace
     io: AddressSpace
+    # The interrupt controller's acknowledge cycle: the vector of the interrupt
+    # the CPU takes on INTR (QEMU's cpu_get_pic_interrupt); see x86_cpu_connect_pic.
     get_pic_interrupt: Callable[[], int] | None
     cpu_as_root: MemoryRegion
     cpu_as_mem: MemoryRegion
@@ -46,14 +58,18 @@ class X86CPU(CPUState):
         x86_cpu_reset(self)
 
 
-_next_cpu_index = 0
+def x86_cpu_connect_pic(cpu: X86CPU, acknowledge: Callable[[], int]) -> None:
+    """Connect the board's interrupt controller to the CPU: the accelerator
+    calls ``acknowledge()`` (with the big lock held) to take the vector of a
+    pending INTR."""
+    cpu.get_pic_interrupt = acknowledge
 
 
 def _x86_cpu_initfn(obj: Object) -> None:
-    global _next_cpu_index
     cpu = object_check(obj, X86CPU)
-    cpu.cpu_index = _next_cpu_index
-    _next_cpu_index += 1
+    vm = current_vm()
+    cpu.cpu_index = vm.next_cpu_index
+    vm.next_cpu_index += 1
     cpu.env = CPUX86State()
     cpu.model = None
     cpu.features = ""
@@ -111,9 +127,12 @@ type_register(TypeInfo(TYPE_X86_CPU, parent=TYPE_CPU, abstract=True, instance_ty
 
 
 def x86_register_cpu_types() -> None:
-    """One QOM type per CPU model ("qemu64-x86_64-cpu"), as x86_register_cpudef_types."""
+    """One QOM type per CPU model ("qemu64-x86_64-cpu"), as x86_register_cpudef_types.
+    The type table is process-wide: a second VM finds them registered."""
     from pemu.target.i386 import cpu_models
 
     for name in cpu_models.x86_cpu_model_names():
+        if type_exists(x86_cpu_type_name(name)):
+            continue
         type_register(TypeInfo(x86_cpu_type_name(name), parent=TYPE_X86_CPU,
                                class_init=_x86_cpu_cpudef_class_init, class_data=name))
