@@ -21,6 +21,7 @@ from pemu.util.main_loop import bql
 CPU_INTERRUPT_HARD = 0x0002
 CPU_INTERRUPT_NMI = 0x0200
 CPU_INTERRUPT_INIT = 0x0400
+CPU_INTERRUPT_SIPI = 0x0800
 
 # The main thread waits on this (with the big lock released) for vCPUs to park.
 qemu_pause_cond = threading.Condition(bql)

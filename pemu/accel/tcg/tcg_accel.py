@@ -39,6 +39,12 @@ from pemu.util.main_loop import bql
 from pemu.util.timer import QEMU_CLOCK_VIRTUAL, qemu_clock_get_ns
 
 CPU_INTERRUPT_HARD = 0x0002
+CPU_INTERRUPT_NMI = 0x0200
+CPU_INTERRUPT_INIT = 0x0400
+CPU_INTERRUPT_SIPI = 0x0800
+# Requests handled before anything else at the interrupt window.
+_CPU_INTERRUPT_SPECIAL = CPU_INTERRUPT_NMI | CPU_INTERRUPT_INIT | CPU_INTERRUPT_SIPI
+EXCP02_NMI = 2
 # TSC rate: 1 GHz, so a TSC tick is a nanosecond of virtual time (the TSC is
 # the virtual clock plus an offset); Linux measures the same rate against the
 # PIT, which follows the same clock.
@@ -340,7 +346,10 @@ class TCGVCPU:
 
     # -- the run loop (called by pemu.system.cpus) ------------------------------------
     def has_work(self) -> bool:
-        if self.run.interrupt_request & CPU_INTERRUPT_HARD:
+        request = self.run.interrupt_request
+        if request & _CPU_INTERRUPT_SPECIAL:
+            return True
+        if request & CPU_INTERRUPT_HARD:
             self.ctx.save()
             return bool(self.ctx.eflags & IF_MASK)
         return False
@@ -360,7 +369,12 @@ class TCGVCPU:
             uc.ctl_flush_tb()
         ctx.save()
         poll = False
-        if self.run.interrupt_request & CPU_INTERRUPT_HARD:
+        request = self.run.interrupt_request
+        if request & _CPU_INTERRUPT_SPECIAL:
+            reason = self._special_interrupt(request)
+            if reason is not None:
+                return reason
+        if request & CPU_INTERRUPT_HARD:
             if ctx.eflags & IF_MASK and not ctx.hflags & HF.INHIBIT_IRQ:
                 if not self._deliver_external():
                     return VCPUExit.SHUTDOWN
@@ -400,6 +414,37 @@ class TCGVCPU:
             return self.delivery.read_linear(cs.base + ctx.eip - 1, 1) == b"\xf4"
         except GuestFault:
             return False
+
+    def _special_interrupt(self, request: int) -> VCPUExit | None:
+        """INIT, start-up IPI and NMI, in that order (QEMU's x86_cpu_exec_interrupt).
+        Returns how exec ends, or None to go on running."""
+        from pemu.system.cpus import cpu_reset_interrupt
+        from pemu.target.i386.cpu import x86_cpu_do_init, x86_cpu_do_sipi
+
+        cpu = self.cpu
+        if request & CPU_INTERRUPT_INIT:
+            cpu_reset_interrupt(cpu, CPU_INTERRUPT_INIT | CPU_INTERRUPT_SIPI)
+            with bql:
+                x86_cpu_do_init(cpu)
+            self.put_state()
+            return VCPUExit.HALTED if cpu.env.halted else VCPUExit.KICKED
+        if request & CPU_INTERRUPT_SIPI:
+            # Only an APIC waiting for SIPI raises this (after INIT or reset).
+            cpu_reset_interrupt(cpu, CPU_INTERRUPT_SIPI)
+            with bql:
+                x86_cpu_do_sipi(cpu)
+            self.put_state()
+            return VCPUExit.KICKED
+        cpu_reset_interrupt(cpu, CPU_INTERRUPT_NMI)
+        ctx = self.ctx
+        try:
+            self.delivery.deliver(EXCP02_NMI, is_int=False, error_code=0, next_eip=ctx.eip, is_hw=True)
+        except TripleFault:
+            self._triple_fault(EXCP02_NMI)
+            self.shutdown_pending = False
+            return VCPUExit.SHUTDOWN
+        ctx.restore()
+        return None
 
     def _deliver_external(self) -> bool:
         get_vector = getattr(self.cpu, "get_pic_interrupt", None)

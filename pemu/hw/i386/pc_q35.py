@@ -17,6 +17,7 @@ from pemu.hw.i386.pc import (
     TYPE_PC_MACHINE,
     PCMachineClass,
     PCMachineState,
+    pc_apic_init,
     pc_memory_init,
     placeholder_region,
 )
@@ -70,15 +71,17 @@ def q35_direct_boot_chipset_setup(lpc: Any, smb: Any, kbd: Any) -> None:
         ich9_smb_direct_boot_setup(smb)
 
 
-def _q35_connect_ioapic_gsis(lpc: Any) -> None:
-    """With an IOAPIC (KVM's in-kernel irqchip), PIRQ A-H also drive GSI
-    16-23, where the APIC-model _PRT sends them."""
+def _q35_connect_ioapic_gsis(pcms: PCMachineState, lpc: Any) -> None:
+    """With an IOAPIC (pemu's, or KVM's in-kernel irqchip), PIRQ A-H also
+    drive GSI 16-23, where the APIC-model _PRT sends them."""
     from pemu.accel.kvm import kvm_irqchip_in_kernel
 
     if kvm_irqchip_in_kernel():
         from pemu.accel.accel import current_accel
 
         lpc.gsi_lines = list(getattr(current_accel(), "gsi_lines", []))
+    elif pcms.ioapic is not None:
+        lpc.gsi_lines = list(pcms.gsi)
 
 
 def pc_q35_init(machine: Any) -> None:
@@ -152,11 +155,14 @@ def pc_q35_init(machine: Any) -> None:
     # firmware) finds the window the MCFG table describes, and SeaBIOS writes
     # the same value again.
     mch_init_pciexbar(host.mch, pcms.pcibus, system_memory, enabled_at_reset=True)  # type: ignore[attr-defined]
-    system_memory.add_subregion(memmap.IOAPIC_BASE, placeholder_region(pcms, "ioapic", memmap.IOAPIC_SIZE))
-    system_memory.add_subregion_overlap(memmap.APIC_BASE, placeholder_region(pcms, "apic-msi", memmap.APIC_SPACE_SIZE), 4096)
+    pc_apic_init(pcms)
+    if pcms.apic_bus is None:
+        system_memory.add_subregion(memmap.IOAPIC_BASE, placeholder_region(pcms, "ioapic", memmap.IOAPIC_SIZE))
+        system_memory.add_subregion_overlap(memmap.APIC_BASE, placeholder_region(pcms, "apic-msi",
+                                                                                 memmap.APIC_SPACE_SIZE), 4096)
 
     pc_basic_device_init(pcms, pcms.isabus, system_io)
-    _q35_connect_ioapic_gsis(lpc)
+    _q35_connect_ioapic_gsis(pcms, lpc)
 
     direct_boot = machine.kernel is not None and pcms.bios_source == DIRECT_BOOT_FIRMWARE
     if direct_boot:
