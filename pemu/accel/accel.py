@@ -87,7 +87,8 @@ def parse_uint64(name: str) -> Callable[[str], int]:
 
 def _parse_tcg_thread(text: str) -> str:
     if text == "multi":
-        raise ValueError("thread=multi is not supported by pemu: its tcg runs the guest on one vCPU thread")
+        raise ValueError("thread=multi is not supported by pemu: its tcg runs every vCPU in turn on one thread, "
+                         "because the engine's atomic instructions are not atomic across host threads")
     if text != "single":
         raise ValueError(f"Invalid 'thread' setting {text}")
     return text

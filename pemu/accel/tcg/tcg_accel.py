@@ -25,6 +25,7 @@ from unicorn.unicorn_py3.unicorn import uclib
 from pemu.accel.accel import TCG_ACCEL_PROPERTIES, AccelOps, VCPUExit
 from pemu.accel.tcg.exit_request import TBExitRequest, verify_exit_request
 from pemu.accel.tcg.memory_map import UnicornMemoryMap
+from pemu.accel.tcg.tcg_accel_ops_rr import RRCPUThread
 from pemu.target.i386.cpu_models import TCG_UNSUPPORTED
 from pemu.target.i386.cpu_state import (
     EFLAGS_FIXED, IF_MASK, CPUX86State, DescriptorTable, SegmentCache,
@@ -190,6 +191,7 @@ class TCGVCPU:
         except ImportError:  # pragma: no cover - memory API always present in the tree
             self._notifier_installed = False
         self.irq_poll = _IRQPoll(self.exit_request)
+        self.rr: RRCPUThread | None = None  # the thread running this vCPU in turn with the others
 
     # -- raw register access (no allocation) ------------------------------------------
     def read_rflags(self) -> int:
@@ -343,6 +345,9 @@ class TCGVCPU:
         """Make the vCPU leave the engine soon (any thread, also from inside hooks)."""
         self.kick_pending = True
         self.exit_request.request()
+        rr = self.rr
+        if rr is not None:
+            rr.kick_running(self)
 
     # -- the run loop (called by pemu.system.cpus) ------------------------------------
     def has_work(self) -> bool:
@@ -571,13 +576,22 @@ class TCGVCPU:
 
 
 class TCGAccel(AccelOps):
+    """Every vCPU on its own engine, all run in turn on one host thread
+    (QEMU's ``-accel tcg,thread=single``)."""
+
     name = "tcg"
-    supports_smp = False
+    supports_smp = True
     properties = TCG_ACCEL_PROPERTIES
 
     def __init__(self) -> None:
         self.thread = "single"
         self.tb_size_mib = 0  # -accel tcg,tb-size=N: translation cache in MiB; 0 is the engine's default
+        self.rr: RRCPUThread | None = None
+
+    def create_vcpu_thread(self, cpu: Any) -> None:
+        if self.rr is None:
+            self.rr = RRCPUThread()
+        self.rr.add(cpu, self.create_vcpu(cpu))
 
     def init_machine(self, machine: Any) -> None:
         verify_context_layout()

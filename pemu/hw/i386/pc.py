@@ -207,6 +207,18 @@ def _current_cpu_apic() -> Any:
     return None if cpu is None else cpu.apic
 
 
+def pc_check_apic_ids(pcms: PCMachineState) -> None:
+    """pemu's own APICs are xAPICs (no x2APIC on the stock engine): APIC IDs
+    0-254, checked before any CPU is made."""
+    from pemu.accel.kvm import kvm_irqchip_in_kernel
+    from pemu.hw.intc.apic_common import APIC_MAX_XAPIC_ID
+
+    top = pcms.smp.cpus - 1
+    if top > APIC_MAX_XAPIC_ID and not kvm_irqchip_in_kernel():
+        raise QOMError(f"-smp {pcms.smp.cpus} needs APIC ID {top}: pemu's APICs take APIC ID "
+                       f"{APIC_MAX_XAPIC_ID} at most without x2APIC")
+
+
 def pc_apic_init(pcms: PCMachineState) -> None:
     """The machine's APIC bus with every CPU's local APIC on it, the one
     "apic-msi" window at 0xFEE00000 through which each CPU reaches its own

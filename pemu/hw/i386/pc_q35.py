@@ -18,6 +18,7 @@ from pemu.hw.i386.pc import (
     PCMachineClass,
     PCMachineState,
     pc_apic_init,
+    pc_check_apic_ids,
     pc_memory_init,
     placeholder_region,
 )
@@ -94,6 +95,7 @@ def pc_q35_init(machine: Any) -> None:
     pcms.below_4g_mem_size, pcms.above_4g_mem_size = q35_ram_split(
         machine.ram_size, pcmc.gigabyte_align, pcms.max_ram_below_4g)
 
+    pc_check_apic_ids(pcms)
     x86_cpus_init(pcms)
 
     system_memory = get_system_memory()
