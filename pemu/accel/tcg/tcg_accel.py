@@ -428,13 +428,14 @@ class TCGVCPU:
 
         cpu = self.cpu
         if request & CPU_INTERRUPT_INIT:
-            cpu_reset_interrupt(cpu, CPU_INTERRUPT_INIT | CPU_INTERRUPT_SIPI)
+            # A start-up IPI accepted meanwhile is taken next.
+            cpu_reset_interrupt(cpu, CPU_INTERRUPT_INIT)
             with bql:
-                x86_cpu_do_init(cpu)
+                x86_cpu_do_init(cpu, bool(self.run.interrupt_request & CPU_INTERRUPT_SIPI))
             self.put_state()
             return VCPUExit.HALTED if cpu.env.halted else VCPUExit.KICKED
         if request & CPU_INTERRUPT_SIPI:
-            # Only an APIC waiting for SIPI raises this (after INIT or reset).
+            # Raised only by an APIC that was waiting for it (after INIT or reset).
             cpu_reset_interrupt(cpu, CPU_INTERRUPT_SIPI)
             with bql:
                 x86_cpu_do_sipi(cpu)

@@ -104,15 +104,20 @@ def x86_cpu_reset(cpu: X86CPU) -> None:
     cpus.cpu_synchronize_post_reset(cpu)
 
 
-def x86_cpu_do_init(cpu: X86CPU) -> None:
+def x86_cpu_do_init(cpu: X86CPU, sipi_pending: bool = False) -> None:
     """An INIT signal (QEMU's do_cpu_init): the registers as after RESET,
     the APIC's as after INIT; an application processor then waits for a
-    start-up IPI, halted.  The accelerator loads ``env`` afterwards."""
+    start-up IPI, halted (unless one came already: ``sipi_pending``).  The
+    accelerator loads ``env`` afterwards."""
     bsp = cpu.apic is None or cpu.apic.is_bsp
     cpu.env.reset(bsp=bsp)
     if cpu.apic is not None:
         cpu.env.apic_base = cpu.apic.apicbase
+        vector = cpu.apic.sipi_vector
         cpu.apic.init_reset()
+        if sipi_pending:   # accepted already: keep it, take no other
+            cpu.apic.wait_for_sipi = False
+            cpu.apic.sipi_vector = vector
     cpu.env.halted = not bsp
 
 
@@ -162,6 +167,10 @@ class X86CPUAPICLink:
     def apic_init(self) -> None:
         from pemu.system.cpus import CPU_INTERRUPT_INIT
 
+        # An AP accepts a start-up IPI from the moment INIT arrives, even if
+        # its vCPU has not run the reset yet (Linux sends both back to back).
+        apic = self.cpu.apic
+        apic.wait_for_sipi = not apic.is_bsp
         self._interrupt(self.cpu, CPU_INTERRUPT_INIT)
 
     def apic_sipi(self, vector: int) -> None:
