@@ -191,7 +191,22 @@ def test_lapic_timer_then_init_sipi_and_a_fixed_ipi_to_the_second_cpu(machine: S
     iret
 """)
     # The AP's trampoline: real mode at 0x8000, into flat 32-bit mode, APIC on, ready.
-    m.asm(TRAMPOLINE, f"""
+    m.asm(TRAMPOLINE, ap_trampoline(f"""
+    movl $0x1ff, {apic + 0xF0}
+    movl $1, {READY}
+    sti
+5:  hlt
+    jmp 5b
+"""))
+    m.start(CODE)
+    m.run_until_done()
+    assert m.outputs() == [0xA0, 0, 0xB2, 1]
+    assert m.cpus[1].apic.isr == 0 and m.cpus[0].apic.isr == 0
+
+
+def ap_trampoline(body32: str) -> str:
+    """Real mode at 0x8000 (the start-up IPI's vector 8), into flat 32-bit mode, then ``body32``."""
+    return f"""
     .code16
     cli
     xor %ax, %ax
@@ -207,13 +222,54 @@ pm: mov $0x10, %ax
     mov %ax, %ss
     mov $0x60000, %esp
     lidt idtr
-    movl $0x1ff, {apic + 0xF0}
+""" + body32 + TABLES
+
+
+def test_code_patched_by_another_cpu_drops_a_stale_int3(machine: SMPMachine) -> None:
+    """The AP runs an int3 once; the BSP then overwrites it with a nop (the
+    text_poke_bp pattern).  The AP's engine still holds its translation with
+    the int3, but running it again must not raise #BP."""
+    m = machine
+    m.load(GDT, struct.pack("<QQQ", 0, 0x00CF9A000000FFFF, 0x00CF92000000FFFF))
+    idt = bytearray(256 * 8)
+    idt[3 * 8:4 * 8] = gate32(CODE + 0x400)
+    m.load(IDT, bytes(idt))
+    m.load(FLAGS, bytes(16))
+    apic = APIC_DEFAULT_ADDRESS
+    patched, count, site = FLAGS + 8, FLAGS + 12, TRAMPOLINE + 0x100
+    m.asm(CODE, PROLOGUE + f"""
+    mov $0x70000, %esp
+    movl $0x01000000, {apic + 0x310}
+    movl $0x00004500, {apic + 0x300}
+    movl $0x01000000, {apic + 0x310}
+    movl $0x00004608, {apic + 0x300}
+3:  pause
+    cmpl $0, {READY}
+    je 3b
+    movb $0x90, {site}
+    movl $1, {patched}
+4:  hlt
+    jmp 4b
+""" + TABLES + f"""
+    .org 0x400
+    incl {count}
+    iret
+""")
+    m.asm(TRAMPOLINE, ap_trampoline(f"""
+    jmp {site}
+    .org 0x100
+    int3
+    cmpl $0, {patched}
+    jne 7f
     movl $1, {READY}
-    sti
-5:  hlt
-    jmp 5b
-""" + TABLES)
+6:  pause
+    cmpl $0, {patched}
+    je 6b
+    jmp {site}
+7:  movl {count}, %eax
+    out %al, $0xe9
+    out %al, $0xf4
+"""))
     m.start(CODE)
     m.run_until_done()
-    assert m.outputs() == [0xA0, 0, 0xB2, 1]
-    assert m.cpus[1].apic.isr == 0 and m.cpus[0].apic.isr == 0
+    assert m.outputs() == [1]

@@ -46,6 +46,7 @@ CPU_INTERRUPT_SIPI = 0x0800
 # Requests handled before anything else at the interrupt window.
 _CPU_INTERRUPT_SPECIAL = CPU_INTERRUPT_NMI | CPU_INTERRUPT_INIT | CPU_INTERRUPT_SIPI
 EXCP02_NMI = 2
+EXCP03_INT3 = 3
 # TSC rate: 1 GHz, so a TSC tick is a nanosecond of virtual time (the TSC is
 # the virtual clock plus an offset); Linux measures the same rate against the
 # PIT, which follows the same clock.
@@ -240,6 +241,8 @@ class TCGVCPU:
     def _on_interrupt(self, uc: Uc, intno: int, _: object) -> None:
         ctx = self.ctx
         ctx.save()
+        if intno == EXCP03_INT3 and ctx.exception_is_int and self._stale_int3(ctx):
+            return
         try:
             self.delivery.deliver(intno & 0xFF, is_int=ctx.exception_is_int, error_code=ctx.error_code,
                                   next_eip=ctx.exception_next_eip)
@@ -247,6 +250,24 @@ class TCGVCPU:
             self._triple_fault(intno)
             return
         ctx.restore()
+
+    def _stale_int3(self, ctx: CPUContext) -> bool:
+        """An ``int3`` that is no longer in guest memory: another vCPU patched
+        the code after this engine translated it (Linux's text_poke_bp puts an
+        int3 in, then takes it out again; each engine invalidates only what its
+        own writes touch).  Then the translations are dropped and the
+        instruction runs again from memory, instead of a stray #BP."""
+        address = ctx.seg(1).base + ctx.exception_next_eip - 1
+        try:
+            if self.delivery.read_linear(address, 1) == b"\xcc":
+                return False
+        except GuestFault:
+            return False
+        ctx.eip = ctx.exception_next_eip - 1
+        ctx.restore()
+        self.tb_flush_pending = True
+        self.kick()
+        return True
 
     def _triple_fault(self, intno: int) -> None:
         from pemu.system.runstate import ShutdownCause, qemu_system_reset_request

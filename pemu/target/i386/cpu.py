@@ -65,6 +65,7 @@ def _x86_cpu_initfn(obj: Object) -> None:
 
 
 def x86_cpu_realizefn(dev: Object) -> None:
+    from pemu.accel.kvm import kvm_irqchip_in_kernel
     from pemu.system import cpus
     from pemu.system.physmem import address_space_io, get_system_memory
     from pemu.target.i386 import cpu_models
@@ -77,7 +78,7 @@ def x86_cpu_realizefn(dev: Object) -> None:
         raise QOMError(str(e)) from None
     cpu.env.cpuid_version = cpu.model.cpuid_version if hasattr(cpu.model, "cpuid_version") else cpu.env.cpuid_version
     cpu.model.apic_id = cpu.apic_id  # CPUID leaf 1 EBX[31:24]
-    if cpu.model.has("apic"):
+    if cpu.model.has("apic") and not kvm_irqchip_in_kernel():  # else the APIC is KVM's
         x86_cpu_apic_create(cpu)
         x86_cpu_apic_realize(cpu)
     # The CPU's view of memory (seed: cpu_as_mem / cpu_as_root).
