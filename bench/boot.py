@@ -35,6 +35,7 @@ from tests.fixtures.build_guest import (  # noqa: E402
 )
 
 QEMU_BINARY = "qemu-system-x86_64"
+SEABIOS = "/usr/share/seabios/bios-256k.bin"
 QEMU_PACKAGE = "qemu-system-x86"
 _TAIL_BYTES = 4000
 
@@ -47,6 +48,7 @@ class BenchError(RuntimeError):
 class Sample:
     seconds: float          # process start -> marker on the console
     max_rss_kib: int        # ru_maxrss of the child (KiB on Linux)
+    cpu_seconds: float = 0.0  # user + system time of the child, to its kill after the marker
 
 
 @dataclass
@@ -102,7 +104,7 @@ def measure(emulator: Emulator, timeout: float) -> Sample:
         tail = seen.decode(errors="replace")
         raise BenchError(f"{emulator.name} {why} before {READY_MARKER}:\n"
                          f"$ {shlex.join(emulator.argv)}\n{tail}")
-    return Sample(found_at - start, usage.ru_maxrss)
+    return Sample(found_at - start, usage.ru_maxrss, usage.ru_utime + usage.ru_stime)
 
 
 def ensure_qemu() -> str:
@@ -141,6 +143,10 @@ def machine_description() -> str:
             f"Python {platform.python_version()}")
 
 
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def _summary(values: list[float], fmt: str) -> str:
     middle = statistics.median(values)
     if len(values) == 1:
@@ -149,7 +155,7 @@ def _summary(values: list[float], fmt: str) -> str:
 
 
 def report(emulators: list[Emulator], *, runs: int, release: str, append: str, smp: int = 1) -> str:
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = utc_now()
     lines = [
         f"### Boot to `{READY_MARKER}`, {now}",
         "",
@@ -158,20 +164,19 @@ def report(emulators: list[Emulator], *, runs: int, release: str, append: str, s
         f"`-machine q35 -m 512 -smp {smp} -nographic -append \"{append}\"`",
         f"- {runs} interleaved runs each; median (min–max)",
         "",
-        "| Emulator | Time to marker (s) | Max RSS (MiB) |",
-        "|---|---:|---:|",
+        "| Emulator | Time to marker (s) | CPU time (s) | Max RSS (MiB) | time / QEMU's |",
+        "|---|---:|---:|---:|---:|",
     ]
+    qemu = next((e for e in emulators if e.name.startswith("QEMU")), None)
     for emu in emulators:
         seconds = [s.seconds for s in emu.samples]
+        cpu = [s.cpu_seconds for s in emu.samples]
         rss = [s.max_rss_kib / 1024 for s in emu.samples]
-        lines.append(f"| {emu.name} | {_summary(seconds, '.1f')} | {_summary(rss, '.0f')} |")
-    if len(emulators) == 2:
-        pemu, qemu = emulators
-        time_ratio = (statistics.median(s.seconds for s in pemu.samples)
-                      / statistics.median(s.seconds for s in qemu.samples))
-        rss_ratio = (statistics.median(s.max_rss_kib for s in pemu.samples)
-                     / statistics.median(s.max_rss_kib for s in qemu.samples))
-        lines.append(f"| **pemu / QEMU** | **{time_ratio:.2f}×** | **{rss_ratio:.2f}×** |")
+        ratio = ""
+        if qemu is not None and emu is not qemu:
+            ratio = (f"**{statistics.median(seconds) / statistics.median(s.seconds for s in qemu.samples):.2f}×**")
+        lines.append(f"| {emu.name} | {_summary(seconds, '.1f')} | {_summary(cpu, '.1f')} | "
+                     f"{_summary(rss, '.0f')} | {ratio} |")
     return "\n".join(lines)
 
 
@@ -189,6 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smp", type=int, default=1, help="CPUs of the guest, for both emulators (default 1)")
     parser.add_argument("--pemu", default=f"{shlex.quote(sys.executable)} -m pemu",
                         help="command that starts pemu (default: this Python's -m pemu)")
+    parser.add_argument("--paths", default="direct",
+                        help="pemu's boot paths, comma-separated: direct (pemu loads the kernel), firmware "
+                             "(-bios, SeaBIOS boots it over fw_cfg as in QEMU) (default direct)")
+    parser.add_argument("--bios", default=SEABIOS, help=f"firmware of the firmware path (default {SEABIOS})")
+    parser.add_argument("--engines", default="",
+                        help="pemu's engines, comma-separated: patched, stock (PEMU_ENGINE; default: "
+                             "whichever pemu picks)")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
@@ -209,13 +221,28 @@ def main(argv: list[str] | None = None) -> int:
 
         emulators: list[Emulator] = []
         if not args.qemu_only:
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-                p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
-            emulators.append(Emulator("pemu", shlex.split(args.pemu) + common, env))
+            paths = [p for p in args.paths.split(",") if p]
+            if not paths or set(paths) - {"direct", "firmware"}:
+                parser.error("--paths takes direct and/or firmware")
+            engines = [e for e in args.engines.split(",") if e] or [""]
+            if set(engines) - {"", "patched", "stock"}:
+                parser.error("--engines takes patched and/or stock")
+            for engine in engines:
+                env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+                    p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+                if engine:
+                    env["PEMU_ENGINE"] = engine
+                    env.pop("LIBUNICORN_PATH", None)
+                for path in paths:
+                    extra = ["-bios", args.bios] if path == "firmware" else []
+                    label = ", ".join(x for x in (f"{path} boot" if len(paths) > 1 or path != "direct" else "",
+                                                  f"{engine} engine" if engine else "") if x)
+                    emulators.append(Emulator(f"pemu ({label})" if label else "pemu",
+                                              shlex.split(args.pemu) + common + extra, env))
         if not args.pemu_only:
             qemu = ensure_qemu()
             version = _first_line([qemu, "--version"]).removeprefix("QEMU emulator version ")
-            emulators.append(Emulator(f"QEMU {version} (`-accel tcg`)",
+            emulators.append(Emulator(f"QEMU {version} (`-accel tcg`; SeaBIOS + linuxboot_dma)",
                                       [qemu, "-accel", "tcg", *common]))
 
         for run in range(1, args.runs + 1):

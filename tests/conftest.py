@@ -15,6 +15,8 @@ _REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(_REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(_REPO_ROOT))
 
+import pemu  # noqa: E402,F401  (chooses the Unicorn engine before any test imports unicorn)
+
 from tests.fixtures.build_guest import DebianToolsMissing, Guest, ensure_guest  # noqa: E402
 from tests.integration.harness import GuestProcess, default_guest_args  # noqa: E402
 

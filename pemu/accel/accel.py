@@ -183,6 +183,11 @@ class AccelOps(ABC):
         """CPUID feature bits this accelerator cannot provide (word → mask)."""
         return {}
 
+    @classmethod
+    def description(cls) -> str:
+        """What runs guest code here, for ``-accel help`` and ``info accel`` ("" if nothing to say)."""
+        return ""
+
 
 # name → "module:Class"; imported on first use, so a missing engine only
 # matters when it is asked for.
@@ -202,18 +207,30 @@ def accel_names() -> list[str]:
 
 
 def accel_help() -> str:
-    return "Accelerators supported in QEMU binary:\n" + "".join(f"{n}\n" for n in accel_names())
+    lines = []
+    for name in accel_names():
+        try:
+            detail = _accel_class(name).description()
+        except AccelUnavailable as e:
+            detail = str(e)
+        lines.append(f"{name}  ({detail})\n" if detail else f"{name}\n")
+    return "Accelerators supported in QEMU binary:\n" + "".join(lines)
 
 
-def find_accel(name: str) -> AccelOps:
-    """Instantiate accelerator ``name``; raises AccelUnavailable or KeyError."""
+def _accel_class(name: str) -> type[AccelOps]:
     target = _REGISTRY[name]
     module_name, _, class_name = target.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
         raise AccelUnavailable(f"{name} accelerator is not available: {e}") from None
-    return getattr(module, class_name)()
+    cls: type[AccelOps] = getattr(module, class_name)
+    return cls
+
+
+def find_accel(name: str) -> AccelOps:
+    """Instantiate accelerator ``name``; raises AccelUnavailable or KeyError."""
+    return _accel_class(name)()
 
 
 @dataclass(frozen=True)

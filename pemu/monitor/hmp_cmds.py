@@ -335,6 +335,16 @@ def vm_name() -> str | None:
     return name if isinstance(name, str) and name else None
 
 
+def hmp_info_accel(mon: Monitor, args: dict[str, Any]) -> None:
+    from pemu.accel.accel import current_accel
+
+    accel = current_accel()
+    if accel is None:
+        raise CommandError("no accelerator is configured")
+    detail = accel.description()
+    mon.print_line(f"accelerator: {accel.name}" + (f" ({detail})" if detail else ""))
+
+
 def hmp_info_name(mon: Monitor, args: dict[str, Any]) -> None:
     name = vm_name()
     if name is not None:
@@ -523,6 +533,36 @@ def format_x86_registers(env: Any) -> str:
     return "".join(line + "\n" for line in lines)
 
 
+# --- block devices (pemu.block.blockdev) -----------------------------------------------------------
+
+
+def _block_devices() -> Any:
+    from pemu.hw.core.machine import MachineState
+
+    machine = object_get_root().child("machine")
+    if not isinstance(machine, MachineState):
+        raise CommandError("no machine")
+    return machine.block_devices
+
+
+def hmp_info_block(mon: Monitor, args: dict[str, Any]) -> None:
+    mon.puts(_block_devices().info_block())
+
+
+def hmp_info_blockstats(mon: Monitor, args: dict[str, Any]) -> None:
+    mon.puts(_block_devices().info_blockstats())
+
+
+def hmp_commit(mon: Monitor, args: dict[str, Any]) -> None:
+    """commit DEVICE|all: write an overlay's data (e.g. -snapshot's) into its backing image."""
+    from pemu.block.blockdev import CommitError
+
+    try:
+        _block_devices().commit(args["device"])
+    except CommitError as exc:
+        mon.print_line(str(exc))  # QEMU reports these with error_report, no "Error:" prefix
+
+
 # --- the tables -----------------------------------------------------------------------------------
 
 
@@ -538,11 +578,14 @@ HMP_INFO_CMDS = _sorted([
     HMPCommand("cpus", "", "show infos for each CPU", hmp_info_cpus),
     HMPCommand("registers", "[-a]", "show the cpu registers (-a: all - show register info for all cpus)",
                hmp_info_registers, (flag("all", "a"),)),
+    HMPCommand("accel", "", "show the accelerator and the engine that runs guest code", hmp_info_accel),
     HMPCommand("mtree", "[-f]", "show memory tree (-f: dump flat view for address spaces)",
                hmp_info_mtree, (flag("flatview", "f"),)),
     HMPCommand("qtree", "[-b]", "show device tree (-b: brief, omit properties)",
                hmp_info_qtree, (flag("brief", "b"),)),
     HMPCommand("qom-tree", "[path]", "show QOM composition tree", hmp_info_qom_tree, (word("path", True),)),
+    HMPCommand("block", "", "show the block devices", hmp_info_block),
+    HMPCommand("blockstats", "", "show block device statistics", hmp_info_blockstats),
 ])
 
 HMP_CMDS = _sorted([
@@ -554,6 +597,8 @@ HMP_CMDS = _sorted([
     HMPCommand("cont|c", "", "resume emulation", hmp_cont),
     HMPCommand("system_reset", "", "reset the system", hmp_system_reset),
     HMPCommand("system_powerdown", "", "send system power down event", hmp_system_powerdown),
+    HMPCommand("commit", "device|all", "commit changes to the disk images (if -snapshot is used) or backing files",
+               hmp_commit, (word("device"),)),
     HMPCommand("qom-list", "path", "list QOM properties", hmp_qom_list, (word("path", True),)),
     HMPCommand("qom-get", "path property", "print QOM property", hmp_qom_get,
                (word("path"), word("property"))),

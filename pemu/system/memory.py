@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from functools import cached_property
 from dataclasses import dataclass
 from enum import Enum, IntEnum
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Iterator, Protocol, runtime_checkable
 
 from pemu.system.runstate import contain_fault
 from pemu.util.log import guest_error
@@ -42,6 +42,30 @@ class MemTxResult(IntEnum):
     OK = 0
     ERROR = 1
     DECODE_ERROR = 2
+
+
+class MemReentrancyGuard:
+    """Set while one of its device's register handlers runs (QEMU's
+    MemReentrancyGuard).  An access that reaches the same device meanwhile,
+    typically the device DMA-ing into its own registers, is refused and
+    logged as a guest error instead of re-entering a handler that is half
+    way through (and, in Python, recursing without end)."""
+
+    __slots__ = ("engaged_in_io",)
+
+    def __init__(self) -> None:
+        self.engaged_in_io = False
+
+
+@runtime_checkable
+class GuardedOwner(Protocol):
+    """An owner of I/O regions that keeps a re-entrancy guard (every qdev device does)."""
+
+    mem_reentrancy_guard: MemReentrancyGuard
+
+
+class BlockedReentrantIO(Exception):
+    """An access refused by a :class:`MemReentrancyGuard` (already logged)."""
 
 
 ReadHandler = Callable[[int, int], int]  # (offset, size) -> value
@@ -142,6 +166,8 @@ class MemoryRegion:
         self.readonly = kind == RegionKind.ROM
         # Placeholder regions stand for devices that are not implemented yet.
         self.placeholder = False
+        # The owner's guard, for I/O regions of an owner that has one.
+        self.reentrancy_guard: MemReentrancyGuard | None = None
 
     # -- constructors ---------------------------------------------------------
     @classmethod
@@ -170,6 +196,8 @@ class MemoryRegion:
     def io(cls, name: str, size: int, ops: MemoryRegionOps, owner: object | None = None) -> MemoryRegion:
         mr = cls(name, size, owner, RegionKind.IO)
         mr.ops = ops
+        if isinstance(owner, GuardedOwner):
+            mr.reentrancy_guard = owner.mem_reentrancy_guard
         return mr
 
     @classmethod
@@ -383,7 +411,8 @@ def render_flatview(root: MemoryRegion) -> FlatView:
 _transaction_depth = 0
 _changed = False
 _address_spaces: list[AddressSpace] = []
-_ram_write_notifiers: list[Callable[[int, int], None]] = []
+RAMWriteNotifier = Callable[["RAMBlock", int, int], None]  # (block, offset in it, length)
+_ram_write_notifiers: list[RAMWriteNotifier] = []
 
 
 def _mark_changed() -> None:
@@ -415,13 +444,21 @@ def memory_transaction() -> Iterator[None]:
         memory_region_transaction_commit()
 
 
-def add_ram_write_notifier(cb: Callable[[int, int], None]) -> None:
-    """``cb(guest_phys_addr, length)`` runs after the VMM writes guest RAM
-    (loaders, DMA), so an accelerator can drop translated code."""
+def add_ram_write_notifier(cb: RAMWriteNotifier) -> None:
+    """``cb(block, offset, length)`` runs after the VMM writes bytes of a RAM
+    block (loaders, DMA, a mapping given back by :meth:`AddressSpace.unmap`),
+    so an accelerator can drop the code it translated from them.  The block
+    and offset say which memory changed whatever address space the write
+    went through; the accelerator finds where its CPU sees it."""
     _ram_write_notifiers.append(cb)
 
 
-def remove_ram_write_notifier(cb: Callable[[int, int], None]) -> None:
+def _ram_written(block: RAMBlock, offset: int, length: int) -> None:
+    for cb in _ram_write_notifiers:
+        cb(block, offset, length)
+
+
+def remove_ram_write_notifier(cb: RAMWriteNotifier) -> None:
     if cb in _ram_write_notifiers:
         _ram_write_notifiers.remove(cb)
 
@@ -441,45 +478,70 @@ def _access_valid(ops: MemoryRegionOps, addr: int, size: int) -> bool:
     return True
 
 
+def _blocked_reentrant_io(mr: MemoryRegion, what: str, offset: int, size: int) -> BlockedReentrantIO:
+    guest_error(f"Blocked re-entrant IO on MemoryRegion: {mr.name} {what} at offset {offset:#x} size {size}")
+    return BlockedReentrantIO(mr.name)
+
+
 def _io_read(mr: MemoryRegion, offset: int, size: int) -> int:
-    """Read through a device's ops, splitting or widening to its impl sizes."""
+    """Read through a device's ops, splitting or widening to its impl sizes.
+    BlockedReentrantIO if the device is already handling an access."""
     ops = mr.ops
     assert ops is not None
     if not _access_valid(ops, offset, size):
         guest_error(f"invalid read of size {size} at offset {offset:#x} in {mr.name}")
         return (1 << (size * 8)) - 1
-    lo, hi = ops.impl_min_access_size, ops.impl_max_access_size
-    if lo <= size <= hi:
-        return ops.read(offset, size) & ((1 << (size * 8)) - 1)
-    if size < lo:
-        base = offset & ~(lo - 1)
-        shift = (offset - base) * 8
-        return (ops.read(base, lo) >> shift) & ((1 << (size * 8)) - 1)
-    value = 0
-    for i in range(0, size, hi):
-        value |= (ops.read(offset + i, hi) & ((1 << (hi * 8)) - 1)) << (i * 8)
-    return value
+    guard = mr.reentrancy_guard
+    if guard is not None:
+        if guard.engaged_in_io:
+            raise _blocked_reentrant_io(mr, "read", offset, size)
+        guard.engaged_in_io = True
+    try:
+        lo, hi = ops.impl_min_access_size, ops.impl_max_access_size
+        if lo <= size <= hi:
+            return ops.read(offset, size) & ((1 << (size * 8)) - 1)
+        if size < lo:
+            base = offset & ~(lo - 1)
+            shift = (offset - base) * 8
+            return (ops.read(base, lo) >> shift) & ((1 << (size * 8)) - 1)
+        value = 0
+        for i in range(0, size, hi):
+            value |= (ops.read(offset + i, hi) & ((1 << (hi * 8)) - 1)) << (i * 8)
+        return value
+    finally:
+        if guard is not None:
+            guard.engaged_in_io = False
 
 
 def _io_write(mr: MemoryRegion, offset: int, value: int, size: int) -> None:
+    """Write through a device's ops (as :func:`_io_read`)."""
     ops = mr.ops
     assert ops is not None
     if not _access_valid(ops, offset, size):
         guest_error(f"invalid write of size {size} at offset {offset:#x} in {mr.name}")
         return
-    value &= (1 << (size * 8)) - 1
-    lo, hi = ops.impl_min_access_size, ops.impl_max_access_size
-    if lo <= size <= hi:
-        ops.write(offset, value, size)
-        return
-    if size < lo:
-        # A narrow write to a wide register: QEMU passes it widened, with the
-        # other bytes zero.  Devices that care declare impl sizes down to 1.
-        base = offset & ~(lo - 1)
-        ops.write(base, value << ((offset - base) * 8), lo)
-        return
-    for i in range(0, size, hi):
-        ops.write(offset + i, (value >> (i * 8)) & ((1 << (hi * 8)) - 1), hi)
+    guard = mr.reentrancy_guard
+    if guard is not None:
+        if guard.engaged_in_io:
+            raise _blocked_reentrant_io(mr, "write", offset, size)
+        guard.engaged_in_io = True
+    try:
+        value &= (1 << (size * 8)) - 1
+        lo, hi = ops.impl_min_access_size, ops.impl_max_access_size
+        if lo <= size <= hi:
+            ops.write(offset, value, size)
+            return
+        if size < lo:
+            # A narrow write to a wide register: QEMU passes it widened, with the
+            # other bytes zero.  Devices that care declare impl sizes down to 1.
+            base = offset & ~(lo - 1)
+            ops.write(base, value << ((offset - base) * 8), lo)
+            return
+        for i in range(0, size, hi):
+            ops.write(offset + i, (value >> (i * 8)) & ((1 << (hi * 8)) - 1), hi)
+    finally:
+        if guard is not None:
+            guard.engaged_in_io = False
 
 
 # --- bulk accesses to device registers (DMA into MMIO) ------------------------------
@@ -508,7 +570,8 @@ def _bulk_access_size(ops: MemoryRegionOps, offset: int, remaining: int) -> int:
 def _io_write_bulk(space_name: str, mr: MemoryRegion, addr: int, offset: int,
                    data: bytes | bytearray | memoryview) -> bool:
     """Write ``data`` into a device's registers from ``offset`` (``addr`` in
-    the address space); False if the device faulted (contained: the VM stops)."""
+    the address space); False if the device faulted (contained: the VM stops)
+    or refused a re-entrant access."""
     ops = mr.ops
     assert ops is not None
     pos, end = 0, len(data)
@@ -517,6 +580,8 @@ def _io_write_bulk(space_name: str, mr: MemoryRegion, addr: int, offset: int,
         value = int.from_bytes(data[pos:pos + size], "little")
         try:
             _io_write(mr, offset + pos, value, size)
+        except BlockedReentrantIO:
+            return False
         except Exception as exc:  # as in dispatch_write
             contain_fault(f"device '{mr.name}', {space_name} write at {addr + pos:#x} size {size} "
                           f"value {value:#x}", exc)
@@ -528,7 +593,7 @@ def _io_write_bulk(space_name: str, mr: MemoryRegion, addr: int, offset: int,
 def _io_read_bulk(space_name: str, mr: MemoryRegion, addr: int, offset: int,
                   length: int) -> bytes | None:
     """Read ``length`` bytes of a device's registers from ``offset``; None if
-    the device faulted (contained: the VM stops)."""
+    the device faulted (contained: the VM stops) or refused a re-entrant access."""
     ops = mr.ops
     assert ops is not None
     out = bytearray()
@@ -536,10 +601,23 @@ def _io_read_bulk(space_name: str, mr: MemoryRegion, addr: int, offset: int,
         size = _bulk_access_size(ops, offset + len(out), length - len(out))
         try:
             out += _io_read(mr, offset + len(out), size).to_bytes(size, "little")
+        except BlockedReentrantIO:
+            return None
         except Exception as exc:  # as in dispatch_read
             contain_fault(f"device '{mr.name}', {space_name} read at {addr + len(out):#x} size {size}", exc)
             return None
     return bytes(out)
+
+
+@dataclass(frozen=True, slots=True)
+class RAMMapping:
+    """A window of guest RAM lent out by :meth:`AddressSpace.map`: ``view``
+    is ``block``'s memory from ``offset`` on."""
+
+    view: memoryview
+    block: RAMBlock
+    offset: int
+    is_write: bool
 
 
 class AddressSpace:
@@ -585,7 +663,9 @@ class AddressSpace:
     # shows through part of it, e.g. 0xCF9 inside the 0xCF8 dword); only an
     # access that runs past the end of its region is split into bytes.
     # An exception out of a device's handler stops here (contain_fault): the
-    # VM stops in internal-error and the access reads as all ones.
+    # VM stops in internal-error and the access reads as all ones.  An access
+    # refused by the device's re-entrancy guard reads as all ones too (a
+    # write is dropped); the guard has logged it.
     def dispatch_read(self, addr: int, size: int) -> int:
         fr = self.flatview.lookup(addr)
         if fr is None:
@@ -600,6 +680,8 @@ class AddressSpace:
             return int.from_bytes(block.view[offset:offset + size], "little")
         try:
             return _io_read(mr, offset, size)
+        except BlockedReentrantIO:
+            return (1 << (size * 8)) - 1
         except Exception as exc:  # a bug in the device model: contained here, for every accelerator
             contain_fault(f"device '{mr.name}', {self.name} read at {addr:#x} size {size}", exc)
             return (1 << (size * 8)) - 1
@@ -621,6 +703,8 @@ class AddressSpace:
             return
         try:
             _io_write(mr, offset, value, size)
+        except BlockedReentrantIO:
+            pass
         except Exception as exc:
             value &= (1 << (size * 8)) - 1
             contain_fault(f"device '{mr.name}', {self.name} write at {addr:#x} size {size} value {value:#x}", exc)
@@ -697,8 +781,7 @@ class AddressSpace:
                     continue
                 off = piece - fr.start + fr.offset_in_region
                 fr.mr.ram_block.view[off:off + n] = chunk
-                for cb in _ram_write_notifiers:
-                    cb(piece, n)
+                _ram_written(fr.mr.ram_block, off, n)
             else:
                 if not _io_write_bulk(self.name, fr.mr, piece, piece - fr.start + fr.offset_in_region,
                                       chunk[:budget]):
@@ -722,9 +805,9 @@ class AddressSpace:
             elif fr.mr.ram_block is not None:
                 if fr.readonly:
                     continue
-                fr.mr.ram_block.fill(piece - fr.start + fr.offset_in_region, byte & 0xFF, n)
-                for cb in _ram_write_notifiers:
-                    cb(piece, n)
+                off = piece - fr.start + fr.offset_in_region
+                fr.mr.ram_block.fill(off, byte & 0xFF, n)
+                _ram_written(fr.mr.ram_block, off, n)
             else:
                 if not _io_write_bulk(self.name, fr.mr, piece, piece - fr.start + fr.offset_in_region,
                                       pattern[:min(n, budget)]):
@@ -747,17 +830,30 @@ class AddressSpace:
         loader's :meth:`write_rom` lands in memory rather than a device."""
         return all(fr is not None and fr.mr.ram_block is not None for _, _, fr in self._walk(addr, length))
 
-    def map(self, addr: int, length: int, is_write: bool = False) -> memoryview | None:
-        """Zero-copy view of guest RAM for [addr, addr+length), or None if
+    def map(self, addr: int, length: int, is_write: bool = False) -> RAMMapping | None:
+        """Zero-copy access to guest RAM for [addr, addr+length), or None if
         the range is not all in one RAM range (callers then fall back to
-        read/write).  The view never reaches outside the RAM block."""
+        read/write).  The view never reaches outside the RAM block.  A
+        writable mapping is given back with :meth:`unmap`, which tells the
+        accelerators what was written (QEMU's address_space_map)."""
         fr = self.flatview.lookup(addr)
         if fr is None or fr.mr.ram_block is None or length < 0 or addr + length > fr.end:
             return None
         if is_write and fr.readonly:
             return None
         off = addr - fr.start + fr.offset_in_region
-        return fr.mr.ram_block.view[off:off + length]
+        block = fr.mr.ram_block
+        return RAMMapping(block.view[off:off + length], block, off, is_write)
+
+    @staticmethod
+    def unmap(mapping: RAMMapping, access_len: int) -> None:
+        """Give back a mapping from :meth:`map`.  For a writable one, the first
+        ``access_len`` bytes are what the device wrote, and only those are
+        reported as changed (QEMU's address_space_unmap)."""
+        view = mapping.view
+        if mapping.is_write and access_len > 0:
+            _ram_written(mapping.block, mapping.offset, min(access_len, len(view)))
+        view.release()
 
     # Little-endian loads and stores of one value, as QEMU's ld*_phys/st*_phys.
     def ldub(self, addr: int) -> int:

@@ -62,6 +62,7 @@ def _register_all_types() -> None:
     import pemu.hw.pci_host.q35  # noqa: F401
     import pemu.hw.isa.lpc_ich9  # noqa: F401
     import pemu.hw.isa.pc_legacy  # noqa: F401
+    import pemu.hw.ide.qdev  # noqa: F401  (ide-hd, ide-cd: no IDE bus until the AHCI controller)
     from pemu.target.i386.cpu import x86_register_cpu_types
 
     x86_register_cpu_types()
@@ -97,6 +98,8 @@ class Config:
     data_dirs: list[str] = field(default_factory=list)
     fw_cfg_files: list[tuple[str, bytes]] = field(default_factory=list)  # -fw_cfg name=...
     smbios: list[tuple[QemuOpts, str]] = field(default_factory=list)
+    block_options: list[ParsedOption] = field(default_factory=list)  # -drive, -hda..., -blockdev in order
+    snapshot: bool = False  # -snapshot
 
 
 class EarlyExit(Exception):
@@ -242,9 +245,56 @@ def _apply_option(cfg: Config, opt: ParsedOption) -> None:
         cfg.fw_cfg_files.append(parse_fw_cfg_option(opt.parse_opts(), opt.location))
     elif name == "smbios":
         cfg.smbios.append((opt.parse_opts(), opt.location))
+    elif name in _BLOCK_OPTIONS:
+        drive_option(cfg, opt)
     else:
         # The table marks it implemented, so it was not refused: a table entry without code here.
         raise NotImplementedError(f"-{name} is marked implemented in pemu.cli.options but vl does not act on it")
+
+
+# --- drives (-drive, -hda..-hdd, -cdrom, -snapshot, -blockdev): the block layer is pemu.block ---------
+
+_BLOCK_OPTIONS = ("drive", "blockdev", "hda", "hdb", "hdc", "hdd", "cdrom", "snapshot")
+_HD_INDEX = {"hda": 0, "hdb": 1, "hdc": 2, "hdd": 3}
+
+
+def drive_option(cfg: Config, opt: ParsedOption) -> None:
+    """Remember a block option; images are opened in order by configure_blockdev."""
+    if opt.name == "snapshot":
+        cfg.snapshot = True
+    else:
+        cfg.block_options.append(opt)
+
+
+def configure_blockdev(cfg: Config, machine: MachineState) -> None:
+    """Open every -blockdev and -drive (QEMU's configure_blockdev + drive_new)."""
+    block = machine.block_devices
+    for opt in cfg.block_options:
+        assert opt.arg is not None
+        if opt.name == "blockdev":
+            block.blockdev_add(opt.arg, opt.location)
+            continue
+        if opt.name == "drive":
+            drive_opts = opt.parse_opts()
+            opts = dict(drive_opts.items())
+            if drive_opts.id is not None:
+                opts["id"] = drive_opts.id
+        elif opt.name == "cdrom":
+            opts = {"file": opt.arg, "index": "2", "media": "cdrom"}
+        else:
+            opts = {"file": opt.arg, "index": str(_HD_INDEX[opt.name]), "media": "disk"}
+        block.drive_new(opts, opt.location, cfg.snapshot)
+
+
+def drive_check_orphaned(machine: MachineState) -> None:
+    machine.block_devices.check_orphaned()
+
+
+def block_cleanup() -> None:
+    """bdrv_close_all: flush and close the images (releasing their locks)."""
+    machine = object_get_root().child("machine")
+    if isinstance(machine, MachineState):
+        machine.block_devices.close_all()
 
 
 # --- machine selection ----------------------------------------------------------------------
@@ -628,6 +678,7 @@ def qmp_x_exit_preconfig(cfg: Config, machine: MachineState) -> None:
     """Build the board and its devices, then make the machine ready."""
     qemu_init_board(machine)
     qemu_create_cli_devices(cfg)
+    drive_check_orphaned(machine)
     qdev_machine_creation_done(machine)
 
 
@@ -673,6 +724,7 @@ def qemu_init(argv: list[str]) -> VM:
     machine = qemu_create_machine(cfg, mc)
     configure_accelerators(cfg, machine)
     qemu_create_cli_objects(cfg)
+    configure_blockdev(cfg, machine)
     # Front-ends attach to muxed back-ends from here on; the muxes announce
     # themselves (banner, prompt) only once the machine is built.
     suspend_mux_open()
@@ -743,7 +795,10 @@ def qemu_cleanup() -> None:
     try:
         cpus.pause_all_vcpus()
     finally:
-        qemu_chr_cleanup()
+        try:
+            block_cleanup()
+        finally:
+            qemu_chr_cleanup()
 
 
 def main_with_args(argv: list[str]) -> int:
@@ -766,6 +821,10 @@ def main_with_args(argv: list[str]) -> int:
 
 
 def _cleanup_quietly() -> None:
+    try:
+        block_cleanup()
+    except Exception:
+        pass
     try:
         from pemu.chardev.registry import qemu_chr_cleanup
 

@@ -19,11 +19,13 @@ needs_binutils = pytest.mark.skipif(not have_binutils(), reason="GNU as/ld/objco
 
 
 class PortRecorder:
-    """Port I/O stub: records writes, answers reads from a table; port 0xF4 ends the test."""
+    """Port I/O stub: records writes, answers reads from a table, calls
+    ``handlers[port](value)`` after a write there; port 0xF4 ends the test."""
 
     def __init__(self) -> None:
         self.writes: list[tuple[int, int, int]] = []
         self.reads: dict[int, int] = {}
+        self.handlers: dict[int, Callable[[int], None]] = {}
         self.done = threading.Event()
 
     def read(self, port: int, size: int) -> int:
@@ -31,6 +33,9 @@ class PortRecorder:
 
     def write(self, port: int, value: int, size: int) -> None:
         self.writes.append((port, value, size))
+        handler = self.handlers.get(port)
+        if handler is not None:
+            handler(value)
         if port == 0xF4:
             self.done.set()
 

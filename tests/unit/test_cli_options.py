@@ -185,7 +185,7 @@ def test_empty_command_line() -> None:
 
 def test_unimplemented_options_are_reported_by_the_table() -> None:
     parsed = parse_command_line(["-m", "1G", "-daemonize", "-object", "rng-random,id=r0", "-uuid", "x", "disk.img"])
-    assert [p.name for p in unimplemented_options(parsed)] == ["daemonize", "uuid", "hda"]
+    assert [p.name for p in unimplemented_options(parsed)] == ["daemonize", "uuid"]
 
 
 # -- the table decides what vl.py refuses and what it acts on
@@ -200,6 +200,9 @@ IMPLEMENTED_SAMPLES: dict[str, list[str]] = {
     "nographic": [], "chardev": ["null,id=c0"], "serial": ["null"], "monitor": ["none"], "mon": ["chardev=c0"],
     "kernel": ["bzImage"], "append": ["console=ttyS0"], "initrd": ["initrd.gz"], "S": [], "d": ["guest_errors"],
     "D": ["LOGFILE"], "no-reboot": [], "no-shutdown": [],
+    "drive": ["file=disk.img,if=none"], "blockdev": ["driver=raw,node-name=n,file.driver=file,file.filename=d"],
+    "hda": ["disk.img"], "hdb": ["disk.img"], "hdc": ["disk.img"], "hdd": ["disk.img"], "cdrom": ["cd.iso"],
+    "snapshot": [],
 }
 
 
@@ -388,6 +391,6 @@ def test_help_marks_exactly_the_refused_options() -> None:
         assert (first if expected != first else f"{first} (*)") not in lines, option.name
     # Marked wrongly before the table became the one that refuses.
     assert "-netdev user,id=str[,hostfwd=rule][,...] (*)" in lines
-    assert "-hda file (*)" in lines and "-uuid %08x-%04x-%04x-%04x-%012x (*)" in lines
+    assert "-hda file" in lines and "-fda file (*)" in lines and "-uuid %08x-%04x-%04x-%04x-%012x (*)" in lines
     assert "-object type,id=id[,prop=value[,...]]" in lines
     assert "-fw_cfg [name=]name,file=file" in lines

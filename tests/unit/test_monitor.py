@@ -312,6 +312,18 @@ def test_exception_in_a_command_is_one_line(mon: Monitor, chardev: CaptureCharde
     assert run(chardev, "info status") == ["VM status: paused"]
 
 
+def test_info_accel_names_the_engine(mon: Monitor, chardev: CaptureChardev,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from pemu.accel import accel
+    from pemu.accel.tcg.engine import engine_info
+    from pemu.accel.tcg.tcg_accel import TCGAccel
+
+    monkeypatch.setattr(accel, "_current", None)
+    assert run(chardev, "info accel") == ["Error: no accelerator is configured"]
+    monkeypatch.setattr(accel, "_current", TCGAccel())
+    assert run(chardev, "info accel") == [f"accelerator: tcg (software CPU on {engine_info().describe()})"]
+
+
 # --- run state ------------------------------------------------------------------------------
 
 

@@ -1,12 +1,19 @@
 """Leaving ``emu_start`` at a translation-block boundary, on request from any thread.
 
-Why not ``uc_emu_stop``: Unicorn 2.1.4 checks the exit request after *every*
-guest memory access, not only at block starts, and when it is set it
-unwinds to the start of the current instruction.  Stores the instruction
-already made stay done, so the instruction runs twice when the vCPU
-resumes: ``inc [mem]`` adds two, ``xchg reg, [mem]`` loses the old value.
-A stop that lands in the middle of a read-modify-write therefore corrupts
-guest memory (it broke the kernel's XZ decompressor), and both an
+On pemu's engine (pemu.accel.tcg.engine, patches 0004 and 0005) the engine
+does it: ``uc_pemu_exit_request`` arms a stop that is checked at block
+starts only (an inline load and branch) and stays armed until
+``uc_pemu_exit_clear``, and ``uc_pemu_block_exits_only`` turns off the
+checks Unicorn makes after every guest memory access.  Nothing runs per
+block beyond the check.
+
+On the stock engine, why not ``uc_emu_stop``: Unicorn 2.1.4 checks the exit
+request after *every* guest memory access, not only at block starts, and
+when it is set it unwinds to the start of the current instruction.  Stores
+the instruction already made stay done, so the instruction runs twice when
+the vCPU resumes: ``inc [mem]`` adds two, ``xchg reg, [mem]`` loses the old
+value.  A stop that lands in the middle of a read-modify-write therefore
+corrupts guest memory (it broke the kernel's XZ decompressor), and both an
 ``emu_stop`` from another thread and ``emu_start(timeout=...)`` (whose
 timer thread calls ``uc_emu_stop``) can land there.
 
@@ -21,7 +28,7 @@ hook on every address, whose callback is native code, does it:
   points at a flag byte; :meth:`TBExitRequest.request` sets it and
   :meth:`TBExitRequest.clear` clears it.  With a single block hook Unicorn
   compiles a direct call to the callback into each block, so a block costs
-  one native call (no measurable slowdown on tight loops).
+  one native call.
 * Fallback, where no executable page can be had: two block hooks, a
   native no-op (C ``abs``) that makes every block call Unicorn's generic
   hook helper, and one whose callback is ``uc_emu_stop`` itself, switched
@@ -38,13 +45,19 @@ before ``emu_start``.  The hook structure is private to Unicorn:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import enum
 import mmap
 import struct
+from collections.abc import Iterator
+from typing import Any
 
 from unicorn import UC_ARCH_X86, UC_HOOK_BLOCK, UC_MODE_64, Uc, UcError
 from unicorn import x86_const as ucx
 from unicorn.unicorn_py3.unicorn import uclib
+
+from pemu.accel.tcg.engine import EngineFeature, engine_info
 
 _libc = ctypes.CDLL(None)
 _NATIVE_NOOP = ctypes.cast(_libc.abs, ctypes.c_void_p).value
@@ -114,34 +127,85 @@ def _add_native_block_hook(uc: Uc, callback: int | None, user_data: int | None =
     return hook
 
 
+class ExitMode(enum.Enum):
+    """How a :class:`TBExitRequest` stops the engine (see the module docstring)."""
+
+    ENGINE = "engine"  # pemu's engine: uc_pemu_exit_request, block-start checks only
+    STUB = "stub"  # stock engine: a native block hook testing a flag
+    TWO_HOOKS = "two-hooks"  # stock engine without an executable page
+
+
+def default_exit_mode() -> ExitMode:
+    if engine_info().has(EngineFeature.EXIT_REQUEST | EngineFeature.BLOCK_EXITS_ONLY):
+        return ExitMode.ENGINE
+    return ExitMode.STUB
+
+
+def _engine_call(name: str, *argtypes: Any) -> Any:
+    fn = getattr(uclib, name)
+    fn.argtypes = [ctypes.c_void_p, *argtypes]
+    fn.restype = ctypes.c_int if name == "uc_pemu_block_exits_only" else None
+    return fn
+
+
 class TBExitRequest:
     """Makes one engine's running ``emu_start`` return before its next translation block."""
 
-    def __init__(self, uc: Uc, *, use_stub: bool = True) -> None:
-        stub = _stop_if_flag_callback() if use_stub else None
+    def __init__(self, uc: Uc, mode: ExitMode | None = None) -> None:
+        self.mode = mode = mode or default_exit_mode()
         self._flag = ctypes.c_uint8(0)
         self._stopper: _UcHook | None = None
+        self._uc = uc  # keeps the engine alive while another thread may still request a stop
+        self._uch = uc._uch
+        if mode is ExitMode.ENGINE:
+            self._engine_request = _engine_call("uc_pemu_exit_request")
+            self._engine_clear = _engine_call("uc_pemu_exit_clear")
+            err = _engine_call("uc_pemu_block_exits_only", ctypes.c_bool)(self._uch, True)
+            if err:
+                raise UcError(err)
+            return
+        stub = _stop_if_flag_callback() if mode is ExitMode.STUB else None
         if stub is not None:
             _add_native_block_hook(uc, stub, ctypes.addressof(self._flag))
         else:
+            self.mode = ExitMode.TWO_HOOKS
             _add_native_block_hook(uc, _NATIVE_NOOP)
             self._stopper = _add_native_block_hook(uc, _NATIVE_EMU_STOP)
             self._stopper.to_delete = True
 
-    @property
-    def uses_stub(self) -> bool:
-        return self._stopper is None
+    @contextlib.contextmanager
+    def exits_after_each_access(self) -> Iterator[None]:
+        """Within: the engine also checks for a stop after every memory access,
+        as the stock engine always does, so that ``emu_start``'s instruction
+        count ends a run at the next instruction rather than at the end of its
+        block (each switch flushes the translation cache: for rare paths only)."""
+        if self.mode is not ExitMode.ENGINE:
+            yield
+            return
+        switch = _engine_call("uc_pemu_block_exits_only", ctypes.c_bool)
+        if switch(self._uch, False):
+            raise ExitRequestError("the engine refused to turn its per-access exit checks back on")
+        try:
+            yield
+        finally:
+            switch(self._uch, True)
 
     def request(self) -> None:
         """Arm the stop; safe from any thread and from inside hooks."""
-        if self._stopper is None:
+        if self.mode is ExitMode.ENGINE:
+            self._flag.value = 1
+            self._engine_request(self._uch)
+        elif self._stopper is None:
             self._flag.value = 1
         else:
             self._stopper.to_delete = False
 
     def clear(self) -> None:
         """Disarm it (vCPU thread, outside ``emu_start``)."""
-        if self._stopper is None:
+        if self.mode is ExitMode.ENGINE:
+            self._flag.value = 0
+            self._engine_clear(self._uch)
+        elif self._stopper is None:
             self._flag.value = 0
         else:
             self._stopper.to_delete = True
@@ -159,18 +223,21 @@ def verify_exit_request() -> None:
     global _verified
     if _verified:
         return
-    for use_stub in (True, False):
-        _verify(use_stub)
+    modes = [ExitMode.STUB, ExitMode.TWO_HOOKS]
+    if default_exit_mode() is ExitMode.ENGINE:
+        modes.append(ExitMode.ENGINE)
+    for mode in modes:
+        _verify(mode)
     _verified = True
 
 
-def _verify(use_stub: bool) -> None:
+def _verify(mode: ExitMode) -> None:
     uc = Uc(UC_ARCH_X86, UC_MODE_64)
     uc.mem_map(0x1000, 0x2000)
     # 0x1000: inc qword [rbx]; jmp 0x1005 / 0x1005: inc qword [rbx]; hlt
     uc.mem_write(0x1000, bytes.fromhex("48ff03eb00" "48ff03f4"))
     uc.reg_write(ucx.UC_X86_REG_RBX, 0x2000)
-    req = TBExitRequest(uc, use_stub=use_stub)
+    req = TBExitRequest(uc, mode)
     uc.emu_start(0x1000, 0)
     ran = int.from_bytes(uc.mem_read(0x2000, 8), "little")
     req.request()
@@ -178,5 +245,5 @@ def _verify(use_stub: bool) -> None:
     stopped_at = uc.reg_read(ucx.UC_X86_REG_RIP)
     after = int.from_bytes(uc.mem_read(0x2000, 8), "little")
     if (ran, stopped_at, after) != (2, 0x1000, 2):
-        raise ExitRequestError(f"block-start stop misbehaves (ran {ran}, stopped at {stopped_at:#x}, "
+        raise ExitRequestError(f"block-start stop ({mode.value}) misbehaves (ran {ran}, stopped at {stopped_at:#x}, "
                                f"count {after}); pemu needs unicorn==2.1.4")

@@ -7,7 +7,9 @@ model, RDTSC from the virtual clock, port I/O and MMIO through the memory
 API, HLT idling, and kicks from other threads.
 
 The engine is created as UC_MODE_64 and put into real mode by loading the
-saved context of a 16-bit instance (the register API cannot do it).
+saved context of a 16-bit instance (the register API cannot do it).  The
+library is pemu's build of Unicorn 2.1.4 when there is one, else the stock
+wheel's (pemu.accel.tcg.engine); what it offers is detected at run time.
 """
 
 from __future__ import annotations
@@ -15,20 +17,23 @@ from __future__ import annotations
 import ctypes
 import threading
 import time
+from collections import deque
 from typing import Any
 
-from unicorn import (UC_ARCH_X86, UC_ERR_INSN_INVALID, UC_ERR_WRITE_PROT, UC_HOOK_INSN, UC_HOOK_INTR, UC_MODE_64, Uc,
-                     UcError)
+from unicorn import (UC_ARCH_X86, UC_ERR_ARG, UC_ERR_INSN_INVALID, UC_ERR_WRITE_PROT, UC_HOOK_INSN, UC_HOOK_INTR,
+                     UC_MODE_64, Uc, UcError)
 from unicorn import x86_const as ucx
 from unicorn.unicorn_py3.unicorn import uclib
 
-from pemu.accel.accel import TCG_ACCEL_PROPERTIES, AccelOps, VCPUExit
+from pemu.accel.accel import TCG_ACCEL_PROPERTIES, AccelOps, AccelUnavailable, VCPUExit
+from pemu.accel.tcg.engine import EngineFeature, EngineUnavailable, check_engine_choice, engine_info
 from pemu.accel.tcg.exit_request import TBExitRequest, verify_exit_request
 from pemu.accel.tcg.memory_map import UnicornMemoryMap
 from pemu.accel.tcg.tcg_accel_ops_rr import RRCPUThread
+from pemu.system.memory import FlatView, RAMBlock, add_ram_write_notifier, remove_ram_write_notifier
 from pemu.target.i386.cpu_models import TCG_UNSUPPORTED
 from pemu.target.i386.cpu_state import (
-    EFLAGS_FIXED, IF_MASK, CPUX86State, DescriptorTable, SegmentCache,
+    CR0_PG_MASK, EFLAGS_FIXED, IF_MASK, CPUX86State, DescriptorTable, SegmentCache,
 )
 from pemu.target.i386.tcg.misc_helper import do_syscall, do_sysenter
 from pemu.target.i386.tcg.seg_helper import (
@@ -54,6 +59,11 @@ TSC_KHZ = 1_000_000
 _U64 = 0xFFFFFFFFFFFFFFFF
 # How long the guest may run with an interrupt pending while IF=0 before we look again.
 IRQ_POLL_S = 0.001
+TARGET_PAGE_SIZE = 0x1000
+# Written RAM waiting to have its translated code dropped: beyond this many
+# pages (a loader writing a kernel, a reset) one flush of the whole cache is
+# cheaper than dropping page by page.
+CODE_INVALIDATE_MAX_PAGES = 256
 
 # Instruction hooks registered through the C API: the binding's own wrappers
 # cost a Python-level dispatch per event, and it refuses RDTSC/RDTSCP.
@@ -65,6 +75,19 @@ _uc_hook_add = uclib.uc_hook_add
 _uc_reg_read = uclib.uc_reg_read
 _uc_reg_write = uclib.uc_reg_write
 _uc_reg_write_batch = uclib.uc_reg_write_batch
+# pemu's engine (patch 0007) drops translated code by guest-physical range;
+# the stock engine has no such entry point (see TCGVCPU._invalidate_code).
+_uc_invalidate_phys: Any = None
+if engine_info().has(EngineFeature.PHYS_INVALIDATE):
+    _uc_invalidate_phys = uclib.uc_pemu_invalidate_phys_range
+    _uc_invalidate_phys.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64]
+    _uc_invalidate_phys.restype = ctypes.c_int
+
+
+def engine_invalidates_by_physical_address() -> bool:
+    """True on pemu's engine with patch 0007: a DMA write drops only the code
+    of its pages with paging on too (the stock engine flushes everything then)."""
+    return _uc_invalidate_phys is not None
 
 
 class _RAMAccess:
@@ -181,16 +204,17 @@ class TCGVCPU:
         self.tb_flush_pending = False
         self.shutdown_pending = False
         self.tsc_offset = 0
+        # Guest-physical [start, end) ranges of RAM the VMM wrote (DMA), whose
+        # translated code goes before the guest runs again; filled by any
+        # thread, emptied by the vCPU thread.
+        self.code_invalidate: deque[tuple[int, int]] = deque()
+        self._code_invalidate_pages = 0
+        # Where each RAM block shows in the CPU's view, for the flat view it was computed from.
+        self._ram_layout: tuple[FlatView | None, dict[RAMBlock, list[tuple[int, int, int]]]] = (None, {})
         # Mapped at the first run (memory_map.apply_pending), when the board is built.
         self.memory_map = UnicornMemoryMap(self.uc, cpu.memory, self._memory_changed)
         self._install_hooks()
-        try:
-            from pemu.system.memory import add_ram_write_notifier
-
-            add_ram_write_notifier(self._ram_written)
-            self._notifier_installed = True
-        except ImportError:  # pragma: no cover - memory API always present in the tree
-            self._notifier_installed = False
+        add_ram_write_notifier(self._ram_written)
         self.irq_poll = _IRQPoll(self.exit_request)
         self.rr: RRCPUThread | None = None  # the thread running this vCPU in turn with the others
 
@@ -358,9 +382,66 @@ class TCGVCPU:
     def _memory_changed(self) -> None:
         self.kick()
 
-    def _ram_written(self, addr: int, length: int) -> None:
-        self.tb_flush_pending = True
-        self.kick()
+    def _ram_written(self, block: RAMBlock, offset: int, length: int) -> None:
+        """The VMM wrote ``length`` bytes of ``block`` (DMA, a loader): the
+        code translated from them goes before the guest runs again, the rest
+        of the translation cache stays (QEMU's tb_invalidate_phys_range)."""
+        ranges = self._phys_ranges(block, offset, length)
+        pages = sum((end - 1) // TARGET_PAGE_SIZE - start // TARGET_PAGE_SIZE + 1 for start, end in ranges)
+        self._code_invalidate_pages += pages
+        if self._code_invalidate_pages > CODE_INVALIDATE_MAX_PAGES:
+            self.tb_flush_pending = True
+        else:
+            self.code_invalidate.extend(ranges)
+        if ranges:
+            self.kick()
+
+    def _phys_ranges(self, block: RAMBlock, offset: int, length: int) -> list[tuple[int, int]]:
+        """The guest-physical ranges where the CPU sees [offset, offset+length) of ``block``."""
+        flatview = self.cpu.memory.flatview
+        seen, layout = self._ram_layout
+        if seen is not flatview:
+            layout = {}
+            for fr in flatview:
+                if fr.mr.ram_block is not None:
+                    layout.setdefault(fr.mr.ram_block, []).append((fr.offset_in_region, fr.size, fr.start))
+            self._ram_layout = (flatview, layout)
+        out = []
+        end = offset + length
+        for block_start, size, phys in layout.get(block, ()):
+            lo, hi = max(offset, block_start), min(end, block_start + size)
+            if lo < hi:
+                out.append((phys + lo - block_start, phys + hi - block_start))
+        return out
+
+    def _invalidate_code(self, paging: bool) -> None:
+        """Drop the translated code of the written ranges (vCPU thread).
+
+        pemu's engine takes guest-physical ranges (QEMU's
+        tb_invalidate_phys_range).  The stock engine's range invalidation
+        (``ctl_remove_cache``) takes a *virtual* address, resolves it through
+        the CPU's current translation to a RAM offset and assumes the rest of
+        the range follows it; so it is given one page at a time, and only
+        while paging is off, when virtual is physical.  With paging on the
+        written pages cannot be named to it, and the whole cache is flushed."""
+        uc = self.uc
+        queue = self.code_invalidate
+        self._code_invalidate_pages = 0
+        if _uc_invalidate_phys is not None:
+            handle = uc._uch
+            while queue:
+                start, end = queue.popleft()
+                if _uc_invalidate_phys(handle, start, end):
+                    raise UcError(UC_ERR_ARG)
+            return
+        if paging:
+            queue.clear()
+            uc.ctl_flush_tb()
+            return
+        while queue:
+            start, end = queue.popleft()
+            for page in range(start & -TARGET_PAGE_SIZE, end, TARGET_PAGE_SIZE):
+                uc.ctl_remove_cache(page, page + TARGET_PAGE_SIZE)
 
     def kick(self) -> None:
         """Make the vCPU leave the engine soon (any thread, also from inside hooks)."""
@@ -392,8 +473,12 @@ class TCGVCPU:
             self.tb_flush_pending = True
         if self.tb_flush_pending:
             self.tb_flush_pending = False
+            self.code_invalidate.clear()  # the flush covers what is queued so far
+            self._code_invalidate_pages = 0
             uc.ctl_flush_tb()
         ctx.save()
+        if self.code_invalidate:
+            self._invalidate_code(bool(ctx.cr(0) & CR0_PG_MASK))
         poll = False
         request = self.run.interrupt_request
         if request & _CPU_INTERRUPT_SPECIAL:
@@ -517,7 +602,8 @@ class TCGVCPU:
         uc = self.uc
         uc.ctl_flush_tb()  # the step must translate a fresh one-instruction block
         try:
-            self.memory_map.run_dropping_rom_writes(lambda: uc.emu_start(ctx.eip, 0, 0, 1))
+            with self.exit_request.exits_after_each_access():
+                self.memory_map.run_dropping_rom_writes(lambda: uc.emu_start(ctx.eip, 0, 0, 1))
         except UcError as e:
             return self._engine_error(e, rom_write_dropped=True)
         if self.shutdown_pending:
@@ -591,10 +677,7 @@ class TCGVCPU:
             self.cpu.memory.remove_listener(self.memory_map)
         except ValueError:
             pass
-        if self._notifier_installed:
-            from pemu.system.memory import remove_ram_write_notifier
-
-            remove_ram_write_notifier(self._ram_written)
+        remove_ram_write_notifier(self._ram_written)
 
 
 class TCGAccel(AccelOps):
@@ -609,6 +692,14 @@ class TCGAccel(AccelOps):
         self.thread = "single"
         self.tb_size_mib = 0  # -accel tcg,tb-size=N: translation cache in MiB; 0 is the engine's default
         self.rr: RRCPUThread | None = None
+        try:
+            check_engine_choice()
+        except EngineUnavailable as e:
+            raise AccelUnavailable(f"tcg accelerator is not available: {e}") from None
+
+    @classmethod
+    def description(cls) -> str:
+        return f"software CPU on {engine_info().describe()}"
 
     def create_vcpu_thread(self, cpu: Any) -> None:
         if self.rr is None:

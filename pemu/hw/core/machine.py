@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from pemu.block.blockdev import BlockDevices
 from pemu.hw.core.qdev import MachineInitPhase, phase_advance
 from pemu.qom.object import TYPE_OBJECT, Object, ObjectClass, QOMError, TypeInfo, object_resolve_path, type_register
 from pemu.system.memory import MemoryRegion
@@ -73,6 +74,7 @@ class MachineState(Object):
     mem_merge: bool
     usb: bool
     graphics: bool
+    block_devices: BlockDevices  # -drive and -blockdev (pemu.block.blockdev)
 
     @property
     def mc(self) -> MachineClass:
@@ -104,6 +106,7 @@ def _machine_initfn(obj: Object) -> None:
     ms.device_memory = None
     ms.device_memory_base = 0
     ms.accel = None
+    ms.block_devices = BlockDevices(units_per_bus=mc.units_per_default_bus or 2)  # 2: QEMU's IDE master/slave
 
 
 def _machine_class_init(klass: ObjectClass, data: Any) -> None:

@@ -15,6 +15,7 @@ from enum import IntEnum
 from typing import Any, Callable, Iterator
 
 from pemu.hw.core.irq import IRQ, IRQLine, NoIRQ
+from pemu.system.memory import MemReentrancyGuard
 from pemu.qom.object import (
     TYPE_OBJECT,
     Object,
@@ -164,6 +165,8 @@ class DeviceState(Object):
     child_buses: list[BusState]
     gpio_in: dict[str, list[IRQ]]
     gpio_out: dict[str, list[IRQLine]]
+    # Set while one of the device's register handlers runs (see MemReentrancyGuard).
+    mem_reentrancy_guard: MemReentrancyGuard
 
     # -- realize ---------------------------------------------------------------
     def set_realized(self, value: bool) -> None:
@@ -231,6 +234,7 @@ def _device_initfn(obj: Object) -> None:
     dev.child_buses = []
     dev.gpio_in = {}
     dev.gpio_out = {}
+    dev.mem_reentrancy_guard = MemReentrancyGuard()
     if phase_check(MachineInitPhase.MACHINE_READY):
         dev.hotplugged = True
 

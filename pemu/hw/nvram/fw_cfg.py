@@ -30,11 +30,12 @@ import os
 import struct
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 from pemu.hw.core.qdev import DeviceClass, qdev_new
 from pemu.hw.core.sysbus import TYPE_SYS_BUS_DEVICE, SysBusDevice, sysbus_realize
 from pemu.qom.object import ObjectClass, TypeInfo, type_register
+from pemu.system.dma import DMAAddressSpace, dma_memory_read, dma_memory_set, dma_memory_write
 from pemu.system.memory import MemoryRegion, MemoryRegionOps, MemTxResult
 from pemu.util.error import UserError, warn_report
 from pemu.util.log import guest_error
@@ -107,14 +108,8 @@ FW_CFG_FILE = struct.Struct(">IHH56s")
 """One directory entry: size, select, reserved, name (NUL-padded), big-endian."""
 assert FW_CFG_FILE.size == 64
 
-class DMAMemory(Protocol):
-    """What the DMA engine needs from an address space (pemu.system.memory.AddressSpace)."""
-
-    def read_result(self, addr: int, length: int) -> tuple[bytes, MemTxResult]: ...
-
-    def write(self, addr: int, data: bytes | bytearray | memoryview, rom: bool = False) -> MemTxResult: ...
-
-    def fill(self, addr: int, byte: int, length: int) -> MemTxResult: ...
+DMAMemory = DMAAddressSpace
+"""The address space fw_cfg's DMA engine masters (the system memory, as in QEMU)."""
 
 
 SelectCallback = Callable[[], None]
@@ -346,10 +341,10 @@ class FWCfgState:
             self._in_dma = False
 
     def _dma_transfer(self, space: DMAMemory, desc_addr: int) -> None:
-        raw, res = space.read_result(desc_addr, FW_CFG_DMA_ACCESS.size)
+        raw, res = dma_memory_read(space, desc_addr, FW_CFG_DMA_ACCESS.size)
         if res != MemTxResult.OK:
             guest_error(f"fw_cfg: DMA descriptor at {desc_addr:#x} is not readable")
-            space.write(desc_addr, struct.pack(">I", FWCfgDmaControl.ERROR))
+            dma_memory_write(space, desc_addr, struct.pack(">I", FWCfgDmaControl.ERROR))
             return
         control, length, address = FW_CFG_DMA_ACCESS.unpack(raw)
         if control & FWCfgDmaControl.SELECT:
@@ -370,7 +365,7 @@ class FWCfgState:
                 # Past the end (or no item): reads give zeros, writes fail.
                 chunk = length
                 if op == FWCfgDmaControl.READ:
-                    if space.fill(address, 0, chunk) != MemTxResult.OK:
+                    if dma_memory_set(space, address, 0, chunk) != MemTxResult.OK:
                         status = FWCfgDmaControl.ERROR
                 elif op == FWCfgDmaControl.WRITE:
                     guest_error("fw_cfg: DMA write past the end of the item")
@@ -379,11 +374,11 @@ class FWCfgState:
                 chunk = min(length, len(entry.data) - self.cur_offset)
                 start = self.cur_offset
                 if op == FWCfgDmaControl.READ:
-                    if space.write(address, entry.data[start:start + chunk]) != MemTxResult.OK:
+                    if dma_memory_write(space, address, entry.data[start:start + chunk]) != MemTxResult.OK:
                         guest_error(f"fw_cfg: DMA read into {address:#x}+{chunk:#x} failed")
                         status = FWCfgDmaControl.ERROR
                 elif op == FWCfgDmaControl.WRITE:
-                    data, res = space.read_result(address, chunk) if entry.allow_write else (b"", MemTxResult.OK)
+                    data, res = dma_memory_read(space, address, chunk) if entry.allow_write else (b"", MemTxResult.OK)
                     if not entry.allow_write:
                         guest_error(f"fw_cfg: DMA write to read-only item {self.cur_entry:#x}")
                         status = FWCfgDmaControl.ERROR
@@ -397,7 +392,7 @@ class FWCfgState:
                 self.cur_offset += chunk
             address = (address + chunk) & ((1 << 64) - 1)
             length -= chunk
-        space.write(desc_addr, struct.pack(">I", status))
+        dma_memory_write(space, desc_addr, struct.pack(">I", status))
 
 
 # --- -fw_cfg name=...,file=...|string=... ------------------------------------------------------

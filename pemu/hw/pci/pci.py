@@ -19,7 +19,15 @@ from pemu.hw.core.qdev import (
     qbus_new,
 )
 from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, type_register
-from pemu.system.memory import MemoryRegion, memory_transaction
+from pemu.system.dma import (
+    DMADirection,
+    dma_memory_map,
+    dma_memory_read,
+    dma_memory_set,
+    dma_memory_unmap,
+    dma_memory_write,
+)
+from pemu.system.memory import MEMORY_SIZE_UNLIMITED, AddressSpace, MemoryRegion, MemTxResult, RAMMapping, memory_transaction
 from pemu.util.log import guest_error
 
 TYPE_PCI_BUS = "PCI"
@@ -104,7 +112,9 @@ SetIRQ = Callable[[int, int], None]  # (the bus's IRQ number, level)
 
 class PCIBus(BusState):
     """A PCI bus.  The host bridge gives it the address spaces BARs map into
-    (``address_space_mem``/``address_space_io``) and, through
+    (``address_space_mem``/``address_space_io``), the memory its devices
+    reach by DMA (``dma_root``: the system memory, there being no IOMMU)
+    and, through
     :func:`pci_bus_irqs`, where INTx goes: ``map_irq`` turns a device's pin
     into one of the bus's ``nirq`` lines, ``set_irq`` drives that line with
     the OR of every pin mapped onto it."""
@@ -113,6 +123,7 @@ class PCIBus(BusState):
     bus_num: int
     address_space_mem: MemoryRegion | None
     address_space_io: MemoryRegion | None
+    dma_root: MemoryRegion | None
     map_irq: MapIRQ | None
     set_irq: SetIRQ | None
     irq_count: list[int]
@@ -164,6 +175,11 @@ class PCIDevice(DeviceState):
     io_regions: list[PCIIORegion | None]
     irq_state: int  # bit n: INTx pin n asserted by the device
     cap_used: bytearray  # 1 where a capability (or the header) sits
+    # What the function masters (QEMU's bus_master_as): a container holding
+    # an alias of the bus's DMA root, enabled only while COMMAND.MASTER is set.
+    bus_master_container_region: MemoryRegion | None
+    bus_master_enable_region: MemoryRegion | None
+    bus_master_as: AddressSpace | None
 
     @property
     def pci_bus(self) -> PCIBus:
@@ -212,8 +228,10 @@ class PCIDevice(DeviceState):
                 (addr < PCI_ROM_ADDRESS + 4 and end > PCI_ROM_ADDRESS) or \
                 (addr < PCI_COMMAND + 2 and end > PCI_COMMAND):
             pci_update_mappings(self)
-        if addr < PCI_COMMAND + 2 and end > PCI_COMMAND and intx_was_disabled != self.intx_disabled:
-            pci_update_irq_disabled(self, intx_was_disabled)
+        if addr < PCI_COMMAND + 2 and end > PCI_COMMAND:
+            pci_update_bus_master(self)
+            if intx_was_disabled != self.intx_disabled:
+                pci_update_irq_disabled(self, intx_was_disabled)
 
     @property
     def intx_disabled(self) -> bool:
@@ -229,6 +247,9 @@ def _pci_device_init(obj: Object) -> None:
     dev.io_regions = [None] * PCI_NUM_REGIONS
     dev.irq_state = 0
     dev.cap_used = bytearray()
+    dev.bus_master_container_region = None
+    dev.bus_master_enable_region = None
+    dev.bus_master_as = None
 
 
 def _pci_qdev_realize(obj: Any) -> None:
@@ -268,6 +289,7 @@ def _pci_qdev_realize(obj: Any) -> None:
     dev.wmask[PCI_COMMAND + 1] = PCI_COMMAND_INTX_DISABLE >> 8
     dev.wmask[PCI_INTERRUPT_LINE] = 0xFF
     dev.w1cmask[PCI_STATUS + 1] = 0xF9  # the error bits of the status register
+    pci_init_bus_master(dev)
     realize = getattr(dev.klass, "pci_realize", None)
     if realize is not None:
         realize(dev)
@@ -283,6 +305,7 @@ def _pci_qdev_unrealize(obj: Any) -> None:
     if dev.devfn >= 0 and dev.parent_bus is not None:
         dev.pci_bus.devices[dev.devfn] = None
     dev.devfn = -1
+    pci_destroy_bus_master(dev)
 
 
 def _pci_device_class_init(klass: ObjectClass, data: Any) -> None:
@@ -303,6 +326,7 @@ def _pci_bus_init(obj: Object) -> None:
     bus.bus_num = 0
     bus.address_space_mem = None
     bus.address_space_io = None
+    bus.dma_root = None
     bus.map_irq = None
     bus.set_irq = None
     bus.irq_count = []
@@ -320,13 +344,16 @@ type_register(TypeInfo(TYPE_PCI_DEVICE, parent=TYPE_DEVICE, abstract=True, insta
 
 def pci_root_bus_new(parent: DeviceState, name: str, express: bool,
                      address_space_mem: MemoryRegion | None = None,
-                     address_space_io: MemoryRegion | None = None) -> PCIBus:
+                     address_space_io: MemoryRegion | None = None,
+                     dma_root: MemoryRegion | None = None) -> PCIBus:
     """A root bus; BARs of its devices map into the two address spaces
-    (the host bridge's PCI memory window and the system I/O space)."""
+    (the host bridge's PCI memory window and the system I/O space); its
+    devices' DMA reaches ``dma_root`` (without one, DMA reaches nothing)."""
     bus = qbus_new(TYPE_PCIE_BUS if express else TYPE_PCI_BUS, parent, name)
     assert isinstance(bus, PCIBus)
     bus.address_space_mem = address_space_mem
     bus.address_space_io = address_space_io
+    bus.dma_root = dma_root
     return bus
 
 
@@ -375,6 +402,7 @@ def pci_device_reset(dev: PCIDevice) -> None:
                                       | int.from_bytes(dev.w1cmask[off:off + 2], "little"))
         dev.set_word(off, clear)
     dev.set_byte(PCI_INTERRUPT_LINE, 0)
+    pci_update_bus_master(dev)
     for n, region in enumerate(dev.io_regions):
         if region is None:
             continue
@@ -384,6 +412,71 @@ def pci_device_reset(dev: PCIDevice) -> None:
         else:
             dev.set_long(off, 0 if n == PCI_ROM_SLOT else region.type)
     pci_update_mappings(dev)
+
+
+# --- bus mastering (DMA) ----------------------------------------------------------------------
+
+
+def pci_init_bus_master(dev: PCIDevice) -> None:
+    """Give the function its bus-master address space (pci_init_bus_master):
+    a container named after the device holding the alias "bus master" of
+    the bus's DMA root, disabled until the guest sets COMMAND.MASTER."""
+    name = dev.typename
+    container = MemoryRegion.container("bus master container", MEMORY_SIZE_UNLIMITED, owner=dev)
+    with memory_transaction():
+        root = dev.pci_bus.dma_root
+        if root is not None:
+            enable = MemoryRegion.alias("bus master", root, 0, root.size, owner=dev)
+            enable.set_enabled(False)
+            container.add_subregion(0, enable)
+            dev.bus_master_enable_region = enable
+        dev.bus_master_container_region = container
+        dev.bus_master_as = AddressSpace(container, name)
+
+
+def pci_destroy_bus_master(dev: PCIDevice) -> None:
+    if dev.bus_master_as is not None:
+        dev.bus_master_as.destroy()
+    container, enable = dev.bus_master_container_region, dev.bus_master_enable_region
+    if container is not None and enable is not None:
+        container.del_subregion(enable)
+    dev.bus_master_as = dev.bus_master_container_region = dev.bus_master_enable_region = None
+
+
+def pci_update_bus_master(dev: PCIDevice) -> None:
+    """DMA reaches memory only while COMMAND.MASTER is set (QEMU's
+    pci_default_write_config): otherwise the bus-master space is empty, so
+    reads give all-ones, writes are dropped and both report DECODE_ERROR."""
+    if dev.bus_master_enable_region is not None:
+        dev.bus_master_enable_region.set_enabled(bool(dev.get_word(PCI_COMMAND) & PCI_COMMAND_MASTER))
+
+
+def pci_get_address_space(dev: PCIDevice) -> AddressSpace:
+    """The address space the function's DMA goes through."""
+    space = dev.bus_master_as
+    if space is None:
+        raise QOMError(f"{dev.typename}: not realized on a PCI bus, so it has no bus-master address space")
+    return space
+
+
+def pci_dma_read(dev: PCIDevice, addr: int, length: int) -> tuple[bytes, MemTxResult]:
+    return dma_memory_read(pci_get_address_space(dev), addr, length)
+
+
+def pci_dma_write(dev: PCIDevice, addr: int, data: bytes | bytearray | memoryview) -> MemTxResult:
+    return dma_memory_write(pci_get_address_space(dev), addr, data)
+
+
+def pci_dma_set(dev: PCIDevice, addr: int, byte: int, length: int) -> MemTxResult:
+    return dma_memory_set(pci_get_address_space(dev), addr, byte, length)
+
+
+def pci_dma_map(dev: PCIDevice, addr: int, length: int, direction: DMADirection) -> RAMMapping | None:
+    return dma_memory_map(pci_get_address_space(dev), addr, length, direction)
+
+
+def pci_dma_unmap(dev: PCIDevice, mapping: RAMMapping, access_len: int) -> None:
+    dma_memory_unmap(pci_get_address_space(dev), mapping, access_len)
 
 
 # --- BARs -------------------------------------------------------------------------------------

@@ -122,7 +122,8 @@ def _q35_host_realize(dev: Any) -> None:
     io.add_subregion(memmap.PCI_CONFIG_ADDR, host.conf_mr)
     io.add_subregion(memmap.PCI_CONFIG_DATA, host.data_mr)
     pci_memory = host.pci_address_space if host.pci_address_space is not None else get_system_memory()
-    host.bus = pci_root_bus_new(host, "pcie.0", express=True, address_space_mem=pci_memory, address_space_io=io)
+    host.bus = pci_root_bus_new(host, "pcie.0", express=True, address_space_mem=pci_memory, address_space_io=io,
+                                dma_root=get_system_memory())
     mch = qdev_new(TYPE_MCH_PCI_DEVICE)
     mch.property_set("addr", "0.0")
     host.add_child("mch", mch)

@@ -1,0 +1,156 @@
+"""Which Unicorn engine pemu's software CPU runs on: pemu's build or the stock wheel.
+
+pemu's engine is Unicorn 2.1.4 built from its source distribution with the
+patches in ``patches/`` (one per cause; each says why at its top) by
+``python3 -m pemu.accel.tcg.engine build`` (:mod:`pemu.accel.tcg.engine.build`).
+The result is cached by :func:`engine_key`, a hash of the version, the
+source archive, the patches and the build script, in
+``~/.cache/pemu/engine/<key>/libunicorn.so.2``: it is built once per machine
+and rebuilt only when a patch changes.
+
+The unicorn binding loads its library when it is first imported and looks in
+``LIBUNICORN_PATH`` first, so :func:`select_engine` runs when the ``pemu``
+package is imported, before anything imports ``unicorn``.  ``PEMU_ENGINE``
+chooses: ``auto`` (the default: pemu's build when it exists, else the
+wheel's library), ``stock`` (always the wheel's) or ``patched`` (pemu's build
+or an error).  What the loaded library offers is found out at run time
+(:func:`engine_info`), so pemu runs on either and says which in
+``info accel`` and ``-accel help``.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+UNICORN_VERSION = "2.1.4"
+# sha256 of unicorn-2.1.4.tar.gz on the package index.
+SDIST_SHA256 = "00567a70e323f749b419cd86bee4f9115beab7ebba32194581c090cbb7c59cff"
+LIBRARY_NAME = "libunicorn.so.2"
+PATCH_DIR = Path(__file__).resolve().parent / "patches"
+BUILD_SCRIPT = Path(__file__).resolve().parent / "build.py"
+ENGINE_ENV = "PEMU_ENGINE"
+ENGINE_CHOICES = ("auto", "stock", "patched")
+
+
+class EngineFeature(enum.IntFlag):
+    """``uc_pemu_features()`` bits, one per patch (include/unicorn/unicorn.h of the build)."""
+
+    RAM_OFFSETS = 0x01
+    CODE_DIRTY = 0x02
+    INLINE_EXIT_CHECK = 0x04
+    EXIT_REQUEST = 0x08
+    BLOCK_EXITS_ONLY = 0x10
+    MSR_HOOKS = 0x20
+    PHYS_INVALIDATE = 0x40
+
+
+def patches() -> list[Path]:
+    return sorted(PATCH_DIR.glob("*.patch"))
+
+
+def engine_key() -> str:
+    """The cache key of pemu's engine: changes with any patch or the build script."""
+    h = hashlib.sha256()
+    h.update(f"unicorn {UNICORN_VERSION} {SDIST_SHA256}\n".encode())
+    for path in [*patches(), BUILD_SCRIPT]:
+        data = path.read_bytes()
+        h.update(f"{path.name} {len(data)}\n".encode())
+        h.update(data)
+    return h.hexdigest()[:16]
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "pemu" / "engine"
+
+
+def built_engine_dir() -> Path:
+    return cache_root() / engine_key()
+
+
+def engine_choice() -> str:
+    choice = os.environ.get(ENGINE_ENV, "auto") or "auto"
+    return choice if choice in ENGINE_CHOICES else "auto"
+
+
+_selected: Path | None = None
+
+
+def select_engine() -> None:
+    """Point the unicorn binding at pemu's build, when it exists and is wanted.
+
+    Does nothing once ``unicorn`` is imported (the library is loaded then),
+    when the user set ``LIBUNICORN_PATH`` themselves, or for ``stock``.
+    """
+    global _selected
+    if "unicorn" in sys.modules or "LIBUNICORN_PATH" in os.environ or engine_choice() == "stock":
+        return
+    try:
+        directory = built_engine_dir()
+    except OSError:  # the patches cannot be read: run on the wheel's engine
+        return
+    if (directory / LIBRARY_NAME).is_file():
+        os.environ["LIBUNICORN_PATH"] = str(directory)
+        _selected = directory
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What the Unicorn library loaded in this process is and offers."""
+
+    version: str
+    path: str
+    features: EngineFeature
+    patched: bool
+
+    def has(self, feature: EngineFeature) -> bool:
+        return feature in self.features
+
+    def describe(self) -> str:
+        if not self.patched:
+            return (f"stock Unicorn {self.version} (without pemu's patches: slower; "
+                    f"build them with 'python3 -m pemu.accel.tcg.engine build')")
+        names = ", ".join(f.name.lower().replace("_", "-") for f in EngineFeature if f in self.features)
+        return f"Unicorn {self.version} with pemu's patches ({names}), {self.path}"
+
+
+_info: EngineInfo | None = None
+
+
+def engine_info() -> EngineInfo:
+    """Look at the loaded library (imports ``unicorn``)."""
+    global _info
+    if _info is None:
+        import ctypes
+
+        import unicorn
+        from unicorn.unicorn_py3.unicorn import uclib
+
+        features_fn = getattr(uclib, "uc_pemu_features", None)
+        if features_fn is None:
+            features = EngineFeature(0)
+        else:
+            features_fn.restype = ctypes.c_uint32
+            features_fn.argtypes = []
+            features = EngineFeature(features_fn() & sum(EngineFeature))
+        _info = EngineInfo(unicorn.__version__, str(getattr(uclib, "_name", "?")), features,
+                           features_fn is not None)
+    return _info
+
+
+class EngineUnavailable(RuntimeError):
+    """PEMU_ENGINE=patched, but the loaded engine is the stock one."""
+
+
+def check_engine_choice() -> EngineInfo:
+    """The loaded engine, or EngineUnavailable when ``PEMU_ENGINE=patched`` cannot be honoured."""
+    info = engine_info()
+    if engine_choice() == "patched" and not info.patched:
+        raise EngineUnavailable(f"{ENGINE_ENV}=patched, but pemu's engine is not built here "
+                                f"(run 'python3 -m pemu.accel.tcg.engine build')")
+    return info

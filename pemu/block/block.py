@@ -1,0 +1,215 @@
+"""Opening images (QEMU's block.c): protocol node, format probing, format node, backing chain.
+
+:func:`bdrv_open` builds a graph for one image: a "file" node over the host
+file (which takes QEMU's lock bytes), a format node (raw or qcow2) over it,
+and, for a qcow2 with a backing file, the backing chain, each opened
+read-only.  With ``snapshot`` the image itself is opened read-only and a
+temporary qcow2 overlay (deleted at once, so nothing is left behind) takes
+the writes, as QEMU's -snapshot does.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import sys
+import tempfile
+
+from pemu.block.block_int import (
+    BLOCK_PROBE_BUF_SIZE,
+    BlockDriverState,
+    BlockOpenError,
+    BlockPerm,
+    CacheMode,
+)
+from pemu.block.file_posix import FileDriver
+
+SUPPORTED_FORMATS = ("raw", "qcow2")
+# Formats QEMU has and pemu does not: named in the error instead of "Unknown driver".
+OTHER_QEMU_FORMATS = ("bochs", "cloop", "dmg", "luks", "parallels", "qcow", "qed", "vdi", "vhdx", "vmdk", "vpc",
+                      "vvfat")
+MAX_BACKING_CHAIN = 64
+
+
+def probe_format(buf: bytes) -> str:
+    """The format QEMU's bdrv_probe_all would pick for the first sector ``buf``."""
+    if buf[:4] == b"QFI\xfb" and len(buf) >= 8:
+        version = struct.unpack_from(">I", buf, 4)[0]
+        return "qcow2" if version >= 2 else "qcow"
+    if buf[:4] == b"QED\0":
+        return "qed"
+    if buf[:4] == b"KDMV" or buf.startswith(b"# Disk DescriptorFile"):
+        return "vmdk"
+    if buf[:8] == b"conectix":
+        return "vpc"
+    if buf[:8] == b"vhdxfile":
+        return "vhdx"
+    if buf[:6] == b"LUKS\xba\xbe":
+        return "luks"
+    if len(buf) >= 0x44 and struct.unpack_from("<I", buf, 0x40)[0] == 0xBEDA107F:
+        return "vdi"
+    return "raw"
+
+
+def raw_probe_warning(filename: str) -> str:
+    return (
+        f"WARNING: Image format was not specified for '{filename}' and probing guessed raw.\n"
+        "         Automatically detecting the format is dangerous for raw images, "
+        "write operations on block 0 will be restricted.\n"
+        "         Specify the 'raw' format explicitly to remove the restrictions.\n"
+    )
+
+
+def check_format_name(fmt: str) -> None:
+    if fmt in SUPPORTED_FORMATS:
+        return
+    if fmt in OTHER_QEMU_FORMATS:
+        raise BlockOpenError(f"Driver '{fmt}' is not supported by pemu (raw and qcow2 are)")
+    raise BlockOpenError(f"Unknown driver '{fmt}'")
+
+
+def file_perms(fmt: str, read_only: bool) -> tuple[int, int]:
+    """(perm, shared) a format node takes on its file, as QEMU's default perms for storage."""
+    shared = int(BlockPerm.CONSISTENT_READ | BlockPerm.WRITE_UNCHANGED)
+    if read_only:
+        return int(BlockPerm.CONSISTENT_READ), shared
+    perm = BlockPerm.CONSISTENT_READ | BlockPerm.WRITE | BlockPerm.WRITE_UNCHANGED
+    if fmt == "qcow2":
+        perm |= BlockPerm.RESIZE
+    return int(perm), shared
+
+
+def bdrv_open(
+    filename: str,
+    fmt: str | None,
+    read_only: bool,
+    cache: CacheMode,
+    locking: bool = True,
+    snapshot: bool = False,
+    _chain: tuple[str, ...] = (),
+) -> BlockDriverState:
+    """Open ``filename`` as a format node; raises BlockOpenError with QEMU's message."""
+    if fmt is not None:
+        check_format_name(fmt)
+    file_bs = BlockDriverState(filename, read_only or snapshot, cache)
+    file_drv = FileDriver(file_bs, locking)
+    file_bs.drv = file_drv
+    bs: BlockDriverState | None = None
+    try:
+        probed = fmt is None
+        if fmt is None:
+            fmt = probe_format(file_bs.pread(0, BLOCK_PROBE_BUF_SIZE) if file_bs.getlength() else b"")
+            check_format_name(fmt)
+        file_drv.set_perm(*file_perms(fmt, file_bs.read_only))
+        bs = BlockDriverState(filename, file_bs.read_only, cache)
+        bs.file = file_bs
+        bs.probed = probed
+        if fmt == "qcow2":
+            from pemu.block.qcow2 import Qcow2Driver
+
+            bs.drv = Qcow2Driver(bs)
+        else:
+            from pemu.block.raw_format import RawDriver
+
+            bs.drv = RawDriver(bs)
+            if probed and not bs.read_only:
+                sys.stderr.write(raw_probe_warning(filename))
+                sys.stderr.flush()
+        if bs.backing_file:
+            _open_backing(bs, cache, locking, _chain + (os.path.realpath(filename),))
+    except BaseException:
+        if bs is not None:
+            bs.file = None
+            bs.close()
+        file_bs.close()
+        raise
+    if snapshot:
+        return _append_temp_snapshot(bs, cache)
+    return bs
+
+
+def _open_backing(bs: BlockDriverState, cache: CacheMode, locking: bool, chain: tuple[str, ...]) -> None:
+    name = bs.backing_file
+    path = name if os.path.isabs(name) else os.path.join(os.path.dirname(bs.filename), name)
+    if os.path.realpath(path) in chain:
+        raise BlockOpenError(f"Could not open backing file: the backing chain of '{bs.filename}' loops back "
+                             f"to '{path}'")
+    if len(chain) >= MAX_BACKING_CHAIN:
+        raise BlockOpenError(f"Could not open backing file: backing chain longer than {MAX_BACKING_CHAIN} images")
+    try:
+        bs.backing = bdrv_open(path, bs.backing_format or None, True, cache, locking, _chain=chain)
+    except BlockOpenError as exc:
+        message = exc.message
+        if not message.startswith("Could not open backing file: "):
+            message = "Could not open backing file: " + message
+        raise BlockOpenError(message, exc.hint) from None
+
+
+def _append_temp_snapshot(base: BlockDriverState, cache: CacheMode) -> BlockDriverState:
+    """bdrv_append_temp_snapshot: a deleted temporary qcow2 over ``base`` takes the writes."""
+    from pemu.block.qcow2 import Qcow2Driver
+    from pemu.block.qcow2_create import qcow2_create
+
+    tmpdir = os.environ.get("TMPDIR") or "/var/tmp"
+    fd, path = tempfile.mkstemp(prefix="vl.", dir=tmpdir if os.path.isdir(tmpdir) else None)
+    os.close(fd)
+    try:
+        qcow2_create(path, base.getlength(), os.path.abspath(base.filename), base.format_name)
+        file_bs = BlockDriverState(path, False, cache)
+        file_drv = FileDriver(file_bs, True)
+        file_bs.drv = file_drv
+        file_drv.set_perm(*file_perms("qcow2", False))
+        overlay = BlockDriverState(path, False, cache)
+        overlay.file = file_bs
+        overlay.drv = Qcow2Driver(overlay)
+        overlay.backing = base
+        overlay.temporary = True
+    except OSError as exc:
+        base.close()
+        raise BlockOpenError(f"Could not create temporary overlay '{path}': {os.strerror(exc.errno or 5)}") from None
+    finally:
+        os.unlink(path)
+    return overlay
+
+
+def bdrv_commit(bs: BlockDriverState) -> None:
+    """Copy what ``bs`` holds into its backing image, then make ``bs`` empty (QEMU's bdrv_commit).
+
+    The backing image is reopened read-write for the copy and read-only after.
+    Raises OSError (ENOTSUP without a backing image).
+    """
+    import errno
+
+    from pemu.block.block_int import io_error
+
+    base = bs.backing
+    if base is None or bs.drv is None:
+        raise io_error(errno.ENOTSUP)
+    assert base.file is not None and isinstance(base.file.drv, FileDriver)
+    length = bs.getlength()
+    base_length = base.getlength()
+    base_fmt = base.format_name
+    _reopen(base, read_only=False)
+    try:
+        step = 1 << 16
+        for offset in range(0, length, step):
+            n = min(step, length - offset)
+            if not bs.drv.is_allocated(offset, n):
+                continue
+            data = bs.pread(offset, n)
+            if offset < base_length:
+                base.pwrite(offset, data[: base_length - offset])
+        base.flush()
+        bs.drv.make_empty()
+        bs.flush()
+    finally:
+        _reopen(base, read_only=True)
+    assert base.format_name == base_fmt
+
+
+def _reopen(bs: BlockDriverState, read_only: bool) -> None:
+    """Switch a node and its file between read-only and read-write (bdrv_reopen, simplified)."""
+    assert bs.file is not None and isinstance(bs.file.drv, FileDriver)
+    file_drv = bs.file.drv
+    bs.read_only = bs.file.read_only = read_only
+    file_drv.reopen(*file_perms(bs.format_name, read_only))
