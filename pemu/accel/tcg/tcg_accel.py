@@ -58,7 +58,11 @@ EXCP03_INT3 = 3
 TSC_KHZ = 1_000_000
 _U64 = 0xFFFFFFFFFFFFFFFF
 # How long the guest may run with an interrupt pending while IF=0 before we look again.
-IRQ_POLL_S = 0.001
+# Short: Linux's schedule() loops (an SMP boot waiting for an AP) have IF=1 only for a
+# few instructions per pass, and the engine cannot say when the guest sets IF; at 1 ms
+# the boot CPU's ticks were so late that an AP calibrating its delay loop against
+# jiffies stalled the -smp 2 boot for 3-50 s.
+IRQ_POLL_S = 0.0001
 TARGET_PAGE_SIZE = 0x1000
 # Written RAM waiting to have its translated code dropped: beyond this many
 # pages (a loader writing a kernel, a reset) one flush of the whole cache is
