@@ -157,11 +157,12 @@ OPTION_TABLE: tuple[QemuOption, ...] = (
     _opt("vga", True, False, _DPY, "-vga std|cirrus|virtio|none", "select the video card"),
     _opt("vnc", True, False, _DPY, "-vnc display[,option[,...]]", "start a VNC server"),
     # -- network
-    _opt("netdev", True, False, _NET, "-netdev user,id=str[,hostfwd=rule][,...]\n-netdev tap,id=str[,...]",
+    _opt("netdev", True, True, _NET, "-netdev user,id=str[,hostfwd=rule][,...]\n-netdev tap,id=str[,...]",
          "create a network back-end", "netdev", True),
-    _opt("nic", True, False, _NET, "-nic [type][,model=m][,mac=addr][,...]",
+    _opt("nic", True, True, _NET, "-nic [type][,model=m][,mac=addr][,...]",
          "create a network card and its back-end in one go", "nic", True),
-    _opt("net", True, False, _NET, "-net nic|user|tap|...[,...]", "legacy network setup"),
+    _opt("net", True, True, _NET, "-net nic|user|tap|...[,...]", "legacy network setup (hub 0)",
+         "net", True),
     # -- character devices and monitors
     _opt("chardev", True, True, _CHR, "-chardev backend,id=id[,option[,...]]",
          "create a character device back-end", "chardev", True),
@@ -337,6 +338,7 @@ def standard_opts_lists() -> list[QemuOptsList]:
         QemuOptsList("device", "driver"),
         QemuOptsList("netdev", "type"),
         QemuOptsList("nic", "type"),
+        QemuOptsList("net", "type"),
         QemuOptsList("chardev", "backend"),
         QemuOptsList("mon", "chardev", desc=(d("mode"), d("chardev"), d("pretty", _B))),
         QemuOptsList("drive"),

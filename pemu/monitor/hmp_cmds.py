@@ -533,6 +533,70 @@ def format_x86_registers(env: Any) -> str:
     return "".join(line + "\n" for line in lines)
 
 
+# --- networking ------------------------------------------------------------------------------
+
+
+def hmp_info_network(mon: Monitor, args: dict[str, Any]) -> None:
+    from pemu.net.net import info_network, net_state
+
+    mon.puts(info_network(net_state()))
+
+
+def _slirp_lookup(mon: Monitor, ident: str | None) -> Any:
+    """The user netdev named ``ident`` (or the first one), or None after a message."""
+    from pemu.net.net import net_state
+    from pemu.net.slirp import SlirpNetClient
+
+    for nc in net_state().clients:
+        if isinstance(nc, SlirpNetClient) and (ident is None or nc.name == ident):
+            return nc
+    if ident is None:
+        mon.puts("user mode network stack not in use\n")
+    else:
+        mon.puts(f"unrecognized netdev id '{ident}'\n")
+    return None
+
+
+def hmp_hostfwd_add(mon: Monitor, args: dict[str, Any]) -> None:
+    ident, rule = (args["arg1"], args["arg2"]) if args.get("arg2") else (None, args["arg1"])
+    nc = _slirp_lookup(mon, ident)
+    if nc is None:
+        return
+    try:
+        nc.add_hostfwd(rule)
+    except UserError as e:
+        mon.puts(f"{e.message}\n")
+
+
+def hmp_hostfwd_remove(mon: Monitor, args: dict[str, Any]) -> None:
+    ident, rule = (args["arg1"], args["arg2"]) if args.get("arg2") else (None, args["arg1"])
+    nc = _slirp_lookup(mon, ident)
+    if nc is None:
+        return
+    try:
+        removed = nc.remove_hostfwd(rule)
+    except ValueError:
+        mon.puts("invalid format\n")
+        return
+    if removed:
+        mon.puts(f"host forwarding rule for {rule} removed\n")
+    else:
+        mon.puts(f"could not remove host forwarding rule '{rule}'\n")
+
+
+def hmp_set_link(mon: Monitor, args: dict[str, Any]) -> None:
+    from pemu.net.net import net_state, qemu_set_link
+
+    up = args["up_or_down"]
+    if up not in ("on", "off"):
+        mon.puts(f"Parameter 'up' expects 'on' or 'off'\n")
+        return
+    try:
+        qemu_set_link(net_state(), args["name"], up == "on")
+    except UserError as e:
+        mon.puts(f"{e.message}\n")
+
+
 # --- block devices (pemu.block.blockdev) -----------------------------------------------------------
 
 
@@ -584,6 +648,7 @@ HMP_INFO_CMDS = _sorted([
     HMPCommand("qtree", "[-b]", "show device tree (-b: brief, omit properties)",
                hmp_info_qtree, (flag("brief", "b"),)),
     HMPCommand("qom-tree", "[path]", "show QOM composition tree", hmp_info_qom_tree, (word("path", True),)),
+    HMPCommand("network", "", "show the network state", hmp_info_network),
     HMPCommand("block", "", "show the block devices", hmp_info_block),
     HMPCommand("blockstats", "", "show block device statistics", hmp_info_blockstats),
 ])
@@ -604,6 +669,14 @@ HMP_CMDS = _sorted([
                (word("path"), word("property"))),
     HMPCommand("qom-set", "path property value", "set QOM property", hmp_qom_set,
                (word("path"), word("property"), rest("value"))),
+    HMPCommand("hostfwd_add", "[netdev_id] [tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport",
+               "redirect TCP or UDP connections from host to guest (requires -net user)",
+               hmp_hostfwd_add, (word("arg1"), word("arg2", True))),
+    HMPCommand("hostfwd_remove", "[netdev_id] [tcp|udp]:[hostaddr]:hostport",
+               "remove host-to-guest TCP or UDP redirection", hmp_hostfwd_remove,
+               (word("arg1"), word("arg2", True))),
+    HMPCommand("set_link", "name on|off", "change the link status of a network adapter", hmp_set_link,
+               (word("name"), word("up_or_down"))),
 ])
 
 

@@ -68,6 +68,11 @@ def device_help_list(show_internal: bool = False) -> str:
 
 def device_help_props(driver: str) -> str:
     klass = object_class_by_name(driver)
+    if klass is None:
+        from pemu.net.netdev import PLANNED_NIC_MODELS
+
+        if driver in PLANNED_NIC_MODELS:
+            raise QOMError(f"NIC model '{driver}' is not supported by pemu yet")
     if klass is None or not klass.dynamic_cast(TYPE_DEVICE):
         raise QOMError(f"'{driver}' is not a valid device model name")
     lines = [f"{driver} options:"]
@@ -117,6 +122,11 @@ def qdev_device_add(opts: QemuOpts) -> DeviceState:
 
         raise EarlyExit(0)
     klass = object_class_by_name(driver)
+    if klass is None:
+        from pemu.net.netdev import PLANNED_NIC_MODELS
+
+        if driver in PLANNED_NIC_MODELS:
+            raise QOMError(f"NIC model '{driver}' is not supported by pemu yet")
     if klass is None or not klass.dynamic_cast(TYPE_DEVICE):
         raise QOMError(f"'{driver}' is not a valid device model name")
     dc: DeviceClass = klass  # type: ignore[assignment]

@@ -132,6 +132,7 @@ def vm_start() -> None:
         requests.fault_reported = False
     runstate_set(RunState.RUNNING)
     qemu_clock_enable_virtual(True)
+    vm_state_notify(True, RunState.RUNNING)
     cpus.resume_all_vcpus()
 
 
@@ -155,6 +156,27 @@ def vm_stop(new_state: RunState = RunState.PAUSED) -> None:
     cpus.pause_all_vcpus()
     qemu_clock_enable_virtual(False)
     runstate_set(new_state)
+    vm_state_notify(False, new_state)
+
+
+# What runs when the VM starts or stops (qemu_add_vm_change_state_handler):
+# with the big lock held, on the thread that started or stopped it.
+VMChangeStateHandler = Callable[[bool, RunState], None]
+_vm_change_state_handlers: list[VMChangeStateHandler] = []
+
+
+def qemu_add_vm_change_state_handler(cb: VMChangeStateHandler) -> None:
+    _vm_change_state_handlers.append(cb)
+
+
+def qemu_del_vm_change_state_handler(cb: VMChangeStateHandler) -> None:
+    if cb in _vm_change_state_handlers:
+        _vm_change_state_handlers.remove(cb)
+
+
+def vm_state_notify(running: bool, new_state: RunState) -> None:
+    for cb in list(_vm_change_state_handlers):
+        cb(running, new_state)
 
 
 # The exception's text in the one-line report is cut to this length (the log has it all).

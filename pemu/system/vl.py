@@ -98,6 +98,7 @@ class Config:
     data_dirs: list[str] = field(default_factory=list)
     fw_cfg_files: list[tuple[str, bytes]] = field(default_factory=list)  # -fw_cfg name=...
     smbios: list[tuple[QemuOpts, str]] = field(default_factory=list)
+    nets: list[tuple[str, QemuOpts, str]] = field(default_factory=list)  # (-netdev|-nic|-net, opts, location)
     block_options: list[ParsedOption] = field(default_factory=list)  # -drive, -hda..., -blockdev in order
     snapshot: bool = False  # -snapshot
 
@@ -245,6 +246,14 @@ def _apply_option(cfg: Config, opt: ParsedOption) -> None:
         cfg.fw_cfg_files.append(parse_fw_cfg_option(opt.parse_opts(), opt.location))
     elif name == "smbios":
         cfg.smbios.append((opt.parse_opts(), opt.location))
+    elif name in ("netdev", "nic", "net"):
+        opts = opt.parse_opts()
+        if opts.help_wanted or opts.get("type") == "help":
+            from pemu.net.netdev import NETDEV_TYPES
+
+            sys.stdout.write("Available netdev backend types:\n" + "".join(f"{t}\n" for t in NETDEV_TYPES))
+            raise EarlyExit(0)
+        cfg.nets.append((name, opts, opt.location))
     elif name in _BLOCK_OPTIONS:
         drive_option(cfg, opt)
     else:
@@ -522,6 +531,17 @@ def qemu_create_cli_objects(cfg: Config) -> None:
             raise UserError(str(e), loc) from None
 
 
+def qemu_create_nets(cfg: Config) -> None:
+    """-netdev, -nic and -net (net_init_clients); nothing is imported without them."""
+    if not cfg.nets:
+        return
+    from pemu.net.net import net_state
+    from pemu.net.netdev import NetOption, net_init_clients
+    from pemu.util.main_loop import main_loop
+
+    net_init_clients(net_state(), main_loop(), [NetOption(kind, opts, loc) for kind, opts, loc in cfg.nets])
+
+
 def qemu_init_board(machine: MachineState) -> None:
     """Back the RAM and build the board (seed: qemu_init_board)."""
     from pemu.hw.core.machine import machine_run_board_init
@@ -683,6 +703,13 @@ def qmp_x_exit_preconfig(cfg: Config, machine: MachineState) -> None:
 
 
 def qdev_machine_creation_done(machine: MachineState) -> None:
+    if "pemu.net.net" in sys.modules:
+        from pemu.net.net import net_state
+        from pemu.net.netdev import net_check_clients
+        from pemu.util.error import warn_report
+
+        for warning in net_check_clients(net_state()):
+            warn_report(warning)
     phase_advance(MachineInitPhase.MACHINE_READY)
     qemu_system_reset(machine)
 
@@ -730,6 +757,7 @@ def qemu_init(argv: list[str]) -> VM:
     suspend_mux_open()
     qemu_create_chardevs(cfg)
     qemu_setup_defaults_and_monitors(cfg)
+    qemu_create_nets(cfg)
     runstate.requests.no_reboot = cfg.no_reboot
     runstate.requests.no_shutdown = cfg.no_shutdown
     qmp_x_exit_preconfig(cfg, machine)
@@ -796,9 +824,19 @@ def qemu_cleanup() -> None:
         cpus.pause_all_vcpus()
     finally:
         try:
-            block_cleanup()
+            _net_cleanup()
         finally:
-            qemu_chr_cleanup()
+            try:
+                block_cleanup()
+            finally:
+                qemu_chr_cleanup()
+
+
+def _net_cleanup() -> None:
+    if "pemu.net.net" in sys.modules:
+        from pemu.net.net import net_cleanup
+
+        net_cleanup()
 
 
 def main_with_args(argv: list[str]) -> int:
@@ -821,6 +859,10 @@ def main_with_args(argv: list[str]) -> int:
 
 
 def _cleanup_quietly() -> None:
+    try:
+        _net_cleanup()
+    except Exception:
+        pass
     try:
         block_cleanup()
     except Exception:

@@ -17,7 +17,7 @@ import os
 import selectors
 import threading
 from collections import deque
-from typing import Callable
+from typing import Callable, Protocol
 
 from pemu.util import timer
 
@@ -39,6 +39,17 @@ def handler_name(cb: Callable[..., object]) -> str:
     return getattr(cb, "__qualname__", None) or repr(cb)
 
 
+class PollSource(Protocol):
+    """A library with its own sockets polled around each wait (slirp's
+    slirp_pollfds_fill / slirp_pollfds_poll): ``fill`` names the fds and
+    selector events to wait for and a timeout in seconds (or None);
+    ``dispatch`` gets the ready events, one per filled fd, after the wait."""
+
+    def fill(self) -> tuple[list[tuple[int, int]], float | None]: ...
+
+    def dispatch(self, ready: list[int]) -> None: ...
+
+
 class MainLoop:
     def __init__(self) -> None:
         self.selector = selectors.DefaultSelector()
@@ -50,6 +61,7 @@ class MainLoop:
         os.set_blocking(self._wake_w, False)
         self.selector.register(self._wake_r, selectors.EVENT_READ, None)
         self.on_handler_fault: HandlerFault | None = None
+        self.poll_sources: list[PollSource] = []
         timer.timerlist_set_notify(self.notify)
 
     # -- file descriptors ---------------------------------------------------
@@ -88,12 +100,34 @@ class MainLoop:
             wait = 0.0
         if max_wait_s is not None:
             wait = max_wait_s if wait is None else min(wait, max_wait_s)
+        polled: list[tuple[PollSource, list[int]]] = []
+        registered: list[int] = []
+        for source in self.poll_sources:
+            fds, timeout = source.fill()
+            if timeout is not None:
+                wait = timeout if wait is None else min(wait, timeout)
+            events = [0] * len(fds)
+            polled.append((source, events))
+            for index, (fd, mask) in enumerate(fds):
+                if mask and fd not in self.handlers and fd not in registered:
+                    self.selector.register(fd, mask, (events, index))
+                    registered.append(fd)
         try:
             ready = self.selector.select(wait)
         except InterruptedError:
             ready = []
+        for fd in registered:
+            self.selector.unregister(fd)
+        for key, mask in ready:
+            if isinstance(key.data, tuple):
+                events, index = key.data
+                events[index] |= mask
         with bql:
+            for source, events in polled:
+                self.call_handler("poll source", lambda: source.dispatch(events))
             for key, mask in ready:
+                if isinstance(key.data, tuple):
+                    continue
                 if key.data is None:
                     try:
                         while os.read(self._wake_r, 4096):

@@ -160,7 +160,7 @@ def test_monitor_on_a_unix_socket_with_cont_and_quit() -> None:
      r"^pemu: -device isa-serial,nosuchprop=1: Property 'isa-serial\.nosuchprop' not found"),
     (["-nosuchoption"], r"^pemu: -nosuchoption: invalid option"),
     (["-display", "none", "-m"], r"^pemu: -m: requires an argument"),
-    (["-netdev", "user,id=net0"], r"^pemu: -netdev user,id=net0: option '-netdev' is not supported by pemu yet"),
+    (["-netdev", "nosuch,id=net0"], r"^pemu: -netdev nosuch,id=net0: Parameter 'type' expects a netdev backend type"),
     (["-m", "1G,maxmem=512M"], r"^pemu: -m 1G,maxmem=512M: invalid value of maxmem"),
     (["-cpu", "nosuch"], r"^pemu: -cpu nosuch: unable to find CPU model 'nosuch'"),
     (["-smp", "256"], r"^pemu: .*APIC ID 254 at most without x2APIC$"),
