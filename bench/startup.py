@@ -8,7 +8,7 @@ process until it has exited, i.e. built the machine, brought up the monitor,
 read the command and quit.  Runs are interleaved (pemu, QEMU, pemu, ...)
 after one unmeasured warm-up run of each; the report gives medians, ranges
 and the pemu/QEMU ratio as a Markdown table, with the Unicorn engine pemu
-loaded.  See bench/README.md.
+would run on.  See bench/README.md.
 """
 
 from __future__ import annotations
@@ -87,9 +87,14 @@ def pemu_environment() -> dict[str, str]:
 
 
 def engine_description(python: list[str], env: dict[str, str]) -> str:
-    code = ("import unicorn, unicorn.unicorn_py3.unicorn as u; "
-            "print(unicorn.__version__, u.uclib._name)")
-    return _first_line([*python, "-c", code]) if env else ""
+    """The engine this pemu would load (PEMU_ENGINE applies), as ``info accel`` names it."""
+    code = "from pemu.accel.tcg.engine import engine_info; print(engine_info().describe())"
+    try:
+        out = subprocess.run([*python, "-c", code], capture_output=True, text=True, timeout=30, env=env,
+                             cwd=REPO_ROOT, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.strip().splitlines()[0] if out.strip() else ""
 
 
 def report(emulators: list[Emulator], *, runs: int, engine: str) -> str:
@@ -99,7 +104,7 @@ def report(emulators: list[Emulator], *, runs: int, engine: str) -> str:
         "",
         f"- Machine: {machine_description()}",
         f"- Command line: `{' '.join(MACHINE_ARGS)}`, `quit` on stdin",
-        f"- pemu's engine: Unicorn {engine}",
+        f"- pemu's engine (loaded at a vCPU's first run, so not here): {engine}",
         f"- {runs} interleaved runs each after one warm-up; median (min–max)",
         "",
         "| Emulator | Start to exit (ms) | CPU time (ms) | Max RSS (MiB) |",

@@ -29,6 +29,7 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pemu.system.vm import VirtualMachine  # noqa: E402
 from pemu.util import timer  # noqa: E402
 
 CLOCK = timer.QEMU_CLOCK_REALTIME
@@ -51,6 +52,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
 
+    VirtualMachine().activate()  # the timers belong to a VM
     now = timer.qemu_clock_get_ns(CLOCK)
     others = [timer.QEMUTimer(CLOCK, lambda: None) for _ in range(args.timers - 1)]
     for i, other in enumerate(others):

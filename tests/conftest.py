@@ -16,9 +16,28 @@ if str(_REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(_REPO_ROOT))
 
 import pemu  # noqa: E402,F401  (chooses the Unicorn engine before any test imports unicorn)
-
+from pemu.system.vm import VirtualMachine  # noqa: E402
+from pemu.util.vm_context import set_current_vm  # noqa: E402
 from tests.fixtures.build_guest import DebianToolsMissing, Guest, ensure_guest  # noqa: E402
 from tests.integration.harness import GuestProcess, default_guest_args  # noqa: E402
+
+# Test modules may make timers or address spaces as they are imported: they
+# belong to this VM, current while pytest collects.
+VirtualMachine().activate()
+
+
+@pytest.fixture(autouse=True)
+def virtual_machine() -> Iterator[VirtualMachine]:
+    """Every test builds in a VM of its own, destroyed after it: nothing a
+    test makes (address spaces, timers, vCPU threads, chardevs, QOM objects)
+    is seen by the next one."""
+    vm = VirtualMachine()
+    previous = vm.activate()
+    try:
+        yield vm
+    finally:
+        vm.destroy()
+        set_current_vm(previous)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -13,9 +13,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum, auto
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pemu.util.error import UserError
+from pemu.util.vm_context import current_vm
+
+if TYPE_CHECKING:
+    from pemu.hw.core.irq import IRQLine
 
 
 class AccelUnavailable(Exception):
@@ -160,11 +164,6 @@ class AccelOps(ABC):
     def create_vcpu(self, cpu: Any) -> AccelVCPU:
         """Make the accelerator's half of ``cpu`` (called on the main thread)."""
 
-    def create_vcpu_thread(self, cpu: Any) -> None:
-        from pemu.system.cpus import start_vcpu_thread
-
-        start_vcpu_thread(cpu, self.create_vcpu(cpu))
-
     def kick_vcpu(self, cpu: Any) -> None:
         vcpu = cpu.run.accel_vcpu
         if vcpu is not None:
@@ -179,6 +178,24 @@ class AccelOps(ABC):
     def destroy_vcpu(self, cpu: Any) -> None:
         cpu.run.accel_vcpu.destroy()
 
+    def irqchip_in_kernel(self) -> bool:
+        """The accelerator emulates the interrupt controllers itself (QEMU's
+        kvm_irqchip_in_kernel()): the board then makes no userspace PIC."""
+        return False
+
+    def irqchip_gsi_lines(self) -> list[IRQLine]:
+        """The interrupt lines into the accelerator's interrupt controllers,
+        by GSI (the 16 ISA IRQs first); empty unless :meth:`irqchip_in_kernel`."""
+        return []
+
+    def cleanup(self) -> None:
+        """Release what ``init_machine`` took (file descriptors, mappings) when the VM is destroyed."""
+
+    def start_vcpu(self, cpu: Any, vcpu: AccelVCPU) -> bool:
+        """Run ``vcpu`` on a thread of the accelerator's own; False: give it a
+        thread of its own (pemu.system.cpus.start_vcpu_thread)."""
+        return False
+
     def cpu_model_filter(self) -> dict[Any, int]:
         """CPUID feature bits this accelerator cannot provide (word → mask)."""
         return {}
@@ -192,10 +209,9 @@ class AccelOps(ABC):
 # name → "module:Class"; imported on first use, so a missing engine only
 # matters when it is asked for.
 _REGISTRY: dict[str, str] = {
-    "tcg": "pemu.accel.tcg.tcg_accel:TCGAccel",
+    "tcg": "pemu.accel.tcg.tcg_all:TCGAccel",
     "kvm": "pemu.accel.kvm.kvm_accel:KVMAccel",
 }
-_current: AccelOps | None = None
 
 
 def register_accel(name: str, target: str) -> None:
@@ -258,7 +274,6 @@ def configure_accelerators(spec: str | Sequence[AccelRequest] | None = None, smp
     chosen accelerator does not have (those of one that is not available
     are not looked at, as in QEMU).
     """
-    global _current
     if spec is None or isinstance(spec, str):
         requests = accel_requests(spec or "tcg", location or (f"-accel {spec}" if spec else None))
     else:
@@ -277,16 +292,13 @@ def configure_accelerators(spec: str | Sequence[AccelRequest] | None = None, smp
         accel.set_properties(request.props, request.location)
         if smp_cpus > 1 and not accel.supports_smp:
             raise UserError(f"{request.name} supports only one vCPU", f"-smp {smp_cpus}")
-        _current = accel
+        current_vm().accel = accel
         return accel
     detail = f" ({'; '.join(errors)})" if errors else ""
     raise UserError(f"no accelerator found{detail}", loc)
 
 
 def current_accel() -> AccelOps | None:
-    return _current
+    """The current VM's accelerator (QEMU's current_accel(), current_machine->accelerator)."""
+    return current_vm().accel
 
-
-def set_current_accel(accel: AccelOps | None) -> None:
-    global _current
-    _current = accel

@@ -24,9 +24,10 @@ class HostMemoryBackend(Object):
     prealloc: bool
     dump: bool
     merge: bool
+    mapped: bool  # a machine uses it as its RAM
 
     def is_mapped(self) -> bool:
-        return getattr(self, "mapped", False)
+        return self.mapped
 
     def set_mapped(self, mapped: bool) -> None:
         self.mapped = mapped

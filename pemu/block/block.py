@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import struct
 import sys
-import tempfile
 
 from pemu.block.block_int import (
     BLOCK_PROBE_BUF_SIZE,
@@ -21,6 +20,7 @@ from pemu.block.block_int import (
     BlockOpenError,
     BlockPerm,
     CacheMode,
+    probe_format,
 )
 from pemu.block.file_posix import FileDriver
 
@@ -29,26 +29,6 @@ SUPPORTED_FORMATS = ("raw", "qcow2")
 OTHER_QEMU_FORMATS = ("bochs", "cloop", "dmg", "luks", "parallels", "qcow", "qed", "vdi", "vhdx", "vmdk", "vpc",
                       "vvfat")
 MAX_BACKING_CHAIN = 64
-
-
-def probe_format(buf: bytes) -> str:
-    """The format QEMU's bdrv_probe_all would pick for the first sector ``buf``."""
-    if buf[:4] == b"QFI\xfb" and len(buf) >= 8:
-        version = struct.unpack_from(">I", buf, 4)[0]
-        return "qcow2" if version >= 2 else "qcow"
-    if buf[:4] == b"QED\0":
-        return "qed"
-    if buf[:4] == b"KDMV" or buf.startswith(b"# Disk DescriptorFile"):
-        return "vmdk"
-    if buf[:8] == b"conectix":
-        return "vpc"
-    if buf[:8] == b"vhdxfile":
-        return "vhdx"
-    if buf[:6] == b"LUKS\xba\xbe":
-        return "luks"
-    if len(buf) >= 0x44 and struct.unpack_from("<I", buf, 0x40)[0] == 0xBEDA107F:
-        return "vdi"
-    return "raw"
 
 
 def raw_probe_warning(filename: str) -> str:
@@ -147,6 +127,8 @@ def _open_backing(bs: BlockDriverState, cache: CacheMode, locking: bool, chain: 
 
 def _append_temp_snapshot(base: BlockDriverState, cache: CacheMode) -> BlockDriverState:
     """bdrv_append_temp_snapshot: a deleted temporary qcow2 over ``base`` takes the writes."""
+    import tempfile
+
     from pemu.block.qcow2 import Qcow2Driver
     from pemu.block.qcow2_create import qcow2_create
 

@@ -21,11 +21,13 @@ import enum
 import errno
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from pemu.block.block_int import BDRV_REQUEST_MAX_BYTES, BlockDriverState
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 Completion = Callable[[int], None]
 Buffer = bytearray | memoryview
@@ -216,6 +218,9 @@ class BlockBackend:
 
     def _submit(self, work: Callable[[], int], cb: Completion) -> None:
         if self._worker is None:
+            # Imported with the first request: most VMs have no drive, and it costs ms at start.
+            from concurrent.futures import ThreadPoolExecutor
+
             self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"blk-{self.name or 'anon'}")
         with self._idle:
             self._in_flight += 1

@@ -16,7 +16,6 @@ today only ``if=none`` drives and -blockdev nodes get past start-up.
 from __future__ import annotations
 
 import enum
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -444,6 +443,8 @@ def _tree_bool(tree: dict[str, Any], key: str, default: bool, fail: Any) -> bool
 def parse_blockdev_arg(arg: str, fail: Any) -> dict[str, Any]:
     """-blockdev's argument: a JSON object, or keyval "a=1,b.c=2" with dotted keys."""
     if arg.lstrip().startswith("{"):
+        import json  # only -blockdev's JSON form needs it: not imported at every start
+
         try:
             tree = json.loads(arg)
         except json.JSONDecodeError as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 
-from pemu.block.block_int import BLOCK_PROBE_BUF_SIZE, BlockDriver, BlockDriverState, io_error
+from pemu.block.block_int import BLOCK_PROBE_BUF_SIZE, BlockDriver, BlockDriverState, io_error, probe_format
 
 
 class RawDriver(BlockDriver):
@@ -37,8 +37,6 @@ class RawDriver(BlockDriver):
         self.file.pwrite(offset, data)
 
     def _check_probe_safe(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        from pemu.block.block import probe_format
-
         head = bytearray(self.file.pread(0, BLOCK_PROBE_BUF_SIZE))
         part = bytes(data[: BLOCK_PROBE_BUF_SIZE - offset])
         head[offset : offset + len(part)] = part

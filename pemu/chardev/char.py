@@ -28,7 +28,7 @@ import os
 from enum import Enum
 from typing import TYPE_CHECKING, Mapping
 
-from pemu.system.runstate import contain_fault
+from pemu.system.cpus import contain_fault
 from pemu.util import cutils
 from pemu.util.error import UserError
 from pemu.util.main_loop import handler_name

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import time
 
-from pemu.chardev.char import Chardev, ChardevOptions, ChrEvent
+from pemu.chardev.char import Chardev, ChrEvent
 from pemu.chardev.char_fe import CharBackend
 from pemu.system.runstate import ShutdownCause, qemu_system_shutdown_request
 from pemu.util.error import UserError
+from pemu.util.vm_context import current_vm
 
 MAX_MUX = 4
 MUX_BUFFER_SIZE = 32
@@ -54,22 +55,20 @@ def mux_help_text(escape: int = TERM_ESCAPE) -> bytes:
 
 
 # QEMU delays the OPENED events of muxes until the command line has been
-# processed, so that banners go to whichever front-end ended with the focus.
-_muxes_opened = True
-_all_muxes: list[MuxChardev] = []
+# processed, so that banners go to whichever front-end ended with the focus
+# (the VM's ``muxes_opened``).
 
 
 def suspend_mux_open() -> None:
-    """Hold back OPENED events of muxes until :func:`resume_mux_open`."""
-    global _muxes_opened
-    _muxes_opened = False
+    """Hold back OPENED events of the current VM's muxes until :func:`resume_mux_open`."""
+    current_vm().muxes_opened = False
 
 
 def resume_mux_open() -> None:
     """Send the held-back OPENED events to every attached front-end."""
-    global _muxes_opened
-    _muxes_opened = True
-    for mux in list(_all_muxes):
+    vm = current_vm()
+    vm.muxes_opened = True
+    for mux in list(vm.muxes):
         if not mux.be_open:
             mux.open_all_frontends()
 
@@ -90,23 +89,12 @@ class MuxChardev(Chardev):
         self._line_start = False
         # The mux is itself the front-end of its base chardev.
         self.base_fe = CharBackend(base)
-        _all_muxes.append(self)
-
-    @classmethod
-    def from_opts(cls, label: str, opts: ChardevOptions) -> MuxChardev:
-        from pemu.chardev.registry import qemu_chr_find
-
-        base_id = opts.get("chardev")
-        if not base_id:
-            raise UserError("chardev: mux: no chardev given")
-        base = qemu_chr_find(base_id)
-        if base is None:
-            raise UserError(f"mux: base chardev {base_id} not found")
-        return cls(label, base)
+        self.vm = current_vm()  # the VM whose command line decides when it opens
+        self.vm.muxes.append(self)
 
     def open(self) -> None:
         self.base_fe.set_handlers(self._base_can_read, self._base_read, self._base_event)
-        if _muxes_opened:
+        if self.vm.muxes_opened:
             self.be_event(ChrEvent.OPENED)
 
     def open_all_frontends(self) -> None:
@@ -161,7 +149,7 @@ class MuxChardev(Chardev):
             fe.event(event)
 
     def _send_all(self, event: ChrEvent) -> None:
-        if not _muxes_opened:
+        if not self.vm.muxes_opened:
             return
         for tag in range(MAX_MUX):
             self._send_to(tag, event)
@@ -273,6 +261,6 @@ class MuxChardev(Chardev):
         self.be = None
         self.focus = -1
         self.base_fe.deinit()
-        if self in _all_muxes:
-            _all_muxes.remove(self)
+        if self in self.vm.muxes:
+            self.vm.muxes.remove(self)
         super().close()

@@ -85,6 +85,7 @@ class TerminalState:
 # Signals that end the process by default: the terminal is restored first.
 _FATAL_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGINT)
 
+# Process-wide, as the process's stdin and stdout are: one stdio chardev at a time.
 _stdio_in_use = False
 
 
@@ -168,4 +169,5 @@ class StdioChardev(FdChardev):
         if self.terminal is not None:
             atexit.unregister(self._restore_terminal)
             self.terminal = None
-        _stdio_in_use = False
+        # Process-wide, as the process's stdin and stdout are: one stdio chardev at a time.
+_stdio_in_use = False

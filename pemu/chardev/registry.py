@@ -26,6 +26,7 @@ from pemu.chardev.char_pipe import PipeChardev
 from pemu.chardev.char_stdio import StdioChardev
 from pemu.util.error import UserError
 from pemu.util.qemu_opts import split_opt_elements
+from pemu.util.vm_context import current_vm
 
 ChardevFactory = Callable[[str, ChardevOptions], Chardev]
 
@@ -36,6 +37,16 @@ def _socket_chardev(chr_id: str, opts: ChardevOptions) -> Chardev:
     return SocketChardev.from_opts(chr_id, opts)
 
 
+def _mux_chardev(chr_id: str, opts: ChardevOptions) -> Chardev:
+    base_id = opts.get("chardev")
+    if not base_id:
+        raise UserError("chardev: mux: no chardev given")
+    base = qemu_chr_find(base_id)
+    if base is None:
+        raise UserError(f"mux: base chardev {base_id} not found")
+    return MuxChardev(chr_id, base)
+
+
 # Every back-end a user may name with -chardev.
 BACKENDS: dict[str, ChardevFactory] = {
     "null": NullChardev.from_opts,
@@ -43,20 +54,21 @@ BACKENDS: dict[str, ChardevFactory] = {
     "pipe": PipeChardev.from_opts,
     "stdio": StdioChardev.from_opts,
     "socket": _socket_chardev,
-    "mux": MuxChardev.from_opts,
+    "mux": _mux_chardev,
 }
 
-# Live chardevs by id, in creation order.
-_chardevs: dict[str, Chardev] = {}
+def _chardevs() -> dict[str, Chardev]:
+    """The current VM's live chardevs by id, in creation order."""
+    return current_vm().chardevs
 
 
 def qemu_chr_find(chr_id: str) -> Chardev | None:
-    return _chardevs.get(chr_id)
+    return _chardevs().get(chr_id)
 
 
 def qemu_chr_list() -> list[Chardev]:
     """All chardevs, oldest first (for `info chardev`)."""
-    return list(_chardevs.values())
+    return list(_chardevs().values())
 
 
 def chardev_help() -> str:
@@ -64,7 +76,7 @@ def chardev_help() -> str:
 
 
 def _create(chr_id: str, backend: str, opts: ChardevOptions) -> Chardev:
-    if chr_id in _chardevs:
+    if chr_id in _chardevs():
         raise UserError(f"Duplicate ID '{chr_id}' for chardev")
     factory = BACKENDS.get(backend)
     if factory is None:
@@ -78,7 +90,7 @@ def _create(chr_id: str, backend: str, opts: ChardevOptions) -> Chardev:
     except BaseException:
         chardev.close()
         raise
-    _chardevs[chr_id] = chardev
+    _chardevs()[chr_id] = chardev
     return chardev
 
 
@@ -103,7 +115,7 @@ def qemu_chr_new_from_opts(opts: Mapping[str, str]) -> Chardev:
     if not options.get_bool("mux", False):
         return _create(chr_id, backend, options)
     base_id = f"{chr_id}-base"
-    if chr_id in _chardevs:
+    if chr_id in _chardevs():
         raise UserError(f"Duplicate ID '{chr_id}' for chardev")
     _create(base_id, backend, options)
     try:
@@ -190,21 +202,21 @@ def qemu_chr_parse_compat(label: str, filename: str, permit_mux_mon: bool = True
 
 
 def _remove(chr_id: str) -> None:
-    chardev = _chardevs.pop(chr_id, None)
+    chardev = _chardevs().pop(chr_id, None)
     if chardev is not None:
         chardev.close()
 
 
 def qemu_chr_delete(chr_id: str) -> None:
     """Close and forget one chardev (chardev-remove)."""
-    if chr_id not in _chardevs:
+    if chr_id not in _chardevs():
         raise UserError(f"Chardev '{chr_id}' not found")
     _remove(chr_id)
 
 
 def qemu_chr_cleanup() -> None:
     """Close every chardev, newest first (muxes before their base)."""
-    for chr_id in reversed(list(_chardevs)):
+    for chr_id in reversed(list(_chardevs())):
         _remove(chr_id)
 
 

@@ -21,9 +21,10 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable
 
 from pemu.qom.object import Object, QOMError, object_get_root, object_resolve_path
-from pemu.system import runstate
+from pemu.system import cpus, runstate
 from pemu.system.runstate import RunState, ShutdownCause
 from pemu.util.error import UserError
+from pemu.util.vm_context import current_vm, set_current_vm
 
 if TYPE_CHECKING:
     from pemu.monitor.monitor import Monitor
@@ -44,6 +45,8 @@ class ArgKind(Enum):
 
 @dataclass(frozen=True)
 class ArgSpec:
+    """One argument of a monitor command: its key, how it is parsed, whether it may be left out."""
+
     key: str
     kind: ArgKind
     optional: bool = False
@@ -218,6 +221,9 @@ def handle_hmp_command(mon: Monitor, line: str) -> None:
 
 
 def run_handler(mon: Monitor, cmd: HMPCommand, args: dict[str, Any]) -> None:
+    """Run a command on the monitor's own VM (QEMU's monitor acts on
+    current_machine, which is the monitor's with one VM a process)."""
+    previous = set_current_vm(mon.vm)
     try:
         assert cmd.handler is not None
         cmd.handler(mon, args)
@@ -226,6 +232,8 @@ def run_handler(mon: Monitor, cmd: HMPCommand, args: dict[str, Any]) -> None:
     except Exception as e:  # a bug in a command must not take the VMM down
         detail = str(e).splitlines()[0] if str(e) else ""
         mon.error(f"internal error in '{cmd.names[0]}': {type(e).__name__}" + (f": {detail}" if detail else ""))
+    finally:
+        set_current_vm(previous)
 
 
 # --- help -------------------------------------------------------------------------------
@@ -271,7 +279,7 @@ def hmp_info_help(mon: Monitor, args: dict[str, Any]) -> None:
 
 
 def hmp_info_status(mon: Monitor, args: dict[str, Any]) -> None:
-    state = runstate.state
+    state = runstate.runstate_get()
     running = runstate.runstate_is_running()
     text = "VM status: " + ("running" if running else "paused")
     if not running and state is not RunState.PAUSED:
@@ -280,13 +288,13 @@ def hmp_info_status(mon: Monitor, args: dict[str, Any]) -> None:
 
 
 def hmp_stop(mon: Monitor, args: dict[str, Any]) -> None:
-    runstate.vm_stop(RunState.PAUSED)
+    cpus.vm_stop(RunState.PAUSED)
 
 
 def hmp_cont(mon: Monitor, args: dict[str, Any]) -> None:
-    if runstate.state in (RunState.SHUTDOWN, RunState.INTERNAL_ERROR):
+    if runstate.runstate_get() in (RunState.SHUTDOWN, RunState.INTERNAL_ERROR):
         raise CommandError("Resetting the Virtual Machine is required")
-    runstate.vm_start()
+    cpus.vm_start()
 
 
 def hmp_quit(mon: Monitor, args: dict[str, Any]) -> None:
@@ -316,23 +324,22 @@ def hmp_system_powerdown(mon: Monitor, args: dict[str, Any]) -> None:
 # --- version, name ----------------------------------------------------------------------------
 
 
-def hmp_info_version(mon: Monitor, args: dict[str, Any]) -> None:
-    from pemu.monitor.monitor import monitor_version
+def monitor_version() -> str:
+    """pemu's version, as the banner and `info version` show it."""
+    import pemu
 
+    return str(getattr(pemu, "__version__", "0.1.0"))
+
+
+def hmp_info_version(mon: Monitor, args: dict[str, Any]) -> None:
     mon.print_line(monitor_version())
 
 
 def vm_name() -> str | None:
-    """The -name of the VM, when the command line set one: QEMU's global
-    ``qemu_name`` if vl defines one, else what vl keeps on the machine."""
-    import sys
-
-    vl = sys.modules.get("pemu.system.vl")
-    name = getattr(vl, "qemu_name", None) if vl is not None else None
-    if not name:
-        machine = object_resolve_path("/machine")
-        name = getattr(machine, "name_", None)
-    return name if isinstance(name, str) and name else None
+    """The -name of the VM, when the command line set one (kept on the machine)."""
+    machine = current_vm().machine
+    name = machine.name_ if machine is not None else None
+    return name or None
 
 
 def hmp_info_accel(mon: Monitor, args: dict[str, Any]) -> None:
@@ -430,20 +437,19 @@ def machine_cpus() -> list[Object]:
                 walk(child)
 
     walk(object_get_root())
-    return sorted(found, key=lambda cpu: getattr(cpu, "cpu_index", 0))
+    return sorted(found, key=lambda cpu: cpu.cpu_index)  # type: ignore[attr-defined]
 
 
-def _thread_id(cpu: Object) -> int:
-    run = getattr(cpu, "run", None)
-    thread = getattr(run, "thread", None)
-    native = getattr(thread, "native_id", None)
+def _thread_id(cpu: Any) -> int:
+    thread = cpu.run.thread
+    native = thread.native_id if thread is not None else None
     return native if isinstance(native, int) else os.getpid()
 
 
 def hmp_info_cpus(mon: Monitor, args: dict[str, Any]) -> None:
     cpus = machine_cpus()
     for n, cpu in enumerate(cpus):
-        index = getattr(cpu, "cpu_index", n)
+        index = cpu.cpu_index  # type: ignore[attr-defined]
         mark = "*" if n == 0 else " "
         mon.print_line(f"{mark} CPU #{index}: thread_id={_thread_id(cpu)}")
 

@@ -24,6 +24,8 @@ from typing import Callable
 
 from pemu.chardev.char import Chardev, ChrEvent
 from pemu.chardev.char_fe import CharBackend
+from pemu.monitor.hmp_cmds import handle_hmp_command, monitor_version
+from pemu.util.vm_context import current_vm
 
 PROMPT = "(qemu) "
 
@@ -39,13 +41,6 @@ READ_CHUNK = 256
 BACKSPACE = 0x08
 DELETE = 0x7F
 ESCAPE = 0x1B
-
-
-def monitor_version() -> str:
-    """pemu's version, as the banner and `info version` show it."""
-    import pemu
-
-    return str(getattr(pemu, "__version__", "0.1.0"))
 
 
 def monitor_banner() -> str:
@@ -161,6 +156,7 @@ class Monitor:
     """One human monitor (QEMU's MonitorHMP) on a chardev."""
 
     def __init__(self, chr: Chardev | None) -> None:
+        self.vm = current_vm()  # the VM this monitor inspects and controls
         self.editor = LineEditor(self._write, self._run_line)
         # True while the monitor does not have a mux's input focus.
         self.mux_out = False
@@ -204,8 +200,6 @@ class Monitor:
 
     def handle_command(self, line: str) -> None:
         """Run one command line; never raises."""
-        from pemu.monitor.hmp_cmds import handle_hmp_command
-
         handle_hmp_command(self, line)
 
     def _run_line(self, line: str) -> None:
@@ -252,11 +246,9 @@ class Monitor:
 
     def close(self) -> None:
         self.fe.deinit()
-        if self in _monitors:
-            _monitors.remove(self)
+        if self in self.vm.monitors:
+            self.vm.monitors.remove(self)
 
-
-_monitors: list[Monitor] = []
 
 
 def monitor_init_hmp(chr: Chardev) -> Monitor:
@@ -266,14 +258,15 @@ def monitor_init_hmp(chr: Chardev) -> Monitor:
     the last front-end to attach gets the input focus.
     """
     mon = Monitor(chr)
-    _monitors.append(mon)
+    mon.vm.monitors.append(mon)
     return mon
 
 
 def monitors() -> list[Monitor]:
-    return list(_monitors)
+    """The current VM's monitors."""
+    return list(current_vm().monitors)
 
 
 def monitor_cleanup() -> None:
-    for mon in list(_monitors):
+    for mon in monitors():
         mon.close()

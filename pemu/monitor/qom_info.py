@@ -7,6 +7,8 @@ import json
 from typing import Any, Iterator
 
 from pemu.hw.core.qdev import TYPE_DEVICE, BusClass, BusState, DeviceClass, DeviceState, Property
+from pemu.hw.core.sysbus import SysBusDevice
+from pemu.hw.pci.pci import PCIBus, PCIDevice
 from pemu.qom.object import Object, ObjectClass, object_get_root
 from pemu.util.cutils import size_to_str
 
@@ -113,8 +115,8 @@ def device_props_in_qtree_order(dev: DeviceState) -> list[Property]:
     seen: set[str] = set()
     for klass in _device_class_chain(dev):
         parent = klass.parent_class
-        inherited = {p.name for p in getattr(parent, "props", [])} if isinstance(parent, DeviceClass) else set()
-        for prop in getattr(klass, "props", []):
+        inherited = {p.name for p in parent.props} if isinstance(parent, DeviceClass) else set()
+        for prop in klass.props:
             if prop.name not in inherited and prop.name not in seen:
                 seen.add(prop.name)
                 ordered.append(prop)
@@ -122,8 +124,7 @@ def device_props_in_qtree_order(dev: DeviceState) -> list[Property]:
 
 
 def _pci_devfn(dev: DeviceState) -> int | None:
-    devfn = getattr(dev, "devfn", None)
-    return devfn if isinstance(devfn, int) and hasattr(dev, "config") else None
+    return dev.devfn if isinstance(dev, PCIDevice) else None
 
 
 def _prop_value_text(dev: DeviceState, prop: Property) -> str | None:
@@ -140,10 +141,10 @@ def _prop_value_text(dev: DeviceState, prop: Property) -> str | None:
 
 def _pci_dev_lines(dev: DeviceState) -> list[str]:
     """The "class ..., addr ..., pci id ..." and BAR lines of a PCI function."""
-    config = getattr(dev, "config", None)
-    devfn = _pci_devfn(dev)
-    if not isinstance(config, (bytes, bytearray)) or len(config) < 0x30 or devfn is None or devfn < 0:
+    if not isinstance(dev, PCIDevice) or dev.devfn < 0:
         return []
+    config = dev.config
+    devfn = dev.devfn
 
     def word(off: int) -> int:
         return int.from_bytes(config[off:off + 2], "little")
@@ -151,16 +152,14 @@ def _pci_dev_lines(dev: DeviceState) -> list[str]:
     class_id = word(0x0A)
     desc = PCI_CLASS_NAMES.get(class_id, f"Class {class_id:04x}")
     bus = dev.parent_bus
-    bus_num = getattr(bus, "bus_num", 0)
-    bus_num = bus_num if isinstance(bus_num, int) else 0
+    bus_num = bus.bus_num if isinstance(bus, PCIBus) else 0
     lines = [f"class {desc}, addr {bus_num & 0xFF:02x}:{(devfn >> 3) & 0x1F:02x}.{devfn & 7:x}, "
              f"pci id {word(0x00):04x}:{word(0x02):04x} (sub {word(0x2C):04x}:{word(0x2E):04x})"]
-    for n, region in enumerate(getattr(dev, "io_regions", None) or []):
-        size = getattr(region, "size", 0)
-        if not size:
+    for n, region in enumerate(dev.io_regions):
+        if region is None or not region.size:
             continue
-        addr = getattr(region, "addr", -1)
-        space = "i/o" if getattr(region, "is_io", False) else "mem"
+        size, addr = region.size, region.addr
+        space = "i/o" if region.is_io else "mem"
         last = addr + size - 1 if addr >= 0 else -1
         lines.append(f"bar {n}: {space} at 0x{addr & ((1 << 64) - 1):x} [0x{last & ((1 << 64) - 1):x}]")
     return lines
@@ -168,9 +167,11 @@ def _pci_dev_lines(dev: DeviceState) -> list[str]:
 
 def _sysbus_dev_lines(dev: DeviceState) -> list[str]:
     lines: list[str] = []
-    for mr, addr in getattr(dev, "mmio", None) or []:
+    if not isinstance(dev, SysBusDevice):
+        return lines
+    for mr, addr in dev.mmio:
         shown = (1 << 64) - 1 if addr is None else addr
-        lines.append(f"mmio {shown:016x}/{getattr(mr, 'size', 0):016x}")
+        lines.append(f"mmio {shown:016x}/{mr.size:016x}")
     return lines
 
 

@@ -344,35 +344,32 @@ class NetState:
         self.hubs.clear()
 
 
-# The VM's net state.  One marked place (the per-VM state refactor moves it
-# onto the machine); tests make their own NetState.
-_net_state: NetState | None = None
-
-
 def net_state() -> NetState:
-    global _net_state
-    if _net_state is None:
-        from pemu.system import runstate
+    """The current VM's net state (its ``net``), made on first use."""
+    from pemu.system import runstate
+    from pemu.util.vm_context import current_vm
 
-        _net_state = NetState()
-        runstate.qemu_add_vm_change_state_handler(_net_vm_change_state)
-    return _net_state
+    vm = current_vm()
+    if vm.net is None:
+        state = vm.net = NetState()
 
+        def flush_on_start(running: bool, _state: object) -> None:
+            # Frames waited in queues while the VM was stopped (net_vm_change_state_handler).
+            if running:
+                state.flush_all()
 
-def _net_vm_change_state(running: bool, _state: object) -> None:
-    # Frames waited in queues while the VM was stopped (net_vm_change_state_handler).
-    if running and _net_state is not None:
-        _net_state.flush_all()
+        runstate.qemu_add_vm_change_state_handler(flush_on_start)
+    return vm.net
 
 
 def net_cleanup() -> None:
-    global _net_state
-    if _net_state is not None:
-        from pemu.system import runstate
+    """Delete the current VM's network clients (the VM is going away)."""
+    from pemu.util.vm_context import current_vm
 
-        runstate.qemu_del_vm_change_state_handler(_net_vm_change_state)
-        _net_state.cleanup()
-        _net_state = None
+    vm = current_vm()
+    if vm.net is not None:
+        vm.net.cleanup()
+        vm.net = None
 
 
 # --- MAC addresses -----------------------------------------------------------------------

@@ -26,6 +26,8 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, TypeVar
 
+from pemu.util.vm_context import current_vm
+
 TYPE_OBJECT = "object"
 TYPE_INTERFACE = "interface"
 TYPE_CONTAINER = "container"
@@ -64,6 +66,8 @@ class TypeInfo:
 
 @dataclass
 class TypeImpl:
+    """A registered type: its TypeInfo, resolved parent and class object (QEMU's TypeImpl)."""
+
     info: TypeInfo
     parent_type: TypeImpl | None = None
     klass: ObjectClass | None = None
@@ -384,6 +388,9 @@ class Object:
     def typename(self) -> str:
         return self.klass.type.name
 
+    def _before_unparent(self) -> None:
+        """Runs as the object leaves its parent (a device unrealizes here)."""
+
     def is_a(self, typename: str) -> bool:
         return type_is_a(self.klass.type, typename)
 
@@ -519,9 +526,7 @@ class Object:
 
 
 def _release_child(child: Object) -> None:
-    hook = getattr(child, "_before_unparent", None)
-    if hook is not None:
-        hook()
+    child._before_unparent()
     child.parent = None
     child.unref()
 
@@ -588,14 +593,12 @@ def object_finalize(obj: Object) -> None:
 
 # --- the root and containers ---------------------------------------------------------
 
-_root: Object | None = None
-
-
 def object_get_root() -> Object:
-    global _root
-    if _root is None:
-        _root = object_new(TYPE_CONTAINER)
-    return _root
+    """The root of the current VM's composition tree (made on first use)."""
+    vm = current_vm()
+    if vm.qom_root is None:
+        vm.qom_root = object_new(TYPE_CONTAINER)
+    return vm.qom_root
 
 
 def container_get(root: Object, path: str) -> Object:
@@ -644,12 +647,6 @@ def object_resolve_path(path: str, typename: str | None = None) -> Object | None
 
     walk(root)
     return matches[0] if len(matches) == 1 else None
-
-
-def _reset_for_tests() -> None:
-    """Forget the composition tree (unit tests build machines repeatedly)."""
-    global _root
-    _root = None
 
 
 # --- the base types --------------------------------------------------------------------

@@ -27,9 +27,9 @@ type_register(TypeInfo(TYPE_USER_CREATABLE, parent=TYPE_INTERFACE, class_type=Us
 
 
 def user_creatable_complete(obj: Object) -> None:
-    complete = getattr(obj.klass, "complete", None)
-    if complete is not None:
-        complete(obj)
+    klass = obj.klass
+    if isinstance(klass, UserCreatableClass) and klass.complete is not None:
+        klass.complete(obj)
 
 
 def user_creatable_add(qom_type: str, obj_id: str, props: dict[str, str]) -> Object:

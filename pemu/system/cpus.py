@@ -13,10 +13,19 @@ any thread: it sets a bit in ``interrupt_request`` and kicks the vCPU.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pemu.accel.accel import AccelVCPU, VCPUExit, current_accel
+from pemu.accel.accel import AccelVCPU, VCPUExit, configure_accelerators, current_accel
+from pemu.system import runstate
+from pemu.system.runstate import RunState
+from pemu.util.error import error_report
+from pemu.util.log import LOG_GUEST_ERROR, qemu_log, qemu_log_separate, qemu_loglevel_mask
 from pemu.util.main_loop import bql
+from pemu.util import timer
+from pemu.util.vm_context import current_vm
+
+if TYPE_CHECKING:
+    from pemu.hw.core.cpu import CPURunState, CPUState  # a layer above: types only
 
 CPU_INTERRUPT_HARD = 0x0002
 CPU_INTERRUPT_NMI = 0x0200
@@ -25,39 +34,19 @@ CPU_INTERRUPT_SIPI = 0x0800
 
 # The main thread waits on this (with the big lock released) for vCPUs to park.
 qemu_pause_cond = threading.Condition(bql)
-
-
-class CPURunState:
-    """What the vCPU thread and the rest of the machine share about one CPU."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Condition(threading.Lock())
-        self.interrupt_request = 0
-        self.halted = False
-        self.shutdown = False  # after a triple fault: wait for reset
-        self.stop = False  # a stop was requested
-        self.stopped = True  # the thread is parked (the VM starts stopped)
-        self.unplug = False  # the thread must exit
-        self.thread: threading.Thread | None = None
-        self.accel_vcpu: AccelVCPU | None = None
-        self.exited = threading.Event()  # set when its thread lets go of it after unplug
-
-
-_all_cpus: list[Any] = []
 # QEMU's thread-local current_cpu: the CPU a vCPU thread is running now.
 _tls = threading.local()
 
 
 def run_state(cpu: Any) -> CPURunState:
-    run = getattr(cpu, "run", None)
-    if run is None:
-        run = CPURunState()
-        cpu.run = run
+    """What the vCPU thread and the rest of the machine share about ``cpu`` (its declared ``run``)."""
+    run: CPURunState = cpu.run
     return run
 
 
 def all_vcpus() -> list[Any]:
-    return list(_all_cpus)
+    """The current VM's vCPUs that have a thread."""
+    return list(current_vm().cpus)
 
 
 def qemu_init_vcpu(cpu: Any) -> None:
@@ -65,10 +54,10 @@ def qemu_init_vcpu(cpu: Any) -> None:
     run_state(cpu)
     accel = current_accel()
     if accel is None:
-        from pemu.accel.accel import configure_accelerators
-
         accel = configure_accelerators()
-    accel.create_vcpu_thread(cpu)
+    vcpu = accel.create_vcpu(cpu)
+    if not accel.start_vcpu(cpu, vcpu):
+        start_vcpu_thread(cpu, vcpu)
 
 
 def start_vcpu_thread(cpu: Any, vcpu: AccelVCPU) -> None:
@@ -83,7 +72,7 @@ def start_vcpu_thread(cpu: Any, vcpu: AccelVCPU) -> None:
 
 def cpu_list_add(cpu: Any) -> None:
     """Count ``cpu`` among the machine's vCPUs (its thread is the accelerator's business)."""
-    _all_cpus.append(cpu)
+    current_vm().cpus.append(cpu)
 
 
 def qemu_cpu_is_self(cpu: Any) -> bool:
@@ -159,8 +148,6 @@ def _vcpu_thread_fn(cpu: Any) -> None:
         try:
             reason = vcpu.exec()
         except Exception as e:  # an accelerator bug: contained like a device fault
-            from pemu.system.runstate import contain_fault
-
             contain_fault(f"CPU {cpu.cpu_index}", e)
             continue
         if reason is VCPUExit.HALTED:
@@ -288,13 +275,8 @@ def cpu_synchronize_post_reset(cpu: Any) -> None:
         run.accel_vcpu.put_state()
 
 
-def cpu_reset(cpu: Any) -> None:
-    reset = getattr(cpu, "reset", None)
-    if callable(reset):
-        reset()
-    else:
-        cpu.env.reset(bsp=cpu.cpu_index == 0)
-        cpu_synchronize_post_reset(cpu)
+def cpu_reset(cpu: CPUState) -> None:
+    cpu.reset()
 
 
 def destroy_vcpu(cpu: Any) -> None:
@@ -310,5 +292,80 @@ def destroy_vcpu(cpu: Any) -> None:
     if run.accel_vcpu is not None:
         run.accel_vcpu.destroy()
         run.accel_vcpu = None
-    if cpu in _all_cpus:
-        _all_cpus.remove(cpu)
+    vm_cpus = current_vm().cpus
+    if cpu in vm_cpus:
+        vm_cpus.remove(cpu)
+
+
+# --- starting and stopping the VM (QEMU keeps these in system/cpus.c too) ------
+
+def vm_start() -> None:
+    """Start (or continue) the guest: the virtual clock runs, vCPUs run."""
+    run = runstate.vm_run_state()
+    if run.state == RunState.RUNNING:
+        return
+    with run.requests.lock:
+        run.requests.fault_reported = False
+    run.state = RunState.RUNNING
+    timer.qemu_clock_enable_virtual(True)
+    runstate.vm_state_notify(True, RunState.RUNNING)
+    resume_all_vcpus()
+
+
+def vm_stop(new_state: RunState = RunState.PAUSED) -> None:
+    """Stop the guest: vCPUs parked, the virtual clock stands still.
+
+    On a vCPU thread (a device fault in its MMIO or port access) the stop is
+    left to the main loop, and this vCPU stops at once.
+    """
+    if qemu_in_vcpu_thread():
+        runstate.qemu_system_vmstop_request(new_state)
+        cpu_stop_current()
+        return
+    run = runstate.vm_run_state()
+    if run.state != RunState.RUNNING:
+        if new_state != run.state and run.state != RunState.PRELAUNCH:
+            run.state = new_state
+        return
+    pause_all_vcpus()
+    timer.qemu_clock_enable_virtual(False)
+    run.state = new_state
+    runstate.vm_state_notify(False, new_state)
+
+
+# The exception's text in the one-line report is cut to this length (the log has it all).
+FAULT_DETAIL_MAX = 200
+
+
+def contain_fault(where: str, exc: BaseException) -> None:
+    """A handler raised ``exc`` while serving ``where`` ("device 'hpet',
+    cpu-memory-0 read at 0xfed00000 size 4"): stop the VM in ``internal-error``.
+
+    Called by the code that called the handler, on any thread; it never
+    raises.  The first fault since the VM last started gets one line on
+    stderr (with or without ``-d``); its traceback goes to the log when there
+    is one (``-D``, or ``-d guest_errors`` on stderr).  Later faults, until
+    the VM is started again, only go to the log, as one line each; each
+    still stops the vCPU it happened on.
+    """
+    requests = runstate.run_requests()
+    with requests.lock:
+        first = not requests.fault_reported
+        requests.fault_reported = True
+    import traceback  # only when something went wrong: not worth its import at start
+
+    detail = " ".join(traceback.format_exception_only(exc)[-1].split())
+    if len(detail) > FAULT_DETAIL_MAX:
+        detail = detail[:FAULT_DETAIL_MAX] + "..."
+    message = f"fault in {where}: {detail}"
+    if first:
+        error_report(f"{message}; VM stopped (internal-error)")
+    if qemu_log_separate() or qemu_loglevel_mask(LOG_GUEST_ERROR):
+        if first:
+            qemu_log(message + "\n" + "".join(traceback.format_exception(exc)))
+        else:
+            qemu_log(message)
+    if runstate.runstate_get() == RunState.PRELAUNCH:
+        runstate.runstate_set(RunState.INTERNAL_ERROR)  # nothing runs yet: only `cont` must be refused
+    else:
+        vm_stop(RunState.INTERNAL_ERROR)

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from enum import Enum, IntEnum
 from typing import Callable, Iterator, Protocol, runtime_checkable
 
-from pemu.system.runstate import contain_fault
+from pemu.system.cpus import contain_fault
+from pemu.util.vm_context import current_vm
 from pemu.util.log import guest_error
 
 UINT64_MAX = (1 << 64) - 1
@@ -117,6 +118,18 @@ class RAMBlock:
                               prot=mmap.PROT_READ | mmap.PROT_WRITE)
         self.view = memoryview(self.mmap)[:size]
         self.host_addr = ctypes.addressof(ctypes.c_char.from_buffer(self.mmap))
+        self.vm_memory = current_vm().memory  # the VM being built owns it
+        self.vm_memory.ram_blocks.append(self)
+
+    def release(self) -> bool:
+        """Unmap the host memory (the VM is destroyed); False if something
+        still holds a view of it, which then keeps it until it lets go."""
+        try:
+            self.view.release()
+            self.mmap.close()
+        except BufferError:
+            return False
+        return True
 
     def fill(self, offset: int, byte: int, length: int) -> None:
         """Set ``length`` bytes from ``offset`` to ``byte``.  Zeroing whole
@@ -408,30 +421,36 @@ def render_flatview(root: MemoryRegion) -> FlatView:
 
 # --- transactions --------------------------------------------------------------
 
-_transaction_depth = 0
-_changed = False
-_address_spaces: list[AddressSpace] = []
 RAMWriteNotifier = Callable[["RAMBlock", int, int], None]  # (block, offset in it, length)
-_ram_write_notifiers: list[RAMWriteNotifier] = []
+
+
+class VMMemory:
+    """One VM's address spaces, its open memory transaction, its RAM blocks,
+    and who hears of the VMM's writes to its RAM."""
+
+    def __init__(self) -> None:
+        self.transaction_depth = 0
+        self.changed = False
+        self.address_spaces: list[AddressSpace] = []
+        self.ram_blocks: list[RAMBlock] = []
+        self.ram_write_notifiers: list[RAMWriteNotifier] = []
 
 
 def _mark_changed() -> None:
-    global _changed
-    _changed = True
+    current_vm().memory.changed = True
 
 
 def memory_region_transaction_begin() -> None:
-    global _transaction_depth
-    _transaction_depth += 1
+    current_vm().memory.transaction_depth += 1
 
 
 def memory_region_transaction_commit() -> None:
-    global _transaction_depth, _changed
-    assert _transaction_depth > 0
-    _transaction_depth -= 1
-    if _transaction_depth == 0 and _changed:
-        _changed = False
-        for space in list(_address_spaces):
+    memory = current_vm().memory
+    assert memory.transaction_depth > 0
+    memory.transaction_depth -= 1
+    if memory.transaction_depth == 0 and memory.changed:
+        memory.changed = False
+        for space in list(memory.address_spaces):
             space.update_topology()
 
 
@@ -446,21 +465,23 @@ def memory_transaction() -> Iterator[None]:
 
 def add_ram_write_notifier(cb: RAMWriteNotifier) -> None:
     """``cb(block, offset, length)`` runs after the VMM writes bytes of a RAM
-    block (loaders, DMA, a mapping given back by :meth:`AddressSpace.unmap`),
-    so an accelerator can drop the code it translated from them.  The block
-    and offset say which memory changed whatever address space the write
-    went through; the accelerator finds where its CPU sees it."""
-    _ram_write_notifiers.append(cb)
+    block of the current VM (loaders, DMA, a mapping given back by
+    :meth:`AddressSpace.unmap`), so an accelerator can drop the code it
+    translated from them.  The block and offset say which memory changed
+    whatever address space the write went through; the accelerator finds
+    where its CPU sees it."""
+    current_vm().memory.ram_write_notifiers.append(cb)
 
 
 def _ram_written(block: RAMBlock, offset: int, length: int) -> None:
-    for cb in _ram_write_notifiers:
+    for cb in block.vm_memory.ram_write_notifiers:
         cb(block, offset, length)
 
 
 def remove_ram_write_notifier(cb: RAMWriteNotifier) -> None:
-    if cb in _ram_write_notifiers:
-        _ram_write_notifiers.remove(cb)
+    notifiers = current_vm().memory.ram_write_notifiers
+    if cb in notifiers:
+        notifiers.remove(cb)
 
 
 # --- address spaces --------------------------------------------------------------
@@ -627,7 +648,9 @@ class AddressSpace:
         self.root = root
         self.name = name
         self.listeners: list[MemoryListener] = []
-        _address_spaces.append(self)
+        # The VM this space belongs to: the one being built.
+        self.vm_memory = current_vm().memory
+        self.vm_memory.address_spaces.append(self)
 
     @cached_property
     def flatview(self) -> FlatView:
@@ -636,8 +659,8 @@ class AddressSpace:
         return render_flatview(self.root)
 
     def destroy(self) -> None:
-        if self in _address_spaces:
-            _address_spaces.remove(self)
+        if self in self.vm_memory.address_spaces:
+            self.vm_memory.address_spaces.remove(self)
 
     def update_topology(self) -> None:
         old: FlatView | None = self.__dict__.pop("flatview", None)
@@ -885,7 +908,7 @@ class AddressSpace:
 
 
 def address_spaces() -> list[AddressSpace]:
-    return list(_address_spaces)
+    return list(current_vm().memory.address_spaces)
 
 
 # --- `info mtree` ----------------------------------------------------------------

@@ -7,6 +7,8 @@ address_space_memory and address_space_io over them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pemu.system.memory import (
     MEMORY_SIZE_UNLIMITED,
     AddressSpace,
@@ -14,17 +16,18 @@ from pemu.system.memory import (
     MemoryRegionOps,
 )
 from pemu.util.log import guest_error
+from pemu.util.vm_context import current_vm
 
 
-class _Globals:
-    system_memory: MemoryRegion | None = None
-    system_io: MemoryRegion | None = None
-    io_mem_unassigned: MemoryRegion | None = None
-    address_space_memory: AddressSpace | None = None
-    address_space_io: AddressSpace | None = None
+@dataclass
+class SystemMemory:
+    """One VM's root regions and the address spaces over them."""
 
-
-_g = _Globals()
+    io_mem_unassigned: MemoryRegion
+    system_memory: MemoryRegion
+    system_io: MemoryRegion
+    address_space_memory: AddressSpace
+    address_space_io: AddressSpace
 
 
 def _unassigned_read(offset: int, size: int) -> int:
@@ -36,38 +39,42 @@ def _unassigned_write(offset: int, value: int, size: int) -> None:
     guest_error(f"unassigned write of size {size} at {offset:#x} value {value:#x}")
 
 
-def io_mem_init() -> None:
+def io_mem_init() -> MemoryRegion:
     ops = MemoryRegionOps(_unassigned_read, _unassigned_write, 1, 8, True, 1, 8)
-    _g.io_mem_unassigned = MemoryRegion.io("unassigned", MEMORY_SIZE_UNLIMITED, ops)
+    return MemoryRegion.io("unassigned", MEMORY_SIZE_UNLIMITED, ops)
 
 
-def memory_map_init() -> None:
-    _g.system_memory = MemoryRegion.container("system", MEMORY_SIZE_UNLIMITED)
-    _g.address_space_memory = AddressSpace(_g.system_memory, "memory")
-    _g.system_io = MemoryRegion.container("io", 0x10000)
-    _g.address_space_io = AddressSpace(_g.system_io, "I/O")
+def memory_map_init(io_mem_unassigned: MemoryRegion) -> SystemMemory:
+    system_memory = MemoryRegion.container("system", MEMORY_SIZE_UNLIMITED)
+    system_io = MemoryRegion.container("io", 0x10000)
+    return SystemMemory(io_mem_unassigned, system_memory, system_io,
+                        AddressSpace(system_memory, "memory"), AddressSpace(system_io, "I/O"))
 
 
 def cpu_exec_init_all() -> None:
-    io_mem_init()
-    memory_map_init()
+    """Make the current VM's root regions and address spaces (once per VM)."""
+    vm = current_vm()
+    assert vm.physmem is None, "cpu_exec_init_all() ran twice for one VM"
+    vm.physmem = memory_map_init(io_mem_init())
+
+
+def _system() -> SystemMemory:
+    physmem = current_vm().physmem
+    assert physmem is not None, "cpu_exec_init_all() has not run"
+    return physmem
 
 
 def get_system_memory() -> MemoryRegion:
-    assert _g.system_memory is not None, "cpu_exec_init_all() has not run"
-    return _g.system_memory
+    return _system().system_memory
 
 
 def get_system_io() -> MemoryRegion:
-    assert _g.system_io is not None, "cpu_exec_init_all() has not run"
-    return _g.system_io
+    return _system().system_io
 
 
 def address_space_memory() -> AddressSpace:
-    assert _g.address_space_memory is not None, "cpu_exec_init_all() has not run"
-    return _g.address_space_memory
+    return _system().address_space_memory
 
 
 def address_space_io() -> AddressSpace:
-    assert _g.address_space_io is not None, "cpu_exec_init_all() has not run"
-    return _g.address_space_io
+    return _system().address_space_io

@@ -7,6 +7,7 @@ import sys
 
 from pemu.hw.core.qdev import (
     TYPE_DEVICE,
+    BusClass,
     BusState,
     DeviceClass,
     DeviceState,
@@ -23,6 +24,7 @@ from pemu.qom.object import (
     object_class_get_list_sorted,
     object_get_root,
 )
+from pemu.util.error import EarlyExit
 from pemu.util.qemu_opts import QemuOpts
 
 CATEGORY_NAMES = {
@@ -98,8 +100,8 @@ def _find_bus_for(dc: DeviceClass) -> BusState | None:
         return None
     for bus in qbus_iter(sysbus_get_default()):
         if bus.is_a(dc.bus_type):
-            klass = bus.klass
-            max_dev = getattr(klass, "max_dev", 0)
+            bc: BusClass = bus.klass  # type: ignore[assignment]
+            max_dev = bc.max_dev
             if max_dev and len(bus.devices_on_bus) >= max_dev:
                 continue
             return bus
@@ -118,8 +120,6 @@ def qdev_device_add(opts: QemuOpts) -> DeviceState:
             sys.stdout.write(device_help_list())
         else:
             sys.stdout.write(device_help_props(driver))
-        from pemu.system.vl import EarlyExit
-
         raise EarlyExit(0)
     klass = object_class_by_name(driver)
     if klass is None:

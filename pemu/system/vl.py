@@ -28,14 +28,12 @@ from pemu.cli.options import (
     register_standard_opts,
     unimplemented_options,
 )
-from pemu.hw.core.machine import TYPE_MACHINE, MachineClass, MachineState
+from pemu.hw.core.machine import TYPE_MACHINE, MachineClass, MachineState, machine_reset
 from pemu.hw.core.qdev import (
     GlobalProperty,
     MachineInitPhase,
-    bus_cold_reset,
     phase_advance,
     qdev_prop_register_global,
-    qemu_run_reset_handlers,
 )
 from pemu.qom.object import (
     QOMError,
@@ -44,11 +42,14 @@ from pemu.qom.object import (
     object_get_root,
     object_new_with_class,
 )
-from pemu.system import runstate
+from pemu.system import cpus, runstate
 from pemu.system.runstate import RunState, ShutdownCause
+from pemu.system.vm import VirtualMachine
+from pemu.chardev.char_mux import MuxChardev
 from pemu.util import log
-from pemu.util.error import UserError
+from pemu.util.error import EarlyExit, UserError
 from pemu.util.qemu_opts import QemuOpts, qemu_global_option
+from pemu.util.vm_context import current_vm, set_current_vm
 
 if TYPE_CHECKING:
     from pemu.accel.accel import AccelRequest
@@ -80,6 +81,7 @@ class Config:
     cpu_model: str | None = None
     accels: list[AccelRequest] = field(default_factory=list)  # -accel, -enable-kvm or -machine accel=, in order
     devices: list[tuple[QemuOpts, str]] = field(default_factory=list)
+    globals: list[GlobalProperty] = field(default_factory=list)  # -global, for the VM's devices
     objects: list[tuple[QemuOpts, str]] = field(default_factory=list)
     chardevs: list[tuple[QemuOpts, str]] = field(default_factory=list)
     serials: list[str] = field(default_factory=list)
@@ -103,18 +105,14 @@ class Config:
     snapshot: bool = False  # -snapshot
 
 
-class EarlyExit(Exception):
-    """Help or version was printed: exit with this status."""
-
-    def __init__(self, status: int = 0) -> None:
-        self.status = status
-
-
 # --- the command line ----------------------------------------------------------------------
 
 
 def parse_config(argv: list[str]) -> Config:
-    register_standard_opts()
+    # The option tables are process-wide, as in QEMU; a command line starts
+    # them empty, so a second VM built in the process inherits nothing.
+    for opts_list in register_standard_opts():
+        opts_list.reset()
     parsed = parse_command_line(argv)
     cfg = Config()
     # The option table's `implemented` flag decides (and -help shows it).
@@ -166,7 +164,7 @@ def _apply_option(cfg: Config, opt: ParsedOption) -> None:
     elif name == "global":
         assert arg is not None
         g = qemu_global_option(arg, opt.location)
-        qdev_prop_register_global(GlobalProperty(g.driver, g.property, g.value))
+        cfg.globals.append(GlobalProperty(g.driver, g.property, g.value))
     elif name == "object":
         cfg.objects.append((opt.parse_opts(), opt.location))
     elif name == "chardev":
@@ -433,6 +431,7 @@ def qemu_create_machine(cfg: Config, mc: MachineClass) -> MachineState:
 
     container_get(machine, "unattached").add_child("sysbus", sysbus_get_default())
     phase_advance(MachineInitPhase.MACHINE_CREATED)
+    current_vm().machine = machine
 
     cpu_exec_init_all()
 
@@ -454,8 +453,8 @@ def qemu_create_machine(cfg: Config, mc: MachineClass) -> MachineState:
         if not type_exists(x86_cpu_type_name(model)):
             raise UserError(f"unable to find CPU model '{model}'", f"-cpu {cfg.cpu_model}")
         machine.cpu_type = x86_cpu_type_name(model)
-        machine.cpu_features = features  # type: ignore[attr-defined]
-    machine.name_ = cfg.name  # type: ignore[attr-defined]
+        machine.cpu_features = features
+    machine.name_ = cfg.name
 
     # -nographic means graphics=off (the firmware then uses the serial
     # console), unless -machine says otherwise: it is applied below.
@@ -483,12 +482,12 @@ def qemu_create_machine(cfg: Config, mc: MachineClass) -> MachineState:
             machine.property_set(prop, value)
     if machine.kernel is None and (machine.initrd is not None or machine.append is not None):
         raise UserError("-initrd or -append only allowed with -kernel option")
-    machine.data_dirs = list(cfg.data_dirs)  # type: ignore[attr-defined]
+    machine.data_dirs = list(cfg.data_dirs)
     # -fw_cfg files and -smbios fields, for the board's fw_cfg (pemu.hw.i386.fw_cfg).
     from pemu.hw.smbios.smbios import SmbiosConfig, smbios_entry_add
 
-    machine.fw_cfg_user_files = list(cfg.fw_cfg_files)  # type: ignore[attr-defined]
-    machine.smbios_config = smbios_cfg = SmbiosConfig()  # type: ignore[attr-defined]
+    machine.fw_cfg_user_files = list(cfg.fw_cfg_files)
+    machine.smbios_config = smbios_cfg = SmbiosConfig()
     for opts, location in cfg.smbios:
         smbios_entry_add(smbios_cfg, opts, location)
     return machine
@@ -562,16 +561,9 @@ def qemu_create_cli_devices(cfg: Config) -> None:
 
 
 def qemu_system_reset(machine: MachineState) -> None:
-    """Reset every device and CPU, then replay the direct-boot setup."""
-    from pemu.hw.core.sysbus import sysbus_get_default
-    from pemu.hw.i386.x86 import linux_boot_apply
-    from pemu.system import cpus
-
-    bus_cold_reset(sysbus_get_default())
-    qemu_run_reset_handlers()
-    for cpu in getattr(machine, "cpus", []):
-        cpus.cpu_reset(cpu)
-    linux_boot_apply(machine)  # type: ignore[arg-type]
+    """Reset the machine: its class's reset (the PC's resets devices and
+    CPUs and replays the direct-boot setup)."""
+    machine_reset(machine)
 
 
 # --- character devices and monitors ----------------------------------------------------------
@@ -590,17 +582,10 @@ def qemu_create_chardevs(cfg: Config) -> None:
             raise UserError(getattr(e, "message", str(e)), loc) from None
 
 
-_serial_hds: list[Any] = []
-
-
-def serial_hd(i: int) -> Any:
-    """The back-end of serial port ``i`` (COM1 is 0), or None."""
-    return _serial_hds[i] if 0 <= i < len(_serial_hds) else None
-
-
 def qemu_setup_defaults_and_monitors(cfg: Config) -> None:
     """Default serial and monitor as QEMU picks them: with -nographic both
     on stdio, multiplexed (Ctrl-A c switches)."""
+    vm = current_vm()
     from pemu.chardev.registry import qemu_chr_find, qemu_chr_new
 
     def monitor_init_hmp(chr_: Any) -> Any:
@@ -658,40 +643,30 @@ def qemu_setup_defaults_and_monitors(cfg: Config) -> None:
     serial_monitor_chrs: list[Any] = []
     for i, spec in enumerate(serials):
         if spec == "none":
-            _serial_hds.append(None)
+            vm.serial_hds.append(None)
             continue
         as_typed = cfg.serials[i] if i < len(cfg.serials) else spec
         chr_ = chr_new(f"serial{i}", spec, f"-serial {as_typed}")
         if chr_ is not None and spec.startswith("mon:"):
             serial_monitor_chrs.append(chr_)
-        _serial_hds.append(chr_)
+        vm.serial_hds.append(chr_)
     for chr_ in monitor_chrs:
         monitor_init_hmp(chr_)
     for chr_ in serial_monitor_chrs:
         mon = monitor_init_hmp(chr_)
         if monitor_first:
-            _focus_after_board.append((chr_, mon.fe))
-
-
-# (mux, front-end) pairs whose front-end takes the input focus once the board
-# (and so the serial port on the same mux) exists.
-_focus_after_board: list[tuple[Any, Any]] = []
+            vm.focus_after_board.append((chr_, mon.fe))
 
 
 def give_monitor_focus() -> None:
-    for mux, fe in _focus_after_board:
-        take = getattr(mux, "take_focus", None)
-        if take is not None:
-            take(fe)
+    """Monitors that share stdio with the serial port take the input focus
+    once the board (and so the serial port on the same mux) exists."""
+    for mux, fe in current_vm().focus_after_board:
+        if isinstance(mux, MuxChardev):
+            mux.take_focus(fe)
 
 
 # --- the whole start-up -------------------------------------------------------------------------
-
-
-@dataclass
-class VM:
-    machine: MachineState
-    cfg: Config
 
 
 def qmp_x_exit_preconfig(cfg: Config, machine: MachineState) -> None:
@@ -743,10 +718,28 @@ def resume_mux_open() -> None:
     char_mux.resume_mux_open()
 
 
-def qemu_init(argv: list[str]) -> VM:
+def qemu_init(argv: list[str]) -> VirtualMachine:
+    """Build a VM from a command line; it becomes the current VM.
+
+    On a user error the half-built VM is destroyed (nothing of it is left)
+    and the VM that was current before is current again."""
     cfg = parse_config(argv)
     _register_all_types()
     device_help(cfg)
+    vm = VirtualMachine()
+    previous = vm.activate()
+    try:
+        qemu_build(cfg, vm)
+    except BaseException:
+        vm.destroy()
+        set_current_vm(previous)
+        raise
+    return vm
+
+
+def qemu_build(cfg: Config, vm: VirtualMachine) -> None:
+    for prop in cfg.globals:
+        qdev_prop_register_global(prop)
     mc = select_machine(cfg)
     machine = qemu_create_machine(cfg, mc)
     configure_accelerators(cfg, machine)
@@ -758,15 +751,14 @@ def qemu_init(argv: list[str]) -> VM:
     qemu_create_chardevs(cfg)
     qemu_setup_defaults_and_monitors(cfg)
     qemu_create_nets(cfg)
-    runstate.requests.no_reboot = cfg.no_reboot
-    runstate.requests.no_shutdown = cfg.no_shutdown
+    vm.run.requests.no_reboot = cfg.no_reboot
+    vm.run.requests.no_shutdown = cfg.no_shutdown
     qmp_x_exit_preconfig(cfg, machine)
     give_monitor_focus()
     resume_mux_open()
     if not cfg.start_paused:
-        runstate.vm_start()
+        cpus.vm_start()
     # With -S the VM stays in "prelaunch" until `cont`.
-    return VM(machine, cfg)
 
 
 def _install_signal_handlers() -> None:
@@ -780,45 +772,45 @@ def _install_signal_handlers() -> None:
         signal.signal(sig, on_signal)
 
 
-def main_loop_should_exit(vm: VM) -> bool:
+def main_loop_should_exit(vm: VirtualMachine) -> bool:
     stop = runstate.take_vmstop_request()
     if stop is not None:
-        runstate.vm_stop(stop)
+        cpus.vm_stop(stop)
     cause = runstate.take_shutdown_request()
     if cause != ShutdownCause.NONE:
-        if vm.cfg.no_shutdown and cause in (ShutdownCause.GUEST_SHUTDOWN, ShutdownCause.GUEST_RESET):
-            runstate.vm_stop(RunState.SHUTDOWN)
+        if vm.run.requests.no_shutdown and cause in (ShutdownCause.GUEST_SHUTDOWN, ShutdownCause.GUEST_RESET):
+            cpus.vm_stop(RunState.SHUTDOWN)
         else:
             return True
     reset = runstate.take_reset_request()
     if reset != ShutdownCause.NONE:
         was_running = runstate.runstate_is_running()
-        from pemu.system import cpus
-
         cpus.pause_all_vcpus()
+        assert vm.machine is not None
         qemu_system_reset(vm.machine)
-        if was_running or runstate.state == RunState.SHUTDOWN:
+        if was_running or vm.run.state == RunState.SHUTDOWN:
             runstate.runstate_set(RunState.PAUSED)
-            runstate.vm_start()
-        elif runstate.state == RunState.INTERNAL_ERROR:
+            cpus.vm_start()
+        elif vm.run.state == RunState.INTERNAL_ERROR:
             runstate.runstate_set(RunState.PRELAUNCH)  # as QEMU: a reset machine may be continued
     return False
 
 
-def qemu_main_loop(vm: VM) -> int:
+def qemu_main_loop(vm: VirtualMachine) -> int:
     from pemu.util.main_loop import main_loop
 
     loop = main_loop()
-    runstate.requests.notify = loop.notify
-    loop.on_handler_fault = runstate.contain_fault
+    vm.run.requests.notify = loop.notify
+    loop.on_handler_fault = cpus.contain_fault
     while not main_loop_should_exit(vm):
         loop.run_once()
-    return runstate.requests.exit_status
+    return vm.run.requests.exit_status
 
 
-def qemu_cleanup() -> None:
+def qemu_cleanup(vm: VirtualMachine) -> None:
+    """Before the process exits: the vCPUs stop and the chardevs close
+    (the terminal is restored); the rest goes with the process."""
     from pemu.chardev.registry import qemu_chr_cleanup
-    from pemu.system import cpus
 
     try:
         cpus.pause_all_vcpus()
@@ -848,28 +840,10 @@ def main_with_args(argv: list[str]) -> int:
         return e.status
     except (UserError, QOMError) as e:
         error_report(str(e))
-        _cleanup_quietly()
         return 1
     _install_signal_handlers()
     try:
         status = qemu_main_loop(vm)
     finally:
-        qemu_cleanup()
+        qemu_cleanup(vm)
     return status
-
-
-def _cleanup_quietly() -> None:
-    try:
-        _net_cleanup()
-    except Exception:
-        pass
-    try:
-        block_cleanup()
-    except Exception:
-        pass
-    try:
-        from pemu.chardev.registry import qemu_chr_cleanup
-
-        qemu_chr_cleanup()
-    except Exception:
-        pass

@@ -12,6 +12,13 @@ import os
 import sys
 
 
+class EarlyExit(Exception):
+    """Help or version was printed: exit with this status."""
+
+    def __init__(self, status: int = 0) -> None:
+        self.status = status
+
+
 class UserError(Exception):
     """An error in what the user asked for (options, files, images).
 

@@ -24,6 +24,7 @@ LOG_ITEMS: dict[str, tuple[int, str]] = {
     "ioport": (LOG_IOPORT, "show all I/O port accesses"),
 }
 
+# Process-wide, as in QEMU (-d and -D are options of the process, not of a VM).
 _mask = 0
 _file: TextIO = sys.stderr
 _lock = threading.Lock()

@@ -21,7 +21,7 @@ from typing import Callable, Protocol
 
 from pemu.util import timer
 
-# The big QEMU lock (BQL).  Re-entrant: a device callback may call back into
+# The big QEMU lock (BQL), process-wide as in QEMU.  Re-entrant: a device callback may call back into
 # code that takes it again.
 bql = threading.RLock()
 
@@ -172,7 +172,8 @@ _main_loop: MainLoop | None = None
 
 
 def main_loop() -> MainLoop:
-    """The process's main loop, created on first use."""
+    """The process's main loop, created on first use: process-wide, as in
+    QEMU; it runs the timers of the current VM (pemu.util.vm_context)."""
     global _main_loop
     if _main_loop is None:
         _main_loop = MainLoop()

@@ -15,6 +15,8 @@ import time
 from enum import IntEnum
 from typing import Callable, Protocol
 
+from pemu.util.vm_context import current_vm
+
 SCALE_NS = 1
 SCALE_US = 1000
 SCALE_MS = 1000_000
@@ -56,13 +58,23 @@ class _VirtualClock:
             self.stopped_at = None
 
 
-_virtual = _VirtualClock()
+# Process-wide, as the host's clocks are: where QEMU_CLOCK_REALTIME counts from.
 _realtime_base = time.monotonic_ns()
+
+
+class _MainLoopWakeup:
+    """How a newly armed timer wakes the main loop, which is process-wide
+    (QEMU's qemu_notify_event)."""
+
+    cb: Callable[[], None] | None = None
+
+
+_main_loop_wakeup = _MainLoopWakeup()
 
 
 def qemu_clock_get_ns(clock: QEMUClockType) -> int:
     if clock == QEMUClockType.VIRTUAL:
-        return _virtual.get_ns()
+        return current_vm().timers.virtual.get_ns()
     if clock == QEMUClockType.HOST:
         return time.time_ns()
     return time.monotonic_ns() - _realtime_base
@@ -74,19 +86,23 @@ def qemu_clock_get_ms(clock: QEMUClockType) -> int:
 
 def qemu_clock_enable_virtual(enabled: bool) -> None:
     """Start or stop the virtual clock (vm_start / vm_stop)."""
+    timers = current_vm().timers
     if enabled:
-        _virtual.start()
+        timers.virtual.start()
     else:
-        _virtual.stop()
-    _timers.notify()
+        timers.virtual.stop()
+    timers.notify()
 
 
 class QEMUTimer:
     """A one-shot timer on one clock; re-arm it from its callback for periodic work."""
 
-    __slots__ = ("clock", "cb", "scale", "expire_time", "_key", "_index")
+    __slots__ = ("clock", "cb", "scale", "expire_time", "_key", "_index", "_group")
 
-    def __init__(self, clock: QEMUClockType, cb: Callable[[], None], scale: int = SCALE_NS) -> None:
+    def __init__(self, clock: QEMUClockType, cb: Callable[[], None], scale: int = SCALE_NS,
+                 group: TimerListGroup | None = None) -> None:
+        # The timers of the VM being built unless told otherwise (QEMU's main_loop_tlg).
+        self._group = group if group is not None else current_vm().timers
         self.clock = clock
         self.cb = cb
         self.scale = scale
@@ -97,13 +113,13 @@ class QEMUTimer:
         self._index = -1  # slot in its clock's TimerList; -1 when not on it
 
     def mod_ns(self, expire_ns: int) -> None:
-        _timers.mod(self, max(0, expire_ns))
+        self._group.mod(self, max(0, expire_ns))
 
     def mod(self, expire: int) -> None:
         self.mod_ns(expire * self.scale)
 
     def delete(self) -> None:
-        _timers.delete(self)
+        self._group.delete(self)
 
     def pending(self) -> bool:
         return self.expire_time >= 0
@@ -189,18 +205,28 @@ class TimerList:
         timer._index = index
 
 
-class _TimerLists:
-    """All armed timers: one TimerList per clock."""
+class TimerListGroup:
+    """One VM's clocks and armed timers: one TimerList per clock (QEMU's
+    QEMUTimerListGroup), and the VM's virtual clock."""
 
     def __init__(self) -> None:
+        self.virtual = _VirtualClock()
         self.lock = threading.Lock()
         self.lists: dict[QEMUClockType, TimerList] = {c: TimerList() for c in QEMUClockType}
         self.seq = itertools.count()
-        self.notify_cb: Callable[[], None] | None = None
+
+    def clock_ns(self, clock: QEMUClockType) -> int:
+        if clock == QEMUClockType.VIRTUAL:
+            return self.virtual.get_ns()
+        if clock == QEMUClockType.HOST:
+            return time.time_ns()
+        return time.monotonic_ns() - _realtime_base
 
     def notify(self) -> None:
-        if self.notify_cb is not None:
-            self.notify_cb()
+        """Wake the main loop: its next deadline may have moved."""
+        cb = _main_loop_wakeup.cb
+        if cb is not None:
+            cb()
 
     def mod(self, timer: QEMUTimer, expire_ns: int) -> None:
         with self.lock:
@@ -230,9 +256,9 @@ class _TimerLists:
                 earliest = timers.earliest()
                 if earliest is None:
                     continue
-                if clock == QEMUClockType.VIRTUAL and _virtual.stopped_at is not None:
+                if clock == QEMUClockType.VIRTUAL and self.virtual.stopped_at is not None:
                     continue
-                delta = max(0, earliest.expire_time - qemu_clock_get_ns(clock))
+                delta = max(0, earliest.expire_time - self.clock_ns(clock))
                 if best < 0 or delta < best:
                     best = delta
         return best
@@ -242,9 +268,9 @@ class _TimerLists:
         loop's guard, if given); True if any ran."""
         ran = False
         for clock in self.lists:
-            if clock == QEMUClockType.VIRTUAL and _virtual.stopped_at is not None:
+            if clock == QEMUClockType.VIRTUAL and self.virtual.stopped_at is not None:
                 continue
-            ran |= self.run_clock(clock, qemu_clock_get_ns(clock), call)
+            ran |= self.run_clock(clock, self.clock_ns(clock), call)
         return ran
 
     def run_clock(self, clock: QEMUClockType, now: int,
@@ -273,24 +299,36 @@ class _TimerLists:
             return timer.expire_time if timer is not None else -1
 
 
-_timers = _TimerLists()
+    def clear(self) -> None:
+        """Disarm every timer (the VM is being destroyed)."""
+        with self.lock:
+            for timers in self.lists.values():
+                while timers.heap:
+                    timer = timers.heap[0]
+                    timers.remove(timer)
+                    timer.expire_time = -1
+
+    def armed(self) -> int:
+        with self.lock:
+            return sum(len(timers) for timers in self.lists.values())
 
 
 def timerlist_deadline_ns() -> int:
-    return _timers.deadline_ns()
+    return current_vm().timers.deadline_ns()
 
 
 def timerlist_run_expired(call: Callable[[Callable[[], None]], None] | None = None) -> bool:
-    return _timers.run_expired(call)
+    return current_vm().timers.run_expired(call)
 
 
 def timerlist_entries(clock: QEMUClockType) -> int:
     """How many entries the clock's timer list holds (one per armed timer)."""
-    return len(_timers.lists[clock])
+    return len(current_vm().timers.lists[clock])
 
 
 def timerlist_set_notify(cb: Callable[[], None] | None) -> None:
-    _timers.notify_cb = cb
+    """``cb()`` wakes the (process-wide) main loop when a timer is armed earlier."""
+    _main_loop_wakeup.cb = cb
 
 
 def qemu_clock_advance_virtual_time(dest_ns: int) -> int:
@@ -298,16 +336,18 @@ def qemu_clock_advance_virtual_time(dest_ns: int) -> int:
     virtual timer at its own expiry time on the way (QEMU's
     qemu_clock_advance_virtual_time, which qtest's clock_step uses).  Only
     while the VM is stopped; returns the new time."""
-    if _virtual.stopped_at is None:
+    timers = current_vm().timers
+    virtual = timers.virtual
+    if virtual.stopped_at is None:
         raise RuntimeError("the virtual clock can only be advanced while the VM is stopped")
     while True:
-        expiry = _timers.next_expiry(QEMUClockType.VIRTUAL)
+        expiry = timers.next_expiry(QEMUClockType.VIRTUAL)
         if expiry < 0 or expiry > dest_ns:
             break
-        _virtual.stopped_at = max(_virtual.stopped_at, expiry)
-        _timers.run_clock(QEMUClockType.VIRTUAL, _virtual.stopped_at)
-    _virtual.stopped_at = max(_virtual.stopped_at, dest_ns)
-    return _virtual.stopped_at
+        virtual.stopped_at = max(virtual.stopped_at, expiry)
+        timers.run_clock(QEMUClockType.VIRTUAL, virtual.stopped_at)
+    virtual.stopped_at = max(virtual.stopped_at, dest_ns)
+    return virtual.stopped_at
 
 
 # --- what device models take, so tests can drive time -----------------------------

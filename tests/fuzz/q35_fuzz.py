@@ -289,7 +289,7 @@ class Q35Fuzzer:
                 result.slowest_s, result.slowest_op = took, repr(op)
             if took > limits.slow_op_s:
                 self._record("slow", f"slow:{op[0]}", surface, index, op, f"took {took:.2f} s")
-            if runstate.state == RunState.INTERNAL_ERROR:
+            if runstate.runstate_get() == RunState.INTERNAL_ERROR:
                 self._record("internal-error", f"internal-error:{op[0]}", surface, index, op,
                              "the VM stopped in internal-error (a contained device fault)")
                 runstate.runstate_set(RunState.PAUSED)

@@ -8,6 +8,7 @@ from typing import Any, Callable, Sequence
 
 import pytest
 
+from pemu.hw.core.cpu import CPURunState
 from pemu.system import cpus
 from pemu.system.memory import AddressSpace, MemoryRegion, MemoryRegionOps
 from pemu.target.i386.cpu_models import x86_cpu_model_for
@@ -45,6 +46,7 @@ class StubCPU:
 
     def __init__(self, memory: AddressSpace, io: AddressSpace, model: str = "qemu64") -> None:
         self.cpu_index = 0
+        self.run = CPURunState()
         self.env = CPUX86State()
         self.model = x86_cpu_model_for(model)
         self.env.cpuid_version = self.model.cpuid_version
@@ -79,7 +81,7 @@ class Machine:
 
     @property
     def vcpu(self):  # noqa: ANN201 - the TCGVCPU
-        return self.cpu.run.accel_vcpu
+        return self.cpu.run.accel_vcpu.engine_vcpu()
 
     def load(self, addr: int, data: bytes) -> None:
         self.memory.write(addr, data)

@@ -18,7 +18,7 @@ BOARD_ARGS = ["-machine", "q35", "-m", "128", "-nodefaults", "-display", "none",
 
 PRELUDE = """
 import json, time
-from pemu.system import runstate, vl
+from pemu.system import cpus, runstate, vl
 from pemu.util import timer
 
 vm = vl.qemu_init(ARGS)
@@ -63,15 +63,15 @@ def test_virtual_clock_stands_still_until_cont_and_while_stopped() -> None:
         t0 = qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL)
         time.sleep(0.2)
         result["prelaunch"] = qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL) - t0
-        runstate.vm_start()                                     # cont
+        cpus.vm_start()                                     # cont
         t1 = qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL)
         time.sleep(0.2)
         result["running"] = qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL) - t1
-        runstate.vm_stop()                                      # stop
+        cpus.vm_stop()                                      # stop
         t2 = qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL)
         time.sleep(0.2)
         result["paused"] = qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL) - t2
-        result["state"] = runstate.state.value
+        result["state"] = runstate.runstate_get().value
     """)
     assert result["prelaunch"] == 0, "the virtual clock (and the TSC under tcg) ran before cont"
     assert result["running"] >= 150_000_000

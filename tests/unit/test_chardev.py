@@ -470,7 +470,7 @@ def test_mon_prefix_over_a_real_socket(tmp_path: Path) -> None:
         console.fe.write(b"login: ")
         assert recv_until(client, b"login: ") == b"login: "
         client.sendall(b"\x01x")
-        assert run_until(lambda: runstate.requests.shutdown is ShutdownCause.HOST_UI)
+        assert run_until(lambda: runstate.run_requests().shutdown is ShutdownCause.HOST_UI)
     finally:
         client.close()
 
@@ -577,6 +577,9 @@ STDIO_CHILD = textwrap.dedent(
     from pemu.chardev import CharBackend, qemu_chr_new, qemu_chr_cleanup
     from pemu.util.error import UserError
     from pemu.util.main_loop import main_loop
+    from pemu.system.vm import VirtualMachine
+
+    VirtualMachine().activate()
 
     chr = qemu_chr_new("serial0", sys.argv[1])
     try:

@@ -26,5 +26,5 @@ def test_write_requests_exit_with_status() -> None:
 def test_default_request_goes_through_runstate() -> None:
     runstate.take_shutdown_request()
     DebugExit().write(1, 3, 1)
-    assert runstate.requests.exit_status == 7
+    assert runstate.run_requests().exit_status == 7
     assert runstate.take_shutdown_request() == ShutdownCause.GUEST_SHUTDOWN

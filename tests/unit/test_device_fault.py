@@ -1,6 +1,6 @@
 """Containment of a fault (an exception) in device code, in-process: the
 memory API's dispatch, the main loop's handlers, the character front-end
-dispatch and the vCPU thread all hand it to runstate.contain_fault, which
+dispatch and the vCPU thread all hand it to cpus.contain_fault, which
 stops the VM in internal-error, reports once and logs the traceback."""
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ from typing import Any
 
 import pytest
 
+from pemu.hw.core.cpu import CPURunState
 from pemu.accel.accel import VCPUExit
 from pemu.chardev import CharBackend, Chardev
 from pemu.system import cpus, runstate, vl
 from pemu.system.memory import AddressSpace, MemoryRegion, MemoryRegionOps, MemTxResult
 from pemu.system.runstate import RunState
+from pemu.util.vm_context import current_vm
 from pemu.util import log, timer
 from pemu.util.main_loop import main_loop
 
@@ -35,9 +37,7 @@ class Fixture:
         self.capsys = capsys
         self.paused = 0
         self.clock_enabled: list[bool] = []
-        monkeypatch.setattr(runstate, "state", RunState.RUNNING)
-        monkeypatch.setattr(runstate.requests, "fault_reported", False)
-        monkeypatch.setattr(runstate.requests, "vmstop", None)
+        runstate.runstate_set(RunState.RUNNING)  # in the test's own VM (tests/conftest.py)
         monkeypatch.setattr(cpus, "pause_all_vcpus", self._pause)
         monkeypatch.setattr(cpus, "resume_all_vcpus", lambda: None)
         monkeypatch.setattr(timer, "qemu_clock_enable_virtual", self.clock_enabled.append)
@@ -82,7 +82,7 @@ def test_fault_in_a_device_handler_stops_the_vm_with_one_line(vm: Fixture, acces
         assert access(space) == result
     finally:
         space.destroy()
-    assert runstate.state == RunState.INTERNAL_ERROR
+    assert runstate.runstate_get() == RunState.INTERNAL_ERROR
     assert vm.paused == 1 and vm.clock_enabled == [False]
     lines = vm.stderr_lines()
     assert len(lines) == 1
@@ -95,10 +95,10 @@ def test_only_the_first_fault_is_reported_until_the_vm_runs_again(vm: Fixture) -
         space.dispatch_write(0x70, 1, 1)
         space.dispatch_read(0x70, 1)
         assert len(vm.stderr_lines()) == 1
-        assert runstate.state == RunState.INTERNAL_ERROR
+        assert runstate.runstate_get() == RunState.INTERNAL_ERROR
         # Once the VM runs again (after a reset), a fault is reported again.
         runstate.runstate_set(RunState.PAUSED)
-        runstate.vm_start()
+        cpus.vm_start()
         space.dispatch_read(0x70, 1)
         assert len(vm.stderr_lines()) == 1
     finally:
@@ -131,7 +131,7 @@ def test_without_a_log_file_the_traceback_needs_guest_errors(vm: Fixture, monkey
     try:
         space.dispatch_read(0x70, 1)
         assert "Traceback" not in capsys.readouterr().err
-        runstate.requests.fault_reported = False
+        runstate.run_requests().fault_reported = False
         monkeypatch.setattr(log, "_mask", log.LOG_GUEST_ERROR)
         monkeypatch.setattr(log, "_file", sys.stderr)
         space.dispatch_read(0x70, 1)
@@ -147,12 +147,12 @@ def test_a_fault_before_the_vm_ever_ran_leaves_it_in_internal_error(vm: Fixture)
         space.dispatch_read(0x70, 1)
     finally:
         space.destroy()
-    assert runstate.state == RunState.INTERNAL_ERROR
+    assert runstate.runstate_get() == RunState.INTERNAL_ERROR
     assert vm.paused == 0
 
 
 def test_a_long_or_multiline_exception_text_stays_one_short_line(vm: Fixture) -> None:
-    runstate.contain_fault("device 'x'", ValueError("a\nb " + "y" * 1000))
+    cpus.contain_fault("device 'x'", ValueError("a\nb " + "y" * 1000))
     (line,) = vm.stderr_lines()
     assert "ValueError: a b yyy" in line and len(line) < 400
     assert line.endswith("...; VM stopped (internal-error)")
@@ -210,8 +210,8 @@ def test_the_machine_installs_its_policy_in_the_main_loop(monkeypatch: pytest.Mo
     loop = main_loop()
     monkeypatch.setattr(loop, "on_handler_fault", None)
     monkeypatch.setattr(vl, "main_loop_should_exit", lambda vm: True)
-    vl.qemu_main_loop(None)  # type: ignore[arg-type]
-    assert loop.on_handler_fault is runstate.contain_fault
+    vl.qemu_main_loop(current_vm())
+    assert loop.on_handler_fault is cpus.contain_fault
 
 
 # -- character front-ends --------------------------------------------------------------------------
@@ -223,7 +223,7 @@ def test_a_faulting_chardev_read_handler_is_contained(vm: Fixture) -> None:
     uart = type("SerialModel", (), {"can_receive": lambda self: 16, "receive": boom})()
     fe.set_handlers(uart.can_receive, uart.receive)
     assert chr.push_input(b"hello")  # the input is taken (and dropped), not left pending
-    assert runstate.state == RunState.INTERNAL_ERROR
+    assert runstate.runstate_get() == RunState.INTERNAL_ERROR
     (line,) = vm.stderr_lines()
     assert ": fault in chardev 'serial9' read handler SerialModel.boom, input b'hello': RuntimeError" in line
 
@@ -233,7 +233,7 @@ def test_a_faulting_chardev_can_read_handler_takes_nothing(vm: Fixture) -> None:
     fe = CharBackend(chr)
     fe.set_handlers(boom, lambda data: None)
     assert not chr.push_input(b"x")
-    assert runstate.state == RunState.INTERNAL_ERROR
+    assert runstate.runstate_get() == RunState.INTERNAL_ERROR
 
 
 # -- vCPU threads ---------------------------------------------------------------------------------------
@@ -268,13 +268,16 @@ class FakeVCPU:
 class FakeCPU:
     cpu_index = 7
 
+    def __init__(self) -> None:
+        self.run = CPURunState()
+
 
 def run_on_vcpu_thread(access: Any) -> tuple[FakeCPU, FakeVCPU]:
     cpu, vcpu = FakeCPU(), FakeVCPU(access)
     cpus.start_vcpu_thread(cpu, vcpu)
     cpus.cpu_resume(cpu)
     deadline = time.monotonic() + 5
-    while runstate.requests.vmstop is None or not cpus.run_state(cpu).stopped:
+    while runstate.run_requests().vmstop is None or not cpus.run_state(cpu).stopped:
         assert time.monotonic() < deadline, "the vCPU did not stop"
         time.sleep(0.01)
     return cpu, vcpu
@@ -293,7 +296,7 @@ def test_a_fault_on_a_vcpu_thread_stops_that_vcpu_and_the_main_loop_stops_the_vm
         assert threading.current_thread() is threading.main_thread()
         assert vcpu.runs == 1 and vcpu.kicks >= 1  # stopped at once, not run again
         # The vCPU thread does not wait for the others: the main loop stops the VM.
-        assert runstate.state == RunState.RUNNING and vm.paused == 0
+        assert runstate.runstate_get() == RunState.RUNNING and vm.paused == 0
         assert runstate.take_vmstop_request() == RunState.INTERNAL_ERROR
         (line,) = vm.stderr_lines()
         assert f": fault in {where}: RuntimeError: injected fault; VM stopped (internal-error)" in line
@@ -304,16 +307,17 @@ def test_a_fault_on_a_vcpu_thread_stops_that_vcpu_and_the_main_loop_stops_the_vm
 
 
 class FakeVM:
-    class cfg:
-        no_shutdown = False
+    """The test's VM, with a machine that only the stubbed reset sees."""
 
-    machine = None
+    def __init__(self) -> None:
+        self.run = runstate.vm_run_state()
+        self.machine = object()
 
 
 def test_the_main_loop_carries_out_a_stop_request(vm: Fixture) -> None:
     runstate.qemu_system_vmstop_request(RunState.INTERNAL_ERROR)
     assert not vl.main_loop_should_exit(FakeVM())  # type: ignore[arg-type]
-    assert runstate.state == RunState.INTERNAL_ERROR and vm.paused == 1
+    assert runstate.runstate_get() == RunState.INTERNAL_ERROR and vm.paused == 1
 
 
 def test_a_reset_after_an_internal_error_allows_cont(vm: Fixture, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -321,4 +325,4 @@ def test_a_reset_after_an_internal_error_allows_cont(vm: Fixture, monkeypatch: p
     runstate.runstate_set(RunState.INTERNAL_ERROR)
     runstate.qemu_system_reset_request(runstate.ShutdownCause.HOST_QMP_SYSTEM_RESET)
     assert not vl.main_loop_should_exit(FakeVM())  # type: ignore[arg-type]
-    assert runstate.state == RunState.PRELAUNCH
+    assert runstate.runstate_get() == RunState.PRELAUNCH

@@ -12,6 +12,7 @@ from pemu.chardev.char import Chardev, ChrEvent
 from pemu.chardev.char_fe import CharBackend
 from pemu.chardev.char_mux import MuxChardev, resume_mux_open, suspend_mux_open
 from pemu.hw.core import qdev, sysbus
+from pemu.hw.core.cpu import CPURunState
 from pemu.hw.core.qdev import DeviceClass, Property, device_class_set_props, qbus_new, qdev_new
 from pemu.hw.core.sysbus import TYPE_SYS_BUS_DEVICE, TYPE_SYSTEM_BUS, SysBusDevice
 from pemu.monitor import hmp_cmds, monitor_init_hmp, register_powerdown_handler, unregister_powerdown_handler
@@ -19,10 +20,11 @@ from pemu.monitor.monitor import Monitor
 from pemu.monitor.qom_info import qdev_prop_human
 from pemu.qom import object as qom
 from pemu.qom.object import Object, ObjectClass, TypeInfo, container_get, object_get_root, object_new
-from pemu.system import runstate
+from pemu.system import cpus, runstate
 from pemu.system.memory import AddressSpace, MemoryRegion
 from pemu.system.runstate import RunState, ShutdownCause
 from pemu.target.i386.cpu_state import CPUX86State
+from pemu.util.vm_context import current_vm
 
 BANNER = "pemu 0.1.0 monitor - type 'help' for more information\r\n"
 
@@ -53,12 +55,13 @@ class CaptureChardev(Chardev):
 
 
 class MonMachine(Object):
-    pass
+    name_: str | None = None  # -name, as MachineState keeps it
 
 
 class MonCPU(Object):
     cpu_index: int
     env: CPUX86State
+    run: CPURunState
 
 
 def _dev_class_init(klass: ObjectClass, data: Any) -> None:
@@ -79,6 +82,7 @@ def _cpu_init(obj: Object) -> None:
     cpu: MonCPU = obj  # type: ignore[assignment]
     cpu.cpu_index = 0
     cpu.env = CPUX86State()
+    cpu.run = CPURunState()
 
 
 def _register_types() -> None:
@@ -95,19 +99,15 @@ def _register_types() -> None:
 
 
 @pytest.fixture(autouse=True)
-def fresh_world(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def fresh_world() -> Iterator[None]:
+    # The test's own VM (tests/conftest.py) gives a fresh QOM tree, system bus and run state.
     _register_types()
-    qom._reset_for_tests()
-    sysbus.sysbus_reset_for_tests()
-    qdev._phase_reset_for_tests()
-    monkeypatch.setattr(runstate, "state", RunState.PAUSED)
+    runstate.runstate_set(RunState.PAUSED)
     yield
-    qom._reset_for_tests()
-    sysbus.sysbus_reset_for_tests()
 
 
 @pytest.fixture
-def machine() -> Object:
+def machine() -> Iterator[Object]:
     root = object_get_root()
     m = object_new("t-mon-machine")
     root.add_child("machine", m)
@@ -117,7 +117,9 @@ def machine() -> Object:
     cpu = object_new("t-mon-x86_64-cpu")
     container_get(root, "/machine/unattached").add_child("device[0]", cpu)
     cpu.unref()
-    return m
+    current_vm().machine = m  # type: ignore[assignment]  # the VM's machine, as qemu_init records it
+    yield m
+    current_vm().machine = None  # not a MachineState: the VM's teardown must not treat it as one
 
 
 @pytest.fixture
@@ -306,7 +308,7 @@ def test_exception_in_a_command_is_one_line(mon: Monitor, chardev: CaptureCharde
     def boom() -> None:
         raise RuntimeError("kaput\nsecond line")
 
-    monkeypatch.setattr(runstate, "vm_start", boom)
+    monkeypatch.setattr(cpus, "vm_start", boom)
     assert run(chardev, "cont") == ["Error: internal error in 'cont': RuntimeError: kaput"]
     # The monitor still works afterwards.
     assert run(chardev, "info status") == ["VM status: paused"]
@@ -314,13 +316,11 @@ def test_exception_in_a_command_is_one_line(mon: Monitor, chardev: CaptureCharde
 
 def test_info_accel_names_the_engine(mon: Monitor, chardev: CaptureChardev,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    from pemu.accel import accel
     from pemu.accel.tcg.engine import engine_info
-    from pemu.accel.tcg.tcg_accel import TCGAccel
+    from pemu.accel.tcg.tcg_all import TCGAccel
 
-    monkeypatch.setattr(accel, "_current", None)
     assert run(chardev, "info accel") == ["Error: no accelerator is configured"]
-    monkeypatch.setattr(accel, "_current", TCGAccel())
+    current_vm().accel = TCGAccel()  # the test's own VM (tests/conftest.py)
     assert run(chardev, "info accel") == [f"accelerator: tcg (software CPU on {engine_info().describe()})"]
 
 
@@ -328,19 +328,19 @@ def test_info_accel_names_the_engine(mon: Monitor, chardev: CaptureChardev,
 
 
 def test_info_status(mon: Monitor, chardev: CaptureChardev, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runstate, "state", RunState.RUNNING)
+    runstate.runstate_set(RunState.RUNNING)
     assert run(chardev, "info status") == ["VM status: running"]
-    monkeypatch.setattr(runstate, "state", RunState.PRELAUNCH)
+    runstate.runstate_set(RunState.PRELAUNCH)
     assert run(chardev, "info status") == ["VM status: paused (prelaunch)"]
-    monkeypatch.setattr(runstate, "state", RunState.PAUSED)
+    runstate.runstate_set(RunState.PAUSED)
     assert run(chardev, "info status") == ["VM status: paused"]
 
 
 def test_stop_and_cont_call_runstate(mon: Monitor, chardev: CaptureChardev,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[Any] = []
-    monkeypatch.setattr(runstate, "vm_stop", lambda state=RunState.PAUSED: calls.append(("stop", state)))
-    monkeypatch.setattr(runstate, "vm_start", lambda: calls.append("start"))
+    monkeypatch.setattr(cpus, "vm_stop", lambda state=RunState.PAUSED: calls.append(("stop", state)))
+    monkeypatch.setattr(cpus, "vm_start", lambda: calls.append("start"))
     assert run(chardev, "stop") == []
     assert run(chardev, "c") == []
     assert run(chardev, "cont") == []
@@ -350,8 +350,8 @@ def test_stop_and_cont_call_runstate(mon: Monitor, chardev: CaptureChardev,
 
 def test_cont_after_shutdown_needs_reset(mon: Monitor, chardev: CaptureChardev,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runstate, "state", RunState.SHUTDOWN)
-    monkeypatch.setattr(runstate, "vm_start", lambda: pytest.fail("must not start"))
+    runstate.runstate_set(RunState.SHUTDOWN)
+    monkeypatch.setattr(cpus, "vm_start", lambda: pytest.fail("must not start"))
     assert run(chardev, "cont") == ["Error: Resetting the Virtual Machine is required"]
 
 
@@ -384,7 +384,6 @@ def test_system_reset(mon: Monitor, chardev: CaptureChardev, monkeypatch: pytest
 
 def test_system_powerdown(mon: Monitor, chardev: CaptureChardev, monkeypatch: pytest.MonkeyPatch) -> None:
     # Start from a machine with no power button (other tests may have built one).
-    monkeypatch.setattr(runstate, "_powerdown_notifiers", [])
     lines = run(chardev, "system_powerdown")
     assert len(lines) == 1 and lines[0].startswith("Error: ")
     pressed: list[int] = []
@@ -598,7 +597,8 @@ def test_hostile_bytes_do_not_break_the_monitor(mon: Monitor, chardev: CaptureCh
 
 def test_info_name_from_the_machine(mon: Monitor, chardev: CaptureChardev, machine: Object) -> None:
     assert run(chardev, "info name") == []
-    machine.name_ = "vm-under-test"  # type: ignore[attr-defined]
+    assert isinstance(machine, MonMachine)
+    machine.name_ = "vm-under-test"
     assert run(chardev, "info name") == ["vm-under-test"]
 
 

@@ -178,9 +178,9 @@ def test_nic_device_properties_through_qdev() -> None:
 
 def test_vm_start_flushes_what_waited_while_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
     from pemu.net import net as netmod
-    from pemu.system import runstate
+    from pemu.system import cpus, runstate
 
-    monkeypatch.setattr(runstate, "state", runstate.RunState.PAUSED)
+    runstate.runstate_set(runstate.RunState.PAUSED)  # the test's own VM (tests/conftest.py)
     state = netmod.net_state()
     try:
         backend = Backend(state, "net0")
@@ -188,8 +188,8 @@ def test_vm_start_flushes_what_waited_while_stopped(monkeypatch: pytest.MonkeyPa
         nic.peer, backend.peer = backend, nic
         assert qemu_send_packet_async(backend, b"waited", None) == 0  # the VM is stopped: queued
         assert not nic.frames
-        runstate.vm_start()
+        cpus.vm_start()
         assert list(nic.frames) == [b"waited"]
-        runstate.vm_stop(runstate.RunState.PAUSED)
+        cpus.vm_stop(runstate.RunState.PAUSED)
     finally:
         netmod.net_cleanup()

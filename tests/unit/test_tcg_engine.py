@@ -159,6 +159,18 @@ def test_pemu_engine_patched_without_a_build_is_one_clear_error(tmp_path: Path) 
     assert result.stderr.count("\n") == 1 and "pemu's engine is not built here" in result.stderr, result.stderr
 
 
+def test_a_paused_machine_does_not_load_the_engine() -> None:
+    """With -S the engine is loaded when the vCPU first runs, not while the machine is built."""
+    code = ("import sys; from pemu.system.vl import qemu_init; "
+            "qemu_init(['-machine', 'q35', '-S', '-display', 'none']); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'unicorn'))")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 def test_engine_key_follows_the_patches() -> None:
     key = engine_key()
     assert len(key) == 16 and key == engine_key()

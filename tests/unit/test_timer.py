@@ -10,6 +10,7 @@ import pytest
 from pemu.hw.timer.hpet import HPET, HPET_CFG, HPET_CFG_ENABLE, HPET_TN_ENABLE
 from pemu.util import timer
 from pemu.util.timer import QEMU_CLOCK_REALTIME, QEMU_CLOCK_VIRTUAL, QEMUTimer, TimerList
+from pemu.util.vm_context import current_vm
 from tests.unit.fakes import EdgeCounter
 
 HOUR_NS = 3600 * timer.NANOSECONDS_PER_SECOND
@@ -37,7 +38,7 @@ def test_random_mods_and_deletes_keep_one_ordered_entry_per_armed_timer(made: li
     rng = random.Random(8)
     base = timer.qemu_clock_get_ns(QEMU_CLOCK_REALTIME) + HOUR_NS
     made.extend(QEMUTimer(QEMU_CLOCK_REALTIME, lambda: None) for _ in range(20))
-    timers = timer._timers.lists[QEMU_CLOCK_REALTIME]
+    timers = current_vm().timers.lists[QEMU_CLOCK_REALTIME]
     others = len(timers)
     for _ in range(5000):
         t = rng.choice(made)

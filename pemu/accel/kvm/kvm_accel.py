@@ -25,7 +25,7 @@ import os
 import signal
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pemu.accel.accel import KVM_ACCEL_PROPERTIES, AccelOps, AccelUnavailable, VCPUExit, current_accel
 from pemu.accel.kvm import kvm_sys as k
@@ -36,6 +36,9 @@ from pemu.target.i386.cpu_state import (
 from pemu.util.error import UserError, error_report
 from pemu.util.log import guest_error
 from pemu.util.main_loop import bql
+
+if TYPE_CHECKING:
+    from pemu.hw.core.irq import IRQLine
 
 KVM_DEVICE_ENV = "PEMU_KVM_DEVICE"
 DEFAULT_KVM_DEVICE = "/dev/kvm"
@@ -286,7 +289,7 @@ class KVMVCPU:
         self.cpu = cpu
         self.run_state = cpu.run
         self.env: CPUX86State = cpu.env
-        self.vcpu_id = int(getattr(cpu, "apic_id", cpu.cpu_index))
+        self.vcpu_id = int(cpu.apic_id)
         assert accel.vm is not None
         self.fd = accel.vm.create_vcpu(self.vcpu_id)
         self.run = self.fd.run
@@ -295,7 +298,7 @@ class KVMVCPU:
         self.in_guest = False
         self.kick_pending = False
         self.exits = 0
-        self.fd.set_cpuid2(build_cpuid(cpu.model, accel.supported_cpuid, self.vcpu_id, accel.irqchip_in_kernel,
+        self.fd.set_cpuid2(build_cpuid(cpu.model, accel.supported_cpuid, self.vcpu_id, accel.in_kernel_irqchip,
                                        userspace_apic=cpu.apic is not None))
         self._handlers = {
             ExitReason.IO: self._handle_io,
@@ -320,7 +323,7 @@ class KVMVCPU:
 
     # -- the run loop --------------------------------------------------------------------------------
     def has_work(self) -> bool:
-        if self.accel.irqchip_in_kernel:
+        if self.accel.in_kernel_irqchip:
             return True  # the kernel waits out HLT itself
         return bool(self.run_state.interrupt_request & CPU_INTERRUPT_HARD) and bool(self.run.if_flag)
 
@@ -331,7 +334,7 @@ class KVMVCPU:
             run.request_interrupt_window = 0
             return
         if run.ready_for_interrupt_injection and run.if_flag:
-            get_vector = getattr(self.cpu, "get_pic_interrupt", None)
+            get_vector = self.cpu.get_pic_interrupt
             vector = None
             if get_vector is not None:
                 with bql:
@@ -349,7 +352,7 @@ class KVMVCPU:
         fd = self.fd
         run = self.run
         handlers = self._handlers
-        userspace_pic = not self.accel.irqchip_in_kernel
+        userspace_pic = not self.accel.in_kernel_irqchip
         self.kick_pending = False
         run.immediate_exit = 0
         while True:
@@ -499,7 +502,7 @@ class KVMVCPU:
         if done != len(msrs):
             failed = list(msrs)[done]
             guest_error(f"kvm: MSR {failed:#x} could not be set")
-        if self.accel.irqchip_in_kernel:
+        if self.accel.in_kernel_irqchip:
             is_bsp = bool(env.apic_base & MSR_IA32_APICBASE_BSP)
             self.fd.set_mp_state(MPState.RUNNABLE if is_bsp else MPState.UNINITIALIZED)
 
@@ -521,7 +524,7 @@ class KVMVCPU:
         for index, attr in _ENV_MSRS:
             if int(index) in values:
                 setattr(env, attr, values[int(index)])
-        if self.accel.irqchip_in_kernel:
+        if self.accel.in_kernel_irqchip:
             env.halted = self.fd.get_mp_state() == MPState.HALTED
         else:
             env.halted = self.run_state.halted
@@ -549,7 +552,7 @@ class KVMAccel(AccelOps):
         except OSError as e:
             raise AccelUnavailable(f"Could not access KVM kernel module: {e.strerror or e}") from None
         self.vm: k.KVMVMFd | None = None
-        self.irqchip_in_kernel = False
+        self.in_kernel_irqchip = False
         self.memory_listener: KVMMemoryListener | None = None
         self.supported_cpuid: list[k.kvm_cpuid_entry2] = []
         self.signal_installed = False
@@ -566,7 +569,7 @@ class KVMAccel(AccelOps):
         if self.kernel_irqchip is not None:
             mode = self.kernel_irqchip
         else:
-            mode = getattr(machine, "kernel_irqchip", "on") or "on"
+            mode = machine.kernel_irqchip or "on"  # X86MachineState.kernel_irqchip
             where = f"-machine kernel-irqchip={mode}"
         if mode == "split":
             raise UserError("kernel-irqchip=split is not supported by pemu", where)
@@ -588,10 +591,10 @@ class KVMAccel(AccelOps):
             vm.create_irqchip()
             vm.set_gsi_routing(pc_gsi_routing())
             vm.create_pit2(0)
-            self.irqchip_in_kernel = True
+            self.in_kernel_irqchip = True
             self.gsi_lines = [KVMIRQLine(vm, gsi) for gsi in range(NUM_IOAPIC_PINS)]
-        smp = getattr(getattr(machine, "smp", None), "cpus", 1)
-        if smp > 1 and not self.irqchip_in_kernel:
+        smp = machine.smp.cpus
+        if smp > 1 and not self.in_kernel_irqchip:
             raise UserError("-smp > 1 needs kernel-irqchip=on under kvm", f"-smp {smp}")
         max_vcpus = self.system.check_extension(k.Cap.MAX_VCPUS) or self.system.check_extension(k.Cap.NR_VCPUS)
         if max_vcpus and smp > max_vcpus:
@@ -615,25 +618,34 @@ class KVMAccel(AccelOps):
 
     def report_internal_error(self) -> None:
         """Stop the VM in the internal-error state (from the main loop: a vCPU cannot pause itself)."""
-        from pemu.system import runstate
+        from pemu.system import cpus, runstate
         from pemu.util.main_loop import main_loop
 
         self.internal_error = True
 
         def stop() -> None:
-            runstate.vm_stop(runstate.RunState.INTERNAL_ERROR)
+            cpus.vm_stop(runstate.RunState.INTERNAL_ERROR)
 
         main_loop().bh_schedule(stop)
 
     def send_msi(self, address: int, data: int) -> None:
         """Deliver an MSI write (address 0xFEExxxxx) to the in-kernel LAPICs."""
-        if self.vm is None or not self.irqchip_in_kernel:
+        if self.vm is None or not self.in_kernel_irqchip:
             guest_error(f"kvm: MSI to {address:#x} without an in-kernel irqchip")
             return
         try:
             self.vm.signal_msi(address, data)
         except KVMError as e:
             guest_error(f"kvm: MSI to {address:#x} data {data:#x}: {e}")
+
+    def irqchip_in_kernel(self) -> bool:
+        return self.in_kernel_irqchip
+
+    def irqchip_gsi_lines(self) -> list[IRQLine]:
+        return list(self.gsi_lines)
+
+    def cleanup(self) -> None:
+        self.close()
 
     def close(self) -> None:
         from pemu.system.physmem import address_space_memory
@@ -660,13 +672,13 @@ def kvm_enabled() -> bool:
 
 def kvm_irqchip_in_kernel() -> bool:
     accel = current_accel()
-    return isinstance(accel, KVMAccel) and accel.irqchip_in_kernel
+    return isinstance(accel, KVMAccel) and accel.in_kernel_irqchip
 
 
 def kvm_isa_irqs() -> list[KVMIRQLine]:
     """The 16 ISA interrupt lines into the in-kernel irqchip (GSIs 0-15)."""
     accel = current_accel()
-    assert isinstance(accel, KVMAccel) and accel.irqchip_in_kernel
+    assert isinstance(accel, KVMAccel) and accel.in_kernel_irqchip
     return accel.gsi_lines[:16]
 
 

@@ -1,4 +1,4 @@
-"""The TCG accelerator: each vCPU is one Unicorn engine (QEMU 5 TCG inside).
+"""The TCG vCPU: each vCPU is one Unicorn engine (QEMU 5 TCG inside).
 
 Unicorn runs guest code; the host supplies what it lacks (see
 /work/shared/notes/unicorn-facts.md): delivery of exceptions and interrupts
@@ -10,6 +10,8 @@ The engine is created as UC_MODE_64 and put into real mode by loading the
 saved context of a 16-bit instance (the register API cannot do it).  The
 library is pemu's build of Unicorn 2.1.4 when there is one, else the stock
 wheel's (pemu.accel.tcg.engine); what it offers is detected at run time.
+This module loads it: it is imported when a vCPU first runs (the accelerator
+object, pemu.accel.tcg.tcg_all, does not import it).
 """
 
 from __future__ import annotations
@@ -25,13 +27,12 @@ from unicorn import (UC_ARCH_X86, UC_ERR_ARG, UC_ERR_INSN_INVALID, UC_ERR_WRITE_
 from unicorn import x86_const as ucx
 from unicorn.unicorn_py3.unicorn import uclib
 
-from pemu.accel.accel import TCG_ACCEL_PROPERTIES, AccelOps, AccelUnavailable, VCPUExit
-from pemu.accel.tcg.engine import EngineFeature, EngineUnavailable, check_engine_choice, engine_info
+from pemu.accel.accel import VCPUExit
+from pemu.accel.tcg.engine import EngineFeature, engine_info
 from pemu.accel.tcg.exit_request import TBExitRequest, verify_exit_request
 from pemu.accel.tcg.memory_map import UnicornMemoryMap
 from pemu.accel.tcg.tcg_accel_ops_rr import RRCPUThread
 from pemu.system.memory import FlatView, RAMBlock, add_ram_write_notifier, remove_ram_write_notifier
-from pemu.target.i386.cpu_models import TCG_UNSUPPORTED
 from pemu.target.i386.cpu_state import (
     CR0_PG_MASK, EFLAGS_FIXED, IF_MASK, CPUX86State, DescriptorTable, SegmentCache,
 )
@@ -166,6 +167,8 @@ class _IRQPoll:
         with self.cond:
             self.done = True
             self.cond.notify()
+        if self.thread is not threading.current_thread():
+            self.thread.join(1)  # a destroyed VM leaves no thread behind
 
     def _run(self) -> None:
         with self.cond:
@@ -453,7 +456,7 @@ class TCGVCPU:
         self.exit_request.request()
         rr = self.rr
         if rr is not None:
-            rr.kick_running(self)
+            rr.kick_running(self.cpu)
 
     # -- the run loop (called by pemu.system.cpus) ------------------------------------
     def has_work(self) -> bool:
@@ -563,7 +566,7 @@ class TCGVCPU:
         return None
 
     def _deliver_external(self) -> bool:
-        get_vector = getattr(self.cpu, "get_pic_interrupt", None)
+        get_vector = self.cpu.get_pic_interrupt
         if get_vector is None:
             return True
         with bql:
@@ -683,38 +686,3 @@ class TCGVCPU:
             pass
         remove_ram_write_notifier(self._ram_written)
 
-
-class TCGAccel(AccelOps):
-    """Every vCPU on its own engine, all run in turn on one host thread
-    (QEMU's ``-accel tcg,thread=single``)."""
-
-    name = "tcg"
-    supports_smp = True
-    properties = TCG_ACCEL_PROPERTIES
-
-    def __init__(self) -> None:
-        self.thread = "single"
-        self.tb_size_mib = 0  # -accel tcg,tb-size=N: translation cache in MiB; 0 is the engine's default
-        self.rr: RRCPUThread | None = None
-        try:
-            check_engine_choice()
-        except EngineUnavailable as e:
-            raise AccelUnavailable(f"tcg accelerator is not available: {e}") from None
-
-    @classmethod
-    def description(cls) -> str:
-        return f"software CPU on {engine_info().describe()}"
-
-    def create_vcpu_thread(self, cpu: Any) -> None:
-        if self.rr is None:
-            self.rr = RRCPUThread()
-        self.rr.add(cpu, self.create_vcpu(cpu))
-
-    def init_machine(self, machine: Any) -> None:
-        verify_context_layout()
-
-    def create_vcpu(self, cpu: Any) -> TCGVCPU:
-        return TCGVCPU(cpu, self.tb_size_mib << 20)
-
-    def cpu_model_filter(self) -> dict[Any, int]:
-        return dict(TCG_UNSUPPORTED)

@@ -64,7 +64,7 @@ class _SliceTimer:
                     continue
                 target, self.deadline, self.target = self.target, None, None
                 if target is not None:
-                    target.exit_request.request()
+                    target.request_exit()
 
 
 class RRCPUThread:
@@ -73,7 +73,7 @@ class RRCPUThread:
     def __init__(self) -> None:
         self.cond = threading.Condition(threading.Lock())
         self.cpus: list[Any] = []
-        self.running: Any = None     # the TCGVCPU in the engine now
+        self.running: Any = None     # the vCPU (TCGVCPUHandle) in the engine now
         self.slice = _SliceTimer()
         self.thread = threading.Thread(target=self._thread_fn, name="CPU 0..N/TCG", daemon=True)
         self._started = False
@@ -95,12 +95,12 @@ class RRCPUThread:
             self._started = True
             self.thread.start()
 
-    def kick_running(self, vcpu: Any) -> None:
-        """Another vCPU has something to do: end the running one's turn
-        (QEMU's rr_kick_vcpu_thread)."""
+    def kick_running(self, cpu: Any) -> None:
+        """``cpu`` has something to do: end the running vCPU's turn if it is
+        another one (QEMU's rr_kick_vcpu_thread)."""
         running = self.running
-        if running is not None and running is not vcpu:
-            running.exit_request.request()
+        if running is not None and running.cpu is not cpu:
+            running.request_exit()
 
     # -- the thread --------------------------------------------------------------------
     def _pick(self, start: int) -> tuple[Any, int, int] | None:

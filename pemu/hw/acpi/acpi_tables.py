@@ -42,6 +42,8 @@ def _fixed_ascii(text: str, size: int, what: str) -> bytes:
 
 @dataclass(frozen=True)
 class AcpiOem:
+    """The OEM and creator fields of every table's header."""
+
     oem_id: str = ACPI_OEM_ID
     oem_table_id: str = ACPI_OEM_TABLE_ID
     oem_revision: int = ACPI_OEM_REVISION
@@ -66,6 +68,8 @@ def build_table(signature: str, revision: int, body: bytes, oem: AcpiOem = AcpiO
 
 @dataclass(frozen=True)
 class TableHeader:
+    """A table's 36-byte header, decoded."""
+
     signature: str
     length: int
     revision: int

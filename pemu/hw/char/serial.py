@@ -124,6 +124,8 @@ def _modem_lines_from_mcr(mcr: int) -> int:
 
 @dataclass
 class _Regs:
+    """The UART's registers that hold state."""
+
     divisor: int = 0
     ier: int = 0
     lcr: int = 0

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from typing import TYPE_CHECKING, Any
 
 from pemu.hw.core.qdev import TYPE_DEVICE, DeviceClass, DeviceState
-from pemu.qom.object import ObjectClass, TypeInfo, type_register
+from pemu.qom.object import Object, ObjectClass, TypeInfo, type_register
+
+if TYPE_CHECKING:
+    from pemu.accel.accel import AccelVCPU
 
 TYPE_CPU = "cpu"
 
@@ -14,11 +18,37 @@ class CPUClass(DeviceClass):
     pass
 
 
+class CPURunState:
+    """What the vCPU thread and the rest of the machine share about one CPU."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Condition(threading.Lock())
+        self.interrupt_request = 0
+        self.halted = False
+        self.shutdown = False  # after a triple fault: wait for reset
+        self.stop = False  # a stop was requested
+        self.stopped = True  # the thread is parked (the VM starts stopped)
+        self.unplug = False  # the thread must exit
+        self.thread: threading.Thread | None = None
+        self.accel_vcpu: AccelVCPU | None = None
+        self.exited = threading.Event()  # set when its thread lets go of it after unplug
+
+
 class CPUState(DeviceState):
     """A CPU as the machine sees it; the run state the vCPU thread and the
-    accelerator share lives in ``run`` (pemu.system.cpus)."""
+    accelerator share lives in ``run`` (driven by pemu.system.cpus)."""
 
     cpu_index: int
+    run: CPURunState
+
+    def reset(self) -> None:
+        """Put the CPU in its power-on state (each target's CPU does it)."""
+        raise NotImplementedError(f"{self.typename} has no reset")
+
+
+def _cpu_initfn(obj: Object) -> None:
+    cpu: CPUState = obj  # type: ignore[assignment]
+    cpu.run = CPURunState()
 
 
 def _cpu_class_init(klass: ObjectClass, data: Any) -> None:
@@ -28,4 +58,4 @@ def _cpu_class_init(klass: ObjectClass, data: Any) -> None:
 
 
 type_register(TypeInfo(TYPE_CPU, parent=TYPE_DEVICE, abstract=True, instance_type=CPUState,
-                       class_type=CPUClass, class_init=_cpu_class_init))
+                       class_type=CPUClass, class_init=_cpu_class_init, instance_init=_cpu_initfn))

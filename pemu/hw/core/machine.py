@@ -4,12 +4,17 @@ the seed's class hierarchy machine -> x86 machine -> PC machine -> q35."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from pemu.block.blockdev import BlockDevices
-from pemu.hw.core.qdev import MachineInitPhase, phase_advance
+from pemu.hw.core.qdev import MachineInitPhase, bus_cold_reset, phase_advance, qemu_run_reset_handlers
+from pemu.hw.core.sysbus import sysbus_get_default
 from pemu.qom.object import TYPE_OBJECT, Object, ObjectClass, QOMError, TypeInfo, object_resolve_path, type_register
 from pemu.system.memory import MemoryRegion
+from pemu.util.vm_context import current_vm
+
+if TYPE_CHECKING:
+    from pemu.system.vm import VirtualMachine
 
 TYPE_MACHINE = "machine"
 TYPE_MACHINE_SUFFIX = "-machine"
@@ -21,6 +26,8 @@ def machine_type_name(name: str) -> str:
 
 @dataclass
 class CpuTopology:
+    """The ``-smp`` topology: how many CPUs and how they are grouped."""
+
     cpus: int = 1
     sockets: int = 1
     dies: int = 1
@@ -54,6 +61,7 @@ class MachineClass(ObjectClass):
 
 
 class MachineState(Object):
+    vm: VirtualMachine  # everything this machine's VM owns (QEMU reaches it through current_machine)
     ram_size: int
     maxram_size: int
     ram_slots: int
@@ -75,6 +83,12 @@ class MachineState(Object):
     usb: bool
     graphics: bool
     block_devices: BlockDevices  # -drive and -blockdev (pemu.block.blockdev)
+    # From the command line, besides the properties (set by vl before the board is built):
+    name_: str | None  # -name
+    cpu_features: str  # the "+feat,-feat" of -cpu
+    data_dirs: list[str]  # -L
+    fw_cfg_user_files: list[tuple[str, bytes]]  # -fw_cfg name=...
+    smbios_config: Any  # pemu.hw.smbios.smbios.SmbiosConfig from -smbios, or None
 
     @property
     def mc(self) -> MachineClass:
@@ -95,6 +109,12 @@ class MachineState(Object):
 
 def _machine_initfn(obj: Object) -> None:
     ms: MachineState = obj  # type: ignore[assignment]
+    ms.vm = current_vm()
+    ms.name_ = None
+    ms.cpu_features = ""
+    ms.data_dirs = []
+    ms.fw_cfg_user_files = []
+    ms.smbios_config = None
     mc = ms.mc
     ms.ram_size = mc.default_ram_size
     ms.maxram_size = mc.default_ram_size
@@ -138,6 +158,23 @@ type_register(TypeInfo(
     class_init=_machine_class_init, class_base_init=_machine_class_base_init,
     instance_init=_machine_initfn,
 ))
+
+
+def qemu_devices_reset(machine: MachineState) -> None:
+    """Reset every device of the machine, then run the reset handlers
+    (QEMU's qemu_devices_reset: what a machine without its own reset does)."""
+    bus_cold_reset(sysbus_get_default())
+    qemu_run_reset_handlers()
+
+
+def machine_reset(machine: MachineState) -> None:
+    """A system reset: the machine class's ``reset`` if it has one, else the
+    devices' (QEMU's qemu_system_reset calling mc->reset)."""
+    mc = machine.mc
+    if mc.reset is not None:
+        mc.reset(machine)
+    else:
+        qemu_devices_reset(machine)
 
 
 def machine_run_board_init(machine: MachineState) -> None:

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator
 
 from pemu.hw.core.irq import IRQ, IRQLine, NoIRQ
 from pemu.system.memory import MemReentrancyGuard
+from pemu.util.vm_context import current_vm
 from pemu.qom.object import (
     TYPE_OBJECT,
     Object,
@@ -44,27 +45,20 @@ class MachineInitPhase(IntEnum):
     MACHINE_READY = 4
 
 
-_phase = MachineInitPhase.NO_MACHINE
-
-
 def phase_get() -> MachineInitPhase:
-    return _phase
+    """How far the current VM's machine is built."""
+    return current_vm().phase
 
 
 def phase_check(phase: MachineInitPhase) -> bool:
-    return _phase >= phase
+    return current_vm().phase >= phase
 
 
 def phase_advance(phase: MachineInitPhase) -> None:
-    global _phase
-    if phase != _phase + 1:
-        raise AssertionError(f"machine phase {_phase.name} cannot advance to {phase.name}")
-    _phase = phase
-
-
-def _phase_reset_for_tests() -> None:
-    global _phase
-    _phase = MachineInitPhase.NO_MACHINE
+    vm = current_vm()
+    if phase != vm.phase + 1:
+        raise AssertionError(f"machine phase {vm.phase.name} cannot advance to {phase.name}")
+    vm.phase = phase
 
 
 # --- static properties ---------------------------------------------------------------
@@ -91,8 +85,8 @@ def device_class_set_props(dc: DeviceClass, props: list[Property]) -> None:
             return getattr(obj, attr)
 
         def setter(obj: Object, value: Any, attr: str = attr, name: str = p.name) -> None:
-            dev = obj  # a DeviceState
-            if getattr(dev, "realized", False):
+            dev: DeviceState = obj  # type: ignore[assignment]
+            if dev.realized:
                 raise QOMError(
                     f"Attempt to set property '{name}' on device '{dev.id or ''}' "
                     f"(type '{dev.typename}') after it was realized")
@@ -108,23 +102,25 @@ def device_class_set_props(dc: DeviceClass, props: list[Property]) -> None:
 
 @dataclass
 class GlobalProperty:
+    """One ``-global DRIVER.PROP=VALUE``: applied to every new device of the driver."""
+
     driver: str
     property: str
     value: str
     used: bool = False
 
 
-_global_props: list[GlobalProperty] = []
-
-
 def qdev_prop_register_global(prop: GlobalProperty) -> None:
-    _global_props.append(prop)
+    """A -global setting for the devices of the VM being built (QEMU keeps
+    them in a process-wide table, which is the same thing with one VM a
+    process; here a second VM does not inherit the first one's)."""
+    current_vm().global_props.append(prop)
 
 
 def qdev_prop_set_globals(dev: DeviceState) -> None:
     """Apply the -global settings whose driver is the device's type or one of
     its ancestors (object_apply_global_props)."""
-    for g in _global_props:
+    for g in current_vm().global_props:
         if dev.is_a(g.driver):
             if dev.property_find(g.property) is None:
                 raise QOMError(f"can't apply global {g.driver}.{g.property}={g.value}: "
@@ -134,10 +130,6 @@ def qdev_prop_set_globals(dev: DeviceState) -> None:
                 dev.property_parse(g.property, g.value)
             except QOMError as e:
                 raise QOMError(f"can't apply global {g.driver}.{g.property}={g.value}: {e}") from None
-
-
-def qdev_globals_reset_for_tests() -> None:
-    _global_props.clear()
 
 
 # --- devices ---------------------------------------------------------------------------
@@ -159,7 +151,7 @@ class DeviceClass(ObjectClass):
 
 class DeviceState(Object):
     id: str | None
-    realized: bool
+    realized: bool = False  # property defaults are set before instance_init runs
     hotplugged: bool
     parent_bus: BusState | None
     child_buses: list[BusState]
@@ -335,9 +327,6 @@ def _bus_initfn(obj: Object) -> None:
 type_register(TypeInfo(TYPE_BUS, parent=TYPE_OBJECT, abstract=True, instance_type=BusState,
                        class_type=BusClass, instance_init=_bus_initfn))
 
-_bus_counts: dict[str, int] = {}
-
-
 def qbus_new(typename: str, parent: DeviceState | None, name: str | None) -> BusState:
     """Make a bus, as a child of ``parent`` (qbus_init): unnamed buses are
     named after their parent's id or their type, with a counter."""
@@ -345,8 +334,9 @@ def qbus_new(typename: str, parent: DeviceState | None, name: str | None) -> Bus
     assert isinstance(bus, BusState)
     if name is None:
         base = (parent.id if parent is not None and parent.id else typename).lower()
-        n = _bus_counts.get(base, 0)
-        _bus_counts[base] = n + 1
+        bus_counts = current_vm().bus_counts
+        n = bus_counts.get(base, 0)
+        bus_counts[base] = n + 1
         name = f"{base}.{n}"
     bus.name = name
     bus.parent_dev = parent
@@ -356,10 +346,6 @@ def qbus_new(typename: str, parent: DeviceState | None, name: str | None) -> Bus
         bus.unref()
         bus.realized = parent.realized
     return bus
-
-
-def qbus_reset_counts_for_tests() -> None:
-    _bus_counts.clear()
 
 
 def qbus_walk_devices(bus: BusState) -> Iterator[DeviceState]:
@@ -406,22 +392,17 @@ def bus_cold_reset(bus: BusState) -> None:
         device_cold_reset(dev)
 
 
-_reset_handlers: list[Callable[[], None]] = []
-
-
 def qemu_register_reset(fn: Callable[[], None]) -> None:
-    _reset_handlers.append(fn)
+    """``fn()`` runs at every system reset of the VM being built."""
+    current_vm().reset_handlers.append(fn)
 
 
 def qemu_unregister_reset(fn: Callable[[], None]) -> None:
-    if fn in _reset_handlers:
-        _reset_handlers.remove(fn)
+    handlers = current_vm().reset_handlers
+    if fn in handlers:
+        handlers.remove(fn)
 
 
 def qemu_run_reset_handlers() -> None:
-    for fn in list(_reset_handlers):
+    for fn in list(current_vm().reset_handlers):
         fn()
-
-
-def qemu_reset_handlers_reset_for_tests() -> None:
-    _reset_handlers.clear()

@@ -9,6 +9,7 @@ from pemu.hw.core.irq import IRQLine, NoIRQ
 from pemu.hw.core.qdev import TYPE_BUS, TYPE_DEVICE, BusState, DeviceClass, DeviceState, qbus_new, qdev_realize
 from pemu.qom.object import Object, ObjectClass, TypeInfo, type_register
 from pemu.system.memory import MemoryRegion
+from pemu.util.vm_context import current_vm
 
 TYPE_SYSTEM_BUS = "System"
 TYPE_SYS_BUS_DEVICE = "sys-bus-device"
@@ -60,22 +61,15 @@ type_register(TypeInfo(TYPE_SYSTEM_BUS, parent=TYPE_BUS))
 type_register(TypeInfo(TYPE_SYS_BUS_DEVICE, parent=TYPE_DEVICE, abstract=True, instance_type=SysBusDevice,
                        instance_init=_sysbus_dev_init, class_init=_sysbus_dev_class_init))
 
-_main_system_bus: BusState | None = None
-
-
 def sysbus_get_default() -> BusState:
-    """The main system bus, made on first use (as /machine/unattached/sysbus
-    once the machine exists)."""
-    global _main_system_bus
-    if _main_system_bus is None:
-        _main_system_bus = qbus_new(TYPE_SYSTEM_BUS, None, "main-system-bus")
-        _main_system_bus.realized = True
-    return _main_system_bus
-
-
-def sysbus_reset_for_tests() -> None:
-    global _main_system_bus
-    _main_system_bus = None
+    """The current VM's main system bus, made on first use (as
+    /machine/unattached/sysbus once the machine exists)."""
+    vm = current_vm()
+    if vm.main_system_bus is None:
+        bus = qbus_new(TYPE_SYSTEM_BUS, None, "main-system-bus")
+        bus.realized = True
+        vm.main_system_bus = bus
+    return vm.main_system_bus
 
 
 def sysbus_realize(dev: SysBusDevice) -> None:

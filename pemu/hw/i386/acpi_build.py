@@ -144,6 +144,8 @@ class PcAcpiConfig:
 
 @dataclass(frozen=True)
 class AcpiBuild:
+    """The tables for direct boot: one blob at ``base_addr``, its RSDP's and each table's address."""
+
     base_addr: int
     blob: bytes
     rsdp_addr: int

@@ -45,6 +45,8 @@ E820_UNUSABLE = E820Type.UNUSABLE
 
 @dataclass(frozen=True)
 class E820Entry:
+    """One range of the BIOS memory map (e820): address, length, type."""
+
     addr: int
     length: int
     type: E820Type

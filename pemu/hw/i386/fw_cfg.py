@@ -57,7 +57,7 @@ def fw_cfg_arch_create(pcms: Any, boot_cpus: int, max_cpus: int, *, dma_as: Any 
     fw_cfg = fw_cfg_init_io_dma(memmap.FW_CFG_IO_BASE, memmap.FW_CFG_DMA_IO_BASE,
                                 dma_as if dma_as is not None else address_space_memory(), machine=pcms)
     fw_cfg.add_bytes(FWCfgKey.UUID, system_uuid.bytes if system_uuid else bytes(16))
-    fw_cfg.add_i16(FWCfgKey.NOGRAPHIC, 0 if getattr(pcms, "graphics", False) else 1)
+    fw_cfg.add_i16(FWCfgKey.NOGRAPHIC, 0 if pcms.graphics else 1)
     fw_cfg.add_i16(FWCfgKey.BOOT_MENU, 1 if boot_menu else 0)
     fw_cfg.add_i16(FWCfgKey.NB_CPUS, boot_cpus)
     fw_cfg.add_i16(FWCfgKey.MAX_CPUS, max_cpus)
@@ -84,8 +84,8 @@ def fw_cfg_e820_table(below_4g_mem_size: int, above_4g_mem_size: int) -> E820Tab
 def fw_cfg_build_smbios(fw_cfg: FWCfgState, pcms: Any, smbios_cfg: Any = None) -> None:
     from pemu.hw.smbios.smbios import SmbiosConfig, smbios_get_tables
 
-    cfg = smbios_cfg or getattr(pcms, "smbios_config", None) or SmbiosConfig()
-    manufacturer, product, version = getattr(pcms, "smbios_defaults", ("QEMU", "Standard PC", "pc"))
+    cfg = smbios_cfg or pcms.smbios_config or SmbiosConfig()
+    manufacturer, product, version = pcms.smbios_defaults
     cfg.set_defaults(manufacturer, product, version)
     ranges = [(e.addr, e.length) for e in fw_cfg_e820_table(pcms.below_4g_mem_size, pcms.above_4g_mem_size)]
     smp = pcms.smp
@@ -133,7 +133,7 @@ def fw_cfg_add_linux_boot(fw_cfg: FWCfgState, *, setup: bytes, setup_addr: int, 
 
 def pc_fw_cfg_machine_done(pcms: Any, acpi_tables: Any | None) -> None:
     """Add the board-wide files once every device exists (pc_machine_done)."""
-    fw_cfg: FWCfgState | None = getattr(pcms, "fw_cfg", None)
+    fw_cfg: FWCfgState | None = pcms.fw_cfg
     if fw_cfg is None:
         return
     e820 = fw_cfg_e820_table(pcms.below_4g_mem_size, pcms.above_4g_mem_size)
@@ -141,4 +141,4 @@ def pc_fw_cfg_machine_done(pcms: Any, acpi_tables: Any | None) -> None:
     fw_cfg_build_smbios(fw_cfg, pcms)
     if acpi_tables is not None:
         fw_cfg_add_acpi(fw_cfg, acpi_tables)
-    fw_cfg_add_user_files(fw_cfg, list(getattr(pcms, "fw_cfg_user_files", [])))
+    fw_cfg_add_user_files(fw_cfg, list(pcms.fw_cfg_user_files))

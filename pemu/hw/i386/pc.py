@@ -3,16 +3,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
+from pemu.hw.core.machine import MachineState, qemu_devices_reset
 from pemu.hw.core.qdev import qdev_new, qdev_realize
 from pemu.hw.i386 import memmap
 from pemu.hw.i386.e820 import E820Table, E820Type
 from pemu.hw.i386.pc_sysfw import load_firmware_image, pc_system_firmware_init
-from pemu.hw.i386.x86 import TYPE_X86_MACHINE, X86MachineClass, X86MachineState
+from pemu.hw.isa.pc_legacy import ISAPICState, ISASerialState, PCSpkState
+from pemu.hw.i386.x86 import TYPE_X86_MACHINE, X86MachineClass, X86MachineState, linux_boot_apply
 from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, type_register
+from pemu.system import cpus
 from pemu.system.memory import MemoryRegion, MemoryRegionOps
+from pemu.target.i386.cpu import x86_cpu_connect_pic
 from pemu.util.log import LOG_UNIMP, qemu_log_mask
+
+if TYPE_CHECKING:
+    from pemu.chardev.char import Chardev
 
 TYPE_PC_MACHINE = "generic-pc-machine"
 
@@ -35,11 +42,15 @@ class PCMachineState(X86MachineState):
     smbus_enabled: bool
     sata_enabled: bool
     max_fw_size: int
-    data_dirs: list[str]
     placeholders: list[MemoryRegion]
     i8042: Any
     apic_bus: Any  # pemu.hw.intc.apic_common.APICBus when the CPUs have local APICs
     ioapic: Any  # the "ioapic" device on that bus
+    i8259: Any  # the 8259 pair (isa-i8259), None under an in-kernel irqchip
+    hpet_dev: Any
+    lpc: Any  # ICH9 LPC (q35)
+    smbus: Any  # ICH9 SMBus (q35), when enabled
+    smbios_defaults: tuple[str, str, str]  # manufacturer, product, version
 
 
 def _pc_machine_initfn(obj: Object) -> None:
@@ -49,16 +60,31 @@ def _pc_machine_initfn(obj: Object) -> None:
     pcms.isabus = None
     pcms.bios = None
     pcms.bios_source = ""
-    pcms.data_dirs = []
     pcms.placeholders = []
     pcms.i8042 = None
     pcms.apic_bus = None
     pcms.ioapic = None
+    pcms.i8259 = None
+    pcms.hpet_dev = None
+    pcms.lpc = None
+    pcms.smbus = None
+    pcms.smbios_defaults = ("QEMU", "Standard PC", "pc")
+
+
+def pc_machine_reset(machine: MachineState) -> None:
+    """The PC's system reset (QEMU's pc_machine_reset): devices, then CPUs,
+    then the direct-boot setup is written again (a reboot boots the same kernel)."""
+    x86ms: X86MachineState = machine  # type: ignore[assignment]
+    qemu_devices_reset(machine)
+    for cpu in x86ms.cpus:
+        cpus.cpu_reset(cpu)
+    linux_boot_apply(x86ms)
 
 
 def _pc_machine_class_init(klass: ObjectClass, data: Any) -> None:
     k: PCMachineClass = klass  # type: ignore[assignment]
     k.default_ram_size = 128 << 20
+    k.reset = pc_machine_reset
     k.default_ram_id = "pc.ram"
     k.default_nic = "e1000e"
     k.property_add_field("hpet", "bool", attr="hpet_enabled", default=True, description="Enable HPET")
@@ -177,7 +203,6 @@ class _CPUInterruptLine:
     interrupt request."""
 
     def __init__(self, pcms: PCMachineState) -> None:
-        from pemu.system import cpus
         from pemu.target.i386.cpu import x86_cpu_pic_intr
 
         self.pcms = pcms
@@ -210,11 +235,11 @@ def _current_cpu_apic() -> Any:
 def pc_check_apic_ids(pcms: PCMachineState) -> None:
     """pemu's own APICs are xAPICs (no x2APIC on the stock engine): APIC IDs
     0-254, checked before any CPU is made."""
-    from pemu.accel.kvm import kvm_irqchip_in_kernel
     from pemu.hw.intc.apic_common import APIC_MAX_XAPIC_ID
 
     top = pcms.smp.cpus - 1
-    if top > APIC_MAX_XAPIC_ID and not kvm_irqchip_in_kernel():
+    accel = pcms.vm.accel
+    if top > APIC_MAX_XAPIC_ID and not (accel is not None and accel.irqchip_in_kernel()):
         raise QOMError(f"-smp {pcms.smp.cpus} needs APIC ID {top}: pemu's APICs take APIC ID "
                        f"{APIC_MAX_XAPIC_ID} at most without x2APIC")
 
@@ -260,10 +285,13 @@ def pc_gsi_lines(pcms: PCMachineState, pic_lines: list[Any]) -> list[Any]:
     return [SplitIRQ(pic_lines[n], pins[n]) for n in range(16)] + pins[16:]
 
 
-def _isa_create(pcms: PCMachineState, isa_bus: Any, typename: str, **attrs: Any) -> Any:
+def _isa_create(pcms: PCMachineState, isa_bus: Any, typename: str,
+                configure: Callable[[Any], None] | None = None) -> Any:
+    """Make, wire (``configure`` sets the device's declared links before
+    realize) and realize one ISA device of the board."""
     dev = qdev_new(typename)
-    for key, value in attrs.items():
-        setattr(dev, key, value)
+    if configure is not None:
+        configure(dev)
     qdev_realize(dev, isa_bus)
     dev.unref()
     return dev
@@ -274,26 +302,26 @@ def pc_basic_device_init(pcms: PCMachineState, isa_bus: Any, system_io: MemoryRe
     controller, ports 0x61/0x80/0x92 and the serial ports (pc_basic_device_init,
     pc_i8259_create, serial_hds_isa_init)."""
     from pemu.hw.isa.isa_bus import isa_bus_irqs
-    from pemu.system.vl import serial_hd
-
-    from pemu.accel.kvm import kvm_irqchip_in_kernel
 
     # Under KVM with kernel-irqchip=on the 8259s, the IOAPIC and the 8254
     # (with the speaker port 0x61) are the kernel's: ISA lines go to KVM.
-    irqchip_in_kernel = kvm_irqchip_in_kernel()
+    accel = pcms.vm.accel
+    irqchip_in_kernel = accel is not None and accel.irqchip_in_kernel()
     if irqchip_in_kernel:
-        from pemu.accel.kvm.kvm_accel import kvm_isa_irqs
-
-        lines = kvm_isa_irqs()
+        assert accel is not None
+        lines = accel.irqchip_gsi_lines()[:16]
         isa_bus_irqs(isa_bus, list(lines))
         pcms.gsi = list(lines)
     else:
         from pemu.target.i386.cpu import x86_cpu_connect_pic
 
-        pic = _isa_create(pcms, isa_bus, "isa-i8259", int_output=_CPUInterruptLine(pcms))
+        def connect_intr(dev: ISAPICState) -> None:
+            dev.int_output = _CPUInterruptLine(pcms)
+
+        pic = _isa_create(pcms, isa_bus, "isa-i8259", connect_intr)
         pcms.gsi = pc_gsi_lines(pcms, pic.model.get_irq_lines())
         isa_bus_irqs(isa_bus, pcms.gsi[:16])
-        pcms.pic = pic  # type: ignore[attr-defined]
+        pcms.i8259 = pic
         for cpu in pcms.cpus:
             x86_cpu_connect_pic(cpu, pic.model.read_irq)
 
@@ -301,7 +329,10 @@ def pc_basic_device_init(pcms: PCMachineState, isa_bus: Any, system_io: MemoryRe
     pcms.rtc = _isa_create(pcms, isa_bus, "mc146818rtc")
     if not irqchip_in_kernel:
         pit = _isa_create(pcms, isa_bus, "isa-pit")
-        _isa_create(pcms, isa_bus, "isa-pcspk", pit=pit)
+        def link_pit(dev: PCSpkState) -> None:
+            dev.pit = pit
+
+        _isa_create(pcms, isa_bus, "isa-pcspk", link_pit)
         if hpet is not None:
             # Legacy replacement mode hands IRQ 0 to HPET timer 0: the HPET
             # cuts the PIT's output off (QEMU connects HPET gpio-out 0 to the PIT).
@@ -310,9 +341,12 @@ def pc_basic_device_init(pcms: PCMachineState, isa_bus: Any, system_io: MemoryRe
     _isa_create(pcms, isa_bus, "port92")
     _isa_create(pcms, isa_bus, "ioport80")
     for i in range(4):
-        chr_ = serial_hd(i)
+        chr_ = pcms.vm.serial_hd(i)
         if chr_ is not None:
-            _isa_create(pcms, isa_bus, "isa-serial", chr=chr_)
+            def attach(dev: ISASerialState, chr_: Chardev = chr_) -> None:
+                dev.chr = chr_
+
+            _isa_create(pcms, isa_bus, "isa-serial", attach)
 
 
 def pc_hpet_init(pcms: PCMachineState) -> Any:
@@ -328,7 +362,7 @@ def pc_hpet_init(pcms: PCMachineState) -> Any:
     hpet.mmio_map(0, memmap.HPET_BASE)  # type: ignore[attr-defined]
     for n, line in enumerate(pcms.gsi):
         hpet.connect_irq(n, line)  # type: ignore[attr-defined]
-    pcms.hpet_dev = hpet  # type: ignore[attr-defined]
+    pcms.hpet_dev = hpet
     return hpet
 
 
@@ -362,9 +396,9 @@ def pc_late_init(pcms: PCMachineState) -> None:
     if pcms.acpi != "off":
         tables_base = (pcms.below_4g_mem_size - ACPI_TABLES_SIZE) & ~0xFFF
         with_apic = pcms.apic_bus is not None
-        from pemu.accel.kvm import kvm_irqchip_in_kernel
-
-        with_apic = with_apic or kvm_irqchip_in_kernel()  # the in-kernel LAPICs and IOAPIC
+        accel = pcms.vm.accel
+        # The in-kernel LAPICs and IOAPIC.
+        with_apic = with_apic or (accel is not None and accel.irqchip_in_kernel())
         acpi_cfg = q35_acpi_config(pcms.below_4g_mem_size, hpet=pcms.hpet_enabled,
                                    mcfg=(memmap.MCH_PCIEXBAR_DEFAULT, memmap.MCH_PCIEXBAR_SIZE),
                                    fw_cfg_io=_fw_cfg_acpi_io(pcms))
@@ -374,9 +408,9 @@ def pc_late_init(pcms: PCMachineState) -> None:
         if len(build.blob) > ACPI_TABLES_SIZE:
             raise QOMError("ACPI tables do not fit in their reserved area")
         address_space_memory().write_rom(tables_base, build.blob)
-        pcms.acpi_rsdp_addr = build.rsdp_addr  # type: ignore[attr-defined]
-        pcms.acpi_build = build  # type: ignore[attr-defined]
+        pcms.acpi_rsdp_addr = build.rsdp_addr
+        pcms.acpi_build = build
     else:
-        pcms.acpi_rsdp_addr = None  # type: ignore[attr-defined]
+        pcms.acpi_rsdp_addr = None
     pcms.e820 = pc_build_e820(pcms, tables_base)
     pc_fw_cfg_machine_done(pcms, fw_tables)

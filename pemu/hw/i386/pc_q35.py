@@ -22,7 +22,15 @@ from pemu.hw.i386.pc import (
     pc_memory_init,
     placeholder_region,
 )
-from pemu.hw.pci_host.q35 import mch_init_pam, mch_init_pciexbar, mch_init_smram, mch_set_tolud
+from pemu.hw.isa.lpc_ich9 import ICH9LPCState
+from pemu.hw.pci_host.q35 import (
+    MCHPCIState,
+    Q35PCIHost,
+    mch_init_pam,
+    mch_init_pciexbar,
+    mch_init_smram,
+    mch_set_tolud,
+)
 from pemu.hw.i386.pc_sysfw import DIRECT_BOOT_FIRMWARE
 from pemu.hw.i386.x86 import x86_cpus_init, x86_load_linux, x86_ram_split
 from pemu.qom.object import ObjectClass, QOMError, TypeInfo, type_register
@@ -35,7 +43,7 @@ Q35_LATEST = Q35_MACHINE_VERSIONS[0]
 
 def smbios_set_defaults(pcms: PCMachineState, manufacturer: str, product: str, version: str) -> None:
     """Record the SMBIOS identity the tables will carry (seed: smbios_set_defaults)."""
-    pcms.smbios_defaults = (manufacturer, product, version)  # type: ignore[attr-defined]
+    pcms.smbios_defaults = (manufacturer, product, version)
 
 
 def q35_ram_split(ram_size: int, gigabyte_align: bool, max_ram_below_4g: int = 0) -> tuple[int, int]:
@@ -75,12 +83,9 @@ def q35_direct_boot_chipset_setup(lpc: Any, smb: Any, kbd: Any) -> None:
 def _q35_connect_ioapic_gsis(pcms: PCMachineState, lpc: Any) -> None:
     """With an IOAPIC (pemu's, or KVM's in-kernel irqchip), PIRQ A-H also
     drive GSI 16-23, where the APIC-model _PRT sends them."""
-    from pemu.accel.kvm import kvm_irqchip_in_kernel
-
-    if kvm_irqchip_in_kernel():
-        from pemu.accel.accel import current_accel
-
-        lpc.gsi_lines = list(getattr(current_accel(), "gsi_lines", []))
+    accel = pcms.vm.accel
+    if accel is not None and accel.irqchip_in_kernel():
+        lpc.gsi_lines = accel.irqchip_gsi_lines()
     elif pcms.ioapic is not None:
         lpc.gsi_lines = list(pcms.gsi)
 
@@ -119,23 +124,26 @@ def pc_q35_init(machine: Any) -> None:
 
     # The host bridge and its PCIe root bus; the LPC bridge with the ISA bus.
     host = qdev_new("q35-pcihost")
+    assert isinstance(host, Q35PCIHost)
     pcms.add_child("q35", host)
     host.unref()
-    host.pci_address_space = pci_memory  # type: ignore[attr-defined]  (where memory BARs map)
-    sysbus_realize(host)  # type: ignore[arg-type]
-    pcms.pcibus = host.bus  # type: ignore[attr-defined]
-    assert machine.ram is not None
-    mch_init_pam(host.mch, machine.ram, pci_memory, system_memory)  # type: ignore[attr-defined]
-    mch_init_smram(host.mch, pci_memory, system_memory)  # type: ignore[attr-defined]
-    mch_set_tolud(host.mch, pcms.below_4g_mem_size)  # type: ignore[attr-defined]
+    host.pci_address_space = pci_memory  # where memory BARs map (QEMU's pci-address-space link)
+    sysbus_realize(host)
+    pcms.pcibus = host.bus
+    mch = host.mch
+    assert isinstance(mch, MCHPCIState) and machine.ram is not None
+    mch_init_pam(mch, machine.ram, pci_memory, system_memory)
+    mch_init_smram(mch, pci_memory, system_memory)
+    mch_set_tolud(mch, pcms.below_4g_mem_size)
 
     lpc = qdev_new("ICH9-LPC")
+    assert isinstance(lpc, ICH9LPCState)
     lpc.property_set("addr", "1f.0")
     lpc.property_set("multifunction", True)
     qdev_realize(lpc, pcms.pcibus)
     lpc.unref()
-    pcms.lpc = lpc  # type: ignore[attr-defined]
-    pcms.isabus = lpc.isa_bus  # type: ignore[attr-defined]
+    pcms.lpc = lpc
+    pcms.isabus = lpc.isa_bus
 
     # The SMBus controller, function 3 of the LPC's slot.
     smb = None
@@ -147,7 +155,7 @@ def pc_q35_init(machine: Any) -> None:
         smb.property_set("addr", "1f.3")
         qdev_realize(smb, pcms.pcibus)
         smb.unref()
-        pcms.smbus = smb.smbus  # type: ignore[attr-defined]
+        pcms.smbus = smb.smbus
         # The memory modules' SPD EEPROMs, empty as in QEMU's q35.
         smbus_eeprom_init(smb.smbus, SMBUS_EEPROM_MAX)  # type: ignore[attr-defined]
 
@@ -156,7 +164,7 @@ def pc_q35_init(machine: Any) -> None:
     # for SeaBIOS to set; pemu sets it from reset so that direct boot (no
     # firmware) finds the window the MCFG table describes, and SeaBIOS writes
     # the same value again.
-    mch_init_pciexbar(host.mch, pcms.pcibus, system_memory, enabled_at_reset=True)  # type: ignore[attr-defined]
+    mch_init_pciexbar(mch, pcms.pcibus, system_memory, enabled_at_reset=True)
     pc_apic_init(pcms)
     if pcms.apic_bus is None:
         system_memory.add_subregion(memmap.IOAPIC_BASE, placeholder_region(pcms, "ioapic", memmap.IOAPIC_SIZE))

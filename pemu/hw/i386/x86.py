@@ -37,6 +37,8 @@ class X86MachineState(MachineState):
     fw_cfg: Any
     rtc: Any
     gsi: list[Any]
+    acpi_rsdp_addr: int | None  # where the ACPI tables' RSDP is, for boot_params (direct boot)
+    acpi_build: Any  # pemu.hw.i386.acpi_build's tables, or None
 
 
 def _x86_machine_initfn(obj: Object) -> None:
@@ -49,6 +51,8 @@ def _x86_machine_initfn(obj: Object) -> None:
     x86ms.fw_cfg = None
     x86ms.rtc = None
     x86ms.gsi = []
+    x86ms.acpi_rsdp_addr = None
+    x86ms.acpi_build = None
 
 
 _ONOFFAUTO = ("on", "off", "auto")
@@ -78,7 +82,7 @@ def x86_cpu_new(x86ms: X86MachineState, apic_id: int) -> Object:
     assert x86ms.cpu_type is not None
     cpu = object_new(x86ms.cpu_type)
     cpu.property_set("apic-id", apic_id)
-    cpu.features = getattr(x86ms, "cpu_features", "")  # type: ignore[attr-defined]
+    cpu.features = x86ms.cpu_features
     qdev_realize(cpu, None)  # type: ignore[arg-type]
     cpu.unref()
     return cpu
@@ -128,7 +132,7 @@ def x86_load_linux(x86ms: X86MachineState, *, firmware_boot: bool = False) -> No
     if kernel[0x202:0x206] != b"HdrS" and x86_load_direct_kernel(x86ms, kernel):
         return
     initrd = _read_user_file(x86ms.initrd, "initrd") if x86ms.initrd else None
-    acpi_rsdp = getattr(x86ms, "acpi_rsdp_addr", None)
+    acpi_rsdp = x86ms.acpi_rsdp_addr
     try:
         plan = plan_linux_boot(kernel, initrd, x86ms.kernel_cmdline, x86ms.below_4g_mem_size,
                                x86ms.e820, acpi_rsdp)
@@ -268,7 +272,7 @@ def x86_load_linux_fw_cfg(x86ms: X86MachineState, kernel: bytes) -> None:
                           initrd=boot.initrd, initrd_addr=boot.initrd_addr)
     klass: X86MachineClass = x86ms.klass  # type: ignore[assignment]
     rom_name = LINUXBOOT_DMA_ROM if klass.fwcfg_dma_enabled and fw_cfg.dma_enabled else LINUXBOOT_ROM
-    path = qemu_find_file(rom_name, list(getattr(x86ms, "data_dirs", [])))
+    path = qemu_find_file(rom_name, list(x86ms.data_dirs))
     if path is None:
         raise QOMError(f"Could not open option rom '{rom_name}'")
     rom = _read_user_file(path, "option rom")
@@ -288,7 +292,7 @@ def x86_load_direct_kernel(x86ms: X86MachineState, kernel: bytes) -> bool:
         if has_pvh_note(kernel):
             initrd = _read_user_file(x86ms.initrd, "initrd") if x86ms.initrd else None
             plan = plan_pvh_boot(kernel, initrd, x86ms.kernel_cmdline, x86ms.e820,
-                                 getattr(x86ms, "acpi_rsdp_addr", None))
+                                 x86ms.acpi_rsdp_addr)
         elif is_multiboot(kernel):
             modules = load_multiboot_modules(x86ms.initrd)
             plan = plan_multiboot(kernel, x86ms.kernel, x86ms.kernel_cmdline, modules, x86ms.e820,

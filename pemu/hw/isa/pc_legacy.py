@@ -18,6 +18,7 @@ from pemu.hw.i386 import memmap
 from pemu.hw.isa.isa_bus import TYPE_ISA_DEVICE, ISADevice
 from pemu.qom.object import ObjectClass, QOMError, TypeInfo, type_register
 from pemu.system.runstate import ShutdownCause, qemu_system_reset_request
+from pemu.util.vm_context import current_vm
 
 TYPE_ISA_SERIAL = "isa-serial"
 TYPE_I8259 = "isa-i8259"
@@ -150,7 +151,7 @@ def _serial_realize(dev: Any) -> None:
         if chr_ is None:
             raise QOMError(f"Property 'isa-serial.chardev' can't find value '{dev.chardev}'")
     if chr_ is not None:
-        dev.chardev = chr_.label if hasattr(chr_, "label") else getattr(chr_, "id", "")
+        dev.chardev = chr_.label
     dev.backend = backend = CharBackend(chr_) if chr_ is not None else None
     dev.model = model = SerialUART(dev.get_irq(irq), backend,
                                     on_can_receive=backend.accept_input if backend else None,
@@ -160,15 +161,12 @@ def _serial_realize(dev: Any) -> None:
     dev.register_model("serial", iobase, 8, model.read, model.write)
 
 
-_serial_count = 0
-
-
 def _serial_init(obj: Any) -> None:
-    global _serial_count
     obj.chr = None
     obj.backend = None
-    obj.index = _serial_count
-    _serial_count += 1
+    vm = current_vm()  # ports are numbered per VM, COM1 first (QEMU: serial_isa_realizefn's index)
+    obj.index = vm.isa_serial_count
+    vm.isa_serial_count += 1
 
 
 # --- i8042 keyboard controller, port 0x92, port 0x80 -------------------------------------------------

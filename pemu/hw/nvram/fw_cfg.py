@@ -118,6 +118,8 @@ WriteCallback = Callable[[int, int], None]  # (offset, length) of the bytes the 
 
 @dataclass
 class FWCfgEntry:
+    """One fw_cfg item: its bytes and the callbacks run when it is selected or written."""
+
     data: bytearray
     allow_write: bool = False
     select_cb: SelectCallback | None = None

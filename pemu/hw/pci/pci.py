@@ -159,6 +159,9 @@ class PCIDeviceClass(DeviceClass):
     subsystem_vendor_id: int = 0
     subsystem_id: int = 0
     is_express: bool = False
+    # Run after the generic PCI realize and reset, for the function's own registers.
+    pci_realize: Callable[[PCIDevice], None] | None = None
+    pci_reset: Callable[[PCIDevice], None] | None = None
 
 
 class PCIDevice(DeviceState):
@@ -180,6 +183,10 @@ class PCIDevice(DeviceState):
     bus_master_container_region: MemoryRegion | None
     bus_master_enable_region: MemoryRegion | None
     bus_master_as: AddressSpace | None
+
+    @property
+    def pci_class(self) -> PCIDeviceClass:
+        return self.klass  # type: ignore[return-value]
 
     @property
     def pci_bus(self) -> PCIBus:
@@ -290,7 +297,7 @@ def _pci_qdev_realize(obj: Any) -> None:
     dev.wmask[PCI_INTERRUPT_LINE] = 0xFF
     dev.w1cmask[PCI_STATUS + 1] = 0xF9  # the error bits of the status register
     pci_init_bus_master(dev)
-    realize = getattr(dev.klass, "pci_realize", None)
+    realize = dev.pci_class.pci_realize
     if realize is not None:
         realize(dev)
 
@@ -385,7 +392,7 @@ def _pci_qdev_reset(obj: Any) -> None:
     of ``k.reset``, or calls :func:`pci_device_reset` from its own reset)."""
     dev: PCIDevice = obj
     pci_device_reset(dev)
-    hook = getattr(dev.klass, "pci_reset", None)
+    hook = dev.pci_class.pci_reset
     if hook is not None:
         hook(dev)
 

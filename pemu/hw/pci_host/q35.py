@@ -180,9 +180,8 @@ class MCHPCIState(PCIDevice):
         """Map, move or unmap the ECAM window after PCIEXBAR changed (mch_update_pciexbar)."""
         from pemu.util.log import guest_error
 
-        if getattr(self, "mmcfg", None) is None:
+        if self.mmcfg is None:
             return
-        assert self.mmcfg is not None
         reg = int.from_bytes(self.config[MCH_HOST_BRIDGE_PCIEXBAR:MCH_HOST_BRIDGE_PCIEXBAR + 8], "little")
         length = PCIEXBAR_LENGTHS.get((reg & PCIEXBAR_LENGTH_MASK) >> 1)
         enabled = bool(reg & PCIEXBAREN)
@@ -305,9 +304,9 @@ def _mch_reset(dev: Any) -> None:
     _mch_reset_smram(dev)
     for i in range(7):
         dev.config[MCH_HOST_BRIDGE_PAM0 + i] = 0
-    if getattr(dev, "pam", None):
+    if dev.pam:
         dev.update_pam()
-    if getattr(dev, "mmcfg", None) is not None:
+    if dev.mmcfg is not None:
         dev.config[MCH_HOST_BRIDGE_PCIEXBAR:MCH_HOST_BRIDGE_PCIEXBAR + 8] = dev.pciexbar_reset.to_bytes(8, "little")
         dev.update_pciexbar()
 

@@ -122,6 +122,8 @@ def _to_bcd(value: int) -> int:
 
 @dataclass(frozen=True)
 class _Fields:
+    """A calendar time, as the RTC's date and time registers hold it."""
+
     second: int
     minute: int
     hour: int

@@ -69,6 +69,8 @@ def _structure(kind: int, handle: int, fmt: str, strings: _Strings, *fields: int
 
 @dataclass
 class SmbiosType0:
+    """SMBIOS type 0 (BIOS information) strings and version."""
+
     vendor: str | None = None
     version: str | None = None
     date: str | None = None
@@ -79,6 +81,8 @@ class SmbiosType0:
 
 @dataclass
 class SmbiosType1:
+    """SMBIOS type 1 (system information)."""
+
     manufacturer: str | None = None
     product: str | None = None
     version: str | None = None
@@ -90,6 +94,8 @@ class SmbiosType1:
 
 @dataclass
 class SmbiosType3:
+    """SMBIOS type 3 (chassis)."""
+
     manufacturer: str | None = None
     version: str | None = None
     serial: str | None = None
@@ -99,6 +105,8 @@ class SmbiosType3:
 
 @dataclass
 class SmbiosType4:
+    """SMBIOS type 4 (processor), one structure per socket."""
+
     sock_pfx: str = "CPU"
     manufacturer: str = "QEMU"
     version: str | None = None
@@ -113,6 +121,8 @@ class SmbiosType4:
 
 @dataclass
 class SmbiosType17:
+    """SMBIOS type 17 (memory device), one per DIMM."""
+
     loc_pfx: str = "DIMM"
     bank: str | None = None
     manufacturer: str = "QEMU"
@@ -237,6 +247,8 @@ def build_type127() -> bytes:
 
 @dataclass(frozen=True)
 class SmbiosTables:
+    """The structure table and its entry point, as fw_cfg hands them to firmware."""
+
     tables: bytes
     anchor: bytes
     count: int

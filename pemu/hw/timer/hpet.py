@@ -91,6 +91,8 @@ def _signed(value: int, bits: int) -> int:
 
 @dataclass
 class HPETTimer:
+    """One HPET comparator: its configuration, comparator and period registers."""
+
     tn: int
     config: int = 0
     cmp: int = U64

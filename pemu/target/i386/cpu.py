@@ -14,9 +14,10 @@ from typing import Any, Callable
 from pemu.hw.core.cpu import TYPE_CPU, CPUClass, CPUState
 from pemu.hw.core.qdev import DeviceClass, Property, device_class_set_props
 from pemu.hw.intc.apic_common import APIC_DM_EXTINT, APIC_LVT_LINT0, APIC_LVT_MASKED
-from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, type_register
+from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, type_exists, type_register
 from pemu.system.memory import AddressSpace, MemoryRegion, MEMORY_SIZE_UNLIMITED
 from pemu.target.i386.cpu_state import CPUX86State
+from pemu.util.vm_context import current_vm
 
 TYPE_X86_CPU = "x86_64-cpu"
 X86_CPU_TYPE_SUFFIX = "-" + TYPE_X86_CPU
@@ -38,6 +39,8 @@ class X86CPU(CPUState):
     memory: AddressSpace
     smm: AddressSpace
     io: AddressSpace
+    # The interrupt controller's acknowledge cycle: the vector of the interrupt
+    # the CPU takes on INTR (QEMU's cpu_get_pic_interrupt); see x86_cpu_connect_pic.
     get_pic_interrupt: Callable[[], int] | None
     apic_state: Any  # the "apic" device (QEMU's cpu->apic_state), None without a local APIC
     apic: Any  # its model, pemu.hw.intc.apic.APIC, or None
@@ -48,14 +51,18 @@ class X86CPU(CPUState):
         x86_cpu_reset(self)
 
 
-_next_cpu_index = 0
+def x86_cpu_connect_pic(cpu: X86CPU, acknowledge: Callable[[], int]) -> None:
+    """Connect the board's interrupt controller to the CPU: the accelerator
+    calls ``acknowledge()`` (with the big lock held) to take the vector of a
+    pending INTR."""
+    cpu.get_pic_interrupt = acknowledge
 
 
 def _x86_cpu_initfn(obj: Object) -> None:
-    global _next_cpu_index
     cpu: X86CPU = obj  # type: ignore[assignment]
-    cpu.cpu_index = _next_cpu_index
-    _next_cpu_index += 1
+    vm = current_vm()
+    cpu.cpu_index = vm.next_cpu_index
+    vm.next_cpu_index += 1
     cpu.env = CPUX86State()
     cpu.model = None
     cpu.features = ""
@@ -65,7 +72,6 @@ def _x86_cpu_initfn(obj: Object) -> None:
 
 
 def x86_cpu_realizefn(dev: Object) -> None:
-    from pemu.accel.kvm import kvm_irqchip_in_kernel
     from pemu.system import cpus
     from pemu.system.physmem import address_space_io, get_system_memory
     from pemu.target.i386 import cpu_models
@@ -78,7 +84,8 @@ def x86_cpu_realizefn(dev: Object) -> None:
         raise QOMError(str(e)) from None
     cpu.env.cpuid_version = cpu.model.cpuid_version if hasattr(cpu.model, "cpuid_version") else cpu.env.cpuid_version
     cpu.model.apic_id = cpu.apic_id  # CPUID leaf 1 EBX[31:24]
-    if cpu.model.has("apic") and not kvm_irqchip_in_kernel():  # else the APIC is KVM's
+    accel = current_vm().accel
+    if cpu.model.has("apic") and not (accel is not None and accel.irqchip_in_kernel()):  # else KVM's
         x86_cpu_apic_create(cpu)
         x86_cpu_apic_realize(cpu)
     # The CPU's view of memory (seed: cpu_as_mem / cpu_as_root).
@@ -273,9 +280,12 @@ type_register(TypeInfo(TYPE_X86_CPU, parent=TYPE_CPU, abstract=True, instance_ty
 
 
 def x86_register_cpu_types() -> None:
-    """One QOM type per CPU model ("qemu64-x86_64-cpu"), as x86_register_cpudef_types."""
+    """One QOM type per CPU model ("qemu64-x86_64-cpu"), as x86_register_cpudef_types.
+    The type table is process-wide: a second VM finds them registered."""
     from pemu.target.i386 import cpu_models
 
     for name in cpu_models.x86_cpu_model_names():
+        if type_exists(x86_cpu_type_name(name)):
+            continue
         type_register(TypeInfo(x86_cpu_type_name(name), parent=TYPE_X86_CPU,
                                class_init=_x86_cpu_cpudef_class_init, class_data=name))

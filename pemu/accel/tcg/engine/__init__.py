@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import importlib.util
 import os
 import sys
 from dataclasses import dataclass
@@ -85,14 +86,21 @@ def select_engine() -> None:
     """Point the unicorn binding at pemu's build, when it exists and is wanted.
 
     Does nothing once ``unicorn`` is imported (the library is loaded then),
-    when the user set ``LIBUNICORN_PATH`` themselves, or for ``stock``.
+    when the user set ``LIBUNICORN_PATH`` themselves, or for ``stock``.  A
+    ``LIBUNICORN_PATH`` that names pemu's build (a pemu that started this
+    one set it) counts as pemu's choice.
     """
     global _selected
-    if "unicorn" in sys.modules or "LIBUNICORN_PATH" in os.environ or engine_choice() == "stock":
+    if "unicorn" in sys.modules or engine_choice() == "stock":
         return
     try:
         directory = built_engine_dir()
     except OSError:  # the patches cannot be read: run on the wheel's engine
+        return
+    inherited = os.environ.get("LIBUNICORN_PATH")
+    if inherited is not None:
+        if Path(inherited) == directory:
+            _selected = directory
         return
     if (directory / LIBRARY_NAME).is_file():
         os.environ["LIBUNICORN_PATH"] = str(directory)
@@ -143,6 +151,10 @@ def engine_info() -> EngineInfo:
     return _info
 
 
+_NOT_BUILT = (f"{ENGINE_ENV}=patched, but pemu's engine is not built here "
+              f"(run 'python3 -m pemu.accel.tcg.engine build')")
+
+
 class EngineUnavailable(RuntimeError):
     """PEMU_ENGINE=patched, but the loaded engine is the stock one."""
 
@@ -151,6 +163,23 @@ def check_engine_choice() -> EngineInfo:
     """The loaded engine, or EngineUnavailable when ``PEMU_ENGINE=patched`` cannot be honoured."""
     info = engine_info()
     if engine_choice() == "patched" and not info.patched:
-        raise EngineUnavailable(f"{ENGINE_ENV}=patched, but pemu's engine is not built here "
-                                f"(run 'python3 -m pemu.accel.tcg.engine build')")
+        raise EngineUnavailable(_NOT_BUILT)
     return info
+
+
+def check_engine_available() -> None:
+    """What :func:`check_engine_choice` checks, without loading the library where files tell.
+
+    Raises EngineUnavailable when ``PEMU_ENGINE=patched`` finds no build, and
+    ImportError when the unicorn binding is not installed.  Only a library
+    the user named with ``LIBUNICORN_PATH`` (or one already loaded) is
+    loaded to find out what it is.
+    """
+    if "unicorn" in sys.modules or (engine_choice() == "patched" and _selected is None
+                                    and "LIBUNICORN_PATH" in os.environ):
+        check_engine_choice()
+        return
+    if engine_choice() == "patched" and _selected is None:
+        raise EngineUnavailable(_NOT_BUILT)
+    if importlib.util.find_spec("unicorn") is None:
+        raise ImportError("No module named 'unicorn'")
