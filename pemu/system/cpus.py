@@ -287,8 +287,12 @@ def destroy_vcpu(cpu: Any) -> None:
         run.lock.notify_all()
     if run.accel_vcpu is not None:
         run.accel_vcpu.kick()
-    if run.thread is not None and run.thread is not threading.current_thread():
+    thread = run.thread
+    if thread is not None and thread is not threading.current_thread():
         run.exited.wait(5)
+        # A thread that runs several vCPUs in turn ends with the last of them.
+        if not any(other.run.thread is thread for other in current_vm().cpus if other is not cpu):
+            thread.join(5)
     if run.accel_vcpu is not None:
         run.accel_vcpu.destroy()
         run.accel_vcpu = None

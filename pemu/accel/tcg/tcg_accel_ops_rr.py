@@ -162,8 +162,7 @@ class RRCPUThread:
             with self.cond:
                 picked = self._pick(start)
                 if picked is None:
-                    self.slice.stop()
-                    return
+                    break
             cpu, pos, runnable = picked
             run = cpu.run
             vcpu = run.accel_vcpu
@@ -188,3 +187,5 @@ class RRCPUThread:
                 with self.cond:
                     run.shutdown = True
             start = pos + 1
+        self.slice.stop()
+        self.slice.thread.join()
