@@ -264,11 +264,18 @@ def test_unix_server_wait_blocks_until_client(tmp_path: Path) -> None:
     connected = threading.Event()
 
     def client() -> None:
-        deadline = time.monotonic() + 3
-        while not path.exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        # Retry until the server listens: a client that gave up would leave the
+        # server blocked in accept() for good (it waits for a client, wait=on).
+        deadline = time.monotonic() + 60
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.connect(str(path))
+        while True:
+            try:
+                sock.connect(str(path))
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
         sock.sendall(b"early")
         connected.wait(3)
         sock.close()
