@@ -40,7 +40,7 @@ pytestmark = [
 def firmware_args(guest: Guest, *, memory: str = "4096", accel: str = "tcg", smp: int = 1) -> list[str]:
     return ["-machine", f"q35,graphics=off,accel={accel}", "-m", memory, "-smp", str(smp), "-nographic",
             "-bios", SEABIOS, "-kernel", str(guest.kernel), "-initrd", str(guest.initrd),
-            "-append", "console=ttyS0"]
+            "-append", "console=ttyS0" + (" lpj=4000000" if smp > 1 else "")]  # see test_smp.py: LPJ
 
 
 def test_seabios_alone_prints_its_banner_and_finds_no_boot_device() -> None:
