@@ -61,8 +61,8 @@ class Emulator:
     samples: list[Sample] = field(default_factory=list)
 
 
-def guest_args(kernel: Path, initrd: Path, append: str) -> list[str]:
-    return ["-machine", "q35", "-m", "512", "-nographic",
+def guest_args(kernel: Path, initrd: Path, append: str, smp: int = 1) -> list[str]:
+    return ["-machine", "q35", "-m", "512", "-smp", str(smp), "-nographic",
             "-kernel", str(kernel), "-initrd", str(initrd), "-append", append]
 
 
@@ -156,14 +156,14 @@ def _summary(values: list[float], fmt: str) -> str:
     return f"{middle:{fmt}} ({min(values):{fmt}}–{max(values):{fmt}})"
 
 
-def report(emulators: list[Emulator], *, runs: int, release: str, append: str) -> str:
+def report(emulators: list[Emulator], *, runs: int, release: str, append: str, smp: int = 1) -> str:
     now = utc_now()
     lines = [
         f"### Boot to `{READY_MARKER}`, {now}",
         "",
         f"- Machine: {machine_description()}",
         f"- Guest: Debian kernel {release} + busybox initramfs; "
-        f"`-machine q35 -m 512 -nographic -append \"{append}\"`",
+        f"`-machine q35 -m 512 -smp {smp} -nographic -append \"{append}\"`",
         f"- {runs} interleaved runs each; median (min–max)",
         "",
         "| Emulator | Time to marker (s) | CPU time (s) | Max RSS (MiB) | time / QEMU's |",
@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--initrd", type=Path, help="initrd (default: the test guest's)")
     parser.add_argument("--append", default=DEFAULT_APPEND,
                         help=f"kernel command line (default {DEFAULT_APPEND!r})")
+    parser.add_argument("--smp", type=int, default=1, help="CPUs of the guest, for both emulators (default 1)")
     parser.add_argument("--pemu", default=f"{shlex.quote(sys.executable)} -m pemu",
                         help="command that starts pemu (default: this Python's -m pemu)")
     parser.add_argument("--paths", default="direct",
@@ -205,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    if args.smp < 1:
+        parser.error("--smp must be at least 1")
     if args.pemu_only and args.qemu_only:
         parser.error("--pemu-only and --qemu-only exclude each other")
 
@@ -216,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             kernel, initrd, release = guest.kernel, guest.initrd, guest.release
         else:
             kernel, initrd, release = args.kernel, args.initrd, args.kernel.name
-        common = guest_args(kernel, initrd, args.append)
+        common = guest_args(kernel, initrd, args.append, args.smp)
 
         emulators: list[Emulator] = []
         if not args.qemu_only:
@@ -253,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     except (BenchError, subprocess.CalledProcessError, RuntimeError) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
-    print(report(emulators, runs=args.runs, release=release, append=args.append))
+    print(report(emulators, runs=args.runs, release=release, append=args.append, smp=args.smp))
     return 0
 
 

@@ -91,7 +91,8 @@ def parse_uint64(name: str) -> Callable[[str], int]:
 
 def _parse_tcg_thread(text: str) -> str:
     if text == "multi":
-        raise ValueError("thread=multi is not supported by pemu: its tcg runs the guest on one vCPU thread")
+        raise ValueError("thread=multi is not supported by pemu: its tcg runs every vCPU in turn on one thread, "
+                         "because the engine's atomic instructions are not atomic across host threads")
     if text != "single":
         raise ValueError(f"Invalid 'thread' setting {text}")
     return text
@@ -189,6 +190,11 @@ class AccelOps(ABC):
 
     def cleanup(self) -> None:  # noqa: B027  (an optional hook: nothing to release by default)
         """Release what ``init_machine`` took (file descriptors, mappings) when the VM is destroyed."""
+
+    def start_vcpu(self, cpu: Any, vcpu: AccelVCPU) -> bool:
+        """Run ``vcpu`` on a thread of the accelerator's own; False: give it a
+        thread of its own (pemu.system.cpus.start_vcpu_thread)."""
+        return False
 
     def cpu_model_filter(self) -> dict[Any, int]:
         """CPUID feature bits this accelerator cannot provide (word → mask)."""

@@ -30,9 +30,12 @@ if TYPE_CHECKING:
 CPU_INTERRUPT_HARD = 0x0002
 CPU_INTERRUPT_NMI = 0x0200
 CPU_INTERRUPT_INIT = 0x0400
+CPU_INTERRUPT_SIPI = 0x0800
 
 # The main thread waits on this (with the big lock released) for vCPUs to park.
 qemu_pause_cond = threading.Condition(bql)
+# QEMU's thread-local current_cpu: the CPU a vCPU thread is running now.
+_tls = threading.local()
 
 
 def run_state(cpu: Any) -> CPURunState:
@@ -52,7 +55,9 @@ def qemu_init_vcpu(cpu: Any) -> None:
     accel = current_accel()
     if accel is None:
         accel = configure_accelerators()
-    start_vcpu_thread(cpu, accel.create_vcpu(cpu))
+    vcpu = accel.create_vcpu(cpu)
+    if not accel.start_vcpu(cpu, vcpu):
+        start_vcpu_thread(cpu, vcpu)
 
 
 def start_vcpu_thread(cpu: Any, vcpu: AccelVCPU) -> None:
@@ -61,25 +66,32 @@ def start_vcpu_thread(cpu: Any, vcpu: AccelVCPU) -> None:
     run.stopped = True
     thread = threading.Thread(target=_vcpu_thread_fn, args=(cpu,), name=f"CPU {cpu.cpu_index}/TCG", daemon=True)
     run.thread = thread
-    current_vm().cpus.append(cpu)
+    cpu_list_add(cpu)
     thread.start()
+
+
+def cpu_list_add(cpu: Any) -> None:
+    """Count ``cpu`` among the machine's vCPUs (its thread is the accelerator's business)."""
+    current_vm().cpus.append(cpu)
 
 
 def qemu_cpu_is_self(cpu: Any) -> bool:
     return run_state(cpu).thread is threading.current_thread()
 
 
+def set_current_cpu(cpu: Any | None) -> None:
+    """On a vCPU thread: the CPU it runs from now on (one thread may run several in turn)."""
+    _tls.in_vcpu_thread = True
+    _tls.cpu = cpu
+
+
 def current_cpu() -> Any | None:
-    """The CPU whose vCPU thread this is, or None on any other thread."""
-    me = threading.current_thread()
-    for cpu in all_vcpus():
-        if run_state(cpu).thread is me:
-            return cpu
-    return None
+    """The CPU this vCPU thread is running, or None on any other thread."""
+    return _tls.__dict__.get("cpu")
 
 
 def qemu_in_vcpu_thread() -> bool:
-    return current_cpu() is not None
+    return bool(_tls.__dict__.get("in_vcpu_thread"))
 
 
 def cpu_stop_current() -> None:
@@ -94,7 +106,8 @@ def cpu_stop_current() -> None:
         run.accel_vcpu.kick()
 
 
-def _park(cpu: Any, run: CPURunState) -> None:
+def cpu_park(cpu: Any, run: CPURunState) -> None:
+    """The vCPU thread parks ``cpu`` after a stop request (call without ``run.lock``)."""
     with bql:
         run.stop = False
         run.stopped = True
@@ -105,15 +118,17 @@ def _vcpu_thread_fn(cpu: Any) -> None:
     run = run_state(cpu)
     vcpu = run.accel_vcpu
     assert vcpu is not None
+    set_current_cpu(cpu)
     while True:
         with run.lock:
             while True:
                 if run.unplug:
+                    run.exited.set()
                     return
                 if run.stop:
                     run.lock.release()
                     try:
-                        _park(cpu, run)
+                        cpu_park(cpu, run)
                     finally:
                         run.lock.acquire()
                     continue
@@ -273,8 +288,12 @@ def destroy_vcpu(cpu: Any) -> None:
         run.lock.notify_all()
     if run.accel_vcpu is not None:
         run.accel_vcpu.kick()
-    if run.thread is not None and run.thread is not threading.current_thread():
-        run.thread.join(5)
+    thread = run.thread
+    if thread is not None and thread is not threading.current_thread():
+        run.exited.wait(5)
+        # A thread that runs several vCPUs in turn ends with the last of them.
+        if not any(other.run.thread is thread for other in current_vm().cpus if other is not cpu):
+            thread.join(5)
     if run.accel_vcpu is not None:
         run.accel_vcpu.destroy()
         run.accel_vcpu = None

@@ -189,8 +189,11 @@ def test_madt():
     assert entries[1] == bytes([0, 8, 1, 1]) + (1).to_bytes(4, "little")
     assert entries[2] == bytes([1, 12, 0, 0]) + struct.pack("<II", 0xFEC00000, 0)
     assert entries[3] == bytes([2, 10, 0, 0]) + struct.pack("<IH", 2, 0)          # IRQ0 -> GSI2
-    assert entries[4] == bytes([2, 10, 0, 9]) + struct.pack("<IH", 9, 0x000D)     # SCI level/high
-    assert entries[5] == bytes([4, 6, 0xFF, 0, 0, 1])                           # NMI on LINT1
+    # The IRQs PCI interrupts may use, the SCI among them: level/high, as QEMU's q35.
+    for n, irq in enumerate((5, 9, 10, 11)):
+        assert entries[4 + n] == bytes([2, 10, 0, irq]) + struct.pack("<IH", irq, 0x000D)
+    assert entries[8] == bytes([4, 6, 0xFF, 0, 0, 1])                           # NMI on LINT1
+    assert len(entries) == 9
     with pytest.raises(ValueError):
         build_madt(0)
 

@@ -140,6 +140,10 @@ def test_cpuid_masks_features_with_kvms_and_sets_the_apic_id() -> None:
     assert leaf1.edx & (1 << 9)  # APIC
     no_lapic = {e.function: e for e in build_cpuid(model, supported, 0, lapic_in_kernel=False)}
     assert not no_lapic[1].edx & (1 << 9)
+    # kernel-irqchip=off with pemu's own APIC: the xAPIC, without x2APIC or TSC-deadline.
+    userspace = build_cpuid(model, supported, 0, lapic_in_kernel=False, userspace_apic=True)
+    leaf1 = {e.function: e for e in userspace}[1]
+    assert leaf1.edx & (1 << 9) and not leaf1.ecx & (1 << 21 | 1 << 24)
     assert entries[0].eax == model.level
 
 

@@ -252,9 +252,11 @@ _CPUID_TSC_DEADLINE_ECX = 1 << 24
 
 
 def build_cpuid(model: Any, supported: list[k.kvm_cpuid_entry2], apic_id: int,
-                lapic_in_kernel: bool) -> list[k.kvm_cpuid_entry2]:
+                lapic_in_kernel: bool, userspace_apic: bool = False) -> list[k.kvm_cpuid_entry2]:
     """CPUID entries for KVM_SET_CPUID2: the leaves KVM knows, with the
-    model's values; feature words keep only what both have."""
+    model's values; feature words keep only what both have.  Without the
+    in-kernel LAPIC the APIC is offered only when pemu's own runs
+    (``userspace_apic``, xAPIC mode: its MSRs would not reach it)."""
     entries: list[k.kvm_cpuid_entry2] = []
     for sup in supported:
         leaf, index = sup.function, sup.index
@@ -270,7 +272,8 @@ def build_cpuid(model: Any, supported: list[k.kvm_cpuid_entry2], apic_id: int,
         if leaf == 1:
             regs["ebx"] = (regs["ebx"] & 0x00FFFFFF) | (apic_id & 0xFF) << 24
             if not lapic_in_kernel:
-                regs["edx"] &= ~_CPUID_APIC_EDX
+                if not userspace_apic:
+                    regs["edx"] &= ~_CPUID_APIC_EDX
                 regs["ecx"] &= ~(_CPUID_X2APIC_ECX | _CPUID_TSC_DEADLINE_ECX)
         entry = k.kvm_cpuid_entry2(function=leaf, index=index, flags=sup.flags, eax=regs["eax"],
                                    ebx=regs["ebx"], ecx=regs["ecx"], edx=regs["edx"])
@@ -299,7 +302,8 @@ class KVMVCPU:
         self.in_guest = False
         self.kick_pending = False
         self.exits = 0
-        self.fd.set_cpuid2(build_cpuid(cpu.model, accel.supported_cpuid, self.vcpu_id, accel.in_kernel_irqchip))
+        self.fd.set_cpuid2(build_cpuid(cpu.model, accel.supported_cpuid, self.vcpu_id, accel.in_kernel_irqchip,
+                                       userspace_apic=cpu.apic is not None))
         self._handlers = {
             ExitReason.IO: self._handle_io,
             ExitReason.MMIO: self._handle_mmio,

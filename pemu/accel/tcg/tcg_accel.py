@@ -40,6 +40,7 @@ from pemu.accel.accel import VCPUExit
 from pemu.accel.tcg.engine import EngineFeature, engine_info
 from pemu.accel.tcg.exit_request import TBExitRequest, verify_exit_request
 from pemu.accel.tcg.memory_map import UnicornMemoryMap
+from pemu.accel.tcg.tcg_accel_ops_rr import RRCPUThread
 from pemu.system.memory import FlatView, RAMBlock, add_ram_write_notifier, remove_ram_write_notifier
 from pemu.target.i386.cpu_state import (
     CR0_PG_MASK,
@@ -64,13 +65,24 @@ from pemu.util.main_loop import bql
 from pemu.util.timer import QEMU_CLOCK_VIRTUAL, qemu_clock_get_ns
 
 CPU_INTERRUPT_HARD = 0x0002
+CPU_INTERRUPT_NMI = 0x0200
+CPU_INTERRUPT_INIT = 0x0400
+CPU_INTERRUPT_SIPI = 0x0800
+# Requests handled before anything else at the interrupt window.
+_CPU_INTERRUPT_SPECIAL = CPU_INTERRUPT_NMI | CPU_INTERRUPT_INIT | CPU_INTERRUPT_SIPI
+EXCP02_NMI = 2
+EXCP03_INT3 = 3
 # TSC rate: 1 GHz, so a TSC tick is a nanosecond of virtual time (the TSC is
 # the virtual clock plus an offset); Linux measures the same rate against the
 # PIT, which follows the same clock.
 TSC_KHZ = 1_000_000
 _U64 = 0xFFFFFFFFFFFFFFFF
 # How long the guest may run with an interrupt pending while IF=0 before we look again.
-IRQ_POLL_S = 0.001
+# Short: Linux's schedule() loops (an SMP boot waiting for an AP) have IF=1 only for a
+# few instructions per pass, and the engine cannot say when the guest sets IF; at 1 ms
+# the boot CPU's ticks were so late that an AP calibrating its delay loop against
+# jiffies stalled the -smp 2 boot for 3-50 s.
+IRQ_POLL_S = 0.0001
 TARGET_PAGE_SIZE = 0x1000
 # Written RAM waiting to have its translated code dropped: beyond this many
 # pages (a loader writing a kernel, a reset) one flush of the whole cache is
@@ -230,6 +242,7 @@ class TCGVCPU:
         self._install_hooks()
         add_ram_write_notifier(self._ram_written)
         self.irq_poll = _IRQPoll(self.exit_request)
+        self.rr: RRCPUThread | None = None  # the thread running this vCPU in turn with the others
 
     # -- raw register access (no allocation) ------------------------------------------
     def read_rflags(self) -> int:
@@ -278,6 +291,8 @@ class TCGVCPU:
     def _on_interrupt(self, uc: Uc, intno: int, _: object) -> None:
         ctx = self.ctx
         ctx.save()
+        if intno == EXCP03_INT3 and ctx.exception_is_int and self._stale_int3(ctx):
+            return
         try:
             self.delivery.deliver(intno & 0xFF, is_int=ctx.exception_is_int, error_code=ctx.error_code,
                                   next_eip=ctx.exception_next_eip)
@@ -285,6 +300,24 @@ class TCGVCPU:
             self._triple_fault(intno)
             return
         ctx.restore()
+
+    def _stale_int3(self, ctx: CPUContext) -> bool:
+        """An ``int3`` that is no longer in guest memory: another vCPU patched
+        the code after this engine translated it (Linux's text_poke_bp puts an
+        int3 in, then takes it out again; each engine invalidates only what its
+        own writes touch).  Then the translations are dropped and the
+        instruction runs again from memory, instead of a stray #BP."""
+        address = ctx.seg(1).base + ctx.exception_next_eip - 1
+        try:
+            if self.delivery.read_linear(address, 1) == b"\xcc":
+                return False
+        except GuestFault:
+            return False
+        ctx.eip = ctx.exception_next_eip - 1
+        ctx.restore()
+        self.tb_flush_pending = True
+        self.kick()
+        return True
 
     def _triple_fault(self, intno: int) -> None:
         from pemu.system.runstate import ShutdownCause, qemu_system_reset_request
@@ -440,10 +473,16 @@ class TCGVCPU:
         """Make the vCPU leave the engine soon (any thread, also from inside hooks)."""
         self.kick_pending = True
         self.exit_request.request()
+        rr = self.rr
+        if rr is not None:
+            rr.kick_running(self.cpu)
 
     # -- the run loop (called by pemu.system.cpus) ------------------------------------
     def has_work(self) -> bool:
-        if self.run.interrupt_request & CPU_INTERRUPT_HARD:
+        request = self.run.interrupt_request
+        if request & _CPU_INTERRUPT_SPECIAL:
+            return True
+        if request & CPU_INTERRUPT_HARD:
             self.ctx.save()
             return bool(self.ctx.eflags & IF_MASK)
         return False
@@ -467,7 +506,12 @@ class TCGVCPU:
         if self.code_invalidate:
             self._invalidate_code(bool(ctx.cr(0) & CR0_PG_MASK))
         poll = False
-        if self.run.interrupt_request & CPU_INTERRUPT_HARD:
+        request = self.run.interrupt_request
+        if request & _CPU_INTERRUPT_SPECIAL:
+            reason = self._special_interrupt(request)
+            if reason is not None:
+                return reason
+        if request & CPU_INTERRUPT_HARD:
             if ctx.eflags & IF_MASK and not ctx.hflags & HF.INHIBIT_IRQ:
                 if not self._deliver_external():
                     return VCPUExit.SHUTDOWN
@@ -507,6 +551,38 @@ class TCGVCPU:
             return self.delivery.read_linear(cs.base + ctx.eip - 1, 1) == b"\xf4"
         except GuestFault:
             return False
+
+    def _special_interrupt(self, request: int) -> VCPUExit | None:
+        """INIT, start-up IPI and NMI, in that order (QEMU's x86_cpu_exec_interrupt).
+        Returns how exec ends, or None to go on running."""
+        from pemu.system.cpus import cpu_reset_interrupt
+        from pemu.target.i386.cpu import x86_cpu_do_init, x86_cpu_do_sipi
+
+        cpu = self.cpu
+        if request & CPU_INTERRUPT_INIT:
+            # A start-up IPI accepted meanwhile is taken next.
+            cpu_reset_interrupt(cpu, CPU_INTERRUPT_INIT)
+            with bql:
+                x86_cpu_do_init(cpu, bool(self.run.interrupt_request & CPU_INTERRUPT_SIPI))
+            self.put_state()
+            return VCPUExit.HALTED if cpu.env.halted else VCPUExit.KICKED
+        if request & CPU_INTERRUPT_SIPI:
+            # Raised only by an APIC that was waiting for it (after INIT or reset).
+            cpu_reset_interrupt(cpu, CPU_INTERRUPT_SIPI)
+            with bql:
+                x86_cpu_do_sipi(cpu)
+            self.put_state()
+            return VCPUExit.KICKED
+        cpu_reset_interrupt(cpu, CPU_INTERRUPT_NMI)
+        ctx = self.ctx
+        try:
+            self.delivery.deliver(EXCP02_NMI, is_int=False, error_code=0, next_eip=ctx.eip, is_hw=True)
+        except TripleFault:
+            self._triple_fault(EXCP02_NMI)
+            self.shutdown_pending = False
+            return VCPUExit.SHUTDOWN
+        ctx.restore()
+        return None
 
     def _deliver_external(self) -> bool:
         get_vector = self.cpu.get_pic_interrupt

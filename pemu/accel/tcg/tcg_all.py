@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from pemu.accel.accel import TCG_ACCEL_PROPERTIES, AccelOps, AccelUnavailable, VCPUExit
 from pemu.accel.tcg.engine import EngineUnavailable, check_engine_available, engine_info
-from pemu.system.cpus import CPU_INTERRUPT_HARD
+from pemu.accel.tcg.tcg_accel_ops_rr import RRCPUThread
+from pemu.system.cpus import CPU_INTERRUPT_HARD, CPU_INTERRUPT_INIT, CPU_INTERRUPT_NMI, CPU_INTERRUPT_SIPI
 from pemu.target.i386.cpu_models import TCG_UNSUPPORTED
 from pemu.target.i386.cpu_state import IF_MASK
 
@@ -39,6 +40,7 @@ class TCGVCPUHandle:
         self.cpu = cpu
         self.tb_size = tb_size
         self.vcpu: TCGVCPU | None = None
+        self.rr: RRCPUThread | None = None  # set when the round-robin thread takes it on
 
     def engine_vcpu(self) -> TCGVCPU:
         """The vCPU on its engine, made now (on the calling thread) if it is not yet."""
@@ -46,6 +48,7 @@ class TCGVCPUHandle:
             from pemu.accel.tcg.tcg_accel import TCGVCPU
 
             vcpu = TCGVCPU(self.cpu, self.tb_size)
+            vcpu.rr = self.rr
             vcpu.put_state()
             self.vcpu = vcpu
         return self.vcpu
@@ -60,12 +63,22 @@ class TCGVCPUHandle:
         vcpu = self.vcpu
         if vcpu is not None:
             return vcpu.has_work()
-        return bool(self.cpu.run.interrupt_request & CPU_INTERRUPT_HARD and self.cpu.env.rflags & IF_MASK)
+        request = self.cpu.run.interrupt_request
+        if request & (CPU_INTERRUPT_NMI | CPU_INTERRUPT_INIT | CPU_INTERRUPT_SIPI):
+            return True
+        return bool(request & CPU_INTERRUPT_HARD and self.cpu.env.rflags & IF_MASK)
+
+    def request_exit(self) -> None:
+        """Leave the engine at the next block start (the end of a time slice)."""
+        if self.vcpu is not None:
+            self.vcpu.exit_request.request()
 
     def kick(self) -> None:
         vcpu = self.vcpu
         if vcpu is not None:
             vcpu.kick()
+        elif self.rr is not None:
+            self.rr.kick_running(self.cpu)
 
     def get_state(self) -> None:
         if self.vcpu is not None:
@@ -81,13 +94,17 @@ class TCGVCPUHandle:
 
 
 class TCGAccel(AccelOps):
+    """Every vCPU on its own engine, all run in turn on one host thread
+    (QEMU's ``-accel tcg,thread=single``)."""
+
     name = "tcg"
-    supports_smp = False
+    supports_smp = True
     properties = TCG_ACCEL_PROPERTIES
 
     def __init__(self) -> None:
         self.thread = "single"
         self.tb_size_mib = 0  # -accel tcg,tb-size=N: translation cache in MiB; 0 is the engine's default
+        self.rr: RRCPUThread | None = None
         try:
             check_engine_available()
         except (EngineUnavailable, ImportError) as e:
@@ -102,6 +119,12 @@ class TCGAccel(AccelOps):
 
     def init_machine(self, machine: Any) -> None:
         pass
+
+    def start_vcpu(self, cpu: Any, vcpu: Any) -> bool:
+        if self.rr is None:
+            self.rr = RRCPUThread()
+        self.rr.add(cpu, vcpu)
+        return True
 
     def create_vcpu(self, cpu: Any) -> TCGVCPUHandle:
         return TCGVCPUHandle(cpu, self.tb_size_mib << 20)

@@ -31,6 +31,7 @@ class CPURunState:
         self.unplug = False  # the thread must exit
         self.thread: threading.Thread | None = None
         self.accel_vcpu: AccelVCPU | None = None
+        self.exited = threading.Event()  # set when its thread lets go of it after unplug
 
 
 class CPUState(DeviceState):

@@ -372,6 +372,7 @@ MADT_LAPIC_ENABLED = 1
 MPS_INTI_POLARITY_HIGH = 0b01
 MPS_INTI_TRIGGER_EDGE = 0b01 << 2
 MPS_INTI_TRIGGER_LEVEL = 0b11 << 2
+MADT_PCI_IRQS = (5, 9, 10, 11)
 
 
 def build_madt(cpus: int, cfg: PcAcpiConfig = PcAcpiConfig()) -> bytes:
@@ -382,10 +383,13 @@ def build_madt(cpus: int, cfg: PcAcpiConfig = PcAcpiConfig()) -> bytes:
         body += struct.pack("<BBBBI", MADT_LOCAL_APIC, 8, cpu, cpu, MADT_LAPIC_ENABLED)
     body += struct.pack("<BBBBII", MADT_IO_APIC, 12, IOAPIC_ID, 0, IOAPIC_DEFAULT_ADDRESS,
                         IOAPIC_GSI_BASE)
-    # The PIT's IRQ0 arrives on IOAPIC pin 2; the SCI is level-triggered, active high.
+    # The PIT's IRQ0 arrives on IOAPIC pin 2; the SCI and the ISA IRQs PCI
+    # interrupts may be routed to are level-triggered, active high (as QEMU's
+    # pci_irq_mask).
     body += struct.pack("<BBBBIH", MADT_INT_SRC_OVR, 10, 0, 0, 2, 0)
-    body += struct.pack("<BBBBIH", MADT_INT_SRC_OVR, 10, 0, cfg.sci_irq, cfg.sci_irq,
-                        MPS_INTI_POLARITY_HIGH | MPS_INTI_TRIGGER_LEVEL)
+    for irq in sorted(set(MADT_PCI_IRQS) | {cfg.sci_irq}):
+        body += struct.pack("<BBBBIH", MADT_INT_SRC_OVR, 10, 0, irq, irq,
+                            MPS_INTI_POLARITY_HIGH | MPS_INTI_TRIGGER_LEVEL)
     # LINT1 of every LAPIC is the NMI input.
     body += struct.pack("<BBBHB", MADT_LOCAL_APIC_NMI, 6, 0xFF, 0, 1)
     return build_table("APIC", 1, body, cfg.oem)

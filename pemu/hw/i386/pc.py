@@ -16,7 +16,6 @@ from pemu.hw.isa.pc_legacy import ISAPICState, ISASerialState, PCSpkState
 from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, object_check, object_class_check, type_register
 from pemu.system import cpus
 from pemu.system.memory import MemoryRegion, MemoryRegionOps
-from pemu.target.i386.cpu import x86_cpu_connect_pic
 from pemu.util.log import LOG_UNIMP, qemu_log_mask
 
 if TYPE_CHECKING:
@@ -45,6 +44,8 @@ class PCMachineState(X86MachineState):
     max_fw_size: int
     placeholders: list[MemoryRegion]
     i8042: Any
+    apic_bus: Any  # pemu.hw.intc.apic_common.APICBus when the CPUs have local APICs
+    ioapic: Any  # the "ioapic" device on that bus
     i8259: Any  # the 8259 pair (isa-i8259), None under an in-kernel irqchip
     hpet_dev: Any
     lpc: Any  # ICH9 LPC (q35)
@@ -61,6 +62,8 @@ def _pc_machine_initfn(obj: Object) -> None:
     pcms.bios_source = ""
     pcms.placeholders = []
     pcms.i8042 = None
+    pcms.apic_bus = None
+    pcms.ioapic = None
     pcms.i8259 = None
     pcms.hpet_dev = None
     pcms.lpc = None
@@ -195,21 +198,91 @@ def pc_machine_device_memory_size(pcms: PCMachineState) -> int:
 
 
 class _CPUInterruptLine:
-    """The 8259's INTR output: raises or lowers the boot CPU's hard interrupt request."""
+    """The 8259's INTR output (QEMU's pic_irq_request): the LINT0 input of
+    every local APIC that accepts it, or without APICs the boot CPU's hard
+    interrupt request."""
 
     def __init__(self, pcms: PCMachineState) -> None:
+        from pemu.target.i386.cpu import x86_cpu_pic_intr
+
         self.pcms = pcms
         # Bound once: this runs on every edge of the PIC's output.
         self._raise = cpus.cpu_interrupt
         self._lower = cpus.cpu_reset_interrupt
         self._hard = cpus.CPU_INTERRUPT_HARD
+        self._pic_intr = x86_cpu_pic_intr
 
     def set(self, level: int) -> None:
-        cpu = self.pcms.cpus[0]
+        cpus = self.pcms.cpus
+        if cpus[0].apic is not None:
+            for cpu in cpus:
+                self._pic_intr(cpu, level)
+            return
         if level:
-            self._raise(cpu, self._hard)
+            self._raise(cpus[0], self._hard)
         else:
-            self._lower(cpu, self._hard)
+            self._lower(cpus[0], self._hard)
+
+
+def _current_cpu_apic() -> Any:
+    """The local APIC of the CPU making the access (None off a vCPU: a device's write)."""
+    from pemu.system.cpus import current_cpu
+
+    cpu = current_cpu()
+    return None if cpu is None else cpu.apic
+
+
+def pc_check_apic_ids(pcms: PCMachineState) -> None:
+    """pemu's own APICs are xAPICs (no x2APIC on the stock engine): APIC IDs
+    0-254, checked before any CPU is made."""
+    from pemu.hw.intc.apic_common import APIC_MAX_XAPIC_ID
+
+    top = pcms.smp.cpus - 1
+    accel = pcms.vm.accel
+    if top > APIC_MAX_XAPIC_ID and not (accel is not None and accel.irqchip_in_kernel()):
+        raise QOMError(f"-smp {pcms.smp.cpus} needs APIC ID {top}: pemu's APICs take APIC ID "
+                       f"{APIC_MAX_XAPIC_ID} at most without x2APIC")
+
+
+def pc_apic_init(pcms: PCMachineState) -> None:
+    """The machine's APIC bus with every CPU's local APIC on it, the one
+    "apic-msi" window at 0xFEE00000 through which each CPU reaches its own
+    APIC and devices send MSIs (QEMU maps it in x86_cpu_apic_realize), and
+    the I/O APIC at 0xFEC00000 (QEMU's ioapic_init_gsi).  Nothing without
+    local APICs (under kvm with the in-kernel irqchip they are KVM's)."""
+    from pemu.hw.core.sysbus import sysbus_realize
+    from pemu.hw.intc.apic import APICMemory
+    from pemu.hw.intc.apic_common import APIC_PAGE_SIZE, APICBus
+    from pemu.hw.intc.ioapic import TYPE_IOAPIC, IOAPICState
+    from pemu.system.physmem import get_system_memory
+
+    apics = [cpu.apic for cpu in pcms.cpus if cpu.apic is not None]
+    if not apics:
+        return
+    bus = APICBus()
+    for apic in apics:
+        bus.attach(apic)
+    pcms.apic_bus = bus
+    window = APICMemory(bus, _current_cpu_apic)
+    get_system_memory().add_subregion_overlap(memmap.APIC_BASE, window.region(owner=pcms), APIC_PAGE_SIZE)
+    ioapic = object_check(qdev_new(TYPE_IOAPIC), IOAPICState)
+    pcms.add_child("ioapic", ioapic)
+    ioapic.unref()
+    sysbus_realize(ioapic)
+    ioapic.mmio_map(0, memmap.IOAPIC_BASE)
+    bus.attach_ioapic(ioapic.model)
+    pcms.ioapic = ioapic
+
+
+def pc_gsi_lines(pcms: PCMachineState, pic_lines: list[Any]) -> list[Any]:
+    """The GSIs (QEMU's GSIState and gsi_handler): ISA IRQs 0-15 reach both
+    the 8259 and I/O APIC pins 0-15, GSIs 16-23 only the I/O APIC."""
+    from pemu.hw.core.irq import SplitIRQ
+
+    if pcms.ioapic is None:
+        return list(pic_lines)
+    pins = [pcms.ioapic.get_gpio_in(n) for n in range(24)]
+    return [SplitIRQ(pic_lines[n], pins[n]) for n in range(16)] + pins[16:]
 
 
 def _isa_create(pcms: PCMachineState, isa_bus: Any, typename: str,
@@ -240,12 +313,14 @@ def pc_basic_device_init(pcms: PCMachineState, isa_bus: Any, system_io: MemoryRe
         isa_bus_irqs(isa_bus, list(lines))
         pcms.gsi = list(lines)
     else:
+        from pemu.target.i386.cpu import x86_cpu_connect_pic
+
         def connect_intr(dev: ISAPICState) -> None:
             dev.int_output = _CPUInterruptLine(pcms)
 
         pic = _isa_create(pcms, isa_bus, "isa-i8259", connect_intr)
-        isa_bus_irqs(isa_bus, pic.model.get_irq_lines())
-        pcms.gsi = list(pic.model.get_irq_lines())
+        pcms.gsi = pc_gsi_lines(pcms, pic.model.get_irq_lines())
+        isa_bus_irqs(isa_bus, pcms.gsi[:16])
         pcms.i8259 = pic
         for cpu in pcms.cpus:
             x86_cpu_connect_pic(cpu, pic.model.read_irq)
@@ -320,7 +395,7 @@ def pc_late_init(pcms: PCMachineState) -> None:
     fw_tables = None
     if pcms.acpi != "off":
         tables_base = (pcms.below_4g_mem_size - ACPI_TABLES_SIZE) & ~0xFFF
-        with_apic = getattr(pcms.cpus[0].model, "has_apic", False) if pcms.cpus else False
+        with_apic = pcms.apic_bus is not None
         accel = pcms.vm.accel
         # The in-kernel LAPICs and IOAPIC.
         with_apic = with_apic or (accel is not None and accel.irqchip_in_kernel())

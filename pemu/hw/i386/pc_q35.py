@@ -17,6 +17,8 @@ from pemu.hw.i386.pc import (
     TYPE_PC_MACHINE,
     PCMachineClass,
     PCMachineState,
+    pc_apic_init,
+    pc_check_apic_ids,
     pc_memory_init,
     placeholder_region,
 )
@@ -79,11 +81,13 @@ def q35_direct_boot_chipset_setup(lpc: Any, smb: Any, kbd: Any) -> None:
 
 
 def _q35_connect_ioapic_gsis(pcms: PCMachineState, lpc: Any) -> None:
-    """With an IOAPIC (KVM's in-kernel irqchip), PIRQ A-H also drive GSI
-    16-23, where the APIC-model _PRT sends them."""
+    """With an IOAPIC (pemu's, or KVM's in-kernel irqchip), PIRQ A-H also
+    drive GSI 16-23, where the APIC-model _PRT sends them."""
     accel = pcms.vm.accel
     if accel is not None and accel.irqchip_in_kernel():
         lpc.gsi_lines = accel.irqchip_gsi_lines()
+    elif pcms.ioapic is not None:
+        lpc.gsi_lines = list(pcms.gsi)
 
 
 def pc_q35_init(machine: Any) -> None:
@@ -96,6 +100,7 @@ def pc_q35_init(machine: Any) -> None:
     pcms.below_4g_mem_size, pcms.above_4g_mem_size = q35_ram_split(
         machine.ram_size, pcmc.gigabyte_align, pcms.max_ram_below_4g)
 
+    pc_check_apic_ids(pcms)
     x86_cpus_init(pcms)
 
     system_memory = get_system_memory()
@@ -160,9 +165,11 @@ def pc_q35_init(machine: Any) -> None:
     # firmware) finds the window the MCFG table describes, and SeaBIOS writes
     # the same value again.
     mch_init_pciexbar(mch, pcms.pcibus, system_memory, enabled_at_reset=True)
-    system_memory.add_subregion(memmap.IOAPIC_BASE, placeholder_region(pcms, "ioapic", memmap.IOAPIC_SIZE))
-    apic_msi = placeholder_region(pcms, "apic-msi", memmap.APIC_SPACE_SIZE)
-    system_memory.add_subregion_overlap(memmap.APIC_BASE, apic_msi, 4096)
+    pc_apic_init(pcms)
+    if pcms.apic_bus is None:
+        system_memory.add_subregion(memmap.IOAPIC_BASE, placeholder_region(pcms, "ioapic", memmap.IOAPIC_SIZE))
+        apic_msi = placeholder_region(pcms, "apic-msi", memmap.APIC_SPACE_SIZE)
+        system_memory.add_subregion_overlap(memmap.APIC_BASE, apic_msi, 4096)
 
     pc_basic_device_init(pcms, pcms.isabus, system_io)
     _q35_connect_ioapic_gsis(pcms, lpc)

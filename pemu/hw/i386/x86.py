@@ -329,6 +329,8 @@ def linux_boot_apply(x86ms: X86MachineState) -> None:
         space.write_rom(blob.addr, blob.data)
     cpu = x86ms.cpus[0]
     set_linux_entry_state(cpu.env, plan.entry)
+    if cpu.apic is not None:
+        cpu.apic.firmware_virtual_wire()  # what the firmware would leave on the BSP
     cpus.cpu_synchronize_post_reset(cpu)
 
 

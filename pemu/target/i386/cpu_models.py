@@ -249,12 +249,12 @@ BUILTIN_MODELS: dict[str, X86CPUModel] = {
 }
 DEFAULT_MODEL = "qemu64"
 
-# What the Unicorn engine cannot honour (see /work/shared/notes/unicorn-facts.md): no local
-# APIC (RDMSR/WRMSR cannot be hooked, so x2APIC and the TSC deadline are unusable), no AVX
+# What the Unicorn engine cannot honour (see /work/shared/notes/unicorn-facts.md): the local
+# APIC only in xAPIC mode (RDMSR/WRMSR cannot be hooked, so x2APIC and the TSC deadline are unusable), no AVX
 # state, no MONITOR/MWAIT wake-up, paravirt leaves that need a hypervisor, and instructions
 # the QEMU 5 translator lacks or that need a CR4 bit we do not model.
 TCG_UNSUPPORTED = feature_bits(
-    "apic", "x2apic", "tsc-deadline", "monitor", "avx", "avx2", "f16c", "fma", "xsave", "osxsave",
+    "x2apic", "tsc-deadline", "monitor", "avx", "avx2", "f16c", "fma", "xsave", "osxsave",
     "rdrand", "rdseed", "pcid", "invpcid", "fsgsbase", "bmi1", "bmi2", "adx", "smap", "smep", "pku",
     "umip", "la57", "rdpid", "hle", "rtm", "mpx", "avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl",
     "avx512ifma", "avx512vbmi", "sha-ni", "ss", "vme", "cr8legacy", "3dnowprefetch",
