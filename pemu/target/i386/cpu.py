@@ -61,13 +61,6 @@ class X86CPU(CPUState):
         x86_cpu_reset(self)
 
 
-def x86_cpu_connect_pic(cpu: X86CPU, acknowledge: Callable[[], int]) -> None:
-    """Connect the board's interrupt controller to the CPU: the accelerator
-    calls ``acknowledge()`` (with the big lock held) to take the vector of a
-    pending INTR."""
-    cpu.get_pic_interrupt = acknowledge
-
-
 def _x86_cpu_initfn(obj: Object) -> None:
     cpu = object_check(obj, X86CPU)
     vm = current_vm()
