@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.build_guest import READY_MARKER, Guest
+from tests.fixtures.build_guest import DEFAULT_APPEND, READY_MARKER, Guest
 from tests.integration.harness import GuestProcess, default_guest_args
 
 SEABIOS = "/usr/share/seabios/bios-256k.bin"
@@ -156,7 +156,9 @@ def test_direct_boot_shows_the_same_tables_and_devices(guest: GuestProcess, gues
     commands = ("ls /sys/firmware/acpi/tables/", "ls /sys/bus/pci/devices/",
                 "cat /sys/bus/pci/devices/*/vendor /sys/bus/pci/devices/*/device")
     firmware = [guest.run(cmd).split() for cmd in commands]
-    direct_vm = GuestProcess(default_guest_args(guest_images, memory="4096", extra=["-smp", "2"]))
+    # The firmware boot runs -smp 2 with lpj= (see test_smp.py: LPJ): the same here.
+    direct_vm = GuestProcess(default_guest_args(guest_images, memory="4096", extra=["-smp", "2"],
+                                                 append=f"{DEFAULT_APPEND} lpj=4000000"))
     try:
         direct_vm.expect(READY_MARKER, BOOT_TIMEOUT)
         direct = [direct_vm.run(cmd).split() for cmd in commands]
