@@ -22,8 +22,17 @@ import time
 from collections import deque
 from typing import Any
 
-from unicorn import (UC_ARCH_X86, UC_ERR_ARG, UC_ERR_INSN_INVALID, UC_ERR_WRITE_PROT, UC_HOOK_INSN, UC_HOOK_INTR,
-                     UC_MODE_64, Uc, UcError)
+from unicorn import (
+    UC_ARCH_X86,
+    UC_ERR_ARG,
+    UC_ERR_INSN_INVALID,
+    UC_ERR_WRITE_PROT,
+    UC_HOOK_INSN,
+    UC_HOOK_INTR,
+    UC_MODE_64,
+    Uc,
+    UcError,
+)
 from unicorn import x86_const as ucx
 from unicorn.unicorn_py3.unicorn import uclib
 
@@ -34,11 +43,21 @@ from pemu.accel.tcg.memory_map import UnicornMemoryMap
 from pemu.accel.tcg.tcg_accel_ops_rr import RRCPUThread
 from pemu.system.memory import FlatView, RAMBlock, add_ram_write_notifier, remove_ram_write_notifier
 from pemu.target.i386.cpu_state import (
-    CR0_PG_MASK, EFLAGS_FIXED, IF_MASK, CPUX86State, DescriptorTable, SegmentCache,
+    CR0_PG_MASK,
+    EFLAGS_FIXED,
+    IF_MASK,
+    CPUX86State,
+    DescriptorTable,
+    SegmentCache,
 )
 from pemu.target.i386.tcg.misc_helper import do_syscall, do_sysenter
 from pemu.target.i386.tcg.seg_helper import (
-    EXCP06_ILLOP, EXCP0D_GPF, GuestFault, InterruptDelivery, TripleFault, seg_hflags,
+    EXCP0D_GPF,
+    EXCP06_ILLOP,
+    GuestFault,
+    InterruptDelivery,
+    TripleFault,
+    seg_hflags,
 )
 from pemu.target.i386.tcg.uc_context import HF, CPUContext, Off, real_mode_context_bytes, verify_context_layout
 from pemu.util.log import LOG_GUEST_ERROR, guest_error, qemu_log_mask

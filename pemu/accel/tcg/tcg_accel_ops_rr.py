@@ -173,7 +173,7 @@ class RRCPUThread:
             try:
                 reason = vcpu.exec()
             except Exception as e:  # an accelerator bug: contained like a device fault
-                from pemu.system.runstate import contain_fault
+                from pemu.system.cpus import contain_fault
 
                 reason = VCPUExit.KICKED
                 contain_fault(f"CPU {cpu.cpu_index}", e)
