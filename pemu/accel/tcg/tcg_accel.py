@@ -17,8 +17,6 @@ object, pemu.accel.tcg.tcg_all, does not import it).
 from __future__ import annotations
 
 import ctypes
-import threading
-import time
 from collections import deque
 from typing import Any
 
@@ -37,6 +35,7 @@ from unicorn import x86_const as ucx
 from unicorn.unicorn_py3.unicorn import uclib
 
 from pemu.accel.accel import VCPUExit
+from pemu.accel.tcg.deadline import DeadlineThread
 from pemu.accel.tcg.engine import EngineFeature, engine_info
 from pemu.accel.tcg.exit_request import TBExitRequest, verify_exit_request
 from pemu.accel.tcg.memory_map import UnicornMemoryMap
@@ -155,53 +154,27 @@ class _RAMAccess:
         return True
 
 
-class _IRQPoll:
+class _IRQPoll(DeadlineThread):
     """Asks the vCPU out of the engine after a delay (an interrupt waits for IF=1).
 
     Unicorn cannot tell us when the guest sets IF, so while an interrupt is
     pending with IF clear the vCPU runs with a deadline and looks again.
-    One thread serves every deadline; ``fired`` tells the vCPU it was this.
+    ``fired`` tells the vCPU it was this.
     """
 
     def __init__(self, exit_request: TBExitRequest) -> None:
         self.exit_request = exit_request
-        self.cond = threading.Condition(threading.Lock())
-        self.deadline: float | None = None
         self.fired = False
-        self.done = False
-        self.thread = threading.Thread(target=self._run, name="tcg-irq-poll", daemon=True)
-        self.thread.start()
+        super().__init__("tcg-irq-poll")
 
     def schedule(self, delay_s: float) -> None:
         with self.cond:
             self.fired = False
-            self.deadline = time.monotonic() + delay_s
-            self.cond.notify()
+            self._arm_locked(delay_s)
 
-    def cancel(self) -> None:
-        with self.cond:
-            self.deadline = None
-
-    def stop(self) -> None:
-        with self.cond:
-            self.done = True
-            self.cond.notify()
-        if self.thread is not threading.current_thread():
-            self.thread.join(1)  # a destroyed VM leaves no thread behind
-
-    def _run(self) -> None:
-        with self.cond:
-            while not self.done:
-                if self.deadline is None:
-                    self.cond.wait()
-                    continue
-                remaining = self.deadline - time.monotonic()
-                if remaining > 0:
-                    self.cond.wait(remaining)
-                    continue
-                self.deadline = None
-                self.fired = True
-                self.exit_request.request()
+    def expired(self) -> None:
+        self.fired = True
+        self.exit_request.request()
 
 
 class TCGVCPU:
