@@ -21,6 +21,7 @@ import struct
 from typing import Any
 
 from pemu.net.net import NET_BUFSIZE, NetClientState, NetState, qemu_flush_queued_packets, qemu_send_packet_async
+from pemu.net.packet_fd import PacketFdNetClient
 from pemu.util.error import UserError, error_report
 from pemu.util.main_loop import MainLoop
 
@@ -260,7 +261,7 @@ class StreamNetClient(NetClientState):
             self.listener = None
 
 
-class DgramNetClient(NetClientState):
+class DgramNetClient(PacketFdNetClient):
     """-netdev dgram: one frame per datagram between a local and a remote address."""
 
     driver = "dgram"
@@ -280,64 +281,30 @@ class DgramNetClient(NetClientState):
             raise UserError(f"can't bind socket to {_describe(family, sockaddr)}: {e.strerror}") from None
         sock.setblocking(False)
         self.sock = sock
-        self._pending: bytes | None = None  # a frame the socket could not take
-        self._held = False
         super().__init__(net, model, name)
         where = _describe(family, sock.getsockname())
         self.info_str = f"udp={where}" + (f",remote={_describe(*remote)}" if remote else "")
         self._update_handlers()
 
-    def _update_handlers(self) -> None:
-        read = None if self._held else self._readable
-        write = self._writable if self._pending is not None else None
-        self.loop.set_fd_handler(self.sock.fileno(), read, write)
+    def fileno(self) -> int:
+        return self.sock.fileno()
 
-    def _readable(self) -> None:
-        for _ in range(64):  # a fair share per wake-up
-            try:
-                frame, _peer = self.sock.recvfrom(NET_BUFSIZE)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return  # e.g. ECONNREFUSED from an earlier send: datagrams go on
-            if not frame:
-                continue
-            if qemu_send_packet_async(self, frame, self._sent) == 0:
-                self._held = True
-                self._update_handlers()
-                return
-
-    def _sent(self, _nc: NetClientState, _size: int) -> None:
-        self._held = False
-        self._update_handlers()
-
-    def receive(self, data: bytes) -> int:
-        if self.remote is None:
-            return len(data)
-        if self._pending is not None:
-            return 0
+    def read_frame(self) -> bytes | None:
         try:
-            self.sock.sendto(data, self.remote[1])
-        except BlockingIOError:
-            self._pending = data
-            self._update_handlers()
-        except OSError as e:
-            if e.errno not in (errno.ECONNREFUSED, errno.ENOENT, errno.EMSGSIZE):
-                error_report(f"netdev {self.name}: {e.strerror}")
-        return len(data)
+            frame, _peer = self.sock.recvfrom(NET_BUFSIZE)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            return None  # e.g. ECONNREFUSED from an earlier send: datagrams go on
+        return frame
 
-    def _writable(self) -> None:
-        data, self._pending = self._pending, None
-        if data is not None and self.remote is not None:
-            try:
-                self.sock.sendto(data, self.remote[1])
-            except BlockingIOError:
-                self._pending = data
-            except OSError:
-                pass
-        self._update_handlers()
-        if self._pending is None:
-            qemu_flush_queued_packets(self)
+    def write_frame(self, data: bytes) -> None:
+        if self.remote is not None:  # with no remote, frames from the NIC are dropped
+            self.sock.sendto(data, self.remote[1])
+
+    def write_failed(self, error: OSError) -> None:
+        if error.errno not in (errno.ECONNREFUSED, errno.ENOENT, errno.EMSGSIZE):
+            error_report(f"netdev {self.name}: {error.strerror}")
 
     def cleanup(self) -> None:
         self.loop.set_fd_handler(self.sock.fileno(), None)

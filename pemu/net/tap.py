@@ -15,7 +15,8 @@ import os
 import struct
 import subprocess
 
-from pemu.net.net import NET_BUFSIZE, NetClientState, NetState, qemu_flush_queued_packets, qemu_send_packet_async
+from pemu.net.net import NET_BUFSIZE, NetState
+from pemu.net.packet_fd import PacketFdNetClient
 from pemu.util.error import UserError, error_report
 from pemu.util.main_loop import MainLoop
 
@@ -46,7 +47,7 @@ def _run_script(script: str, ifname: str) -> None:
         raise UserError(f"network script {script} failed with status {result.returncode}")
 
 
-class TapNetClient(NetClientState):
+class TapNetClient(PacketFdNetClient):
     driver = "tap"
 
     def __init__(self, net: NetState, name: str | None, opts: dict[str, str], loop: MainLoop) -> None:
@@ -76,8 +77,6 @@ class TapNetClient(NetClientState):
         self.fd = fd
         self.loop = loop
         self.downscript = down
-        self._pending: bytes | None = None
-        self._held = False
         if up is not None:
             try:
                 _run_script(up, self.ifname)
@@ -88,56 +87,25 @@ class TapNetClient(NetClientState):
         self.info_str = f"ifname={self.ifname},script={up or 'no'},downscript={down or 'no'}"
         self._update_handlers()
 
-    def _update_handlers(self) -> None:
-        read = None if self._held else self._readable
-        write = self._writable if self._pending is not None else None
-        self.loop.set_fd_handler(self.fd, read, write)
+    def fileno(self) -> int:
+        return self.fd
 
-    def _readable(self) -> None:
-        for _ in range(64):
-            try:
-                frame = os.read(self.fd, NET_BUFSIZE)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as e:
-                error_report(f"tap {self.ifname}: {e.strerror}")
-                return
-            if not frame:
-                return
-            if qemu_send_packet_async(self, frame, self._sent) == 0:
-                self._held = True
-                self._update_handlers()
-                return
-
-    def _sent(self, _nc: NetClientState, _size: int) -> None:
-        self._held = False
-        self._update_handlers()
-
-    def receive(self, data: bytes) -> int:
-        if self._pending is not None:
-            return 0
+    def read_frame(self) -> bytes | None:
         try:
-            os.write(self.fd, data)
-        except BlockingIOError:
-            self._pending = data
-            self._update_handlers()
+            frame = os.read(self.fd, NET_BUFSIZE)
+        except (BlockingIOError, InterruptedError):
+            return None
         except OSError as e:
-            if e.errno not in (errno.EIO, errno.EINVAL):  # interface down / bad frame: dropped
-                error_report(f"tap {self.ifname}: {e.strerror}")
-        return len(data)
+            error_report(f"tap {self.ifname}: {e.strerror}")
+            return None
+        return frame or None
 
-    def _writable(self) -> None:
-        data, self._pending = self._pending, None
-        if data is not None:
-            try:
-                os.write(self.fd, data)
-            except BlockingIOError:
-                self._pending = data
-            except OSError:
-                pass
-        self._update_handlers()
-        if self._pending is None:
-            qemu_flush_queued_packets(self)
+    def write_frame(self, data: bytes) -> None:
+        os.write(self.fd, data)
+
+    def write_failed(self, error: OSError) -> None:
+        if error.errno not in (errno.EIO, errno.EINVAL):  # interface down / bad frame: dropped
+            error_report(f"tap {self.ifname}: {error.strerror}")
 
     def cleanup(self) -> None:
         if self.fd < 0:
