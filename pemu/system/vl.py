@@ -87,7 +87,7 @@ class Config:
     objects: list[tuple[QemuOpts, str]] = field(default_factory=list)
     chardevs: list[tuple[QemuOpts, str]] = field(default_factory=list)
     serials: list[str] = field(default_factory=list)
-    monitors: list[tuple[str, str]] = field(default_factory=list)  # (kind, spec)
+    monitors: list[tuple[str, str]] = field(default_factory=list)  # (monitor|mon|qmp|qmp-pretty|mon-qmp[-pretty], spec)
     kernel: str | None = None
     initrd: str | None = None
     append: str | None = None
@@ -185,12 +185,27 @@ def _apply_option(cfg: Config, opt: ParsedOption) -> None:
         cfg.monitors.append(("monitor", arg))
     elif name == "mon":
         opts = opt.parse_opts()
-        if opts.get("mode", "readline") != "readline":
-            raise opt.error("QMP monitors are not supported by pemu yet")
+        mode = opts.get("mode", "readline")
+        if mode not in ("readline", "control"):
+            raise opt.error(f"Parameter 'mode' does not accept value '{mode}'")
+        pretty = opts.get_bool("pretty", False)
+        if pretty and mode == "readline":
+            raise opt.error("'pretty' is not compatible with HMP monitors")
         chardev = opts.get("chardev")
         if not chardev:
             raise opt.error("Parameter 'chardev' is missing")
-        cfg.monitors.append(("mon", chardev))
+        kind = "mon" if mode == "readline" else ("mon-qmp-pretty" if pretty else "mon-qmp")
+        cfg.monitors.append((kind, chardev))
+    elif name in ("qmp", "qmp-pretty"):
+        assert arg is not None
+        cfg.monitors.append((name, arg))
+    elif name == "vga":
+        assert arg is not None
+        if arg == "help":
+            sys.stdout.write("none                 no VGA card\n")
+            raise EarlyExit(0)
+        if arg != "none":
+            raise opt.error(f"VGA card '{arg}' is not supported by pemu (it has no display): use -vga none")
     elif name == "kernel":
         cfg.kernel = arg
     elif name == "initrd":
@@ -631,18 +646,19 @@ def qemu_setup_defaults_and_monitors(cfg: Config) -> None:
     # Every back-end first, and only then the monitors, which greet the user
     # (banner, prompt) as they start: a bad -serial or -monitor is then one
     # error line, with no monitor banner before it.
-    monitor_chrs: list[Any] = []
+    monitor_chrs: list[tuple[Any, str]] = []
     for n, (kind, spec) in enumerate(monitors):
-        if kind == "mon":
+        if kind.startswith("mon"):
             chr_ = qemu_chr_find(spec)
             if chr_ is None:
                 raise UserError(f"chardev \"{spec}\" not found", f"-mon {spec}")
         else:
             if spec == "none":
                 continue
-            chr_ = chr_new(f"compat_monitor{n}", spec, f"-monitor {spec}")
+            option = "-monitor" if kind == "monitor" else f"-{kind}"
+            chr_ = chr_new(f"compat_monitor{n}", spec, f"{option} {spec}")
         if chr_ is not None:
-            monitor_chrs.append(chr_)
+            monitor_chrs.append((chr_, kind))
     serial_monitor_chrs: list[Any] = []
     for i, spec in enumerate(serials):
         if spec == "none":
@@ -653,8 +669,14 @@ def qemu_setup_defaults_and_monitors(cfg: Config) -> None:
         if chr_ is not None and spec.startswith("mon:"):
             serial_monitor_chrs.append(chr_)
         vm.serial_hds.append(chr_)
-    for chr_ in monitor_chrs:
-        monitor_init_hmp(chr_)
+    for chr_, kind in monitor_chrs:
+        if kind in ("monitor", "mon"):
+            monitor_init_hmp(chr_)
+        else:
+            # The QMP server and its schema are loaded only when asked for.
+            from pemu.monitor.qmp import monitor_init_qmp
+
+            monitor_init_qmp(chr_, pretty=kind.endswith("pretty"))
     for chr_ in serial_monitor_chrs:
         mon = monitor_init_hmp(chr_)
         if monitor_first:
@@ -781,6 +803,7 @@ def main_loop_should_exit(vm: VirtualMachine) -> bool:
         cpus.vm_stop(stop)
     cause = runstate.take_shutdown_request()
     if cause != ShutdownCause.NONE:
+        runstate.qapi_event_send_shutdown(cause)
         if vm.run.requests.no_shutdown and cause in (ShutdownCause.GUEST_SHUTDOWN, ShutdownCause.GUEST_RESET):
             cpus.vm_stop(RunState.SHUTDOWN)
         else:
@@ -791,6 +814,7 @@ def main_loop_should_exit(vm: VirtualMachine) -> bool:
         cpus.pause_all_vcpus()
         assert vm.machine is not None
         qemu_system_reset(vm.machine)
+        runstate.qapi_event_send_reset(reset)
         if was_running or vm.run.state == RunState.SHUTDOWN:
             runstate.runstate_set(RunState.PAUSED)
             cpus.vm_start()
