@@ -648,7 +648,7 @@ def qemu_setup_defaults_and_monitors(cfg: Config) -> None:
     # error line, with no monitor banner before it.
     monitor_chrs: list[tuple[Any, str]] = []
     for n, (kind, spec) in enumerate(monitors):
-        if kind.startswith("mon"):
+        if kind in ("mon", "mon-qmp", "mon-qmp-pretty"):
             chr_ = qemu_chr_find(spec)
             if chr_ is None:
                 raise UserError(f"chardev \"{spec}\" not found", f"-mon {spec}")
