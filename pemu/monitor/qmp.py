@@ -25,6 +25,7 @@ from typing import Any
 
 from pemu.chardev.char import Chardev, ChrEvent
 from pemu.chardev.char_fe import CharBackend
+from pemu.monitor.monitor import StringMonitor
 from pemu.monitor.qmp_cmds import QMP_CAP_NEGOTIATION_COMMANDS, QMP_COMMANDS, QMPCapability, qmp_query_version
 from pemu.qapi.error import ErrorClass, QMPError
 from pemu.qapi.json_stream import JSONStreamer
@@ -118,6 +119,12 @@ class MonitorQMP:
         for cap in enable:
             raise QMPError(f"Capability '{cap.value}' not available")
         self.negotiated = True
+
+    def run_hmp_line(self, line: str) -> str:
+        """What one human monitor command line prints (human-monitor-command)."""
+        hmp = StringMonitor()
+        hmp.handle_command(line)
+        return hmp.output()
 
     def _handle_message(self, request: Any, error: str | None) -> None:
         if error is not None:

@@ -765,15 +765,11 @@ def qmp_netdev_del(*, id: str) -> None:
 
 
 @command("human-monitor-command")
-def qmp_human_monitor_command(*, command_line: str, cpu_index: int | None = None) -> str:
+def qmp_human_monitor_command(mon: MonitorQMP, *, command_line: str, cpu_index: int | None = None) -> str:
     """Run one HMP command line and return what it printed (QEMU's qmp_human_monitor_command)."""
-    from pemu.monitor.monitor import StringMonitor
-
     if cpu_index is not None and cpu_index not in {cpu.cpu_index for cpu in machine_cpus()}:
         raise QMPError("Parameter 'cpu-index' expects a CPU index")
-    mon = StringMonitor()
-    mon.handle_command(command_line)
-    return mon.output()
+    return mon.run_hmp_line(command_line)
 
 
 # --- events -----------------------------------------------------------------------------------------
