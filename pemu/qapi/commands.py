@@ -139,10 +139,15 @@ def struct_type(cls: type) -> StructType:
     cached = _STRUCTS.get(cls)
     if cached is not None:
         return cached
-    hints = typing.get_type_hints(cls)
-    required: frozenset[str] = getattr(cls, "__required_keys__", frozenset())
-    members = tuple(Member(name, qapi_type(hint), name not in required) for name, hint in hints.items())
-    result = StructType(cls.__name__, members)
+    # NotRequired is read from the annotations themselves: with postponed
+    # evaluation of annotations, __required_keys__ does not see it.
+    members: list[Member] = []
+    for name, hint in typing.get_type_hints(cls, include_extras=True).items():
+        optional = typing.get_origin(hint) is typing.NotRequired
+        if optional or typing.get_origin(hint) is typing.Required:
+            (hint,) = typing.get_args(hint)
+        members.append(Member(name, qapi_type(hint), optional))
+    result = StructType(cls.__name__, tuple(members))
     _STRUCTS[cls] = result
     return result
 

@@ -197,12 +197,7 @@ class _Parser:
                 raise _parse_error("premature EOI")
             if colon.kind != ":":
                 raise _parse_error("missing : in object pair")
-            if self._peek() is None:
-                raise _parse_error("premature EOI")
-            if self._peek_is_value_start():
-                value = self.value()
-            else:
-                raise _parse_error("Missing value in dict")
+            value = self.value()
             if key in result:
                 raise _parse_error("duplicate key")
             result[key] = value
@@ -213,10 +208,6 @@ class _Parser:
                 return result
             if sep.kind != ",":
                 raise _parse_error("expected separator in dict")
-
-    def _peek_is_value_start(self) -> bool:
-        token = self._peek()
-        return token is not None and token.kind in ("{", "[", "string", "scalar")
 
     def _array(self) -> list[Any]:
         result: list[Any] = []
