@@ -359,10 +359,11 @@ def qmp_qom_list_types(*, implements: str | None = None, abstract: bool = False)
 
     result: list[ObjectTypeInfo] = []
     for klass in object_class_get_list(implements, abstract):
-        info: ObjectTypeInfo = {"name": klass.name}
+        # By the type's name: a machine class's `name` field is its -machine name.
+        info: ObjectTypeInfo = {"name": klass.type.name}
         if klass.abstract:
             info["abstract"] = True
-        parent = klass.parent_class
+        parent = klass.type.parent_type
         if parent is not None:
             info["parent"] = parent.name
         result.append(info)
@@ -730,6 +731,19 @@ def qmp_set_link(*, name: str, up: bool) -> None:
         raise QMPError(e.message, ErrorClass.DEVICE_NOT_FOUND) from None
 
 
+def flatten_arguments(args: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested QMP arguments as the command line's dotted keys ({"addr": {"type": "unix"}} is addr.type)."""
+    flat: dict[str, Any] = {}
+    for key, value in args.items():
+        if isinstance(value, dict):
+            flat.update(flatten_arguments(value, f"{prefix}{key}."))
+        elif isinstance(value, bool):
+            flat[prefix + key] = "on" if value else "off"
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
 @command("netdev_add")
 def qmp_netdev_add(*, type: str, id: str, **props: Any) -> None:
     from pemu.net.net import net_state
@@ -743,7 +757,7 @@ def qmp_netdev_add(*, type: str, id: str, **props: Any) -> None:
     try:
         opts = QemuOptsList("netdev").create(id)
         opts.set("type", type)
-        for key, value in props.items():
+        for key, value in flatten_arguments(props).items():
             for item in value if isinstance(value, list) else [value]:
                 opts.set(key, item if isinstance(item, (str, bool, int)) else str(item))
         net_client_init(net, main_loop(), opts, id)
