@@ -79,6 +79,14 @@ def pemu(tmp_path: Path) -> Iterator[Pemu]:
                 stream.close()
 
 
+def close_after_quit(qmp: QEMUMonitorProtocol) -> None:
+    """Close a client whose server quit: EOF is what qemu.qmp reports then (QEMUMachine ignores it too)."""
+    try:
+        qmp.close()
+    except EOFError:
+        pass
+
+
 def _events(qmp: QEMUMonitorProtocol, wanted: list[str], timeout: float = 30) -> list[dict[str, Any]]:
     """Events until the names in ``wanted`` have come, in order."""
     got: list[dict[str, Any]] = []
@@ -183,6 +191,7 @@ def test_every_command_with_qemu_qmp(pemu: Pemu, tmp_path: Path) -> None:
     shutdown = _events(qmp, ["SHUTDOWN"])[-1]
     assert shutdown["data"] == {"guest": False, "reason": "host-qmp-quit"}
     assert pemu.finish() == 0
+    close_after_quit(qmp)
     assert done == names
 
 
@@ -213,6 +222,7 @@ def test_several_monitors_and_clients(pemu: Pemu) -> None:
     second.cmd("quit")
     pretty.close()
     assert pemu.finish() == 0
+    close_after_quit(second)
 
 
 def _raw_exchange(sock: socket.socket, data: bytes) -> dict[str, Any]:
@@ -257,6 +267,7 @@ def test_bad_input_on_a_real_socket(pemu: Pemu) -> None:
     qmp = pemu.client()
     qmp.cmd("quit")
     assert pemu.finish() == 0
+    close_after_quit(qmp)
 
 
 def test_qemu_machine_launcher_boots_the_guest(guest_images: Guest, tmp_path: Path) -> None:
@@ -296,6 +307,7 @@ def test_qemu_machine_launcher_boots_the_guest(guest_images: Guest, tmp_path: Pa
         qmp.cmd("quit")
         assert _events(qmp, ["SHUTDOWN"])[-1]["data"] == {"guest": False, "reason": "host-qmp-quit"}
         assert proc.wait(30) == 0
+        close_after_quit(qmp)
         console.close()
     finally:
         if proc.poll() is None:
@@ -305,3 +317,22 @@ def test_qemu_machine_launcher_boots_the_guest(guest_images: Guest, tmp_path: Pa
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+def test_qmp_shell_completes_and_runs_commands(pemu: Pemu, tmp_path: Path) -> None:
+    """qemu.qmp's qmp-shell: completion from query-commands, its key=value syntax."""
+    from qemu.qmp.qmp_shell import QMPShell
+
+    shell = QMPShell(str(pemu.sock))
+    shell._histfile = str(tmp_path / "history")
+    shell.settimeout(60)
+    shell.connect(negotiate=True)
+    shell._fill_completion()
+    assert shell._completer.complete("query-qmp", 0) == "query-qmp-schema"
+    assert shell._completer.complete("qom-", 0) is not None
+    request = shell._build_cmd("qom-get path=/machine property=hpet")
+    assert request is not None
+    assert shell.cmd_obj(request)["return"] is True
+    shell.cmd("quit")
+    assert pemu.finish() == 0
+    close_after_quit(shell)
