@@ -377,7 +377,7 @@ def qmp_device_list_properties(*, typename: str) -> list[ObjectPropertyInfo]:
 
     klass = object_class_by_name(typename)
     if klass is None:
-        raise QMPError("Parameter 'typename' expects device type")
+        raise device_not_found(f"Device '{typename}' not found")
     if not klass.dynamic_cast(TYPE_DEVICE) or not isinstance(klass, DeviceClass):
         raise QMPError("Parameter 'typename' expects device type")
     if klass.abstract:
@@ -440,7 +440,7 @@ def qmp_device_del(*, id: str) -> None:
 @command("screendump")
 def qmp_screendump(*, filename: str, device: str | None = None, head: int | None = None,
                    format: str | None = None) -> None:
-    raise QMPError("There is no console to take a screendump from (pemu has no display)")
+    raise QMPError("There is no console to take a screendump from")  # pemu has no display
 
 
 # --- PCI --------------------------------------------------------------------------------------------

@@ -177,10 +177,11 @@ def _wrong_type(name: str, expected: str) -> ArgumentCheckError:
     return ArgumentCheckError(f"Invalid parameter type for '{name}', expected: {expected}")
 
 
-def visit_input(value: object, qtype: QapiType, name: str) -> Any:
+def visit_input(value: object, qtype: QapiType, name: str, leaf: str | None = None) -> Any:
     """``value`` (from JSON) checked against ``qtype``; enum values become
     the Enum's members.  ``name`` is the member's full name for messages
-    ("device", "props.foo", "enable[0]")."""
+    ("device", "props.foo", "enable[0]"); ``leaf`` is its own name, which
+    QEMU's enum check uses instead ("null" for a list element)."""
     if isinstance(qtype, Builtin):
         if not _json_kind_ok(value, qtype):
             raise _wrong_type(name, qtype.expected)
@@ -188,14 +189,16 @@ def visit_input(value: object, qtype: QapiType, name: str) -> Any:
     if isinstance(qtype, ArrayType):
         if not isinstance(value, list):
             raise _wrong_type(name, "array")
-        return [visit_input(item, qtype.element, f"{name}[{index}]") for index, item in enumerate(value)]
+        # A list element has no name of its own: QEMU's enum check says 'null'.
+        return [visit_input(item, qtype.element, f"{name}[{index}]", "null") for index, item in enumerate(value)]
     if isinstance(qtype, EnumType):
         if not isinstance(value, str):
             raise _wrong_type(name, "string")
         for member in qtype.cls:
             if member.value == value:
                 return member
-        raise ArgumentCheckError(f"Parameter '{name}' does not accept value '{value}'")
+        shown = leaf if leaf is not None else name.rsplit(".", 1)[-1]
+        raise ArgumentCheckError(f"Parameter '{shown}' does not accept value '{value}'")
     if not isinstance(value, dict):
         raise _wrong_type(name, "object")
     return visit_members(value, qtype, f"{name}.")

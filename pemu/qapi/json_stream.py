@@ -186,12 +186,10 @@ class _Parser:
             self.pos += 1
             return result
         while True:
-            key_token = self._next()
-            if key_token is None:
-                raise _parse_error("premature EOI")
-            if key_token.kind != "string":
+            # The key is parsed as any value first (so "{," expects a value), then must be a string.
+            key = self.value()
+            if not isinstance(key, str):
                 raise _parse_error("key is not a string in object")
-            key = _decode_string(key_token.text)
             colon = self._next()
             if colon is None:
                 raise _parse_error("premature EOI")

@@ -151,11 +151,13 @@ def test_every_command_with_qemu_qmp(pemu: Pemu, tmp_path: Path) -> None:
     assert any(t.get("abstract") for t in cmd("qom-list-types", abstract=True))
     dev_props = {p["name"]: p for p in cmd("device-list-properties", typename="isa-serial")}
     assert {"iobase", "irq", "chardev"} <= set(dev_props)
-    assert err("device-list-properties", typename="nope")["desc"] == "Parameter 'typename' expects device type"
+    assert err("device-list-properties", typename="nope") == {"class": "DeviceNotFound",
+                                                              "desc": "Device 'nope' not found"}
     assert err("device_add", driver="isa-debug-exit") == {"class": "GenericError",
                                                           "desc": "Bus 'isa.0' does not support hotplugging"}
     assert err("device_del", id="nothing")["class"] == "DeviceNotFound"
-    assert "no console" in err("screendump", filename=str(tmp_path / "shot.ppm"))["desc"]
+    assert err("screendump", filename=str(tmp_path / "shot.ppm"))["desc"] == \
+        "There is no console to take a screendump from"
     # chardevs at run time
     log = tmp_path / "chr.log"
     assert cmd("chardev-add", id="c1", backend={"type": "file", "data": {"out": str(log)}}) == {}
@@ -248,7 +250,7 @@ def test_bad_input_on_a_real_socket(pemu: Pemu) -> None:
         "class": "CommandNotFound", "desc": "Expecting capabilities negotiation with 'qmp_capabilities'"}
     assert _raw_exchange(sock, b'{"execute": "qmp_capabilities"}\n') == {"return": {}}
     cases = [
-        (b'{"execute": "query-status",,}\n', "JSON parse error, key is not a string in object"),
+        (b'{"execute": "query-status",,}\n', "JSON parse error, expecting value"),
         (b'"just a string"\n', "QMP input must be a JSON object"),
         (b'{"execute": "no-such-command", "id": 5}\n', "The command no-such-command has not been found"),
         (b'{"execute": "qom-list", "arguments": {"path": 42}}\n',
