@@ -603,20 +603,52 @@ def hmp_set_link(mon: Monitor, args: dict[str, Any]) -> None:
 
 
 def _block_devices() -> Any:
-    from pemu.hw.core.machine import MachineState
+    from pemu.monitor.qmp_cmds import block_devices
 
-    machine = object_get_root().child("machine")
-    if not isinstance(machine, MachineState):
-        raise CommandError("no machine")
-    return machine.block_devices
+    return block_devices()
 
 
 def hmp_info_block(mon: Monitor, args: dict[str, Any]) -> None:
-    mon.puts(_block_devices().info_block())
+    """QEMU's print_block_info for each drive of query-block."""
+    from pemu.monitor.qmp_cmds import qmp_query_block
+
+    for info in qmp_query_block():
+        inserted = info.get("inserted")
+        if inserted is None:
+            mon.puts(f"{info['device']}: [not inserted]\n")
+        else:
+            flags = ", read-only" if inserted["ro"] else ""
+            mon.puts(f"{info['device']} ({inserted.get('node-name', '')}): {inserted['file']} ({inserted['drv']})"
+                     f"{flags}\n")
+        if "qdev" in info:
+            mon.puts(f"    Attached to:      {info['qdev']}\n")
+        if info["removable"]:
+            mon.puts(f"    Removable device: {'' if info['locked'] else 'not '}locked, "
+                     f"tray {'open' if info.get('tray_open') else 'closed'}\n")
+        if inserted is not None:
+            cache = inserted["cache"]
+            mode = "writeback" if cache["writeback"] else "writethrough"
+            if cache["direct"]:
+                mode += ", direct"
+            if cache["no-flush"]:
+                mode += ", ignore flushes"
+            mon.puts(f"    Cache mode:       {mode}\n")
+            if "backing_file" in inserted:
+                mon.puts(f"    Backing file:     {inserted['backing_file']} "
+                         f"(chain depth: {inserted['backing_file_depth']})\n")
+        mon.puts("\n")
 
 
 def hmp_info_blockstats(mon: Monitor, args: dict[str, Any]) -> None:
-    mon.puts(_block_devices().info_blockstats())
+    from pemu.monitor.qmp_cmds import qmp_query_blockstats
+
+    for entry in qmp_query_blockstats():
+        s = entry["stats"]
+        mon.puts(f"{entry.get('device', '')}: rd_bytes={s['rd_bytes']} wr_bytes={s['wr_bytes']} "
+                 f"rd_operations={s['rd_operations']} wr_operations={s['wr_operations']} "
+                 f"flush_operations={s['flush_operations']} wr_total_time_ns={s['wr_total_time_ns']} "
+                 f"rd_total_time_ns={s['rd_total_time_ns']} flush_total_time_ns={s['flush_total_time_ns']} "
+                 f"rd_merged={s['rd_merged']} wr_merged={s['wr_merged']} idle_time_ns={s.get('idle_time_ns', 0)}\n")
 
 
 def hmp_commit(mon: Monitor, args: dict[str, Any]) -> None:

@@ -608,6 +608,9 @@ class BlockDeviceStats(TypedDict):
     rd_total_time_ns: int
     wr_total_time_ns: int
     flush_total_time_ns: int
+    rd_merged: int
+    wr_merged: int
+    idle_time_ns: NotRequired[int]
 
 
 BlockStats = TypedDict("BlockStats", {
@@ -624,7 +627,7 @@ def qmp_query_blockstats() -> list[BlockStats]:
             "rd_bytes": s.rd_bytes, "wr_bytes": s.wr_bytes, "rd_operations": s.rd_operations,
             "wr_operations": s.wr_operations, "flush_operations": s.flush_operations,
             "rd_total_time_ns": s.rd_total_time_ns, "wr_total_time_ns": s.wr_total_time_ns,
-            "flush_total_time_ns": s.flush_total_time_ns}}
+            "flush_total_time_ns": s.flush_total_time_ns, "rd_merged": 0, "wr_merged": 0, "idle_time_ns": 0}}
         if drive.blk.root is not None:
             entry["node-name"] = drive.blk.root.node_name
         if drive.claimed_by is not None:

@@ -41,11 +41,14 @@ class Pemu:
     def __init__(self, tmp_path: Path, extra: list[str]) -> None:
         self.sock = tmp_path / "qmp.sock"
         self.sock2 = tmp_path / "qmp2.sock"
+        self.disk = tmp_path / "disk.raw"
+        self.disk.write_bytes(bytes(1 << 20))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pemu", "-S", "-display", "none", "-vga", "none", "-monitor", "null",
              "-serial", "null", "-qmp", f"unix:{self.sock},server=on,wait=off",
              "-chardev", f"socket,id=qmp2,path={self.sock2},server=on,wait=off",
-             "-mon", "chardev=qmp2,mode=control,pretty=on", *extra],
+             "-mon", "chardev=qmp2,mode=control,pretty=on",
+             "-drive", f"file={self.disk},if=none,id=disk0,format=raw", *extra],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
         _wait_for_socket(self.sock2, self.proc)
 
@@ -135,7 +138,12 @@ def test_every_command_with_qemu_qmp(pemu: Pemu, tmp_path: Path) -> None:
     (pci_bus,) = cmd("query-pci")
     ids = {(d["slot"], d["function"]): (d["id"]["vendor"], d["id"]["device"]) for d in pci_bus["devices"]}
     assert ids[(0, 0)] == (0x8086, 0x29C0) and ids[(31, 0)] == (0x8086, 0x2918)
-    assert cmd("query-block") == [] and cmd("query-blockstats") == []
+    (block,) = cmd("query-block")
+    assert block["device"] == "disk0" and not block["removable"]
+    assert block["inserted"]["file"] == str(pemu.disk) and block["inserted"]["drv"] == "raw"
+    assert block["inserted"]["image"]["virtual-size"] == 1 << 20
+    (stats,) = cmd("query-blockstats")
+    assert stats["device"] == "disk0" and stats["stats"]["wr_bytes"] == 0
     chardevs = {c["label"]: c for c in cmd("query-chardev")}
     assert chardevs["qmp2"] == {"label": "qmp2", "filename": f"disconnected:unix:{pemu.sock2},server=on",
                                 "frontend-open": True}
