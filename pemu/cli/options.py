@@ -173,6 +173,8 @@ OPTION_TABLE: tuple[QemuOption, ...] = (
     _opt("qmp-pretty", True, True, _CHR, "-qmp-pretty dev", "put a pretty-printing QMP monitor on dev"),
     _opt("mon", True, True, _CHR, "-mon [chardev=]id[,mode=readline|control][,pretty=on|off]",
          "put a monitor on a character device", "mon", True),
+    _opt("add-fd", True, True, _CHR, "-add-fd fd=fd,set=set[,opaque=opaque]",
+         "add a passed file descriptor to fd set 'set' (opened as /dev/fdset/set)", "add-fd"),
     _opt("debugcon", True, False, _CHR, "-debugcon dev", "connect the debug console to dev"),
     # -- boot
     _opt("kernel", True, True, _BOOT, "-kernel bzImage", "boot this Linux kernel"),
@@ -341,6 +343,7 @@ def standard_opts_lists() -> list[QemuOptsList]:
         QemuOptsList("net", "type"),
         QemuOptsList("chardev", "backend"),
         QemuOptsList("mon", "chardev", desc=(d("mode"), d("chardev"), d("pretty", _B))),
+        QemuOptsList("add-fd", desc=(d("fd", _N), d("set", _N), d("opaque"))),
         QemuOptsList("drive"),
         QemuOptsList("boot-opts", "order", merge_lists=True, desc=(
             d("order"), d("once"), d("menu", _B), d("splash"), d("splash-time", _N),

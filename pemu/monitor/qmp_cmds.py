@@ -721,6 +721,40 @@ def qmp_chardev_remove(*, id: str) -> None:
     qemu_chr_delete(id)
 
 
+# --- fd sets ----------------------------------------------------------------------------------------
+
+
+class FdsetFdInfo(TypedDict):
+    fd: int
+    opaque: NotRequired[str]
+
+
+FdsetInfo = TypedDict("FdsetInfo", {"fdset-id": int, "fds": list[FdsetFdInfo]})
+
+
+@command("query-fdsets")
+def qmp_query_fdsets() -> list[FdsetInfo]:
+    fdsets = current_vm().fdsets
+    result: list[FdsetInfo] = []
+    for fdset_id, entries in sorted(fdsets.sets.items()) if fdsets is not None else []:
+        fds: list[FdsetFdInfo] = []
+        for entry in entries:
+            info: FdsetFdInfo = {"fd": entry.fd}
+            if entry.opaque is not None:
+                info["opaque"] = entry.opaque
+            fds.append(info)
+        result.append({"fdset-id": fdset_id, "fds": fds})
+    return result
+
+
+@command("remove-fd")
+def qmp_remove_fd(*, fdset_id: int, fd: int | None = None) -> None:
+    fdsets = current_vm().fdsets
+    if fdsets is None or not fdsets.remove_fd(fdset_id, fd):
+        name = f"fdset-id:{fdset_id}" + (f", fd:{fd}" if fd is not None else "")
+        raise QMPError(f"File descriptor named '{name}' not found")
+
+
 # --- network ----------------------------------------------------------------------------------------
 
 

@@ -105,6 +105,7 @@ class Config:
     nets: list[tuple[str, QemuOpts, str]] = field(default_factory=list)  # (-netdev|-nic|-net, opts, location)
     block_options: list[ParsedOption] = field(default_factory=list)  # -drive, -hda..., -blockdev in order
     snapshot: bool = False  # -snapshot
+    add_fds: list[tuple[int, int, str | None]] = field(default_factory=list)  # -add-fd (fd, set, opaque)
 
 
 # --- the command line ----------------------------------------------------------------------
@@ -196,6 +197,17 @@ def _apply_option(cfg: Config, opt: ParsedOption) -> None:
             raise opt.error("Parameter 'chardev' is missing")
         kind = "mon" if mode == "readline" else ("mon-qmp-pretty" if pretty else "mon-qmp")
         cfg.monitors.append((kind, chardev))
+    elif name == "add-fd":
+        opts = opt.parse_opts()
+        from pemu.monitor.fds import check_inherited_fd
+
+        fd, fdset_id = opts.get_number("fd", -1), opts.get_number("set", -1)
+        problem = check_inherited_fd(fd)
+        if problem is None and fdset_id < 0:
+            problem = "set option is required and must be non-negative"
+        if problem is not None:
+            raise opt.error(problem)
+        cfg.add_fds.append((fd, fdset_id, opts.get("opaque")))
     elif name in ("qmp", "qmp-pretty"):
         assert arg is not None
         cfg.monitors.append((name, arg))
@@ -600,6 +612,20 @@ def qemu_create_chardevs(cfg: Config) -> None:
             raise UserError(getattr(e, "message", str(e)), loc) from None
 
 
+def add_fdsets(cfg: Config, vm: VirtualMachine) -> None:
+    """-add-fd: the inherited descriptors become the VM's fd sets (now close-on-exec)."""
+    if not cfg.add_fds:
+        return
+    import fcntl
+
+    from pemu.monitor.fds import FdSets
+
+    vm.fdsets = vm.fdsets or FdSets()
+    for fd, fdset_id, opaque in cfg.add_fds:
+        fcntl.fcntl(fd, fcntl.F_SETFD, fcntl.fcntl(fd, fcntl.F_GETFD) | fcntl.FD_CLOEXEC)
+        vm.fdsets.add_fd(fdset_id, fd, opaque)
+
+
 def qemu_setup_defaults_and_monitors(cfg: Config) -> None:
     """Default serial and monitor as QEMU picks them: with -nographic both
     on stdio, multiplexed (Ctrl-A c switches)."""
@@ -773,6 +799,7 @@ def qemu_build(cfg: Config, vm: VirtualMachine) -> None:
     # Front-ends attach to muxed back-ends from here on; the muxes announce
     # themselves (banner, prompt) only once the machine is built.
     suspend_mux_open()
+    add_fdsets(cfg, vm)
     qemu_create_chardevs(cfg)
     qemu_setup_defaults_and_monitors(cfg)
     qemu_create_nets(cfg)

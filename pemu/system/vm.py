@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from pemu.chardev.char_mux import MuxChardev
     from pemu.hw.core.machine import MachineState
     from pemu.hw.core.qdev import BusState
+    from pemu.monitor.fds import FdSets
     from pemu.monitor.monitor import Monitor
     from pemu.monitor.qmp import MonitorQMP
     from pemu.net.net import NetState
@@ -73,6 +74,7 @@ class VirtualMachine:
         self.muxes_opened = True
         self.monitors: list[Monitor] = []
         self.qmp_monitors: list[MonitorQMP] = []
+        self.fdsets: FdSets | None = None  # -add-fd's descriptors (made when first used)
         # Who receives QAPI events (the QMP monitors): pemu.qapi.events.qapi_event_send.
         self.event_listeners: list[EventListener] = []
         self.serial_hds: list[Chardev | None] = []  # -serial back-ends, COM1 first
@@ -123,6 +125,9 @@ class VirtualMachine:
         self.event_listeners.clear()
         for chardev in reversed(list(self.chardevs.values())):
             chardev.close()
+        if self.fdsets is not None:
+            self.fdsets.close_all()
+            self.fdsets = None
         self.chardevs.clear()
         self.muxes.clear()
         self.serial_hds.clear()

@@ -346,3 +346,107 @@ def test_qmp_shell_completes_and_runs_commands(pemu: Pemu, tmp_path: Path) -> No
     shell.cmd("quit")
     assert pemu.finish() == 0
     close_after_quit(shell)
+
+
+def test_qmp_on_stdio() -> None:
+    """-qmp stdio: requests on stdin, replies and events on stdout."""
+    requests = (b'{"execute": "qmp_capabilities"}\n{"execute": "query-status", "id": 1}\n'
+                b'{"execute": "quit"}\n')
+    r = subprocess.run([sys.executable, "-m", "pemu", "-S", "-display", "none", "-nodefaults", "-qmp", "stdio"],
+                       input=requests, capture_output=True, timeout=60, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(line) for line in r.stdout.decode().split("\r\n") if line]
+    assert "QMP" in lines[0]
+    assert lines[1:4] == [{"return": {}},
+                          {"return": {"running": False, "singlestep": False, "status": "prelaunch"}, "id": 1},
+                          {"return": {}}]
+    assert lines[4]["event"] == "SHUTDOWN"
+
+
+def test_monitor_connecting_as_a_client(tmp_path: Path) -> None:
+    """Older QEMUMachine: Python listens, the emulator connects (-chardev socket,path=...)."""
+    path = tmp_path / "mon.sock"
+    qmp = QEMUMonitorProtocol(str(path), server=True)
+    proc = subprocess.Popen([sys.executable, "-m", "pemu", "-S", "-display", "none", "-vga", "none",
+                             "-chardev", f"socket,id=mon,path={path}", "-mon", "chardev=mon,mode=control",
+                             "-serial", "null", "-monitor", "null", "-machine", "q35"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    try:
+        qmp.accept(timeout=60)
+        assert qmp.cmd("query-status")["status"] == "prelaunch"
+        qmp.cmd("quit")
+        assert proc.wait(30) == 0
+        close_after_quit(qmp)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def test_add_fd_sets_open_as_dev_fdset(tmp_path: Path) -> None:
+    """-add-fd: an inherited pipe opened by path as /dev/fdset/2 (a monitor's
+    banner goes through it); query-fdsets lists it, remove-fd drops it."""
+    read_end, write_end = os.pipe()
+    sock = tmp_path / "qmp.sock"
+    proc = subprocess.Popen([sys.executable, "-m", "pemu", "-S", "-display", "none", "-nodefaults",
+                             "-add-fd", f"fd={write_end},set=2,opaque=banner",
+                             "-chardev", "file,id=f,path=/dev/fdset/2", "-mon", "chardev=f",
+                             "-qmp", f"unix:{sock},server=on,wait=off"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            pass_fds=[write_end], cwd=REPO)
+    os.close(write_end)
+    try:
+        _wait_for_socket(sock, proc)
+        assert os.read(read_end, 4096).startswith(b"pemu 0.1.0 monitor")
+        qmp = QEMUMonitorProtocol(str(sock))
+        qmp.settimeout(60)
+        qmp.connect(negotiate=True)
+        (fdset,) = qmp.cmd("query-fdsets")
+        assert fdset["fdset-id"] == 2 and fdset["fds"][0]["opaque"] == "banner"
+        fd = fdset["fds"][0]["fd"]
+        assert qmp.cmd("remove-fd", **{"fdset-id": 2, "fd": fd}) == {}
+        assert qmp.cmd("query-fdsets") == []
+        assert qmp.cmd_raw("remove-fd", {"fdset-id": 2})["error"]["desc"] == \
+            "File descriptor named 'fdset-id:2' not found"
+        qmp.cmd("quit")
+        assert proc.wait(30) == 0
+        close_after_quit(qmp)
+    finally:
+        os.close(read_end)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    ("fd=1,set=1", "fd cannot be a standard I/O stream"),
+    ("fd=99,set=1", "fd is not valid or already in use"),
+    ("set=1", "fd option is required and must be non-negative"),
+])
+def test_add_fd_errors(option: str, message: str) -> None:
+    r = subprocess.run([sys.executable, "-m", "pemu", "-S", "-nodefaults", "-add-fd", option],
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert r.returncode == 1
+    assert r.stderr == f"pemu: -add-fd {option}: {message}\n"
+
+
+def test_qmp_option_errors() -> None:
+    for argv, message in [
+        (["-mon", "chardev=nope,mode=control"], 'pemu: -mon nope: chardev "nope" not found'),
+        (["-chardev", "null,id=c", "-mon", "chardev=c,mode=weird"],
+         "pemu: -mon chardev=c,mode=weird: Parameter 'mode' does not accept value 'weird'"),
+        (["-chardev", "null,id=c", "-mon", "chardev=c,pretty=on"],
+         "pemu: -mon chardev=c,pretty=on: 'pretty' is not compatible with HMP monitors"),
+        (["-vga", "std"], "pemu: -vga std: VGA card 'std' is not supported by pemu (it has no display): use -vga none"),
+        (["-chardev", "socket,id=m,fd=x"], "pemu: -chardev socket,id=m,fd=x: Parameter 'fd' expects a file "
+                                         "descriptor number, not 'x'"),
+    ]:
+        r = subprocess.run([sys.executable, "-m", "pemu", "-S", "-nodefaults", *argv],
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert (r.returncode, r.stderr) == (1, message + "\n"), argv
