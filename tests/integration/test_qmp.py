@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 from pemu.monitor.qmp_cmds import QMP_COMMANDS
 from pemu.qapi.introspect import schema_problems
 from tests.fixtures.build_guest import READY_MARKER, Guest
+from tests.integration.harness import GuestProcess
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -450,3 +451,26 @@ def test_qmp_option_errors() -> None:
         r = subprocess.run([sys.executable, "-m", "pemu", "-S", "-nodefaults", *argv],
                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, cwd=REPO)
         assert (r.returncode, r.stderr) == (1, message + "\n"), argv
+
+
+def test_powerdown_then_shutdown_on_a_guest_that_honours_the_button(
+        launch_guest: Callable[..., GuestProcess], tmp_path: Path) -> None:
+    """system_powerdown presses the ACPI power button: POWERDOWN, then the guest
+    powers off through ACPI, so SHUTDOWN says guest=true, guest-shutdown.
+
+    The busybox guest loads the ACPI button driver (which enables the
+    button's event) and, having no acpid, runs a shell loop in its place that
+    waits for the SCI the press raises (the "acpi" line of /proc/interrupts)."""
+    sock = tmp_path / "qmp.sock"
+    vm = launch_guest(extra=("-qmp", f"unix:{sock},server=on,wait=off"))
+    vm.expect(READY_MARKER, timeout=240)
+    vm.run("modprobe button; a=$(grep acpi /proc/interrupts); echo armed")
+    vm.sendline('(while [ "$(grep acpi /proc/interrupts)" = "$a" ]; do sleep 0.2; done; poweroff -f) &')
+    qmp = QEMUMonitorProtocol(str(sock))
+    qmp.settimeout(120)
+    qmp.connect(negotiate=True)
+    assert qmp.cmd("system_powerdown") == {}
+    events = _events(qmp, ["POWERDOWN", "SHUTDOWN"], timeout=120)
+    assert events[-1]["data"] == {"guest": True, "reason": "guest-shutdown"}
+    assert vm.wait(60) == 0
+    close_after_quit(qmp)
