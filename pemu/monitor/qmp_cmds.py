@@ -47,8 +47,8 @@ def _qmp_capabilities(mon: MonitorQMP, *, enable: list[QMPCapability] | None = N
     mon.negotiate(enable or [])
 
 
-QMP_CAP_NEGOTIATION_COMMANDS.command("qmp_capabilities", allow_preconfig=True)(_qmp_capabilities)
-command("qmp_capabilities", allow_preconfig=True)(_qmp_capabilities)
+QMP_CAP_NEGOTIATION_COMMANDS.command("qmp_capabilities")(_qmp_capabilities)
+command("qmp_capabilities")(_qmp_capabilities)
 
 
 # --- version, commands, schema -------------------------------------------------------------------
@@ -71,7 +71,7 @@ def pemu_version() -> str:
     return pemu.__version__
 
 
-@command("query-version", allow_preconfig=True)
+@command("query-version")
 def qmp_query_version() -> VersionInfo:
     """pemu's own version (the "qemu" member holds pemu's numbers)."""
     parts = [int(p) if p.isdigit() else 0 for p in pemu_version().split(".")[:3]]
@@ -83,12 +83,12 @@ class CommandInfo(TypedDict):
     name: str
 
 
-@command("query-commands", allow_preconfig=True)
+@command("query-commands")
 def qmp_query_commands() -> list[CommandInfo]:
     return [{"name": cmd.name} for cmd in QMP_COMMANDS]
 
 
-@command("query-qmp-schema", allow_preconfig=True)
+@command("query-qmp-schema")
 def qmp_query_qmp_schema() -> list[Any]:
     from pemu.qapi.introspect import qmp_schema
 
@@ -104,7 +104,7 @@ class StatusInfo(TypedDict):
     status: RunState
 
 
-@command("query-status", allow_preconfig=True)
+@command("query-status")
 def qmp_query_status() -> StatusInfo:
     return {"running": runstate.runstate_is_running(), "singlestep": False, "status": runstate.runstate_get()}
 
@@ -151,7 +151,7 @@ def vm_name() -> str | None:
     return name or None
 
 
-@command("query-name", allow_preconfig=True)
+@command("query-name")
 def qmp_query_name() -> NameInfo:
     name = vm_name()
     return {"name": name} if name is not None else {}
@@ -161,7 +161,7 @@ class UuidInfo(TypedDict):
     UUID: str
 
 
-@command("query-uuid", allow_preconfig=True)
+@command("query-uuid")
 def qmp_query_uuid() -> UuidInfo:
     return {"UUID": "00000000-0000-0000-0000-000000000000"}  # pemu has no -uuid: QEMU's default
 
@@ -173,7 +173,7 @@ MachineInfo = TypedDict("MachineInfo", {
 })
 
 
-@command("query-machines", allow_preconfig=True)
+@command("query-machines")
 def qmp_query_machines() -> list[MachineInfo]:
     from pemu.hw.core.machine import TYPE_MACHINE, MachineClass
     from pemu.qom.object import object_class_check, object_class_get_list_sorted
@@ -200,7 +200,7 @@ class KvmInfo(TypedDict):
     present: bool
 
 
-@command("query-kvm", allow_preconfig=True)
+@command("query-kvm")
 def qmp_query_kvm() -> KvmInfo:
     accel = current_vm().accel
     present = os.access("/dev/kvm", os.R_OK | os.W_OK)
@@ -315,13 +315,13 @@ def _resolve(path: str) -> Object:
     return obj
 
 
-@command("qom-list", allow_preconfig=True)
+@command("qom-list")
 def qmp_qom_list(*, path: str) -> list[ObjectPropertyInfo]:
     obj = _resolve(path)
     return [{"name": prop.name, "type": prop.type} for prop in obj.property_iter()]
 
 
-@command("qom-get", allow_preconfig=True)
+@command("qom-get")
 def qmp_qom_get(*, path: str, property: str) -> Any:
     """The property's value as JSON (objects by their canonical path)."""
     obj = _resolve(path)
@@ -338,7 +338,7 @@ def qom_value_json(value: Any) -> Any:
     return str(value)
 
 
-@command("qom-set", allow_preconfig=True)
+@command("qom-set")
 def qmp_qom_set(*, path: str, property: str, value: Any) -> None:
     obj = _resolve(path)
     if isinstance(value, str):
@@ -353,7 +353,7 @@ class ObjectTypeInfo(TypedDict):
     parent: NotRequired[str]
 
 
-@command("qom-list-types", allow_preconfig=True)
+@command("qom-list-types")
 def qmp_qom_list_types(*, implements: str | None = None, abstract: bool = False) -> list[ObjectTypeInfo]:
     from pemu.qom.object import object_class_get_list
 
@@ -370,7 +370,7 @@ def qmp_qom_list_types(*, implements: str | None = None, abstract: bool = False)
     return result
 
 
-@command("device-list-properties", allow_preconfig=True)
+@command("device-list-properties")
 def qmp_device_list_properties(*, typename: str) -> list[ObjectPropertyInfo]:
     from pemu.hw.core.qdev import TYPE_DEVICE, DeviceClass
     from pemu.qom.object import object_class_by_name
@@ -417,8 +417,10 @@ def qmp_device_add(*, driver: str, bus: str | None = None, id: str | None = None
         opts.set(key, value if isinstance(value, (str, bool, int)) else str(value))
     try:
         qdev_device_add(opts)
-    except (QOMError, UserError) as e:
-        raise QMPError(getattr(e, "message", str(e))) from None
+    except UserError as e:
+        raise QMPError(e.message) from None
+    except QOMError as e:
+        raise QMPError(str(e)) from None
 
 
 @command("device_del")
@@ -642,7 +644,7 @@ def qmp_query_blockstats() -> list[BlockStats]:
 ChardevInfo = TypedDict("ChardevInfo", {"label": str, "filename": str, "frontend-open": bool})
 
 
-@command("query-chardev", allow_preconfig=True)
+@command("query-chardev")
 def qmp_query_chardev() -> list[ChardevInfo]:
     from pemu.chardev.registry import qemu_chr_list
 

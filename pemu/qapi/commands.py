@@ -23,6 +23,7 @@ costs no more than defining its functions.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import types
 import typing
@@ -131,14 +132,9 @@ def _hashable(value: object) -> bool:
     return True
 
 
-_STRUCTS: dict[type, StructType] = {}  # a cache of pure functions of the classes
-
-
+@functools.cache
 def struct_type(cls: type) -> StructType:
     """The QAPI struct a TypedDict declares (its name is the class's)."""
-    cached = _STRUCTS.get(cls)
-    if cached is not None:
-        return cached
     # NotRequired is read from the annotations themselves: with postponed
     # evaluation of annotations, __required_keys__ does not see it.
     members: list[Member] = []
@@ -147,9 +143,7 @@ def struct_type(cls: type) -> StructType:
         if optional or typing.get_origin(hint) is typing.Required:
             (hint,) = typing.get_args(hint)
         members.append(Member(name, qapi_type(hint), optional))
-    result = StructType(cls.__name__, tuple(members))
-    _STRUCTS[cls] = result
-    return result
+    return StructType(cls.__name__, tuple(members))
 
 
 # --- the input visitor: JSON arguments checked against a type --------------------------------
@@ -258,7 +252,6 @@ class QmpCommand:
 
     name: str
     fn: Callable[..., Any]
-    allow_preconfig: bool = False
     _signature: CommandSignature | None = None
 
     @property
@@ -309,13 +302,13 @@ class CommandTable:
     def __init__(self) -> None:
         self._commands: dict[str, QmpCommand] = {}
 
-    def command(self, name: str, *, allow_preconfig: bool = False) -> Callable[[Callable[..., Any]], Any]:
+    def command(self, name: str) -> Callable[[Callable[..., Any]], Any]:
         """Register the decorated function as command ``name``; the function is returned unchanged."""
 
         def register(fn: Callable[..., Any]) -> Callable[..., Any]:
             if name in self._commands:
                 raise ValueError(f"command {name} registered twice")
-            self._commands[name] = QmpCommand(name, fn, allow_preconfig)
+            self._commands[name] = QmpCommand(name, fn)
             return fn
 
         return register

@@ -299,11 +299,6 @@ class JSONStreamer:
                 self._fail("JSON token size limit exceeded")
                 self.skip_line = True
 
-    def flush_scalar(self) -> None:
-        """End of input: a pending top-level scalar is complete (json_message_parser_flush)."""
-        if self.buf and not self.quote and self.depth_brace <= 0 and self.depth_bracket <= 0:
-            self._complete()
-
     # -- lexing -------------------------------------------------------------------------------------
     def _string_bytes(self, data: bytes, pos: int) -> int:
         body = _DQ_BODY if self.quote == 0x22 else _SQ_BODY

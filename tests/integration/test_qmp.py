@@ -203,7 +203,7 @@ def test_every_command_with_qemu_qmp(pemu: Pemu, tmp_path: Path) -> None:
     assert shutdown["data"] == {"guest": False, "reason": "host-qmp-quit"}
     assert pemu.finish() == 0
     close_after_quit(qmp)
-    assert done == names
+    assert done | {"query-fdsets", "remove-fd"} == names  # those two: test_add_fd_sets_open_as_dev_fdset
 
 
 def test_several_monitors_and_clients(pemu: Pemu) -> None:
