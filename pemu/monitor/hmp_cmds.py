@@ -279,7 +279,7 @@ def hmp_info_help(mon: Monitor, args: dict[str, Any]) -> None:
 # --- run state ----------------------------------------------------------------------------
 
 
-# The handlers below run the QMP command (pemu.monitor.qmp_cmds, imported when
+# The handlers below run the QMP command (pemu.monitor.qmp_cmds*, imported when
 # first used) and format its result, as QEMU's hmp_* functions do.
 
 
@@ -399,7 +399,7 @@ def hmp_info_qtree(mon: Monitor, args: dict[str, Any]) -> None:
 
 
 def hmp_qom_list(mon: Monitor, args: dict[str, Any]) -> None:
-    from pemu.monitor.qmp_cmds import qmp_qom_list
+    from pemu.monitor.qmp_cmds_machine import qmp_qom_list
 
     path = args.get("path")
     if path is None:
@@ -412,13 +412,13 @@ def hmp_qom_list(mon: Monitor, args: dict[str, Any]) -> None:
 def hmp_qom_get(mon: Monitor, args: dict[str, Any]) -> None:
     import json
 
-    from pemu.monitor.qmp_cmds import qmp_qom_get
+    from pemu.monitor.qmp_cmds_machine import qmp_qom_get
 
     mon.print_line(json.dumps(qmp_qom_get(path=args["path"], property=args["property"])))
 
 
 def hmp_qom_set(mon: Monitor, args: dict[str, Any]) -> None:
-    from pemu.monitor.qmp_cmds import qmp_qom_set
+    from pemu.monitor.qmp_cmds_machine import qmp_qom_set
 
     qmp_qom_set(path=args["path"], property=args["property"], value=args["value"])
 
@@ -437,13 +437,13 @@ def hmp_info_mtree(mon: Monitor, args: dict[str, Any]) -> None:
 
 def machine_cpus() -> list[Any]:
     """The CPU objects of the machine, by cpu_index."""
-    from pemu.monitor.qmp_cmds import machine_cpus as cpus
+    from pemu.monitor.qmp_cmds_machine import machine_cpus as cpus
 
     return cpus()
 
 
 def hmp_info_cpus(mon: Monitor, args: dict[str, Any]) -> None:
-    from pemu.monitor.qmp_cmds import qmp_query_cpus_fast
+    from pemu.monitor.qmp_cmds_machine import qmp_query_cpus_fast
 
     for n, cpu in enumerate(qmp_query_cpus_fast()):
         mark = "*" if n == 0 else " "
@@ -587,7 +587,7 @@ def hmp_hostfwd_remove(mon: Monitor, args: dict[str, Any]) -> None:
 
 
 def hmp_set_link(mon: Monitor, args: dict[str, Any]) -> None:
-    from pemu.monitor.qmp_cmds import qmp_set_link
+    from pemu.monitor.qmp_cmds_backends import qmp_set_link
 
     up = args["up_or_down"]
     if up not in ("on", "off"):
@@ -603,14 +603,14 @@ def hmp_set_link(mon: Monitor, args: dict[str, Any]) -> None:
 
 
 def _block_devices() -> Any:
-    from pemu.monitor.qmp_cmds import block_devices
+    from pemu.monitor.qmp_cmds_backends import block_devices
 
     return block_devices()
 
 
 def hmp_info_block(mon: Monitor, args: dict[str, Any]) -> None:
     """QEMU's print_block_info for each drive of query-block."""
-    from pemu.monitor.qmp_cmds import qmp_query_block
+    from pemu.monitor.qmp_cmds_backends import qmp_query_block
 
     for info in qmp_query_block():
         inserted = info.get("inserted")
@@ -640,7 +640,7 @@ def hmp_info_block(mon: Monitor, args: dict[str, Any]) -> None:
 
 
 def hmp_info_blockstats(mon: Monitor, args: dict[str, Any]) -> None:
-    from pemu.monitor.qmp_cmds import qmp_query_blockstats
+    from pemu.monitor.qmp_cmds_backends import qmp_query_blockstats
 
     for entry in qmp_query_blockstats():
         s = entry["stats"]

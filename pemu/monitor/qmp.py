@@ -5,7 +5,7 @@ A :class:`MonitorQMP` is one front-end of a chardev (a socket, stdio, an
 inherited fd).  Each time a client connects (the chardev opens) it sends
 the greeting and starts in capabilities negotiation, where only
 ``qmp_capabilities`` is known; then every command of
-:data:`pemu.monitor.qmp_cmds.QMP_COMMANDS` is.  Requests are JSON objects
+:data:`pemu.monitor.qmp_table.QMP_COMMANDS` is.  Requests are JSON objects
 split from the byte stream by :class:`pemu.qapi.json_stream.JSONStreamer`;
 each is run at once on the main loop with the monitor's VM current, and
 its reply (``return`` or ``error``, with the request's ``id``) is sent
@@ -26,7 +26,8 @@ from typing import Any
 from pemu.chardev.char import Chardev, ChrEvent
 from pemu.chardev.char_fe import CharBackend
 from pemu.monitor.monitor import StringMonitor
-from pemu.monitor.qmp_cmds import QMP_CAP_NEGOTIATION_COMMANDS, QMP_COMMANDS, QMPCapability, qmp_query_version
+from pemu.monitor.qmp_cmds import QMPCapability, qmp_query_version
+from pemu.monitor.qmp_table import QMP_CAP_NEGOTIATION_COMMANDS, QMP_COMMANDS
 from pemu.qapi.error import ErrorClass, QMPError
 from pemu.qapi.json_stream import JSONStreamer
 from pemu.qom.object import QOMError

@@ -12,16 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from pemu.qapi.commands import (
-    ArrayType,
-    Builtin,
-    CommandTable,
-    EnumType,
-    EventInfo,
-    QapiType,
-    StructType,
-    struct_type,
-)
+from pemu.qapi.commands import CommandTable, EventInfo
+from pemu.qapi.schema import ArrayType, Builtin, EnumType, QapiType, StructType, struct_type
 
 EMPTY = StructType("q_empty", ())
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from pemu.monitor.qmp_cmds import QMP_COMMANDS
+from pemu.monitor.qmp_table import QMP_COMMANDS
 from pemu.qapi.introspect import schema_problems
 from tests.fixtures.build_guest import READY_MARKER, Guest
 from tests.integration.harness import GuestProcess

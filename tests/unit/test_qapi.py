@@ -13,23 +13,23 @@ import pytest
 
 from pemu.chardev.char import Chardev
 from pemu.monitor.qmp import MonitorQMP, check_request, monitor_init_qmp
-from pemu.monitor.qmp_cmds import QMP_COMMANDS, QMP_EVENTS
-from pemu.qapi.commands import (
+from pemu.monitor.qmp_table import QMP_COMMANDS, QMP_EVENTS
+from pemu.qapi.commands import CommandTable
+from pemu.qapi.error import QMPError
+from pemu.qapi.events import qapi_event_send
+from pemu.qapi.introspect import qmp_schema, schema_problems
+from pemu.qapi.json_stream import JSONStreamer
+from pemu.qapi.schema import (
     INT,
     STR,
     ArgumentCheckError,
     ArrayType,
-    CommandTable,
     EnumType,
     command_signature,
     qapi_type,
     visit_input,
     visit_members,
 )
-from pemu.qapi.error import QMPError
-from pemu.qapi.events import qapi_event_send
-from pemu.qapi.introspect import qmp_schema, schema_problems
-from pemu.qapi.json_stream import JSONStreamer
 
 # --- the JSON stream --------------------------------------------------------------------------------
 
