@@ -298,11 +298,6 @@ def qmp_screendump(*, filename: str, device: str | None = None, head: int | None
 # --- PCI --------------------------------------------------------------------------------------------
 
 
-class PciBusRange(TypedDict):
-    base: int
-    limit: int
-
-
 class PciMemoryRegion(TypedDict):
     bar: int
     type: str
