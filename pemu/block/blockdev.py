@@ -339,51 +339,7 @@ class BlockDevices:
         self.nodes[node.node_name] = node
         return node
 
-    # -- monitor -----------------------------------------------------------------------------
-    def info_block(self) -> str:
-        """HMP ``info block`` (QEMU's print_block_info for each named backend)."""
-        out: list[str] = []
-        for drive in self.drives:
-            blk = drive.blk
-            bs = blk.root
-            if bs is None:
-                out.append(f"{drive.id}: [not inserted]\n")
-            else:
-                flags = ", read-only" if bs.read_only else ""
-                out.append(f"{drive.id} ({bs.node_name}): {bs.filename} ({bs.format_name}){flags}\n")
-            if drive.claimed_by is not None:
-                out.append(f"    Attached to:      {drive.claimed_by}\n")
-            if drive.media_cd:
-                out.append("    Removable device: not locked, tray closed\n")
-            if bs is None:
-                out.append("\n")
-                continue
-            mode = "writeback" if blk.enable_write_cache else "writethrough"
-            if bs.cache.direct:
-                mode += ", direct"
-            if bs.cache.no_flush:
-                mode += ", ignore flushes"
-            out.append(f"    Cache mode:       {mode}\n")
-            chain = bs.chain()
-            if len(chain) > 1:
-                backing = bs.backing_file or chain[1].filename
-                out.append(f"    Backing file:     {backing} (chain depth: {len(chain) - 1})\n")
-            out.append("\n")
-        return "".join(out)
-
-    def info_blockstats(self) -> str:
-        """HMP ``info blockstats``."""
-        out = []
-        for drive in self.drives:
-            s = drive.blk.stats
-            out.append(
-                f"{drive.id}: rd_bytes={s.rd_bytes} wr_bytes={s.wr_bytes} rd_operations={s.rd_operations} "
-                f"wr_operations={s.wr_operations} flush_operations={s.flush_operations} "
-                f"wr_total_time_ns={s.wr_total_time_ns} rd_total_time_ns={s.rd_total_time_ns} "
-                f"flush_total_time_ns={s.flush_total_time_ns} rd_merged=0 wr_merged=0 idle_time_ns=0\n"
-            )
-        return "".join(out)
-
+    # -- monitor (query-block, query-blockstats and their HMP forms: pemu.monitor) -----------
     def commit(self, device: str) -> None:
         """HMP ``commit``: copy the top image's data into its backing image, then empty the top."""
         if device == "all":

@@ -25,14 +25,14 @@ input it was given is dropped.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from enum import Enum
 from typing import TYPE_CHECKING
 
 from pemu.system.cpus import contain_fault
 from pemu.util import cutils
 from pemu.util.error import UserError
-from pemu.util.main_loop import handler_name
+from pemu.util.main_loop import handler_name, main_loop
 
 if TYPE_CHECKING:
     from pemu.chardev.char_fe import CharBackend
@@ -54,7 +54,7 @@ CHARDEV_OPTION_NAMES = frozenset(
     {
         "backend", "id", "path", "host", "port", "server", "wait", "nodelay", "delay",
         "mux", "signal", "append", "logfile", "logappend", "chardev", "reconnect",
-        "telnet", "ipv4", "ipv6", "to", "input-path",
+        "telnet", "ipv4", "ipv6", "to", "input-path", "fd",
     }
 )
 
@@ -119,6 +119,12 @@ class Chardev:
     def chr_write(self, data: bytes) -> int:
         """Back-end specific output.  The default discards everything."""
         return len(data)
+
+    def add_output_watch(self, cb: Callable[[], None]) -> None:
+        """Call ``cb`` once, from the main loop, when output can be taken again
+        (qemu_chr_fe_add_watch with G_IO_OUT).  A back-end that never
+        holds output back calls it at the next main-loop iteration."""
+        main_loop().bh_schedule(cb)
 
     # -- input (host -> front-end) ------------------------------------------
     def be_can_write(self) -> int:

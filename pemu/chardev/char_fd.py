@@ -18,6 +18,7 @@ import errno
 import os
 import selectors
 import threading
+from collections.abc import Callable
 
 from pemu.chardev.char import Chardev
 from pemu.util.main_loop import main_loop
@@ -54,6 +55,7 @@ class FdChardev(Chardev):
         self._in_is_file = False
         self._bh_read_scheduled = False
         self._watched: set[int] = set()
+        self._output_watches: list[Callable[[], None]] = []
 
     def set_fds(self, fd_in: int | None, fd_out: int | None, *, out_blocking: bool) -> None:
         """Start using ``fd_in``/``fd_out``; reading starts at once."""
@@ -70,6 +72,7 @@ class FdChardev(Chardev):
         """Stop watching the fds (the caller closes them)."""
         self._reading = False
         self._out_buffer.clear()
+        self._run_output_watches()  # nothing is held back any more
         self._update_watches()
         self.fd_in = None
         self.fd_out = None
@@ -174,6 +177,18 @@ class FdChardev(Chardev):
                 self._update_watches()
         return len(taken)
 
+    def add_output_watch(self, cb: Callable[[], None]) -> None:
+        with self._out_lock:
+            if self._out_buffer and self.fd_out is not None:
+                self._output_watches.append(cb)  # called once the buffer has drained
+                return
+        super().add_output_watch(cb)
+
+    def _run_output_watches(self) -> None:
+        watches, self._output_watches = self._output_watches, []
+        for cb in watches:
+            main_loop().bh_schedule(cb)
+
     def _on_writable(self) -> None:
         fd = self.fd_out
         with self._out_lock:
@@ -191,6 +206,8 @@ class FdChardev(Chardev):
                     return
             if not self._out_buffer:
                 self._update_watches()
+        if not self._out_buffer:
+            self._run_output_watches()
 
     def _output_failed(self, exc: OSError) -> None:
         """Writing failed for good (EPIPE, EIO ...).  Default: stop writing."""

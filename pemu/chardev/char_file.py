@@ -11,12 +11,13 @@ import os
 from pemu.chardev.char import ChardevOptions, close_fd_quietly
 from pemu.chardev.char_fd import FdChardev
 from pemu.util.error import UserError
+from pemu.util.osdep import qemu_open
 
 
 def open_host_file(path: str, flags: int, mode: int = 0o666) -> int:
-    """os.open with QEMU's error wording."""
+    """qemu_open (a path, or /dev/fdset/N) with QEMU's error wording."""
     try:
-        return os.open(path, flags | os.O_CLOEXEC, mode)
+        return qemu_open(path, flags, mode)
     except OSError as exc:
         raise UserError(f"Could not open '{path}': {exc.strerror}") from None
 

@@ -47,7 +47,17 @@ class InetAddress:
         return f"tcp:{self.host}:{self.port}"
 
 
-SocketAddress = UnixAddress | InetAddress
+@dataclass(frozen=True)
+class FdAddress:
+    """An inherited socket (fd=N): listening, or already connected."""
+
+    fd: int
+
+    def describe(self) -> str:
+        return f"fd:{self.fd}"
+
+
+SocketAddress = UnixAddress | InetAddress | FdAddress
 
 
 def _strerror(exc: OSError) -> str:
@@ -75,15 +85,18 @@ class SocketChardev(FdChardev):
         self.connection: socket.socket | None = None
         self.peer: str | None = None
         self._unlink_on_close: str | None = None
+        self._inherited: socket.socket | None = None  # fd=N, connected: used at open
         if server:
             self.listener = self._listen()
         self._update_filename()
 
     @classmethod
     def from_opts(cls, label: str, opts: ChardevOptions) -> SocketChardev:
-        path, host, port = opts.get("path"), opts.get("host"), opts.get("port")
-        if path is not None and host is not None:
+        path, host, port, fd = opts.get("path"), opts.get("host"), opts.get("port"), opts.get("fd")
+        if sum(x is not None for x in (path, host, fd)) > 1:
             raise UserError("None or one of 'path', 'fd' or 'host' option required.")
+        if fd is not None:
+            return cls._from_fd(label, fd, opts)
         if path is None and host is None:
             raise UserError("chardev: socket: no host given")
         if host is not None and not port:
@@ -107,6 +120,28 @@ class SocketChardev(FdChardev):
             assert host is not None and port is not None
             address = InetAddress(host, port)
         return cls(label, address, server=server, wait=opts.get_bool("wait", True), nodelay=nodelay)
+
+    @classmethod
+    def _from_fd(cls, label: str, text: str, opts: ChardevOptions) -> SocketChardev:
+        """fd=N: a socket the parent process handed over (QEMUMachine's socket pair)."""
+        if not text.isdigit():
+            raise UserError(f"Parameter 'fd' expects a file descriptor number, not '{text}'")
+        fd = int(text)
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as exc:
+            raise UserError(f"Could not use file descriptor {fd} as a socket: {_strerror(exc)}") from None
+        listening = bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+        chardev = cls(label, FdAddress(fd), server=False, nodelay=opts.get_bool("nodelay", False))
+        if listening:
+            chardev.is_server = True
+            chardev.wait = opts.get_bool("wait", True)
+            sock.setblocking(False)
+            chardev.listener = sock
+        else:
+            chardev._inherited = sock
+        chardev._update_filename()
+        return chardev
 
     # -- addresses --------------------------------------------------------------
     @property
@@ -217,6 +252,10 @@ class SocketChardev(FdChardev):
 
     # -- client side ----------------------------------------------------------
     def _connect(self) -> None:
+        if self._inherited is not None:
+            sock, self._inherited = self._inherited, None
+            self._connected(sock, None)
+            return
         if isinstance(self.address, UnixAddress):
             path = self.address.path
             self._check_unix_path(path)
@@ -228,6 +267,7 @@ class SocketChardev(FdChardev):
                 raise UserError(f"Failed to connect to '{path}': {_strerror(exc)}") from None
             self._connected(sock, path)
             return
+        assert isinstance(self.address, InetAddress)  # an fd=N socket was connected above
         last_error: OSError | None = None
         for family, kind, proto, _, sockaddr in self._resolve(passive=False):
             sock = socket.socket(family, kind, proto)
@@ -309,6 +349,9 @@ class SocketChardev(FdChardev):
         if self.listener is not None:
             self.listener.close()
             self.listener = None
+        if self._inherited is not None:
+            self._inherited.close()
+            self._inherited = None
         if self._unlink_on_close is not None:
             try:
                 os.unlink(self._unlink_on_close)

@@ -154,7 +154,7 @@ OPTION_TABLE: tuple[QemuOption, ...] = (
     _opt("display", True, True, _DPY, "-display none|curses|gtk|sdl|vnc=...", "select the display back-end"),
     _opt("nographic", False, True, _DPY, "-nographic",
          "no graphical output: serial port and monitor on the terminal"),
-    _opt("vga", True, False, _DPY, "-vga std|cirrus|virtio|none", "select the video card"),
+    _opt("vga", True, True, _DPY, "-vga none", "select the video card (pemu has none: only none is accepted)"),
     _opt("vnc", True, False, _DPY, "-vnc display[,option[,...]]", "start a VNC server"),
     # -- network
     _opt("netdev", True, True, _NET, "-netdev user,id=str[,hostfwd=rule][,...]\n-netdev tap,id=str[,...]",
@@ -169,10 +169,12 @@ OPTION_TABLE: tuple[QemuOption, ...] = (
     _opt("serial", True, True, _CHR, "-serial dev", "connect the next serial port to dev (stdio, pty, none, ...)"),
     _opt("parallel", True, False, _CHR, "-parallel dev", "connect the next parallel port to dev"),
     _opt("monitor", True, True, _CHR, "-monitor dev", "put the human monitor on dev"),
-    _opt("qmp", True, False, _CHR, "-qmp dev", "put a QMP monitor on dev"),
-    _opt("qmp-pretty", True, False, _CHR, "-qmp-pretty dev", "put a pretty-printing QMP monitor on dev"),
+    _opt("qmp", True, True, _CHR, "-qmp dev", "put a QMP monitor on dev"),
+    _opt("qmp-pretty", True, True, _CHR, "-qmp-pretty dev", "put a pretty-printing QMP monitor on dev"),
     _opt("mon", True, True, _CHR, "-mon [chardev=]id[,mode=readline|control][,pretty=on|off]",
          "put a monitor on a character device", "mon", True),
+    _opt("add-fd", True, True, _CHR, "-add-fd fd=fd,set=set[,opaque=opaque]",
+         "add a passed file descriptor to fd set 'set' (opened as /dev/fdset/set)", "add-fd"),
     _opt("debugcon", True, False, _CHR, "-debugcon dev", "connect the debug console to dev"),
     # -- boot
     _opt("kernel", True, True, _BOOT, "-kernel bzImage", "boot this Linux kernel"),
@@ -341,6 +343,7 @@ def standard_opts_lists() -> list[QemuOptsList]:
         QemuOptsList("net", "type"),
         QemuOptsList("chardev", "backend"),
         QemuOptsList("mon", "chardev", desc=(d("mode"), d("chardev"), d("pretty", _B))),
+        QemuOptsList("add-fd", desc=(d("fd", _N), d("set", _N), d("opaque"))),
         QemuOptsList("drive"),
         QemuOptsList("boot-opts", "order", merge_lists=True, desc=(
             d("order"), d("once"), d("menu", _B), d("splash"), d("splash-time", _N),

@@ -15,23 +15,23 @@ as one line too and never reaches the main loop.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from pemu.qom.object import Object, QOMError, object_get_root, object_resolve_path
-from pemu.system import cpus, runstate
+from pemu.qapi.error import QMPError
+from pemu.qom.object import QOMError, object_get_root, object_resolve_path
+from pemu.system import runstate
 from pemu.system.runstate import RunState, ShutdownCause
 from pemu.util.error import UserError
-from pemu.util.vm_context import current_vm, set_current_vm
+from pemu.util.vm_context import set_current_vm
 
 if TYPE_CHECKING:
     from pemu.monitor.monitor import Monitor
 
 
-class CommandError(Exception):
+class CommandError(QMPError):
     """A command failed; the message is printed after "Error: "."""
 
 
@@ -228,7 +228,7 @@ def run_handler(mon: Monitor, cmd: HMPCommand, args: dict[str, Any]) -> None:
     try:
         assert cmd.handler is not None
         cmd.handler(mon, args)
-    except (CommandError, QOMError, UserError) as e:
+    except (QMPError, QOMError, UserError) as e:
         mon.error(str(e))
     except Exception as e:  # a bug in a command must not take the VMM down
         detail = str(e).splitlines()[0] if str(e) else ""
@@ -279,37 +279,47 @@ def hmp_info_help(mon: Monitor, args: dict[str, Any]) -> None:
 # --- run state ----------------------------------------------------------------------------
 
 
+# The handlers below run the QMP command (pemu.monitor.qmp_cmds*, imported when
+# first used) and format its result, as QEMU's hmp_* functions do.
+
+
 def hmp_info_status(mon: Monitor, args: dict[str, Any]) -> None:
-    state = runstate.runstate_get()
-    running = runstate.runstate_is_running()
-    text = "VM status: " + ("running" if running else "paused")
-    if not running and state is not RunState.PAUSED:
-        text += f" ({state.value})"
+    from pemu.monitor.qmp_cmds import qmp_query_status
+
+    info = qmp_query_status()
+    text = "VM status: " + ("running" if info["running"] else "paused")
+    if not info["running"] and info["status"] is not RunState.PAUSED:
+        text += f" ({info['status'].value})"
     mon.print_line(text)
 
 
 def hmp_stop(mon: Monitor, args: dict[str, Any]) -> None:
-    cpus.vm_stop(RunState.PAUSED)
+    from pemu.monitor.qmp_cmds import qmp_stop
+
+    qmp_stop()
 
 
 def hmp_cont(mon: Monitor, args: dict[str, Any]) -> None:
-    if runstate.runstate_get() in (RunState.SHUTDOWN, RunState.INTERNAL_ERROR):
-        raise CommandError("Resetting the Virtual Machine is required")
-    cpus.vm_start()
+    from pemu.monitor.qmp_cmds import qmp_cont
+
+    qmp_cont()
 
 
 def hmp_quit(mon: Monitor, args: dict[str, Any]) -> None:
+    from pemu.monitor.qmp_cmds import qmp_quit
+
     mon.suspend()
-    runstate.qemu_system_shutdown_request(ShutdownCause.HOST_QMP_QUIT)
+    qmp_quit()
 
 
-# QEMU's cause for a monitor reset is HOST_QMP_SYSTEM_RESET; pemu's runstate
-# has no such member yet, so the closest host-initiated cause stands in.
-SYSTEM_RESET_CAUSE: ShutdownCause = getattr(ShutdownCause, "HOST_QMP_SYSTEM_RESET", ShutdownCause.HOST_UI)
+# The cause a monitor's reset gives (QEMU's SHUTDOWN_CAUSE_HOST_QMP_SYSTEM_RESET).
+SYSTEM_RESET_CAUSE = ShutdownCause.HOST_QMP_SYSTEM_RESET
 
 
 def hmp_system_reset(mon: Monitor, args: dict[str, Any]) -> None:
-    runstate.qemu_system_reset_request(SYSTEM_RESET_CAUSE)
+    from pemu.monitor.qmp_cmds import qmp_system_reset
+
+    qmp_system_reset()
 
 
 PowerdownHandler = Callable[[], None]
@@ -318,8 +328,9 @@ unregister_powerdown_handler = runstate.qemu_unregister_powerdown_notifier
 
 
 def hmp_system_powerdown(mon: Monitor, args: dict[str, Any]) -> None:
-    if not runstate.qemu_system_powerdown_request():
-        raise CommandError("this machine has no power button (no ACPI power button handler)")
+    from pemu.monitor.qmp_cmds import qmp_system_powerdown
+
+    qmp_system_powerdown()
 
 
 # --- version, name ----------------------------------------------------------------------------
@@ -333,14 +344,18 @@ def monitor_version() -> str:
 
 
 def hmp_info_version(mon: Monitor, args: dict[str, Any]) -> None:
-    mon.print_line(monitor_version())
+    from pemu.monitor.qmp_cmds import qmp_query_version
+
+    info = qmp_query_version()
+    qemu = info["qemu"]
+    mon.print_line(f"{qemu['major']}.{qemu['minor']}.{qemu['micro']}{info['package']}")
 
 
 def vm_name() -> str | None:
     """The -name of the VM, when the command line set one (kept on the machine)."""
-    machine = current_vm().machine
-    name = machine.name_ if machine is not None else None
-    return name or None
+    from pemu.monitor.qmp_cmds import vm_name as name
+
+    return name()
 
 
 def hmp_info_accel(mon: Monitor, args: dict[str, Any]) -> None:
@@ -354,19 +369,12 @@ def hmp_info_accel(mon: Monitor, args: dict[str, Any]) -> None:
 
 
 def hmp_info_name(mon: Monitor, args: dict[str, Any]) -> None:
-    name = vm_name()
+    name = vm_name()  # what query-name returns
     if name is not None:
         mon.print_line(name)
 
 
 # --- QOM ----------------------------------------------------------------------------------------
-
-
-def _resolve(path: str) -> Object:
-    obj = object_resolve_path(path)
-    if obj is None:
-        raise CommandError(f"Device '{path}' not found")
-    return obj
 
 
 def hmp_info_qom_tree(mon: Monitor, args: dict[str, Any]) -> None:
@@ -391,25 +399,28 @@ def hmp_info_qtree(mon: Monitor, args: dict[str, Any]) -> None:
 
 
 def hmp_qom_list(mon: Monitor, args: dict[str, Any]) -> None:
+    from pemu.monitor.qmp_cmds_machine import qmp_qom_list
+
     path = args.get("path")
     if path is None:
         mon.print_line("/")
         return
-    obj = _resolve(path)
-    for prop in obj.property_iter():
-        mon.print_line(f"{prop.name} ({prop.type})")
+    for prop in qmp_qom_list(path=path):
+        mon.print_line(f"{prop['name']} ({prop['type']})")
 
 
 def hmp_qom_get(mon: Monitor, args: dict[str, Any]) -> None:
-    from pemu.monitor.qom_info import qom_value_to_json
+    import json
 
-    obj = _resolve(args["path"])
-    mon.print_line(qom_value_to_json(obj.property_get(args["property"])))
+    from pemu.monitor.qmp_cmds_machine import qmp_qom_get
+
+    mon.print_line(json.dumps(qmp_qom_get(path=args["path"], property=args["property"])))
 
 
 def hmp_qom_set(mon: Monitor, args: dict[str, Any]) -> None:
-    obj = _resolve(args["path"])
-    obj.property_parse(args["property"], args["value"])
+    from pemu.monitor.qmp_cmds_machine import qmp_qom_set
+
+    qmp_qom_set(path=args["path"], property=args["property"], value=args["value"])
 
 
 # --- memory -------------------------------------------------------------------------------------
@@ -425,35 +436,18 @@ def hmp_info_mtree(mon: Monitor, args: dict[str, Any]) -> None:
 
 
 def machine_cpus() -> list[Any]:
-    """The CPU objects of the machine, by cpu_index: the CPUs, or objects of
-    a type named like one that have its fields (the monitor's tests use such)."""
-    from pemu.monitor.qom_info import qom_children
+    """The CPU objects of the machine, by cpu_index."""
+    from pemu.monitor.qmp_cmds_machine import machine_cpus as cpus
 
-    found: list[Any] = []
-
-    def walk(obj: Object) -> None:
-        for _, child in qom_children(obj):
-            if child.typename.endswith("-x86_64-cpu") or child.is_a("cpu"):
-                found.append(child)
-            else:
-                walk(child)
-
-    walk(object_get_root())
-    return sorted(found, key=lambda cpu: cpu.cpu_index)
-
-
-def _thread_id(cpu: Any) -> int:
-    thread = cpu.run.thread
-    native = thread.native_id if thread is not None else None
-    return native if isinstance(native, int) else os.getpid()
+    return cpus()
 
 
 def hmp_info_cpus(mon: Monitor, args: dict[str, Any]) -> None:
-    cpus = machine_cpus()
-    for n, cpu in enumerate(cpus):
-        index = cpu.cpu_index
+    from pemu.monitor.qmp_cmds_machine import qmp_query_cpus_fast
+
+    for n, cpu in enumerate(qmp_query_cpus_fast()):
         mark = "*" if n == 0 else " "
-        mon.print_line(f"{mark} CPU #{index}: thread_id={_thread_id(cpu)}")
+        mon.print_line(f"{mark} CPU #{cpu['cpu-index']}: thread_id={cpu['thread-id']}")
 
 
 def hmp_info_registers(mon: Monitor, args: dict[str, Any]) -> None:
@@ -593,36 +587,68 @@ def hmp_hostfwd_remove(mon: Monitor, args: dict[str, Any]) -> None:
 
 
 def hmp_set_link(mon: Monitor, args: dict[str, Any]) -> None:
-    from pemu.net.net import net_state, qemu_set_link
+    from pemu.monitor.qmp_cmds_backends import qmp_set_link
 
     up = args["up_or_down"]
     if up not in ("on", "off"):
         mon.puts("Parameter 'up' expects 'on' or 'off'\n")
         return
     try:
-        qemu_set_link(net_state(), args["name"], up == "on")
-    except UserError as e:
-        mon.puts(f"{e.message}\n")
+        qmp_set_link(name=args["name"], up=up == "on")
+    except QMPError as e:
+        mon.puts(f"{e.desc}\n")
 
 
 # --- block devices (pemu.block.blockdev) -----------------------------------------------------------
 
 
 def _block_devices() -> Any:
-    from pemu.hw.core.machine import MachineState
+    from pemu.monitor.qmp_cmds_backends import block_devices
 
-    machine = object_get_root().child("machine")
-    if not isinstance(machine, MachineState):
-        raise CommandError("no machine")
-    return machine.block_devices
+    return block_devices()
 
 
 def hmp_info_block(mon: Monitor, args: dict[str, Any]) -> None:
-    mon.puts(_block_devices().info_block())
+    """QEMU's print_block_info for each drive of query-block."""
+    from pemu.monitor.qmp_cmds_backends import qmp_query_block
+
+    for info in qmp_query_block():
+        inserted = info.get("inserted")
+        if inserted is None:
+            mon.puts(f"{info['device']}: [not inserted]\n")
+        else:
+            flags = ", read-only" if inserted["ro"] else ""
+            mon.puts(f"{info['device']} ({inserted.get('node-name', '')}): {inserted['file']} ({inserted['drv']})"
+                     f"{flags}\n")
+        if "qdev" in info:
+            mon.puts(f"    Attached to:      {info['qdev']}\n")
+        if info["removable"]:
+            mon.puts(f"    Removable device: {'' if info['locked'] else 'not '}locked, "
+                     f"tray {'open' if info.get('tray_open') else 'closed'}\n")
+        if inserted is not None:
+            cache = inserted["cache"]
+            mode = "writeback" if cache["writeback"] else "writethrough"
+            if cache["direct"]:
+                mode += ", direct"
+            if cache["no-flush"]:
+                mode += ", ignore flushes"
+            mon.puts(f"    Cache mode:       {mode}\n")
+            if "backing_file" in inserted:
+                mon.puts(f"    Backing file:     {inserted['backing_file']} "
+                         f"(chain depth: {inserted['backing_file_depth']})\n")
+        mon.puts("\n")
 
 
 def hmp_info_blockstats(mon: Monitor, args: dict[str, Any]) -> None:
-    mon.puts(_block_devices().info_blockstats())
+    from pemu.monitor.qmp_cmds_backends import qmp_query_blockstats
+
+    for entry in qmp_query_blockstats():
+        s = entry["stats"]
+        mon.puts(f"{entry.get('device', '')}: rd_bytes={s['rd_bytes']} wr_bytes={s['wr_bytes']} "
+                 f"rd_operations={s['rd_operations']} wr_operations={s['wr_operations']} "
+                 f"flush_operations={s['flush_operations']} wr_total_time_ns={s['wr_total_time_ns']} "
+                 f"rd_total_time_ns={s['rd_total_time_ns']} flush_total_time_ns={s['flush_total_time_ns']} "
+                 f"rd_merged={s['rd_merged']} wr_merged={s['wr_merged']} idle_time_ns={s.get('idle_time_ns', 0)}\n")
 
 
 def hmp_commit(mon: Monitor, args: dict[str, Any]) -> None:

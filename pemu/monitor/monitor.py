@@ -250,6 +250,20 @@ class Monitor:
             self.vm.monitors.remove(self)
 
 
+class StringMonitor(Monitor):
+    """A human monitor without a chardev whose output is kept (what QMP's
+    human-monitor-command runs a command line on)."""
+
+    def __init__(self) -> None:
+        self._captured = bytearray()
+        super().__init__(None)
+
+    def _write(self, data: bytes) -> None:
+        self._captured += data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+    def output(self) -> str:
+        return self._captured.decode("utf-8", errors="replace")
+
 
 def monitor_init_hmp(chr: Chardev) -> Monitor:
     """Start a human monitor on ``chr`` (QEMU's monitor_init_hmp).

@@ -16,6 +16,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from pemu.accel.accel import AccelVCPU, VCPUExit, configure_accelerators, current_accel
+from pemu.qapi.events import qapi_event_send
 from pemu.system import runstate
 from pemu.system.runstate import RunState
 from pemu.util import timer
@@ -311,6 +312,7 @@ def vm_start() -> None:
         return
     with run.requests.lock:
         run.requests.fault_reported = False
+    qapi_event_send("RESUME")  # sent now, the vCPUs resume just after (as QEMU)
     run.state = RunState.RUNNING
     timer.qemu_clock_enable_virtual(True)
     runstate.vm_state_notify(True, RunState.RUNNING)
@@ -336,6 +338,7 @@ def vm_stop(new_state: RunState = RunState.PAUSED) -> None:
     timer.qemu_clock_enable_virtual(False)
     run.state = new_state
     runstate.vm_state_notify(False, new_state)
+    qapi_event_send("STOP")
 
 
 # The exception's text in the one-line report is cut to this length (the log has it all).

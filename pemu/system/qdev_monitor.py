@@ -149,8 +149,12 @@ def qdev_device_add(opts: QemuOpts) -> DeviceState:
         if bus is None and dc.bus_type is not None:
             raise QOMError(f"No '{dc.bus_type}' bus found for device '{driver}'")
 
-    if phase_check(MachineInitPhase.MACHINE_READY) and bus is not None and not dc.hotpluggable:
-        raise QOMError(f"Device '{driver}' does not support hotplugging")
+    if phase_check(MachineInitPhase.MACHINE_READY):
+        # device_add on a built machine: no bus of pemu's has a hot-plug
+        # handler yet (QEMU's qbus_is_hotpluggable), nor has the machine.
+        if bus is not None:
+            raise QOMError(f"Bus '{bus.name}' does not support hotplugging")
+        raise QOMError(f"Device '{driver}' can not be hotplugged on this machine")
 
     dev = qdev_new(driver)
     try:

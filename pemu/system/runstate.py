@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable
 from enum import Enum
 
+from pemu.qapi.events import qapi_event_send
 from pemu.util.vm_context import current_vm
 
 
@@ -88,6 +89,21 @@ def runstate_set(new: RunState) -> None:
 
 def runstate_is_running() -> bool:
     return current_vm().run.state == RunState.RUNNING
+
+
+def shutdown_caused_by_guest(cause: ShutdownCause) -> bool:
+    """Whether the guest asked for it (the ``guest`` member of SHUTDOWN and RESET)."""
+    return cause in (ShutdownCause.GUEST_SHUTDOWN, ShutdownCause.GUEST_RESET, ShutdownCause.GUEST_PANIC,
+                     ShutdownCause.SUBSYSTEM_RESET)
+
+
+def qapi_event_send_shutdown(cause: ShutdownCause) -> None:
+    qapi_event_send("SHUTDOWN", {"guest": shutdown_caused_by_guest(cause), "reason": cause.value})
+
+
+def qapi_event_send_reset(cause: ShutdownCause) -> None:
+    if cause not in (ShutdownCause.NONE, ShutdownCause.SUBSYSTEM_RESET):
+        qapi_event_send("RESET", {"guest": shutdown_caused_by_guest(cause), "reason": cause.value})
 
 
 def _wake(requests: RunRequests) -> None:
@@ -178,6 +194,8 @@ def qemu_unregister_powerdown_notifier(cb: Callable[[], None]) -> None:
 def qemu_system_powerdown_request() -> bool:
     """Ask the guest to power down (ACPI power button); False if nothing can."""
     notifiers = current_vm().run.powerdown_notifiers
+    if notifiers:
+        qapi_event_send("POWERDOWN")
     for cb in list(notifiers):
         cb()
     return bool(notifiers)

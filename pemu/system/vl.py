@@ -87,7 +87,7 @@ class Config:
     objects: list[tuple[QemuOpts, str]] = field(default_factory=list)
     chardevs: list[tuple[QemuOpts, str]] = field(default_factory=list)
     serials: list[str] = field(default_factory=list)
-    monitors: list[tuple[str, str]] = field(default_factory=list)  # (kind, spec)
+    monitors: list[tuple[str, str]] = field(default_factory=list)  # (monitor|mon|qmp|qmp-pretty|mon-qmp[-pretty], spec)
     kernel: str | None = None
     initrd: str | None = None
     append: str | None = None
@@ -105,6 +105,7 @@ class Config:
     nets: list[tuple[str, QemuOpts, str]] = field(default_factory=list)  # (-netdev|-nic|-net, opts, location)
     block_options: list[ParsedOption] = field(default_factory=list)  # -drive, -hda..., -blockdev in order
     snapshot: bool = False  # -snapshot
+    add_fds: list[tuple[int, int, str | None]] = field(default_factory=list)  # -add-fd (fd, set, opaque)
 
 
 # --- the command line ----------------------------------------------------------------------
@@ -185,12 +186,38 @@ def _apply_option(cfg: Config, opt: ParsedOption) -> None:
         cfg.monitors.append(("monitor", arg))
     elif name == "mon":
         opts = opt.parse_opts()
-        if opts.get("mode", "readline") != "readline":
-            raise opt.error("QMP monitors are not supported by pemu yet")
+        mode = opts.get("mode", "readline")
+        if mode not in ("readline", "control"):
+            raise opt.error(f"Parameter 'mode' does not accept value '{mode}'")
+        pretty = opts.get_bool("pretty", False)
+        if pretty and mode == "readline":
+            raise opt.error("'pretty' is not compatible with HMP monitors")
         chardev = opts.get("chardev")
         if not chardev:
             raise opt.error("Parameter 'chardev' is missing")
-        cfg.monitors.append(("mon", chardev))
+        kind = "mon" if mode == "readline" else ("mon-qmp-pretty" if pretty else "mon-qmp")
+        cfg.monitors.append((kind, chardev))
+    elif name == "add-fd":
+        opts = opt.parse_opts()
+        from pemu.monitor.fds import check_inherited_fd
+
+        fd, fdset_id = opts.get_number("fd", -1), opts.get_number("set", -1)
+        problem = check_inherited_fd(fd)
+        if problem is None and fdset_id < 0:
+            problem = "set option is required and must be non-negative"
+        if problem is not None:
+            raise opt.error(problem)
+        cfg.add_fds.append((fd, fdset_id, opts.get("opaque")))
+    elif name in ("qmp", "qmp-pretty"):
+        assert arg is not None
+        cfg.monitors.append((name, arg))
+    elif name == "vga":
+        assert arg is not None
+        if arg == "help":
+            sys.stdout.write("none                 no VGA card\n")
+            raise EarlyExit(0)
+        if arg != "none":
+            raise opt.error(f"VGA card '{arg}' is not supported by pemu (it has no display): use -vga none")
     elif name == "kernel":
         cfg.kernel = arg
     elif name == "initrd":
@@ -585,6 +612,20 @@ def qemu_create_chardevs(cfg: Config) -> None:
             raise UserError(getattr(e, "message", str(e)), loc) from None
 
 
+def add_fdsets(cfg: Config, vm: VirtualMachine) -> None:
+    """-add-fd: the inherited descriptors become the VM's fd sets (now close-on-exec)."""
+    if not cfg.add_fds:
+        return
+    import fcntl
+
+    from pemu.monitor.fds import FdSets
+
+    vm.fdsets = vm.fdsets or FdSets()
+    for fd, fdset_id, opaque in cfg.add_fds:
+        fcntl.fcntl(fd, fcntl.F_SETFD, fcntl.fcntl(fd, fcntl.F_GETFD) | fcntl.FD_CLOEXEC)
+        vm.fdsets.add_fd(fdset_id, fd, opaque)
+
+
 def qemu_setup_defaults_and_monitors(cfg: Config) -> None:
     """Default serial and monitor as QEMU picks them: with -nographic both
     on stdio, multiplexed (Ctrl-A c switches)."""
@@ -631,18 +672,19 @@ def qemu_setup_defaults_and_monitors(cfg: Config) -> None:
     # Every back-end first, and only then the monitors, which greet the user
     # (banner, prompt) as they start: a bad -serial or -monitor is then one
     # error line, with no monitor banner before it.
-    monitor_chrs: list[Any] = []
+    monitor_chrs: list[tuple[Any, str]] = []
     for n, (kind, spec) in enumerate(monitors):
-        if kind == "mon":
+        if kind in ("mon", "mon-qmp", "mon-qmp-pretty"):
             chr_ = qemu_chr_find(spec)
             if chr_ is None:
                 raise UserError(f"chardev \"{spec}\" not found", f"-mon {spec}")
         else:
             if spec == "none":
                 continue
-            chr_ = chr_new(f"compat_monitor{n}", spec, f"-monitor {spec}")
+            option = "-monitor" if kind == "monitor" else f"-{kind}"
+            chr_ = chr_new(f"compat_monitor{n}", spec, f"{option} {spec}")
         if chr_ is not None:
-            monitor_chrs.append(chr_)
+            monitor_chrs.append((chr_, kind))
     serial_monitor_chrs: list[Any] = []
     for i, spec in enumerate(serials):
         if spec == "none":
@@ -653,8 +695,14 @@ def qemu_setup_defaults_and_monitors(cfg: Config) -> None:
         if chr_ is not None and spec.startswith("mon:"):
             serial_monitor_chrs.append(chr_)
         vm.serial_hds.append(chr_)
-    for chr_ in monitor_chrs:
-        monitor_init_hmp(chr_)
+    for chr_, kind in monitor_chrs:
+        if kind in ("monitor", "mon"):
+            monitor_init_hmp(chr_)
+        else:
+            # The QMP server and its schema are loaded only when asked for.
+            from pemu.monitor.qmp import monitor_init_qmp
+
+            monitor_init_qmp(chr_, pretty=kind.endswith("pretty"))
     for chr_ in serial_monitor_chrs:
         mon = monitor_init_hmp(chr_)
         if monitor_first:
@@ -751,6 +799,7 @@ def qemu_build(cfg: Config, vm: VirtualMachine) -> None:
     # Front-ends attach to muxed back-ends from here on; the muxes announce
     # themselves (banner, prompt) only once the machine is built.
     suspend_mux_open()
+    add_fdsets(cfg, vm)
     qemu_create_chardevs(cfg)
     qemu_setup_defaults_and_monitors(cfg)
     qemu_create_nets(cfg)
@@ -781,6 +830,7 @@ def main_loop_should_exit(vm: VirtualMachine) -> bool:
         cpus.vm_stop(stop)
     cause = runstate.take_shutdown_request()
     if cause != ShutdownCause.NONE:
+        runstate.qapi_event_send_shutdown(cause)
         if vm.run.requests.no_shutdown and cause in (ShutdownCause.GUEST_SHUTDOWN, ShutdownCause.GUEST_RESET):
             cpus.vm_stop(RunState.SHUTDOWN)
         else:
@@ -791,6 +841,7 @@ def main_loop_should_exit(vm: VirtualMachine) -> bool:
         cpus.pause_all_vcpus()
         assert vm.machine is not None
         qemu_system_reset(vm.machine)
+        runstate.qapi_event_send_reset(reset)
         if was_running or vm.run.state == RunState.SHUTDOWN:
             runstate.runstate_set(RunState.PAUSED)
             cpus.vm_start()

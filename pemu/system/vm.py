@@ -40,8 +40,11 @@ if TYPE_CHECKING:
     from pemu.chardev.char_mux import MuxChardev
     from pemu.hw.core.machine import MachineState
     from pemu.hw.core.qdev import BusState
+    from pemu.monitor.fds import FdSets
     from pemu.monitor.monitor import Monitor
+    from pemu.monitor.qmp import MonitorQMP
     from pemu.net.net import NetState
+    from pemu.qapi.events import EventListener
     from pemu.qom.object import Object
     from pemu.system.physmem import SystemMemory
 
@@ -70,6 +73,10 @@ class VirtualMachine:
         # the focus.
         self.muxes_opened = True
         self.monitors: list[Monitor] = []
+        self.qmp_monitors: list[MonitorQMP] = []
+        self.fdsets: FdSets | None = None  # -add-fd's descriptors (made when first used)
+        # Who receives QAPI events (the QMP monitors): pemu.qapi.events.qapi_event_send.
+        self.event_listeners: list[EventListener] = []
         self.serial_hds: list[Chardev | None] = []  # -serial back-ends, COM1 first
         # (mux, front-end) pairs whose front-end takes the input focus once the board exists.
         self.focus_after_board: list[tuple[Chardev, CharBackend]] = []
@@ -113,8 +120,14 @@ class VirtualMachine:
             self.accel = None
         for mon in list(self.monitors):
             mon.close()
+        for qmp_mon in list(self.qmp_monitors):
+            qmp_mon.close()
+        self.event_listeners.clear()
         for chardev in reversed(list(self.chardevs.values())):
             chardev.close()
+        if self.fdsets is not None:
+            self.fdsets.close_all()
+            self.fdsets = None
         self.chardevs.clear()
         self.muxes.clear()
         self.serial_hds.clear()

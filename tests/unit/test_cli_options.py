@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from pemu.cli.options import (
@@ -202,7 +204,8 @@ IMPLEMENTED_SAMPLES: dict[str, list[str]] = {
     "netdev": ["user,id=n0"], "nic": ["user"], "net": ["nic"],
     "drive": ["file=disk.img,if=none"], "blockdev": ["driver=raw,node-name=n,file.driver=file,file.filename=d"],
     "hda": ["disk.img"], "hdb": ["disk.img"], "hdc": ["disk.img"], "hdd": ["disk.img"], "cdrom": ["cd.iso"],
-    "snapshot": [],
+    "snapshot": [], "vga": ["none"], "qmp": ["unix:/tmp/qmp.sock,server=on,wait=off"],
+    "qmp-pretty": ["tcp:localhost:4444,server=on,wait=off"], "add-fd": ["fd=INHERITED_FD,set=1"],
 }
 
 
@@ -219,13 +222,20 @@ def vl_parse(monkeypatch: pytest.MonkeyPatch, tmp_path, capsys):  # noqa: ANN001
     for opts_list in opts_registry:
         opts_list.reset()
 
+    # An inheritable descriptor, as a parent process would pass one (-add-fd).
+    read_end, write_end = os.pipe()
+    os.set_inheritable(read_end, True)
+
     def parse(argv: list[str]) -> None:
+        argv = [str(tmp_path / "log") if a == "LOGFILE" else a.replace("INHERITED_FD", str(read_end)) for a in argv]
         try:
-            vl.parse_config([str(tmp_path / "log") if a == "LOGFILE" else a for a in argv])
+            vl.parse_config(argv)
         except vl.EarlyExit:
             pass  # help and version print and exit: acted on
 
     yield parse
+    os.close(read_end)
+    os.close(write_end)
     for opts_list in opts_registry:
         opts_list.reset()
 
