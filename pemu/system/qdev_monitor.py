@@ -42,8 +42,15 @@ CATEGORY_NAMES = {
 }
 
 
-def _bus_name(dc: DeviceClass) -> str:
-    return dc.bus_type or "System"
+def device_help_line(dc: DeviceClass) -> str:
+    """One device as QEMU's qdev_print_devinfo shows it: the bus only when the
+    device sits on one, the description only when it has one."""
+    line = f'name "{dc.name}"'
+    if dc.bus_type:
+        line += f", bus {dc.bus_type}"
+    if dc.desc:
+        line += f', desc "{dc.desc}"'
+    return line
 
 
 def device_help_list(show_internal: bool = False) -> str:
@@ -53,9 +60,7 @@ def device_help_list(show_internal: bool = False) -> str:
         dc = object_class_check(klass, DeviceClass)
         if not dc.user_creatable and not show_internal:
             continue
-        line = f'name "{dc.name}", bus {_bus_name(dc)}'
-        if dc.desc:
-            line += f', desc "{dc.desc}"'
+        line = device_help_line(dc)
         cats = dc.categories or ("uncategorized",)
         for cat in cats:
             groups.setdefault(cat, []).append(line)

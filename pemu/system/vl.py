@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pemu import __version__
+from pemu import version_banner
 from pemu.chardev.char_mux import MuxChardev
 from pemu.cli.options import (
     ParsedOption,
@@ -128,10 +128,10 @@ def parse_config(argv: list[str]) -> Config:
 def _apply_option(cfg: Config, opt: ParsedOption) -> None:
     name, arg = opt.name, opt.arg
     if name in ("help", "h"):
-        sys.stdout.write(qemu_options_help("pemu") + "\n")
+        sys.stdout.write(version_banner() + qemu_options_help("pemu") + "\n")
         raise EarlyExit(0)
     if name == "version":
-        sys.stdout.write(f"pemu version {__version__} (QEMU-compatible x86 PC emulator in Python)\n")
+        sys.stdout.write(version_banner())
         raise EarlyExit(0)
     if name == "machine":
         cfg.machine = opt.parse_opts()

@@ -262,16 +262,29 @@ TCG_UNSUPPORTED = feature_bits(
     "kvm-pv-unhalt", "kvmclock-stable-bit", "spec-ctrl", "arch-capabilities", "ssbd", "stibp", "md-clear")
 
 
+def _wrap_words(words: list[str], width: int = 75, indent: str = "  ") -> list[str]:
+    """Words in lines of at most ``width`` columns, each line indented (QEMU's
+    listflags layout for ``-cpu help``)."""
+    lines: list[str] = []
+    line = indent
+    for word in words:
+        if line != indent and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = indent
+        line = line + word if line == indent else f"{line} {word}"
+    if line != indent:
+        lines.append(line)
+    return lines
+
+
 def x86_cpu_list() -> str:
-    """The text of ``-cpu help``."""
+    """The text of ``-cpu help`` in QEMU's shape: ``x86 NAME  DESCRIPTION``
+    (the name padded to 20 columns), then the recognized CPUID flags."""
     lines = ["Available CPUs:"]
-    for name in sorted(BUILTIN_MODELS):
-        lines.append(f"  {name:<20} {BUILTIN_MODELS[name].description}")
-    lines.append("")
-    lines.append("Recognized CPUID flags:")
-    names = sorted(n for n in FEATURES)
-    for i in range(0, len(names), 8):
-        lines.append("  " + " ".join(names[i:i + 8]))
+    for name in x86_cpu_model_names():
+        lines.append(f"x86 {name:<20}  {BUILTIN_MODELS[name].description}".rstrip())
+    lines += ["", "Recognized CPUID flags:"]
+    lines += _wrap_words(sorted(FEATURES))
     return "\n".join(lines) + "\n"
 
 
@@ -341,7 +354,9 @@ def x86_cpu_model_for(option: str | None, accel: str = "tcg") -> X86CPUModel:
 
 
 def x86_cpu_model_names() -> list[str]:
-    return sorted(BUILTIN_MODELS)
+    """The models in QEMU's -cpu help order: by name, the generic base, host
+    and max last."""
+    return sorted(BUILTIN_MODELS, key=lambda name: (name in ("base", "host", "max"), name))
 
 
 def x86_cpu_model_from_string(option: str) -> X86CPUModel:
