@@ -200,6 +200,13 @@ class AccelOps(ABC):
         """CPUID feature bits this accelerator cannot provide (word → mask)."""
         return {}
 
+    def send_msi(self, address: int, data: int) -> None:
+        """Deliver an MSI to the accelerator's interrupt controllers (only
+        meaningful when :meth:`irqchip_in_kernel`)."""
+        from pemu.util.log import guest_error
+
+        guest_error(f"{self.name}: MSI to {address:#x} without an in-kernel irqchip dropped")
+
     @classmethod
     def description(cls) -> str:
         """What runs guest code here, for ``-accel help`` and ``info accel`` ("" if nothing to say)."""

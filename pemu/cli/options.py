@@ -173,7 +173,7 @@ OPTION_TABLE: tuple[QemuOption, ...] = (
     _opt("qmp-pretty", True, False, _CHR, "-qmp-pretty dev", "put a pretty-printing QMP monitor on dev"),
     _opt("mon", True, True, _CHR, "-mon [chardev=]id[,mode=readline|control][,pretty=on|off]",
          "put a monitor on a character device", "mon", True),
-    _opt("debugcon", True, False, _CHR, "-debugcon dev", "connect the debug console to dev"),
+    _opt("debugcon", True, True, _CHR, "-debugcon dev", "connect the debug console to dev"),
     # -- boot
     _opt("kernel", True, True, _BOOT, "-kernel bzImage", "boot this Linux kernel"),
     _opt("append", True, True, _BOOT, "-append cmdline", "give this command line to the kernel"),

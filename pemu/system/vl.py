@@ -61,14 +61,21 @@ def _register_all_types() -> None:
     """Import every module that registers QOM types: the one known point
     where the type registry is filled (QEMU's module_call_init)."""
     import pemu.backends.hostmem  # noqa: F401
+    import pemu.hw.char.debugcon  # noqa: F401
     import pemu.hw.i386.pc_q35  # noqa: F401
     import pemu.hw.ide.qdev  # noqa: F401  (ide-hd, ide-cd: no IDE bus until the AHCI controller)
     import pemu.hw.isa.lpc_ich9  # noqa: F401
     import pemu.hw.isa.pc_legacy  # noqa: F401
+    import pemu.hw.misc.edu  # noqa: F401
+    import pemu.hw.misc.pc_testdev  # noqa: F401
+    import pemu.hw.misc.pci_testdev  # noqa: F401
     import pemu.hw.pci_host.q35  # noqa: F401
     from pemu.target.i386.cpu import x86_register_cpu_types
 
     x86_register_cpu_types()
+
+
+DEBUGCON_CHARDEV = "debugcon"  # the back-end -debugcon makes for its isa-debugcon
 
 
 @dataclass
@@ -87,6 +94,7 @@ class Config:
     objects: list[tuple[QemuOpts, str]] = field(default_factory=list)
     chardevs: list[tuple[QemuOpts, str]] = field(default_factory=list)
     serials: list[str] = field(default_factory=list)
+    debugcon: tuple[str, str] | None = None  # -debugcon: (back-end spec, location)
     monitors: list[tuple[str, str]] = field(default_factory=list)  # (kind, spec)
     kernel: str | None = None
     initrd: str | None = None
@@ -180,6 +188,15 @@ def _apply_option(cfg: Config, opt: ParsedOption) -> None:
     elif name == "serial":
         assert arg is not None
         cfg.serials.append(arg)
+    elif name == "debugcon":
+        assert arg is not None
+        if cfg.debugcon is not None:   # QEMU's device opts "debugcon" exist already
+            raise opt.error("please use -device isa-debugcon,chardev=xxx for multiple debugcon ports")
+        cfg.debugcon = (arg, opt.location)
+        from pemu.util.qemu_opts import opts_registry
+
+        cfg.devices.append((opts_registry.find("device").parse(
+            f"isa-debugcon,chardev={DEBUGCON_CHARDEV}", True, opt.location), opt.location))
     elif name == "monitor":
         assert arg is not None
         cfg.monitors.append(("monitor", arg))
@@ -653,6 +670,9 @@ def qemu_setup_defaults_and_monitors(cfg: Config) -> None:
         if chr_ is not None and spec.startswith("mon:"):
             serial_monitor_chrs.append(chr_)
         vm.serial_hds.append(chr_)
+    if cfg.debugcon is not None:
+        spec, location = cfg.debugcon
+        chr_new(DEBUGCON_CHARDEV, spec, location)
     for chr_ in monitor_chrs:
         monitor_init_hmp(chr_)
     for chr_ in serial_monitor_chrs:

@@ -263,6 +263,7 @@ def pc_apic_init(pcms: PCMachineState) -> None:
     for apic in apics:
         bus.attach(apic)
     pcms.apic_bus = bus
+    pcms.vm.msi_nonbroken = True
     window = APICMemory(bus, _current_cpu_apic)
     get_system_memory().add_subregion_overlap(memmap.APIC_BASE, window.region(owner=pcms), APIC_PAGE_SIZE)
     ioapic = object_check(qdev_new(TYPE_IOAPIC), IOAPICState)
@@ -272,6 +273,21 @@ def pc_apic_init(pcms: PCMachineState) -> None:
     ioapic.mmio_map(0, memmap.IOAPIC_BASE)
     bus.attach_ioapic(ioapic.model)
     pcms.ioapic = ioapic
+
+
+def pc_kvm_msi_region(pcms: PCMachineState, accel: Any) -> MemoryRegion:
+    """The "apic-msi" window when the accelerator has the local APICs (QEMU's
+    kvm-apic-msi): a device's 32-bit write there is an MSI for the kernel."""
+
+    def read(offset: int, size: int) -> int:
+        return (1 << (8 * size)) - 1
+
+    def write(offset: int, value: int, size: int) -> None:
+        accel.send_msi(memmap.APIC_BASE + offset, value & 0xFFFFFFFF)
+
+    pcms.vm.msi_nonbroken = True
+    return MemoryRegion.io("apic-msi", memmap.APIC_SPACE_SIZE, MemoryRegionOps(read, write, 1, 4, False, 4, 4),
+                           owner=pcms)
 
 
 def pc_gsi_lines(pcms: PCMachineState, pic_lines: list[Any]) -> list[Any]:
