@@ -200,6 +200,17 @@ class AccelOps(ABC):
         """CPUID feature bits this accelerator cannot provide (word → mask)."""
         return {}
 
+    def host_cpu_model(self) -> Any:
+        """The model ``-cpu host`` gives (a pemu.target.i386.cpu_models.X86CPUModel:
+        the host's identification and every feature the accelerator can
+        virtualize), or None where there is no such model (QEMU: "CPU model
+        'host' requires KVM or HVF")."""
+        return None
+
+    def host_phys_bits(self) -> int:
+        """The host's physical address width (``-cpu ...,host-phys-bits=on``); 0 if unknown."""
+        return 0
+
     def send_msi(self, address: int, data: int) -> None:
         """Deliver an MSI to the accelerator's interrupt controllers (only
         meaningful when :meth:`irqchip_in_kernel`)."""

@@ -23,6 +23,7 @@
  *            window, IRQ 3 raised from its port
  *   pcitestdev pci-testdev: found, BARs sized, one    "pci-testdev: ... pci-testdev ok"
  *            MMIO and one port I/O test counted
+ *   cpuid    the vendor, leaf 1 and leaf 7 features    "cpuid 1: ecx=... edx=..."
  */
 
 typedef unsigned char u8;
@@ -539,6 +540,51 @@ static int test_pci_testdev(void)
     return 0;
 }
 
+static void cpuid(u32 leaf, u32 sub, u32 *r)
+{
+    __asm__ volatile("cpuid" : "=a"(r[0]), "=b"(r[1]), "=c"(r[2]), "=d"(r[3]) : "a"(leaf), "c"(sub));
+}
+
+static void test_cpuid(void)
+{
+    u32 r[4], v[5];
+    cpuid(0, 0, r);
+    u32 level = r[0];
+    v[0] = r[1], v[1] = r[3], v[2] = r[2], v[3] = v[4] = 0;
+    puts_raw("cpuid 0: level ");
+    put_hex(level, 8);
+    puts_raw(" vendor ");
+    puts_raw((const char *)v);
+    cpuid(1, 0, r);
+    puts_raw("\ncpuid 1: eax=");
+    put_hex(r[0], 8);
+    puts_raw(" ecx=");
+    put_hex(r[2], 8);
+    puts_raw(" edx=");
+    put_hex(r[3], 8);
+    if (level >= 7)
+        cpuid(7, 0, r);
+    else
+        r[1] = r[2] = r[3] = 0;
+    puts_raw("\ncpuid 7: ebx=");
+    put_hex(r[1], 8);
+    puts_raw(" ecx=");
+    put_hex(r[2], 8);
+    puts_raw(" edx=");
+    put_hex(r[3], 8);
+    cpuid(0x80000000, 0, r);
+    u32 xlevel = r[0];
+    if (xlevel >= 0x80000001)
+        cpuid(0x80000001, 0, r);
+    else
+        r[2] = r[3] = 0;
+    puts_raw("\ncpuid 80000001: ecx=");
+    put_hex(r[2], 8);
+    puts_raw(" edx=");
+    put_hex(r[3], 8);
+    puts_raw("\n");
+}
+
 static void test_pio(const char *cmdline)
 {
     u32 n = arg_num(cmdline, "count", 10000);
@@ -598,6 +644,8 @@ void guest_main(u32 magic, struct mb_info *info)
         rc = test_pc_testdev();
     } else if (str_eq_prefix(test, "pcitestdev")) {
         rc = test_pci_testdev();
+    } else if (str_eq_prefix(test, "cpuid")) {
+        test_cpuid();
     } else if (str_eq_prefix(test, "idle")) {
         test_idle(cmdline);
     } else {

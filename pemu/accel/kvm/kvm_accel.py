@@ -642,6 +642,50 @@ class KVMAccel(AccelOps):
         except KVMError as e:
             guest_error(f"kvm: MSI to {address:#x} data {data:#x}: {e}")
 
+    # -- CPU models (QEMU's kvm_arch_get_supported_cpuid) ---------------------------------------
+    def _supported(self, leaf: int, subleaf: int, register: str) -> int:
+        for entry in self.supported_cpuid:
+            indexed = entry.flags & k.KVM_CPUID_FLAG_SIGNIFCANT_INDEX
+            if entry.function == leaf and (entry.index == subleaf or not indexed):
+                return int(getattr(entry, register))
+        return 0
+
+    def cpu_model_filter(self) -> dict[Any, int]:
+        """Every feature bit KVM cannot virtualize; the paravirtual leaves are
+        not offered at all (pemu implements none of their MSRs)."""
+        from pemu.target.i386.cpu_models import FeatureWord
+
+        unsupported: dict[Any, int] = {}
+        for word in FeatureWord:
+            supported = 0 if word is FeatureWord.CPUID_KVM else self._supported(word.leaf, word.subleaf,
+                                                                                 word.register)
+            unsupported[word] = ~supported & 0xFFFFFFFF
+        return unsupported
+
+    def host_cpu_model(self) -> Any:
+        """-cpu host: the host's vendor, family, model and stepping as KVM
+        reports them, its name from /proc/cpuinfo, and every feature KVM can
+        virtualize (but the paravirtual ones)."""
+        from pemu.target.i386.cpu_models import BUILTIN_MODELS, FeatureWord, X86CPUModel
+
+        raw = b"".join(self._supported(0, 0, reg).to_bytes(4, "little") for reg in ("ebx", "edx", "ecx"))
+        version = self._supported(1, 0, "eax")
+        family = (version >> 8) & 0xF
+        if family == 0xF:
+            family += (version >> 20) & 0xFF
+        model = (version >> 4) & 0xF | ((version >> 16) & 0xF) << 4
+        features: dict[FeatureWord, int] = {word: self._supported(word.leaf, word.subleaf, word.register)
+                                            for word in FeatureWord if word is not FeatureWord.CPUID_KVM}
+        xlevel = self._supported(0x80000000, 0, "eax")
+        return X86CPUModel("host", raw.decode("ascii", "replace"), family, model, version & 0xF,
+                           _host_model_name(), features, level=min(self._supported(0, 0, "eax"), 0xD),
+                           xlevel=min(xlevel, 0x8000000A) if xlevel >= 0x80000000 else 0x80000008,
+                           phys_bits=self.host_phys_bits() or 40,
+                           description=BUILTIN_MODELS["host"].description, migratable=True)
+
+    def host_phys_bits(self) -> int:
+        return self._supported(0x80000008, 0, "eax") & 0xFF
+
     def irqchip_in_kernel(self) -> bool:
         return self.in_kernel_irqchip
 
@@ -684,6 +728,19 @@ def kvm_isa_irqs() -> list[KVMIRQLine]:
     accel = current_accel()
     assert isinstance(accel, KVMAccel) and accel.in_kernel_irqchip
     return accel.gsi_lines[:16]
+
+
+def _host_model_name() -> str:
+    """The host CPU's name ("model name" in /proc/cpuinfo), as -cpu host's model id."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    return value.strip()
+    except OSError:
+        pass
+    return ""
 
 
 def kvm_irqchip_send_msi(address: int, data: int) -> None:
