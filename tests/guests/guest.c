@@ -24,6 +24,11 @@
  *   pcitestdev pci-testdev: found, BARs sized, one    "pci-testdev: ... pci-testdev ok"
  *            MMIO and one port I/O test counted
  *   cpuid    the vendor, leaf 1 and leaf 7 features    "cpuid 1: ecx=... edx=..."
+ *   rsdp     scan 0xE0000-0xFFFFF for the ACPI RSDP    "rsdp: found at ... rsdt ... ok"
+ *            and check it and the RSDT it names
+ *   lowseg   a kernel linked with a segment at 0x9000   "lowseg: marker intact ..."
+ *            (guest-lowseg.ld) finds it intact and
+ *            the information elsewhere
  */
 
 typedef unsigned char u8;
@@ -585,6 +590,59 @@ static void test_cpuid(void)
     puts_raw("\n");
 }
 
+static int checksum_ok(const u8 *p, u32 len)
+{
+    u8 sum = 0;
+    for (u32 i = 0; i < len; i++)
+        sum += p[i];
+    return sum == 0;
+}
+
+static int test_rsdp(void)
+{
+    for (u32 addr = 0xE0000; addr < 0x100000; addr += 16) {
+        const u8 *p = (const u8 *)addr;
+        if (!str_eq_prefix((const char *)p, "RSD PTR ") || !checksum_ok(p, 20))
+            continue;
+        u32 rsdt = *(const u32 *)(p + 16);
+        puts_raw("rsdp: found at ");
+        put_hex(addr, 8);
+        puts_raw(" revision ");
+        put_dec(p[15]);
+        puts_raw(" rsdt ");
+        put_hex(rsdt, 8);
+        puts_raw("\n");
+        const u8 *t = (const u8 *)rsdt;
+        u32 length = *(const u32 *)(t + 4);
+        if (!str_eq_prefix((const char *)t, "RSDT") || length > 0x10000 || !checksum_ok(t, length))
+            return 0x50;
+        if (p[15] >= 2 && !checksum_ok(p, 36))
+            return 0x51;
+        puts_raw("rsdp ok\n");
+        return 0;
+    }
+    puts_raw("rsdp: not found\n");
+    return 0x52;
+}
+
+/* Linked at 0x9000 by guest-lowseg.ld, where pemu once put the multiboot information. */
+__attribute__((section(".lowseg"))) volatile char low_marker[64] = "the kernel's own data at 0x9000";
+
+static int test_lowseg(struct mb_info *info)
+{
+    puts_raw("lowseg: marker at ");
+    put_hex((u32)low_marker, 8);
+    puts_raw(", information at ");
+    put_hex((u32)info, 8);
+    puts_raw("\n");
+    const char *want = "the kernel's own data at 0x9000";
+    for (int i = 0; want[i]; i++)
+        if (low_marker[i] != want[i])
+            return 0x60;
+    puts_raw("lowseg: marker intact\n");
+    return 0;
+}
+
 static void test_pio(const char *cmdline)
 {
     u32 n = arg_num(cmdline, "count", 10000);
@@ -644,6 +702,10 @@ void guest_main(u32 magic, struct mb_info *info)
         rc = test_pc_testdev();
     } else if (str_eq_prefix(test, "pcitestdev")) {
         rc = test_pci_testdev();
+    } else if (str_eq_prefix(test, "rsdp")) {
+        rc = test_rsdp();
+    } else if (str_eq_prefix(test, "lowseg")) {
+        rc = test_lowseg(info);
     } else if (str_eq_prefix(test, "cpuid")) {
         test_cpuid();
     } else if (str_eq_prefix(test, "idle")) {

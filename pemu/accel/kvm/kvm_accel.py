@@ -534,6 +534,10 @@ class KVMVCPU:
             env.halted = self.run_state.halted
 
     def destroy(self) -> None:
+        # Drop this side's views of the kvm_run page first: the mapping cannot
+        # be closed while they are exported.
+        self.run_page.release()
+        del self.run
         self.fd.close()
 
 

@@ -10,7 +10,7 @@ from pemu.hw.core.machine import MachineState, qemu_devices_reset
 from pemu.hw.core.qdev import qdev_new, qdev_realize
 from pemu.hw.i386 import memmap
 from pemu.hw.i386.e820 import E820Table, E820Type
-from pemu.hw.i386.pc_sysfw import load_firmware_image, pc_system_firmware_init
+from pemu.hw.i386.pc_sysfw import DIRECT_BOOT_FIRMWARE, load_firmware_image, pc_system_firmware_init
 from pemu.hw.i386.x86 import TYPE_X86_MACHINE, X86MachineClass, X86MachineState, linux_boot_apply
 from pemu.hw.isa.pc_legacy import ISAPICState, ISASerialState, PCSpkState
 from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, object_check, object_class_check, type_register
@@ -383,6 +383,7 @@ def pc_hpet_init(pcms: PCMachineState) -> Any:
 
 
 ACPI_TABLES_SIZE = 128 * 1024
+ACPI_RSDP_V2_SIZE = 36  # an ACPI 2.0 RSDP with its extended checksum
 
 
 def _fw_cfg_acpi_io(pcms: PCMachineState) -> tuple[int, int] | None:
@@ -425,6 +426,10 @@ def pc_late_init(pcms: PCMachineState) -> None:
             raise QOMError("ACPI tables do not fit in their reserved area")
         address_space_memory().write_rom(tables_base, build.blob)
         pcms.acpi_rsdp_addr = build.rsdp_addr
+        if pcms.bios_source == DIRECT_BOOT_FIRMWARE:
+            # No firmware will put the RSDP where guests scan for it: the stub carries a copy.
+            rsdp = build.blob[build.rsdp_addr - tables_base:][:ACPI_RSDP_V2_SIZE]
+            address_space_memory().write_rom(memmap.DIRECT_BOOT_RSDP, rsdp)
         pcms.acpi_build = build
     else:
         pcms.acpi_rsdp_addr = None
