@@ -200,6 +200,13 @@ class AccelOps(ABC):
         """CPUID feature bits this accelerator cannot provide (word → mask)."""
         return {}
 
+    def set_cpu_pm(self, enabled: bool, location: str | None) -> None:
+        """-overcommit cpu-pm=on: leave HLT, PAUSE and the C-states to the guest's
+        CPU (QEMU's enable_cpu_pm); only an accelerator that runs the guest on
+        the host's CPU can."""
+        if enabled:
+            raise UserError(f"cpu-pm=on is not supported with -accel {self.name}", location)
+
     def host_cpu_model(self) -> Any:
         """The model ``-cpu host`` gives (a pemu.target.i386.cpu_models.X86CPUModel:
         the host's identification and every feature the accelerator can

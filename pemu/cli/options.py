@@ -194,7 +194,7 @@ OPTION_TABLE: tuple[QemuOption, ...] = (
          "enable trace events", "trace", True),
     _opt("icount", True, False, _DBG, "-icount [shift=n|auto][,align=on|off][,sleep=on|off][,rr=...]",
          "count instructions instead of following host time", "icount", True),
-    _opt("overcommit", True, False, _DBG, "-overcommit [mem-lock=on|off][,cpu-pm=on|off]",
+    _opt("overcommit", True, True, _DBG, "-overcommit [mem-lock=on|off][,cpu-pm=on|off]",
          "control memory locking and guest CPU power management", "overcommit"),
     _opt("sandbox", True, False, _DBG, "-sandbox on|off[,...]", "filter system calls with seccomp",
          "sandbox", True),

@@ -95,6 +95,9 @@ class Config:
     chardevs: list[tuple[QemuOpts, str]] = field(default_factory=list)
     serials: list[str] = field(default_factory=list)
     debugcon: tuple[str, str] | None = None  # -debugcon: (back-end spec, location)
+    mem_lock: bool = False  # -overcommit mem-lock=on
+    cpu_pm: bool = False  # -overcommit cpu-pm=on
+    overcommit_location: str | None = None
     monitors: list[tuple[str, str]] = field(default_factory=list)  # (kind, spec)
     kernel: str | None = None
     initrd: str | None = None
@@ -188,6 +191,11 @@ def _apply_option(cfg: Config, opt: ParsedOption) -> None:
     elif name == "serial":
         assert arg is not None
         cfg.serials.append(arg)
+    elif name == "overcommit":
+        opts = opt.parse_opts()   # the options merge: the last word on each key wins
+        cfg.mem_lock = opts.get_bool("mem-lock", cfg.mem_lock)
+        cfg.cpu_pm = opts.get_bool("cpu-pm", cfg.cpu_pm)
+        cfg.overcommit_location = opt.location
     elif name == "debugcon":
         assert arg is not None
         if cfg.debugcon is not None:   # QEMU's device opts "debugcon" exist already
@@ -517,6 +525,7 @@ def configure_accelerators(cfg: Config, machine: MachineState) -> Any:
     from pemu.accel.accel import configure_accelerators as configure
 
     accel = configure(cfg.accels or None, machine.smp.cpus)
+    accel.set_cpu_pm(cfg.cpu_pm, cfg.overcommit_location)
     accel.init_machine(machine)
     machine.accel = accel.name
     phase_advance(MachineInitPhase.ACCEL_CREATED)
@@ -761,6 +770,13 @@ def qemu_init(argv: list[str]) -> VirtualMachine:
 
 
 def qemu_build(cfg: Config, vm: VirtualMachine) -> None:
+    if cfg.mem_lock:
+        from pemu.util.osdep import os_mlock
+
+        try:
+            os_mlock()
+        except OSError as e:
+            raise UserError(f"locking memory failed: {e.strerror}", cfg.overcommit_location) from None
     for prop in cfg.globals:
         qdev_prop_register_global(prop)
     mc = select_machine(cfg)

@@ -202,7 +202,7 @@ IMPLEMENTED_SAMPLES: dict[str, list[str]] = {
     "netdev": ["user,id=n0"], "nic": ["user"], "net": ["nic"],
     "drive": ["file=disk.img,if=none"], "blockdev": ["driver=raw,node-name=n,file.driver=file,file.filename=d"],
     "hda": ["disk.img"], "hdb": ["disk.img"], "hdc": ["disk.img"], "hdd": ["disk.img"], "cdrom": ["cd.iso"],
-    "snapshot": [], "debugcon": ["null"],
+    "snapshot": [], "debugcon": ["null"], "overcommit": ["mem-lock=off"],
 }
 
 

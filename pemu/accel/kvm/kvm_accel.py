@@ -569,6 +569,8 @@ class KVMAccel(AccelOps):
         # -accel kvm,kernel-irqchip=...; when not given, -machine kernel-irqchip=
         # (QEMU's older spelling of the same setting) decides.
         self.kernel_irqchip: str | None = None
+        self.cpu_pm = False  # -overcommit cpu-pm=on
+        self.cpu_pm_location: str | None = None
 
     def init_machine(self, machine: Any) -> None:
         from pemu.system.physmem import address_space_memory
@@ -593,6 +595,8 @@ class KVMAccel(AccelOps):
             except KVMError:
                 pass  # only Intel's real-mode support needs them
         self.supported_cpuid = self.system.supported_cpuid()
+        if self.cpu_pm:
+            self._disable_pm_exits()
         if mode == "on":
             if not self.system.check_extension(k.Cap.IRQCHIP):
                 raise UserError("kernel-irqchip=on is not supported by this KVM", where)
@@ -645,6 +649,25 @@ class KVMAccel(AccelOps):
             self.vm.signal_msi(address, data)
         except KVMError as e:
             guest_error(f"kvm: MSI to {address:#x} data {data:#x}: {e}")
+
+    def set_cpu_pm(self, enabled: bool, location: str | None) -> None:
+        self.cpu_pm = enabled
+        self.cpu_pm_location = location
+
+    def _disable_pm_exits(self) -> None:
+        """cpu-pm=on: HLT, PAUSE and C-states stay in the guest (QEMU's
+        kvm_arch_init with enable_cpu_pm), as far as this KVM allows."""
+        offered = self.system.check_extension(k.Cap.X86_DISABLE_EXITS)
+        wanted = k.KVM_X86_DISABLE_EXITS_HLT | k.KVM_X86_DISABLE_EXITS_PAUSE | k.KVM_X86_DISABLE_EXITS_CSTATE
+        if not offered & k.KVM_X86_DISABLE_EXITS_HLT:
+            raise UserError("cpu-pm=on: this KVM cannot leave HLT to the guest (KVM_CAP_X86_DISABLE_EXITS)",
+                            self.cpu_pm_location)
+        assert self.vm is not None
+        try:
+            self.vm.enable_cap(k.Cap.X86_DISABLE_EXITS, offered & wanted)
+        except KVMError as e:
+            raise UserError(f"cpu-pm=on: KVM refused to disable the exits: {e.strerror}",
+                            self.cpu_pm_location) from None
 
     # -- CPU models (QEMU's kvm_arch_get_supported_cpuid) ---------------------------------------
     def _supported(self, leaf: int, subleaf: int, register: str) -> int:

@@ -51,6 +51,7 @@ class PCMachineState(X86MachineState):
     lpc: Any  # ICH9 LPC (q35)
     smbus: Any  # ICH9 SMBus (q35), when enabled
     smbios_defaults: tuple[str, str, str]  # manufacturer, product, version
+    vmport: str  # OnOffAuto; pemu has no VMware backdoor port, so "auto" is off
 
 
 def _pc_machine_initfn(obj: Object) -> None:
@@ -92,6 +93,15 @@ def _pc_machine_class_init(klass: ObjectClass, data: Any) -> None:
     k.property_add_field("sata", "bool", attr="sata_enabled", default=True, description="Enable/disable Serial ATA bus")
     k.property_add_field("max-fw-size", "size", default=8 << 20,
                          description="Maximum combined firmware size")
+    k.property_add_field("vmport", "OnOffAuto", default="auto", enum_values=("on", "off", "auto"),
+                         description="Enable vmport (pc & q35)", check=_vmport_check)
+
+
+def _vmport_check(obj: Object, value: Any) -> None:
+    """QEMU's vmport device answers the VMware backdoor (port 0x5658) from the
+    calling CPU's registers, which pemu's port handlers do not see."""
+    if value == "on":
+        raise QOMError("the VMware I/O port (vmport) is not supported by pemu")
 
 
 type_register(TypeInfo(TYPE_PC_MACHINE, parent=TYPE_X86_MACHINE, abstract=True, instance_type=PCMachineState,
