@@ -587,6 +587,18 @@ static void test_cpuid(void)
     put_hex(r[2], 8);
     puts_raw(" edx=");
     put_hex(r[3], 8);
+    cpuid(0x40000000, 0, r);
+    v[0] = r[1], v[1] = r[2], v[2] = r[3], v[3] = 0;
+    puts_raw("\ncpuid 40000000: eax=");
+    put_hex(r[0], 8);
+    puts_raw(" signature ");
+    puts_raw(str_eq_prefix((const char *)v, "KVMKVMKVM") ? "KVMKVMKVM" : "none");
+    if (r[0] >= 0x40000001 && str_eq_prefix((const char *)v, "KVMKVMKVM"))
+        cpuid(0x40000001, 0, r);
+    else
+        r[0] = 0;
+    puts_raw("\ncpuid 40000001: eax=");
+    put_hex(r[0], 8);
     puts_raw("\n");
 }
 

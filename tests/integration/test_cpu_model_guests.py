@@ -79,6 +79,16 @@ def test_cpu_host_reports_the_hosts_features(test_guest: Path) -> None:
     assert guest_cpuid(run.output)["1.eax"] == 0x60FB1 and run.stderr == ""
 
 
+@pytest.mark.kvm
+def test_kvm_paravirtual_leaves_on_request(test_guest: Path) -> None:
+    run = run_test_guest(test_guest, "test=cpuid", extra=["-cpu", "qemu64,+kvmclock,+kvm-steal-time"])
+    cpuid = guest_cpuid(run.output)
+    assert "cpuid 40000000: eax=40000001 signature KVMKVMKVM" in run.output, run.output + run.stderr
+    assert cpuid["40000001.eax"] & 0b101001 == 0b101001            # kvmclock (bits 0 and 3), steal time
+    run = run_test_guest(test_guest, "test=cpuid")
+    assert "signature none" in run.output                          # not without asking
+
+
 @pytest.mark.parametrize("cpu, message", [
     ("qemu64,+foo", "pemu: -cpu qemu64,+foo: Property 'qemu64-x86_64-cpu.foo' not found\n"),
     ("host", "pemu: -cpu host: CPU model 'host' requires KVM or HVF\n"),

@@ -181,3 +181,19 @@ def test_host_model_comes_from_the_accelerator() -> None:
     assert model.cpuid(1)[0] == 0xA00F11 and model.cpuid(7)[1] == 0x209C01A9
     with pytest.raises(UserError, match="host-phys-bits=on needs"):
         x86_cpu_model_for("qemu64,host-phys-bits=on", "tcg")
+
+
+def test_kvm_paravirtual_features_are_offered_when_asked_and_kvm_lists_them() -> None:
+    from pemu.accel.kvm import kvm_sys as k
+    from pemu.accel.kvm.kvm_accel import build_cpuid
+
+    model, _ = parse_cpu_option("qemu64,+kvmclock,+kvm-steal-time,+kvm-pv-unhalt")
+    assert model.features[FeatureWord.CPUID_KVM] == (1 << 0) | (1 << 3) | (1 << 5) | (1 << 7)  # kvmclock: both bits
+    supported = [k.kvm_cpuid_entry2(function=0, eax=0xD), k.kvm_cpuid_entry2(function=0x40000000, eax=0x40000001),
+                 k.kvm_cpuid_entry2(function=0x40000001, eax=(1 << 0) | (1 << 3) | (1 << 5))]
+    entries = {e.function: e for e in build_cpuid(model, supported, apic_id=0, lapic_in_kernel=True)}
+    assert (entries[0x40000000].ebx, entries[0x40000000].ecx, entries[0x40000000].edx) == (
+        0x4B4D564B, 0x564B4D56, 0x4D)                                                  # "KVMKVMKVM"
+    assert entries[0x40000001].eax == (1 << 0) | (1 << 3) | (1 << 5)                   # pv-unhalt: not listed
+    plain = {e.function for e in build_cpuid(parse_cpu_option("qemu64")[0], supported, 0, lapic_in_kernel=True)}
+    assert 0x40000000 not in plain and 0x40000001 not in plain

@@ -245,7 +245,8 @@ def cpu_dump_state(regs: k.kvm_regs, sregs: k.kvm_sregs) -> str:
 
 # (leaf, subleaf, register) whose bits are features: the model's value is
 # masked with what KVM can virtualize.
-_FEATURE_REGS = {(1, 0): ("ecx", "edx"), (7, 0): ("ebx", "ecx", "edx"), (0x80000001, 0): ("ecx", "edx")}
+_FEATURE_REGS = {(1, 0): ("ecx", "edx"), (7, 0): ("ebx", "ecx", "edx"), (0x80000001, 0): ("ecx", "edx"),
+                 (0x40000001, 0): ("eax",)}
 _CPUID_APIC_EDX = 1 << 9
 _CPUID_X2APIC_ECX = 1 << 21
 _CPUID_TSC_DEADLINE_ECX = 1 << 24
@@ -260,8 +261,8 @@ def build_cpuid(model: Any, supported: list[k.kvm_cpuid_entry2], apic_id: int,
     entries: list[k.kvm_cpuid_entry2] = []
     for sup in supported:
         leaf, index = sup.function, sup.index
-        if 0x40000000 <= leaf <= 0x4FFFFFFF:
-            continue  # no paravirtual interface is offered
+        if 0x40000000 <= leaf <= 0x4FFFFFFF and not (leaf in (0x40000000, 0x40000001) and model.cpuid(0x40000001)[0]):
+            continue  # the paravirtual leaves only for a model that asks for KVM's features
         if leaf == 0xD and getattr(model, "has", lambda _: False)("xsave"):
             values = [sup.eax, sup.ebx, sup.ecx, sup.edx]  # the state layout is the host's
         else:
@@ -678,16 +679,12 @@ class KVMAccel(AccelOps):
         return 0
 
     def cpu_model_filter(self) -> dict[Any, int]:
-        """Every feature bit KVM cannot virtualize; the paravirtual leaves are
-        not offered at all (pemu implements none of their MSRs)."""
+        """Every feature bit KVM cannot virtualize.  Its paravirtual features
+        (kvmclock, async page faults, steal time, PV EOI...) are KVM's own MSRs:
+        offered when KVM lists them and the model asks (``+kvmclock``)."""
         from pemu.target.i386.cpu_models import FeatureWord
 
-        unsupported: dict[Any, int] = {}
-        for word in FeatureWord:
-            supported = 0 if word is FeatureWord.CPUID_KVM else self._supported(word.leaf, word.subleaf,
-                                                                                 word.register)
-            unsupported[word] = ~supported & 0xFFFFFFFF
-        return unsupported
+        return {word: ~self._supported(word.leaf, word.subleaf, word.register) & 0xFFFFFFFF for word in FeatureWord}
 
     def host_cpu_model(self) -> Any:
         """-cpu host: the host's vendor, family, model and stepping as KVM

@@ -149,13 +149,20 @@ def _feature_index() -> dict[str, tuple[FeatureWord, int]]:
 
 
 FEATURES = _feature_index()
+# Names that stand for more than one bit: "kvmclock" is both of KVM's clock MSR
+# pairs (bits 0 and 3), as QEMU's property of that name sets both.
+_MORE_BITS: dict[str, tuple[tuple[FeatureWord, int], ...]] = {"kvmclock": ((W.CPUID_KVM, 3),)}
+
+
+def _bits_of(name: str) -> tuple[tuple[FeatureWord, int], ...]:
+    return (FEATURES[name], *_MORE_BITS.get(name, ()))
 
 
 def feature_bits(*names: str) -> dict[FeatureWord, int]:
     words: dict[FeatureWord, int] = {}
     for name in names:
-        word, bit = FEATURES[name]
-        words[word] = words.get(word, 0) | (1 << bit)
+        for word, bit in _bits_of(name):
+            words[word] = words.get(word, 0) | (1 << bit)
     return words
 
 
@@ -196,9 +203,9 @@ class X86CPUModel:
         return bool(self.features.get(word, 0) >> bit & 1)
 
     def set_feature(self, name: str, on: bool) -> None:
-        word, bit = FEATURES[name]
-        value = self.features.get(word, 0)
-        self.features[word] = value | (1 << bit) if on else value & ~(1 << bit)
+        for word, bit in _bits_of(name):
+            value = self.features.get(word, 0)
+            self.features[word] = value | (1 << bit) if on else value & ~(1 << bit)
 
     def feature_names(self) -> list[str]:
         """The names of the features set, in CPUID order."""
