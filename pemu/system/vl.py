@@ -59,16 +59,13 @@ if TYPE_CHECKING:
 
 def _register_all_types() -> None:
     """Import every module that registers QOM types: the one known point
-    where the type registry is filled (QEMU's module_call_init)."""
+    where the type registry is filled (QEMU's module_call_init).  The test
+    devices' modules wait until a -device names them (qdev_monitor.DEVICE_MODULES)."""
     import pemu.backends.hostmem  # noqa: F401
-    import pemu.hw.char.debugcon  # noqa: F401
     import pemu.hw.i386.pc_q35  # noqa: F401
     import pemu.hw.ide.qdev  # noqa: F401  (ide-hd, ide-cd: no IDE bus until the AHCI controller)
     import pemu.hw.isa.lpc_ich9  # noqa: F401
     import pemu.hw.isa.pc_legacy  # noqa: F401
-    import pemu.hw.misc.edu  # noqa: F401
-    import pemu.hw.misc.pc_testdev  # noqa: F401
-    import pemu.hw.misc.pci_testdev  # noqa: F401
     import pemu.hw.pci_host.q35  # noqa: F401
     from pemu.target.i386.cpu import x86_register_cpu_types
 

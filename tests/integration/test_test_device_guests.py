@@ -103,3 +103,21 @@ def test_debugcon_options_and_errors(tmp_path: Path) -> None:
     assert r.returncode == 1 and "can't find value 'nope'" in r.stderr and r.stderr.count("\n") == 1
     r = pemu("-debugcon", "bogus:x")
     assert r.returncode == 1 and r.stderr.startswith("pemu: -debugcon bogus:x: ") and r.stderr.count("\n") == 1
+
+
+def test_test_device_modules_load_only_when_named() -> None:
+    """A machine without them does not import the test devices (start-up time);
+    -device NAME and -device help do."""
+    script = ("import sys\nfrom pemu.system import vl\n"
+              "vl.qemu_init(['-nodefaults', '-display', 'none', '-S'] + sys.argv[1:])\n"
+              "print(sorted(m for m in sys.modules if m in ('pemu.hw.misc.edu', 'pemu.hw.misc.pc_testdev', "
+              "'pemu.hw.misc.pci_testdev', 'pemu.hw.char.debugcon')))\n")
+
+    def loaded(*args: str) -> str:
+        r = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.strip()
+
+    assert loaded() == "[]"
+    assert loaded("-device", "edu") == "['pemu.hw.misc.edu']"
+    assert loaded("-debugcon", "null") == "['pemu.hw.char.debugcon']"
