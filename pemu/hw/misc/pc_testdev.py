@@ -6,7 +6,9 @@ Its windows, all little-endian:
 - ports 0xE0-0xE3: a 32-bit scratch register, read and written at any width
   and byte offset;
 - port 0xE4: "flush page": a 4-byte write names a guest-physical page whose
-  host mapping QEMU drops and re-creates, so the next access faults again;
+  host mapping QEMU drops and re-creates, so that KVM faults it in again.
+  Nothing of that is visible to the guest; pemu's model only tells an
+  optional ``flush_page`` hook (none on the board);
 - ports 0xE8-0xEB: the same scratch register, handled one byte at a time;
 - ports 0x2000-0x2017: one byte-wide port per interrupt line: writing V
   sets line N (port 0x2000 + N) to ``V != 0``;
