@@ -105,6 +105,13 @@ def test_default_model_is_narrowed_silently(capsys: pytest.CaptureFixture[str]) 
     assert "TCG doesn't support requested feature: CPUID.80000001H:ECX.svm [bit 2]" in capsys.readouterr().err
 
 
+def test_max_is_what_the_accelerator_offers_without_a_word(capsys: pytest.CaptureFixture[str]) -> None:
+    model = x86_cpu_model_for("max", "tcg", check_model=True)
+    assert capsys.readouterr().err == "" and model.has("sse4.2") and not model.has("x2apic")
+    x86_cpu_model_for("max,+avx2", "tcg", check_model=True)
+    assert capsys.readouterr().err == "pemu: warning: TCG doesn't support requested feature: CPUID.07H:EBX.avx2 [bit 5]\n"
+
+
 def test_check_off_and_enforce(capsys: pytest.CaptureFixture[str]) -> None:
     x86_cpu_model_for("Haswell,check=off", "tcg", check_model=True)
     assert capsys.readouterr().err == ""

@@ -663,6 +663,8 @@ def x86_cpu_model_for(option: str | None, accel: str = "tcg", *, unsupported: di
                       host_model: X86CPUModel | None = None, check_model: bool = False) -> X86CPUModel:
     """The model ``-cpu option`` yields under ``accel`` (default: qemu64)."""
     model, requested = parse_cpu_option(option or DEFAULT_MODEL, host_model)
+    if model.name in ("max", "host"):
+        check_model = False  # "all the accelerator offers": only what was asked for by name is missed
     apply_accel_defaults(model, accel, requested)
     if accel == "tcg":
         if model.host_phys_bits:
