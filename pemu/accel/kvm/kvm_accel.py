@@ -535,6 +535,8 @@ class KVMVCPU:
             env.halted = self.run_state.halted
 
     def destroy(self) -> None:
+        if self.fd.fd < 0:
+            return  # taken down already
         # Drop this side's views of the kvm_run page first: the mapping cannot
         # be closed while they are exported.
         self.run_page.release()
