@@ -200,6 +200,31 @@ class AccelOps(ABC):
         """CPUID feature bits this accelerator cannot provide (word → mask)."""
         return {}
 
+    def set_cpu_pm(self, enabled: bool, location: str | None) -> None:
+        """-overcommit cpu-pm=on: leave HLT, PAUSE and the C-states to the guest's
+        CPU (QEMU's enable_cpu_pm); only an accelerator that runs the guest on
+        the host's CPU can."""
+        if enabled:
+            raise UserError(f"cpu-pm=on is not supported with -accel {self.name}", location)
+
+    def host_cpu_model(self) -> Any:
+        """The model ``-cpu host`` gives (a pemu.target.i386.cpu_models.X86CPUModel:
+        the host's identification and every feature the accelerator can
+        virtualize), or None where there is no such model (QEMU: "CPU model
+        'host' requires KVM or HVF")."""
+        return None
+
+    def host_phys_bits(self) -> int:
+        """The host's physical address width (``-cpu ...,host-phys-bits=on``); 0 if unknown."""
+        return 0
+
+    def send_msi(self, address: int, data: int) -> None:
+        """Deliver an MSI to the accelerator's interrupt controllers (only
+        meaningful when :meth:`irqchip_in_kernel`)."""
+        from pemu.util.log import guest_error
+
+        guest_error(f"{self.name}: MSI to {address:#x} without an in-kernel irqchip dropped")
+
     @classmethod
     def description(cls) -> str:
         """What runs guest code here, for ``-accel help`` and ``info accel`` ("" if nothing to say)."""

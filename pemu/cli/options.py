@@ -175,7 +175,7 @@ OPTION_TABLE: tuple[QemuOption, ...] = (
          "put a monitor on a character device", "mon", True),
     _opt("add-fd", True, True, _CHR, "-add-fd fd=fd,set=set[,opaque=opaque]",
          "add a passed file descriptor to fd set 'set' (opened as /dev/fdset/set)", "add-fd"),
-    _opt("debugcon", True, False, _CHR, "-debugcon dev", "connect the debug console to dev"),
+    _opt("debugcon", True, True, _CHR, "-debugcon dev", "connect the debug console to dev"),
     # -- boot
     _opt("kernel", True, True, _BOOT, "-kernel bzImage", "boot this Linux kernel"),
     _opt("append", True, True, _BOOT, "-append cmdline", "give this command line to the kernel"),
@@ -196,7 +196,7 @@ OPTION_TABLE: tuple[QemuOption, ...] = (
          "enable trace events", "trace", True),
     _opt("icount", True, False, _DBG, "-icount [shift=n|auto][,align=on|off][,sleep=on|off][,rr=...]",
          "count instructions instead of following host time", "icount", True),
-    _opt("overcommit", True, False, _DBG, "-overcommit [mem-lock=on|off][,cpu-pm=on|off]",
+    _opt("overcommit", True, True, _DBG, "-overcommit [mem-lock=on|off][,cpu-pm=on|off]",
          "control memory locking and guest CPU power management", "overcommit"),
     _opt("sandbox", True, False, _DBG, "-sandbox on|off[,...]", "filter system calls with seccomp",
          "sandbox", True),

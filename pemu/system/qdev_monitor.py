@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 from pemu.hw.core.qdev import (
@@ -18,6 +19,7 @@ from pemu.hw.core.qdev import (
     qdev_realize,
 )
 from pemu.qom.object import (
+    ObjectClass,
     QOMError,
     container_get,
     object_class_by_name,
@@ -27,6 +29,32 @@ from pemu.qom.object import (
 )
 from pemu.util.error import EarlyExit
 from pemu.util.qemu_opts import QemuOpts
+
+# Device types whose modules are imported only when a -device (or -device help)
+# needs them, as QEMU loads its modules by type name (module_load_qom): the
+# test and debug devices most machines never see.
+DEVICE_MODULES = {
+    "edu": "pemu.hw.misc.edu",
+    "isa-debugcon": "pemu.hw.char.debugcon",
+    "pc-testdev": "pemu.hw.misc.pc_testdev",
+    "pci-testdev": "pemu.hw.misc.pci_testdev",
+}
+
+
+def module_object_class_by_name(name: str) -> ObjectClass | None:
+    """The class of type ``name``, importing the module that registers it
+    first if it is one of DEVICE_MODULES (QEMU's module_object_class_by_name)."""
+    klass = object_class_by_name(name)
+    if klass is None and name in DEVICE_MODULES:
+        importlib.import_module(DEVICE_MODULES[name])
+        klass = object_class_by_name(name)
+    return klass
+
+
+def module_load_all_devices() -> None:
+    for module in DEVICE_MODULES.values():
+        importlib.import_module(module)
+
 
 CATEGORY_NAMES = {
     "bridge": "Controller/Bridge/Hub devices",
@@ -42,20 +70,26 @@ CATEGORY_NAMES = {
 }
 
 
-def _bus_name(dc: DeviceClass) -> str:
-    return dc.bus_type or "System"
+def device_help_line(dc: DeviceClass) -> str:
+    """One device as QEMU's qdev_print_devinfo shows it: the bus only when the
+    device sits on one, the description only when it has one."""
+    line = f'name "{dc.name}"'
+    if dc.bus_type:
+        line += f", bus {dc.bus_type}"
+    if dc.desc:
+        line += f', desc "{dc.desc}"'
+    return line
 
 
 def device_help_list(show_internal: bool = False) -> str:
     """The text of `-device help`: user-creatable devices by category."""
+    module_load_all_devices()
     groups: dict[str, list[str]] = {}
     for klass in object_class_get_list_sorted(TYPE_DEVICE, False):
         dc = object_class_check(klass, DeviceClass)
         if not dc.user_creatable and not show_internal:
             continue
-        line = f'name "{dc.name}", bus {_bus_name(dc)}'
-        if dc.desc:
-            line += f', desc "{dc.desc}"'
+        line = device_help_line(dc)
         cats = dc.categories or ("uncategorized",)
         for cat in cats:
             groups.setdefault(cat, []).append(line)
@@ -70,7 +104,7 @@ def device_help_list(show_internal: bool = False) -> str:
 
 
 def device_help_props(driver: str) -> str:
-    klass = object_class_by_name(driver)
+    klass = module_object_class_by_name(driver)
     if klass is None:
         from pemu.net.netdev import PLANNED_NIC_MODELS
 
@@ -122,7 +156,7 @@ def qdev_device_add(opts: QemuOpts) -> DeviceState:
         else:
             sys.stdout.write(device_help_props(driver))
         raise EarlyExit(0)
-    klass = object_class_by_name(driver)
+    klass = module_object_class_by_name(driver)
     if klass is None:
         from pemu.net.netdev import PLANNED_NIC_MODELS
 

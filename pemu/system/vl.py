@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pemu import __version__
+from pemu import version_banner
 from pemu.chardev.char_mux import MuxChardev
 from pemu.cli.options import (
     ParsedOption,
@@ -59,7 +59,8 @@ if TYPE_CHECKING:
 
 def _register_all_types() -> None:
     """Import every module that registers QOM types: the one known point
-    where the type registry is filled (QEMU's module_call_init)."""
+    where the type registry is filled (QEMU's module_call_init).  The test
+    devices' modules wait until a -device names them (qdev_monitor.DEVICE_MODULES)."""
     import pemu.backends.hostmem  # noqa: F401
     import pemu.hw.i386.pc_q35  # noqa: F401
     import pemu.hw.ide.qdev  # noqa: F401  (ide-hd, ide-cd: no IDE bus until the AHCI controller)
@@ -69,6 +70,9 @@ def _register_all_types() -> None:
     from pemu.target.i386.cpu import x86_register_cpu_types
 
     x86_register_cpu_types()
+
+
+DEBUGCON_CHARDEV = "debugcon"  # the back-end -debugcon makes for its isa-debugcon
 
 
 @dataclass
@@ -87,6 +91,10 @@ class Config:
     objects: list[tuple[QemuOpts, str]] = field(default_factory=list)
     chardevs: list[tuple[QemuOpts, str]] = field(default_factory=list)
     serials: list[str] = field(default_factory=list)
+    debugcon: tuple[str, str] | None = None  # -debugcon: (back-end spec, location)
+    mem_lock: bool = False  # -overcommit mem-lock=on
+    cpu_pm: bool = False  # -overcommit cpu-pm=on
+    overcommit_location: str | None = None
     monitors: list[tuple[str, str]] = field(default_factory=list)  # (monitor|mon|qmp|qmp-pretty|mon-qmp[-pretty], spec)
     kernel: str | None = None
     initrd: str | None = None
@@ -129,10 +137,10 @@ def parse_config(argv: list[str]) -> Config:
 def _apply_option(cfg: Config, opt: ParsedOption) -> None:
     name, arg = opt.name, opt.arg
     if name in ("help", "h"):
-        sys.stdout.write(qemu_options_help("pemu") + "\n")
+        sys.stdout.write(version_banner() + qemu_options_help("pemu") + "\n")
         raise EarlyExit(0)
     if name == "version":
-        sys.stdout.write(f"pemu version {__version__} (QEMU-compatible x86 PC emulator in Python)\n")
+        sys.stdout.write(version_banner())
         raise EarlyExit(0)
     if name == "machine":
         cfg.machine = opt.parse_opts()
@@ -181,6 +189,20 @@ def _apply_option(cfg: Config, opt: ParsedOption) -> None:
     elif name == "serial":
         assert arg is not None
         cfg.serials.append(arg)
+    elif name == "overcommit":
+        opts = opt.parse_opts()   # the options merge: the last word on each key wins
+        cfg.mem_lock = opts.get_bool("mem-lock", cfg.mem_lock)
+        cfg.cpu_pm = opts.get_bool("cpu-pm", cfg.cpu_pm)
+        cfg.overcommit_location = opt.location
+    elif name == "debugcon":
+        assert arg is not None
+        if cfg.debugcon is not None:   # QEMU's device opts "debugcon" exist already
+            raise opt.error("please use -device isa-debugcon,chardev=xxx for multiple debugcon ports")
+        cfg.debugcon = (arg, opt.location)
+        from pemu.util.qemu_opts import opts_registry
+
+        cfg.devices.append((opts_registry.find("device").parse(
+            f"isa-debugcon,chardev={DEBUGCON_CHARDEV}", True, opt.location), opt.location))
     elif name == "monitor":
         assert arg is not None
         cfg.monitors.append(("monitor", arg))
@@ -527,6 +549,7 @@ def configure_accelerators(cfg: Config, machine: MachineState) -> Any:
     from pemu.accel.accel import configure_accelerators as configure
 
     accel = configure(cfg.accels or None, machine.smp.cpus)
+    accel.set_cpu_pm(cfg.cpu_pm, cfg.overcommit_location)
     accel.init_machine(machine)
     machine.accel = accel.name
     phase_advance(MachineInitPhase.ACCEL_CREATED)
@@ -695,6 +718,9 @@ def qemu_setup_defaults_and_monitors(cfg: Config) -> None:
         if chr_ is not None and spec.startswith("mon:"):
             serial_monitor_chrs.append(chr_)
         vm.serial_hds.append(chr_)
+    if cfg.debugcon is not None:
+        spec, location = cfg.debugcon
+        chr_new(DEBUGCON_CHARDEV, spec, location)
     for chr_, kind in monitor_chrs:
         if kind in ("monitor", "mon"):
             monitor_init_hmp(chr_)
@@ -789,6 +815,13 @@ def qemu_init(argv: list[str]) -> VirtualMachine:
 
 
 def qemu_build(cfg: Config, vm: VirtualMachine) -> None:
+    if cfg.mem_lock:
+        from pemu.util.osdep import os_mlock
+
+        try:
+            os_mlock()
+        except OSError as e:
+            raise UserError(f"locking memory failed: {e.strerror}", cfg.overcommit_location) from None
     for prop in cfg.globals:
         qdev_prop_register_global(prop)
     mc = select_machine(cfg)

@@ -45,9 +45,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-SURFACES = ("pio", "mmio", "fw_cfg_dma", "pci_config", "timers")
+SURFACES = ("pio", "mmio", "fw_cfg_dma", "pci_config", "timers", "testdevs")
 RAM_MIB = 128
-BOARD_ARGS = ["-machine", "q35", "-m", str(RAM_MIB), "-nodefaults", "-display", "none", "-S"]
+# QEMU's test devices are on the board too (the "testdevs" surface maps their BARs
+# where EDU_BAR, TESTDEV_MMIO_BAR and TESTDEV_IO_BAR say); the debug console sits at
+# SeaBIOS's 0x402, away from pc-testdev's ports 0xE0-0xEB.
+BOARD_ARGS = ["-machine", "q35", "-m", str(RAM_MIB), "-nodefaults", "-display", "none", "-S",
+              "-device", "edu,addr=5", "-device", "pci-testdev,addr=6", "-device", "pc-testdev",
+              "-chardev", "null,id=dbg", "-device", "isa-debugcon,chardev=dbg,iobase=0x402"]
+EDU_SLOT, TESTDEV_SLOT = 5, 6
+EDU_BAR = 0xC0000000                            # 1 MiB
+TESTDEV_MMIO_BAR = 0xC0100000                   # 4 KiB
+TESTDEV_IO_BAR = 0xC000                         # 256 ports
+PC_TESTDEV_IOMEM = 0xFF000000                   # 64 KiB
 
 # Ports of the board's devices (base, length), after the chipset setup SeaBIOS does.
 DEVICE_PORTS = [
@@ -59,6 +69,7 @@ DEVICE_PORTS = [
     (0x510, 12),                                # fw_cfg with DMA
     (0xCF8, 8),                                 # PCI configuration mechanism #1, 0xCF9 reset control
     (0x600, 0x80), (0x700, 0x20), (0xB2, 2),    # ICH9 PM block, SMBus host interface, APM
+    (0xE0, 12), (0x2000, 24), (0x402, 1),       # pc-testdev, isa-debugcon
 ]
 MMIO_WINDOWS = [
     (0xFED00000, 0x400),                        # HPET
@@ -69,6 +80,7 @@ MMIO_WINDOWS = [
     (0xC0000, 0x40000),                         # option ROMs and BIOS below 1M (PAM)
     (0xFFFC0000, 0x40000),                      # BIOS at the top of 4G
     (0xB0000000, 0x100000),                     # MMCONFIG bus 0
+    (PC_TESTDEV_IOMEM, 0x10000),                # pc-testdev's memory window
 ]
 INTERESTING = [0, 1, 0x7F, 0x80, 0xFF, 0x100, 0x7FFF, 0x8000, 0xFFFF, 0x10000,
                0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF]
@@ -441,6 +453,61 @@ class Q35Fuzzer:
             else:
                 addr = 0xB0000000 + ((bus << 20) | (dev << 15) | (fn << 12) | reg)
                 yield ("read", addr, size) if value is None else ("write", addr, size, value)
+
+    @staticmethod
+    def _config_write(slot: int, reg: int, value: int, size: int = 4) -> tuple[Any, ...]:
+        return ("pci", 0x80000000 | (slot << 11) | (reg & 0xFC), 0xCFC + (reg & 3), size, value)
+
+    def _gen_testdevs(self, rng: random.Random) -> Iterator[Any]:
+        """edu, pci-testdev, pc-testdev and isa-debugcon: BARs mapped, bus
+        mastering on, then their registers hammered (edu's DMA with guest-chosen
+        addresses and counts, fired by advancing the clock past its 100 ms)."""
+        def map_bars() -> Iterator[Any]:
+            yield self._config_write(EDU_SLOT, 0x10, EDU_BAR)
+            yield self._config_write(EDU_SLOT, 0x04, 0x0006, 2)               # memory, bus master
+            yield self._config_write(TESTDEV_SLOT, 0x10, TESTDEV_MMIO_BAR)
+            yield self._config_write(TESTDEV_SLOT, 0x14, TESTDEV_IO_BAR | 1)
+            yield self._config_write(TESTDEV_SLOT, 0x04, 0x0003, 2)
+
+        yield from map_bars()
+        edu_regs = [0x00, 0x04, 0x08, 0x20, 0x24, 0x60, 0x64, 0x80, 0x88, 0x90, 0x98]
+        while True:
+            r = rng.random()
+            if r < 0.02:
+                yield from map_bars()                                             # after a reset
+            elif r < 0.35:
+                reg = rng.choice(edu_regs) if rng.random() < 0.9 else rng.randrange(0x100000)
+                size = self._size(rng, (4, 4, 8, 1, 2))
+                if reg == 0x98 and rng.random() < 0.7:
+                    value = rng.choice([1, 3, 5, 7]) | (rng.getrandbits(8) & ~7)
+                elif reg in (0x80, 0x88):
+                    value = rng.choice([0x40000 + rng.randrange(0x1000), self._dma_target(rng)])
+                elif reg == 0x90:
+                    value = self._dma_length(rng)
+                else:
+                    value = self._value(rng, size)
+                yield ("read", EDU_BAR + reg, size) if rng.random() < 0.3 else ("write", EDU_BAR + reg, size, value)
+            elif r < 0.45:
+                yield ("clock", rng.choice([1000, 50_000_000, 100_000_000, 150_000_000]))
+            elif r < 0.6:
+                offset = rng.choice([0, 0, 131, 132, 133, 2048, 2049, 2050, rng.randrange(0x1000)])
+                size = self._size(rng)
+                if rng.random() < 0.5:
+                    addr = TESTDEV_MMIO_BAR + offset
+                    yield ("read", addr, size) if rng.random() < 0.4 else ("write", addr, size,
+                                                                          rng.choice([0, 1, 2, 0xFA, 0xCE]))
+                else:
+                    port = TESTDEV_IO_BAR + (offset & 0xFF)
+                    yield ("in", port, size) if rng.random() < 0.4 else ("out", port, size,
+                                                                         rng.choice([0, 1, 2, 0xFA, 0xCE]))
+            elif r < 0.8:
+                port = rng.choice([0xE0 + rng.randrange(12), 0x2000 + rng.randrange(24), 0x402])
+                size = self._size(rng)
+                yield ("in", port, size) if rng.random() < 0.3 else ("out", port, size, self._value(rng, size))
+            else:
+                addr = PC_TESTDEV_IOMEM + rng.randrange(0x10000)
+                size = self._size(rng, (1, 2, 4, 8))
+                yield ("read", addr, size) if rng.random() < 0.5 else ("write", addr, size, self._value(rng, size))
 
     def _gen_timers(self, rng: random.Random) -> Iterator[Any]:
         hpet = 0xFED00000

@@ -47,6 +47,17 @@ def build_test_guest(outdir: Path) -> Path:
     return kernel
 
 
+def build_lowseg_guest(outdir: Path) -> Path:
+    """The same guest with a segment of its own at 0x9000 (guest-lowseg.ld), where
+    pemu once put the multiboot information."""
+    objs = _compile(outdir, ("boot.S", "guest.c"))
+    kernel = outdir / "test-guest-lowseg.elf"
+    # -n: no page alignment in the file, so the multiboot header stays in the first 8 KiB.
+    subprocess.run(["ld", "-m", "elf_i386", "-n", "-T", str(GUEST_DIR / "guest-lowseg.ld"), "-nostdlib", "-o", str(kernel),
+                    *objs], check=True, capture_output=True, text=True)
+    return kernel
+
+
 def build_ttext_guest(outdir: Path) -> Path:
     """The same guest linked as many hobby kernels are, with ``ld -Ttext=0x100000``
     and no linker script: its first LOAD segment holds only the ELF headers, at 0xff000."""

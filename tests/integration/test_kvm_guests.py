@@ -154,3 +154,18 @@ def test_vmlinux_pvh_boots_to_the_shell_under_tcg(vmlinux: Path, guest_images: G
             "-initrd", str(guest_images.initrd), "-append", "console=ttyS0"]
     with GuestProcess(args) as vm:
         vm.expect(READY_MARKER, timeout=300)
+
+
+@pytest.mark.kvm
+def test_bad_kernel_under_kvm_is_one_line(tmp_path: Path) -> None:
+    """The vCPUs made before the kernel is refused are taken down cleanly
+    (their kvm_run views were once left exported: a BufferError traceback)."""
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(b"not a kernel")
+    r = subprocess.run([sys.executable, "-m", "pemu", "-accel", "kvm", "-nodefaults", "-display", "none",
+                        "-kernel", str(bad)], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode == 1
+    assert r.stderr == "pemu: kernel image is too short to be a Linux bzImage (12 bytes)\n"

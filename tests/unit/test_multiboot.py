@@ -9,7 +9,6 @@ import pytest
 
 from pemu.hw.i386.e820 import E820Table, E820Type
 from pemu.hw.i386.multiboot import (
-    MBI_ADDR,
     MULTIBOOT_BOOTLOADER_MAGIC,
     MULTIBOOT_HEADER_MAGIC,
     MultibootError,
@@ -67,13 +66,15 @@ def test_aout_kludge_loads_at_load_addr_with_bss() -> None:
     assert kernel.addr == 0x100000 and len(kernel.data) == 0x50 + 0x100
     assert kernel.data[0x40:0x50] == b"\xf4" * 16 and kernel.data[0x50:] == bytes(0x100)
     assert plan.entry.eip == 0x100040
-    assert plan.entry.eax == MULTIBOOT_BOOTLOADER_MAGIC and plan.entry.ebx == MBI_ADDR
+    assert plan.entry.eax == MULTIBOOT_BOOTLOADER_MAGIC and plan.entry.ebx == plan.info_addr
+    assert plan.info_addr == 0x101000                  # the page after the kernel's bss
 
 
 def test_info_structure_has_memory_cmdline_map_and_modules() -> None:
     mods = [MultibootModule("a.bin", "a.bin x=1", b"A" * 10), MultibootModule("b", "b", b"B" * 0x1001)]
     plan = plan_multiboot(elf32_kernel(), "/boot/k", "console=1", mods, e820_64m())
     mem = {b.addr: b.data for b in plan.blobs}
+    MBI_ADDR = plan.info_addr
     info = mem[MBI_ADDR]
     flags, lower, upper, _, cmdline, count, mods_addr = struct.unpack_from("<7I", info)
     assert flags & 0x24F == 0x24F
@@ -88,6 +89,10 @@ def test_info_structure_has_memory_cmdline_map_and_modules() -> None:
     (s0, e0, str0, _), (s1, e1, _, _) = (struct.unpack_from("<4I", info, mods_addr - MBI_ADDR + 16 * i)
                                          for i in range(2))
     assert s0 % 0x1000 == 0 and e0 == s0 + 10 and s1 == s0 + 0x1000 and e1 == s1 + 0x1001
+    assert MBI_ADDR == (e1 + 0xFFF) & ~0xFFF          # after the last module
+    # The boot GDT is part of the information area, where the entry state points.
+    gdt = info[plan.entry.gdt_base - MBI_ADDR:][:32]
+    assert struct.unpack("<4Q", gdt)[2] == 0x00CF9B000000FFFF and plan.entry.gdt_limit == 31
     assert cstr(str0) == b"a.bin x=1" and mem[s0] == b"A" * 10
     mmap_len, mmap_addr = struct.unpack_from("<II", info, 44)
     assert mmap_len == 3 * 24
@@ -160,9 +165,15 @@ def test_elf_segment_outside_guest_memory_is_refused() -> None:
         plan_multiboot(elf32_two_segments(0x8000000), "k", "", [], e820_64m(), q35_memory)
 
 
-def test_kernel_overlapping_the_info_area_is_refused() -> None:
-    with pytest.raises(UserError_, match="overlap"):
-        plan_multiboot(elf32_kernel(paddr=0x9000, entry=0x9000), "k", "", [], e820_64m())
+def test_kernel_where_the_information_used_to_go_is_loaded() -> None:
+    """pemu put the information at 0x9000 and refused a kernel loaded there
+    ("kernel segment 0 and multiboot information overlap"); it now follows the kernel."""
+    plan = plan_multiboot(elf32_kernel(paddr=0x9000, entry=0x9000), "k", "", [], e820_64m())
+    kernel = next(b for b in plan.blobs if b.name.startswith("kernel"))
+    assert kernel.addr == 0x9000 and plan.info_addr == 0xA000 and plan.entry.ebx == 0xA000
+    assert all(b.addr >= 0x9000 for b in plan.blobs)   # nothing else at a fixed low address
 
 
-from pemu.util.error import UserError as UserError_  # noqa: E402
+def test_information_that_does_not_fit_below_the_end_of_ram_is_refused() -> None:
+    with pytest.raises(MultibootError, match="multiboot information at 0x4000000-.* is not in guest memory"):
+        plan_multiboot(elf32_kernel(paddr=0x3FFF000, entry=0x3FFF000), "k", "", [], e820_64m())

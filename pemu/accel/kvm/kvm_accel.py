@@ -245,7 +245,8 @@ def cpu_dump_state(regs: k.kvm_regs, sregs: k.kvm_sregs) -> str:
 
 # (leaf, subleaf, register) whose bits are features: the model's value is
 # masked with what KVM can virtualize.
-_FEATURE_REGS = {(1, 0): ("ecx", "edx"), (7, 0): ("ebx", "ecx", "edx"), (0x80000001, 0): ("ecx", "edx")}
+_FEATURE_REGS = {(1, 0): ("ecx", "edx"), (7, 0): ("ebx", "ecx", "edx"), (0x80000001, 0): ("ecx", "edx"),
+                 (0x40000001, 0): ("eax",)}
 _CPUID_APIC_EDX = 1 << 9
 _CPUID_X2APIC_ECX = 1 << 21
 _CPUID_TSC_DEADLINE_ECX = 1 << 24
@@ -260,8 +261,8 @@ def build_cpuid(model: Any, supported: list[k.kvm_cpuid_entry2], apic_id: int,
     entries: list[k.kvm_cpuid_entry2] = []
     for sup in supported:
         leaf, index = sup.function, sup.index
-        if 0x40000000 <= leaf <= 0x4FFFFFFF:
-            continue  # no paravirtual interface is offered
+        if 0x40000000 <= leaf <= 0x4FFFFFFF and not (leaf in (0x40000000, 0x40000001) and model.cpuid(0x40000001)[0]):
+            continue  # the paravirtual leaves only for a model that asks for KVM's features
         if leaf == 0xD and getattr(model, "has", lambda _: False)("xsave"):
             values = [sup.eax, sup.ebx, sup.ecx, sup.edx]  # the state layout is the host's
         else:
@@ -534,6 +535,12 @@ class KVMVCPU:
             env.halted = self.run_state.halted
 
     def destroy(self) -> None:
+        if self.fd.fd < 0:
+            return  # taken down already
+        # Drop this side's views of the kvm_run page first: the mapping cannot
+        # be closed while they are exported.
+        self.run_page.release()
+        del self.run
         self.fd.close()
 
 
@@ -565,6 +572,8 @@ class KVMAccel(AccelOps):
         # -accel kvm,kernel-irqchip=...; when not given, -machine kernel-irqchip=
         # (QEMU's older spelling of the same setting) decides.
         self.kernel_irqchip: str | None = None
+        self.cpu_pm = False  # -overcommit cpu-pm=on
+        self.cpu_pm_location: str | None = None
 
     def init_machine(self, machine: Any) -> None:
         from pemu.system.physmem import address_space_memory
@@ -589,6 +598,8 @@ class KVMAccel(AccelOps):
             except KVMError:
                 pass  # only Intel's real-mode support needs them
         self.supported_cpuid = self.system.supported_cpuid()
+        if self.cpu_pm:
+            self._disable_pm_exits()
         if mode == "on":
             if not self.system.check_extension(k.Cap.IRQCHIP):
                 raise UserError("kernel-irqchip=on is not supported by this KVM", where)
@@ -642,6 +653,65 @@ class KVMAccel(AccelOps):
         except KVMError as e:
             guest_error(f"kvm: MSI to {address:#x} data {data:#x}: {e}")
 
+    def set_cpu_pm(self, enabled: bool, location: str | None) -> None:
+        self.cpu_pm = enabled
+        self.cpu_pm_location = location
+
+    def _disable_pm_exits(self) -> None:
+        """cpu-pm=on: HLT, PAUSE and C-states stay in the guest (QEMU's
+        kvm_arch_init with enable_cpu_pm), as far as this KVM allows."""
+        offered = self.system.check_extension(k.Cap.X86_DISABLE_EXITS)
+        wanted = k.KVM_X86_DISABLE_EXITS_HLT | k.KVM_X86_DISABLE_EXITS_PAUSE | k.KVM_X86_DISABLE_EXITS_CSTATE
+        if not offered & k.KVM_X86_DISABLE_EXITS_HLT:
+            raise UserError("cpu-pm=on: this KVM cannot leave HLT to the guest (KVM_CAP_X86_DISABLE_EXITS)",
+                            self.cpu_pm_location)
+        assert self.vm is not None
+        try:
+            self.vm.enable_cap(k.Cap.X86_DISABLE_EXITS, offered & wanted)
+        except KVMError as e:
+            raise UserError(f"cpu-pm=on: KVM refused to disable the exits: {e.strerror}",
+                            self.cpu_pm_location) from None
+
+    # -- CPU models (QEMU's kvm_arch_get_supported_cpuid) ---------------------------------------
+    def _supported(self, leaf: int, subleaf: int, register: str) -> int:
+        for entry in self.supported_cpuid:
+            indexed = entry.flags & k.KVM_CPUID_FLAG_SIGNIFCANT_INDEX
+            if entry.function == leaf and (entry.index == subleaf or not indexed):
+                return int(getattr(entry, register))
+        return 0
+
+    def cpu_model_filter(self) -> dict[Any, int]:
+        """Every feature bit KVM cannot virtualize.  Its paravirtual features
+        (kvmclock, async page faults, steal time, PV EOI...) are KVM's own MSRs:
+        offered when KVM lists them and the model asks (``+kvmclock``)."""
+        from pemu.target.i386.cpu_models import FeatureWord
+
+        return {word: ~self._supported(word.leaf, word.subleaf, word.register) & 0xFFFFFFFF for word in FeatureWord}
+
+    def host_cpu_model(self) -> Any:
+        """-cpu host: the host's vendor, family, model and stepping as KVM
+        reports them, its name from /proc/cpuinfo, and every feature KVM can
+        virtualize (but the paravirtual ones)."""
+        from pemu.target.i386.cpu_models import BUILTIN_MODELS, FeatureWord, X86CPUModel
+
+        raw = b"".join(self._supported(0, 0, reg).to_bytes(4, "little") for reg in ("ebx", "edx", "ecx"))
+        version = self._supported(1, 0, "eax")
+        family = (version >> 8) & 0xF
+        if family == 0xF:
+            family += (version >> 20) & 0xFF
+        model = (version >> 4) & 0xF | ((version >> 16) & 0xF) << 4
+        features: dict[FeatureWord, int] = {word: self._supported(word.leaf, word.subleaf, word.register)
+                                            for word in FeatureWord if word is not FeatureWord.CPUID_KVM}
+        xlevel = self._supported(0x80000000, 0, "eax")
+        return X86CPUModel("host", raw.decode("ascii", "replace"), family, model, version & 0xF,
+                           _host_model_name(), features, level=min(self._supported(0, 0, "eax"), 0xD),
+                           xlevel=min(xlevel, 0x8000000A) if xlevel >= 0x80000000 else 0x80000008,
+                           phys_bits=self.host_phys_bits() or 40,
+                           description=BUILTIN_MODELS["host"].description, migratable=True)
+
+    def host_phys_bits(self) -> int:
+        return self._supported(0x80000008, 0, "eax") & 0xFF
+
     def irqchip_in_kernel(self) -> bool:
         return self.in_kernel_irqchip
 
@@ -684,6 +754,19 @@ def kvm_isa_irqs() -> list[KVMIRQLine]:
     accel = current_accel()
     assert isinstance(accel, KVMAccel) and accel.in_kernel_irqchip
     return accel.gsi_lines[:16]
+
+
+def _host_model_name() -> str:
+    """The host CPU's name ("model name" in /proc/cpuinfo), as -cpu host's model id."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    return value.strip()
+    except OSError:
+        pass
+    return ""
 
 
 def kvm_irqchip_send_msi(address: int, data: int) -> None:

@@ -163,6 +163,10 @@ class kvm_interrupt(Structure):
     _fields_ = [("irq", c_uint32)]
 
 
+class kvm_enable_cap(Structure):
+    _fields_ = [("cap", c_uint32), ("flags", c_uint32), ("args", c_uint64 * 4), ("pad", c_uint8 * 64)]
+
+
 class kvm_mp_state(Structure):
     _fields_ = [("mp_state", c_uint32)]
 
@@ -258,6 +262,15 @@ class Cap(IntEnum):
     READONLY_MEM = 81
     IMMEDIATE_EXIT = 136
     MAX_VCPUS = 66
+    SPLIT_IRQCHIP = 121
+    X86_DISABLE_EXITS = 143
+
+
+# KVM_CAP_X86_DISABLE_EXITS: what the guest may do without leaving KVM.
+KVM_X86_DISABLE_EXITS_MWAIT = 1 << 0
+KVM_X86_DISABLE_EXITS_HLT = 1 << 1
+KVM_X86_DISABLE_EXITS_PAUSE = 1 << 2
+KVM_X86_DISABLE_EXITS_CSTATE = 1 << 3
 
 
 KVM_MEM_READONLY = 1 << 1
@@ -268,7 +281,7 @@ KERNEL_SIZES: dict[type, int] = {
     kvm_userspace_memory_region: 32, kvm_regs: 144, kvm_segment: 24, kvm_dtable: 16, kvm_sregs: 312,
     kvm_fpu: 416, kvm_msr_entry: 16, kvm_msrs: 8, kvm_cpuid_entry2: 40, kvm_cpuid2: 8, kvm_irq_level: 8,
     kvm_pit_config: 64, kvm_irq_routing_entry: 48, kvm_irq_routing: 8, kvm_msi: 32, kvm_interrupt: 4,
-    kvm_mp_state: 4, kvm_lapic_state: 1024, _run_exit: 256,
+    kvm_mp_state: 4, kvm_lapic_state: 1024, _run_exit: 256, kvm_enable_cap: 104,
 }
 for _struct, _size in KERNEL_SIZES.items():
     assert sizeof(_struct) == _size, f"{_struct.__name__}: {sizeof(_struct)} != kernel's {_size}"
@@ -291,6 +304,7 @@ class Ioctl(IntEnum):
     SET_GSI_ROUTING = _iow(0x6A, kvm_irq_routing)
     CREATE_PIT2 = _iow(0x77, kvm_pit_config)
     SIGNAL_MSI = _iow(0xA5, kvm_msi)
+    ENABLE_CAP = _iow(0xA3, kvm_enable_cap)
     RUN = _io(0x80)
     GET_REGS = _ior(0x81, kvm_regs)
     SET_REGS = _iow(0x82, kvm_regs)
@@ -419,6 +433,13 @@ class KVMVMFd:
     def signal_msi(self, address: int, data: int) -> int:
         msi = kvm_msi(address & 0xFFFFFFFF, (address >> 32) & 0xFFFFFFFF, data & 0xFFFFFFFF, 0, 0)
         return kvm_ioctl(self.fd, Ioctl.SIGNAL_MSI, msi)
+
+    def enable_cap(self, cap: int, *args: int) -> None:
+        """KVM_ENABLE_CAP on the VM (before its vCPUs exist, for most capabilities)."""
+        request = kvm_enable_cap(int(cap), 0)
+        for i, arg in enumerate(args):
+            request.args[i] = arg
+        kvm_ioctl(self.fd, Ioctl.ENABLE_CAP, request)
 
     def create_vcpu(self, vcpu_id: int) -> KVMVcpuFd:
         return KVMVcpuFd(self, kvm_ioctl(self.fd, Ioctl.CREATE_VCPU, vcpu_id))

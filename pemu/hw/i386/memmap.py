@@ -19,6 +19,10 @@ PC_ROM_MAX = 0xE0000
 PC_ROM_SIZE = PC_ROM_MAX - PC_ROM_MIN_VGA
 ISA_BIOS_SIZE = 128 * KiB  # the isa-bios alias ends at 1 MiB
 ISA_BIOS_END = 1 * MiB
+# Where a direct boot's firmware stub carries a copy of the ACPI RSDP: the
+# stub's first bytes, seen at 0xF0000 through isa-bios, in the BIOS area
+# (0xE0000-0xFFFFF) that firmware-less guests scan for "RSD PTR ".
+DIRECT_BOOT_RSDP = 0xF0000
 HIGH_MEMORY = 1 * MiB
 
 # q35's split of RAM around the 32-bit PCI hole.

@@ -8,6 +8,11 @@ information structure: memory sizes, the command line ("<kernel file>
 <-append>"), the modules of ``-initrd "mod1 arg,mod2"`` (a comma inside a
 module's text is written ",,") and the e820 memory map; the boot CPU starts
 at the entry in 32-bit protected mode with EAX=0x2BADB002, EBX=&info.
+
+As in QEMU, the information (with the strings, the memory map and the boot
+GDT) goes on the first page after the kernel and its modules, so no kernel
+segment can be where it is: a fixed low address would collide with kernels
+that load something there.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from dataclasses import dataclass
 from enum import IntFlag
 
 from pemu.hw.i386.e820 import E820Table, E820Type
-from pemu.hw.i386.linux_boot import BOOT_GDT, BOOT_GDT_ADDR, EntryState, LoadBlob
+from pemu.hw.i386.linux_boot import BOOT_GDT, EntryState, LoadBlob
 from pemu.hw.i386.pvh import check_no_overlap, elf_load_blobs, is_elf, parse_elf
 from pemu.util.error import UserError
 
@@ -28,10 +33,9 @@ MULTIBOOT_SEARCH = 8192
 MULTIBOOT_HEADER = struct.Struct("<III")
 MULTIBOOT_AOUT_FIELDS = struct.Struct("<IIIII")  # header_addr, load_addr, load_end_addr, bss_end_addr, entry_addr
 
-# Where the information structure and what it points to go: free low RAM
-# above the boot GDT and below the EBDA.
-MBI_ADDR = 0x9000
-MBI_AREA_END = 0x9F000
+# The information structure and what it points to: at most this much (the
+# command lines are the user's), page-aligned after the kernel and modules.
+MBI_AREA_MAX = 0x96000
 MBI_SIZE = 88
 MODULE_ALIGN = 0x1000
 BOOT_LOADER_NAME = b"pemu\0"
@@ -226,16 +230,18 @@ def plan_multiboot(image: bytes, kernel_name: str, cmdline: str, modules: list[M
         placed.append((cursor, cursor + len(mod.data)))
         cursor = (cursor + len(mod.data) + MODULE_ALIGN - 1) & ~(MODULE_ALIGN - 1)
 
-    # The information structure, then the memory map, module list and strings.
+    # The information structure, then the memory map, module list and strings,
+    # on the next page after the kernel and the modules.
+    mbi_addr = cursor
     area = bytearray(MBI_SIZE)
     mmap = b"".join(struct.pack("<IQQI", 20, e.addr, e.length, int(e.type)) for e in e820)
-    mmap_addr = MBI_ADDR + len(area)
+    mmap_addr = mbi_addr + len(area)
     area += mmap
-    mods_addr = MBI_ADDR + len(area)
+    mods_addr = mbi_addr + len(area)
     area += bytes(16 * len(modules))
 
     def put_string(text: bytes) -> int:
-        addr = MBI_ADDR + len(area)
+        addr = mbi_addr + len(area)
         area.extend(text)
         return addr
 
@@ -244,9 +250,14 @@ def plan_multiboot(image: bytes, kernel_name: str, cmdline: str, modules: list[M
     name_addr = put_string(BOOT_LOADER_NAME)
     for i, (mod, (start, end)) in enumerate(zip(modules, placed, strict=True)):
         string_addr = put_string(mod.cmdline.encode() + b"\0")
-        struct.pack_into("<IIII", area, mods_addr - MBI_ADDR + 16 * i, start, end, string_addr, 0)
-    if MBI_ADDR + len(area) > MBI_AREA_END:
+        struct.pack_into("<IIII", area, mods_addr - mbi_addr + 16 * i, start, end, string_addr, 0)
+    area.extend(bytes(-len(area) % 8))
+    gdt_addr = mbi_addr + len(area)
+    area += b"".join(struct.pack("<Q", d) for d in BOOT_GDT)
+    if len(area) > MBI_AREA_MAX:
         raise MultibootError("multiboot: command lines and memory map do not fit in the boot information area")
+    if mbi_addr + len(area) > 1 << 32:
+        raise MultibootError("multiboot: kernel and modules leave no room for the boot information below 4 GiB")
     lower, upper = _mem_sizes(e820)
     flags = (MultibootInfoFlags.MEMORY | MultibootInfoFlags.BOOT_DEVICE | MultibootInfoFlags.CMDLINE
              | MultibootInfoFlags.MODS | MultibootInfoFlags.MEM_MAP | MultibootInfoFlags.BOOT_LOADER_NAME)
@@ -254,13 +265,12 @@ def plan_multiboot(image: bytes, kernel_name: str, cmdline: str, modules: list[M
                      mods_addr if modules else 0)
     struct.pack_into("<II", area, 44, len(mmap), mmap_addr)
     struct.pack_into("<I", area, 64, name_addr)
-    blobs.append(LoadBlob(MBI_ADDR, bytes(area), "multiboot information"))
-    blobs.append(LoadBlob(BOOT_GDT_ADDR, b"".join(struct.pack("<Q", d) for d in BOOT_GDT), "boot GDT"))
+    blobs.append(LoadBlob(mbi_addr, bytes(area), "multiboot information"))
     check_no_overlap(blobs, "multiboot")
     for blob in blobs:
         _check_memory(blob.addr, len(blob.data), is_memory, blob.name)
-    state = EntryState(eip=entry, esi=0, eax=MULTIBOOT_BOOTLOADER_MAGIC, ebx=MBI_ADDR)
-    return MultibootPlan(blobs, state, MBI_ADDR, kernel_end, placed)
+    state = EntryState(eip=entry, esi=0, eax=MULTIBOOT_BOOTLOADER_MAGIC, ebx=mbi_addr, gdt_base=gdt_addr)
+    return MultibootPlan(blobs, state, mbi_addr, kernel_end, placed)
 
 
 def load_multiboot_modules(spec: str | None) -> list[MultibootModule]:

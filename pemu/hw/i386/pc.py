@@ -10,7 +10,7 @@ from pemu.hw.core.machine import MachineState, qemu_devices_reset
 from pemu.hw.core.qdev import qdev_new, qdev_realize
 from pemu.hw.i386 import memmap
 from pemu.hw.i386.e820 import E820Table, E820Type
-from pemu.hw.i386.pc_sysfw import load_firmware_image, pc_system_firmware_init
+from pemu.hw.i386.pc_sysfw import DIRECT_BOOT_FIRMWARE, load_firmware_image, pc_system_firmware_init
 from pemu.hw.i386.x86 import TYPE_X86_MACHINE, X86MachineClass, X86MachineState, linux_boot_apply
 from pemu.hw.isa.pc_legacy import ISAPICState, ISASerialState, PCSpkState
 from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, object_check, object_class_check, type_register
@@ -51,6 +51,7 @@ class PCMachineState(X86MachineState):
     lpc: Any  # ICH9 LPC (q35)
     smbus: Any  # ICH9 SMBus (q35), when enabled
     smbios_defaults: tuple[str, str, str]  # manufacturer, product, version
+    vmport: str  # OnOffAuto; pemu has no VMware backdoor port, so "auto" is off
 
 
 def _pc_machine_initfn(obj: Object) -> None:
@@ -92,6 +93,15 @@ def _pc_machine_class_init(klass: ObjectClass, data: Any) -> None:
     k.property_add_field("sata", "bool", attr="sata_enabled", default=True, description="Enable/disable Serial ATA bus")
     k.property_add_field("max-fw-size", "size", default=8 << 20,
                          description="Maximum combined firmware size")
+    k.property_add_field("vmport", "OnOffAuto", default="auto", enum_values=("on", "off", "auto"),
+                         description="Enable vmport (pc & q35)", check=_vmport_check)
+
+
+def _vmport_check(obj: Object, value: Any) -> None:
+    """QEMU's vmport device answers the VMware backdoor (port 0x5658) from the
+    calling CPU's registers, which pemu's port handlers do not see."""
+    if value == "on":
+        raise QOMError("the VMware I/O port (vmport) is not supported by pemu")
 
 
 type_register(TypeInfo(TYPE_PC_MACHINE, parent=TYPE_X86_MACHINE, abstract=True, instance_type=PCMachineState,
@@ -263,6 +273,7 @@ def pc_apic_init(pcms: PCMachineState) -> None:
     for apic in apics:
         bus.attach(apic)
     pcms.apic_bus = bus
+    pcms.vm.msi_nonbroken = True
     window = APICMemory(bus, _current_cpu_apic)
     get_system_memory().add_subregion_overlap(memmap.APIC_BASE, window.region(owner=pcms), APIC_PAGE_SIZE)
     ioapic = object_check(qdev_new(TYPE_IOAPIC), IOAPICState)
@@ -272,6 +283,21 @@ def pc_apic_init(pcms: PCMachineState) -> None:
     ioapic.mmio_map(0, memmap.IOAPIC_BASE)
     bus.attach_ioapic(ioapic.model)
     pcms.ioapic = ioapic
+
+
+def pc_kvm_msi_region(pcms: PCMachineState, accel: Any) -> MemoryRegion:
+    """The "apic-msi" window when the accelerator has the local APICs (QEMU's
+    kvm-apic-msi): a device's 32-bit write there is an MSI for the kernel."""
+
+    def read(offset: int, size: int) -> int:
+        return (1 << (8 * size)) - 1
+
+    def write(offset: int, value: int, size: int) -> None:
+        accel.send_msi(memmap.APIC_BASE + offset, value & 0xFFFFFFFF)
+
+    pcms.vm.msi_nonbroken = True
+    return MemoryRegion.io("apic-msi", memmap.APIC_SPACE_SIZE, MemoryRegionOps(read, write, 1, 4, False, 4, 4),
+                           owner=pcms)
 
 
 def pc_gsi_lines(pcms: PCMachineState, pic_lines: list[Any]) -> list[Any]:
@@ -367,6 +393,7 @@ def pc_hpet_init(pcms: PCMachineState) -> Any:
 
 
 ACPI_TABLES_SIZE = 128 * 1024
+ACPI_RSDP_V2_SIZE = 36  # an ACPI 2.0 RSDP with its extended checksum
 
 
 def _fw_cfg_acpi_io(pcms: PCMachineState) -> tuple[int, int] | None:
@@ -409,6 +436,10 @@ def pc_late_init(pcms: PCMachineState) -> None:
             raise QOMError("ACPI tables do not fit in their reserved area")
         address_space_memory().write_rom(tables_base, build.blob)
         pcms.acpi_rsdp_addr = build.rsdp_addr
+        if pcms.bios_source == DIRECT_BOOT_FIRMWARE:
+            # No firmware will put the RSDP where guests scan for it: the stub carries a copy.
+            rsdp = build.blob[build.rsdp_addr - tables_base:][:ACPI_RSDP_V2_SIZE]
+            address_space_memory().write_rom(memmap.DIRECT_BOOT_RSDP, rsdp)
         pcms.acpi_build = build
     else:
         pcms.acpi_rsdp_addr = None

@@ -19,6 +19,7 @@ from pemu.hw.i386.pc import (
     PCMachineState,
     pc_apic_init,
     pc_check_apic_ids,
+    pc_kvm_msi_region,
     pc_memory_init,
     placeholder_region,
 )
@@ -168,7 +169,11 @@ def pc_q35_init(machine: Any) -> None:
     pc_apic_init(pcms)
     if pcms.apic_bus is None:
         system_memory.add_subregion(memmap.IOAPIC_BASE, placeholder_region(pcms, "ioapic", memmap.IOAPIC_SIZE))
-        apic_msi = placeholder_region(pcms, "apic-msi", memmap.APIC_SPACE_SIZE)
+        accel = pcms.vm.accel
+        if accel is not None and accel.irqchip_in_kernel():
+            apic_msi = pc_kvm_msi_region(pcms, accel)
+        else:
+            apic_msi = placeholder_region(pcms, "apic-msi", memmap.APIC_SPACE_SIZE)
         system_memory.add_subregion_overlap(memmap.APIC_BASE, apic_msi, 4096)
 
     pc_basic_device_init(pcms, pcms.isabus, system_io)

@@ -94,6 +94,8 @@ def x86_cpu_new(x86ms: X86MachineState, apic_id: int) -> X86CPU:
     cpu = object_check(object_new(x86ms.cpu_type), X86CPU)
     cpu.property_set("apic-id", apic_id)
     cpu.features = x86ms.cpu_features
+    # The board's own default model is narrowed to what the accelerator offers without a word.
+    cpu.check_model_features = x86ms.cpu_type != x86ms.mc.default_cpu_type
     qdev_realize(cpu, None)
     cpu.unref()
     return cpu

@@ -27,6 +27,7 @@ from pemu.qom.object import (
 )
 from pemu.system.memory import MEMORY_SIZE_UNLIMITED, AddressSpace, MemoryRegion
 from pemu.target.i386.cpu_state import CPUX86State
+from pemu.util.error import UserError
 from pemu.util.vm_context import current_vm
 
 TYPE_X86_CPU = "x86_64-cpu"
@@ -46,6 +47,9 @@ class X86CPU(CPUState):
     apic_id: int
     model: Any  # pemu.target.i386.cpu_models.X86CPUModel
     features: str  # "+feat,-feat" from -cpu
+    # Warn for every model feature the accelerator drops (QEMU's "check"), not
+    # only for those named on -cpu: False for the board's default model.
+    check_model_features: bool
     memory: AddressSpace
     smm: AddressSpace
     io: AddressSpace
@@ -69,6 +73,7 @@ def _x86_cpu_initfn(obj: Object) -> None:
     cpu.env = CPUX86State()
     cpu.model = None
     cpu.features = ""
+    cpu.check_model_features = True
     cpu.get_pic_interrupt = None
     cpu.apic_state = None
     cpu.apic = None
@@ -83,8 +88,8 @@ def x86_cpu_realizefn(dev: Object) -> None:
     klass = object_class_check(cpu.klass, X86CPUClass)
     try:
         spec = klass.model_name + ("," + cpu.features if cpu.features else "")
-        cpu.model = cpu_models.x86_cpu_model_from_string(spec)
-    except Exception as e:  # a bad -cpu feature is user input
+        cpu.model = cpu_models.x86_cpu_model_from_string(spec, cpu.check_model_features)
+    except UserError as e:  # a bad -cpu feature is user input
         raise QOMError(str(e)) from None
     cpu.env.cpuid_version = cpu.model.cpuid_version if hasattr(cpu.model, "cpuid_version") else cpu.env.cpuid_version
     cpu.model.apic_id = cpu.apic_id  # CPUID leaf 1 EBX[31:24]
