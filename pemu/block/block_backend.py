@@ -126,6 +126,13 @@ class BlockBackend:
         return {BlockdevOnError.REPORT: BlockErrorAction.REPORT, BlockdevOnError.IGNORE: BlockErrorAction.IGNORE,
                 BlockdevOnError.STOP: BlockErrorAction.STOP}[policy]
 
+    def error_stop(self, is_read: bool, error: int) -> None:
+        """A request failed under the ``stop`` policy (blk_error_action): the
+        VM stops in ``io-error``; the device repeats the request when it runs again."""
+        from pemu.system.runstate import RunState, qemu_system_vmstop_request
+
+        qemu_system_vmstop_request(RunState.IO_ERROR)
+
     # -- synchronous requests (run on the caller's thread) -----------------------------
     def pread(self, offset: int, buf: Buffer) -> int:
         """Read len(buf) bytes at ``offset`` into ``buf``; 0 or -errno."""

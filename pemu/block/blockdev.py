@@ -9,8 +9,8 @@ id (``-device ...,drive=ID``) or by interface position (if=ide, bus, unit).
 
 Drives of an interface the machine has no controller for are refused after
 the board is built, as QEMU's drive_check_orphaned does ("machine type does
-not support if=ide,bus=0,unit=0").  pemu's q35 has no AHCI controller yet, so
-today only ``if=none`` drives and -blockdev nodes get past start-up.
+not support if=ide,bus=6,unit=0").  On q35, ``if=ide`` drives (and -hda..-hdd,
+-cdrom) go to the ICH9 AHCI's ports: drive index N on port ``ide.N``.
 """
 
 from __future__ import annotations
