@@ -696,3 +696,29 @@ def test_atapi_without_medium_is_not_ready(rig: Rig) -> None:
     assert tfd == 0x2041
     tfd, data = packet(rig, bytes((0x12, 0, 0, 0, 36, 0)), 36)
     assert tfd == 0x50 and data[0] == 5
+
+
+def test_tiny_prds_are_moved_a_bounded_number_at_a_time(rig: Rig, disk: Path) -> None:
+    """65535 two-byte PRDs for a read: every step handles at most MAX_SEGMENTS_PER_STEP of them."""
+    from pemu.hw.ide import ahci as ahci_module
+
+    rig.attach(0, DriveKind.HD, disk)
+    rig.hba.reset()
+    rig.start()
+    sizes: list[int] = []
+    real = ahci_module.AHCICommand.to_host
+
+    def spy(self: ahci_module.AHCICommand, data: bytes | bytearray | memoryview) -> bool:
+        sizes.append(len(data))
+        return real(self, data)
+
+    ahci_module.AHCICommand.to_host = spy  # type: ignore[method-assign]
+    try:
+        prds = [(0x120000 + 2 * i, 2) for i in range(0xFFFF)]
+        # The table itself is 1 MiB: put it where the helper's slot tables do not overlap it.
+        rig.issue(0, 0, h2d(ATA_READ_DMA_EXT, lba=0, count=255), prds)
+    finally:
+        ahci_module.AHCICommand.to_host = real  # type: ignore[method-assign]
+    assert rig.preg(0, PortReg.TFD) == 0x50 and rig.prdbc(0) == 255 * 512
+    assert max(sizes) <= ahci_module.MAX_SEGMENTS_PER_STEP * 2 and sum(sizes) == 255 * 512
+    assert bytes(rig.mem.ram[0x120000:0x120008]) == b"sector 0"

@@ -72,6 +72,8 @@ AHCI_PRDTL_MAX = 0xFFFF
 AHCI_PRD_DBC_MASK = 0x3FFFFF
 # PRD entries fetched per DMA read while walking a table.
 PRD_FETCH_BATCH = 256
+# PRD regions one step of a command moves at most (bounds the time one MMIO write or completion takes).
+MAX_SEGMENTS_PER_STEP = 1024
 
 # Offsets in the received-FIS area (AHCI 4.2.1).
 RES_FIS_DSFIS = 0x00
@@ -247,16 +249,9 @@ class AHCICommand:
         self._offset = 0  # bytes of it already used
 
     # -- the PRD table ----------------------------------------------------------------------------
-    def _next_region(self) -> PRD | None:
-        """The PRD the cursor is in, reading more of the table as needed."""
-        while True:
-            if self._index < len(self._prds):
-                prd = self._prds[self._index]
-                if self._offset < prd.length:
-                    return prd
-                self._index += 1
-                self._offset = 0
-                continue
+    def _entry(self, i: int) -> PRD | None:
+        """PRD ``i``, reading the table in batches as far as needed; None past PRDTL."""
+        while i >= len(self._prds):
             if self._fetched >= self.prdtl:
                 return None
             count = min(PRD_FETCH_BATCH, self.prdtl - self._fetched)
@@ -266,6 +261,37 @@ class AHCICommand:
                 raise HostError(PortIRQ.HBFS, f"PRD table at {addr:#x} is not readable")
             self._prds.extend(parse_prds(raw))
             self._fetched += count
+        return self._prds[i]
+
+    def _next_region(self) -> PRD | None:
+        """The PRD the cursor is in."""
+        while True:
+            prd = self._entry(self._index)
+            if prd is None or self._offset < prd.length:
+                return prd
+            self._index += 1
+            self._offset = 0
+
+    def step_limit(self, nbytes: int, granularity: int) -> int:
+        """How much of the next ``nbytes`` to move in one step: what at most
+        :data:`MAX_SEGMENTS_PER_STEP` PRD regions hold, in whole
+        ``granularity`` units (at least one), so that no step of a command
+        made of tiny PRDs holds the VMM for long."""
+        if self.host_error is not None:
+            return nbytes
+        index, offset, total = self._index, self._offset, 0
+        try:
+            for _ in range(MAX_SEGMENTS_PER_STEP):
+                prd = self._entry(index)
+                if prd is None:
+                    return nbytes  # the table ends first: the transfer reports it
+                total += prd.length - offset
+                if total >= nbytes:
+                    return nbytes
+                index, offset = index + 1, 0
+        except HostError:
+            return nbytes  # the transfer reports it
+        return max(granularity, total - total % granularity)
 
     def _regions(self, nbytes: int) -> list[tuple[int, int, int]]:
         """(guest address, length, offset in the data) covering the next ``nbytes``."""

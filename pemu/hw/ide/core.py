@@ -200,6 +200,12 @@ class ATATransfer(Protocol):
         """The next ``nbytes`` from the host, or None if the buffer failed."""
         ...
 
+    def step_limit(self, nbytes: int, granularity: int) -> int:
+        """How many of the next ``nbytes`` the host moves in one step (a
+        multiple of ``granularity``, at least one unit): a host buffer made of
+        many small pieces is moved a bounded number of pieces at a time."""
+        ...
+
     def complete(self, result: ATAResult) -> None:
         """The command ended (called once, on the thread that ended it)."""
         ...
@@ -506,7 +512,10 @@ class IDEState:
             self._finish(req.transfer, GOOD)
             return
         blk = self.blk
-        n = min(req.remaining, IO_CHUNK_BYTES)
+        if req.data is not None:
+            n = len(req.data)  # a write being retried: the same chunk again
+        else:
+            n = min(req.transfer.step_limit(min(req.remaining, IO_CHUNK_BYTES), req.sector_size), req.remaining)
         if blk is None or not blk.is_inserted():
             self._rw_done(req, n, -errno.ENOMEDIUM, None)
             return
