@@ -125,6 +125,9 @@ def pc_q35_init(machine: Any) -> None:
 
     pc_check_apic_ids(pcms)
     x86_cpus_init(pcms)
+    # MSIs can reach the CPUs' local APICs (QEMU's APIC realize sets msi_nonbroken); devices made
+    # below offer MSI only then.
+    pcms.vm.msi_nonbroken = any(cpu.apic is not None for cpu in pcms.cpus)
 
     system_memory = get_system_memory()
     system_io = get_system_io()
