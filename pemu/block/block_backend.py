@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from pemu.block.block_int import BDRV_REQUEST_MAX_BYTES, BlockDriverState
 
@@ -32,6 +32,22 @@ if TYPE_CHECKING:
 
 Completion = Callable[[int], None]
 Buffer = bytearray | memoryview
+
+
+class BlockDevOps(Protocol):
+    """What a device with removable media tells the block layer (QEMU's BlockDevOps)."""
+
+    def change_media_cb(self, load: bool) -> None:
+        """The medium was inserted (``load``) or removed by the monitor."""
+        ...
+
+    def is_tray_open(self) -> bool: ...
+
+    def is_medium_locked(self) -> bool: ...
+
+    def eject_request_cb(self, force: bool) -> None:
+        """The monitor asks the guest to let the medium go."""
+        ...
 
 
 class BlockdevOnError(enum.Enum):
@@ -81,6 +97,7 @@ class BlockBackend:
         self.root = root
         self.name = name
         self.dev: str | None = None  # the qdev path or id of the attached device
+        self.dev_ops: BlockDevOps | None = None  # set by a device with removable media
         self.enable_write_cache = writeback
         self.on_read_error = on_read_error
         self.on_write_error = on_write_error

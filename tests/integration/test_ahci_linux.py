@@ -11,6 +11,7 @@ import pytest
 
 from tests.fixtures.build_guest import READY_MARKER, Guest
 from tests.integration.harness import GuestProcess, default_guest_args
+from tests.integration.test_device_faults import monitor_session
 
 pytestmark = pytest.mark.guest
 BOOT_TIMEOUT = 300
@@ -19,22 +20,28 @@ WRITTEN = b"written by the guest through ahci"
 BAD_DMESG = ("failed command", "exception Emask", "hard resetting", "Call Trace", "I/O error")
 
 
-@pytest.fixture(scope="module")
-def images(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    tmp = tmp_path_factory.mktemp("ahci")
-    disk, iso = tmp / "disk.raw", tmp / "cd.iso"
-    disk.write_bytes(b"".join(f"sector {n}".encode().ljust(512, b".") for n in range(DISK_SECTORS)))
-    image = bytearray(64 * 2048)
+def cd_image(path: Path, sectors: int, label: bytes) -> Path:
+    image = bytearray(sectors * 2048)
     image[16 * 2048:16 * 2048 + 6] = b"\x01CD001"  # an ISO 9660 primary volume descriptor's start
-    iso.write_bytes(bytes(image))
-    return disk, iso
+    image[17 * 2048:17 * 2048 + len(label)] = label
+    path.write_bytes(bytes(image))
+    return path
 
 
 @pytest.fixture(scope="module")
-def guest(guest_images: Guest, images: tuple[Path, Path]) -> Iterator[GuestProcess]:
-    disk, iso = images
-    vm = GuestProcess(default_guest_args(guest_images, extra=("-drive", f"file={disk},format=raw",
-                                                              "-cdrom", str(iso))))
+def images(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    tmp = tmp_path_factory.mktemp("ahci")
+    disk = tmp / "disk.raw"
+    disk.write_bytes(b"".join(f"sector {n}".encode().ljust(512, b".") for n in range(DISK_SECTORS)))
+    return disk, cd_image(tmp / "cd.iso", 64, b"first disc"), tmp / "monitor.sock"
+
+
+@pytest.fixture(scope="module")
+def guest(guest_images: Guest, images: tuple[Path, Path, Path]) -> Iterator[GuestProcess]:
+    disk, iso, monitor = images
+    vm = GuestProcess(default_guest_args(guest_images, extra=(
+        "-drive", f"file={disk},format=raw", "-cdrom", str(iso),
+        "-monitor", f"unix:{monitor},server=on,wait=off")))
     try:
         vm.expect(READY_MARKER, BOOT_TIMEOUT)
         vm.run("modprobe ahci; modprobe sd_mod; modprobe sr_mod", timeout=120)
@@ -57,6 +64,16 @@ def test_the_cdrom_is_sr0_and_reads_the_iso(guest: GuestProcess) -> None:
     assert "C   D   0   0   1" in out
 
 
+def test_hmp_change_gives_the_guest_a_new_disc(guest: GuestProcess, images: tuple[Path, Path, Path],
+                                               tmp_path: Path) -> None:
+    read_label = "dd if=/dev/sr0 bs=2048 skip=17 count=1 2>/dev/null | head -c 11; echo"
+    assert guest.run(read_label).strip(" \n\0") == "first disc"
+    second = cd_image(tmp_path / "second.iso", 128, b"second disc")
+    assert monitor_session(images[2], [f"change ide2-cd0 {second}"]) == [""]
+    assert guest.run(read_label).strip(" \n\0") == "second disc"
+    assert guest.run("cat /sys/block/sr0/size").strip() == str(128 * 4)
+
+
 def test_the_controller_interrupts_through_msi(guest: GuestProcess) -> None:
     line = guest.run("grep ahci /proc/interrupts")
     assert "PCI-MSI" in line, line
@@ -70,7 +87,7 @@ def test_dmesg_has_no_ata_errors(guest: GuestProcess) -> None:
     assert [line for line in log.splitlines() if any(bad in line for bad in BAD_DMESG)] == []
 
 
-def test_written_and_synced_data_reaches_the_image(guest: GuestProcess, images: tuple[Path, Path]) -> None:
+def test_written_and_synced_data_reaches_the_image(guest: GuestProcess, images: tuple[Path, Path, Path]) -> None:
     guest.run(f"echo -n '{WRITTEN.decode()}' | dd of=/dev/sda bs=512 seek=100 conv=notrunc 2>/dev/null; sync")
     guest.run("echo 3 > /proc/sys/vm/drop_caches")
     assert guest.run("dd if=/dev/sda bs=512 skip=100 count=1 2>/dev/null | head -c 33; echo").strip() == \

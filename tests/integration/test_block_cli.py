@@ -270,3 +270,20 @@ def test_ide_device_errors(image: Path) -> None:
     r = pemu("-drive", drive + ",readonly=on", "-device", "ide-hd,drive=d0")
     assert one_error_line(r) == "pemu: -device ide-hd,drive=d0: Can't use a read-only drive"
     assert pemu("-device", "ide-cd,bus=ide.4").returncode == 0  # an empty CD-ROM drive
+
+
+def test_hmp_change_and_eject_the_cdrom(image: Path, tmp_path: Path) -> None:
+    first, second = tmp_path / "first.iso", tmp_path / "second.iso"
+    first.write_bytes(bytes(1 << 20))
+    second.write_bytes(bytes(2 << 20))
+    r = pemu("-hda", str(image), "-cdrom", str(first),
+             stdin=f"eject ide2-cd0\ninfo block\nchange ide2-cd0 {second} raw\ninfo block\neject ide0-hd0\n"
+                   f"eject nosuch\nchange ide2-cd0 {tmp_path}/missing.iso\nquit\n")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.replace("\r\n", "\n")
+    after_eject, after_change = out.split("(qemu) info block\n")[1:3]
+    assert "ide2-cd0: [not inserted]" in after_eject and str(first) not in after_eject
+    assert f"ide2-cd0 (#block003): {second} (raw), read-only" in after_change
+    assert "Error: Device 'ide0-hd0' is not removable" in out
+    assert "Error: Device 'nosuch' not found" in out
+    assert f"Error: Could not open '{tmp_path}/missing.iso': No such file or directory" in out

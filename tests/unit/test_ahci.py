@@ -722,3 +722,33 @@ def test_tiny_prds_are_moved_a_bounded_number_at_a_time(rig: Rig, disk: Path) ->
     assert rig.preg(0, PortReg.TFD) == 0x50 and rig.prdbc(0) == 255 * 512
     assert max(sizes) <= ahci_module.MAX_SEGMENTS_PER_STEP * 2 and sum(sizes) == 255 * 512
     assert bytes(rig.mem.ram[0x120000:0x120008]) == b"sector 0"
+
+
+def test_atapi_medium_change_is_reported_once(rig: Rig, iso: Path, tmp_path: Path) -> None:
+    ide = rig.attach(0, DriveKind.CD, iso)
+    rig.hba.reset()
+    rig.start()
+    atapi = ide.atapi
+    assert atapi is not None and ide.blk is not None
+    tfd, _ = packet(rig, bytes(6), 0)
+    assert tfd == 0x50
+    # The monitor's eject: the medium goes, the tray is open.
+    atapi.eject_request_cb(False)
+    ide.blk.drain()
+    ide.blk.root = None
+    atapi.change_media_cb(False)
+    tfd, data = packet(rig, bytes((0x4A, 1, 0, 0, 0x10, 0, 0, 0, 8, 0)), 8)
+    assert data[4] == 3 and data[5] == 1  # media removal, tray open, no medium
+    tfd, _ = packet(rig, bytes(6), 0)
+    assert tfd == 0x2041 and sense(rig) == (2, 0x3A)
+    # A new, bigger medium: one UNIT ATTENTION, then it reads.
+    bigger = tmp_path / "big.iso"
+    bigger.write_bytes(b"".join(f"new {n}".encode().ljust(2048, b"\0") for n in range(100)))
+    ide.blk.root = bdrv_open(str(bigger), "raw", True, CACHE_MODES["writeback"], locking=False)
+    atapi.change_media_cb(True)
+    tfd, _ = packet(rig, bytes(6), 0)
+    assert tfd == 0x6041 and sense(rig) == (6, 0x28)
+    tfd, data = packet(rig, bytes((0x25,)), 8)
+    assert tfd == 0x50 and struct.unpack(">II", data) == (99, 2048)
+    tfd, data = packet(rig, bytes((0x28, 0, 0, 0, 0, 77, 0, 0, 1, 0)), 2048)
+    assert tfd == 0x50 and data.startswith(b"new 77")

@@ -127,17 +127,28 @@ class ATAPIState:
     def nb_sectors(self) -> int:
         return self.ide.nb_sectors * 512 // CD_SECTOR_SIZE
 
-    def medium_inserted(self) -> None:
-        """A medium went in (HMP change): the host hears about it once."""
-        self.tray_open = False
+    # -- BlockDevOps: the monitor's change and eject ----------------------------------------
+    def change_media_cb(self, load: bool) -> None:
+        """A medium went in (tray closed) or out (tray open); the host hears
+        about it once: a media event, and UNIT ATTENTION on the next command."""
+        self.tray_open = not load
         self.ide.medium_changed()
-        self.unit_attention = True
-        self.media_event = MEC_NEW_MEDIA
+        if load:
+            self.unit_attention = True
+            self.media_event = MEC_NEW_MEDIA
+        else:
+            self.media_event = MEC_MEDIA_REMOVAL
 
-    def medium_removed(self) -> None:
-        self.tray_open = True
-        self.ide.medium_changed()
-        self.media_event = MEC_MEDIA_REMOVAL
+    def is_tray_open(self) -> bool:
+        return self.tray_open
+
+    def is_medium_locked(self) -> bool:
+        return self.locked
+
+    def eject_request_cb(self, force: bool) -> None:
+        self.media_event = MEC_EJECT_REQUEST
+        if force:
+            self.locked = False
 
     # -- commands -------------------------------------------------------------------------------------
     def execute(self, cdb: bytes, transfer: ATATransfer) -> None:

@@ -99,6 +99,8 @@ def _ide_device_realize(dev: DeviceState) -> None:
         drive.blk.dev = drive.claimed_by
     ide.unit = unit
     state.attach(DriveKind.CD if is_cd else DriveKind.HD, blk, model, serial, pemu.__version__)
+    if blk is not None and state.atapi is not None:
+        blk.dev_ops = state.atapi  # removable: the monitor's change and eject reach the drive
 
 
 def _ide_device_class_init(klass: ObjectClass, data: object) -> None:
