@@ -10,6 +10,7 @@ import queue
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -27,6 +28,9 @@ from pemu.hw.ide.ahci import (
 from pemu.hw.ide.core import DriveKind, IDEState, TaskFile
 from pemu.system import runstate
 from pemu.system.memory import MemTxResult, RAMMapping
+
+if TYPE_CHECKING:
+    from pemu.hw.ide.ich import ICH9AHCIState
 
 RAM_SIZE = 0x200000
 CLB = 0x1000
@@ -604,7 +608,7 @@ def test_werror_stop_stops_the_vm_and_retries_on_cont(rig: Rig, disk: Path) -> N
     assert Path(disk).read_bytes()[4 * 512:5 * 512] == b"Z" * 512
 
 
-def test_identify_checks_the_task_file_contract() -> None:
+def test_a_zero_sector_count_means_the_most() -> None:
     tf = TaskFile(ATA_READ_DMA, count=0)
     assert tf.sector_count == 256
     assert TaskFile(ATA_READ_DMA_EXT, count=0).sector_count == 65536
@@ -752,3 +756,65 @@ def test_atapi_medium_change_is_reported_once(rig: Rig, iso: Path, tmp_path: Pat
     assert tfd == 0x50 and struct.unpack(">II", data) == (99, 2048)
     tfd, data = packet(rig, bytes((0x28, 0, 0, 0, 0, 77, 0, 0, 1, 0)), 2048)
     assert tfd == 0x50 and data.startswith(b"new 77")
+
+
+# --- the ICH9 PCI function ---------------------------------------------------------------------------------
+
+
+def ich9_ahci(msi: bool) -> ICH9AHCIState:
+    import pemu.hw.pci_host.q35  # noqa: F401  (registers the host types)
+    from pemu.hw.core.qdev import qdev_new, qdev_realize
+    from pemu.hw.core.sysbus import sysbus_realize
+    from pemu.hw.ide.ich import ICH9AHCIState
+    from pemu.hw.pci_host.q35 import Q35PCIHost
+    from pemu.qom.object import object_check
+    from pemu.system.memory import MEMORY_SIZE_UNLIMITED, MemoryRegion
+    from pemu.system.physmem import cpu_exec_init_all, get_system_memory
+    from pemu.util.vm_context import current_vm
+
+    cpu_exec_init_all()
+    current_vm().msi_nonbroken = msi
+    pci = MemoryRegion.container("pci", MEMORY_SIZE_UNLIMITED)
+    get_system_memory().add_subregion_overlap(0, pci, -1)
+    host = object_check(qdev_new("q35-pcihost"), Q35PCIHost)
+    host.pci_address_space = pci
+    sysbus_realize(host)
+    dev = object_check(qdev_new("ich9-ahci"), ICH9AHCIState)
+    dev.property_set("addr", "1f.2")
+    qdev_realize(dev, host.bus)
+    return dev
+
+
+def test_ich9_function_config_space() -> None:
+    from pemu.hw.pci.pci import pci_capabilities
+
+    dev = ich9_ahci(msi=True)
+    assert (dev.get_word(0), dev.get_word(2)) == (0x8086, 0x2922)
+    assert (dev.config[0x0B], dev.config[0x0A], dev.config[0x09]) == (0x01, 0x06, 0x01)  # SATA, AHCI 1.0
+    assert dev.config[0x3D] == 1  # INTA
+    assert pci_capabilities(dev) == [(0x80, 0x05), (0xA8, 0x12)]  # MSI first, then SATA
+    assert dev.get_long(0xA8 + 4) == 0x48  # the index/data pair: BAR4, offset 0x10
+    # BAR sizing: BAR5 is 4 KiB of memory, BAR4 32 bytes of I/O.
+    dev.config_write(0x24, 0xFFFFFFFF, 4)
+    dev.config_write(0x20, 0xFFFFFFFF, 4)
+    assert dev.get_long(0x24) == 0xFFFFF000 and dev.get_long(0x20) == 0xFFFFFFE1
+    assert [buses.name for buses in dev.buses] == [f"ide.{n}" for n in range(6)]
+
+
+def test_ich9_without_apics_has_no_msi() -> None:
+    from pemu.hw.pci.pci import pci_capabilities
+
+    dev = ich9_ahci(msi=False)
+    assert pci_capabilities(dev) == [(0xA8, 0x12)]
+
+
+def test_ich9_index_data_pair_reaches_the_hba() -> None:
+    dev = ich9_ahci(msi=True)
+    ops = dev.idp.ops
+    assert ops is not None
+    ops.write(0x10, HostReg.PI | 0xFFFFF000, 4)  # the index keeps the ABAR offset only
+    assert ops.read(0x10, 4) == HostReg.PI
+    assert ops.read(0x14, 4) == 0x3F
+    ops.write(0x10, HostReg.GHC, 4)
+    ops.write(0x14, 2, 4)
+    assert dev.ahci.ghc == 0x80000002

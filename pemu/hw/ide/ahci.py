@@ -590,7 +590,7 @@ class AHCIPort:
             device=table[7],
             control=table[15],
         )
-        protocol = ata_command_protocol(tf.command, tf.features)
+        protocol = ata_command_protocol(tf.command)
         cmd = AHCICommand(self, slot, table_addr, prdtl, protocol, bool(opts & CmdHeaderFlags.WRITE))
         self.current = cmd
         self._set_tfd(READY_STAT | 0x80, 0)  # BSY while the drive works

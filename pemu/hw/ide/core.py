@@ -126,7 +126,7 @@ _EXT_COMMANDS = frozenset((ATACmd.READ_SECTORS_EXT, ATACmd.READ_DMA_EXT, ATACmd.
                            ATACmd.READ_FPDMA_QUEUED, ATACmd.WRITE_FPDMA_QUEUED))
 
 
-def ata_command_protocol(command: int, features: int = 0) -> ATAProtocol:
+def ata_command_protocol(command: int) -> ATAProtocol:
     """The protocol of ``command`` as the drive runs it (what a host adapter
     needs to know to report the data phase)."""
     rw = _RW_COMMANDS.get(command)

@@ -71,10 +71,13 @@ class ICH9AHCIState(PCIDevice):
     buses: list[IDEBus]
 
     def config_write(self, addr: int, value: int, size: int) -> None:
+        msi = self.msi
+        was_enabled = msi is not None and msi.enabled
         super().config_write(addr, value, size)
-        if self.msi is not None:
-            self.msi.write_config(addr, size)
-            self.ahci.check_irq()  # MSI turned on or off: move a pending interrupt over
+        if msi is not None:
+            msi.write_config(addr, size)
+            if msi.enabled != was_enabled:
+                self.ahci.check_irq()  # MSI turned on or off: a pending interrupt moves over
 
 
 def _ich9_ahci_init(obj: Any) -> None:

@@ -93,7 +93,7 @@ def _ide_device_realize(dev: DeviceState) -> None:
     if blk is not None and not is_cd and blk.is_read_only():
         raise QOMError("Can't use a read-only drive")
     model = ide.model or ("PEMU DVD-ROM" if is_cd else "PEMU HARDDISK")
-    serial = ide.serial or f"PM{int(bus.name.rsplit('.', 1)[-1]) + 1 if bus.name[-1:].isdigit() else 1:05d}"
+    serial = ide.serial or _default_serial(bus, unit)
     if drive is not None:
         drive.claimed_by = dev.id or dev.typename
         drive.blk.dev = drive.claimed_by
@@ -101,6 +101,13 @@ def _ide_device_realize(dev: DeviceState) -> None:
     state.attach(DriveKind.CD if is_cd else DriveKind.HD, blk, model, serial, pemu.__version__)
     if blk is not None and state.atapi is not None:
         blk.dev_ops = state.atapi  # removable: the monitor's change and eject reach the drive
+
+
+def _default_serial(bus: IDEBus, unit: int) -> str:
+    """QEMU numbers its drives "QM00001"...; pemu's are "PM" and the port: ide.0 unit 0 is PM00001."""
+    number = bus.name.rsplit(".", 1)[-1]
+    index = int(number) if number.isdigit() else 0
+    return f"PM{index * max(len(bus.units), 1) + unit + 1:05d}"
 
 
 def _ide_device_class_init(klass: ObjectClass, data: object) -> None:
