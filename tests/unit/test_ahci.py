@@ -25,6 +25,7 @@ from pemu.hw.ide.ahci import (
     PortIRQ,
     PortReg,
 )
+from pemu.hw.ide.atapi import ATAPIState
 from pemu.hw.ide.core import DriveKind, IDEState, TaskFile
 from pemu.system import runstate
 from pemu.system.memory import MemTxResult, RAMMapping
@@ -151,7 +152,8 @@ class Rig:
     def attach(self, port: int, kind: DriveKind, path: Path | None, **kw: BlockdevOnError) -> IDEState:
         ide = self.hba.ports[port].ide
         model = "PEMU DVD-ROM" if kind is DriveKind.CD else "PEMU HARDDISK"
-        ide.attach(kind, self.backend(path, kind is DriveKind.CD, **kw), model, f"PM{port + 1:05d}", "0.1.0")
+        ide.attach(kind, self.backend(path, kind is DriveKind.CD, **kw), model, f"PM{port + 1:05d}", "0.1.0",
+                   ATAPIState(ide) if kind is DriveKind.CD else None)
         return ide
 
     def close(self) -> None:

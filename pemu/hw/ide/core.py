@@ -273,18 +273,19 @@ class IDEState:
         self._retry: Callable[[], None] | None = None  # werror/rerror=stop: run again on restart
 
     # -- attaching ------------------------------------------------------------------------------
-    def attach(self, kind: DriveKind, blk: BlockBackend | None, model: str, serial: str, version: str) -> None:
-        """Make this the drive a qdev ide-hd/ide-cd device realized (ide_init_drive)."""
+    def attach(self, kind: DriveKind, blk: BlockBackend | None, model: str, serial: str, version: str,
+               atapi: ATAPIState | None = None) -> None:
+        """Make this the drive a qdev ide-hd/ide-cd device realized
+        (ide_init_drive); a CD-ROM comes with its packet layer, ``atapi``."""
+        if (kind is DriveKind.CD) != (atapi is not None):
+            raise ValueError("a CD-ROM drive needs its packet layer, and only a CD-ROM has one")
         self.kind = kind
         self.blk = blk
         self.model = model
         self.serial = serial
         self.version = version
         self.write_cache = blk.enable_write_cache if blk is not None else True
-        if kind is DriveKind.CD:
-            from pemu.hw.ide.atapi import ATAPIState
-
-            self.atapi = ATAPIState(self)
+        self.atapi = atapi
         self.medium_changed()
 
     def medium_changed(self) -> None:

@@ -58,6 +58,7 @@ class IDEDevice(DeviceState):
 def _ide_device_realize(dev: DeviceState) -> None:
     import pemu
     from pemu.hw.core.machine import MachineState
+    from pemu.hw.ide.atapi import ATAPIState
     from pemu.hw.ide.core import DriveKind
 
     ide = object_check(dev, IDEDevice)
@@ -98,7 +99,8 @@ def _ide_device_realize(dev: DeviceState) -> None:
         drive.claimed_by = dev.id or dev.typename
         drive.blk.dev = drive.claimed_by
     ide.unit = unit
-    state.attach(DriveKind.CD if is_cd else DriveKind.HD, blk, model, serial, pemu.__version__)
+    atapi = ATAPIState(state) if is_cd else None
+    state.attach(DriveKind.CD if is_cd else DriveKind.HD, blk, model, serial, pemu.__version__, atapi)
     if blk is not None and state.atapi is not None:
         blk.dev_ops = state.atapi  # removable: the monitor's change and eject reach the drive
 
