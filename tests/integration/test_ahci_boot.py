@@ -81,10 +81,12 @@ def boot_disk(path: Path) -> None:
     path.write_bytes(bytes(image))
 
 
-def test_seabios_boots_a_disk_through_ahci(tmp_path: Path) -> None:
+@pytest.mark.parametrize("accel", ["tcg", pytest.param("kvm", marks=pytest.mark.kvm)])
+def test_seabios_boots_a_disk_through_ahci(tmp_path: Path, accel: str) -> None:
     disk = tmp_path / "boot.raw"
     boot_disk(disk)
-    r = subprocess.run([sys.executable, "-m", "pemu", "-machine", "q35,graphics=off", "-m", "128", "-nographic",
+    r = subprocess.run([sys.executable, "-m", "pemu", "-machine", f"q35,graphics=off,accel={accel}", "-m", "128",
+                        "-nographic",
                         "-bios", SEABIOS, "-drive", f"file={disk},format=raw",
                         "-device", f"isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize=1"],
                        capture_output=True, timeout=BOOT_TIMEOUT, stdin=subprocess.DEVNULL)
