@@ -4,6 +4,8 @@ both, and what it writes (and syncs) is in the image file afterwards."""
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,7 +42,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
 def guest(guest_images: Guest, images: tuple[Path, Path, Path]) -> Iterator[GuestProcess]:
     disk, iso, monitor = images
     vm = GuestProcess(default_guest_args(guest_images, extra=(
-        "-drive", f"file={disk},format=raw", "-cdrom", str(iso),
+        "-drive", f"file={disk},format=raw,werror=stop,rerror=stop", "-cdrom", str(iso),
         "-monitor", f"unix:{monitor},server=on,wait=off")))
     try:
         vm.expect(READY_MARKER, BOOT_TIMEOUT)
@@ -85,6 +87,27 @@ def test_dmesg_has_no_ata_errors(guest: GuestProcess) -> None:
     assert "ata1.00: ATA-8: PEMU HARDDISK" in log and "LBA48" in log
     assert "ata3.00: ATAPI: PEMU DVD-ROM" in log
     assert [line for line in log.splitlines() if any(bad in line for bad in BAD_DMESG)] == []
+
+
+def test_an_io_error_pauses_the_vm_and_cont_retries(guest: GuestProcess, images: tuple[Path, Path, Path]) -> None:
+    """werror/rerror=stop: a request the host cannot serve (here, past the end of an image that shrank
+    under pemu) stops the VM in io-error; once the image is whole again, cont repeats it."""
+    disk, _, monitor = images
+    size = disk.stat().st_size
+    os.truncate(disk, 150 * 512)
+    try:
+        guest.sendline("echo -n retried-write | dd of=/dev/sda bs=512 seek=200 conv=fsync 2>/dev/null; "
+                       "echo io-retry-$((40+2))")
+        deadline = time.monotonic() + 60
+        while (status := monitor_session(monitor, ["info status"])[0].strip()) != "VM status: paused (io-error)":
+            assert time.monotonic() < deadline, status
+            time.sleep(0.2)
+    finally:
+        os.truncate(disk, size)
+    assert monitor_session(monitor, ["cont", "info status"])[1].strip() == "VM status: running"
+    guest.expect(r"io-retry-42", 120)
+    assert "I/O error" not in guest.run("dmesg | tail -5")
+    assert disk.read_bytes()[200 * 512:200 * 512 + 13] == b"retried-write"
 
 
 def test_written_and_synced_data_reaches_the_image(guest: GuestProcess, images: tuple[Path, Path, Path]) -> None:
