@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -411,35 +412,8 @@ class AHCIPort:
 
     # -- registers ---------------------------------------------------------------------------------
     def read(self, reg: int) -> int:
-        if reg == PortReg.CLB:
-            return self.clb & 0xFFFFFFFF
-        if reg == PortReg.CLBU:
-            return self.clb >> 32
-        if reg == PortReg.FB:
-            return self.fb & 0xFFFFFFFF
-        if reg == PortReg.FBU:
-            return self.fb >> 32
-        if reg == PortReg.IS:
-            return self.irq_stat
-        if reg == PortReg.IE:
-            return self.irq_mask
-        if reg == PortReg.CMD:
-            return self.cmd
-        if reg == PortReg.TFD:
-            return self.tfd
-        if reg == PortReg.SIG:
-            return self.sig
-        if reg == PortReg.SSTS:
-            return self.ssts
-        if reg == PortReg.SCTL:
-            return self.sctl
-        if reg == PortReg.SERR:
-            return self.serr
-        if reg == PortReg.SACT:
-            return self.sact
-        if reg == PortReg.CI:
-            return self.ci
-        return 0
+        reader = _PORT_READERS.get(reg)
+        return reader(self) if reader is not None else 0
 
     def write(self, reg: int, val: int) -> None:
         if reg == PortReg.CLB:
@@ -641,6 +615,25 @@ class AHCIPort:
         self.check_cmd()
 
 
+# What each port register reads as (registers not listed read as zero: FBS, DEVSLP, vendor space).
+_PORT_READERS: dict[int, Callable[[AHCIPort], int]] = {
+    PortReg.CLB: lambda p: p.clb & 0xFFFFFFFF,
+    PortReg.CLBU: lambda p: p.clb >> 32,
+    PortReg.FB: lambda p: p.fb & 0xFFFFFFFF,
+    PortReg.FBU: lambda p: p.fb >> 32,
+    PortReg.IS: lambda p: p.irq_stat,
+    PortReg.IE: lambda p: p.irq_mask,
+    PortReg.CMD: lambda p: int(p.cmd),
+    PortReg.TFD: lambda p: p.tfd,
+    PortReg.SIG: lambda p: p.sig,
+    PortReg.SSTS: lambda p: p.ssts,
+    PortReg.SCTL: lambda p: p.sctl,
+    PortReg.SERR: lambda p: p.serr,
+    PortReg.SACT: lambda p: p.sact,
+    PortReg.CI: lambda p: p.ci,
+}
+
+
 class AHCIState:
     """The HBA: generic host control and its ports (QEMU's AHCIState)."""
 
@@ -693,17 +686,9 @@ class AHCIState:
     # -- ABAR -------------------------------------------------------------------------------------------
     def _read32(self, addr: int) -> int:
         if addr < AHCI_PORT_REGS_START:
-            if addr == HostReg.CAP:
-                return int(self.cap)
-            if addr == HostReg.GHC:
-                return int(self.ghc)
-            if addr == HostReg.IS:
-                return self.irq_status
-            if addr == HostReg.PI:
-                return self.pi
-            if addr == HostReg.VS:
-                return AHCI_VERSION_1_0
-            return 0
+            host: dict[int, int] = {HostReg.CAP: self.cap, HostReg.GHC: self.ghc, HostReg.IS: self.irq_status,
+                                    HostReg.PI: self.pi, HostReg.VS: AHCI_VERSION_1_0}
+            return int(host.get(addr, 0))
         n, reg = divmod(addr - AHCI_PORT_REGS_START, AHCI_PORT_REGS_SIZE)
         if n < len(self.ports):
             return self.ports[n].read(reg)
