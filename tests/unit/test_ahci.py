@@ -820,3 +820,25 @@ def test_ich9_index_data_pair_reaches_the_hba() -> None:
     ops.write(0x10, HostReg.GHC, 4)
     ops.write(0x14, 2, 4)
     assert dev.ahci.ghc == 0x80000002
+
+
+def test_software_reset_through_device_control_fises(rig: Rig, iso: Path) -> None:
+    """Linux's ahci_softreset: a control FIS with SRST, then one without; the drive answers with its signature."""
+    rig.attach(0, DriveKind.CD, iso)
+    rig.hba.reset()
+    rig.start()
+
+    def control(srst: bool) -> bytes:
+        fis = bytearray(20)
+        fis[0], fis[1], fis[15] = 0x27, 0x00, 0x04 if srst else 0x00  # C bit clear: device control
+        return bytes(fis)
+
+    rig.mem.ram[FB + 0x40:FB + 0x60] = bytes(0x20)
+    rig.issue(0, 0, control(True))
+    assert rig.preg(0, PortReg.CI) == 0 and rig.preg(0, PortReg.TFD) & 0x80  # busy while in reset
+    rig.issue(0, 1, control(False))
+    assert rig.preg(0, PortReg.CI) == 0 and rig.preg(0, PortReg.TFD) == 0x0150
+    d2h = rig.d2h()
+    assert d2h[0] == 0x34 and d2h[12] == 0x01 and d2h[4:7] == b"\x01\x14\xeb"  # the packet device's signature
+    tfd, _ = packet(rig, bytes(6), 0)
+    assert tfd == 0x50
