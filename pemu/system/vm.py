@@ -74,7 +74,8 @@ class VirtualMachine:
         # (mux, front-end) pairs whose front-end takes the input focus once the board exists.
         self.focus_after_board: list[tuple[Chardev, CharBackend]] = []
         self.isa_serial_count = 0
-        # The machine can deliver MSIs (QEMU's msi_nonbroken): set by the board with its APICs.
+        # The board's interrupt controllers take MSIs (QEMU's msi_nonbroken): PCI
+        # functions offer the MSI capability only then.
         self.msi_nonbroken = False
         self.net: NetState | None = None  # -netdev, -nic, -net and the NICs' clients (made on first use)
         self.machine: MachineState | None = None

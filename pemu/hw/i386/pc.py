@@ -263,6 +263,7 @@ def pc_apic_init(pcms: PCMachineState) -> None:
     for apic in apics:
         bus.attach(apic)
     pcms.apic_bus = bus
+    pcms.vm.msi_nonbroken = True
     window = APICMemory(bus, _current_cpu_apic)
     get_system_memory().add_subregion_overlap(memmap.APIC_BASE, window.region(owner=pcms), APIC_PAGE_SIZE)
     ioapic = object_check(qdev_new(TYPE_IOAPIC), IOAPICState)

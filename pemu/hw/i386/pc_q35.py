@@ -125,9 +125,6 @@ def pc_q35_init(machine: Any) -> None:
 
     pc_check_apic_ids(pcms)
     x86_cpus_init(pcms)
-    # MSIs can reach the CPUs' local APICs (QEMU's APIC realize sets msi_nonbroken); devices made
-    # below offer MSI only then.
-    pcms.vm.msi_nonbroken = any(cpu.apic is not None for cpu in pcms.cpus)
 
     system_memory = get_system_memory()
     system_io = get_system_io()
@@ -171,9 +168,6 @@ def pc_q35_init(machine: Any) -> None:
     pcms.lpc = lpc
     pcms.isabus = lpc.isa_bus
 
-    # The SATA controller in AHCI mode, function 2 of the LPC's slot, with the if=ide drives on its ports.
-    q35_ahci_init(pcms)
-
     # The SMBus controller, function 3 of the LPC's slot.
     smb = None
     if pcms.smbus_enabled:
@@ -199,6 +193,10 @@ def pc_q35_init(machine: Any) -> None:
         system_memory.add_subregion(memmap.IOAPIC_BASE, placeholder_region(pcms, "ioapic", memmap.IOAPIC_SIZE))
         apic_msi = placeholder_region(pcms, "apic-msi", memmap.APIC_SPACE_SIZE)
         system_memory.add_subregion_overlap(memmap.APIC_BASE, apic_msi, 4096)
+
+    # The SATA controller in AHCI mode, function 2 of the LPC's slot, with the if=ide drives on its ports;
+    # made once the board knows whether MSIs reach the CPUs (msi_nonbroken), as its capability depends on it.
+    q35_ahci_init(pcms)
 
     pc_basic_device_init(pcms, pcms.isabus, system_io)
     _q35_connect_ioapic_gsis(pcms, lpc)
