@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from pemu.block.block_int import BDRV_REQUEST_MAX_BYTES, BlockDriverState
 
@@ -32,6 +32,22 @@ if TYPE_CHECKING:
 
 Completion = Callable[[int], None]
 Buffer = bytearray | memoryview
+
+
+class BlockDevOps(Protocol):
+    """What a device with removable media tells the block layer (QEMU's BlockDevOps)."""
+
+    def change_media_cb(self, load: bool) -> None:
+        """The medium was inserted (``load``) or removed by the monitor."""
+        ...
+
+    def is_tray_open(self) -> bool: ...
+
+    def is_medium_locked(self) -> bool: ...
+
+    def eject_request_cb(self, force: bool) -> None:
+        """The monitor asks the guest to let the medium go."""
+        ...
 
 
 class BlockdevOnError(enum.Enum):
@@ -81,6 +97,7 @@ class BlockBackend:
         self.root = root
         self.name = name
         self.dev: str | None = None  # the qdev path or id of the attached device
+        self.dev_ops: BlockDevOps | None = None  # set by a device with removable media
         self.enable_write_cache = writeback
         self.on_read_error = on_read_error
         self.on_write_error = on_write_error
@@ -125,6 +142,13 @@ class BlockBackend:
             return BlockErrorAction.STOP if error == errno.ENOSPC else BlockErrorAction.REPORT
         return {BlockdevOnError.REPORT: BlockErrorAction.REPORT, BlockdevOnError.IGNORE: BlockErrorAction.IGNORE,
                 BlockdevOnError.STOP: BlockErrorAction.STOP}[policy]
+
+    def error_stop(self, is_read: bool, error: int) -> None:
+        """A request failed under the ``stop`` policy (blk_error_action): the
+        VM stops in ``io-error``; the device repeats the request when it runs again."""
+        from pemu.system.runstate import RunState, qemu_system_vmstop_request
+
+        qemu_system_vmstop_request(RunState.IO_ERROR)
 
     # -- synchronous requests (run on the caller's thread) -----------------------------
     def pread(self, offset: int, buf: Buffer) -> int:

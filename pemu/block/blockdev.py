@@ -9,8 +9,8 @@ id (``-device ...,drive=ID``) or by interface position (if=ide, bus, unit).
 
 Drives of an interface the machine has no controller for are refused after
 the board is built, as QEMU's drive_check_orphaned does ("machine type does
-not support if=ide,bus=0,unit=0").  pemu's q35 has no AHCI controller yet, so
-today only ``if=none`` drives and -blockdev nodes get past start-up.
+not support if=ide,bus=6,unit=0").  On q35, ``if=ide`` drives (and -hda..-hdd,
+-cdrom) go to the ICH9 AHCI's ports: drive index N on port ``ide.N``.
 """
 
 from __future__ import annotations
@@ -35,6 +35,10 @@ from pemu.util.error import UserError
 
 class CommitError(Exception):
     """A failed HMP commit; the text is QEMU's message."""
+
+
+class MediumError(Exception):
+    """A failed eject or change of a removable medium; the text is QEMU's message."""
 
 
 class BlockInterfaceType(enum.Enum):
@@ -360,6 +364,71 @@ class BlockDevices:
                     bdrv_commit(root)
             except OSError as exc:
                 raise CommitError(f"'commit' error for '{drive.id}': {os.strerror(exc.errno or 5)}") from None
+
+    # -- removable media (qmp_eject, qmp_blockdev_change_medium) ---------------------------------
+    def _removable(self, device: str) -> DriveInfo:
+        drive = next((d for d in self.drives if d.id == device), None)
+        if drive is None:
+            raise MediumError(f"Device '{device}' not found")
+        if drive.blk.dev_ops is None:
+            raise MediumError(f"Device '{device}' is not removable")
+        return drive
+
+    @staticmethod
+    def _open_tray(drive: DriveInfo, force: bool) -> None:
+        ops = drive.blk.dev_ops
+        assert ops is not None
+        if ops.is_medium_locked() and not force:
+            ops.eject_request_cb(force)
+            raise MediumError(f"Device '{drive.id}' is locked and force was not specified, "
+                              "wait for tray to open and try again")
+        ops.eject_request_cb(force)
+
+    @staticmethod
+    def _remove_medium(drive: DriveInfo) -> None:
+        blk = drive.blk
+        if blk.root is None:
+            return
+        blk.drain()  # the worker finishes what it runs; its completion finds no medium
+        with blk.io_lock:
+            root, blk.root = blk.root, None
+        root.close()
+        assert blk.dev_ops is not None
+        blk.dev_ops.change_media_cb(False)
+
+    def eject(self, device: str, force: bool = False) -> None:
+        """HMP ``eject [-f] DEVICE``."""
+        drive = self._removable(device)
+        self._open_tray(drive, force)
+        self._remove_medium(drive)
+
+    def change_medium(self, device: str, filename: str, fmt: str | None = None,
+                      read_only_mode: str | None = None) -> None:
+        """HMP ``change DEVICE FILENAME [FORMAT [READ-ONLY-MODE]]`` for a removable medium."""
+        drive = self._removable(device)
+        if read_only_mode not in (None, "retain", "read-only", "read-write"):
+            raise MediumError(f"Parameter 'read-only-mode' does not accept value '{read_only_mode}'")
+        read_only = drive.media_cd or read_only_mode == "read-only"
+        if read_only_mode == "read-write" and drive.media_cd:
+            raise MediumError("Block node is read-only")
+        try:
+            if fmt is not None:
+                check_format_name(fmt)
+            bs = bdrv_open(filename, fmt, read_only, CACHE_MODES["writeback"], True)
+        except BlockOpenError as exc:
+            raise MediumError(exc.message) from None
+        bs.node_name = self._auto_node_name()
+        try:
+            self._open_tray(drive, force=False)
+        except MediumError:
+            bs.close()
+            raise
+        self._remove_medium(drive)
+        blk = drive.blk
+        with blk.io_lock:
+            blk.root = bs
+        assert blk.dev_ops is not None
+        blk.dev_ops.change_media_cb(True)
 
     def find_backend(self, name: str) -> BlockBackend | None:
         for drive in self.drives:

@@ -661,6 +661,24 @@ def hmp_commit(mon: Monitor, args: dict[str, Any]) -> None:
         mon.print_line(str(exc))  # QEMU reports these with error_report, no "Error:" prefix
 
 
+def hmp_eject(mon: Monitor, args: dict[str, Any]) -> None:
+    from pemu.block.blockdev import MediumError
+
+    try:
+        _block_devices().eject(args["device"], bool(args.get("force")))
+    except MediumError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def hmp_change(mon: Monitor, args: dict[str, Any]) -> None:
+    from pemu.block.blockdev import MediumError
+
+    try:
+        _block_devices().change_medium(args["device"], args["target"], args.get("arg"), args.get("read-only-mode"))
+    except MediumError as exc:
+        raise CommandError(str(exc)) from None
+
+
 # --- the tables -----------------------------------------------------------------------------------
 
 
@@ -698,6 +716,10 @@ HMP_CMDS = _sorted([
     HMPCommand("system_powerdown", "", "send system power down event", hmp_system_powerdown),
     HMPCommand("commit", "device|all", "commit changes to the disk images (if -snapshot is used) or backing files",
                hmp_commit, (word("device"),)),
+    HMPCommand("eject", "[-f] device", "eject a removable medium (use -f to force it)", hmp_eject,
+               (flag("force", "f"), word("device"))),
+    HMPCommand("change", "device filename [format [read-only-mode]]", "change a removable medium",
+               hmp_change, (word("device"), word("target"), word("arg", True), word("read-only-mode", True))),
     HMPCommand("qom-list", "path", "list QOM properties", hmp_qom_list, (word("path", True),)),
     HMPCommand("qom-get", "path property", "print QOM property", hmp_qom_get,
                (word("path"), word("property"))),

@@ -29,6 +29,7 @@ class RunState(Enum):
     SHUTDOWN = "shutdown"
     GUEST_PANICKED = "guest-panicked"
     INTERNAL_ERROR = "internal-error"
+    IO_ERROR = "io-error"
 
 
 class ShutdownCause(Enum):

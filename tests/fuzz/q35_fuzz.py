@@ -12,6 +12,9 @@ seeded generator after a system reset:
 ``fw_cfg_dma``  fw_cfg DMA descriptors built in guest RAM (or not), started through 0x514/0x518
 ``pci_config``  configuration space through 0xCF8/0xCFC and through MMCONFIG
 ``timers``      timer devices programmed and the virtual clock advanced, running their callbacks
+``ahci``        the ICH9 AHCI (a raw disk on port 0, a CD-ROM on port 2): its registers, and command
+                lists, command tables and PRD tables built in guest RAM (or not), with the block
+                layer's completions run as the main loop runs them
 
 After each operation it checks that nothing escaped (an exception, or the
 VM stopped in ``internal-error``), that the operation took less than
@@ -45,7 +48,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-SURFACES = ("pio", "mmio", "fw_cfg_dma", "pci_config", "timers", "testdevs")
+SURFACES = ("pio", "mmio", "fw_cfg_dma", "pci_config", "timers", "testdevs", "ahci")
 RAM_MIB = 128
 # QEMU's test devices are on the board too (the "testdevs" surface maps their BARs
 # where EDU_BAR, TESTDEV_MMIO_BAR and TESTDEV_IO_BAR say); the debug console sits at
@@ -89,6 +92,12 @@ PCI_REGS = [0x04, 0x06, 0x0C, 0x10, 0x14, 0x18, 0x1C, 0x20, 0x24, 0x30, 0x3C,
             0x40, 0x44, 0x48, 0x4C, 0x54, 0x60, 0x64, 0x68, 0x6B, 0x90, 0x91, 0x95, 0x96,
             0x9D, 0x9E, 0xA0, 0xAC, 0xF0]
 MiB = 1 << 20
+AHCI_ABAR = 0xFEBF0000
+AHCI_CONFIG = 0x80000000 | (0x1F << 11) | (2 << 8)   # 00:1f.2 through 0xCF8
+AHCI_LISTS = 0x100000                                # each port's command list, FIS area and tables (64 KiB)
+ATA_COMMANDS = [0xEC, 0xA1, 0x25, 0x35, 0xC8, 0xCA, 0x20, 0x24, 0x30, 0x34, 0xA0, 0xA0, 0xA0, 0xE7, 0xEA, 0xEF,
+                0x40, 0x42, 0xE0, 0xE1, 0xE5, 0x91, 0x60, 0x61, 0xB0, 0x08, 0x00]
+ATAPI_OPCODES = [0x00, 0x03, 0x12, 0x1A, 0x1B, 0x1E, 0x25, 0x28, 0x2B, 0x43, 0x46, 0x4A, 0x5A, 0xA8, 0xBB, 0xBD]
 
 
 class OpHang(BaseException):
@@ -151,7 +160,16 @@ class Q35Fuzzer:
         self.seed = seed
         self.limits = limits
         self.dma_length_cap = dma_length_cap
-        self.vm = vl.qemu_init(BOARD_ARGS)
+        import tempfile
+
+        # Drives for the AHCI surface: a raw disk on port 0, a CD-ROM image on port 2 (deleted at close).
+        self.tmpdir = tempfile.TemporaryDirectory(prefix="pemu-fuzz-")
+        disk, cd = (os.path.join(self.tmpdir.name, name) for name in ("disk.raw", "cd.iso"))
+        for path, size in ((disk, 4 * MiB), (cd, 1 * MiB)):
+            with open(path, "wb") as f:
+                f.truncate(size)
+        self.vm = vl.qemu_init([*BOARD_ARGS, "-drive", f"file={disk},format=raw,index=0",
+                                "-drive", f"file={cd},format=raw,media=cdrom,index=2"])
         # Stopped, not "prelaunch": a contained device fault must be able to move it to internal-error.
         runstate.runstate_set(RunState.PAUSED)
         machine = self.vm.machine
@@ -231,6 +249,7 @@ class Q35Fuzzer:
 
     def close(self) -> None:
         self._running = False
+        self.tmpdir.cleanup()
 
     # -- findings ------------------------------------------------------------------------------
     def _record(self, kind: str, where: str, surface: str, index: int, op: Any, detail: str) -> None:
@@ -340,6 +359,12 @@ class Q35Fuzzer:
                 self.io.dispatch_read(port, size)
             else:
                 self.io.dispatch_write(port, value, size)
+        elif kind == "complete":
+            from pemu.util.main_loop import main_loop
+
+            for drive in self.vm.machine.block_devices.drives:
+                drive.blk.drain()
+            main_loop().run_once(0)
         elif kind == "clock":
             from pemu.util.timer import QEMU_CLOCK_VIRTUAL, qemu_clock_advance_virtual_time, qemu_clock_get_ns
 
@@ -542,6 +567,86 @@ class Q35Fuzzer:
             else:
                 base = rng.choice([0x3F8, 0x2F8])
                 yield ("out", base + rng.randrange(8), 1, rng.getrandbits(8))
+
+    def _gen_ahci(self, rng: random.Random) -> Iterator[Any]:
+        abar = AHCI_ABAR
+
+        def setup() -> Iterator[Any]:
+            yield ("pci", AHCI_CONFIG | 0x24, 0xCFC, 4, abar)                    # BAR5: ABAR
+            yield ("pci", AHCI_CONFIG | 0x04, 0xCFC, 2, 0x0006)                  # memory decoding, bus master
+            if rng.random() < 0.5:
+                yield ("pci", AHCI_CONFIG | 0x84, 0xCFC, 4, 0xFEE00000)          # MSI address, data, enable
+                yield ("pci", AHCI_CONFIG | 0x8C, 0xCFC, 2, 0x41)
+                yield ("pci", AHCI_CONFIG | 0x80, 0xCFE, 2, 1)
+
+        def bring_up(port: int) -> Iterator[Any]:
+            preg = abar + 0x100 + port * 0x80
+            area = AHCI_LISTS + port * 0x10000
+            yield ("write", abar + 0x04, 4, 0x80000002)
+            yield ("write", preg + 0x18, 4, 0x16)
+            yield ("write", preg + 0x00, 4, area)
+            yield ("write", preg + 0x04, 4, 0)
+            yield ("write", preg + 0x08, 4, area + 0x400)
+            yield ("write", preg + 0x0C, 4, 0)
+            yield ("write", preg + 0x14, 4, 0xFFFFFFFF)
+            yield ("write", preg + 0x18, 4, 0x17)
+
+        def command(port: int) -> Iterator[Any]:
+            area = AHCI_LISTS + port * 0x10000
+            slot = rng.randrange(32)
+            table = area + 0x1000 + slot * 0x400 if rng.random() < 0.9 else self._dma_target(rng) & ~0x7F
+            prdtl = rng.choice([0, 1, 1, 2, 3, 8, 56, rng.randrange(0x10000), 0xFFFF])
+            cfl = 5 if rng.random() < 0.9 else rng.randrange(32)
+            opts = cfl | (rng.getrandbits(11) & 0x7E0 if rng.random() < 0.2 else 0) | (prdtl << 16)
+            yield ("ram", area + slot * 32, struct.pack("<IIQ16x", opts, 0, table))
+            fis = bytearray(64)
+            fis[0] = 0x27 if rng.random() < 0.9 else rng.getrandbits(8)
+            fis[1] = 0x80 if rng.random() < 0.9 else rng.getrandbits(8)
+            fis[2] = rng.choice(ATA_COMMANDS) if rng.random() < 0.9 else rng.getrandbits(8)
+            fis[3] = rng.choice([0, 1, 2, 3, 0x82, rng.getrandbits(8)])
+            lba = rng.randrange(8192) if rng.random() < 0.8 else rng.getrandbits(48)
+            fis[4:7] = (lba & 0xFFFFFF).to_bytes(3, "little")
+            fis[7] = 0x40
+            fis[8:11] = (lba >> 24).to_bytes(3, "little")
+            fis[12:14] = rng.choice([1, 2, 8, 0, 0x80, rng.getrandbits(16)]).to_bytes(2, "little")
+            fis[15] = rng.choice([0, 0, 0, 4, rng.getrandbits(8)])
+            cdb = bytearray(rng.getrandbits(8) for _ in range(16))
+            cdb[0] = rng.choice(ATAPI_OPCODES) if rng.random() < 0.9 else cdb[0]
+            if rng.random() < 0.6:
+                cdb[2:6] = rng.randrange(600).to_bytes(4, "big")
+                cdb[6:10] = bytes((0, 0, rng.randrange(4), rng.getrandbits(8)))
+            fis[0x40:0x50] = cdb
+            prds = b""
+            for _ in range(min(prdtl, 8)):
+                addr = rng.randrange(0x200000, self.ram_size) if rng.random() < 0.8 else self._dma_target(rng)
+                length = rng.choice([512, 2048, 4096, 2, 0x10000, rng.randrange(1 << 22)])
+                prds += struct.pack("<QII", addr, 0, (length - 1) | (rng.getrandbits(1) << 31))
+            yield ("ram", table, bytes(fis) + bytes(0x80 - len(fis)) + prds)
+            yield ("write", abar + 0x100 + port * 0x80 + 0x38, 4, 1 << slot if rng.random() < 0.9 else
+                   rng.getrandbits(32))
+
+        yield from setup()
+        while True:
+            r = rng.random()
+            port = rng.choice([0, 0, 2, 2, rng.randrange(6)])
+            if r < 0.02:
+                yield from setup()
+            elif r < 0.15:
+                yield from bring_up(port)
+            elif r < 0.45:
+                yield from command(port)
+            elif r < 0.6:
+                yield ("complete",)
+            elif r < 0.85:
+                if rng.random() < 0.7:
+                    reg = abar + 0x100 + port * 0x80 + rng.choice([0, 4, 8, 0xC, 0x10, 0x14, 0x18, 0x2C, 0x30,
+                                                                   0x34, 0x38, rng.randrange(0x80)])
+                else:
+                    reg = abar + rng.choice([0, 4, 8, 0xC, 0x10, rng.randrange(0x1000)])
+                size = self._size(rng, (4, 4, 4, 1, 2, 8))
+                yield ("write", reg, size, self._value(rng, size))
+            else:
+                yield ("read", abar + rng.randrange(0x1000), self._size(rng, (1, 2, 4, 8)))
 
 
 def run(seed: int, surfaces: list[str], ops: int, seconds: float, limits: Limits,

@@ -105,11 +105,10 @@ def test_option_errors(image: Path) -> None:
     }
     for spec, message in cases.items():
         assert one_error_line(pemu("-drive", spec)) == f"pemu: -drive {spec}: {message}"
-    # No AHCI controller yet: an if=ide drive is refused as QEMU refuses drives no device takes.
-    assert one_error_line(pemu("-drive", f"file={image},format=qcow2")) == \
-        f"pemu: -drive file={image},format=qcow2: machine type does not support if=ide,bus=0,unit=0"
-    assert one_error_line(pemu("-hda", str(image))) == \
-        f"pemu: -hda {image}: machine type does not support if=ide,bus=0,unit=0"
+    # The AHCI controller has six ports: an if=ide drive past them is refused as QEMU refuses drives no
+    # device takes.
+    assert one_error_line(pemu("-drive", f"file={image},format=qcow2,index=6")) == \
+        f"pemu: -drive file={image},format=qcow2,index=6: machine type does not support if=ide,bus=6,unit=0"
     r = pemu("-drive", f"file={image},format=qcow2,if=none,id=a", "-drive", f"file={image},if=none,id=a,"
              "file.locking=off")
     assert one_error_line(r).endswith("Duplicate ID 'a' for drive")
@@ -240,9 +239,51 @@ def test_info_block_and_blockstats(tmp_path: Path) -> None:
     assert "Device 'nosuch' not found" in out
 
 
-def test_ide_devices_exist_but_have_no_bus_until_the_ahci_controller(image: Path) -> None:
+def test_ide_drives_land_on_the_ahci_ports(image: Path, tmp_path: Path) -> None:
+    iso = tmp_path / "cd.iso"
+    iso.write_bytes(bytes(1 << 20))
+    r = pemu("-hda", str(image), "-drive", f"file={image},format=qcow2,if=none,id=d0,file.locking=off",
+             "-device", "ide-hd,drive=d0,bus=ide.3,id=disk3", "-cdrom", str(iso),
+             stdin="info qtree\ninfo block\nquit\n")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.replace("\r\n", "\n")
+    assert "dev: ich9-ahci" in out and "pci id 8086:2922" in out and "addr 00:1f.2" in out
+    buses = {chunk.split("\n", 1)[0].strip(): chunk for chunk in out.split("bus: ")[1:]}
+    assert 'dev: ide-hd, id ""' in buses["ide.0"] and 'drive = "ide0-hd0"' in buses["ide.0"]
+    assert 'dev: ide-cd, id ""' in buses["ide.2"] and 'drive = "ide2-cd0"' in buses["ide.2"]
+    assert 'dev: ide-hd, id "disk3"' in buses["ide.3"]
+    assert "    Attached to:      disk3\n" in out
+
+
+def test_ide_device_errors(image: Path) -> None:
     drive = f"file={image},format=qcow2,if=none,id=d0"
-    r = pemu("-drive", drive, "-device", "ide-hd,drive=d0,bus=ide.0")
-    assert one_error_line(r) == "pemu: -device ide-hd,drive=d0,bus=ide.0: Bus 'ide.0' not found"
-    r = pemu("-drive", drive, "-device", "ide-cd,drive=d0")
-    assert one_error_line(r) == "pemu: -device ide-cd,drive=d0: No 'IDE' bus found for device 'ide-cd'"
+    r = pemu("-drive", drive, "-device", "ide-hd,drive=d0,bus=ide.6")
+    assert one_error_line(r) == "pemu: -device ide-hd,drive=d0,bus=ide.6: Bus 'ide.6' not found"
+    r = pemu("-hda", str(image), "-drive", drive + ",file.locking=off", "-device", "ide-hd,drive=d0,bus=ide.0")
+    assert one_error_line(r) == ("pemu: -device ide-hd,drive=d0,bus=ide.0: Can't create IDE unit 1, "
+                                 "bus supports only 1 units")
+    r = pemu("-drive", drive, "-device", "ide-hd,drive=d0,bus=ide.1,unit=0", "-device", "ide-cd,drive=d0,bus=ide.2")
+    assert one_error_line(r) == ("pemu: -device ide-cd,drive=d0,bus=ide.2: Property 'ide-cd.drive' can't take "
+                                 "value 'd0', it's in use")
+    r = pemu("-device", "ide-hd,bus=ide.1")
+    assert one_error_line(r) == "pemu: -device ide-hd,bus=ide.1: No drive specified"
+    r = pemu("-drive", drive + ",readonly=on", "-device", "ide-hd,drive=d0")
+    assert one_error_line(r) == "pemu: -device ide-hd,drive=d0: Can't use a read-only drive"
+    assert pemu("-device", "ide-cd,bus=ide.4").returncode == 0  # an empty CD-ROM drive
+
+
+def test_hmp_change_and_eject_the_cdrom(image: Path, tmp_path: Path) -> None:
+    first, second = tmp_path / "first.iso", tmp_path / "second.iso"
+    first.write_bytes(bytes(1 << 20))
+    second.write_bytes(bytes(2 << 20))
+    r = pemu("-hda", str(image), "-cdrom", str(first),
+             stdin=f"eject ide2-cd0\ninfo block\nchange ide2-cd0 {second} raw\ninfo block\neject ide0-hd0\n"
+                   f"eject nosuch\nchange ide2-cd0 {tmp_path}/missing.iso\nquit\n")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.replace("\r\n", "\n")
+    after_eject, after_change = out.split("(qemu) info block\n")[1:3]
+    assert "ide2-cd0: [not inserted]" in after_eject and str(first) not in after_eject
+    assert f"ide2-cd0 (#block003): {second} (raw), read-only" in after_change
+    assert "Error: Device 'ide0-hd0' is not removable" in out
+    assert "Error: Device 'nosuch' not found" in out
+    assert f"Error: Could not open '{tmp_path}/missing.iso': No such file or directory" in out

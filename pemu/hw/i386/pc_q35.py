@@ -91,6 +91,29 @@ def _q35_connect_ioapic_gsis(pcms: PCMachineState, lpc: Any) -> None:
         lpc.gsi_lines = list(pcms.gsi)
 
 
+def q35_ahci_init(pcms: PCMachineState) -> None:
+    """The ICH9 AHCI at 00:1f.2 and a disk or CD-ROM device for each if=ide
+    drive, drive index N on port N (pc_q35_init's SATA part, ahci_ide_create_devs)."""
+    from pemu.block.blockdev import BlockInterfaceType
+    from pemu.hw.ide.ich import ICH9_AHCI_PORTS, TYPE_ICH9_AHCI, ICH9AHCIState
+    from pemu.hw.ide.qdev import TYPE_IDE_CD, TYPE_IDE_HD
+
+    ahci = object_check(qdev_new(TYPE_ICH9_AHCI), ICH9AHCIState)
+    ahci.property_set("addr", "1f.2")
+    ahci.property_set("multifunction", True)
+    qdev_realize(ahci, pcms.pcibus)
+    ahci.unref()
+    for n in range(ICH9_AHCI_PORTS):
+        drive = pcms.block_devices.drive_get(BlockInterfaceType.IDE, n, 0)
+        if drive is None:
+            continue
+        dev = qdev_new(TYPE_IDE_CD if drive.media_cd else TYPE_IDE_HD)
+        dev.property_set("drive", drive.id)
+        dev.property_set("unit", 0)
+        qdev_realize(dev, ahci.buses[n])
+        dev.unref()
+
+
 def pc_q35_init(machine: Any) -> None:
     """Build the q35 board (seed: pc_q35_init)."""
     from pemu.hw.i386.pc import pc_basic_device_init, pc_late_init
@@ -175,6 +198,10 @@ def pc_q35_init(machine: Any) -> None:
         else:
             apic_msi = placeholder_region(pcms, "apic-msi", memmap.APIC_SPACE_SIZE)
         system_memory.add_subregion_overlap(memmap.APIC_BASE, apic_msi, 4096)
+
+    # The SATA controller in AHCI mode, function 2 of the LPC's slot, with the if=ide drives on its ports;
+    # made once the board knows whether MSIs reach the CPUs (msi_nonbroken), as its capability depends on it.
+    q35_ahci_init(pcms)
 
     pc_basic_device_init(pcms, pcms.isabus, system_io)
     _q35_connect_ioapic_gsis(pcms, lpc)

@@ -1,14 +1,15 @@
 """IDE buses and the ide-hd / ide-cd devices as qdev sees them (QEMU's hw/ide/qdev.c).
 
 A disk or CD-ROM device sits on an IDE bus ("ide.0"... on q35, one per AHCI
-port) and names its drive (``-device ide-hd,drive=d0,bus=ide.0``).  pemu has
-no IDE or AHCI controller yet, so no IDE bus exists and -device ide-hd gets
-QEMU's bus errors ("Bus 'ide.0' not found", "No 'IDE' bus found for device
-'ide-hd'").  The controller's work adds the buses and the ATA/ATAPI models;
-what realize does today is claim the drive, as QEMU's device realize does.
+port) and names its drive (``-device ide-hd,drive=d0,bus=ide.0``).  The
+controller makes the buses, each with its units (:class:`IDEState`, one per
+AHCI port); realizing a device claims its drive and makes the unit that
+drive (QEMU's ide_dev_initfn and ide_init_drive).
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from pemu.hw.core.qdev import (
     TYPE_BUS,
@@ -20,6 +21,7 @@ from pemu.hw.core.qdev import (
     device_class_set_props,
 )
 from pemu.qom.object import (
+    Object,
     ObjectClass,
     QOMError,
     TypeInfo,
@@ -29,6 +31,9 @@ from pemu.qom.object import (
     type_register,
 )
 
+if TYPE_CHECKING:
+    from pemu.hw.ide.core import IDEState
+
 TYPE_IDE_BUS = "IDE"
 TYPE_IDE_DEVICE = "ide-device"
 TYPE_IDE_HD = "ide-hd"
@@ -36,7 +41,11 @@ TYPE_IDE_CD = "ide-cd"
 
 
 class IDEBus(BusState):
-    pass
+    units: list[IDEState]  # set by the controller; an AHCI port has one
+
+
+def _ide_bus_init(obj: Object) -> None:
+    object_check(obj, IDEBus).units = []
 
 
 class IDEDevice(DeviceState):
@@ -47,22 +56,60 @@ class IDEDevice(DeviceState):
 
 
 def _ide_device_realize(dev: DeviceState) -> None:
+    import pemu
     from pemu.hw.core.machine import MachineState
+    from pemu.hw.ide.atapi import ATAPIState
+    from pemu.hw.ide.core import DriveKind
 
     ide = object_check(dev, IDEDevice)
+    bus = dev.parent_bus
+    if not isinstance(bus, IDEBus):
+        raise QOMError(f"{dev.typename} is not on an IDE bus")
     machine = object_get_root().child("machine")
     if not isinstance(machine, MachineState):
         raise QOMError("no machine")
+    is_cd = dev.typename == TYPE_IDE_CD
+    blk = None
+    drive = None
     if ide.drive is None:
-        if dev.typename == TYPE_IDE_HD:
+        if not is_cd:
             raise QOMError("No drive specified")
-        return
-    drive = next((d for d in machine.block_devices.drives if d.id == ide.drive), None)
-    if drive is None:
-        raise QOMError(f"Property '{dev.typename}.drive' can't find value '{ide.drive}'")
-    if drive.claimed_by is not None:
-        raise QOMError(f"Property '{dev.typename}.drive' can't take value '{ide.drive}', it's in use")
-    drive.claimed_by = dev.id or dev.typename
+    else:
+        drive = next((d for d in machine.block_devices.drives if d.id == ide.drive), None)
+        if drive is None:
+            raise QOMError(f"Property '{dev.typename}.drive' can't find value '{ide.drive}'")
+        if drive.claimed_by is not None:
+            raise QOMError(f"Property '{dev.typename}.drive' can't take value '{ide.drive}', it's in use")
+        blk = drive.blk
+    unit = ide.unit
+    if unit == 0xFFFFFFFF:
+        unit = 0 if not bus.units or not bus.units[0].present else 1
+    if unit >= len(bus.units):
+        raise QOMError(f"Can't create IDE unit {unit}, bus supports only {len(bus.units)} units")
+    state = bus.units[unit]
+    if state.present:
+        raise QOMError(f"IDE unit {unit} is in use")
+    if blk is not None and not is_cd and not blk.is_inserted():
+        raise QOMError("Device needs media, but drive is empty")
+    if blk is not None and not is_cd and blk.is_read_only():
+        raise QOMError("Can't use a read-only drive")
+    model = ide.model or ("PEMU DVD-ROM" if is_cd else "PEMU HARDDISK")
+    serial = ide.serial or _default_serial(bus, unit)
+    if drive is not None:
+        drive.claimed_by = dev.id or dev.typename
+        drive.blk.dev = drive.claimed_by
+    ide.unit = unit
+    atapi = ATAPIState(state) if is_cd else None
+    state.attach(DriveKind.CD if is_cd else DriveKind.HD, blk, model, serial, pemu.__version__, atapi)
+    if blk is not None and state.atapi is not None:
+        blk.dev_ops = state.atapi  # removable: the monitor's change and eject reach the drive
+
+
+def _default_serial(bus: IDEBus, unit: int) -> str:
+    """QEMU numbers its drives "QM00001"...; pemu's are "PM" and the port: ide.0 unit 0 is PM00001."""
+    number = bus.name.rsplit(".", 1)[-1]
+    index = int(number) if number.isdigit() else 0
+    return f"PM{index * max(len(bus.units), 1) + unit + 1:05d}"
 
 
 def _ide_device_class_init(klass: ObjectClass, data: object) -> None:
@@ -89,7 +136,7 @@ def _ide_cd_class_init(klass: ObjectClass, data: object) -> None:
     dc.categories = ("storage",)
 
 
-type_register(TypeInfo(TYPE_IDE_BUS, parent=TYPE_BUS, instance_type=IDEBus))
+type_register(TypeInfo(TYPE_IDE_BUS, parent=TYPE_BUS, instance_type=IDEBus, instance_init=_ide_bus_init))
 type_register(TypeInfo(TYPE_IDE_DEVICE, parent=TYPE_DEVICE, abstract=True, instance_type=IDEDevice,
                        class_init=_ide_device_class_init))
 type_register(TypeInfo(TYPE_IDE_HD, parent=TYPE_IDE_DEVICE, instance_type=IDEDevice, class_init=_ide_hd_class_init))
