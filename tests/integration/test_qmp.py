@@ -51,7 +51,8 @@ class Pemu:
              "-mon", "chardev=qmp2,mode=control,pretty=on",
              "-drive", f"file={self.disk},if=none,id=disk0,format=raw", *extra],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
-        _wait_for_socket(self.sock2, self.proc)
+        for path in (self.sock, self.sock2):  # chardevs and -qmp are set up in no promised order
+            _wait_for_socket(path, self.proc)
 
     def client(self, path: Path | None = None) -> QEMUMonitorProtocol:
         qmp = QEMUMonitorProtocol(str(path or self.sock))
