@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 from pemu.hw.core.qdev import (
@@ -24,6 +25,7 @@ from pemu.qom.object import (
     object_class_check,
     object_class_get_list_sorted,
     object_get_root,
+    type_exists,
 )
 from pemu.util.error import EarlyExit
 from pemu.util.qemu_opts import QemuOpts
@@ -42,12 +44,29 @@ CATEGORY_NAMES = {
 }
 
 
+# Device types whose module is imported only when one is asked for, so that
+# start-up without them stays cheap (the one place besides vl's
+# _register_all_types where device types get registered).
+LAZY_DEVICE_TYPES = {
+    "e1000e": "pemu.hw.net.e1000e",
+}
+
+
+def qdev_load_type(driver: str) -> None:
+    """Register ``driver``'s type if it is one of the lazily imported ones."""
+    module = LAZY_DEVICE_TYPES.get(driver)
+    if module is not None and not type_exists(driver):
+        importlib.import_module(module)
+
+
 def _bus_name(dc: DeviceClass) -> str:
     return dc.bus_type or "System"
 
 
 def device_help_list(show_internal: bool = False) -> str:
     """The text of `-device help`: user-creatable devices by category."""
+    for driver in LAZY_DEVICE_TYPES:
+        qdev_load_type(driver)
     groups: dict[str, list[str]] = {}
     for klass in object_class_get_list_sorted(TYPE_DEVICE, False):
         dc = object_class_check(klass, DeviceClass)
@@ -70,6 +89,7 @@ def device_help_list(show_internal: bool = False) -> str:
 
 
 def device_help_props(driver: str) -> str:
+    qdev_load_type(driver)
     klass = object_class_by_name(driver)
     if klass is None:
         from pemu.net.netdev import PLANNED_NIC_MODELS
@@ -122,6 +142,7 @@ def qdev_device_add(opts: QemuOpts) -> DeviceState:
         else:
             sys.stdout.write(device_help_props(driver))
         raise EarlyExit(0)
+    qdev_load_type(driver)
     klass = object_class_by_name(driver)
     if klass is None:
         from pemu.net.netdev import PLANNED_NIC_MODELS

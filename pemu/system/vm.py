@@ -75,6 +75,9 @@ class VirtualMachine:
         self.focus_after_board: list[tuple[Chardev, CharBackend]] = []
         self.isa_serial_count = 0
         self.net: NetState | None = None  # -netdev, -nic, -net and the NICs' clients (made on first use)
+        # The interrupt controllers take MSIs, so PCI functions may offer MSI/MSI-X
+        # (QEMU's msi_nonbroken global; set by the board with the local APICs).
+        self.msi_nonbroken = False
         self.machine: MachineState | None = None
         self.destroyed = False
 

@@ -259,6 +259,7 @@ def pc_apic_init(pcms: PCMachineState) -> None:
     apics = [cpu.apic for cpu in pcms.cpus if cpu.apic is not None]
     if not apics:
         return
+    pcms.vm.msi_nonbroken = True  # MSIs reach the APIC bus through the apic-msi window
     bus = APICBus()
     for apic in apics:
         bus.attach(apic)
@@ -272,6 +273,22 @@ def pc_apic_init(pcms: PCMachineState) -> None:
     ioapic.mmio_map(0, memmap.IOAPIC_BASE)
     bus.attach_ioapic(ioapic.model)
     pcms.ioapic = ioapic
+
+
+def pc_nic_init(pcms: PCMachineState, pci_bus: Any) -> None:
+    """The NICs of -nic and -net nic, on the PCI bus (QEMU's pc_nic_init)."""
+    net = pcms.vm.net
+    if net is None:
+        return
+    from pemu.net.nic import qdev_set_nic_properties
+    from pemu.system.qdev_monitor import qdev_load_type
+
+    for nd in net.nd_table:
+        qdev_load_type(nd.model)
+        dev = qdev_new(nd.model)
+        qdev_set_nic_properties(dev, nd)
+        qdev_realize(dev, pci_bus)
+        dev.unref()
 
 
 def pc_gsi_lines(pcms: PCMachineState, pic_lines: list[Any]) -> list[Any]:
