@@ -570,16 +570,15 @@ class E1000ECore:
             self.set_reg(Reg.IMS, self.reg(Reg.IMS) & ~auto_clear)
 
     def _read_icr(self, _offset: int) -> int:
+        """ICR clears when read, in every interrupt mode.  (QEMU 7.2 keeps it
+        under MSI-X while IMS is non-zero; then Linux's "other" handler, which
+        reads ICR and re-raises the queue causes that read cleared, never sees
+        a second link change: a cable pulled after the first goes unnoticed.)"""
         value = self.reg(Reg.ICR)
-        clear = False
-        if not self.reg(Reg.IMS) or not self.host.msix_enabled():
-            clear = True  # read-to-clear, except with MSI-X and causes enabled
         if value & Icr.ASSERTED and self.reg(Reg.CTRL_EXT) & CTRL_EXT_IAME:
-            clear = True
             self.set_reg(Reg.IMS, self.reg(Reg.IMS) & ~self.reg(Reg.IAM))
-        if clear:
-            self.set_reg(Reg.ICR, 0)
-            self.update_interrupt_state()
+        self.set_reg(Reg.ICR, 0)
+        self.update_interrupt_state()
         return value
 
     def _write_icr(self, _offset: int, value: int) -> None:
