@@ -20,6 +20,7 @@ from pemu.hw.net.e1000x_common import (
     eeprom_valid,
     mta_hash,
     rx_buffer_size,
+    rx_checksum_status,
     rx_filter,
 )
 from pemu.net.net import NET_QUEUE_MAX_FRAMES, NetClientState, NetState, qemu_send_packet
@@ -528,8 +529,57 @@ def test_rx_filter(dest: bytes, rctl: int, mta_bit: bool, expected: bool) -> Non
     if mta_bit:
         h = mta_hash(dest, 0)
         mta[h >> 5] |= 1 << (h & 31)
-    ra = [(int.from_bytes(MAC[:4], "little"), int.from_bytes(MAC[4:], "little") | (1 << 31))] + [(0, 0)] * 15
+    ra = [int.from_bytes(MAC[:4], "little"), int.from_bytes(MAC[4:], "little") | (1 << 31)] + [0, 0] * 15
     assert rx_filter(dest, rctl, mta, ra) is expected
+
+
+def _with_checksums(frame: bytes) -> bytes:
+    """An IPv4 frame with correct IP and TCP/UDP checksums."""
+    f = bytearray(frame)
+    f[16:18] = (len(f) - 14).to_bytes(2, "big")
+    f[24:26] = b"\0\0"
+    f[24:26] = (~ref_sum(bytes(f[14:34])) & 0xFFFF).to_bytes(2, "big")
+    proto = f[23]
+    cso = 34 + (16 if proto == 6 else 6)
+    f[cso:cso + 2] = b"\0\0"
+    l4 = bytes(f[34:])
+    pseudo = bytes(f[26:34]) + bytes([0, proto]) + struct.pack("!H", len(l4))
+    f[cso:cso + 2] = (~ref_sum(pseudo + l4) & 0xFFFF).to_bytes(2, "big")
+    return bytes(f)
+
+
+def _udp_frame(payload: bytes) -> bytes:
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28 + len(payload), 1, 0, 64, 17, 0, bytes(4), bytes(4))
+    return MAC + bytes(6) + b"\x08\x00" + ip + struct.pack("!HHHH", 1, 2, 8 + len(payload), 0) + payload
+
+
+def _ipv6_tcp_frame() -> bytes:
+    tcp = bytearray(struct.pack("!HHIIBBHHH", 1, 2, 3, 4, 5 << 4, 0x10, 100, 0, 0) + b"data")
+    src, dst = bytes(15) + b"\x01", bytes(15) + b"\x02"
+    pseudo = src + dst + struct.pack("!IxxxB", len(tcp), 6)
+    tcp[16:18] = (~ref_sum(pseudo + bytes(tcp)) & 0xFFFF).to_bytes(2, "big")
+    ip6 = struct.pack("!IHBB", 6 << 28, len(tcp), 6, 64) + src + dst
+    return MAC + bytes(6) + b"\x86\xdd" + ip6 + bytes(tcp)
+
+
+GOOD_TCP = _with_checksums(ipv4_tcp_frame(b"payload!"))
+GOOD_UDP = _with_checksums(_udp_frame(b"payload"))
+
+
+@pytest.mark.parametrize("frame, rxcsum, expected", [
+    (GOOD_TCP, 0x300, 0x40 | 0x20),                                         # IPCS, TCPCS
+    (GOOD_TCP[:60] + b"X" + GOOD_TCP[61:], 0x300, 0x40 | 0x20 | (0x20 << 24)),  # TCPE
+    (GOOD_TCP[:22] + b"\x01" + GOOD_TCP[23:], 0x300, 0x40 | 0x20 | (0x40 << 24)),  # IPE (TTL)
+    (GOOD_UDP, 0x300, 0x40 | 0x10),                                         # IPCS, UDPCS
+    (_udp_frame(b"payload"), 0x300, 0x40 | (0x40 << 24)),                   # UDP without checksum; bad IP
+    (_ipv6_tcp_frame(), 0x300, 0x20),
+    (GOOD_TCP[:20] + b"\x20\x00" + GOOD_TCP[22:], 0x300, 0x40 | (0x40 << 24)),  # a fragment: no L4 check
+    (GOOD_TCP, 0, 0x04),                                                    # RXCSUM off: IXSM
+    (MAC + bytes(6) + b"\x08\x06" + bytes(28), 0x300, 0x04),              # ARP: IXSM
+    (GOOD_TCP[:40], 0x300, 0x04),                                           # truncated: IXSM
+], ids=["tcp", "tcp-bad", "ip-bad", "udp", "udp-no-csum", "ipv6-tcp", "fragment", "off", "arp", "truncated"])
+def test_rx_checksum_status(frame: bytes, rxcsum: int, expected: int) -> None:
+    assert rx_checksum_status(frame, rxcsum) == expected
 
 
 @pytest.mark.parametrize("rctl, size", [(0, 2048), (1 << 16, 1024), (3 << 16, 256), ((1 << 25) | (1 << 16), 16384),

@@ -76,6 +76,7 @@ from pemu.hw.net.e1000x_common import (
     Status,
     eeprom_image,
     rx_buffer_size,
+    rx_checksum_status,
     rx_filter,
     size_bucket,
 )
@@ -117,7 +118,6 @@ POPTS_TXSM = 0x02
 # Receive descriptor status bits.
 RXD_STAT_DD = 0x01
 RXD_STAT_EOP = 0x02
-RXD_STAT_IXSM = 0x04
 RXD_STAT_VP = 0x08
 
 ETH_P_VLAN_OFFSET = 12
@@ -864,10 +864,9 @@ class E1000ECore:
         return ring is not None and ring.free() > 0
 
     def _accepts(self, frame: bytes) -> bool:
-        rctl = self.reg(Reg.RCTL)
-        mta = [self.regs[(Reg.MTA >> 2) + n] for n in range(MTA_SIZE)]
-        ra = [(self.regs[(Reg.RA >> 2) + 2 * n], self.regs[(Reg.RA >> 2) + 2 * n + 1]) for n in range(RA_ENTRIES)]
-        return rx_filter(frame[:6], rctl, mta, ra)
+        mta = self.regs[Reg.MTA >> 2:(Reg.MTA >> 2) + MTA_SIZE]
+        ra = self.regs[Reg.RA >> 2:(Reg.RA >> 2) + 2 * RA_ENTRIES]
+        return rx_filter(frame[:6], self.reg(Reg.RCTL), mta, ra)
 
     def receive(self, frame: bytes) -> int:
         """Take one frame from the wire: its length when consumed or dropped,
@@ -878,7 +877,7 @@ class E1000ECore:
         if not self._accepts(frame):
             return size
         vlan_tci = 0
-        status = RXD_STAT_IXSM
+        status = 0
         vet = self.reg(Reg.VET) & U16
         is_tagged = int.from_bytes(frame[12:14], "big") == vet and len(frame) >= 18
         if is_tagged and self.reg(Reg.RCTL) & Rctl.VFE:
@@ -890,6 +889,7 @@ class E1000ECore:
             vlan_tci = int.from_bytes(frame[14:16], "big")
             status |= RXD_STAT_VP
             data = data[:12] + data[16:]
+        status |= rx_checksum_status(data, self.reg(Reg.RXCSUM))
         if len(data) < MIN_FRAME:
             data += bytes(MIN_FRAME - len(data))
         if not self.reg(Reg.RCTL) & Rctl.SECRC:
@@ -944,8 +944,8 @@ class E1000ECore:
         if extended:
             wb = bytes(8) + status.to_bytes(4, "little") + len(chunk).to_bytes(2, "little") + vlan.to_bytes(2, "little")
         else:
-            wb = (desc[0:8] + len(chunk).to_bytes(2, "little") + bytes(2) + bytes([status & 0xFF, 0])
-                  + vlan.to_bytes(2, "little"))
+            wb = (desc[0:8] + len(chunk).to_bytes(2, "little") + bytes(2)
+                  + bytes([status & 0xFF, (status >> 24) & 0xFF]) + vlan.to_bytes(2, "little"))
         if not self.host.dma_write(addr, wb):
             guest_error(f"e1000e: RX descriptor write-back at {addr:#x} is outside guest memory")
             return False

@@ -7,6 +7,7 @@ Everything here is pure: table-tested in tests/unit/test_e1000e.py.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import IntEnum, IntFlag
 
 U16 = 0xFFFF
@@ -324,18 +325,21 @@ def mta_hash(dest: bytes, mo: int) -> int:
     return (word >> (4 - mo)) & 0xFFF if mo < 3 else word & 0xFFF
 
 
-def rx_filter(dest: bytes, rctl: int, mta: list[int], ra: list[tuple[int, int]]) -> bool:
+def rx_filter(dest: bytes, rctl: int, mta: Sequence[int], ra: Sequence[int]) -> bool:
     """Whether a frame for ``dest`` is taken (82574 §7.1.1): promiscuous
     modes, broadcast with BAM, a valid receive address, or a multicast
-    address whose hash bit is set in the table.  ``ra`` holds (RAL, RAH)."""
+    address whose hash bit is set in the table.  ``ra`` holds RAL0, RAH0,
+    RAL1, RAH1..."""
     if len(dest) < 6:
         return False
     is_multicast = bool(dest[0] & 1)
     if not is_multicast:
         if rctl & Rctl.UPE:
             return True
-        for low, high in ra:
-            if high & RAH_AV and dest == (low | ((high & U16) << 32)).to_bytes(6, "little"):
+        low = int.from_bytes(dest[:4], "little")
+        high = int.from_bytes(dest[4:6], "little") | RAH_AV
+        for n in range(0, len(ra) - 1, 2):
+            if ra[n] == low and ra[n + 1] & (RAH_AV | U16) == high:
                 return True
         return False
     if dest == BROADCAST and rctl & Rctl.BAM:
@@ -344,6 +348,69 @@ def rx_filter(dest: bytes, rctl: int, mta: list[int], ra: list[tuple[int, int]])
         return True
     index = mta_hash(dest, (rctl >> RCTL_MO_SHIFT) & 3)
     return bool(mta[index >> 5] >> (index & 31) & 1)
+
+
+# --- receive checksum offload ---------------------------------------------------------------
+
+RXCSUM_IPOFL = 1 << 8
+RXCSUM_TUOFL = 1 << 9
+# Receive status and error bits as the extended descriptor's STATUS_ERROR word
+# holds them (the legacy descriptor has the low byte as status, the top as errors).
+RXD_STAT_IXSM = 0x04
+RXD_STAT_UDPCS = 0x10
+RXD_STAT_TCPCS = 0x20
+RXD_STAT_IPCS = 0x40
+RXD_ERR_TCPE = 0x20 << 24
+RXD_ERR_IPE = 0x40 << 24
+ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
+
+
+def rx_checksum_status(frame: bytes | bytearray, rxcsum: int) -> int:
+    """The checksum bits of a received frame's descriptor (82574 §7.1.9):
+    IPCS with IPE for an IPv4 header, TCPCS or UDPCS with TCPE for an
+    unfragmented TCP or UDP packet over IPv4 or IPv6 (no extension headers),
+    as RXCSUM enables them; IXSM ("no checksum looked at") otherwise."""
+    if not rxcsum & (RXCSUM_IPOFL | RXCSUM_TUOFL) or len(frame) < 14:
+        return RXD_STAT_IXSM
+    ethertype = int.from_bytes(frame[12:14], "big")
+    status = 0
+    if ethertype == ETH_P_IP and len(frame) >= 34:
+        ihl = (frame[14] & 0xF) * 4
+        total = int.from_bytes(frame[16:18], "big")
+        if frame[14] >> 4 != 4 or ihl < 20 or total < ihl or 14 + total > len(frame):
+            return RXD_STAT_IXSM
+        if rxcsum & RXCSUM_IPOFL:
+            status |= RXD_STAT_IPCS
+            if ones_sum(frame[14:14 + ihl]) != U16:
+                status |= RXD_ERR_IPE
+        fragmented = int.from_bytes(frame[20:22], "big") & 0x3FFF
+        proto = frame[23]
+        l4 = frame[14 + ihl:14 + total]
+        pseudo = ones_sum(frame[26:34], proto + len(l4))
+    elif ethertype == ETH_P_IPV6 and len(frame) >= 54:
+        payload = int.from_bytes(frame[18:20], "big")
+        if 54 + payload > len(frame):
+            return RXD_STAT_IXSM
+        fragmented = 0
+        proto = frame[20]
+        l4 = frame[54:54 + payload]
+        pseudo = ones_sum(frame[22:54], proto + len(l4))
+    else:
+        return RXD_STAT_IXSM
+    if fragmented or not rxcsum & RXCSUM_TUOFL:
+        return status
+    if proto == 6 and len(l4) >= 20:
+        status |= RXD_STAT_TCPCS
+    elif proto == 17 and len(l4) >= 8:
+        if ethertype == ETH_P_IP and l4[6:8] == b"\0\0":
+            return status  # an IPv4 UDP datagram without a checksum
+        status |= RXD_STAT_UDPCS
+    else:
+        return status
+    if ones_sum(l4, pseudo) != U16:
+        status |= RXD_ERR_TCPE
+    return status
 
 
 # --- the Internet checksum -------------------------------------------------------------------
