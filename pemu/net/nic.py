@@ -66,6 +66,8 @@ def qemu_new_nic(dev: Any, receive: Callable[[bytes], int], can_receive: Callabl
         raise QOMError(e.message) from None
     if peer is not None and conf.peer is None:
         conf.peer = peer
+    if dev.nic_mac is None:
+        dev.nic_mac = format_macaddr(conf.macaddr)  # the default MAC shows as the property, as in QEMU
     nic = NICState(net, dev.typename, dev.id, conf.macaddr, receive, can_receive, link_status_changed)
     if conf.peer is not None:
         nic.peer, conf.peer.peer = conf.peer, nic

@@ -410,6 +410,23 @@ def test_tx_budget_leaves_the_rest_to_the_main_loop() -> None:
     assert len(host.sent) == 4095 and rd(core, Reg.TDH0) == 4095
 
 
+def test_tso_floods_are_cut_into_bounded_calls() -> None:
+    core, host, _ = make()
+    tx_setup(core, count=128)
+    frame = ipv4_tcp_frame(bytes(0x8000))
+    host.mem[TX_BUF:TX_BUF + len(frame)] = frame
+    for i in range(0, 80, 2):   # 40 TSO frames, each cut at the smallest MSS into 512 segments
+        put_desc(host, i, *context_desc(14, 24, 33, 34, 50, 0, 0x07, len(frame) - 54, 54, 64))
+        put_desc(host, i + 1, TX_BUF, (1 << 29) | (1 << 20) | (1 << 26) | (1 << 24) | len(frame), 0x0300)
+    wr(core, Reg.TDT0, 80)
+    assert len(host.sent) <= core_mod.TX_FRAME_BUDGET + 512 and len(host.scheduled) == 1
+    calls = 0
+    while host.scheduled:
+        host.scheduled.pop()()
+        calls += 1
+    assert len(host.sent) == 40 * 512 and calls >= 30
+
+
 def test_a_peer_that_holds_stops_the_ring_until_resumed() -> None:
     core, host, _ = make()
     tx_setup(core)

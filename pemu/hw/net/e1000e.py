@@ -45,7 +45,7 @@ from pemu.net.nic import NICState, nic_properties, qemu_new_nic
 from pemu.qom.object import Object, ObjectClass, TypeInfo, object_check, object_class_check, type_register
 from pemu.system.memory import MemoryRegion, MemoryRegionOps, MemTxResult
 from pemu.util.log import guest_error
-from pemu.util.timer import virtual_clock_ns, virtual_timer
+from pemu.util.timer import QEMU_CLOCK_REALTIME, QEMUTimer, qemu_clock_get_ns, virtual_clock_ns, virtual_timer
 
 TYPE_E1000E = "e1000e"
 E1000_DEV_ID_82574L = 0x10D3
@@ -84,6 +84,7 @@ class E1000EState(PCIDevice):
     flash: MemoryRegion
     io: MemoryRegion
     msix_bar: MemoryRegion
+    host: _Host
 
     def config_write(self, addr: int, value: int, size: int) -> None:
         was_master = self.get_word(PCI_COMMAND) & PCI_COMMAND_MASTER
@@ -93,7 +94,7 @@ class E1000EState(PCIDevice):
         if self.msix is not None:
             self.msix.write_config(addr, size)
         if not was_master and self.get_word(PCI_COMMAND) & PCI_COMMAND_MASTER:
-            qemu_flush_queued_packets(self.nic)
+            self.host.rx_ready()
 
 
 class _Host:
@@ -101,6 +102,8 @@ class _Host:
 
     def __init__(self, dev: E1000EState) -> None:
         self.dev = dev
+        self.rx_flush_scheduled = False
+        self.later: dict[Callable[[], None], QEMUTimer] = {}
 
     def dma_read(self, addr: int, length: int) -> bytes | None:
         if addr + length > DMA_LIMIT:
@@ -141,11 +144,27 @@ class _Host:
         self.dev.core.tx_resume()
 
     def schedule(self, cb: Callable[[], None]) -> None:
-        from pemu.util.main_loop import main_loop
-
-        main_loop().bh_schedule(cb)
+        # A timer due now, not a bottom half: the main loop runs bottom halves
+        # until none is left, so work that schedules its own continuation
+        # there would never let the loop poll or the vCPUs take the lock.
+        timer = self.later.get(cb)
+        if timer is None:
+            timer = self.later[cb] = QEMUTimer(QEMU_CLOCK_REALTIME, cb)
+        timer.mod_ns(qemu_clock_get_ns(QEMU_CLOCK_REALTIME))
 
     def rx_ready(self) -> None:
+        """Frames held for the NIC are delivered from the main loop, not from
+        inside the guest's register write: receiving stays on the main loop's
+        thread, and one write costs no more than scheduling it.  (One flush
+        stops when the ring is full, so a bottom half will do.)"""
+        if not self.rx_flush_scheduled:
+            self.rx_flush_scheduled = True
+            from pemu.util.main_loop import main_loop
+
+            main_loop().bh_schedule(self._flush)
+
+    def _flush(self) -> None:
+        self.rx_flush_scheduled = False
         qemu_flush_queued_packets(self.dev.nic)
 
 
@@ -206,7 +225,8 @@ def _e1000e_realize(obj: Any) -> None:
     dev: E1000EState = obj
     dev.nic = qemu_new_nic(dev, lambda frame: dev.core.receive(frame), lambda: _can_receive(dev),
                            lambda: dev.core.set_link(not dev.nic.link_down), peer=dev.nic_peer)
-    dev.core = E1000ECore(_Host(dev), dev.nic.macaddr, virtual_clock_ns, virtual_timer, E1000_DEV_ID_82574L)
+    dev.host = _Host(dev)
+    dev.core = E1000ECore(dev.host, dev.nic.macaddr, virtual_clock_ns, virtual_timer, E1000_DEV_ID_82574L)
     dev.core.link_up = dev.core.phy.link_up = not dev.nic.link_down
     dev.core.phy.update_link()
     dev.core.reset()

@@ -86,8 +86,11 @@ from pemu.util.timer import Clock, TimerFactory, TimerLike
 
 MMIO_SIZE = 0x20000
 DESC_SIZE = 16
-# Descriptors handled per call before the rest is left to the main loop.
+# Descriptors handled, and frames sent (TSO segments counted), per call
+# before the rest is left to the main loop: one TSO frame cut at the smallest
+# MSS is the most a call can go beyond it.
 TX_BUDGET = 256
+TX_FRAME_BUDGET = 256
 # A transmitted frame (TSO: its headers and up to 64 KiB of payload) is at most this long.
 TX_MAX_FRAME = 0x10000 + 256
 # Receive descriptors one frame may use at most (a 64 KiB frame in 256-byte buffers).
@@ -151,7 +154,8 @@ class E1000EHost(Protocol):
         more until the core's :meth:`E1000ECore.tx_resume` is called."""
 
     def schedule(self, cb: Callable[[], None]) -> None:
-        """Run ``cb`` soon, from the main loop."""
+        """Run ``cb`` from the main loop, after it has looked at its other
+        work (file descriptors, timers) at least once."""
 
     def rx_ready(self) -> None:
         """The core can take frames again: deliver what the net layer holds."""
@@ -326,6 +330,7 @@ class E1000ECore:
                      for n in range(MSIX_VECTORS)]
         self.tx = [_TxState(), _TxState()]
         self.tx_scheduled = False
+        self.tx_frames_sent = 0  # by the current start_xmit call
         # Called when the guest changes what the receive filter takes (QEMU's
         # NIC_RX_FILTER_CHANGED event hangs here).
         self.on_rx_filter_changed: Callable[[], None] | None = None
@@ -721,6 +726,7 @@ class E1000ECore:
         head = ring.head
         causes = 0
         budget = TX_BUDGET
+        self.tx_frames_sent = 0
         while head != ring.tail and budget and not tx.held:
             addr = ring.desc_addr(head)
             desc = self.host.dma_read(addr, DESC_SIZE)
@@ -731,7 +737,9 @@ class E1000ECore:
             head = (head + 1) % ring.count
             self.set_reg(bal + 0x10, head)
             budget -= 1
-        if head != ring.tail and budget == 0:
+            if self.tx_frames_sent >= TX_FRAME_BUDGET:
+                budget = 0
+        if head != ring.tail and budget == 0 and not tx.held:
             self._schedule_tx()
         if head == ring.tail:
             causes |= Icr.TXQE
@@ -820,6 +828,7 @@ class E1000ECore:
             if tx.vlan is not None and vlan_on:
                 out = insert_vlan(out, self.reg(Reg.VET) & U16, tx.vlan)
             self._count_tx(out)
+            self.tx_frames_sent += 1
             if not self.host.send(out):
                 tx.held = True
 
