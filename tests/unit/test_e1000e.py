@@ -396,6 +396,38 @@ def test_legacy_descriptor_with_vlan_insertion() -> None:
     assert out[12:16] == b"\x81\x00\x00\x2a" and out[16:] == frame[12:]
 
 
+def test_vlan_insertion_into_a_runt_is_a_guest_error() -> None:
+    core, host, _ = make()
+    tx_setup(core)
+    wr(core, Reg.CTRL, rd(core, Reg.CTRL) | (1 << 30))
+    put_desc(host, 0, TX_BUF, (1 << 24) | (1 << 30) | 8, 42 << 16)   # 8 bytes: no room for a tag
+    wr(core, Reg.TDT0, 1)
+    assert host.sent == [] and rd(core, Reg.TDH0) == 1
+
+
+def test_tso_over_ipv6() -> None:
+    core, host, _ = make()
+    tx_setup(core)
+    src, dst = bytes(15) + b"\x01", bytes(15) + b"\x02"
+    payload = bytes(range(250)) * 10
+    ip6 = struct.pack("!IHBB", 6 << 28, 0, 6, 64) + src + dst
+    tcp = struct.pack("!HHIIBBHHH", 22, 50000, 77, 1, 5 << 4, 0x18, 500, 0, 0)
+    frame = bytes(6) + MAC + b"\x86\xdd" + ip6 + tcp + payload
+    hdr = 14 + 40 + 20
+    host.mem[TX_BUF:TX_BUF + len(frame)] = frame
+    # Linux for TSO6: no IP bit, ipcse 0, an IP checksum offset the hardware ignores.
+    put_desc(host, 0, *context_desc(14, 24, 0, 54, 70, 0, 0x05, len(payload), hdr, 1220))
+    put_desc(host, 1, TX_BUF, (1 << 29) | (1 << 20) | (1 << 26) | (1 << 24) | len(frame), 0x02 << 8)
+    wr(core, Reg.TDT0, 2)
+    assert [len(f) for f in host.sent] == [hdr + 1220, hdr + 1220, hdr + 60]
+    for n, seg in enumerate(host.sent):
+        l4 = seg[54:]
+        assert struct.unpack("!H", seg[18:20])[0] == len(l4)
+        pseudo = src + dst + struct.pack("!IxxxB", len(l4), 6)
+        assert ref_sum(pseudo + l4) == 0xFFFF
+        assert struct.unpack("!I", l4[4:8])[0] == 77 + 1220 * n
+
+
 def test_tx_budget_leaves_the_rest_to_the_main_loop() -> None:
     core, host, _ = make()
     tx_setup(core, count=4096)

@@ -820,13 +820,12 @@ class E1000ECore:
                     offload_checksums(frame, tx.ctx, ixsm=bool(tx.popts & POPTS_IXSM),
                                       txsm=bool(tx.popts & POPTS_TXSM))
                 frames = [bytes(frame)]
+            if tx.vlan is not None and self.reg(Reg.CTRL) & Ctrl.VME:
+                frames = [insert_vlan(out, self.reg(Reg.VET) & U16, tx.vlan) for out in frames]
         except TxError as e:
             guest_error(f"e1000e: TX frame dropped: {e}")
             return
-        vlan_on = bool(self.reg(Reg.CTRL) & Ctrl.VME)
         for out in frames:
-            if tx.vlan is not None and vlan_on:
-                out = insert_vlan(out, self.reg(Reg.VET) & U16, tx.vlan)
             self._count_tx(out)
             self.tx_frames_sent += 1
             if not self.host.send(out):
