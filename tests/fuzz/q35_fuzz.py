@@ -516,6 +516,8 @@ class Q35Fuzzer:
                     value = rng.choice([128, 256, 4096, 0x10000, rng.getrandbits(20)])
                 elif low in (0x10, 0x18) and 0x2800 <= reg < 0x4000:
                     value = rng.choice([0, 1, 7, 15, 255, rng.getrandbits(16), rng.getrandbits(32)])
+                elif reg == 0x0000:
+                    value = rng.choice([0x40000041, 0x40000040, 0x04000000, rng.getrandbits(32)])
                 elif reg == 0x0100:
                     value = rng.choice([0x0400801E, 0x0400800A, 0x04008002 | (3 << 16), 0x2, 0x802, rng.getrandbits(32)])
                 elif reg == 0x0400:
@@ -530,8 +532,11 @@ class Q35Fuzzer:
                 index = rng.randrange(256)
                 buf = rng.choice([ram + 0x10000 + rng.randrange(0x10000), rng.randrange(self.ram_size),
                                   self.ram_size - rng.randrange(1, 0x100), rng.getrandbits(64)])
-                cmd = rng.choice([0x0B000000, 0x2B100000, 0x2F100000, 0x20000000 | rng.getrandbits(28),
-                                  rng.getrandbits(32)]) | rng.choice([60, 1514, rng.getrandbits(16)])
+                # DCMD (EOP IFCS IC/TSE RS DEXT VLE IDE), DTYP (context, data or reserved), length.
+                flags = rng.choice([0x0B, 0x2B, 0x2F, 0x4B, 0x6B, 0x6F, rng.getrandbits(8)]) << 24
+                dtyp = rng.choice([0, 1, rng.randrange(16)]) << 20
+                length = rng.choice([0, 1, 8, 11, 60, 1514, rng.getrandbits(16), rng.getrandbits(20)])
+                cmd = flags | dtyp | length if rng.random() < 0.9 else rng.getrandbits(32)
                 if rng.random() < 0.3:  # a context descriptor with TSO
                     buf = 14 | (24 << 8) | (33 << 16) | (34 << 32) | (50 << 40)
                     cmd = 0x27000000 | rng.randrange(0x10000)
