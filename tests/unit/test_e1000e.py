@@ -210,6 +210,15 @@ def test_icr_ics_ims_imc_with_intx() -> None:
     assert rd(core, Reg.ICR) == 0                  # read-to-clear
 
 
+def test_ctrl_rst_lowers_intx() -> None:
+    core, host, _ = make()
+    wr(core, Reg.IMS, Icr.TXDW)
+    wr(core, Reg.ICS, Icr.TXDW)
+    assert host.irq == 1
+    wr(core, Reg.CTRL, 1 << 26)
+    assert host.irq == 0 and rd(core, Reg.IMS) == 0 and rd(core, Reg.CTRL) & (1 << 26) == 0
+
+
 def test_itr_throttles_intx_with_the_injected_clock() -> None:
     core, host, clock = make()
     wr(core, Reg.ITR, 1000)                        # 1000 * 256 ns = 256 us

@@ -331,6 +331,7 @@ class E1000ECore:
         self.tx = [_TxState(), _TxState()]
         self.tx_scheduled = False
         self.tx_frames_sent = 0  # by the current start_xmit call
+        self.irq_level = 0
         # Called when the guest changes what the receive filter takes (QEMU's
         # NIC_RX_FILTER_CHANGED event hangs here).
         self.on_rx_filter_changed: Callable[[], None] | None = None
@@ -393,6 +394,12 @@ class E1000ECore:
         self.set_reg(Reg.RA, int.from_bytes(self.macaddr[:4], "little"))
         self.set_reg(Reg.RA + 4, int.from_bytes(self.macaddr[4:6], "little") | RAH_AV)
         self._update_status()
+        if self.irq_level:
+            self._set_irq(0)
+
+    def _set_irq(self, level: int) -> None:
+        self.irq_level = level
+        self.host.set_irq(level)
 
     def _update_status(self) -> None:
         status = Status.FD | Status.SPEED_1000 | Status.LAN_INIT_DONE | Status.GIO_MASTER_ENABLE
@@ -531,9 +538,9 @@ class E1000ECore:
                 self._send_msi(msix)
         elif pending:
             if not self._should_postpone(self.itr):
-                self.host.set_irq(1)
+                self._set_irq(1)
         else:
-            self.host.set_irq(0)
+            self._set_irq(0)
 
     def _send_msi(self, msix: bool) -> None:
         causes = self.reg(Reg.ICR) & self.reg(Reg.IMS) & ~Icr.ASSERTED & U32
@@ -642,7 +649,7 @@ class E1000ECore:
         if self.host.msi_enabled() and not self.host.msix_enabled():
             self.host.msi_notify()
         elif not self.host.msix_enabled():
-            self.host.set_irq(1)
+            self._set_irq(1)
         # a throttled interrupt starts a new interval
         interval = self._interval_ns(self.itr)
         if interval:
