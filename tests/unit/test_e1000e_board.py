@@ -75,3 +75,15 @@ result["ral0_after_reset"] = mem.dispatch_read(0xFE005400, 4)
     assert result["ral0"] == 0xAB005452 and result["rah0"] == 0x8000EFCD
     assert result["status_via_io"] == result["status"] and result["status"] & 2   # link up
     assert result["ral0_after_reset"] == 0xAB005452
+
+
+def test_a_system_reset_turns_msi_and_msix_off() -> None:
+    result = run_on_board(CONFIG + """
+cfg_write(0xD2, 0x0001, 2)          # MSI enable
+cfg_write(0xE2, 0x8000, 2)          # MSI-X enable
+result["before"] = [cfg_read(0xD2, 2) & 1, cfg_read(0xE2, 2) >> 15]
+vl.qemu_system_reset(vm.machine)
+result["after"] = [cfg_read(0xD2, 2) & 1, cfg_read(0xE2, 2) >> 15]
+""", NIC_ARGS)
+    assert result["before"] == [1, 1]
+    assert result["after"] == [0, 0]

@@ -22,7 +22,14 @@ from typing import Any
 from pemu.hw.core.qdev import device_class_set_props
 from pemu.hw.net.e1000e_core import MMIO_SIZE, E1000ECore
 from pemu.hw.net.e1000x_common import MSIX_VECTORS, U32
-from pemu.hw.pci.msi import MSICapability, MSIError, msi_init
+from pemu.hw.pci.msi import (
+    PCI_MSI_FLAGS,
+    PCI_MSI_FLAGS_ENABLE,
+    PCI_MSI_FLAGS_QSIZE,
+    MSICapability,
+    MSIError,
+    msi_init,
+)
 from pemu.hw.pci.msix import MSIXState, msix_init
 from pemu.hw.pci.pci import (
     PCI_BASE_ADDRESS_SPACE_IO,
@@ -268,6 +275,10 @@ def _e1000e_reset(obj: Any) -> None:
     dev.ioaddr = 0
     if dev.msix is not None:
         dev.msix.reset()
+    if dev.msi is not None:
+        # MSI off again, one vector, nothing pending (QEMU's msi_reset).
+        flags = dev.get_word(dev.msi.offset + PCI_MSI_FLAGS)
+        dev.set_word(dev.msi.offset + PCI_MSI_FLAGS, flags & ~(PCI_MSI_FLAGS_ENABLE | PCI_MSI_FLAGS_QSIZE))
 
 
 def _e1000e_class_init(klass: ObjectClass, data: Any) -> None:
