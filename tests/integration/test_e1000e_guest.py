@@ -3,7 +3,8 @@
 (the driver binds with MSI-X, DHCP gives 10.0.2.15, the link comes up, a few
 MiB go each way through a TCP hostfwd with their sha256 kept, datagrams reach
 the guest through a UDP hostfwd, set_link takes the link down and up, dmesg
-stays clean, then the driver is reloaded with MSI and with INTx).  A second,
+stays clean, then the driver is reloaded with MSI and with INTx, and binds again
+after a reboot).  A second,
 short boot without local APICs checks that the NIC then offers INTx only."""
 
 from __future__ import annotations
@@ -192,6 +193,19 @@ def test_driver_works_with_msi_and_with_intx(net_guest: NetGuest, mode: int, kin
     assert len(lines) == 1 and kind in lines[0], lines   # one vector, of that kind
     out = vm.run("busybox udhcpc -i eth0 -n -q -s /bin/true", timeout=120)
     assert "lease of 10.0.2.15 obtained" in out
+
+
+def test_after_a_reboot_the_driver_binds_again_with_msix(net_guest: NetGuest) -> None:
+    vm = net_guest.vm
+    vm.run("echo before-reboot")
+    vm.sendline("reboot -f")                      # with the NIC up: its reset must undo MSI-X and the rings
+    vm.expect(r"Linux version", BOOT_TIMEOUT)
+    vm.expect(READY_MARKER, BOOT_TIMEOUT)
+    vm.run("modprobe e1000e && ip link set eth0 up && sleep 3", timeout=120)
+    assert "eth0-rx-0" in vm.run("grep eth0 /proc/interrupts")
+    assert "lease of 10.0.2.15 obtained" in vm.run("busybox udhcpc -i eth0 -n -q -s /bin/true", timeout=120)
+    bad = [line for line in vm.run("dmesg", timeout=60).splitlines() if BAD_DMESG.search(line)]
+    assert bad == []
 
 
 def test_without_local_apics_the_nic_offers_intx_only(launch_guest: Callable[..., GuestProcess]) -> None:
