@@ -292,6 +292,16 @@ class NetHub:
 # --- the per-VM table ---------------------------------------------------------------------
 
 
+@dataclass
+class NICInfo:
+    """A NIC asked for by -nic or -net nic, which the board creates (QEMU's NICInfo)."""
+
+    model: str
+    macaddr: str | None
+    peer: NetClientState | None
+    name: str | None = None
+
+
 class NetState:
     """Every net client and hub of one VM, and the NIC MAC counter."""
 
@@ -300,6 +310,7 @@ class NetState:
         self.clients: list[NetClientState] = []
         self.hubs: list[NetHub] = []
         self.nic_count = 0  # NICs given the default MAC so far (qemu_macaddr_default_if_unset)
+        self.nd_table: list[NICInfo] = []  # -nic / -net nic, for the board's pc_nic_init
         self._name_counts: dict[str, int] = {}
 
     def assign_name(self, model: str) -> str:

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pemu.net.net import NetClientState, NetState, parse_macaddr
+from pemu.net.net import NetClientState, NetState, NICInfo, parse_macaddr
 from pemu.util.error import UserError
 from pemu.util.main_loop import MainLoop
 from pemu.util.qemu_opts import QemuOpts
 
 NETDEV_TYPES = ("user", "stream", "dgram", "socket", "tap", "hubport")
+# NIC models pemu has, for -nic and -net nic.
+NIC_MODELS = ("e1000e",)
 # NIC models a q35 PC has in QEMU that pemu does not model yet, named in the error.
-PLANNED_NIC_MODELS = ("e1000e", "e1000", "virtio-net-pci", "rtl8139", "i82559er", "ne2k_pci")
+PLANNED_NIC_MODELS = ("e1000", "virtio-net-pci", "rtl8139", "i82559er", "ne2k_pci")
 DEFAULT_NIC_MODEL = "e1000e"  # QEMU's default on q35
+# What -net nic takes besides its type (QEMU's NetLegacyNicOptions, and the old vlan/name/id).
+NET_NIC_PARAMS = ("model", "macaddr", "name", "id", "vlan", "addr", "netdev")
 
 
 def nic_model_not_supported(model: str) -> UserError:
@@ -104,16 +108,39 @@ def _net_init_one(net: NetState, loop: MainLoop, item: NetOption) -> None:
         if kind == "none":
             return
         model = opts.get("model", DEFAULT_NIC_MODEL)
+        if model not in NIC_MODELS:
+            raise nic_model_not_supported(model)
         opts.unset("model")
         mac = opts.get("mac")
         if mac is not None:
             _check_mac(model, mac)
             opts.unset("mac")
-        raise nic_model_not_supported(model)
+        backend_id = opts.id or f"__org.qemu.nic{len(net.nd_table)}"
+        if net.find_netdev(backend_id) is not None:
+            raise UserError(f"Duplicate ID '{backend_id}' for netdev")
+        backend = net_client_init(net, loop, opts, backend_id)
+        net.nd_table.append(NICInfo(model, mac, backend))
+        return
     # legacy -net: everything hangs on hub 0 (the old "VLAN")
     if kind == "nic":
+        for key, _value in opts.items():
+            if key not in NET_NIC_PARAMS and key != "type":
+                raise UserError(f"Invalid parameter '{key}'")
         model = opts.get("model", DEFAULT_NIC_MODEL)
-        raise nic_model_not_supported(model)
+        if model not in NIC_MODELS:
+            raise nic_model_not_supported(model)
+        mac = opts.get("macaddr")
+        if mac is not None:
+            _check_mac(model, mac)
+        netdev = opts.get("netdev")
+        if netdev is not None:
+            peer = net.find_netdev(netdev)
+            if peer is None:
+                raise UserError(f"Property '{model}.netdev' can't find value '{netdev}'")
+        else:
+            peer = net.hub_add_port(0)
+        net.nd_table.append(NICInfo(model, mac, peer, opts.get("name") or opts.id or None))
+        return
     if kind == "none":
         return
     port = net.hub_add_port(0)

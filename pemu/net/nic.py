@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pemu.hw.core.qdev import Property
-from pemu.net.net import NetClientState, NetState, format_macaddr, net_state
+from pemu.net.net import NetClientState, NetState, NICInfo, format_macaddr, net_state
 from pemu.net.netdev import nic_conf_resolve
 from pemu.qom.object import QOMError
 from pemu.util.error import UserError
@@ -55,14 +55,31 @@ class NICState(NetClientState):
 
 
 def qemu_new_nic(dev: Any, receive: Callable[[bytes], int], can_receive: Callable[[], bool],
-                 link_status_changed: Callable[[], None] | None = None, net: NetState | None = None) -> NICState:
-    """Create the net client of a NIC device from its ``mac``/``netdev`` properties."""
+                 link_status_changed: Callable[[], None] | None = None, net: NetState | None = None,
+                 peer: NetClientState | None = None) -> NICState:
+    """Create the net client of a NIC device from its ``mac``/``netdev`` properties,
+    or linked to ``peer`` (what the board passes for -nic and -net nic)."""
     net = net or net_state()
     try:
         conf = nic_conf_resolve(net, dev.typename, dev.nic_mac, dev.nic_netdev)
     except UserError as e:
         raise QOMError(e.message) from None
+    if peer is not None and conf.peer is None:
+        conf.peer = peer
+    if dev.nic_mac is None:
+        dev.nic_mac = format_macaddr(conf.macaddr)  # the default MAC shows as the property, as in QEMU
     nic = NICState(net, dev.typename, dev.id, conf.macaddr, receive, can_receive, link_status_changed)
     if conf.peer is not None:
         nic.peer, conf.peer.peer = conf.peer, nic
     return nic
+
+
+def qdev_set_nic_properties(dev: Any, nd: NICInfo) -> None:
+    """Give a board-made NIC what -nic / -net nic asked for: its MAC, its
+    name and the back-end (or hub port) it is linked to (``nic_peer``,
+    which every NIC model declares)."""
+    if nd.macaddr is not None:
+        dev.property_set("mac", nd.macaddr)
+    if nd.name is not None:
+        dev.id = nd.name
+    dev.nic_peer = nd.peer

@@ -34,6 +34,7 @@ from pemu.util.qemu_opts import QemuOpts
 # needs them, as QEMU loads its modules by type name (module_load_qom): the
 # test and debug devices most machines never see.
 DEVICE_MODULES = {
+    "e1000e": "pemu.hw.net.e1000e",
     "edu": "pemu.hw.misc.edu",
     "isa-debugcon": "pemu.hw.char.debugcon",
     "pc-testdev": "pemu.hw.misc.pc_testdev",

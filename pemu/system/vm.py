@@ -85,6 +85,9 @@ class VirtualMachine:
         # functions offer the MSI capability only then.
         self.msi_nonbroken = False
         self.net: NetState | None = None  # -netdev, -nic, -net and the NICs' clients (made on first use)
+        # The interrupt controllers take MSIs, so PCI functions may offer MSI/MSI-X
+        # (QEMU's msi_nonbroken global; set by the board with the local APICs).
+        self.msi_nonbroken = False
         self.machine: MachineState | None = None
         self.destroyed = False
 

@@ -15,6 +15,9 @@ seeded generator after a system reset:
 ``ahci``        the ICH9 AHCI (a raw disk on port 0, a CD-ROM on port 2): its registers, and command
                 lists, command tables and PRD tables built in guest RAM (or not), with the block
                 layer's completions run as the main loop runs them
+``e1000e``      the e1000e NIC: its BARs mapped and bus mastering on, registers written (rings
+                placed in RAM or anywhere), descriptors written into RAM, frames received,
+                MSI-X table and I/O window poked, the clock advanced
 
 After each operation it checks that nothing escaped (an exception, or the
 VM stopped in ``internal-error``), that the operation took less than
@@ -48,19 +51,30 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-SURFACES = ("pio", "mmio", "fw_cfg_dma", "pci_config", "timers", "testdevs", "ahci")
+SURFACES = ("pio", "mmio", "fw_cfg_dma", "pci_config", "timers", "testdevs", "ahci", "e1000e")
 RAM_MIB = 128
 # QEMU's test devices are on the board too (the "testdevs" surface maps their BARs
 # where EDU_BAR, TESTDEV_MMIO_BAR and TESTDEV_IO_BAR say); the debug console sits at
 # SeaBIOS's 0x402, away from pc-testdev's ports 0xE0-0xEB.
 BOARD_ARGS = ["-machine", "q35", "-m", str(RAM_MIB), "-nodefaults", "-display", "none", "-S",
               "-device", "edu,addr=5", "-device", "pci-testdev,addr=6", "-device", "pc-testdev",
-              "-chardev", "null,id=dbg", "-device", "isa-debugcon,chardev=dbg,iobase=0x402"]
+              "-chardev", "null,id=dbg", "-device", "isa-debugcon,chardev=dbg,iobase=0x402",
+              "-device", "e1000e,id=nic0"]
 EDU_SLOT, TESTDEV_SLOT = 5, 6
 EDU_BAR = 0xC0000000                            # 1 MiB
 TESTDEV_MMIO_BAR = 0xC0100000                   # 4 KiB
 TESTDEV_IO_BAR = 0xC000                         # 256 ports
 PC_TESTDEV_IOMEM = 0xFF000000                   # 64 KiB
+# Where the fuzzer maps the e1000e's BARs (free PCI space below the IOAPIC) and its ring area in RAM.
+E1000E_MMIO = 0xFE000000
+E1000E_MSIX = 0xFE020000
+E1000E_IO = 0xD000  # pci-testdev's I/O BAR has 0xC000
+E1000E_RAM = 0x100000
+E1000E_REGS = [0x0000, 0x0008, 0x0010, 0x0014, 0x0018, 0x0020, 0x00C0, 0x00C4, 0x00C8, 0x00D0, 0x00D8,
+               0x00DC, 0x00E0, 0x00E4, 0x0100, 0x0400, 0x1680, 0x1684, 0x1690, 0x2170, 0x2800, 0x2804,
+               0x2808, 0x2810, 0x2818, 0x2900, 0x2908, 0x2910, 0x2918, 0x3800, 0x3804, 0x3808, 0x3810,
+               0x3818, 0x3900, 0x3908, 0x3910, 0x3918, 0x4000, 0x4088, 0x408C, 0x40F8, 0x5000, 0x5008,
+               0x5200, 0x5400, 0x5404, 0x5600, 0x0038, 0x0F00, 0x1010]
 
 # Ports of the board's devices (base, length), after the chipset setup SeaBIOS does.
 DEVICE_PORTS = [
@@ -177,6 +191,7 @@ class Q35Fuzzer:
         self.io = self.cpu.io
         self.mem = self.cpu.memory
         self.ram_size = machine.ram_size
+        self.e1000e = machine.child("peripheral").child("nic0")
         self.rom_regions = self._rom_regions()
         self.rom_digest = self._rom_digest()
         self.rss_base = _rss_bytes()
@@ -365,6 +380,10 @@ class Q35Fuzzer:
             for drive in self.vm.machine.block_devices.drives:
                 drive.blk.drain()
             main_loop().run_once(0)
+        elif kind == "rx":
+            from pemu.net.net import qemu_receive_packet
+
+            qemu_receive_packet(self.e1000e.nic, op[1])
         elif kind == "clock":
             from pemu.util.timer import QEMU_CLOCK_VIRTUAL, qemu_clock_advance_virtual_time, qemu_clock_get_ns
 
@@ -647,6 +666,73 @@ class Q35Fuzzer:
                 yield ("write", reg, size, self._value(rng, size))
             else:
                 yield ("read", abar + rng.randrange(0x1000), self._size(rng, (1, 2, 4, 8)))
+
+
+    def _gen_e1000e(self, rng: random.Random) -> Iterator[Any]:
+        slot = self.e1000e.devfn >> 3
+        cfg = 0x80000000 | (slot << 11)
+        # Map the BARs, enable decoding and bus mastering (reset undid it), enable MSI-X half the time.
+        for reg, value in ((0x10, E1000E_MMIO), (0x1C, E1000E_MSIX), (0x18, E1000E_IO | 1), (0x04, 0x7)):
+            yield ("pci", cfg | reg, 0xCFC, 4, value)
+        if rng.random() < 0.5:
+            yield ("pci", cfg | 0xE0, 0xCFE, 2, 0x8000)
+        ram = E1000E_RAM
+        while True:
+            r = rng.random()
+            if r < 0.35:
+                reg = rng.choice(E1000E_REGS) if rng.random() < 0.9 else rng.randrange(0x20000) & ~3
+                low = reg & 0xFF
+                if reg in (0x2800, 0x2900, 0x3800, 0x3900):
+                    value = rng.choice([ram, ram + 0x1000, rng.randrange(self.ram_size), rng.getrandbits(32)])
+                elif reg in (0x2808, 0x2908, 0x3808, 0x3908):
+                    value = rng.choice([128, 256, 4096, 0x10000, rng.getrandbits(20)])
+                elif low in (0x10, 0x18) and 0x2800 <= reg < 0x4000:
+                    value = rng.choice([0, 1, 7, 15, 255, rng.getrandbits(16), rng.getrandbits(32)])
+                elif reg == 0x0000:
+                    value = rng.choice([0x40000041, 0x40000040, 0x04000000, rng.getrandbits(32)])
+                elif reg == 0x0100:
+                    value = rng.choice([0x0400801E, 0x0400800A, 0x04008002 | (3 << 16), 0x2, 0x802, rng.getrandbits(32)])
+                elif reg == 0x0400:
+                    value = rng.choice([0x2, 0x3103F0FA, rng.getrandbits(32)])
+                else:
+                    value = self._value(rng, 4)
+                yield ("write", E1000E_MMIO + reg, 4, value)
+            elif r < 0.45:
+                reg = rng.choice(E1000E_REGS)
+                yield ("read", E1000E_MMIO + reg, rng.choice((4, 4, 4, 2, 1, 8)))
+            elif r < 0.7:
+                index = rng.randrange(256)
+                buf = rng.choice([ram + 0x10000 + rng.randrange(0x10000), rng.randrange(self.ram_size),
+                                  self.ram_size - rng.randrange(1, 0x100), rng.getrandbits(64)])
+                # DCMD (EOP IFCS IC/TSE RS DEXT VLE IDE), DTYP (context, data or reserved), length.
+                flags = rng.choice([0x0B, 0x2B, 0x2F, 0x4B, 0x6B, 0x6F, rng.getrandbits(8)]) << 24
+                dtyp = rng.choice([0, 1, rng.randrange(16)]) << 20
+                length = rng.choice([0, 1, 8, 11, 60, 1514, rng.getrandbits(16), rng.getrandbits(20)])
+                cmd = flags | dtyp | length if rng.random() < 0.9 else rng.getrandbits(32)
+                if rng.random() < 0.3:  # a context descriptor with TSO
+                    buf = 14 | (24 << 8) | (33 << 16) | (34 << 32) | (50 << 40)
+                    cmd = 0x27000000 | rng.randrange(0x10000)
+                upper = rng.choice([0x0300, rng.getrandbits(32), (rng.randrange(54, 80) << 8) | (rng.randrange(1, 2000) << 16)])
+                base = ram + rng.choice([0, 0x1000]) + 16 * index
+                yield ("ram", base, struct.pack("<QII", buf, cmd, upper))
+            elif r < 0.8:
+                dest = rng.choice([bytes.fromhex("525400123456"), b"\xff" * 6, bytes.fromhex("01005e000001"),
+                                   rng.randbytes(6)])
+                ethertype = rng.choice([b"\x08\x00", b"\x81\x00", b"\x86\xdd"])
+                length = rng.choice([0, 10, 60, 1500, 2048, 9000, rng.randrange(0x10000)])
+                yield ("rx", dest + rng.randbytes(6) + ethertype + rng.randbytes(length))
+            elif r < 0.85:
+                yield ("clock", int(10 ** rng.uniform(3, 6)))
+            elif r < 0.93:
+                offset = rng.randrange(0x60) & ~3 if rng.random() < 0.8 else 0x2000 + rng.randrange(8)
+                if rng.random() < 0.5:
+                    yield ("write", E1000E_MSIX + offset, 4, rng.choice([0xFEE00000, 0x30, 0, 1, rng.getrandbits(32)]))
+                else:
+                    yield ("read", E1000E_MSIX + offset, 4)
+            else:
+                port = E1000E_IO + rng.choice([0, 4, rng.randrange(0x20)])
+                yield ("out", port, 4, rng.choice(E1000E_REGS + [rng.getrandbits(32)]))
+                yield ("in", E1000E_IO + 4, 4)
 
 
 def run(seed: int, surfaces: list[str], ops: int, seconds: float, limits: Limits,

@@ -13,7 +13,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 FUZZER = ROOT / "tests" / "fuzz" / "q35_fuzz.py"
-SURFACES = ["pio", "mmio", "fw_cfg_dma", "pci_config", "timers", "testdevs", "ahci"]
+SURFACES = ["pio", "mmio", "fw_cfg_dma", "pci_config", "timers", "testdevs", "ahci", "e1000e"]
 
 
 

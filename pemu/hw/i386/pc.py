@@ -269,6 +269,7 @@ def pc_apic_init(pcms: PCMachineState) -> None:
     apics = [cpu.apic for cpu in pcms.cpus if cpu.apic is not None]
     if not apics:
         return
+    pcms.vm.msi_nonbroken = True  # MSIs reach the APIC bus through the apic-msi window
     bus = APICBus()
     for apic in apics:
         bus.attach(apic)
@@ -298,6 +299,22 @@ def pc_kvm_msi_region(pcms: PCMachineState, accel: Any) -> MemoryRegion:
     pcms.vm.msi_nonbroken = True
     return MemoryRegion.io("apic-msi", memmap.APIC_SPACE_SIZE, MemoryRegionOps(read, write, 1, 4, False, 4, 4),
                            owner=pcms)
+
+
+def pc_nic_init(pcms: PCMachineState, pci_bus: Any) -> None:
+    """The NICs of -nic and -net nic, on the PCI bus (QEMU's pc_nic_init)."""
+    net = pcms.vm.net
+    if net is None:
+        return
+    from pemu.net.nic import qdev_set_nic_properties
+    from pemu.system.qdev_monitor import module_object_class_by_name
+
+    for nd in net.nd_table:
+        module_object_class_by_name(nd.model)  # imports the NIC model's module
+        dev = qdev_new(nd.model)
+        qdev_set_nic_properties(dev, nd)
+        qdev_realize(dev, pci_bus)
+        dev.unref()
 
 
 def pc_gsi_lines(pcms: PCMachineState, pic_lines: list[Any]) -> list[Any]:

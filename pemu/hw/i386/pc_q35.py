@@ -116,7 +116,7 @@ def q35_ahci_init(pcms: PCMachineState) -> None:
 
 def pc_q35_init(machine: Any) -> None:
     """Build the q35 board (seed: pc_q35_init)."""
-    from pemu.hw.i386.pc import pc_basic_device_init, pc_late_init
+    from pemu.hw.i386.pc import pc_basic_device_init, pc_late_init, pc_nic_init
 
     pcms: PCMachineState = machine
     pcmc = object_class_check(pcms.klass, PCMachineClass)
@@ -205,6 +205,7 @@ def pc_q35_init(machine: Any) -> None:
 
     pc_basic_device_init(pcms, pcms.isabus, system_io)
     _q35_connect_ioapic_gsis(pcms, lpc)
+    pc_nic_init(pcms, pcms.pcibus)
 
     direct_boot = machine.kernel is not None and pcms.bios_source == DIRECT_BOOT_FIRMWARE
     if direct_boot:

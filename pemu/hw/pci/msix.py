@@ -106,6 +106,11 @@ class MSIXState:
         else:
             self.pba[vector // 8] &= ~bit & 0xFF
 
+    def clear_pending(self, vector: int) -> None:
+        """Forget that ``vector`` is pending (msix_clr_pending)."""
+        if 0 <= vector < self.nentries:
+            self._set_pending(vector, False)
+
     def notify(self, vector: int) -> None:
         """Signal ``vector`` (msix_notify)."""
         if not self.enabled or not 0 <= vector < self.nentries:
