@@ -71,10 +71,12 @@ def pemu_version() -> str:
 
 @command("query-version")
 def qmp_query_version() -> VersionInfo:
-    """pemu's own version (the "qemu" member holds pemu's numbers)."""
-    parts = [int(p) if p.isdigit() else 0 for p in pemu_version().split(".")[:3]]
-    parts += [0] * (3 - len(parts))
-    return {"qemu": {"major": parts[0], "minor": parts[1], "micro": parts[2]}, "package": ""}
+    """The QEMU version whose interface pemu follows, as -version names it,
+    with pemu's own version as the package (QEMU's place for a vendor's build)."""
+    from pemu import QEMU_INTERFACE_VERSION
+
+    major, minor, micro = (int(p) for p in QEMU_INTERFACE_VERSION.split("."))
+    return {"qemu": {"major": major, "minor": minor, "micro": micro}, "package": f"pemu {pemu_version()}"}
 
 
 # --- run state -----------------------------------------------------------------------------------

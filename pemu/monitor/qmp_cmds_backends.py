@@ -55,8 +55,9 @@ def qmp_query_block() -> list[BlockInfo]:
         info: BlockInfo = {"device": drive.id, "type": "unknown", "removable": drive.media_cd, "locked": False}
         if drive.claimed_by is not None:
             info["qdev"] = drive.claimed_by
-        if drive.media_cd:
-            info["tray_open"] = False
+        if blk.dev_ops is not None:
+            info["tray_open"] = blk.dev_ops.is_tray_open()
+            info["locked"] = blk.dev_ops.is_medium_locked()
         bs = blk.root
         if bs is not None:
             chain = bs.chain()
@@ -110,6 +111,46 @@ def qmp_query_blockstats() -> list[BlockStats]:
             entry["qdev"] = drive.claimed_by
         result.append(entry)
     return result
+
+
+def _removable_drive_id(device: str | None, id: str | None) -> str:
+    """The -drive id a QMP medium command names, by block backend (``device``) or by qdev id (``id``)."""
+    if (device is None) == (id is None):
+        raise QMPError("Need exactly one of 'device' and 'id'")
+    if device is not None:
+        return device
+    drive = next((d for d in block_devices().drives if d.claimed_by == id), None)
+    if drive is None:
+        raise device_not_found(f"Device '{id}' not found")
+    return str(drive.id)
+
+
+def _medium_error(e: Exception) -> QMPError:
+    text = str(e)
+    if text.startswith("Device '") and text.endswith("' not found"):
+        return device_not_found(text)
+    return QMPError(text)
+
+
+@command("eject")
+def qmp_eject(*, device: str | None = None, id: str | None = None, force: bool = False) -> None:
+    from pemu.block.blockdev import MediumError
+
+    try:
+        block_devices().eject(_removable_drive_id(device, id), force)
+    except MediumError as e:
+        raise _medium_error(e) from None
+
+
+@command("blockdev-change-medium")
+def qmp_blockdev_change_medium(*, filename: str, device: str | None = None, id: str | None = None,
+                               format: str | None = None, read_only_mode: str | None = None) -> None:
+    from pemu.block.blockdev import MediumError
+
+    try:
+        block_devices().change_medium(_removable_drive_id(device, id), filename, format, read_only_mode)
+    except MediumError as e:
+        raise _medium_error(e) from None
 
 
 # --- chardevs ---------------------------------------------------------------------------------------

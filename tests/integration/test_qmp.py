@@ -119,7 +119,7 @@ def test_every_command_with_qemu_qmp(pemu: Pemu, tmp_path: Path) -> None:
         assert "error" in reply, reply
         return reply["error"]
 
-    assert cmd("query-version") == {"qemu": {"major": 0, "minor": 1, "micro": 0}, "package": ""}
+    assert cmd("query-version") == {"qemu": {"major": 7, "minor": 2, "micro": 0}, "package": "pemu 0.1.0"}
     names = {c["name"] for c in cmd("query-commands")}
     assert names == {c.name for c in QMP_COMMANDS}
     schema = cmd("query-qmp-schema")
@@ -204,7 +204,8 @@ def test_every_command_with_qemu_qmp(pemu: Pemu, tmp_path: Path) -> None:
     assert shutdown["data"] == {"guest": False, "reason": "host-qmp-quit"}
     assert pemu.finish() == 0
     close_after_quit(qmp)
-    assert done | {"query-fdsets", "remove-fd"} == names  # those two: test_add_fd_sets_open_as_dev_fdset
+    assert done | {"query-fdsets", "remove-fd"} | MEDIUM_COMMANDS == names
+    # query-fdsets, remove-fd: test_add_fd_sets_open_as_dev_fdset; MEDIUM_COMMANDS: test_removable_medium_commands
 
 
 def test_several_monitors_and_clients(pemu: Pemu) -> None:
@@ -386,6 +387,49 @@ def test_monitor_connecting_as_a_client(tmp_path: Path) -> None:
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+MEDIUM_COMMANDS = {"eject", "blockdev-change-medium"}
+
+
+def test_removable_medium_commands(tmp_path: Path) -> None:
+    """eject and blockdev-change-medium on -cdrom's drive, by backend name and by qdev id."""
+    first, second = tmp_path / "first.iso", tmp_path / "second.iso"
+    first.write_bytes(bytes(2048 * 16))
+    second.write_bytes(bytes(2048 * 32))
+    vm = Pemu(tmp_path, ["-drive", f"file={first},format=raw,if=none,id=cd0,media=cdrom",
+                         "-device", "ide-cd,drive=cd0,bus=ide.2,id=cdrom"])
+    try:
+        qmp = vm.client()
+
+        def cd() -> dict[str, Any]:
+            return next(b for b in qmp.cmd("query-block") if b["device"] == "cd0")
+
+        assert cd()["removable"] and cd()["tray_open"] is False and cd()["qdev"] == "cdrom"
+        assert cd()["inserted"]["file"] == str(first)
+        assert qmp.cmd("eject", device="cd0") == {}
+        assert "inserted" not in cd() and cd()["tray_open"] is True
+        assert qmp.cmd("blockdev-change-medium", id="cdrom", filename=str(second), format="raw") == {}
+        assert cd()["inserted"]["file"] == str(second) and cd()["inserted"]["image"]["virtual-size"] == 2048 * 32
+        assert cd()["tray_open"] is False
+        for args, cls, desc in [
+            ({"device": "cd0", "id": "cdrom"}, "GenericError", "Need exactly one of 'device' and 'id'"),
+            ({}, "GenericError", "Need exactly one of 'device' and 'id'"),
+            ({"device": "nope"}, "DeviceNotFound", "Device 'nope' not found"),
+            ({"id": "nope"}, "DeviceNotFound", "Device 'nope' not found"),
+            ({"device": "disk0"}, "GenericError", "Device 'disk0' is not removable"),
+        ]:
+            reply = qmp.cmd_raw("eject", args)
+            assert reply["error"] == {"class": cls, "desc": desc}, (args, reply)
+        reply = qmp.cmd_raw("blockdev-change-medium", {"device": "cd0", "filename": str(tmp_path / "missing.iso")})
+        assert reply["error"]["class"] == "GenericError" and "missing.iso" in reply["error"]["desc"]
+        qmp.cmd("quit")
+        assert vm.finish() == 0
+        close_after_quit(qmp)
+    finally:
+        if vm.proc.poll() is None:
+            vm.proc.kill()
+            vm.proc.wait()
 
 
 def test_add_fd_sets_open_as_dev_fdset(tmp_path: Path) -> None:

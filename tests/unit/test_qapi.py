@@ -314,7 +314,7 @@ def test_bad_input_gets_qemus_error_and_the_monitor_goes_on(qmp: tuple[MonitorQM
     chardev.messages()
     _send(chardev, b'{"execute": "qmp_capabilities"}')
     assert _send(chardev, data) == [{"error": error}]
-    assert _send(chardev, b'{"execute": "query-version"}')[0]["return"]["qemu"]["minor"] == 1
+    assert _send(chardev, b'{"execute": "query-version"}')[0]["return"]["qemu"]["minor"] == 2
 
 
 def test_a_10_mb_line_is_refused_with_bounded_memory(qmp: tuple[MonitorQMP, CaptureChardev]) -> None:
