@@ -278,7 +278,7 @@ def _send(chardev: CaptureChardev, data: bytes) -> list[dict[str, Any]]:
 def test_greeting_negotiation_and_id(qmp: tuple[MonitorQMP, CaptureChardev]) -> None:
     mon, chardev = qmp
     (greeting,) = chardev.messages()
-    assert greeting == {"QMP": {"version": {"qemu": {"major": 0, "minor": 1, "micro": 0}, "package": ""},
+    assert greeting == {"QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 0}, "package": "pemu 0.1.0"},
                                 "capabilities": []}}
     assert _send(chardev, b'{"execute": "query-status", "id": "a"}') == [
         {"error": {"class": "CommandNotFound", "desc": "Expecting capabilities negotiation with 'qmp_capabilities'"},
@@ -355,7 +355,7 @@ def test_a_client_that_does_not_read_stops_being_read(qmp: tuple[MonitorQMP, Cap
     chardev.room = None
     mon._output_ready()
     replies = [json.loads(x) for x in chardev.out.decode().split("\r\n") if x]
-    assert [r["return"]["qemu"]["major"] for r in replies] == [0, 0]
+    assert [r["return"]["qemu"]["major"] for r in replies] == [7, 7]
     assert not mon.outbuf
 
 
