@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from pemu.block.block_int import BDRV_REQUEST_MAX_BYTES, BlockDriverState
+from pemu.block.block_int import BDRV_REQUEST_MAX_BYTES, BlockDriverState, BlockOpenError
 
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
@@ -98,6 +98,7 @@ class BlockBackend:
         self.name = name
         self.dev: str | None = None  # the qdev path or id of the attached device
         self.dev_ops: BlockDevOps | None = None  # set by a device with removable media
+        self.resize_cb: Callable[[], None] | None = None  # the device re-reads the size (BlockDevOps.resize_cb)
         self.enable_write_cache = writeback
         self.on_read_error = on_read_error
         self.on_write_error = on_write_error
@@ -124,6 +125,20 @@ class BlockBackend:
             return -errno.ENOMEDIUM
         with self.io_lock:
             return self.root.getlength()
+
+    def truncate(self, size: int) -> None:
+        """Resize the medium (blk_truncate): requests in flight finish first,
+        then the attached device learns the new size.  Raises BlockOpenError."""
+        if self.root is None:
+            raise BlockOpenError("No medium inserted")
+        self.drain()
+        with self.io_lock:
+            try:
+                self.root.truncate(size)
+            except OSError as e:
+                raise BlockOpenError(f"Failed to resize file: {e.strerror}") from None
+        if self.resize_cb is not None:
+            self.resize_cb()
 
     def _check_request(self, offset: int, nbytes: int) -> int:
         """blk_check_byte_request: 0, or the negative errno the request fails with."""

@@ -104,6 +104,10 @@ class BlockDriver:
     def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         raise NotImplementedError
 
+    def truncate(self, size: int) -> None:
+        """Change the image's virtual size (bdrv_co_truncate)."""
+        raise BlockOpenError("Image format driver does not support resize")
+
     def flush(self) -> None:
         """Make what was written stable on the layer below (metadata included)."""
 
@@ -158,6 +162,12 @@ class BlockDriverState:
         if self.read_only:
             raise io_error(errno.EPERM)
         self.drv.pwrite(offset, data)
+
+    def truncate(self, size: int) -> None:
+        assert self.drv is not None
+        if self.read_only:
+            raise BlockOpenError("Block node is read-only")
+        self.drv.truncate(size)
 
     def flush(self) -> None:
         """bdrv_flush: the format's metadata, then the protocol's stable storage."""

@@ -28,6 +28,9 @@ class RawDriver(BlockDriver):
         assert self.file.drv is not None
         return self.file.drv.allocated_file_size()
 
+    def truncate(self, size: int) -> None:
+        self.file.truncate(size)
+
     def pread(self, offset: int, nbytes: int) -> bytes:
         return self.file.pread(offset, nbytes)
 

@@ -670,6 +670,18 @@ def hmp_eject(mon: Monitor, args: dict[str, Any]) -> None:
         raise CommandError(str(exc)) from None
 
 
+def hmp_block_resize(mon: Monitor, args: dict[str, Any]) -> None:
+    """block_resize DEVICE SIZE: the QMP command, SIZE with QEMU's suffixes (k, M, G, T)."""
+    from pemu.monitor.qmp_cmds_backends import qmp_block_resize
+    from pemu.util.cutils import SizeParseError, qemu_strtosz
+
+    try:
+        size = qemu_strtosz(args["size"])
+    except SizeParseError:
+        raise CommandError(f"invalid size value '{args['size']}'") from None
+    qmp_block_resize(device=args["device"], size=size)  # a QMPError prints as "Error: ..."
+
+
 def hmp_change(mon: Monitor, args: dict[str, Any]) -> None:
     from pemu.block.blockdev import MediumError
 
@@ -718,6 +730,8 @@ HMP_CMDS = _sorted([
                hmp_commit, (word("device"),)),
     HMPCommand("eject", "[-f] device", "eject a removable medium (use -f to force it)", hmp_eject,
                (flag("force", "f"), word("device"))),
+    HMPCommand("block_resize", "device size", "resize a block image", hmp_block_resize,
+               (word("device"), word("size"))),
     HMPCommand("change", "device filename [format [read-only-mode]]", "change a removable medium",
                hmp_change, (word("device"), word("target"), word("arg", True), word("read-only-mode", True))),
     HMPCommand("qom-list", "path", "list QOM properties", hmp_qom_list, (word("path", True),)),

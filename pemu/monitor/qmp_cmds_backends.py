@@ -153,6 +153,26 @@ def qmp_blockdev_change_medium(*, filename: str, device: str | None = None, id: 
         raise _medium_error(e) from None
 
 
+@command("block_resize")
+def qmp_block_resize(*, size: int, device: str | None = None, node_name: str | None = None) -> None:
+    """Grow or shrink an image (raw; qcow2 is refused by its driver), then tell the device."""
+    from pemu.block.block_int import BlockOpenError
+
+    devices = block_devices()
+    drive = next((d for d in devices.drives if device is not None and d.id == device), None)
+    if drive is None and node_name is not None:
+        drive = next((d for d in devices.drives if d.blk.root is not None and d.blk.root.node_name == node_name),
+                     None)
+    if drive is None:
+        raise QMPError(f"Cannot find device='{device or ''}' nor node-name='{node_name or ''}'")
+    if size < 0:
+        raise QMPError("Parameter 'size' expects a >0 size")
+    try:
+        drive.blk.truncate(size)
+    except BlockOpenError as e:
+        raise QMPError(e.message) from None
+
+
 # --- chardevs ---------------------------------------------------------------------------------------
 
 

@@ -389,11 +389,12 @@ def test_monitor_connecting_as_a_client(tmp_path: Path) -> None:
                 stream.close()
 
 
-MEDIUM_COMMANDS = {"eject", "blockdev-change-medium"}
+MEDIUM_COMMANDS = {"eject", "blockdev-change-medium", "block_resize"}
 
 
 def test_removable_medium_commands(tmp_path: Path) -> None:
-    """eject and blockdev-change-medium on -cdrom's drive, by backend name and by qdev id."""
+    """eject and blockdev-change-medium on a CD-ROM's drive, by backend name and by qdev id;
+    block_resize of the raw disk (QMP and HMP) and of the read-only CD-ROM."""
     first, second = tmp_path / "first.iso", tmp_path / "second.iso"
     first.write_bytes(bytes(2048 * 16))
     second.write_bytes(bytes(2048 * 32))
@@ -421,6 +422,12 @@ def test_removable_medium_commands(tmp_path: Path) -> None:
         ]:
             reply = qmp.cmd_raw("eject", args)
             assert reply["error"] == {"class": cls, "desc": desc}, (args, reply)
+        assert qmp.cmd("block_resize", device="disk0", size=3 << 20) == {}
+        assert vm.disk.stat().st_size == 3 << 20
+        assert qmp.cmd("human-monitor-command", **{"command-line": "block_resize disk0 2M"}) == ""
+        assert vm.disk.stat().st_size == 2 << 20
+        assert qmp.cmd_raw("block_resize", {"device": "cd0", "size": 1 << 20})["error"]["desc"] == \
+            "Block node is read-only"
         reply = qmp.cmd_raw("blockdev-change-medium", {"device": "cd0", "filename": str(tmp_path / "missing.iso")})
         assert reply["error"]["class"] == "GenericError" and "missing.iso" in reply["error"]["desc"]
         qmp.cmd("quit")

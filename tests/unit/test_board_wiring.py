@@ -136,3 +136,34 @@ def test_spd_eeproms_answer_on_the_smbus() -> None:
     assert result["read0"] == 0x00, "QEMU's q35 EEPROMs are empty"
     assert result["written"] == 0xA5
     assert result["other"] == 0x00
+
+
+def test_block_resize_reaches_the_ahci_disk(tmp_path: Path) -> None:
+    """block_resize grows the raw image, and the disk on ide.0 reports the new
+    size in IDENTIFY's LBA48 sector count (QEMU's ide_resize_cb)."""
+    image = tmp_path / "disk.raw"
+    image.write_bytes(bytes(1 << 20))
+    result = run_on_board("""
+        import struct
+        from pemu.monitor.qmp_cmds_backends import qmp_block_resize
+        from pemu.qapi.error import QMPError
+
+        drive = vm.machine.block_devices.drives[0]
+        ahci = vm.machine.pcibus.find_device((0x1F << 3) | 2)
+        hd = ahci.ahci.ports[0].ide
+        result["before"] = hd.nb_sectors
+        qmp_block_resize(device=drive.id, size=3 << 20)
+        result["after"] = hd.nb_sectors
+        result["identify"] = struct.unpack_from("<Q", hd.identify(), 200)[0]
+        errors = []
+        for kwargs in ({"device": "nope", "size": 1}, {"device": drive.id, "size": -1}, {"size": 1}):
+            try:
+                qmp_block_resize(**kwargs)
+            except QMPError as e:
+                errors.append(e.desc)
+        result["errors"] = errors
+    """, [*BOARD_ARGS, "-drive", f"file={image},format=raw,if=ide,index=0"])
+    assert result["before"] == 2048 and result["after"] == 6144 and result["identify"] == 6144
+    assert image.stat().st_size == 3 << 20
+    assert result["errors"] == ["Cannot find device='nope' nor node-name=''", "Parameter 'size' expects a >0 size",
+                                "Cannot find device='' nor node-name=''"]

@@ -101,6 +101,8 @@ def _ide_device_realize(dev: DeviceState) -> None:
     ide.unit = unit
     atapi = ATAPIState(state) if is_cd else None
     state.attach(DriveKind.CD if is_cd else DriveKind.HD, blk, model, serial, pemu.__version__, atapi)
+    if blk is not None and state.atapi is None:
+        blk.resize_cb = state.medium_changed  # block_resize: IDENTIFY shows the new size
     if blk is not None and state.atapi is not None:
         blk.dev_ops = state.atapi  # removable: the monitor's change and eject reach the drive
 
