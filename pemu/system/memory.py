@@ -26,10 +26,9 @@ import struct
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from enum import Enum, IntEnum
 from functools import cached_property
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from pemu.system.cpus import contain_fault
 from pemu.util.log import guest_error
@@ -74,8 +73,7 @@ ReadHandler = Callable[[int, int], int]  # (offset, size) -> value
 WriteHandler = Callable[[int, int, int], None]  # (offset, value, size)
 
 
-@dataclass(frozen=True)
-class MemoryRegionOps:
+class MemoryRegionOps(NamedTuple):
     """A device's handlers and the access rules of its register window.
 
     ``valid_*`` says which accesses the device accepts at all (others are
@@ -311,8 +309,7 @@ class MemoryRegion:
 # --- flat views ------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class FlatRange:
+class FlatRange(NamedTuple):
     """One piece of an address space: [start, start+size) shows ``mr`` from
     ``offset_in_region`` on."""
 
@@ -634,8 +631,7 @@ def _io_read_bulk(space_name: str, mr: MemoryRegion, addr: int, offset: int,
     return bytes(out)
 
 
-@dataclass(frozen=True, slots=True)
-class RAMMapping:
+class RAMMapping(NamedTuple):
     """A window of guest RAM lent out by :meth:`AddressSpace.map`: ``view``
     is ``block``'s memory from ``offset`` on."""
 

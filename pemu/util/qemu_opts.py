@@ -29,7 +29,7 @@ import enum
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import overload
+from typing import NamedTuple, overload
 
 from pemu.util.cutils import SizeError, SizeParseError, parse_bool, parse_uint64, qemu_strtosz
 from pemu.util.error import UserError, warn_report
@@ -42,8 +42,7 @@ class QemuOptType(enum.Enum):
     SIZE = "size"
 
 
-@dataclass(frozen=True)
-class QemuOptDesc:
+class QemuOptDesc(NamedTuple):
     """One accepted key of an option group."""
 
     name: str
@@ -112,8 +111,7 @@ def _parse_typed(name: str, text: str, opt_type: QemuOptType, location: str | No
 # Splitting an option string into elements
 
 
-@dataclass(frozen=True)
-class OptElement:
+class OptElement(NamedTuple):
     """One comma-separated element of an option string, after unescaping."""
 
     name: str
@@ -528,8 +526,7 @@ def qemu_find_opts(name: str) -> QemuOptsList:
 # -global
 
 
-@dataclass(frozen=True)
-class GlobalProperty:
+class GlobalProperty(NamedTuple):
     """A default for one property of every device of a type (-global)."""
 
     driver: str

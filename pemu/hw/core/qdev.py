@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from pemu.hw.core.irq import IRQ, IRQLine, NoIRQ
 from pemu.qom.object import (
@@ -67,8 +67,7 @@ def phase_advance(phase: MachineInitPhase) -> None:
 # --- static properties ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Property:
+class Property(NamedTuple):
     """A qdev property declared by a device class (DEFINE_PROP_*): stored in
     the instance attribute ``attr`` (default: name with '-' as '_')."""
 

@@ -16,8 +16,7 @@ while masked.  The message goes out through ``send(address, data)``: a
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from pemu.hw.pci.pci import PCI_CAP_ID_MSI, pci_add_capability
 
@@ -40,8 +39,7 @@ _MSI_DELIVERY_MODES = frozenset((0, 1, 2, 4, 5, 7))
 SendMSI = Callable[[int, int], None]   # (address, data)
 
 
-@dataclass(frozen=True, slots=True)
-class MSIMessage:
+class MSIMessage(NamedTuple):
     """A decoded x86 MSI."""
 
     dest_id: int
