@@ -277,6 +277,8 @@ def drive_option(cfg: Config, opt: ParsedOption) -> None:
 
 def configure_blockdev(cfg: Config, machine: MachineState) -> None:
     """Open every -blockdev and -drive (QEMU's configure_blockdev + drive_new)."""
+    if not cfg.block_options:
+        return  # the block layer is not imported
     block = machine.block_devices
     for opt in cfg.block_options:
         assert opt.arg is not None
@@ -296,14 +298,17 @@ def configure_blockdev(cfg: Config, machine: MachineState) -> None:
 
 
 def drive_check_orphaned(machine: MachineState) -> None:
-    machine.block_devices.check_orphaned()
+    block = machine.opened_block_devices()
+    if block is not None:
+        block.check_orphaned()
 
 
 def block_cleanup() -> None:
     """bdrv_close_all: flush and close the images (releasing their locks)."""
     machine = object_get_root().child("machine")
-    if isinstance(machine, MachineState):
-        machine.block_devices.close_all()
+    block = machine.opened_block_devices() if isinstance(machine, MachineState) else None
+    if block is not None:
+        block.close_all()
 
 
 # --- machine selection ----------------------------------------------------------------------
