@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import signal
 import sys
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pemu import __version__
@@ -71,7 +70,6 @@ def _register_all_types() -> None:
     x86_register_cpu_types()
 
 
-@dataclass
 class Config:
     """What the command line asked for, gathered before anything is built."""
 
@@ -81,13 +79,6 @@ class Config:
     smp: QemuOpts | None = None
     smp_location: str = "-smp"
     cpu_model: str | None = None
-    accels: list[AccelRequest] = field(default_factory=list)  # -accel, -enable-kvm or -machine accel=, in order
-    devices: list[tuple[QemuOpts, str]] = field(default_factory=list)
-    globals: list[GlobalProperty] = field(default_factory=list)  # -global, for the VM's devices
-    objects: list[tuple[QemuOpts, str]] = field(default_factory=list)
-    chardevs: list[tuple[QemuOpts, str]] = field(default_factory=list)
-    serials: list[str] = field(default_factory=list)
-    monitors: list[tuple[str, str]] = field(default_factory=list)  # (kind, spec)
     kernel: str | None = None
     initrd: str | None = None
     append: str | None = None
@@ -99,12 +90,21 @@ class Config:
     start_paused: bool = False
     no_reboot: bool = False
     no_shutdown: bool = False
-    data_dirs: list[str] = field(default_factory=list)
-    fw_cfg_files: list[tuple[str, bytes]] = field(default_factory=list)  # -fw_cfg name=...
-    smbios: list[tuple[QemuOpts, str]] = field(default_factory=list)
-    nets: list[tuple[str, QemuOpts, str]] = field(default_factory=list)  # (-netdev|-nic|-net, opts, location)
-    block_options: list[ParsedOption] = field(default_factory=list)  # -drive, -hda..., -blockdev in order
     snapshot: bool = False  # -snapshot
+
+    def __init__(self) -> None:
+        self.accels: list[AccelRequest] = []  # -accel, -enable-kvm or -machine accel=, in order
+        self.devices: list[tuple[QemuOpts, str]] = []
+        self.globals: list[GlobalProperty] = []  # -global, for the VM's devices
+        self.objects: list[tuple[QemuOpts, str]] = []
+        self.chardevs: list[tuple[QemuOpts, str]] = []
+        self.serials: list[str] = []
+        self.monitors: list[tuple[str, str]] = []  # (kind, spec)
+        self.data_dirs: list[str] = []
+        self.fw_cfg_files: list[tuple[str, bytes]] = []  # -fw_cfg name=...
+        self.smbios: list[tuple[QemuOpts, str]] = []
+        self.nets: list[tuple[str, QemuOpts, str]] = []  # (-netdev|-nic|-net, opts, location)
+        self.block_options: list[ParsedOption] = []  # -drive, -hda..., -blockdev in order
 
 
 # --- the command line ----------------------------------------------------------------------
