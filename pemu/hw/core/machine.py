@@ -4,7 +4,6 @@ the seed's class hierarchy machine -> x86 machine -> PC machine -> q35."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pemu.backends.hostmem import HostMemoryBackend
@@ -36,16 +35,17 @@ def machine_type_name(name: str) -> str:
     return name + TYPE_MACHINE_SUFFIX
 
 
-@dataclass
 class CpuTopology:
     """The ``-smp`` topology: how many CPUs and how they are grouped."""
 
-    cpus: int = 1
-    sockets: int = 1
-    dies: int = 1
-    cores: int = 1
-    threads: int = 1
-    max_cpus: int = 1
+    def __init__(self, cpus: int = 1, sockets: int = 1, dies: int = 1, cores: int = 1, threads: int = 1,
+                 max_cpus: int = 1) -> None:
+        self.cpus = cpus
+        self.sockets = sockets
+        self.dies = dies
+        self.cores = cores
+        self.threads = threads
+        self.max_cpus = max_cpus
 
 
 class MachineClass(ObjectClass):

@@ -11,7 +11,6 @@ Reset walks the bus tree from the main system bus.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, NamedTuple
 
@@ -102,14 +101,14 @@ def device_class_set_props(dc: DeviceClass, props: list[Property]) -> None:
 # --- -global ------------------------------------------------------------------------
 
 
-@dataclass
 class GlobalProperty:
     """One ``-global DRIVER.PROP=VALUE``: applied to every new device of the driver."""
 
-    driver: str
-    property: str
-    value: str
-    used: bool = False
+    def __init__(self, driver: str, property: str, value: str, used: bool = False) -> None:
+        self.driver = driver
+        self.property = property
+        self.value = value
+        self.used = used
 
 
 def qdev_prop_register_global(prop: GlobalProperty) -> None:
