@@ -25,9 +25,10 @@ import struct
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from enum import Enum, IntEnum
 from functools import cached_property
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from pemu.system.cpus import contain_fault
 from pemu.util.log import guest_error
@@ -72,7 +73,8 @@ ReadHandler = Callable[[int, int], int]  # (offset, size) -> value
 WriteHandler = Callable[[int, int, int], None]  # (offset, value, size)
 
 
-class MemoryRegionOps(NamedTuple):
+@dataclass(frozen=True)
+class MemoryRegionOps:
     """A device's handlers and the access rules of its register window.
 
     ``valid_*`` says which accesses the device accepts at all (others are
@@ -314,7 +316,8 @@ class MemoryRegion:
 # --- flat views ------------------------------------------------------------------
 
 
-class FlatRange(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class FlatRange:
     """One piece of an address space: [start, start+size) shows ``mr`` from
     ``offset_in_region`` on."""
 
@@ -636,7 +639,8 @@ def _io_read_bulk(space_name: str, mr: MemoryRegion, addr: int, offset: int,
     return bytes(out)
 
 
-class RAMMapping(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class RAMMapping:
     """A window of guest RAM lent out by :meth:`AddressSpace.map`: ``view``
     is ``block``'s memory from ``offset`` on."""
 

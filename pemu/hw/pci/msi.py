@@ -16,7 +16,8 @@ while masked.  The message goes out through ``send(address, data)``: a
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pemu.hw.pci.pci import PCI_CAP_ID_MSI, pci_add_capability
 
@@ -39,7 +40,8 @@ _MSI_DELIVERY_MODES = frozenset((0, 1, 2, 4, 5, 7))
 SendMSI = Callable[[int, int], None]   # (address, data)
 
 
-class MSIMessage(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class MSIMessage:
     """A decoded x86 MSI."""
 
     dest_id: int
