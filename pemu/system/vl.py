@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pemu import __version__
@@ -839,7 +840,8 @@ def _net_cleanup() -> None:
         net_cleanup()
 
 
-def main_with_args(argv: list[str]) -> int:
+def main_with_args(argv: list[str], on_built: Callable[[], None] | None = None) -> int:
+    """Build the VM and run it until it quits; ``on_built`` is called between the two."""
     from pemu.util.error import error_report
 
     try:
@@ -849,6 +851,8 @@ def main_with_args(argv: list[str]) -> int:
     except (UserError, QOMError) as e:
         error_report(str(e))
         return 1
+    if on_built is not None:
+        on_built()
     _install_signal_handlers()
     try:
         status = qemu_main_loop(vm)
