@@ -11,9 +11,8 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from enum import Enum, auto
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol
 
 from pemu.util.error import UserError
 from pemu.util.vm_context import current_vm
@@ -50,8 +49,7 @@ class AccelVCPU(Protocol):
     def destroy(self) -> None: ...
 
 
-@dataclass(frozen=True)
-class AccelProperty:
+class AccelProperty(NamedTuple):
     """A property of an accelerator object, set with ``-accel NAME,PROP=VALUE``
     (QEMU's ``tcg-accel.thread``).
 
@@ -274,8 +272,7 @@ def find_accel(name: str) -> AccelOps:
     return _accel_class(name)()
 
 
-@dataclass(frozen=True)
-class AccelRequest:
+class AccelRequest(NamedTuple):
     """One accelerator to try, as one -accel option asked for it."""
 
     name: str

@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import errno
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 BDRV_SECTOR_SIZE = 512
 # bdrv_probe_all() looks at this much of the image (BLOCK_PROBE_BUF_SIZE).
@@ -53,8 +53,7 @@ PERM_NAMES = {
 }
 
 
-@dataclass(frozen=True)
-class CacheMode:
+class CacheMode(NamedTuple):
     """What -drive cache= selects (bdrv_parse_cache_mode)."""
 
     name: str

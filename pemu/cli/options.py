@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from pemu.util.error import UserError
 from pemu.util.qemu_opts import (
@@ -41,8 +41,7 @@ class OptionSection(enum.Enum):
     DEBUG = "Debug/Expert options"
 
 
-@dataclass(frozen=True)
-class QemuOption:
+class QemuOption(NamedTuple):
     """One command-line option (a line of QEMU's qemu-options.hx)."""
 
     name: str  # without the leading dash
@@ -218,8 +217,7 @@ def lookup_option(name: str) -> QemuOption | None:
     return OPTIONS.get(name)
 
 
-@dataclass(frozen=True)
-class ParsedOption:
+class ParsedOption(NamedTuple):
     """One option of the command line, in the order given."""
 
     option: QemuOption

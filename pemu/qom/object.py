@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any, Self, TypeVar
 
 from pemu.util.vm_context import current_vm
@@ -45,33 +44,38 @@ class QOMCastError(QOMError):
     pass
 
 
-@dataclass
 class TypeInfo:
     """What a type's registration says about it (QEMU's TypeInfo)."""
 
-    name: str
-    parent: str | None = TYPE_OBJECT
-    abstract: bool = False
-    interfaces: tuple[str, ...] = ()
-    class_init: ClassInit | None = None
-    class_base_init: ClassInit | None = None
-    class_data: Any = None
-    instance_init: InstanceHook | None = None
-    instance_post_init: InstanceHook | None = None
-    instance_finalize: InstanceHook | None = None
-    # The Python classes of the type's instances and of its class object;
-    # None means "the same as the parent's".
-    instance_type: type[Object] | None = None
-    class_type: type[ObjectClass] | None = None
+    def __init__(self, name: str, parent: str | None = TYPE_OBJECT, abstract: bool = False,
+                 interfaces: tuple[str, ...] = (), class_init: ClassInit | None = None,
+                 class_base_init: ClassInit | None = None, class_data: Any = None,
+                 instance_init: InstanceHook | None = None, instance_post_init: InstanceHook | None = None,
+                 instance_finalize: InstanceHook | None = None, instance_type: type[Object] | None = None,
+                 class_type: type[ObjectClass] | None = None) -> None:
+        self.name = name
+        self.parent = parent
+        self.abstract = abstract
+        self.interfaces = interfaces
+        self.class_init = class_init
+        self.class_base_init = class_base_init
+        self.class_data = class_data
+        self.instance_init = instance_init
+        self.instance_post_init = instance_post_init
+        self.instance_finalize = instance_finalize
+        # The Python classes of the type's instances and of its class object;
+        # None means "the same as the parent's".
+        self.instance_type = instance_type
+        self.class_type = class_type
 
 
-@dataclass
 class TypeImpl:
     """A registered type: its TypeInfo, resolved parent and class object (QEMU's TypeImpl)."""
 
-    info: TypeInfo
-    parent_type: TypeImpl | None = None
-    klass: ObjectClass | None = None
+    def __init__(self, info: TypeInfo, parent_type: TypeImpl | None = None, klass: ObjectClass | None = None) -> None:
+        self.info = info
+        self.parent_type = parent_type
+        self.klass = klass
 
     @property
     def name(self) -> str:
@@ -94,7 +98,6 @@ PropGetter = Callable[["Object"], Any]
 PropSetter = Callable[["Object", Any], None]
 
 
-@dataclass
 class ObjectProperty:
     """A named, typed property of a class or of one object.
 
@@ -103,17 +106,20 @@ class ObjectProperty:
     "child<T>".  ``set`` receives an already parsed Python value.
     """
 
-    name: str
-    type: str
-    get: PropGetter | None = None
-    set: PropSetter | None = None
-    release: Callable[[Object], None] | None = None
-    description: str = ""
-    default: Any = None
-    enum_values: tuple[str, ...] | None = None
-    # For properties stored in an instance attribute: its name, so a
-    # property without a default still starts as None.
-    attr: str | None = None
+    def __init__(self, name: str, type: str, get: PropGetter | None = None, set: PropSetter | None = None,
+                 release: Callable[[Object], None] | None = None, description: str = "", default: Any = None,
+                 enum_values: tuple[str, ...] | None = None, attr: str | None = None) -> None:
+        self.name = name
+        self.type = type
+        self.get = get
+        self.set = set
+        self.release = release
+        self.description = description
+        self.default = default
+        self.enum_values = enum_values
+        # For properties stored in an instance attribute: its name, so a
+        # property without a default still starts as None.
+        self.attr = attr
 
     @property
     def is_child(self) -> bool:

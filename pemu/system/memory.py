@@ -20,7 +20,6 @@ every step, renders little.
 from __future__ import annotations
 
 import bisect
-import ctypes
 import mmap
 import struct
 import sys
@@ -121,9 +120,15 @@ class RAMBlock:
                               flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE,
                               prot=mmap.PROT_READ | mmap.PROT_WRITE)
         self.view = memoryview(self.mmap)[:size]
-        self.host_addr = ctypes.addressof(ctypes.c_char.from_buffer(self.mmap))
         self.vm_memory = current_vm().memory  # the VM being built owns it
         self.vm_memory.ram_blocks.append(self)
+
+    @cached_property
+    def host_addr(self) -> int:
+        """The mapping's host address, for an accelerator that maps it into the guest."""
+        import ctypes  # 2 ms at start-up, for what a vCPU's first run needs
+
+        return ctypes.addressof(ctypes.c_char.from_buffer(self.mmap))
 
     def release(self) -> bool:
         """Unmap the host memory (the VM is destroyed); False if something

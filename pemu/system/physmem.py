@@ -7,8 +7,6 @@ address_space_memory and address_space_io over them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from pemu.system.memory import (
     MEMORY_SIZE_UNLIMITED,
     AddressSpace,
@@ -19,15 +17,16 @@ from pemu.util.log import guest_error
 from pemu.util.vm_context import current_vm
 
 
-@dataclass
 class SystemMemory:
     """One VM's root regions and the address spaces over them."""
 
-    io_mem_unassigned: MemoryRegion
-    system_memory: MemoryRegion
-    system_io: MemoryRegion
-    address_space_memory: AddressSpace
-    address_space_io: AddressSpace
+    def __init__(self, io_mem_unassigned: MemoryRegion, system_memory: MemoryRegion, system_io: MemoryRegion,
+                 address_space_memory: AddressSpace, address_space_io: AddressSpace) -> None:
+        self.io_mem_unassigned = io_mem_unassigned
+        self.system_memory = system_memory
+        self.system_io = system_io
+        self.address_space_memory = address_space_memory
+        self.address_space_io = address_space_io
 
 
 def _unassigned_read(offset: int, size: int) -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import signal
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pemu import version_banner
@@ -75,7 +75,6 @@ def _register_all_types() -> None:
 DEBUGCON_CHARDEV = "debugcon"  # the back-end -debugcon makes for its isa-debugcon
 
 
-@dataclass
 class Config:
     """What the command line asked for, gathered before anything is built."""
 
@@ -85,17 +84,10 @@ class Config:
     smp: QemuOpts | None = None
     smp_location: str = "-smp"
     cpu_model: str | None = None
-    accels: list[AccelRequest] = field(default_factory=list)  # -accel, -enable-kvm or -machine accel=, in order
-    devices: list[tuple[QemuOpts, str]] = field(default_factory=list)
-    globals: list[GlobalProperty] = field(default_factory=list)  # -global, for the VM's devices
-    objects: list[tuple[QemuOpts, str]] = field(default_factory=list)
-    chardevs: list[tuple[QemuOpts, str]] = field(default_factory=list)
-    serials: list[str] = field(default_factory=list)
     debugcon: tuple[str, str] | None = None  # -debugcon: (back-end spec, location)
     mem_lock: bool = False  # -overcommit mem-lock=on
     cpu_pm: bool = False  # -overcommit cpu-pm=on
     overcommit_location: str | None = None
-    monitors: list[tuple[str, str]] = field(default_factory=list)  # (monitor|mon|qmp|qmp-pretty|mon-qmp[-pretty], spec)
     kernel: str | None = None
     initrd: str | None = None
     append: str | None = None
@@ -107,13 +99,22 @@ class Config:
     start_paused: bool = False
     no_reboot: bool = False
     no_shutdown: bool = False
-    data_dirs: list[str] = field(default_factory=list)
-    fw_cfg_files: list[tuple[str, bytes]] = field(default_factory=list)  # -fw_cfg name=...
-    smbios: list[tuple[QemuOpts, str]] = field(default_factory=list)
-    nets: list[tuple[str, QemuOpts, str]] = field(default_factory=list)  # (-netdev|-nic|-net, opts, location)
-    block_options: list[ParsedOption] = field(default_factory=list)  # -drive, -hda..., -blockdev in order
     snapshot: bool = False  # -snapshot
-    add_fds: list[tuple[int, int, str | None]] = field(default_factory=list)  # -add-fd (fd, set, opaque)
+
+    def __init__(self) -> None:
+        self.accels: list[AccelRequest] = []  # -accel, -enable-kvm or -machine accel=, in order
+        self.devices: list[tuple[QemuOpts, str]] = []
+        self.globals: list[GlobalProperty] = []  # -global, for the VM's devices
+        self.objects: list[tuple[QemuOpts, str]] = []
+        self.chardevs: list[tuple[QemuOpts, str]] = []
+        self.serials: list[str] = []
+        self.monitors: list[tuple[str, str]] = []  # (monitor|mon|qmp|qmp-pretty|mon-qmp[-pretty], spec)
+        self.add_fds: list[tuple[int, int, str | None]] = []  # -add-fd (fd, set, opaque)
+        self.data_dirs: list[str] = []
+        self.fw_cfg_files: list[tuple[str, bytes]] = []  # -fw_cfg name=...
+        self.smbios: list[tuple[QemuOpts, str]] = []
+        self.nets: list[tuple[str, QemuOpts, str]] = []  # (-netdev|-nic|-net, opts, location)
+        self.block_options: list[ParsedOption] = []  # -drive, -hda..., -blockdev in order
 
 
 # --- the command line ----------------------------------------------------------------------
@@ -326,6 +327,8 @@ def drive_option(cfg: Config, opt: ParsedOption) -> None:
 
 def configure_blockdev(cfg: Config, machine: MachineState) -> None:
     """Open every -blockdev and -drive (QEMU's configure_blockdev + drive_new)."""
+    if not cfg.block_options:
+        return  # the block layer is not imported
     block = machine.block_devices
     for opt in cfg.block_options:
         assert opt.arg is not None
@@ -345,14 +348,17 @@ def configure_blockdev(cfg: Config, machine: MachineState) -> None:
 
 
 def drive_check_orphaned(machine: MachineState) -> None:
-    machine.block_devices.check_orphaned()
+    block = machine.opened_block_devices()
+    if block is not None:
+        block.check_orphaned()
 
 
 def block_cleanup() -> None:
     """bdrv_close_all: flush and close the images (releasing their locks)."""
     machine = object_get_root().child("machine")
-    if isinstance(machine, MachineState):
-        machine.block_devices.close_all()
+    block = machine.opened_block_devices() if isinstance(machine, MachineState) else None
+    if block is not None:
+        block.close_all()
 
 
 # --- machine selection ----------------------------------------------------------------------
@@ -918,7 +924,8 @@ def _net_cleanup() -> None:
         net_cleanup()
 
 
-def main_with_args(argv: list[str]) -> int:
+def main_with_args(argv: list[str], on_built: Callable[[], None] | None = None) -> int:
+    """Build the VM and run it until it quits; ``on_built`` is called between the two."""
     from pemu.util.error import error_report
 
     try:
@@ -928,6 +935,8 @@ def main_with_args(argv: list[str]) -> int:
     except (UserError, QOMError) as e:
         error_report(str(e))
         return 1
+    if on_built is not None:
+        on_built()
     _install_signal_handlers()
     try:
         status = qemu_main_loop(vm)

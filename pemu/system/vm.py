@@ -145,8 +145,9 @@ class VirtualMachine:
         self.run.powerdown_notifiers.clear()
         self.run.change_state_handlers.clear()
         self.reset_handlers.clear()
-        if self.machine is not None:
-            self.machine.block_devices.close_all()  # flushed, closed, their locks released
+        block = self.machine.opened_block_devices() if self.machine is not None else None
+        if block is not None:
+            block.close_all()  # flushed, closed, their locks released
         if self.qom_root is not None:
             for _name, child in list(self.qom_root.children()):
                 child.unparent()

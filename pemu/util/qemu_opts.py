@@ -28,8 +28,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import overload
+from typing import NamedTuple, overload
 
 from pemu.util.cutils import SizeError, SizeParseError, parse_bool, parse_uint64, qemu_strtosz
 from pemu.util.error import UserError, warn_report
@@ -42,8 +41,7 @@ class QemuOptType(enum.Enum):
     SIZE = "size"
 
 
-@dataclass(frozen=True)
-class QemuOptDesc:
+class QemuOptDesc(NamedTuple):
     """One accepted key of an option group."""
 
     name: str
@@ -55,8 +53,7 @@ class QemuOptDesc:
 OptValue = str | bool | int
 
 
-@dataclass
-class QemuOpt:
+class QemuOpt(NamedTuple):
     """One ``name=value`` pair: the text as typed and its parsed value."""
 
     name: str
@@ -112,8 +109,7 @@ def _parse_typed(name: str, text: str, opt_type: QemuOptType, location: str | No
 # Splitting an option string into elements
 
 
-@dataclass(frozen=True)
-class OptElement:
+class OptElement(NamedTuple):
     """One comma-separated element of an option string, after unescaping."""
 
     name: str
@@ -187,16 +183,17 @@ def has_help_option(params: str) -> bool:
 # Parsed options and option groups
 
 
-@dataclass(eq=False)
 class QemuOpts:
     """The options given by one occurrence (or, for merging groups, all
     occurrences) of a command-line option."""
 
-    opts_list: QemuOptsList
-    id: str | None = None
-    location: str | None = None  # where it came from, for later errors ("-device e1000e,...")
-    help_wanted: bool = False
-    _opts: list[QemuOpt] = field(default_factory=list, init=False, repr=False)
+    def __init__(self, opts_list: QemuOptsList, id: str | None = None, location: str | None = None,
+                 help_wanted: bool = False) -> None:
+        self.opts_list = opts_list
+        self.id = id
+        self.location = location  # where it came from, for later errors ("-device e1000e,...")
+        self.help_wanted = help_wanted
+        self._opts: list[QemuOpt] = []
 
     # -- reading
 
@@ -330,7 +327,6 @@ class QemuOpts:
         self.opts_list.remove(self)
 
 
-@dataclass(eq=False)
 class QemuOptsList:
     """An option group: its accepted keys and every QemuOpts parsed into it.
 
@@ -340,12 +336,14 @@ class QemuOptsList:
     that QEMU parses with keyval syntax, where "flag" alone is an error.
     """
 
-    name: str
-    implied_opt_name: str | None = None
-    merge_lists: bool = False
-    desc: tuple[QemuOptDesc, ...] = ()
-    allow_bare_flags: bool = True
-    head: list[QemuOpts] = field(default_factory=list, repr=False)
+    def __init__(self, name: str, implied_opt_name: str | None = None, merge_lists: bool = False,
+                 desc: tuple[QemuOptDesc, ...] = (), allow_bare_flags: bool = True) -> None:
+        self.name = name
+        self.implied_opt_name = implied_opt_name
+        self.merge_lists = merge_lists
+        self.desc = desc
+        self.allow_bare_flags = allow_bare_flags
+        self.head: list[QemuOpts] = []
 
     @property
     def accepts_any(self) -> bool:
@@ -528,8 +526,7 @@ def qemu_find_opts(name: str) -> QemuOptsList:
 # -global
 
 
-@dataclass(frozen=True)
-class GlobalProperty:
+class GlobalProperty(NamedTuple):
     """A default for one property of every device of a type (-global)."""
 
     driver: str

@@ -36,7 +36,9 @@ def walk(blob: bytes) -> list[tuple[int, int, bytes, list[bytes]]]:
 
 def test_type1_bytes() -> None:
     u = uuid.UUID("00112233-4455-6677-8899-aabbccddeeff")
-    raw = build_type1(SmbiosType1(manufacturer="QEMU", product="P", uuid=u))
+    t = SmbiosType1()
+    t.manufacturer, t.product, t.uuid = "QEMU", "P", u
+    raw = build_type1(t)
     expected = (bytes([1, 27, 0x00, 0x01])          # type 1, length 27, handle 0x100
                 + bytes([1, 2, 0, 0])               # manufacturer, product; no version/serial
                 + bytes.fromhex("33221100554477668899aabbccddeeff")  # first 3 fields LE

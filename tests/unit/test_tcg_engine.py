@@ -194,3 +194,31 @@ def test_a_built_engine_is_not_built_again(tmp_path: Path, monkeypatch: pytest.M
     (built_engine_dir() / LIBRARY_NAME).write_bytes(b"")
     monkeypatch.setattr(build, "fetch_sdist", lambda *a: pytest.fail("fetched the sources again"))
     assert build.build_engine(out=io.StringIO()) == built_engine_dir()
+
+
+def test_a_start_finds_the_engine_key_in_its_note(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The key a start uses is the hash of the patches; it is read from the note while the patches are
+    unchanged (no hashing), and hashed again when one changes."""
+    import shutil
+
+    from pemu.accel.tcg import engine
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    patch_dir = tmp_path / "engine" / "patches"
+    shutil.copytree(engine.PATCH_DIR, patch_dir)
+    monkeypatch.setattr(engine, "PATCH_DIR", patch_dir)
+    key = engine.engine_key()
+    assert engine.recorded_engine_key() == key  # no note yet: hashed and noted
+
+    def no_hash() -> str:
+        raise AssertionError("hashed the patches although the note is current")
+
+    monkeypatch.setattr(engine, "engine_key", no_hash)
+    assert engine.recorded_engine_key() == key
+    monkeypatch.undo()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(engine, "PATCH_DIR", patch_dir)
+    first = sorted(patch_dir.glob("*.patch"))[0]
+    first.write_text(first.read_text() + "\n# changed\n")
+    changed = engine.recorded_engine_key()
+    assert changed == engine.engine_key() != key

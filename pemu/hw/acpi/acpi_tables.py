@@ -8,8 +8,8 @@ special-case QEMU's tables see the same thing.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 ACPI_TABLE_HEADER = struct.Struct("<4sIBB6s8sI4sI")
 assert ACPI_TABLE_HEADER.size == 36
@@ -40,8 +40,7 @@ def _fixed_ascii(text: str, size: int, what: str) -> bytes:
     return raw.ljust(size, b" ")
 
 
-@dataclass(frozen=True)
-class AcpiOem:
+class AcpiOem(NamedTuple):
     """The OEM and creator fields of every table's header."""
 
     oem_id: str = ACPI_OEM_ID
@@ -66,8 +65,7 @@ def build_table(signature: str, revision: int, body: bytes, oem: AcpiOem = AcpiO
     return bytes(table)
 
 
-@dataclass(frozen=True)
-class TableHeader:
+class TableHeader(NamedTuple):
     """A table's 36-byte header, decoded."""
 
     signature: str
@@ -106,8 +104,7 @@ GAS = struct.Struct("<BBBBQ")
 assert GAS.size == 12
 
 
-@dataclass(frozen=True)
-class GenericAddress:
+class GenericAddress(NamedTuple):
     """Generic Address Structure (5.2.3.2)."""
 
     space: AddressSpace

@@ -20,7 +20,6 @@ All fields are little-endian; file names are NUL-padded to 56 bytes.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
 from enum import IntEnum
 
 BIOS_LINKER_LOADER_FILESZ = 56
@@ -58,14 +57,14 @@ def _entry(packed: bytes) -> bytes:
     return packed.ljust(BIOS_LINKER_LOADER_ENTRY_SIZE, b"\0")
 
 
-@dataclass
 class BiosLinker:
     """Builds the command list, checking every command against the sizes of
     the files it names (QEMU asserts the same)."""
 
-    files: dict[str, int] = field(default_factory=dict)
-    """File name -> size, for the files the linker knows (each must be ALLOCATEd)."""
-    cmd_blob: bytearray = field(default_factory=bytearray)
+    def __init__(self) -> None:
+        self.files: dict[str, int] = {}
+        """File name -> size, for the files the linker knows (each must be ALLOCATEd)."""
+        self.cmd_blob = bytearray()
 
     def _size(self, name: str) -> int:
         try:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 from pemu.hw.core.irq import IRQLine, NoIRQ
@@ -125,18 +124,18 @@ def _modem_lines_from_mcr(mcr: int) -> int:
     return lines
 
 
-@dataclass
 class _Regs:
     """The UART's registers that hold state."""
 
-    divisor: int = 0
-    ier: int = 0
-    lcr: int = 0
-    mcr: int = 0
-    lsr: int = LSR_THRE | LSR_TEMT
-    msr: int = DEFAULT_MODEM_LINES
-    scr: int = 0
-    fcr: int = 0
+    def __init__(self) -> None:
+        self.divisor = 0
+        self.ier = 0
+        self.lcr = 0
+        self.mcr = 0
+        self.lsr = LSR_THRE | LSR_TEMT
+        self.msr = DEFAULT_MODEM_LINES
+        self.scr = 0
+        self.fcr = 0
 
 
 class SerialUART:

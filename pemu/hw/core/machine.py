@@ -4,11 +4,9 @@ the seed's class hierarchy machine -> x86 machine -> PC machine -> q35."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pemu.backends.hostmem import HostMemoryBackend
-from pemu.block.blockdev import BlockDevices
 from pemu.hw.core.qdev import MachineInitPhase, bus_cold_reset, phase_advance, qemu_run_reset_handlers
 from pemu.hw.core.sysbus import sysbus_get_default
 from pemu.qom.object import (
@@ -26,6 +24,7 @@ from pemu.system.memory import MemoryRegion
 from pemu.util.vm_context import current_vm
 
 if TYPE_CHECKING:
+    from pemu.block.blockdev import BlockDevices
     from pemu.system.vm import VirtualMachine
 
 TYPE_MACHINE = "machine"
@@ -36,16 +35,17 @@ def machine_type_name(name: str) -> str:
     return name + TYPE_MACHINE_SUFFIX
 
 
-@dataclass
 class CpuTopology:
     """The ``-smp`` topology: how many CPUs and how they are grouped."""
 
-    cpus: int = 1
-    sockets: int = 1
-    dies: int = 1
-    cores: int = 1
-    threads: int = 1
-    max_cpus: int = 1
+    def __init__(self, cpus: int = 1, sockets: int = 1, dies: int = 1, cores: int = 1, threads: int = 1,
+                 max_cpus: int = 1) -> None:
+        self.cpus = cpus
+        self.sockets = sockets
+        self.dies = dies
+        self.cores = cores
+        self.threads = threads
+        self.max_cpus = max_cpus
 
 
 class MachineClass(ObjectClass):
@@ -94,7 +94,7 @@ class MachineState(Object):
     mem_merge: bool
     usb: bool
     graphics: bool
-    block_devices: BlockDevices  # -drive and -blockdev (pemu.block.blockdev)
+    _block_devices: BlockDevices | None  # made with the first -drive or -blockdev
     # From the command line, besides the properties (set by vl before the board is built):
     name_: str | None  # -name
     cpu_features: str  # the "+feat,-feat" of -cpu
@@ -105,6 +105,20 @@ class MachineState(Object):
     @property
     def mc(self) -> MachineClass:
         return object_class_check(self.klass, MachineClass)
+
+    @property
+    def block_devices(self) -> BlockDevices:
+        """-drive and -blockdev (pemu.block.blockdev); the block layer is
+        imported when the first drive is made or the table is looked at."""
+        if self._block_devices is None:
+            from pemu.block.blockdev import BlockDevices
+
+            self._block_devices = BlockDevices(units_per_bus=self.mc.units_per_default_bus or 2)  # 2: IDE's
+        return self._block_devices
+
+    def opened_block_devices(self) -> BlockDevices | None:
+        """The drive table if anything made it (None: the block layer was never needed)."""
+        return self._block_devices
 
     @property
     def kernel_filename(self) -> str | None:
@@ -138,7 +152,7 @@ def _machine_initfn(obj: Object) -> None:
     ms.device_memory = None
     ms.device_memory_base = 0
     ms.accel = None
-    ms.block_devices = BlockDevices(units_per_bus=mc.units_per_default_bus or 2)  # 2: QEMU's IDE master/slave
+    ms._block_devices = None
 
 
 def _machine_class_init(klass: ObjectClass, data: Any) -> None:

@@ -11,9 +11,8 @@ Reset walks the bus tree from the main system bus.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from pemu.hw.core.irq import IRQ, IRQLine, NoIRQ
 from pemu.qom.object import (
@@ -67,8 +66,7 @@ def phase_advance(phase: MachineInitPhase) -> None:
 # --- static properties ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Property:
+class Property(NamedTuple):
     """A qdev property declared by a device class (DEFINE_PROP_*): stored in
     the instance attribute ``attr`` (default: name with '-' as '_')."""
 
@@ -103,14 +101,14 @@ def device_class_set_props(dc: DeviceClass, props: list[Property]) -> None:
 # --- -global ------------------------------------------------------------------------
 
 
-@dataclass
 class GlobalProperty:
     """One ``-global DRIVER.PROP=VALUE``: applied to every new device of the driver."""
 
-    driver: str
-    property: str
-    value: str
-    used: bool = False
+    def __init__(self, driver: str, property: str, value: str, used: bool = False) -> None:
+        self.driver = driver
+        self.property = property
+        self.value = value
+        self.used = used
 
 
 def qdev_prop_register_global(prop: GlobalProperty) -> None:

@@ -13,8 +13,8 @@ APIC-related is claimed, and MSI is declared unsupported (it needs a LAPIC).
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
 from enum import IntFlag
+from typing import NamedTuple
 
 from pemu.hw.acpi.acpi_tables import (
     AccessSize,
@@ -116,8 +116,7 @@ _FADT = {
 FADT_FIELD_OFFSETS = {name: off for name, (off, _) in _FADT.items()}
 
 
-@dataclass(frozen=True)
-class PcAcpiConfig:
+class PcAcpiConfig(NamedTuple):
     """What the DSDT and FADT describe; defaults are the q35 board's."""
 
     pm_base: int = ICH9_PMBASE
@@ -142,14 +141,13 @@ class PcAcpiConfig:
     for Linux's qemu_fw_cfg driver."""
 
 
-@dataclass(frozen=True)
-class AcpiBuild:
+class AcpiBuild(NamedTuple):
     """The tables for direct boot: one blob at ``base_addr``, its RSDP's and each table's address."""
 
     base_addr: int
     blob: bytes
     rsdp_addr: int
-    tables: dict[str, int] = field(default_factory=dict)
+    tables: dict[str, int]
     """Signature -> guest-physical address (FACS, DSDT, FACP, APIC, RSDT, XSDT)."""
 
     @property
@@ -443,8 +441,7 @@ ACPI_BUILD_RSDP_FILE = "etc/acpi/rsdp"
 ACPI_BUILD_LOADER_FILE = "etc/table-loader"
 
 
-@dataclass(frozen=True)
-class AcpiFirmwareTables:
+class AcpiFirmwareTables(NamedTuple):
     """The three fw_cfg files of QEMU's acpi_setup."""
 
     tables: bytes

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 from pemu.util.error import UserError
 
@@ -43,8 +43,7 @@ E820_NVS = E820Type.NVS
 E820_UNUSABLE = E820Type.UNUSABLE
 
 
-@dataclass(frozen=True)
-class E820Entry:
+class E820Entry(NamedTuple):
     """One range of the BIOS memory map (e820): address, length, type."""
 
     addr: int

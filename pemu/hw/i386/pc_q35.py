@@ -94,7 +94,6 @@ def _q35_connect_ioapic_gsis(pcms: PCMachineState, lpc: Any) -> None:
 def q35_ahci_init(pcms: PCMachineState) -> None:
     """The ICH9 AHCI at 00:1f.2 and a disk or CD-ROM device for each if=ide
     drive, drive index N on port N (pc_q35_init's SATA part, ahci_ide_create_devs)."""
-    from pemu.block.blockdev import BlockInterfaceType
     from pemu.hw.ide.ich import ICH9_AHCI_PORTS, TYPE_ICH9_AHCI, ICH9AHCIState
     from pemu.hw.ide.qdev import TYPE_IDE_CD, TYPE_IDE_HD
 
@@ -103,8 +102,13 @@ def q35_ahci_init(pcms: PCMachineState) -> None:
     ahci.property_set("multifunction", True)
     qdev_realize(ahci, pcms.pcibus)
     ahci.unref()
+    block_devices = pcms.opened_block_devices()
+    if block_devices is None:
+        return  # no -drive: the block layer stays unimported
+    from pemu.block.blockdev import BlockInterfaceType
+
     for n in range(ICH9_AHCI_PORTS):
-        drive = pcms.block_devices.drive_get(BlockInterfaceType.IDE, n, 0)
+        drive = block_devices.drive_get(BlockInterfaceType.IDE, n, 0)
         if drive is None:
             continue
         dev = qdev_new(TYPE_IDE_CD if drive.media_cd else TYPE_IDE_HD)

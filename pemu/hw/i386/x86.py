@@ -6,8 +6,7 @@ the firmware over fw_cfg with the linuxboot_dma.bin option ROM (-bios or
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from pemu.hw.core.machine import TYPE_MACHINE, MachineClass, MachineState
 from pemu.hw.core.qdev import qdev_realize
@@ -173,8 +172,7 @@ LINUXBOOT_ROM = "linuxboot.bin"
 _VGA_MODES = {"normal": 0xFFFF, "ext": 0xFFFE, "ask": 0xFFFD}
 
 
-@dataclass(frozen=True)
-class FirmwareLinuxBoot:
+class FirmwareLinuxBoot(NamedTuple):
     """What x86_load_linux hands the firmware over fw_cfg for a bzImage."""
 
     setup: bytes  # boot sector + real-mode setup, header patched

@@ -36,9 +36,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from pemu.block.block_backend import BlockBackend, BlockErrorAction
-
 if TYPE_CHECKING:
+    from pemu.block.block_backend import BlockBackend
     from pemu.hw.ide.atapi import ATAPIState
 
 SECTOR_SIZE = 512
@@ -548,6 +547,8 @@ class IDEState:
     def _handle_rw_error(self, req: _RWRequest, error: int, retry: Callable[[], None]) -> bool:
         """Apply the drive's error policy to a failed request (ide_handle_rw_error).
         True when the command ended or waits; False to carry on (``ignore``)."""
+        from pemu.block.block_backend import BlockErrorAction  # a drive with a medium has imported it
+
         blk = self.blk
         action = blk.get_error_action(not req.is_write, error) if blk is not None else BlockErrorAction.REPORT
         if action is BlockErrorAction.IGNORE:
@@ -574,6 +575,8 @@ class IDEState:
         if self._busy is not transfer:
             return
         if ret < 0 and self.blk is not None:
+            from pemu.block.block_backend import BlockErrorAction
+
             action = self.blk.get_error_action(False, -ret)
             if action is BlockErrorAction.STOP:
                 self._retry = lambda: self._start_flush(transfer)

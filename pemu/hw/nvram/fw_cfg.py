@@ -29,7 +29,6 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 from typing import Any
 
@@ -117,14 +116,15 @@ SelectCallback = Callable[[], None]
 WriteCallback = Callable[[int, int], None]  # (offset, length) of the bytes the guest wrote
 
 
-@dataclass
 class FWCfgEntry:
     """One fw_cfg item: its bytes and the callbacks run when it is selected or written."""
 
-    data: bytearray
-    allow_write: bool = False
-    select_cb: SelectCallback | None = None
-    write_cb: WriteCallback | None = None
+    def __init__(self, data: bytearray, allow_write: bool = False, select_cb: SelectCallback | None = None,
+                 write_cb: WriteCallback | None = None) -> None:
+        self.data = data
+        self.allow_write = allow_write
+        self.select_cb = select_cb
+        self.write_cb = write_cb
 
 
 class FWCfgError(Exception):

@@ -5,7 +5,6 @@ device/function addressing and the PCI/PCIe bus types."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from pemu.hw.core.qdev import (
@@ -140,15 +139,15 @@ class PCIBus(BusState):
         return self.devices[devfn & 0xFF]
 
 
-@dataclass
 class PCIIORegion:
     """One registered BAR: its type bits, size, the region it shows, and
     where it is mapped now (``addr``, or PCI_BAR_UNMAPPED)."""
 
-    type: int
-    size: int
-    memory: MemoryRegion
-    addr: int = PCI_BAR_UNMAPPED
+    def __init__(self, type: int, size: int, memory: MemoryRegion, addr: int = PCI_BAR_UNMAPPED) -> None:
+        self.type = type
+        self.size = size
+        self.memory = memory
+        self.addr = addr
 
     @property
     def is_io(self) -> bool:

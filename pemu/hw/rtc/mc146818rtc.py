@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from pemu.hw.core.irq import IRQLine, NoIRQ
 from pemu.util.log import guest_error
@@ -120,8 +120,7 @@ def _to_bcd(value: int) -> int:
     return ((value // 10 % 10) << 4) | (value % 10)
 
 
-@dataclass(frozen=True)
-class _Fields:
+class _Fields(NamedTuple):
     """A calendar time, as the RTC's date and time registers hold it."""
 
     second: int

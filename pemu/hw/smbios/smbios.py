@@ -20,8 +20,7 @@ none.  Handles follow QEMU's numbering (type << 8, plus the instance).
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pemu.util.error import UserError
 
@@ -67,7 +66,6 @@ def _structure(kind: int, handle: int, fmt: str, strings: _Strings, *fields: int
     return struct.pack("<BBH", kind, 4 + len(body), handle) + body + strings.pack()
 
 
-@dataclass
 class SmbiosType0:
     """SMBIOS type 0 (BIOS information) strings and version."""
 
@@ -79,7 +77,6 @@ class SmbiosType0:
     uefi: bool = False
 
 
-@dataclass
 class SmbiosType1:
     """SMBIOS type 1 (system information)."""
 
@@ -92,7 +89,6 @@ class SmbiosType1:
     uuid: uuid_mod.UUID | None = None
 
 
-@dataclass
 class SmbiosType3:
     """SMBIOS type 3 (chassis)."""
 
@@ -103,7 +99,6 @@ class SmbiosType3:
     sku: str | None = None
 
 
-@dataclass
 class SmbiosType4:
     """SMBIOS type 4 (processor), one structure per socket."""
 
@@ -119,7 +114,6 @@ class SmbiosType4:
     processor_family: int = 0x01
 
 
-@dataclass
 class SmbiosType17:
     """SMBIOS type 17 (memory device), one per DIMM."""
 
@@ -132,15 +126,15 @@ class SmbiosType17:
     speed: int = 0
 
 
-@dataclass
 class SmbiosConfig:
     """Everything the tables say; the board fills the defaults, -smbios overrides them."""
 
-    type0: SmbiosType0 = field(default_factory=SmbiosType0)
-    type1: SmbiosType1 = field(default_factory=SmbiosType1)
-    type3: SmbiosType3 = field(default_factory=SmbiosType3)
-    type4: SmbiosType4 = field(default_factory=SmbiosType4)
-    type17: SmbiosType17 = field(default_factory=SmbiosType17)
+    def __init__(self) -> None:
+        self.type0 = SmbiosType0()
+        self.type1 = SmbiosType1()
+        self.type3 = SmbiosType3()
+        self.type4 = SmbiosType4()
+        self.type17 = SmbiosType17()
 
     def set_defaults(self, manufacturer: str, product: str, version: str) -> None:
         """smbios_set_defaults: fill the fields the user left alone."""
@@ -245,13 +239,12 @@ def build_type127() -> bytes:
     return _structure(127, T127_BASE, "", _Strings())
 
 
-@dataclass(frozen=True)
-class SmbiosTables:
+class SmbiosTables(NamedTuple):
     """The structure table and its entry point, as fw_cfg hands them to firmware."""
 
     tables: bytes
     anchor: bytes
-    count: int
+    structure_count: int  # (not "count": a tuple method)
     max_structure_size: int
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -91,17 +90,17 @@ def _signed(value: int, bits: int) -> int:
     return value - (1 << bits) if value >> (bits - 1) else value
 
 
-@dataclass
 class HPETTimer:
     """One HPET comparator: its configuration, comparator and period registers."""
 
-    tn: int
-    config: int = 0
-    cmp: int = U64
-    fsb: int = 0
-    period: int = 0
-    wrap_flag: bool = False
-    qemu_timer: TimerLike | None = None
+    def __init__(self, tn: int) -> None:
+        self.tn = tn
+        self.config = 0
+        self.cmp = U64
+        self.fsb = 0
+        self.period = 0
+        self.wrap_flag = False
+        self.qemu_timer: TimerLike | None = None
 
     @property
     def periodic(self) -> bool:

@@ -19,7 +19,6 @@ through :meth:`PIT.irq_control` (QEMU's pit_irq_control).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from enum import IntEnum
 
 from pemu.hw.core.irq import IRQLine
@@ -99,29 +98,29 @@ def _to_bcd(value: int) -> int:
     return result
 
 
-@dataclass
 class PITChannel:
     """One counter.  ``count`` is the binary initial count, 1..0x10000."""
 
-    index: int
-    gate: bool
-    mode: int = 3
-    bcd: bool = False
-    access: Access = Access.WORD
-    read_state: ByteState = ByteState.WORD_LOW
-    write_state: ByteState = ByteState.WORD_LOW
-    write_latch: int = 0
-    count: int = 0x10000
-    loaded: bool = False      # a count was written since the control word
-    load_ns: int = 0
-    frozen_ticks: int | None = None  # counting stopped by a low gate
-    triggered: bool = False   # modes 1 and 5: a gate rising edge started the count
-    latched_count: int | None = None
-    latched_state: ByteState = ByteState.WORD_LOW
-    latched_status: int | None = None
-    irq: IRQLine | None = None
-    edges_seen: int = 0
-    last_fire_ns: int = field(default=-(1 << 62))
+    def __init__(self, index: int, gate: bool) -> None:
+        self.index = index
+        self.gate = gate
+        self.mode = 3
+        self.bcd = False
+        self.access: Access = Access.WORD
+        self.read_state: ByteState = ByteState.WORD_LOW
+        self.write_state: ByteState = ByteState.WORD_LOW
+        self.write_latch = 0
+        self.count = 0x10000
+        self.loaded = False  # a count was written since the control word
+        self.load_ns = 0
+        self.frozen_ticks: int | None = None  # counting stopped by a low gate
+        self.triggered = False  # modes 1 and 5: a gate rising edge started the count
+        self.latched_count: int | None = None
+        self.latched_state: ByteState = ByteState.WORD_LOW
+        self.latched_status: int | None = None
+        self.irq: IRQLine | None = None
+        self.edges_seen = 0
+        self.last_fire_ns = -(1 << 62)
 
     # -- the counter as a function of time ----------------------------------
     def period(self) -> int:

@@ -6,7 +6,9 @@ patches in ``patches/`` (one per cause; each says why at its top) by
 The result is cached by :func:`engine_key`, a hash of the version, the
 source archive, the patches and the build script, in
 ``~/.cache/pemu/engine/<key>/libunicorn.so.2``: it is built once per machine
-and rebuilt only when a patch changes.
+and rebuilt only when a patch changes.  A start finds the key in a note kept
+next to the engines (:func:`recorded_engine_key`) rather than reading and
+hashing the patches.
 
 The unicorn binding loads its library when it is first imported and looks in
 ``LIBUNICORN_PATH`` first, so :func:`select_engine` runs when the ``pemu``
@@ -21,12 +23,11 @@ or an error).  What the loaded library offers is found out at run time
 from __future__ import annotations
 
 import enum
-import hashlib
 import importlib.util
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 UNICORN_VERSION = "2.1.4"
 # sha256 of unicorn-2.1.4.tar.gz on the package index.
@@ -51,11 +52,13 @@ class EngineFeature(enum.IntFlag):
 
 
 def patches() -> list[Path]:
-    return sorted(PATCH_DIR.glob("*.patch"))
+    return sorted(PATCH_DIR / name for name in os.listdir(PATCH_DIR) if name.endswith(".patch"))
 
 
 def engine_key() -> str:
     """The cache key of pemu's engine: changes with any patch or the build script."""
+    import hashlib  # 3 ms of OpenSSL: not at every start (recorded_engine_key)
+
     h = hashlib.sha256()
     h.update(f"unicorn {UNICORN_VERSION} {SDIST_SHA256}\n".encode())
     for path in [*patches(), BUILD_SCRIPT]:
@@ -63,6 +66,45 @@ def engine_key() -> str:
         h.update(f"{path.name} {len(data)}\n".encode())
         h.update(data)
     return h.hexdigest()[:16]
+
+
+def _key_inputs_stamp() -> str:
+    """The key's inputs as the file system describes them: name, size and
+    modification time of each patch, the build script and this module (which
+    holds the version and the archive's hash).  Editing or checking out any
+    of them changes it."""
+    lines = []
+    for path in (*patches(), BUILD_SCRIPT, Path(__file__)):
+        st = path.stat()
+        lines.append(f"{path.name} {st.st_size} {st.st_mtime_ns}")
+    return "\n".join(lines)
+
+
+def recorded_engine_key() -> str:
+    """:func:`engine_key`, from a note in the engine cache while the inputs' stamp is unchanged.
+
+    One note per source tree (``keys/<tree path>``) holds the stamp and the
+    key it was computed for; a start reads it instead of hashing the patches.
+    A stale or missing note is rewritten; a cache that cannot be written only
+    costs the hash.
+    """
+    stamp = _key_inputs_stamp()
+    note = cache_root() / "keys" / str(PATCH_DIR.parent).strip(os.sep).replace(os.sep, "+")
+    try:
+        recorded_stamp, _, key = note.read_text().rpartition("\nkey ")
+        if recorded_stamp == stamp and len(key) == 16:
+            return key
+    except (OSError, ValueError):
+        pass
+    key = engine_key()
+    try:
+        note.parent.mkdir(parents=True, exist_ok=True)
+        tmp = note.with_name(f".{note.name}.{os.getpid()}")
+        tmp.write_text(f"{stamp}\nkey {key}")
+        os.replace(tmp, note)
+    except OSError:
+        pass
+    return key
 
 
 def cache_root() -> Path:
@@ -94,7 +136,7 @@ def select_engine() -> None:
     if "unicorn" in sys.modules or engine_choice() == "stock":
         return
     try:
-        directory = built_engine_dir()
+        directory = cache_root() / recorded_engine_key()
     except OSError:  # the patches cannot be read: run on the wheel's engine
         return
     inherited = os.environ.get("LIBUNICORN_PATH")
@@ -107,8 +149,7 @@ def select_engine() -> None:
         _selected = directory
 
 
-@dataclass(frozen=True)
-class EngineInfo:
+class EngineInfo(NamedTuple):
     """What the Unicorn library loaded in this process is and offers."""
 
     version: str
