@@ -319,6 +319,43 @@ def test_interrupt_pending_while_if_clear_is_delivered_after_sti(machine: Machin
     assert machine.outputs() == [0x12, 0x20, 0x13]
 
 
+def test_interrupt_pending_while_if_clear_is_taken_in_a_one_instruction_window(machine: Machine) -> None:
+    """Linux idling in schedule() has IF=1 for a few instructions a pass: the
+    interrupt must be taken in the first such window (QEMU checks before the
+    block after sti's shadow), not at the next 100 us poll."""
+    from pemu.accel.tcg import tcg_accel
+
+    if not tcg_accel.engine_stops_at_irq_window():
+        pytest.skip("the engine lacks pemu's patch 0008 (irq-window): pending interrupts are polled for")
+    machine.cpu.pic_vectors = [0x20]
+    machine.ports.handlers[0x80] = lambda _: cpus.cpu_interrupt(machine.cpu, cpus.CPU_INTERRUPT_HARD)
+    machine.ports.handlers[0xE9] = lambda v: machine.ports.reads.__setitem__(0x82, 1) if v == 0x20 else None
+    machine.ports.reads[0x82] = 0
+    build(machine, """
+    cli
+    xor %ebx, %ebx
+    mov $1, %al
+    out %al, $0x80
+1:  mov $2000, %ecx
+2:  loop 2b
+    inc %ebx
+    sti
+    nop
+    cli
+    in $0x82, %al
+    test %al, %al
+    jz 1b
+    mov %ebx, %eax
+    out %eax, $0xe9
+    out %al, $0xf4
+    hlt
+    """)
+    machine.run_until_done()
+    irq, passes = machine.outputs()
+    assert irq == 0x20
+    assert passes <= 2, f"the interrupt was taken after {passes} one-instruction windows"
+
+
 def test_mmio_reaches_device_through_memory_api(machine: Machine) -> None:
     log: list[tuple[str, int, int, int]] = []
 

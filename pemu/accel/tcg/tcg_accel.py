@@ -89,6 +89,22 @@ if engine_info().has(EngineFeature.PHYS_INVALIDATE):
     _uc_invalidate_phys.restype = ctypes.c_int
 
 
+# pemu's engine (patch 0008) stops by itself when the guest opens its interrupt
+# window (IF=1, no shadow) while told an interrupt is pending; on the stock
+# engine the vCPU polls every IRQ_POLL_S instead (see TCGVCPU.exec).
+_uc_set_irq_pending: Any = None
+if engine_info().has(EngineFeature.IRQ_WINDOW):
+    _uc_set_irq_pending = uclib.uc_pemu_set_irq_pending
+    _uc_set_irq_pending.argtypes = [ctypes.c_void_p, ctypes.c_bool]
+    _uc_set_irq_pending.restype = None
+
+
+def engine_stops_at_irq_window() -> bool:
+    """True on pemu's engine with patch 0008: a pending interrupt is taken at
+    the first block boundary with IF=1, not at the next 100 us poll."""
+    return _uc_set_irq_pending is not None
+
+
 def engine_invalidates_by_physical_address() -> bool:
     """True on pemu's engine with patch 0007: a DMA write drops only the code
     of its pages with paging on too (the stock engine flushes everything then)."""
@@ -487,6 +503,7 @@ class TCGVCPU:
         if self.code_invalidate:
             self._invalidate_code(bool(ctx.cr(0) & CR0_PG_MASK))
         poll = False
+        window = False
         request = self.run.interrupt_request
         if request & _CPU_INTERRUPT_SPECIAL:
             reason = self._special_interrupt(request)
@@ -496,12 +513,17 @@ class TCGVCPU:
             if ctx.eflags & IF_MASK and not ctx.hflags & HF.INHIBIT_IRQ:
                 if not self._deliver_external():
                     return VCPUExit.SHUTDOWN
+            elif _uc_set_irq_pending is not None:
+                window = True
+                _uc_set_irq_pending(uc._uch, True)
             else:
                 poll = True
                 self.irq_poll.schedule(IRQ_POLL_S)
         if self.kick_pending:
             if poll:
                 self.irq_poll.cancel()
+            if window:
+                _uc_set_irq_pending(uc._uch, False)
             return VCPUExit.KICKED
         try:
             uc.emu_start(ctx.eip, 0)
@@ -515,6 +537,8 @@ class TCGVCPU:
             self.exits += 1
         if poll:
             self.irq_poll.cancel()
+        if window:  # stopped at the window (or for another reason): exec() delivers next
+            _uc_set_irq_pending(uc._uch, False)
         if self.shutdown_pending:
             self.shutdown_pending = False
             return VCPUExit.SHUTDOWN
