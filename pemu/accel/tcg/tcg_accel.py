@@ -99,6 +99,11 @@ if engine_info().has(EngineFeature.IRQ_WINDOW):
     _uc_set_irq_pending.restype = None
 
 
+# Off by default: with it on, the -smp 2/4 integration boots' shells answered
+# `dmesg` in 30-60 s (not understood yet); the unit test turns it on.
+irq_window_enabled = False
+
+
 def engine_stops_at_irq_window() -> bool:
     """True on pemu's engine with patch 0008: a pending interrupt is taken at
     the first block boundary with IF=1, not at the next 100 us poll."""
@@ -513,7 +518,7 @@ class TCGVCPU:
             if ctx.eflags & IF_MASK and not ctx.hflags & HF.INHIBIT_IRQ:
                 if not self._deliver_external():
                     return VCPUExit.SHUTDOWN
-            elif _uc_set_irq_pending is not None:
+            elif irq_window_enabled and _uc_set_irq_pending is not None:
                 window = True
                 _uc_set_irq_pending(uc._uch, True)
             else:
