@@ -83,9 +83,9 @@ def main() -> None:
                                          ("randread", args.ios, "IOPS")):
                 pemu_s = pemu_run(path, fmt, args.cache, size, pattern, count)
                 qemu_s = qemu_run(path, fmt, args.cache, size, pattern, count)
-                rate = (lambda s: count / s)
-                rows.append((fmt, pattern, unit, rate(pemu_s), rate(qemu_s)))
-                print(f"{fmt} {pattern}: pemu {rate(pemu_s):.0f} {unit}, qemu-img {rate(qemu_s):.0f} {unit}",
+                pemu_rate, qemu_rate = count / pemu_s, count / qemu_s
+                rows.append((fmt, pattern, unit, pemu_rate, qemu_rate))
+                print(f"{fmt} {pattern}: pemu {pemu_rate:.0f} {unit}, qemu-img {qemu_rate:.0f} {unit}",
                       file=sys.stderr)
     print(f"cache={args.cache}, {args.size} MiB image, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}\n")
     print("| format | pattern | unit | pemu | qemu-img bench | pemu/QEMU |")

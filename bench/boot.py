@@ -31,7 +31,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from tests.fixtures.build_guest import (  # noqa: E402
-    DEFAULT_APPEND, READY_MARKER, ensure_guest,
+    DEFAULT_APPEND,
+    READY_MARKER,
+    ensure_guest,
 )
 
 QEMU_BINARY = "qemu-system-x86_64"
@@ -144,7 +146,7 @@ def machine_description() -> str:
 
 
 def utc_now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _summary(values: list[float], fmt: str) -> str:

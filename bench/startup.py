@@ -98,7 +98,7 @@ def engine_description(python: list[str], env: dict[str, str]) -> str:
 
 
 def report(emulators: list[Emulator], *, runs: int, engine: str) -> str:
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"#### Start to a ready monitor and `quit`, {now}",
         "",

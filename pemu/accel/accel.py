@@ -188,7 +188,7 @@ class AccelOps(ABC):
         by GSI (the 16 ISA IRQs first); empty unless :meth:`irqchip_in_kernel`."""
         return []
 
-    def cleanup(self) -> None:
+    def cleanup(self) -> None:  # noqa: B027  (an optional hook: nothing to release by default)
         """Release what ``init_machine`` took (file descriptors, mappings) when the VM is destroyed."""
 
     def start_vcpu(self, cpu: Any, vcpu: AccelVCPU) -> bool:

@@ -7,9 +7,19 @@ nothing until the guest touches the memory.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from pemu.qom.object import TYPE_OBJECT, Object, ObjectClass, QOMError, TypeInfo, type_register
+from pemu.qom.object import (
+    TYPE_OBJECT,
+    Object,
+    ObjectClass,
+    QOMError,
+    TypeInfo,
+    object_check,
+    object_class_check,
+    type_register,
+)
 from pemu.qom.object_interfaces import TYPE_USER_CREATABLE, UserCreatableClass
 from pemu.system.memory import MemoryRegion
 
@@ -38,11 +48,11 @@ class HostMemoryBackend(Object):
 
 
 class HostMemoryBackendClass(UserCreatableClass):
-    alloc: Any = None
+    alloc: Callable[[HostMemoryBackend], None] | None = None
 
 
 def _check_size(obj: Object, value: int) -> None:
-    backend: HostMemoryBackend = obj  # type: ignore[assignment]
+    backend = object_check(obj, HostMemoryBackend)
     if backend.mr is not None:
         raise QOMError("cannot change property 'size' of memory-backend after it was completed")
     if value == 0:
@@ -50,22 +60,23 @@ def _check_size(obj: Object, value: int) -> None:
 
 
 def _hostmem_init(obj: Object) -> None:
-    backend: HostMemoryBackend = obj  # type: ignore[assignment]
+    backend = object_check(obj, HostMemoryBackend)
     backend.mr = None
     backend.size = 0
     backend.mapped = False
 
 
 def host_memory_backend_memory_complete(obj: Object) -> None:
-    backend: HostMemoryBackend = obj  # type: ignore[assignment]
+    backend = object_check(obj, HostMemoryBackend)
     if backend.size == 0:
         raise QOMError("can't create backend with size 0")
-    klass: HostMemoryBackendClass = obj.klass  # type: ignore[assignment]
-    klass.alloc(backend)
+    klass = object_class_check(obj.klass, HostMemoryBackendClass)
+    if klass.alloc is not None:
+        klass.alloc(backend)
 
 
 def _hostmem_class_init(klass: ObjectClass, data: Any) -> None:
-    k: HostMemoryBackendClass = klass  # type: ignore[assignment]
+    k = object_class_check(klass, HostMemoryBackendClass)
     k.complete = host_memory_backend_memory_complete
     k.property_add_field("size", "size", check=_check_size, description="Size of the memory region (ex: 500M)")
     k.property_add_field("share", "bool", default=False, description="Mark the memory as private to QEMU or shared")
@@ -82,13 +93,15 @@ def ram_backend_memory_alloc(backend: HostMemoryBackend) -> None:
         # As QEMU's ram_block_add: the size does not fit in the host's address space.
         raise QOMError(f"cannot set up guest memory '{name}': {e.strerror}") from None
     if backend.prealloc:
-        view = backend.mr.ram_block.view  # type: ignore[union-attr]
+        block = backend.mr.ram_block
+        assert block is not None  # a RAM region has its block
+        view = block.view
         for off in range(0, backend.size, 4096):
             view[off] = 0
 
 
 def _ram_backend_class_init(klass: ObjectClass, data: Any) -> None:
-    klass.alloc = ram_backend_memory_alloc  # type: ignore[attr-defined]
+    object_class_check(klass, HostMemoryBackendClass).alloc = ram_backend_memory_alloc
 
 
 type_register(TypeInfo(TYPE_MEMORY_BACKEND, parent=TYPE_OBJECT, abstract=True, interfaces=(TYPE_USER_CREATABLE,),

@@ -11,7 +11,6 @@ the writes, as QEMU's -snapshot does.
 from __future__ import annotations
 
 import os
-import struct
 import sys
 
 from pemu.block.block_int import (

@@ -21,8 +21,9 @@ import enum
 import errno
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from pemu.block.block_int import BDRV_REQUEST_MAX_BYTES, BlockDriverState
 

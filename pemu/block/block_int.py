@@ -92,7 +92,7 @@ class BlockDriver:
     format_name = ""
     is_format = True
 
-    def __init__(self, bs: "BlockDriverState") -> None:
+    def __init__(self, bs: BlockDriverState) -> None:
         self.bs = bs
 
     def getlength(self) -> int:
@@ -179,7 +179,7 @@ class BlockDriverState:
             self.backing.close()
             self.backing = None
 
-    def chain(self) -> list["BlockDriverState"]:
+    def chain(self) -> list[BlockDriverState]:
         """This node and its backing nodes, top first."""
         nodes: list[BlockDriverState] = []
         bs: BlockDriverState | None = self

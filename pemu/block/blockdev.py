@@ -399,7 +399,9 @@ class BlockDevices:
             try:
                 drive.blk.drain()
                 with drive.blk.io_lock:
-                    bdrv_commit(drive.blk.root)  # type: ignore[arg-type]
+                    root = drive.blk.root
+                    assert root is not None  # the targets have a medium (checked above)
+                    bdrv_commit(root)
             except OSError as exc:
                 raise CommitError(f"'commit' error for '{drive.id}': {os.strerror(exc.errno or 5)}") from None
 
@@ -446,12 +448,12 @@ def parse_blockdev_arg(arg: str, fail: Any) -> dict[str, Any]:
         import json  # only -blockdev's JSON form needs it: not imported at every start
 
         try:
-            tree = json.loads(arg)
+            parsed = json.loads(arg)
         except json.JSONDecodeError as exc:
             raise fail(f"JSON parse error, {exc.msg}") from None
-        if not isinstance(tree, dict):
+        if not isinstance(parsed, dict):
             raise fail("JSON value must be an object")
-        return tree
+        return parsed
     tree: dict[str, Any] = {}
     elements: list[str] = []
     current = ""

@@ -9,7 +9,7 @@ the order that keeps the image consistent), so evicting is just forgetting.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 # Each loaded table is a bytearray of one cluster.
 TableLoader = Callable[[int], bytearray]

@@ -16,7 +16,7 @@ import array
 import errno
 import struct
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from pemu.block.block_int import BlockDriverState, io_error
 from pemu.block.qcow2_cache import Qcow2Cache

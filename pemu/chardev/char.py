@@ -25,8 +25,9 @@ input it was given is dropped.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from enum import Enum
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING
 
 from pemu.system.cpus import contain_fault
 from pemu.util import cutils

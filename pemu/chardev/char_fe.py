@@ -14,7 +14,7 @@ are then dropped and no input ever arrives.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from pemu.chardev.char import Chardev, ChrEvent
 

@@ -18,6 +18,7 @@ import os
 import socket
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 from pemu.chardev.char import ChardevOptions, ChrEvent
 from pemu.chardev.char_fd import FdChardev
@@ -125,7 +126,7 @@ class SocketChardev(FdChardev):
         else:
             self.filename = where
 
-    def _resolve(self, passive: bool) -> list[tuple]:
+    def _resolve(self, passive: bool) -> list[tuple[Any, ...]]:
         assert isinstance(self.address, InetAddress)
         host = self.address.host or (None if not passive else "0.0.0.0")
         try:
@@ -163,7 +164,7 @@ class SocketChardev(FdChardev):
             self._unlink_on_close = path
         else:
             last_error: OSError | None = None
-            sock = None
+            bound: socket.socket | None = None
             for family, kind, proto, _, sockaddr in self._resolve(passive=True):
                 candidate = socket.socket(family, kind, proto)
                 try:
@@ -174,11 +175,12 @@ class SocketChardev(FdChardev):
                     candidate.close()
                     last_error = exc
                     continue
-                sock = candidate
+                bound = candidate
                 break
-            if sock is None:
+            if bound is None:
                 reason = _strerror(last_error) if last_error else "no address"
                 raise UserError(f"Failed to bind socket: {reason}")
+            sock = bound
         sock.setblocking(False)
         return sock
 

@@ -17,8 +17,9 @@ import signal
 import sys
 import termios
 import threading
+from collections.abc import Callable
 from types import FrameType
-from typing import Callable, Union
+from typing import Any
 
 from pemu.chardev.char import ChardevOptions
 from pemu.chardev.char_fd import FdChardev
@@ -27,20 +28,20 @@ from pemu.util.error import UserError
 STDIN_FD = 0
 STDOUT_FD = 1
 
-_SignalHandler = Union[Callable[[int, FrameType | None], object], int, signal.Handlers, None]
+_SignalHandler = Callable[[int, FrameType | None], object] | int | signal.Handlers | None
 
 # termios attribute list indices (see termios.tcgetattr)
 _IFLAG, _OFLAG, _CFLAG, _LFLAG, _CC = 0, 1, 2, 3, 6
 
 
-def raw_mode_attrs(saved: list, allow_signals: bool) -> list:
+def raw_mode_attrs(saved: list[Any], allow_signals: bool) -> list[Any]:
     """Terminal attributes for raw input, derived from ``saved``.
 
     Output post-processing stays on so that lone newlines still return the
     carriage; with ``allow_signals`` the terminal keeps turning Ctrl-C and
     Ctrl-Z into signals.
     """
-    attrs = [list(x) if isinstance(x, list) else x for x in saved]
+    attrs: list[Any] = [list(x) if isinstance(x, list) else x for x in saved]
     attrs[_IFLAG] &= ~(
         termios.IGNBRK | termios.BRKINT | termios.PARMRK | termios.ISTRIP
         | termios.INLCR | termios.IGNCR | termios.ICRNL | termios.IXON
@@ -62,7 +63,7 @@ class TerminalState:
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.saved = termios.tcgetattr(fd)
-        self.raw: list | None = None
+        self.raw: list[Any] | None = None
 
     def make_raw(self, allow_signals: bool) -> None:
         self.raw = raw_mode_attrs(self.saved, allow_signals)

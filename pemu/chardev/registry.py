@@ -16,7 +16,7 @@ The back-end types are listed once, in :data:`BACKENDS`.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from pemu.chardev.char import CHARDEV_OPTION_NAMES, Chardev, ChardevOptions
 from pemu.chardev.char_file import FileChardev

@@ -16,8 +16,8 @@ known point by :func:`register_standard_opts`.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
 
 from pemu.util.error import UserError
 from pemu.util.qemu_opts import (

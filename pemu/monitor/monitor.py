@@ -19,8 +19,8 @@ the chardev opened, prints the prompt again whenever the focus comes back
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
-from typing import Callable
 
 from pemu.chardev.char import Chardev, ChrEvent
 from pemu.chardev.char_fe import CharBackend

@@ -4,7 +4,8 @@ softmmu/qdev-monitor.c), as pure functions of the object and bus trees."""
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from pemu.hw.core.qdev import TYPE_DEVICE, BusClass, BusState, DeviceClass, DeviceState, Property
 from pemu.hw.core.sysbus import SysBusDevice

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 
 class GuestFwd:
-    def __init__(self, backend: "SlirpNetClient", rule: str, server: str, port: int, spec: str) -> None:
+    def __init__(self, backend: SlirpNetClient, rule: str, server: str, port: int, spec: str) -> None:
         from pemu.chardev.char_fe import CharBackend
         from pemu.chardev.registry import qemu_chr_new
 
@@ -84,7 +84,7 @@ def parse_guestfwd(rule: str) -> tuple[str, int, str]:
     return server, int(port_text), spec
 
 
-def add_guestfwd(backend: "SlirpNetClient", rule: str) -> GuestFwd:
+def add_guestfwd(backend: SlirpNetClient, rule: str) -> GuestFwd:
     server, port, spec = parse_guestfwd(rule)
     fwd = GuestFwd(backend, rule, server, port, spec)
     backend.guestfwds.append(fwd)

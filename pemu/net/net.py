@@ -23,8 +23,9 @@ Per-VM state: every client and hub of a VM is in one :class:`NetState`
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Iterator
+from typing import ClassVar
 
 from pemu.util.error import UserError
 
@@ -40,7 +41,7 @@ SentCallback = Callable[["NetClientState", int], None]
 
 @dataclass
 class NetPacket:
-    sender: "NetClientState"
+    sender: NetClientState
     data: bytes
     sent_cb: SentCallback | None
 
@@ -48,7 +49,7 @@ class NetPacket:
 class NetQueue:
     """The frames waiting for one receiver (QEMU's NetQueue), bounded."""
 
-    def __init__(self, owner: "NetClientState", max_frames: int = NET_QUEUE_MAX_FRAMES,
+    def __init__(self, owner: NetClientState, max_frames: int = NET_QUEUE_MAX_FRAMES,
                  max_bytes: int = NET_QUEUE_MAX_BYTES) -> None:
         self.owner = owner
         self.max_frames = max_frames
@@ -64,7 +65,7 @@ class NetQueue:
     def full(self) -> bool:
         return len(self.packets) >= self.max_frames or self.nbytes >= self.max_bytes
 
-    def append(self, sender: "NetClientState", data: bytes, sent_cb: SentCallback | None) -> None:
+    def append(self, sender: NetClientState, data: bytes, sent_cb: SentCallback | None) -> None:
         """Queue a frame.  A sender that holds (has a ``sent_cb``) is always
         queued: it sends nothing more until its callback, so it adds at most
         one frame beyond the bound.  Others are dropped when the queue is full."""
@@ -74,7 +75,7 @@ class NetQueue:
         self.packets.append(NetPacket(sender, data, sent_cb))
         self.nbytes += len(data)
 
-    def purge(self, sender: "NetClientState") -> None:
+    def purge(self, sender: NetClientState) -> None:
         """Forget the frames of ``sender`` (it is going away), releasing it."""
         kept: deque[NetPacket] = deque()
         for packet in self.packets:
@@ -110,7 +111,7 @@ class NetClientState:
 
     driver: ClassVar[str] = "none"
 
-    def __init__(self, net: "NetState", model: str, name: str | None) -> None:
+    def __init__(self, net: NetState, model: str, name: str | None) -> None:
         self.net = net
         self.model = model
         self.name = name or net.assign_name(model)
@@ -235,7 +236,7 @@ def qemu_flush_queued_packets(nc: NetClientState) -> None:
     nc.incoming_queue.flush()
 
 
-def qemu_set_link(net: "NetState", name: str, up: bool) -> None:
+def qemu_set_link(net: NetState, name: str, up: bool) -> None:
     """set_link: bring a client's link (and its NIC peer's) up or down."""
     matches = [nc for nc in net.clients if nc.name == name]
     if not matches:
@@ -258,7 +259,7 @@ def qemu_set_link(net: "NetState", name: str, up: bool) -> None:
 class NetHubPort(NetClientState):
     driver = "hubport"
 
-    def __init__(self, net: "NetState", hub: "NetHub", name: str | None) -> None:
+    def __init__(self, net: NetState, hub: NetHub, name: str | None) -> None:
         super().__init__(net, "hub", name or f"hub{hub.hub_id}port{len(hub.ports)}")
         self.hub = hub
         self.port_id = len(hub.ports)

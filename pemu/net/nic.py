@@ -11,7 +11,8 @@ back-end then holds the frame until the model calls
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pemu.hw.core.qdev import Property
 from pemu.net.net import NetClientState, NetState, format_macaddr, net_state

@@ -16,8 +16,9 @@ import selectors
 import socket
 import struct
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from pemu.net import libslirp as ls
 from pemu.net.net import NetClientState, NetState, qemu_flush_queued_packets, qemu_send_packet

@@ -18,12 +18,14 @@ import errno
 import os
 import socket
 import struct
+from typing import Any
 
 from pemu.net.net import NET_BUFSIZE, NetClientState, NetState, qemu_flush_queued_packets, qemu_send_packet_async
 from pemu.util.error import UserError, error_report
 from pemu.util.main_loop import MainLoop
 
-_Addr = tuple[int, object]  # (address family, sockaddr)
+_SockAddr = tuple[Any, ...] | str  # what socket.bind() takes: (host, port[, ...]) or a path
+_Addr = tuple[int, _SockAddr]  # (address family, sockaddr)
 
 
 def _split_host_port(text: str, what: str) -> tuple[str, int]:
@@ -80,10 +82,10 @@ def _port(text: str, key: str) -> int:
     return port
 
 
-def _describe(family: int, sockaddr: object) -> str:
-    if family == socket.AF_UNIX:
-        return str(sockaddr)
-    host, port = sockaddr[:2]  # type: ignore[index]
+def _describe(family: int, sockaddr: _SockAddr) -> str:
+    if isinstance(sockaddr, str):  # AF_UNIX: the path
+        return sockaddr
+    host, port = sockaddr[:2]
     return f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
 
 

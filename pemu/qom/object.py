@@ -23,8 +23,9 @@ without owning them.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Self, TypeVar
 
 from pemu.util.vm_context import current_vm
 
@@ -106,7 +107,7 @@ class ObjectProperty:
     type: str
     get: PropGetter | None = None
     set: PropSetter | None = None
-    release: Callable[["Object"], None] | None = None
+    release: Callable[[Object], None] | None = None
     description: str = ""
     default: Any = None
     enum_values: tuple[str, ...] | None = None
@@ -373,9 +374,6 @@ def type_exists(typename: str) -> bool:
 
 # --- objects -------------------------------------------------------------------
 
-O = TypeVar("O", bound="Object")
-
-
 class Object:
     """An instance of a QOM type."""
 
@@ -404,7 +402,7 @@ class Object:
         return self
 
     # -- references ------------------------------------------------------------
-    def ref(self: O) -> O:
+    def ref(self) -> Self:
         self._ref += 1
         return self
 
@@ -523,6 +521,28 @@ class Object:
 
     def __repr__(self) -> str:
         return f"<{self.typename} {self.canonical_path() or 'unattached'}>"
+
+
+_O = TypeVar("_O", bound=Object)
+_C = TypeVar("_C", bound=ObjectClass)
+
+
+def object_check(obj: Object, python_type: type[_O]) -> _O:
+    """QEMU's OBJECT_CHECK in Python: ``obj`` seen as ``python_type``, the
+    Python class of its QOM type or of an ancestor (so that its fields are
+    known to the type checker); a QOMCastError if it is not one."""
+    if not isinstance(obj, python_type):
+        raise QOMCastError(f"Object {id(obj):#x} of type {obj.typename} is not a {python_type.__name__}")
+    return obj
+
+
+def object_class_check(klass: ObjectClass, python_type: type[_C]) -> _C:
+    """QEMU's OBJECT_CLASS_CHECK in Python: a class object seen as
+    ``python_type`` (its type's class_type or an ancestor's); a QOMCastError
+    if it is not one."""
+    if not isinstance(klass, python_type):
+        raise QOMCastError(f"Class {klass.name} is not a {python_type.__name__}")
+    return klass
 
 
 def _release_child(child: Object) -> None:

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 from pemu.accel.accel import AccelVCPU, VCPUExit, configure_accelerators, current_accel
 from pemu.system import runstate
 from pemu.system.runstate import RunState
+from pemu.util import timer
 from pemu.util.error import error_report
 from pemu.util.log import LOG_GUEST_ERROR, qemu_log, qemu_log_separate, qemu_loglevel_mask
 from pemu.util.main_loop import bql
-from pemu.util import timer
 from pemu.util.vm_context import current_vm
 
 if TYPE_CHECKING:
@@ -203,8 +203,9 @@ def _wait_stopped(cpus: list[Any]) -> None:
     with bql:
         while not all(run_state(c).stopped for c in cpus):
             for c in cpus:
-                if not run_state(c).stopped and run_state(c).accel_vcpu is not None:
-                    run_state(c).accel_vcpu.kick()
+                vcpu = run_state(c).accel_vcpu
+                if not run_state(c).stopped and vcpu is not None:
+                    vcpu.kick()
             qemu_pause_cond.wait(0.05)
 
 

@@ -24,15 +24,16 @@ import ctypes
 import mmap
 import struct
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import cached_property
 from dataclasses import dataclass
 from enum import Enum, IntEnum
-from typing import Callable, Iterator, Protocol, runtime_checkable
+from functools import cached_property
+from typing import Protocol, runtime_checkable
 
 from pemu.system.cpus import contain_fault
-from pemu.util.vm_context import current_vm
 from pemu.util.log import guest_error
+from pemu.util.vm_context import current_vm
 
 UINT64_MAX = (1 << 64) - 1
 MEMORY_SIZE_UNLIMITED = 1 << 64  # a region spanning the whole 64-bit space
@@ -101,7 +102,10 @@ class RegionKind(Enum):
 
 # The mmap module names MAP_NORESERVE only from Python 3.13 on; Linux's value
 # (include/uapi/asm-generic/mman-common.h) before that.
-MAP_NORESERVE = 0x4000 if sys.version_info < (3, 13) else mmap.MAP_NORESERVE
+if sys.version_info >= (3, 13):
+    MAP_NORESERVE = mmap.MAP_NORESERVE
+else:
+    MAP_NORESERVE = 0x4000
 
 
 class RAMBlock:
@@ -168,10 +172,10 @@ class MemoryRegion:
         self.kind = kind
         self.ops: MemoryRegionOps | None = None
         self.ram_block: RAMBlock | None = None
-        self.alias: MemoryRegion | None = None
+        self.alias_target: MemoryRegion | None = None
         self.alias_offset = 0
         self.subregions: list[MemoryRegion] = []
-        self.container: MemoryRegion | None = None
+        self.parent_container: MemoryRegion | None = None
         self.addr = 0
         self.priority = 0
         self.may_overlap = False
@@ -219,7 +223,7 @@ class MemoryRegion:
         if offset < 0 or offset + size > orig.size:
             raise ValueError(f"alias {name}: window {offset:#x}+{size:#x} is outside {orig.name}")
         mr = cls(name, size, owner, RegionKind.ALIAS)
-        mr.alias = orig
+        mr.alias_target = orig
         mr.alias_offset = offset
         return mr
 
@@ -231,12 +235,12 @@ class MemoryRegion:
         self._add_subregion(offset, sub, priority, True)
 
     def _add_subregion(self, offset: int, sub: MemoryRegion, priority: int, may_overlap: bool) -> None:
-        if sub.container is not None:
-            raise ValueError(f"region {sub.name} is already in {sub.container.name}")
+        if sub.parent_container is not None:
+            raise ValueError(f"region {sub.name} is already in {sub.parent_container.name}")
         if self.kind != RegionKind.CONTAINER:
             raise ValueError(f"region {self.name} is not a container")
         with memory_transaction():
-            sub.container = self
+            sub.parent_container = self
             sub.addr = offset
             sub.priority = priority
             sub.may_overlap = may_overlap
@@ -248,11 +252,11 @@ class MemoryRegion:
             _mark_changed()
 
     def del_subregion(self, sub: MemoryRegion) -> None:
-        if sub.container is not self:
+        if sub.parent_container is not self:
             raise ValueError(f"region {sub.name} is not in {self.name}")
         with memory_transaction():
             self.subregions.remove(sub)
-            sub.container = None
+            sub.parent_container = None
             _mark_changed()
 
     def set_enabled(self, enabled: bool) -> None:
@@ -264,7 +268,7 @@ class MemoryRegion:
     def set_address(self, addr: int) -> None:
         if addr == self.addr:
             return
-        parent = self.container
+        parent = self.parent_container
         if parent is None:
             self.addr = addr
             return
@@ -274,8 +278,8 @@ class MemoryRegion:
             parent._add_subregion(addr, self, priority, overlap)
 
     def set_alias_offset(self, offset: int) -> None:
-        assert self.alias is not None
-        if offset < 0 or offset + self.size > self.alias.size:
+        assert self.alias_target is not None
+        if offset < 0 or offset + self.size > self.alias_target.size:
             raise ValueError(f"alias {self.name}: offset {offset:#x} out of range")
         with memory_transaction():
             self.alias_offset = offset
@@ -294,8 +298,8 @@ class MemoryRegion:
     def kind_name(self) -> str:
         """The type column of `info mtree`."""
         if self.kind == RegionKind.ALIAS:
-            assert self.alias is not None
-            return self.alias.kind_name()
+            assert self.alias_target is not None
+            return self.alias_target.kind_name()
         if self.kind == RegionKind.CONTAINER:
             return "i/o"  # QEMU prints containers as i/o
         return self.kind.value
@@ -396,8 +400,8 @@ def render_flatview(root: MemoryRegion) -> FlatView:
             return
         readonly = readonly or mr.readonly
         if mr.kind == RegionKind.ALIAS:
-            assert mr.alias is not None
-            render(mr.alias, base - mr.alias_offset, start, end, readonly)
+            assert mr.alias_target is not None
+            render(mr.alias_target, base - mr.alias_offset, start, end, readonly)
             return
         if mr.kind == RegionKind.CONTAINER:
             for sub in mr.subregions:
@@ -956,12 +960,13 @@ def mtree_info(flatview: bool = False, spaces: list[AddressSpace] | None = None)
         rng = _fmt_range(base, mr.size, width)
         flags = "" if mr.enabled else " [disabled]"
         if mr.kind == RegionKind.ALIAS:
-            assert mr.alias is not None
-            target = mr.alias
+            assert mr.alias_target is not None
+            target = mr.alias_target
             if target not in aliased:
                 aliased.append(target)
             win = _fmt_range(mr.alias_offset, mr.size, width)
-            lines.append(f"{indent}{rng} (prio {mr.priority}, {mr.kind_name()}){flags}: alias {mr.name} @{target.name} {win}")
+            lines.append(f"{indent}{rng} (prio {mr.priority}, {mr.kind_name()}){flags}: "
+                         f"alias {mr.name} @{target.name} {win}")
             return
         kind = mr.kind_name()
         if mr.readonly and kind == "ram":

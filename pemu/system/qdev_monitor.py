@@ -21,6 +21,7 @@ from pemu.qom.object import (
     QOMError,
     container_get,
     object_class_by_name,
+    object_class_check,
     object_class_get_list_sorted,
     object_get_root,
 )
@@ -49,7 +50,7 @@ def device_help_list(show_internal: bool = False) -> str:
     """The text of `-device help`: user-creatable devices by category."""
     groups: dict[str, list[str]] = {}
     for klass in object_class_get_list_sorted(TYPE_DEVICE, False):
-        dc: DeviceClass = klass  # type: ignore[assignment]
+        dc = object_class_check(klass, DeviceClass)
         if not dc.user_creatable and not show_internal:
             continue
         line = f'name "{dc.name}", bus {_bus_name(dc)}'
@@ -100,7 +101,7 @@ def _find_bus_for(dc: DeviceClass) -> BusState | None:
         return None
     for bus in qbus_iter(sysbus_get_default()):
         if bus.is_a(dc.bus_type):
-            bc: BusClass = bus.klass  # type: ignore[assignment]
+            bc = object_class_check(bus.klass, BusClass)
             max_dev = bc.max_dev
             if max_dev and len(bus.devices_on_bus) >= max_dev:
                 continue
@@ -129,7 +130,7 @@ def qdev_device_add(opts: QemuOpts) -> DeviceState:
             raise QOMError(f"NIC model '{driver}' is not supported by pemu yet")
     if klass is None or not klass.dynamic_cast(TYPE_DEVICE):
         raise QOMError(f"'{driver}' is not a valid device model name")
-    dc: DeviceClass = klass  # type: ignore[assignment]
+    dc = object_class_check(klass, DeviceClass)
     if klass.abstract:
         raise QOMError("Parameter 'driver' expects a non-abstract device type")
     if not dc.user_creatable:

@@ -15,11 +15,10 @@ the log, and the VMM (main loop, monitor) goes on.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from enum import Enum
-from typing import Callable
 
 from pemu.util.vm_context import current_vm
-
 
 
 class RunState(Enum):

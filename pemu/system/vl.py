@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pemu import __version__
+from pemu.chardev.char_mux import MuxChardev
 from pemu.cli.options import (
     ParsedOption,
     parse_command_line,
@@ -38,6 +39,8 @@ from pemu.hw.core.qdev import (
 from pemu.qom.object import (
     QOMError,
     container_get,
+    object_check,
+    object_class_check,
     object_class_get_list_sorted,
     object_get_root,
     object_new_with_class,
@@ -45,7 +48,6 @@ from pemu.qom.object import (
 from pemu.system import cpus, runstate
 from pemu.system.runstate import RunState, ShutdownCause
 from pemu.system.vm import VirtualMachine
-from pemu.chardev.char_mux import MuxChardev
 from pemu.util import log
 from pemu.util.error import EarlyExit, UserError
 from pemu.util.qemu_opts import QemuOpts, qemu_global_option
@@ -60,10 +62,10 @@ def _register_all_types() -> None:
     where the type registry is filled (QEMU's module_call_init)."""
     import pemu.backends.hostmem  # noqa: F401
     import pemu.hw.i386.pc_q35  # noqa: F401
-    import pemu.hw.pci_host.q35  # noqa: F401
+    import pemu.hw.ide.qdev  # noqa: F401  (ide-hd, ide-cd: no IDE bus until the AHCI controller)
     import pemu.hw.isa.lpc_ich9  # noqa: F401
     import pemu.hw.isa.pc_legacy  # noqa: F401
-    import pemu.hw.ide.qdev  # noqa: F401  (ide-hd, ide-cd: no IDE bus until the AHCI controller)
+    import pemu.hw.pci_host.q35  # noqa: F401
     from pemu.target.i386.cpu import x86_register_cpu_types
 
     x86_register_cpu_types()
@@ -310,7 +312,7 @@ def block_cleanup() -> None:
 def machine_help() -> str:
     lines = ["Supported machines are:"]
     for mc in reversed(object_class_get_list_sorted(TYPE_MACHINE, False)):
-        m: MachineClass = mc  # type: ignore[assignment]
+        m = object_class_check(mc, MachineClass)
         if m.alias:
             lines.append(f"{m.alias:<20} {m.desc} (alias of {m.name})")
         default = " (default)" if m.is_default else ""
@@ -320,7 +322,7 @@ def machine_help() -> str:
 
 def select_machine(cfg: Config) -> MachineClass:
     """Find the machine class -machine names (seed: select_machine)."""
-    machines: list[MachineClass] = object_class_get_list_sorted(TYPE_MACHINE, False)  # type: ignore[assignment]
+    machines = [object_class_check(k, MachineClass) for k in object_class_get_list_sorted(TYPE_MACHINE, False)]
     wanted = cfg.machine.get("type") if cfg.machine is not None else None
     if cfg.machine is not None and (cfg.machine.help_wanted or wanted in ("help", "?")):
         sys.stdout.write(machine_help())
@@ -421,7 +423,7 @@ def qemu_create_machine(cfg: Config, mc: MachineClass) -> MachineState:
     from pemu.target.i386.cpu import x86_cpu_type_name
 
     ram_size, maxram, slots = set_memory_options(cfg, mc)
-    machine: MachineState = object_new_with_class(mc)  # type: ignore[assignment]
+    machine = object_check(object_new_with_class(mc), MachineState)
     root = object_get_root()
     root.add_child("machine", machine)
     machine.unref()
@@ -476,10 +478,11 @@ def qemu_create_machine(cfg: Config, mc: MachineClass) -> MachineState:
                 machine.property_parse(key, value)
             except QOMError as e:
                 raise UserError(str(e), cfg.machine.location) from None
-    for prop, value in (("kernel", cfg.kernel), ("initrd", cfg.initrd), ("append", cfg.append),
-                        ("firmware", cfg.bios)):
-        if value is not None:
-            machine.property_set(prop, value)
+    boot_props: tuple[tuple[str, str | None], ...] = (
+        ("kernel", cfg.kernel), ("initrd", cfg.initrd), ("append", cfg.append), ("firmware", cfg.bios))
+    for prop, text in boot_props:
+        if text is not None:
+            machine.property_set(prop, text)
     if machine.kernel is None and (machine.initrd is not None or machine.append is not None):
         raise UserError("-initrd or -append only allowed with -kernel option")
     machine.data_dirs = list(cfg.data_dirs)

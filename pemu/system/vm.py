@@ -31,7 +31,7 @@ from pemu.system import cpus
 from pemu.system.memory import VMMemory
 from pemu.system.runstate import VMRunState
 from pemu.util.timer import TimerListGroup
-from pemu.util.vm_context import current_vm_or_none, set_current_vm
+from pemu.util.vm_context import set_current_vm
 
 if TYPE_CHECKING:
     from pemu.accel.accel import AccelOps

@@ -17,7 +17,8 @@ LOG_CPU_RESET = 1 << 3
 LOG_IOPORT = 1 << 4
 
 LOG_ITEMS: dict[str, tuple[int, str]] = {
-    "guest_errors": (LOG_GUEST_ERROR, "log when the guest OS does something invalid (eg accessing a\nnon-existent register)"),
+    "guest_errors": (LOG_GUEST_ERROR,
+                     "log when the guest OS does something invalid (eg accessing a\nnon-existent register)"),
     "unimp": (LOG_UNIMP, "log unimplemented functionality"),
     "int": (LOG_INT, "show interrupts/exceptions in short format"),
     "cpu_reset": (LOG_CPU_RESET, "show CPU state before CPU resets"),

@@ -17,7 +17,9 @@ import os
 import selectors
 import threading
 from collections import deque
-from typing import Callable, Protocol
+from collections.abc import Callable
+from functools import partial
+from typing import Protocol
 
 from pemu.util import timer
 
@@ -31,12 +33,20 @@ HandlerFault = Callable[[str, Exception], None]
 
 
 def handler_name(cb: Callable[..., object]) -> str:
-    """A handler's name for messages: Class.method for a bound method."""
+    """A handler's name for messages: Class.method for a bound method (also
+    when bound to arguments by functools.partial)."""
+    if isinstance(cb, partial):
+        cb = cb.func
     owner = getattr(cb, "__self__", None)
     func = getattr(cb, "__func__", None)
     if owner is not None and func is not None:
         return f"{type(owner).__name__}.{func.__name__}"
     return getattr(cb, "__qualname__", None) or repr(cb)
+
+
+def _bind_dispatch(source: PollSource, events: list[int]) -> Callable[[], None]:
+    """``source.dispatch(events)`` as a handler, bound to this source and its events."""
+    return lambda: source.dispatch(events)
 
 
 class PollSource(Protocol):
@@ -124,7 +134,7 @@ class MainLoop:
                 events[index] |= mask
         with bql:
             for source, events in polled:
-                self.call_handler("poll source", lambda: source.dispatch(events))
+                self.call_handler("poll source", _bind_dispatch(source, events))
             for key, mask in ready:
                 if isinstance(key.data, tuple):
                     continue

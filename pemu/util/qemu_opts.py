@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import overload
 
 from pemu.util.cutils import SizeError, SizeParseError, parse_bool, parse_uint64, qemu_strtosz
 from pemu.util.error import UserError, warn_report
@@ -208,6 +209,11 @@ class QemuOpts:
     def has(self, name: str) -> bool:
         return self._find(name) is not None
 
+    @overload
+    def get(self, name: str) -> str | None: ...
+    @overload
+    def get(self, name: str, default: str) -> str: ...
+
     def get(self, name: str, default: str | None = None) -> str | None:
         """The text of the last ``name=`` (or the group's default, or ``default``)."""
         opt = self._find(name)
@@ -225,7 +231,8 @@ class QemuOpts:
     def _get_typed(self, name: str, opt_type: QemuOptType, default: OptValue) -> OptValue:
         desc = self.opts_list.find_desc(name)
         if desc is not None and desc.type is not opt_type:
-            raise TypeError(f"option '{name}' of group '{self.opts_list.name}' is {desc.type.name}, not {opt_type.name}")
+            raise TypeError(f"option '{name}' of group '{self.opts_list.name}' is {desc.type.name}, "
+                            f"not {opt_type.name}")
         opt = self._find(name)
         if opt is None:
             if desc is not None and desc.def_value_str is not None:
@@ -310,7 +317,8 @@ class QemuOpts:
             desc = by_name.get(opt.name)
             if desc is None:
                 raise UserError(f"Invalid parameter '{opt.name}'", self.location)
-            checked.append(QemuOpt(opt.name, opt.text, _parse_typed(opt.name, opt.text, desc.type, self.location), desc))
+            value = _parse_typed(opt.name, opt.text, desc.type, self.location)
+            checked.append(QemuOpt(opt.name, opt.text, value, desc))
         self._opts = checked
 
     def error(self, message: str) -> UserError:

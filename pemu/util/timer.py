@@ -12,8 +12,9 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from enum import IntEnum
-from typing import Callable, Protocol
+from typing import Protocol
 
 from pemu.util.vm_context import current_vm
 

@@ -41,8 +41,9 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
 
 SURFACES = ("pio", "mmio", "fw_cfg_dma", "pci_config", "timers")
 RAM_MIB = 128
@@ -168,8 +169,8 @@ class Q35Fuzzer:
         def walk(mr: Any) -> None:
             if mr.kind is RegionKind.ROM:
                 found[id(mr)] = mr
-            if mr.alias is not None:
-                walk(mr.alias)
+            if mr.alias_target is not None:
+                walk(mr.alias_target)
             for sub in mr.subregions:
                 walk(sub)
 
@@ -270,7 +271,7 @@ class Q35Fuzzer:
         deadline = start + seconds
         index = 0
         op: Any = None
-        for index, op in zip(range(ops), generator(rng)):
+        for index, op in zip(range(ops), generator(rng), strict=False):
             t0 = time.monotonic()
             self._op_started = t0
             self._hang_armed = True

@@ -196,7 +196,7 @@ def test_snapshot_opens_the_image_read_only_and_leaves_it_untouched(image: Path)
 def test_blockdev_keyval_and_json_forms(image: Path, tmp_path: Path) -> None:
     raw = tmp_path / "r.raw"
     raw.write_bytes(bytes(1 << 20))
-    json_form = ('{"driver": "raw", "node-name": "r0", "file": {"driver": "file", "filename": "%s"}}' % raw)
+    json_form = ('{"driver": "raw", "node-name": "r0", "file": {"driver": "file", "filename": "' + str(raw) + '"}}')
     other = tmp_path / "other.raw"
     other.write_bytes(bytes(1 << 20))
     running = Running("-blockdev", f"driver=qcow2,node-name=q0,file.driver=file,file.filename={image}",

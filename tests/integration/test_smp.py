@@ -59,7 +59,7 @@ def test_interrupts_come_through_the_io_apic_and_local_timers(smp_guest: tuple[G
     second = vm.run("cat /proc/interrupts")
     before, after = local_timer_counts(first), local_timer_counts(second)
     assert len(before) == len(after) == n
-    assert all(b > a for a, b in zip(before, after)), (before, after)
+    assert all(b > a for a, b in zip(before, after, strict=True)), (before, after)
 
 
 def test_madt_is_there(smp_guest: tuple[GuestProcess, int]) -> None:

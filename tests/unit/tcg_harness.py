@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import pytest
+from guestasm import assemble, have_binutils
 
 from pemu.hw.core.cpu import CPURunState
 from pemu.system import cpus
@@ -14,7 +16,6 @@ from pemu.system.memory import AddressSpace, MemoryRegion, MemoryRegionOps
 from pemu.target.i386.cpu_models import x86_cpu_model_for
 from pemu.target.i386.cpu_state import CPUX86State
 from pemu.util.timer import qemu_clock_enable_virtual
-from guestasm import assemble, have_binutils
 
 needs_binutils = pytest.mark.skipif(not have_binutils(), reason="GNU as/ld/objcopy (binutils) not installed")
 

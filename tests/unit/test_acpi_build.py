@@ -8,8 +8,8 @@ import pytest
 
 from pemu.hw.acpi.acpi_tables import (
     AcpiOem,
-    GenericAddress,
     AddressSpace,
+    GenericAddress,
     acpi_checksum,
     build_rsdp,
     build_table,
@@ -17,6 +17,8 @@ from pemu.hw.acpi.acpi_tables import (
 )
 from pemu.hw.i386.acpi_build import (
     FADT_FIELD_OFFSETS as F,
+)
+from pemu.hw.i386.acpi_build import (
     FadtFlags,
     IapcBootArch,
     PcAcpiConfig,
@@ -179,7 +181,7 @@ def test_madt():
     entries = []
     off = 8
     while off < len(body):
-        kind, length = body[off], body[off + 1]
+        length = body[off + 1]
         entries.append(body[off:off + length])
         off += length
     assert off == len(body)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from tests.unit.fakes import FakeClock
-
 from pemu.hw.intc.apic import (
     APIC,
     MIN_TIMER_PERIOD_NS,
@@ -19,6 +17,7 @@ from pemu.hw.intc.apic_common import (
     MSR_IA32_APICBASE_EXTD,
     APICBus,
 )
+from tests.unit.fakes import FakeClock
 
 ID, VER, TPR, APR, PPR, EOI, LDR, DFR, SVR = 0x20, 0x30, 0x80, 0x90, 0xA0, 0xB0, 0xD0, 0xE0, 0xF0
 ISR, TMR, IRR, ESR, ICR_LO, ICR_HI = 0x100, 0x180, 0x200, 0x280, 0x300, 0x310
@@ -515,7 +514,7 @@ def test_lowest_priority_arbitration() -> None:
 
 def test_lowest_priority_focus() -> None:
     apics, *_ = make(2)
-    for i, a in enumerate(apics):
+    for a in apics:
         enable(a)                              # focus checking on
         a.write(LDR, 1 << 24, 4)
     apics[0].write(TPR, 0x10, 4)

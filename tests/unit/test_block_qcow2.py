@@ -18,8 +18,8 @@ import pytest
 
 from pemu.block.block import bdrv_commit, bdrv_open
 from pemu.block.block_backend import BlockBackend
-from pemu.block.file_posix import RAW_LOCK_PERM_BASE, _lock_byte_conflicts
 from pemu.block.block_int import CACHE_MODES, BlockDriverState, BlockOpenError
+from pemu.block.file_posix import RAW_LOCK_PERM_BASE, _lock_byte_conflicts
 from pemu.block.qcow2 import QCOW_OFLAG_COMPRESSED, Qcow2Driver
 from pemu.block.qcow2_create import qcow2_create
 from pemu.util.main_loop import MainLoop

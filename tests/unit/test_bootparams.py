@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from itertools import pairwise
 
 from test_bzimage import make_bzimage
 
@@ -45,7 +46,7 @@ def test_layout_offsets_match_bootparam_h():
     assert f.size == 2560 and f.offset + f.size == 0xCD0
     # No two fields overlap.
     spans = sorted((f.offset, f.offset + f.size, n) for n, f in BOOT_PARAMS_FIELDS.items())
-    for (a0, a1, an), (b0, _, bn) in zip(spans, spans[1:]):
+    for (_, a1, an), (b0, _, bn) in pairwise(spans):
         assert a1 <= b0, (an, bn)
     assert spans[-1][1] <= BOOT_PARAMS_SIZE
 

@@ -8,7 +8,12 @@ import subprocess
 import pytest
 
 from tests.fixtures.cpio import (
-    HEADER_SIZE, NEWC_MAGIC, CpioError, EntryType, NewcWriter, read_newc,
+    HEADER_SIZE,
+    NEWC_MAGIC,
+    CpioError,
+    EntryType,
+    NewcWriter,
+    read_newc,
 )
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from pemu.util.cutils import (
+    UINT64_MAX,
     EiB,
     GiB,
     KiB,
     MiB,
-    UINT64_MAX,
     SizeError,
     SizeParseError,
     parse_bool,

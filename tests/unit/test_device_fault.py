@@ -13,15 +13,15 @@ from typing import Any
 
 import pytest
 
-from pemu.hw.core.cpu import CPURunState
 from pemu.accel.accel import VCPUExit
 from pemu.chardev import CharBackend, Chardev
+from pemu.hw.core.cpu import CPURunState
 from pemu.system import cpus, runstate, vl
 from pemu.system.memory import AddressSpace, MemoryRegion, MemoryRegionOps, MemTxResult
 from pemu.system.runstate import RunState
-from pemu.util.vm_context import current_vm
 from pemu.util import log, timer
 from pemu.util.main_loop import main_loop
+from pemu.util.vm_context import current_vm
 
 FAULT = RuntimeError("injected fault")
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-
 import pytest
-
-from tests.unit.fakes import EdgeCounter, FakeClock
 
 from pemu.hw.timer.hpet import (
     HPET,
@@ -22,6 +19,7 @@ from pemu.hw.timer.hpet import (
     HPET_TN_TYPE_LEVEL,
     hpet_fw_cfg_bytes,
 )
+from tests.unit.fakes import EdgeCounter, FakeClock
 
 
 def timer_reg(n: int, reg: int) -> int:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from pemu.hw.audio.pcspk import PCSpeaker
 from pemu.hw.timer.i8254 import MIN_IRQ_INTERVAL_NS, PIT, PIT_FREQ, ticks_to_ns
 from tests.unit.fakes import EdgeCounter, FakeClock
-
 
 NS_PER_S = 1_000_000_000
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.unit.fakes import FakeClock
-
 from pemu.hw.intc.apic import APIC
 from pemu.hw.intc.apic_common import APICBus
 from pemu.hw.intc.ioapic import IOAPIC, IOAPIC_IOREGSEL, IOAPIC_IOWIN
+from tests.unit.fakes import FakeClock
 
 LEVEL = 1 << 15
 MASKED = 1 << 16

@@ -14,7 +14,13 @@ import pytest
 
 from pemu.accel.kvm import kvm_sys as k
 from pemu.accel.kvm.kvm_accel import (
-    KVMMemoryListener, SlotMapping, build_cpuid, pc_gsi_routing, plan_slots, segment_from_kvm, segment_to_kvm,
+    KVMMemoryListener,
+    SlotMapping,
+    build_cpuid,
+    pc_gsi_routing,
+    plan_slots,
+    segment_from_kvm,
+    segment_to_kvm,
 )
 from pemu.target.i386.cpu_models import x86_cpu_model_for
 from pemu.target.i386.cpu_state import CPUX86State, SegReg

@@ -6,6 +6,7 @@ import bz2
 import gzip
 import lzma
 import struct
+from itertools import pairwise
 
 import pytest
 from test_bzimage import make_bzimage
@@ -61,7 +62,7 @@ def test_layout_without_initrd():
     assert plan.initrd_size == 0 and plan.initrd_format is None
     # Blobs do not overlap.
     spans = sorted((b.addr, b.end) for b in plan.blobs)
-    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+    assert all(a[1] <= b[0] for a, b in pairwise(spans))
 
 
 def test_entry_state():
@@ -279,7 +280,7 @@ def test_payload_unpacked_on_host_enters_vmlinux_in_long_mode(compress):
     assert plan.kernel_end >= 0x1700000 and plan.initrd_addr >= plan.kernel_end
     assert not any(b.name == "kernel" for b in plan.blobs)
     spans = sorted((b.addr, b.end) for b in plan.blobs)
-    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+    assert all(a[1] <= b[0] for a, b in pairwise(spans))
 
 
 def test_unusable_payload_keeps_the_32bit_entry():

@@ -4,7 +4,8 @@ memory tree built here."""
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -624,7 +625,7 @@ def test_monitor_over_a_real_tcp_socket() -> None:
             main_loop().run_once(0.02)
             try:
                 received += client.recv(4096)
-            except socket.timeout:
+            except TimeoutError:
                 pass
         return marker in received
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.unit.fakes import FakeClock
-
 from pemu.hw.intc.apic import APIC
 from pemu.hw.intc.apic_common import APICBus
 from pemu.hw.pci.msi import MSIMessage, msi_decode, msi_encode
+from tests.unit.fakes import FakeClock
 
 
 @pytest.mark.parametrize("address,data,expect", [

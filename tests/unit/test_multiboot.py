@@ -9,8 +9,14 @@ import pytest
 
 from pemu.hw.i386.e820 import E820Table, E820Type
 from pemu.hw.i386.multiboot import (
-    MBI_ADDR, MULTIBOOT_BOOTLOADER_MAGIC, MULTIBOOT_HEADER_MAGIC, MultibootError, MultibootModule,
-    find_multiboot_header, parse_module_list, plan_multiboot,
+    MBI_ADDR,
+    MULTIBOOT_BOOTLOADER_MAGIC,
+    MULTIBOOT_HEADER_MAGIC,
+    MultibootError,
+    MultibootModule,
+    find_multiboot_header,
+    parse_module_list,
+    plan_multiboot,
 )
 from pemu.hw.i386.pvh import ElfError
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
+from pemu.net import slirp  # noqa: E402  (libslirp itself is loaded on first use)
 from pemu.net.net import NET_QUEUE_MAX_FRAMES, NetState, info_network, qemu_send_packet
 from pemu.util.error import UserError
 from pemu.util.main_loop import main_loop
@@ -24,8 +25,6 @@ from tests.unit.netframes import (
     tcp_fields,
     udp,
 )
-
-from pemu.net import slirp  # noqa: E402  (libslirp itself is loaded on first use)
 
 
 def _libslirp_present() -> bool:

@@ -194,7 +194,7 @@ def test_capability_list_walk(board: Any) -> None:
     pm = pci_add_capability(dev, PCI_CAP_ID_PM, 0x40, 8)
     msi = pci_add_capability(dev, PCI_CAP_ID_MSI, 0, 14)            # first free dword after PM
     vndr = pci_add_capability(dev, PCI_CAP_ID_VNDR, 0x80, 4)
-    assert (pm, msi) == (0x40, 0x48)
+    assert (pm, msi, vndr) == (0x40, 0x48, 0x80)
     assert cfg_read(dev, 0x06, 2) & 0x10                         # STATUS.CAP_LIST
     # The guest's walk: 0x34, then each next pointer.
     ptr, walk = cfg_read(dev, 0x34, 1), []

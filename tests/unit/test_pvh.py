@@ -8,7 +8,13 @@ import pytest
 
 from pemu.hw.i386.e820 import E820Table, E820Type
 from pemu.hw.i386.pvh import (
-    HVM_START_MAGIC, PVH_CMDLINE_ADDR, PVH_START_INFO_ADDR, ElfError, PVHError, has_pvh_note, plan_pvh_boot,
+    HVM_START_MAGIC,
+    PVH_CMDLINE_ADDR,
+    PVH_START_INFO_ADDR,
+    ElfError,
+    PVHError,
+    has_pvh_note,
+    plan_pvh_boot,
 )
 
 

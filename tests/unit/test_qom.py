@@ -14,7 +14,9 @@ from pemu.qom.object import (
     QOMError,
     TypeInfo,
     container_get,
+    object_check,
     object_class_by_name,
+    object_class_check,
     object_class_get_list,
     object_get_root,
     object_new,
@@ -161,6 +163,17 @@ def test_casts_and_interfaces():
     assert dog.dynamic_cast("t-bird") is None
     with pytest.raises(QOMCastError, match="is not an instance of type t-bird"):
         dog.cast("t-bird")
+
+
+def test_object_check_and_object_class_check_see_the_python_class_of_an_ancestor_type():
+    dog = object_new("t-dog")  # t-dog declares no Python classes: t-animal's are its
+    assert object_check(dog, Animal) is dog
+    assert object_class_check(dog.klass, AnimalClass) is dog.klass
+    plain = object_new("container")
+    with pytest.raises(QOMCastError, match="of type container is not a Animal"):
+        object_check(plain, Animal)
+    with pytest.raises(QOMCastError, match="Class container is not a AnimalClass"):
+        object_class_check(plain.klass, AnimalClass)
 
 
 def test_object_class_get_list_finds_concrete_subclasses():

@@ -8,6 +8,7 @@ import struct
 import threading
 
 import pytest
+from tcg_harness import PortRecorder, StubCPU, needs_binutils
 
 from pemu.hw.intc.apic import APIC, APICMemory
 from pemu.hw.intc.apic_common import APIC_DEFAULT_ADDRESS, APICBus
@@ -16,7 +17,6 @@ from pemu.system.memory import AddressSpace, MemoryRegion, MemoryRegionOps
 from pemu.target.i386.cpu import X86CPUAPICLink, x86_cpu_connect_pic
 from pemu.util.main_loop import bql
 from pemu.util.timer import qemu_clock_enable_virtual, timerlist_run_expired
-from tcg_harness import PortRecorder, StubCPU, needs_binutils
 
 pytestmark = needs_binutils
 
@@ -120,7 +120,7 @@ def machine():
     m.close()
 
 
-PROLOGUE = f"""
+PROLOGUE = """
     .code32
     lgdt gdtr
     lidt idtr
@@ -206,7 +206,7 @@ def test_lapic_timer_then_init_sipi_and_a_fixed_ipi_to_the_second_cpu(machine: S
 
 def ap_trampoline(body32: str) -> str:
     """Real mode at 0x8000 (the start-up IPI's vector 8), into flat 32-bit mode, then ``body32``."""
-    return f"""
+    return """
     .code16
     cli
     xor %ax, %ax

@@ -15,13 +15,13 @@ import struct
 from typing import Any
 
 import pytest
+from guestasm import assemble
+from tcg_harness import Machine, needs_binutils
 from unicorn import UC_HOOK_EDGE_GENERATED
 
 from pemu.accel.tcg import tcg_accel
 from pemu.system.dma import dma_memory_set, dma_memory_write
 from pemu.system.memory import AddressSpace, MemTxResult
-from guestasm import assemble
-from tcg_harness import Machine, needs_binutils
 
 pytestmark = needs_binutils
 

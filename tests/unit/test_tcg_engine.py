@@ -136,8 +136,8 @@ def test_failed_store_stops_at_its_instruction() -> None:
 def _pemu(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     full_env.pop("LIBUNICORN_PATH", None)
-    return subprocess.run([sys.executable, "-m", "pemu", *args], cwd=REPO, env=full_env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "pemu", *args], cwd=REPO, env=full_env, capture_output=True,
+                          text=True, timeout=60)
 
 
 def test_accel_help_names_the_engine() -> None:

@@ -13,13 +13,12 @@ import threading
 import time
 
 import pytest
-
+from tcg_harness import Machine, needs_binutils
 from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
 from unicorn import x86_const as ucx
 
 from pemu.accel.tcg.exit_request import ExitMode, TBExitRequest, default_exit_mode, verify_exit_request
 from pemu.system import cpus
-from tcg_harness import Machine, needs_binutils
 
 # loop: inc qword [rbx]; dec rcx; jnz loop; hlt
 RMW_LOOP = bytes.fromhex("48ff03" "48ffc9" "75f8" "f4")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import lzma
 
+from tcg_harness import Machine, assemble, needs_binutils
 from test_linux_boot import bzimage_with_payload, make_elf, q35_e820
 
 from pemu.hw.i386.linux_boot import plan_linux_boot
 from pemu.hw.i386.x86 import set_linux_entry_state
 from pemu.system import cpus
-from tcg_harness import Machine, assemble, needs_binutils
 
 pytestmark = needs_binutils
 

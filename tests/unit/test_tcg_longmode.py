@@ -7,10 +7,10 @@ import struct
 import time
 
 import pytest
+from tcg_harness import Machine, needs_binutils, wait_for
 
 from pemu.system import cpus, runstate
 from pemu.system.memory import MemoryRegion, MemoryRegionOps
-from tcg_harness import Machine, needs_binutils, wait_for
 
 pytestmark = needs_binutils
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from pemu.accel.tcg.memory_map import LOW_MMIO_END, Mapping, MapKind, plan_mappings
-from pemu.system.memory import MemoryRegion, render_flatview
 from tcg_harness import Machine, needs_binutils
+
+from pemu.accel.tcg.memory_map import LOW_MMIO_END, MapKind, Mapping, plan_mappings
+from pemu.system.memory import MemoryRegion, render_flatview
 
 KiB, MiB = 1 << 10, 1 << 20
 

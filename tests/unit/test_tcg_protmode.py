@@ -5,7 +5,6 @@ from __future__ import annotations
 import struct
 
 import pytest
-
 from tcg_harness import Machine, needs_binutils
 
 pytestmark = needs_binutils

@@ -13,9 +13,9 @@ from __future__ import annotations
 import struct
 
 import pytest
+from tcg_harness import Machine, needs_binutils
 
 from pemu.accel.tcg.engine import EngineFeature, engine_info
-from tcg_harness import Machine, needs_binutils
 
 pytestmark = needs_binutils
 

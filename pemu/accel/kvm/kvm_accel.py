@@ -31,7 +31,11 @@ from pemu.accel.accel import KVM_ACCEL_PROPERTIES, AccelOps, AccelUnavailable, V
 from pemu.accel.kvm import kvm_sys as k
 from pemu.accel.kvm.kvm_sys import ExitReason, KVMError, MPState, SystemEvent
 from pemu.target.i386.cpu_state import (
-    MSR, MSR_IA32_APICBASE_BSP, CPUX86State, DescriptorTable, SegmentCache,
+    MSR,
+    MSR_IA32_APICBASE_BSP,
+    CPUX86State,
+    DescriptorTable,
+    SegmentCache,
 )
 from pemu.util.error import UserError, error_report
 from pemu.util.log import guest_error
@@ -262,7 +266,7 @@ def build_cpuid(model: Any, supported: list[k.kvm_cpuid_entry2], apic_id: int,
             values = [sup.eax, sup.ebx, sup.ecx, sup.edx]  # the state layout is the host's
         else:
             values = list(model.cpuid(leaf, index))
-        regs = dict(zip(("eax", "ebx", "ecx", "edx"), values))
+        regs = dict(zip(("eax", "ebx", "ecx", "edx"), values, strict=True))
         for reg in _FEATURE_REGS.get((leaf, index), ()):
             regs[reg] &= getattr(sup, reg)
         if leaf == 1:
@@ -372,7 +376,7 @@ class KVMVCPU:
                 run.immediate_exit = 0
                 return VCPUExit.KICKED
             reason = run.exit_reason
-            handler = handlers.get(reason)  # type: ignore[call-overload]
+            handler = handlers.get(reason)
             if handler is None:
                 return self._handle_error(reason)
             result = handler()
@@ -444,7 +448,7 @@ class KVMVCPU:
             qemu_system_shutdown_request(ShutdownCause.GUEST_PANIC)
         else:
             guest_error(f"kvm: unknown system event {event}")
-            return VCPUExit.KICKED  # type: ignore[return-value]
+            return VCPUExit.KICKED
         return VCPUExit.SHUTDOWN
 
     def _handle_error(self, reason: int) -> VCPUExit:
@@ -477,12 +481,12 @@ class KVMVCPU:
     def put_state(self) -> None:
         env = self.env
         regs = k.kvm_regs()
-        for name, value in zip(_REG_FIELDS, env.regs):
+        for name, value in zip(_REG_FIELDS, env.regs, strict=True):
             setattr(regs, name, value & 0xFFFFFFFFFFFFFFFF)
         regs.rip = env.rip & 0xFFFFFFFFFFFFFFFF
         regs.rflags = env.rflags | 2
         sregs = k.kvm_sregs()
-        for name, seg in zip(_SEG_FIELDS, env.segs):
+        for name, seg in zip(_SEG_FIELDS, env.segs, strict=True):
             segment_to_kvm(seg, getattr(sregs, name))
         segment_to_kvm(env.ldt, sregs.ldt)
         segment_to_kvm(env.tr, sregs.tr)

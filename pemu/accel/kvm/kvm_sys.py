@@ -15,7 +15,7 @@ import ctypes
 import errno
 import mmap
 import os
-from ctypes import (Structure, Union, c_int32, c_uint8, c_uint16, c_uint32, c_uint64, sizeof)
+from ctypes import Structure, Union, c_uint8, c_uint16, c_uint32, c_uint64, sizeof
 from enum import IntEnum
 from typing import Any
 
@@ -331,7 +331,7 @@ def kvm_ioctl(fd: int, request: int, arg: Any = None) -> int:
     return ret
 
 
-def variable_struct(header_type: type, entry_type: type, count: int) -> Any:
+def variable_struct(header_type: type[Structure], entry_type: type[Structure], count: int) -> Any:
     """A header followed by ``count`` entries (kvm_msrs, kvm_cpuid2, kvm_irq_routing)."""
 
     class Variable(Structure):

@@ -61,7 +61,9 @@ from pemu.accel.tcg.engine import EngineFeature, engine_info
 
 _libc = ctypes.CDLL(None)
 _NATIVE_NOOP = ctypes.cast(_libc.abs, ctypes.c_void_p).value
-_NATIVE_EMU_STOP = ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value
+_emu_stop_address = ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value
+assert _emu_stop_address is not None  # an exported function's address is never NULL
+_NATIVE_EMU_STOP: int = _emu_stop_address
 
 
 def _stop_if_flag_stub(emu_stop: int) -> bytes:

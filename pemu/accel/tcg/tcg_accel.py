@@ -17,28 +17,46 @@ object, pemu.accel.tcg.tcg_all, does not import it).
 from __future__ import annotations
 
 import ctypes
-import threading
-import time
 from collections import deque
 from typing import Any
 
-from unicorn import (UC_ARCH_X86, UC_ERR_ARG, UC_ERR_INSN_INVALID, UC_ERR_WRITE_PROT, UC_HOOK_INSN, UC_HOOK_INTR,
-                     UC_MODE_64, Uc, UcError)
+from unicorn import (
+    UC_ARCH_X86,
+    UC_ERR_ARG,
+    UC_ERR_INSN_INVALID,
+    UC_ERR_WRITE_PROT,
+    UC_HOOK_INSN,
+    UC_HOOK_INTR,
+    UC_MODE_64,
+    Uc,
+    UcError,
+)
 from unicorn import x86_const as ucx
 from unicorn.unicorn_py3.unicorn import uclib
 
 from pemu.accel.accel import VCPUExit
+from pemu.accel.tcg.deadline import DeadlineThread
 from pemu.accel.tcg.engine import EngineFeature, engine_info
 from pemu.accel.tcg.exit_request import TBExitRequest, verify_exit_request
 from pemu.accel.tcg.memory_map import UnicornMemoryMap
 from pemu.accel.tcg.tcg_accel_ops_rr import RRCPUThread
 from pemu.system.memory import FlatView, RAMBlock, add_ram_write_notifier, remove_ram_write_notifier
 from pemu.target.i386.cpu_state import (
-    CR0_PG_MASK, EFLAGS_FIXED, IF_MASK, CPUX86State, DescriptorTable, SegmentCache,
+    CR0_PG_MASK,
+    EFLAGS_FIXED,
+    IF_MASK,
+    CPUX86State,
+    DescriptorTable,
+    SegmentCache,
 )
 from pemu.target.i386.tcg.misc_helper import do_syscall, do_sysenter
 from pemu.target.i386.tcg.seg_helper import (
-    EXCP06_ILLOP, EXCP0D_GPF, GuestFault, InterruptDelivery, TripleFault, seg_hflags,
+    EXCP0D_GPF,
+    EXCP06_ILLOP,
+    GuestFault,
+    InterruptDelivery,
+    TripleFault,
+    seg_hflags,
 )
 from pemu.target.i386.tcg.uc_context import HF, CPUContext, Off, real_mode_context_bytes, verify_context_layout
 from pemu.util.log import LOG_GUEST_ERROR, guest_error, qemu_log_mask
@@ -157,53 +175,27 @@ class _RAMAccess:
         return True
 
 
-class _IRQPoll:
+class _IRQPoll(DeadlineThread):
     """Asks the vCPU out of the engine after a delay (an interrupt waits for IF=1).
 
     Unicorn cannot tell us when the guest sets IF, so while an interrupt is
     pending with IF clear the vCPU runs with a deadline and looks again.
-    One thread serves every deadline; ``fired`` tells the vCPU it was this.
+    ``fired`` tells the vCPU it was this.
     """
 
     def __init__(self, exit_request: TBExitRequest) -> None:
         self.exit_request = exit_request
-        self.cond = threading.Condition(threading.Lock())
-        self.deadline: float | None = None
         self.fired = False
-        self.done = False
-        self.thread = threading.Thread(target=self._run, name="tcg-irq-poll", daemon=True)
-        self.thread.start()
+        super().__init__("tcg-irq-poll")
 
     def schedule(self, delay_s: float) -> None:
         with self.cond:
             self.fired = False
-            self.deadline = time.monotonic() + delay_s
-            self.cond.notify()
+            self._arm_locked(delay_s)
 
-    def cancel(self) -> None:
-        with self.cond:
-            self.deadline = None
-
-    def stop(self) -> None:
-        with self.cond:
-            self.done = True
-            self.cond.notify()
-        if self.thread is not threading.current_thread():
-            self.thread.join(1)  # a destroyed VM leaves no thread behind
-
-    def _run(self) -> None:
-        with self.cond:
-            while not self.done:
-                if self.deadline is None:
-                    self.cond.wait()
-                    continue
-                remaining = self.deadline - time.monotonic()
-                if remaining > 0:
-                    self.cond.wait(remaining)
-                    continue
-                self.deadline = None
-                self.fired = True
-                self.exit_request.request()
+    def expired(self) -> None:
+        self.fired = True
+        self.exit_request.request()
 
 
 class TCGVCPU:

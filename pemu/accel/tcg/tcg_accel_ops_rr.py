@@ -15,56 +15,37 @@ any of them (an interrupt, a stop, a resume) wakes the thread.
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 from pemu.accel.accel import VCPUExit
+from pemu.accel.tcg.deadline import DeadlineThread
 
 # How long one vCPU runs while another could: short, because a Linux guest
 # often spins waiting for another CPU (a lock holder, an IPI's answer).
 TIME_SLICE_S = 0.004
 
 
-class _SliceTimer:
+class _SliceTimer(DeadlineThread):
     """Ends the running vCPU's time slice: one thread, one deadline at a time."""
 
     def __init__(self) -> None:
-        self.cond = threading.Condition(threading.Lock())
-        self.deadline: float | None = None
         self.target: Any = None
-        self.done = False
-        self.thread = threading.Thread(target=self._run, name="tcg-rr-slice", daemon=True)
-        self.thread.start()
+        super().__init__("tcg-rr-slice")
 
     def arm(self, vcpu: Any, seconds: float) -> None:
         with self.cond:
             self.target = vcpu
-            self.deadline = time.monotonic() + seconds
-            self.cond.notify()
+            self._arm_locked(seconds)
 
     def disarm(self) -> None:
         with self.cond:
             self.deadline = None
             self.target = None
 
-    def stop(self) -> None:
-        with self.cond:
-            self.done = True
-            self.cond.notify()
-
-    def _run(self) -> None:
-        with self.cond:
-            while not self.done:
-                if self.deadline is None:
-                    self.cond.wait()
-                    continue
-                remaining = self.deadline - time.monotonic()
-                if remaining > 0:
-                    self.cond.wait(remaining)
-                    continue
-                target, self.deadline, self.target = self.target, None, None
-                if target is not None:
-                    target.request_exit()
+    def expired(self) -> None:
+        target, self.target = self.target, None
+        if target is not None:
+            target.request_exit()
 
 
 class RRCPUThread:
@@ -173,7 +154,7 @@ class RRCPUThread:
             try:
                 reason = vcpu.exec()
             except Exception as e:  # an accelerator bug: contained like a device fault
-                from pemu.system.runstate import contain_fault
+                from pemu.system.cpus import contain_fault
 
                 reason = VCPUExit.KICKED
                 contain_fault(f"CPU {cpu.cpu_index}", e)

@@ -28,7 +28,7 @@ RSDP = struct.Struct("<8sB6sBIIQB3x")
 assert RSDP.size == RSDP_V2_LENGTH
 
 
-def acpi_checksum(data: bytes) -> int:
+def acpi_checksum(data: bytes | bytearray) -> int:
     """The byte that makes ``data`` (with that byte counted as 0) sum to 0 mod 256."""
     return -sum(data) & 0xFF
 

@@ -68,12 +68,12 @@ class Pm1Control(IntFlag):
 
 
 PM1_STS_DEFINED = 0
-for _bit in Pm1Status:
-    PM1_STS_DEFINED |= _bit
+for _status_bit in Pm1Status:
+    PM1_STS_DEFINED |= _status_bit
 PM1_EN_WRITABLE = 0
-for _bit in Pm1Enable:
-    PM1_EN_WRITABLE |= _bit
-del _bit
+for _enable_bit in Pm1Enable:
+    PM1_EN_WRITABLE |= _enable_bit
+del _status_bit, _enable_bit
 PM1_CNT_STORED = Pm1Control.SCI_EN | Pm1Control.BM_RLD | Pm1Control.SLP_TYP
 """Bits that keep their value; GBL_RLS and SLP_EN are write-only, the rest reserved."""
 SLP_TYP_SHIFT = 10
@@ -203,7 +203,7 @@ class AcpiPmRegs:
 
     def update_sci(self) -> None:
         pm1 = self.pm1_sts & self.pm1_en & SCI_PM1_EVENTS
-        gpe = any(s & e for s, e in zip(self.gpe0_sts, self.gpe0_en))
+        gpe = any(s & e for s, e in zip(self.gpe0_sts, self.gpe0_en, strict=True))
         level = 1 if (pm1 or gpe) else 0
         if level != self._sci_level:
             self._sci_level = level

@@ -16,8 +16,9 @@ the pin is disconnected, so no interrupt leaves the chip.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 from pemu.hw.core.irq import IRQLine, NoIRQ
 from pemu.util.log import guest_error
@@ -103,7 +104,9 @@ RX_TIMEOUT_CHARS = 4
 
 
 class CharBackend(Protocol):
-    def write(self, data: bytes) -> None: ...
+    """What the UART needs of its chardev front-end (pemu.chardev.CharBackend)."""
+
+    def write(self, data: bytes) -> object: ...  # the count written, unused: the UART has no flow control
 
 
 

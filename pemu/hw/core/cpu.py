@@ -6,7 +6,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from pemu.hw.core.qdev import TYPE_DEVICE, DeviceClass, DeviceState
-from pemu.qom.object import Object, ObjectClass, TypeInfo, type_register
+from pemu.qom.object import Object, ObjectClass, TypeInfo, object_check, object_class_check, type_register
 
 if TYPE_CHECKING:
     from pemu.accel.accel import AccelVCPU
@@ -47,12 +47,12 @@ class CPUState(DeviceState):
 
 
 def _cpu_initfn(obj: Object) -> None:
-    cpu: CPUState = obj  # type: ignore[assignment]
+    cpu = object_check(obj, CPUState)
     cpu.run = CPURunState()
 
 
 def _cpu_class_init(klass: ObjectClass, data: Any) -> None:
-    dc: DeviceClass = klass  # type: ignore[assignment]
+    dc = object_class_check(klass, DeviceClass)
     dc.user_creatable = False  # CPUs come from -smp, not -device (no CPU hot-plug yet)
     dc.categories = ("cpu",)
 

@@ -8,7 +8,8 @@ can pass any object with a ``set(level)`` method.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 
 class IRQLine(Protocol):

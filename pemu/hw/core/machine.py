@@ -3,13 +3,25 @@ the seed's class hierarchy machine -> x86 machine -> PC machine -> q35."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
+from pemu.backends.hostmem import HostMemoryBackend
 from pemu.block.blockdev import BlockDevices
 from pemu.hw.core.qdev import MachineInitPhase, bus_cold_reset, phase_advance, qemu_run_reset_handlers
 from pemu.hw.core.sysbus import sysbus_get_default
-from pemu.qom.object import TYPE_OBJECT, Object, ObjectClass, QOMError, TypeInfo, object_resolve_path, type_register
+from pemu.qom.object import (
+    TYPE_OBJECT,
+    Object,
+    ObjectClass,
+    QOMError,
+    TypeInfo,
+    object_check,
+    object_class_check,
+    object_resolve_path,
+    type_register,
+)
 from pemu.system.memory import MemoryRegion
 from pemu.util.vm_context import current_vm
 
@@ -92,7 +104,7 @@ class MachineState(Object):
 
     @property
     def mc(self) -> MachineClass:
-        return self.klass  # type: ignore[return-value]
+        return object_class_check(self.klass, MachineClass)
 
     @property
     def kernel_filename(self) -> str | None:
@@ -108,7 +120,7 @@ class MachineState(Object):
 
 
 def _machine_initfn(obj: Object) -> None:
-    ms: MachineState = obj  # type: ignore[assignment]
+    ms = object_check(obj, MachineState)
     ms.vm = current_vm()
     ms.name_ = None
     ms.cpu_features = ""
@@ -130,24 +142,26 @@ def _machine_initfn(obj: Object) -> None:
 
 
 def _machine_class_init(klass: ObjectClass, data: Any) -> None:
-    k: MachineClass = klass  # type: ignore[assignment]
+    k = object_class_check(klass, MachineClass)
     k.property_add_field("kernel", "str", description="Linux kernel image file")
     k.property_add_field("initrd", "str", description="Linux initial ramdisk file")
     k.property_add_field("append", "str", description="Linux kernel command line")
     k.property_add_field("dtb", "str", description="Linux kernel device tree file")
     k.property_add_field("firmware", "str", description="Firmware image")
-    k.property_add_field("memory-backend", "str", default="", description="Set RAM backend: valid value is ID of hostmem based backend")
+    k.property_add_field("memory-backend", "str", default="",
+                         description="Set RAM backend: valid value is ID of hostmem based backend")
     k.property_add_field("dump-guest-core", "bool", default=True, description="Include guest memory in a core dump")
     k.property_add_field("mem-merge", "bool", default=True, description="Enable/disable memory merge support")
     k.property_add_field("usb", "bool", default=False, description="Set on/off to enable/disable usb")
-    k.property_add_field("graphics", "bool", default=True, description="Set on/off to enable/disable graphics emulation")
+    k.property_add_field("graphics", "bool", default=True,
+                         description="Set on/off to enable/disable graphics emulation")
     k.property_add_field("accel", "str", description="Accelerator list (legacy; use -accel)")
 
 
 def _machine_class_base_init(klass: ObjectClass, data: Any) -> None:
     # Every concrete machine type is named "<name>-machine"; its MachineClass
     # name is that without the suffix (QEMU's machine_class_base_init).
-    k: MachineClass = klass  # type: ignore[assignment]
+    k = object_class_check(klass, MachineClass)
     if not k.abstract and k.type.name.endswith(TYPE_MACHINE_SUFFIX):
         k.name = k.type.name[: -len(TYPE_MACHINE_SUFFIX)]
 
@@ -186,14 +200,15 @@ def machine_run_board_init(machine: MachineState) -> None:
             backend = object_resolve_path(machine.memory_backend)
         if backend is None or not backend.is_a("memory-backend"):
             raise QOMError(f"Memory backend '{machine.memory_backend}' not found")
+        backend = object_check(backend, HostMemoryBackend)
         size = backend.property_get("size")
         if size != machine.ram_size:
             raise QOMError("Machine memory size does not match the size of the memory backend")
-        if backend.is_mapped():  # type: ignore[attr-defined]
+        if backend.is_mapped():
             raise QOMError(f"memory backend {machine.memory_backend} can't be used multiple times.")
-        backend.set_mapped(True)  # type: ignore[attr-defined]
+        backend.set_mapped(True)
         machine.memdev = backend
-        machine.ram = backend.get_memory()  # type: ignore[attr-defined]
+        machine.ram = backend.get_memory()
     if mc.init is None:
         raise QOMError(f"machine type '{mc.name}' has no board init")
     mc.init(machine)

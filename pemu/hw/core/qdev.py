@@ -10,13 +10,12 @@ Reset walks the bus tree from the main system bus.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from pemu.hw.core.irq import IRQ, IRQLine, NoIRQ
-from pemu.system.memory import MemReentrancyGuard
-from pemu.util.vm_context import current_vm
 from pemu.qom.object import (
     TYPE_OBJECT,
     Object,
@@ -25,10 +24,14 @@ from pemu.qom.object import (
     QOMError,
     TypeInfo,
     container_get,
+    object_check,
+    object_class_check,
     object_get_root,
     object_new,
     type_register,
 )
+from pemu.system.memory import MemReentrancyGuard
+from pemu.util.vm_context import current_vm
 
 TYPE_DEVICE = "device"
 TYPE_BUS = "bus"
@@ -85,7 +88,7 @@ def device_class_set_props(dc: DeviceClass, props: list[Property]) -> None:
             return getattr(obj, attr)
 
         def setter(obj: Object, value: Any, attr: str = attr, name: str = p.name) -> None:
-            dev: DeviceState = obj  # type: ignore[assignment]
+            dev = object_check(obj, DeviceState)
             if dev.realized:
                 raise QOMError(
                     f"Attempt to set property '{name}' on device '{dev.id or ''}' "
@@ -164,7 +167,7 @@ class DeviceState(Object):
     def set_realized(self, value: bool) -> None:
         if value == self.realized:
             return
-        dc: DeviceClass = self.klass  # type: ignore[assignment]
+        dc = object_class_check(self.klass, DeviceClass)
         if value:
             if self.parent is None:
                 # Devices nobody adopted go under /machine/unattached.
@@ -194,7 +197,7 @@ class DeviceState(Object):
         if self.realized:
             self.set_realized(False)
         if self.parent_bus is not None:
-            self.parent_bus.remove_child(self)
+            self.parent_bus.remove_device(self)
 
     # -- GPIO lines (qdev_init_gpio_in/out) ----------------------------------------
     def init_gpio_in(self, handler: Callable[[int, int], None], count: int, name: str = "") -> None:
@@ -218,7 +221,7 @@ class DeviceState(Object):
 
 
 def _device_initfn(obj: Object) -> None:
-    dev: DeviceState = obj  # type: ignore[assignment]
+    dev = object_check(obj, DeviceState)
     dev.id = None
     dev.realized = False
     dev.hotplugged = False
@@ -232,22 +235,22 @@ def _device_initfn(obj: Object) -> None:
 
 
 def _device_post_init(obj: Object) -> None:
-    qdev_prop_set_globals(obj)  # type: ignore[arg-type]
+    qdev_prop_set_globals(object_check(obj, DeviceState))
 
 
 def _device_finalize(obj: Object) -> None:
-    dev: DeviceState = obj  # type: ignore[assignment]
+    dev = object_check(obj, DeviceState)
     if dev.realized:
         dev.set_realized(False)
 
 
 def _device_class_init(klass: ObjectClass, data: Any) -> None:
-    dc: DeviceClass = klass  # type: ignore[assignment]
+    dc = object_class_check(klass, DeviceClass)
     dc.props = []
     dc.property_add(ObjectProperty(
         "realized", "bool",
-        get=lambda o: o.realized,  # type: ignore[attr-defined]
-        set=lambda o, v: o.set_realized(v),  # type: ignore[attr-defined]
+        get=lambda o: object_check(o, DeviceState).realized,
+        set=lambda o, v: object_check(o, DeviceState).set_realized(v),
     ))
 
 
@@ -268,9 +271,9 @@ def qdev_new(typename: str) -> DeviceState:
 
 def qdev_realize(dev: DeviceState, bus: BusState | None) -> None:
     """Put ``dev`` on ``bus`` and realize it (qdev_realize)."""
-    dc: DeviceClass = dev.klass  # type: ignore[assignment]
+    dc = object_class_check(dev.klass, DeviceClass)
     if bus is not None:
-        bus.add_child(dev)
+        bus.add_device(dev)
     elif dc.bus_type is not None and dev.parent_bus is None:
         raise QOMError(f"device '{dev.typename}' needs a bus of type {dc.bus_type}")
     dev.property_set("realized", True)
@@ -300,24 +303,24 @@ class BusState(Object):
     devices_on_bus: list[DeviceState]  # QEMU's BusState.children
     parent_dev: DeviceState | None
 
-    def add_child(self, dev: DeviceState) -> None:
-        bc: BusClass = self.klass  # type: ignore[assignment]
+    def add_device(self, dev: DeviceState) -> None:
+        bc = object_class_check(self.klass, BusClass)
         if bc.max_dev and len(self.devices_on_bus) >= bc.max_dev:
             raise QOMError(f"Bus '{self.name}' does not support hotplugging" if self.realized
                            else f"Bus '{self.name}' is full")
         if dev.parent_bus is not None:
-            dev.parent_bus.remove_child(dev)
+            dev.parent_bus.remove_device(dev)
         self.devices_on_bus.append(dev)
         dev.parent_bus = self
 
-    def remove_child(self, dev: DeviceState) -> None:
+    def remove_device(self, dev: DeviceState) -> None:
         if dev in self.devices_on_bus:
             self.devices_on_bus.remove(dev)
         dev.parent_bus = None
 
 
 def _bus_initfn(obj: Object) -> None:
-    bus: BusState = obj  # type: ignore[assignment]
+    bus = object_check(obj, BusState)
     bus.name = ""
     bus.realized = False
     bus.devices_on_bus = []
@@ -382,7 +385,7 @@ def device_cold_reset(dev: DeviceState) -> None:
     for bus in dev.child_buses:
         for child in list(bus.devices_on_bus):
             device_cold_reset(child)
-    dc: DeviceClass = dev.klass  # type: ignore[assignment]
+    dc = object_class_check(dev.klass, DeviceClass)
     if dc.reset is not None:
         dc.reset(dev)
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from pemu.hw.core.irq import IRQLine, NoIRQ
 from pemu.hw.core.qdev import TYPE_BUS, TYPE_DEVICE, BusState, DeviceClass, DeviceState, qbus_new, qdev_realize
-from pemu.qom.object import Object, ObjectClass, TypeInfo, type_register
+from pemu.qom.object import Object, ObjectClass, TypeInfo, object_check, object_class_check, type_register
 from pemu.system.memory import MemoryRegion
 from pemu.util.vm_context import current_vm
 
@@ -46,14 +46,14 @@ class SysBusDevice(DeviceState):
 
 
 def _sysbus_dev_init(obj: Object) -> None:
-    dev: SysBusDevice = obj  # type: ignore[assignment]
+    dev = object_check(obj, SysBusDevice)
     dev.mmio = []
     dev.irqs = []
     dev.pio = []
 
 
 def _sysbus_dev_class_init(klass: ObjectClass, data: Any) -> None:
-    dc: DeviceClass = klass  # type: ignore[assignment]
+    dc = object_class_check(klass, DeviceClass)
     dc.bus_type = TYPE_SYSTEM_BUS
 
 

@@ -29,7 +29,7 @@ from pemu.hw.pci.pci import (
     pci_register_bar,
     pci_set_irq,
 )
-from pemu.qom.object import ObjectClass, TypeInfo, type_register
+from pemu.qom.object import ObjectClass, TypeInfo, object_class_check, type_register
 from pemu.system.memory import MemoryRegion, MemoryRegionOps
 from pemu.util.log import LOG_UNIMP, guest_error, qemu_log_mask
 
@@ -357,15 +357,15 @@ def ich9_smb_direct_boot_setup(s: ICH9SMBState) -> None:
 
 
 def _ich9_smb_class_init(klass: ObjectClass, data: Any) -> None:
-    k: PCIDeviceClass = klass  # type: ignore[assignment]
+    k = object_class_check(klass, PCIDeviceClass)
     k.vendor_id = 0x8086
     k.device_id = PCI_DEVICE_ID_INTEL_ICH9_6
     k.revision = ICH9_A2_SMB_REVISION
     k.class_id = PCI_CLASS_SERIAL_SMBUS
     k.user_creatable = False  # part of the ICH9, wired by pc_q35_init
     k.desc = "ICH9 SMBUS Bridge"
-    k.pci_realize = _ich9_smb_realize  # type: ignore[attr-defined]
-    k.pci_reset = _ich9_smb_reset  # type: ignore[attr-defined]
+    k.pci_realize = _ich9_smb_realize
+    k.pci_reset = _ich9_smb_reset
 
 
 type_register(TypeInfo(TYPE_ICH9_SMB_DEVICE, parent=TYPE_PCI_DEVICE, instance_type=ICH9SMBState,

@@ -13,9 +13,9 @@ RAM" first and its holes after.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Iterator
 
 from pemu.util.error import UserError
 

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 from pemu.hw.i386 import memmap
 from pemu.hw.i386.e820 import E820Table, E820Type
 from pemu.hw.nvram.fw_cfg import (
-    BOOTORDER_FILE,
     FW_CFG_ARCH_LOCAL,
     FWCfgKey,
     FWCfgState,

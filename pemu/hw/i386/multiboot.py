@@ -45,7 +45,8 @@ class MultibootHeaderFlags(IntFlag):
 
 
 # Bits 0-15 are requirements: the loader must refuse what it does not know.
-SUPPORTED_REQUIRED = MultibootHeaderFlags.PAGE_ALIGN | MultibootHeaderFlags.MEMORY_INFO | MultibootHeaderFlags.VIDEO_MODE
+SUPPORTED_REQUIRED = (MultibootHeaderFlags.PAGE_ALIGN | MultibootHeaderFlags.MEMORY_INFO
+                      | MultibootHeaderFlags.VIDEO_MODE)
 
 
 class MultibootInfoFlags(IntFlag):
@@ -241,7 +242,7 @@ def plan_multiboot(image: bytes, kernel_name: str, cmdline: str, modules: list[M
     full_cmdline = f"{kernel_name} {cmdline}".rstrip() if cmdline else kernel_name
     cmdline_addr = put_string(full_cmdline.encode() + b"\0")
     name_addr = put_string(BOOT_LOADER_NAME)
-    for i, (mod, (start, end)) in enumerate(zip(modules, placed)):
+    for i, (mod, (start, end)) in enumerate(zip(modules, placed, strict=True)):
         string_addr = put_string(mod.cmdline.encode() + b"\0")
         struct.pack_into("<IIII", area, mods_addr - MBI_ADDR + 16 * i, start, end, string_addr, 0)
     if MBI_ADDR + len(area) > MBI_AREA_END:

@@ -3,19 +3,19 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from pemu.hw.core.machine import MachineState, qemu_devices_reset
 from pemu.hw.core.qdev import qdev_new, qdev_realize
 from pemu.hw.i386 import memmap
 from pemu.hw.i386.e820 import E820Table, E820Type
 from pemu.hw.i386.pc_sysfw import load_firmware_image, pc_system_firmware_init
-from pemu.hw.isa.pc_legacy import ISAPICState, ISASerialState, PCSpkState
 from pemu.hw.i386.x86 import TYPE_X86_MACHINE, X86MachineClass, X86MachineState, linux_boot_apply
-from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, type_register
+from pemu.hw.isa.pc_legacy import ISAPICState, ISASerialState, PCSpkState
+from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, object_check, object_class_check, type_register
 from pemu.system import cpus
 from pemu.system.memory import MemoryRegion, MemoryRegionOps
-from pemu.target.i386.cpu import x86_cpu_connect_pic
 from pemu.util.log import LOG_UNIMP, qemu_log_mask
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ class PCMachineState(X86MachineState):
 
 
 def _pc_machine_initfn(obj: Object) -> None:
-    pcms: PCMachineState = obj  # type: ignore[assignment]
+    pcms = object_check(obj, PCMachineState)
     pcms.pci_memory = None
     pcms.pcibus = None
     pcms.isabus = None
@@ -74,7 +74,7 @@ def _pc_machine_initfn(obj: Object) -> None:
 def pc_machine_reset(machine: MachineState) -> None:
     """The PC's system reset (QEMU's pc_machine_reset): devices, then CPUs,
     then the direct-boot setup is written again (a reboot boots the same kernel)."""
-    x86ms: X86MachineState = machine  # type: ignore[assignment]
+    x86ms = object_check(machine, X86MachineState)
     qemu_devices_reset(machine)
     for cpu in x86ms.cpus:
         cpus.cpu_reset(cpu)
@@ -82,7 +82,7 @@ def pc_machine_reset(machine: MachineState) -> None:
 
 
 def _pc_machine_class_init(klass: ObjectClass, data: Any) -> None:
-    k: PCMachineClass = klass  # type: ignore[assignment]
+    k = object_class_check(klass, PCMachineClass)
     k.default_ram_size = 128 << 20
     k.reset = pc_machine_reset
     k.default_ram_id = "pc.ram"
@@ -126,7 +126,7 @@ def placeholder_region(pcms: PCMachineState, name: str, size: int) -> MemoryRegi
 def pc_memory_init(pcms: PCMachineState, system_memory: MemoryRegion, rom_memory: MemoryRegion) -> None:
     """Lay out RAM, firmware and option-ROM space (seed: pc_memory_init)."""
     machine = pcms
-    pcmc: PCMachineClass = pcms.klass  # type: ignore[assignment]
+    pcmc = object_class_check(pcms.klass, PCMachineClass)
     ram = machine.ram
     assert ram is not None
 
@@ -253,7 +253,7 @@ def pc_apic_init(pcms: PCMachineState) -> None:
     from pemu.hw.core.sysbus import sysbus_realize
     from pemu.hw.intc.apic import APICMemory
     from pemu.hw.intc.apic_common import APIC_PAGE_SIZE, APICBus
-    from pemu.hw.intc.ioapic import TYPE_IOAPIC
+    from pemu.hw.intc.ioapic import TYPE_IOAPIC, IOAPICState
     from pemu.system.physmem import get_system_memory
 
     apics = [cpu.apic for cpu in pcms.cpus if cpu.apic is not None]
@@ -265,12 +265,12 @@ def pc_apic_init(pcms: PCMachineState) -> None:
     pcms.apic_bus = bus
     window = APICMemory(bus, _current_cpu_apic)
     get_system_memory().add_subregion_overlap(memmap.APIC_BASE, window.region(owner=pcms), APIC_PAGE_SIZE)
-    ioapic = qdev_new(TYPE_IOAPIC)
+    ioapic = object_check(qdev_new(TYPE_IOAPIC), IOAPICState)
     pcms.add_child("ioapic", ioapic)
     ioapic.unref()
-    sysbus_realize(ioapic)  # type: ignore[arg-type]
-    ioapic.mmio_map(0, memmap.IOAPIC_BASE)  # type: ignore[attr-defined]
-    bus.attach_ioapic(ioapic.model)  # type: ignore[attr-defined]
+    sysbus_realize(ioapic)
+    ioapic.mmio_map(0, memmap.IOAPIC_BASE)
+    bus.attach_ioapic(ioapic.model)
     pcms.ioapic = ioapic
 
 
@@ -354,14 +354,14 @@ def pc_hpet_init(pcms: PCMachineState) -> Any:
     Without an IOAPIC only GSIs 0-15 exist: the guest uses the legacy
     replacement route (timer 0 on IRQ 0, timer 1 on IRQ 8)."""
     from pemu.hw.core.sysbus import sysbus_realize
-    from pemu.hw.timer.hpet import TYPE_HPET
+    from pemu.hw.timer.hpet import TYPE_HPET, HPETState
 
-    hpet = qdev_new(TYPE_HPET)
-    sysbus_realize(hpet)  # type: ignore[arg-type]  (adopted under /machine/unattached)
+    hpet = object_check(qdev_new(TYPE_HPET), HPETState)
+    sysbus_realize(hpet)  # adopted under /machine/unattached
     hpet.unref()
-    hpet.mmio_map(0, memmap.HPET_BASE)  # type: ignore[attr-defined]
+    hpet.mmio_map(0, memmap.HPET_BASE)
     for n, line in enumerate(pcms.gsi):
-        hpet.connect_irq(n, line)  # type: ignore[attr-defined]
+        hpet.connect_irq(n, line)
     pcms.hpet_dev = hpet
     return hpet
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pemu.hw.core.machine import MachineClass, machine_type_name
-from pemu.hw.core.qdev import qdev_new, qemu_register_reset, qdev_realize
+from pemu.hw.core.machine import machine_type_name
+from pemu.hw.core.qdev import qdev_new, qdev_realize, qemu_register_reset
 from pemu.hw.core.sysbus import sysbus_realize
 from pemu.hw.i386 import memmap
 from pemu.hw.i386.pc import (
@@ -22,6 +22,8 @@ from pemu.hw.i386.pc import (
     pc_memory_init,
     placeholder_region,
 )
+from pemu.hw.i386.pc_sysfw import DIRECT_BOOT_FIRMWARE
+from pemu.hw.i386.x86 import x86_cpus_init, x86_load_linux, x86_ram_split
 from pemu.hw.isa.lpc_ich9 import ICH9LPCState
 from pemu.hw.pci_host.q35 import (
     MCHPCIState,
@@ -31,9 +33,7 @@ from pemu.hw.pci_host.q35 import (
     mch_init_smram,
     mch_set_tolud,
 )
-from pemu.hw.i386.pc_sysfw import DIRECT_BOOT_FIRMWARE
-from pemu.hw.i386.x86 import x86_cpus_init, x86_load_linux, x86_ram_split
-from pemu.qom.object import ObjectClass, QOMError, TypeInfo, type_register
+from pemu.qom.object import ObjectClass, QOMError, TypeInfo, object_check, object_class_check, type_register
 from pemu.system.memory import MEMORY_SIZE_UNLIMITED, MemoryRegion
 from pemu.system.physmem import get_system_io, get_system_memory
 
@@ -95,7 +95,7 @@ def pc_q35_init(machine: Any) -> None:
     from pemu.hw.i386.pc import pc_basic_device_init, pc_late_init
 
     pcms: PCMachineState = machine
-    pcmc: PCMachineClass = pcms.klass  # type: ignore[assignment]
+    pcmc = object_class_check(pcms.klass, PCMachineClass)
 
     pcms.below_4g_mem_size, pcms.above_4g_mem_size = q35_ram_split(
         machine.ram_size, pcmc.gigabyte_align, pcms.max_ram_below_4g)
@@ -148,16 +148,16 @@ def pc_q35_init(machine: Any) -> None:
     # The SMBus controller, function 3 of the LPC's slot.
     smb = None
     if pcms.smbus_enabled:
-        import pemu.hw.i2c.smbus_ich9  # noqa: F401  (registers the type)
         from pemu.hw.i2c.smbus_eeprom import SMBUS_EEPROM_MAX, smbus_eeprom_init
+        from pemu.hw.i2c.smbus_ich9 import ICH9SMBState  # (and registers the type)
 
-        smb = qdev_new("ICH9-SMB")
+        smb = object_check(qdev_new("ICH9-SMB"), ICH9SMBState)
         smb.property_set("addr", "1f.3")
         qdev_realize(smb, pcms.pcibus)
         smb.unref()
         pcms.smbus = smb.smbus
         # The memory modules' SPD EEPROMs, empty as in QEMU's q35.
-        smbus_eeprom_init(smb.smbus, SMBUS_EEPROM_MAX)  # type: ignore[attr-defined]
+        smbus_eeprom_init(smb.smbus, SMBUS_EEPROM_MAX)
 
     # Fixed windows whose devices come later.
     # The ECAM window at 0xB0000000.  QEMU leaves PCIEXBAREN clear at reset
@@ -168,8 +168,8 @@ def pc_q35_init(machine: Any) -> None:
     pc_apic_init(pcms)
     if pcms.apic_bus is None:
         system_memory.add_subregion(memmap.IOAPIC_BASE, placeholder_region(pcms, "ioapic", memmap.IOAPIC_SIZE))
-        system_memory.add_subregion_overlap(memmap.APIC_BASE, placeholder_region(pcms, "apic-msi",
-                                                                                 memmap.APIC_SPACE_SIZE), 4096)
+        apic_msi = placeholder_region(pcms, "apic-msi", memmap.APIC_SPACE_SIZE)
+        system_memory.add_subregion_overlap(memmap.APIC_BASE, apic_msi, 4096)
 
     pc_basic_device_init(pcms, pcms.isabus, system_io)
     _q35_connect_ioapic_gsis(pcms, lpc)
@@ -184,8 +184,8 @@ def pc_q35_init(machine: Any) -> None:
         x86_load_linux(pcms, firmware_boot=not direct_boot)
 
 
-def _q35_machine_options(k: MachineClass, version: str) -> None:
-    pcmc: PCMachineClass = k  # type: ignore[assignment]
+def _q35_machine_options(k: ObjectClass, version: str) -> None:
+    pcmc = object_class_check(k, PCMachineClass)
     pcmc.desc = "Standard PC (Q35 + ICH9, 2009)"
     pcmc.init = pc_q35_init
     pcmc.default_cpu_type = "qemu64-x86_64-cpu"
@@ -201,7 +201,7 @@ def _q35_machine_options(k: MachineClass, version: str) -> None:
 def _register_q35_types() -> None:
     for version in Q35_MACHINE_VERSIONS:
         def class_init(klass: ObjectClass, data: Any, version: str = version) -> None:
-            _q35_machine_options(klass, version)  # type: ignore[arg-type]
+            _q35_machine_options(klass, version)
 
         type_register(TypeInfo(machine_type_name(f"pc-q35-{version}"), parent=TYPE_PC_MACHINE,
                                class_init=class_init))

@@ -71,7 +71,8 @@ def pc_system_firmware_init(rom_memory: MemoryRegion, image: bytes) -> MemoryReg
     (both read-only, above the PCI hole's default priority)."""
     size = len(image)
     bios = MemoryRegion.rom("pc.bios", size)
-    bios.ram_block.view[:] = image  # type: ignore[union-attr]
+    assert bios.ram_block is not None  # a ROM region has its RAM block
+    bios.ram_block.view[:] = image
     rom_memory.add_subregion(memmap.BIOS_END - size, bios)
     isa_size = min(size, memmap.ISA_BIOS_SIZE)
     isa_bios = MemoryRegion.alias("isa-bios", bios, size - isa_size, isa_size)

@@ -16,10 +16,16 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
+from itertools import pairwise
 
 from pemu.hw.i386.e820 import E820Table, E820Type
 from pemu.hw.i386.linux_boot import (
-    BOOT_GDT, BOOT_GDT_ADDR, EntryState, LoadBlob, _FLAT_CODE32, _FLAT_DATA32,
+    _FLAT_CODE32,
+    _FLAT_DATA32,
+    BOOT_GDT,
+    BOOT_GDT_ADDR,
+    EntryState,
+    LoadBlob,
 )
 from pemu.util.error import UserError
 
@@ -197,7 +203,7 @@ def check_fits_in_ram(blobs: list[LoadBlob], e820: E820Table, what: str) -> None
 
 def check_no_overlap(blobs: list[LoadBlob], what: str) -> None:
     ordered = sorted((b for b in blobs if b.data), key=lambda b: b.addr)
-    for a, b in zip(ordered, ordered[1:]):
+    for a, b in pairwise(ordered):
         if b.addr < a.end:
             raise UserError(f"{what}: {a.name} and {b.name} overlap")
 

@@ -12,7 +12,17 @@ from typing import Any
 from pemu.hw.core.machine import TYPE_MACHINE, MachineClass, MachineState
 from pemu.hw.core.qdev import qdev_realize
 from pemu.hw.i386 import memmap
-from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, object_new, type_register
+from pemu.qom.object import (
+    Object,
+    ObjectClass,
+    QOMError,
+    TypeInfo,
+    object_check,
+    object_class_check,
+    object_new,
+    type_register,
+)
+from pemu.target.i386.cpu import X86CPU
 
 TYPE_X86_MACHINE = "x86-machine"
 
@@ -42,7 +52,7 @@ class X86MachineState(MachineState):
 
 
 def _x86_machine_initfn(obj: Object) -> None:
-    x86ms: X86MachineState = obj  # type: ignore[assignment]
+    x86ms = object_check(obj, X86MachineState)
     x86ms.below_4g_mem_size = 0
     x86ms.above_4g_mem_size = 0
     x86ms.cpus = []
@@ -59,12 +69,13 @@ _ONOFFAUTO = ("on", "off", "auto")
 
 
 def _x86_machine_class_init(klass: ObjectClass, data: Any) -> None:
-    k: X86MachineClass = klass  # type: ignore[assignment]
+    k = object_class_check(klass, X86MachineClass)
     k.property_add_field("smm", "OnOffAuto", default="auto", enum_values=_ONOFFAUTO, description="Enable SMM")
     k.property_add_field("acpi", "OnOffAuto", default="auto", enum_values=_ONOFFAUTO, description="Enable ACPI")
     k.property_add_field("pit", "OnOffAuto", default="auto", enum_values=_ONOFFAUTO, description="Enable i8254 PIT")
     k.property_add_field("pic", "OnOffAuto", default="auto", enum_values=_ONOFFAUTO, description="Enable i8259 PIC")
-    k.property_add_field("max-ram-below-4g", "size", default=0, description="Maximum ram below the 4G boundary (32bit boundary)")
+    k.property_add_field("max-ram-below-4g", "size", default=0,
+                         description="Maximum ram below the 4G boundary (32bit boundary)")
     k.property_add_field("kernel-irqchip", "OnOffSplit", default="on", enum_values=("on", "off", "split"),
                          description="Configure KVM in-kernel irqchip")
 
@@ -77,13 +88,13 @@ type_register(TypeInfo(TYPE_X86_MACHINE, parent=TYPE_MACHINE, abstract=True, ins
 # --- CPUs ------------------------------------------------------------------------------
 
 
-def x86_cpu_new(x86ms: X86MachineState, apic_id: int) -> Object:
+def x86_cpu_new(x86ms: X86MachineState, apic_id: int) -> X86CPU:
     """Create one CPU of the machine's CPU type and realize it (seed: x86_cpu_new)."""
     assert x86ms.cpu_type is not None
-    cpu = object_new(x86ms.cpu_type)
+    cpu = object_check(object_new(x86ms.cpu_type), X86CPU)
     cpu.property_set("apic-id", apic_id)
     cpu.features = x86ms.cpu_features
-    qdev_realize(cpu, None)  # type: ignore[arg-type]
+    qdev_realize(cpu, None)
     cpu.unref()
     return cpu
 
@@ -270,7 +281,7 @@ def x86_load_linux_fw_cfg(x86ms: X86MachineState, kernel: bytes) -> None:
     fw_cfg_add_linux_boot(fw_cfg, setup=boot.setup, setup_addr=boot.setup_addr, kernel=boot.kernel,
                           kernel_addr=boot.kernel_addr, cmdline=boot.cmdline, cmdline_addr=boot.cmdline_addr,
                           initrd=boot.initrd, initrd_addr=boot.initrd_addr)
-    klass: X86MachineClass = x86ms.klass  # type: ignore[assignment]
+    klass = object_class_check(x86ms.klass, X86MachineClass)
     rom_name = LINUXBOOT_DMA_ROM if klass.fwcfg_dma_enabled and fw_cfg.dma_enabled else LINUXBOOT_ROM
     path = qemu_find_file(rom_name, list(x86ms.data_dirs))
     if path is None:
@@ -291,17 +302,16 @@ def x86_load_direct_kernel(x86ms: X86MachineState, kernel: bytes) -> bool:
     try:
         if has_pvh_note(kernel):
             initrd = _read_user_file(x86ms.initrd, "initrd") if x86ms.initrd else None
-            plan = plan_pvh_boot(kernel, initrd, x86ms.kernel_cmdline, x86ms.e820,
-                                 x86ms.acpi_rsdp_addr)
+            x86ms.linux_boot = plan_pvh_boot(kernel, initrd, x86ms.kernel_cmdline, x86ms.e820,
+                                             x86ms.acpi_rsdp_addr)
         elif is_multiboot(kernel):
             modules = load_multiboot_modules(x86ms.initrd)
-            plan = plan_multiboot(kernel, x86ms.kernel, x86ms.kernel_cmdline, modules, x86ms.e820,
-                                  address_space_memory().is_memory)
+            x86ms.linux_boot = plan_multiboot(kernel, x86ms.kernel, x86ms.kernel_cmdline, modules, x86ms.e820,
+                                              address_space_memory().is_memory)
         else:
             return False
     except UserError as e:
         raise QOMError(e.message) from None
-    x86ms.linux_boot = plan
     linux_boot_apply(x86ms)
     return True
 
@@ -333,9 +343,9 @@ def set_linux_entry_state(env: Any, entry: Any) -> None:
         env.regs[reg] = value
     env.rip = entry.eip
     env.rflags = entry.eflags
-    for reg, seg in ((SegReg.CS, entry.cs), (SegReg.DS, entry.ds), (SegReg.ES, entry.es),
-                     (SegReg.SS, entry.ss), (SegReg.FS, entry.fs), (SegReg.GS, entry.gs)):
-        env.segs[reg] = SegmentCache(seg.selector, seg.base, seg.limit, seg.qemu_flags)
+    for sreg, seg in ((SegReg.CS, entry.cs), (SegReg.DS, entry.ds), (SegReg.ES, entry.es),
+                      (SegReg.SS, entry.ss), (SegReg.FS, entry.fs), (SegReg.GS, entry.gs)):
+        env.segs[sreg] = SegmentCache(seg.selector, seg.base, seg.limit, seg.qemu_flags)
     env.gdt = DescriptorTable(entry.gdt_base, entry.gdt_limit)
     env.idt = DescriptorTable(entry.idt_base, entry.idt_limit)
     env.cr0, env.cr3, env.cr4, env.efer = entry.cr0, entry.cr3, entry.cr4, entry.efer
@@ -351,4 +361,5 @@ def x86_ram_split(ram_size: int, lowmem: int) -> tuple[int, int]:
 
 
 __all__ = ["TYPE_X86_MACHINE", "X86MachineClass", "X86MachineState", "x86_cpus_init", "x86_cpu_new",
-           "x86_load_linux", "plan_firmware_linux_boot", "FirmwareLinuxBoot", "linux_boot_apply", "x86_ram_split", "memmap"]
+           "x86_load_linux", "plan_firmware_linux_boot", "FirmwareLinuxBoot", "linux_boot_apply",
+           "x86_ram_split", "memmap"]

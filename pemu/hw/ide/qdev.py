@@ -10,8 +10,24 @@ what realize does today is claim the drive, as QEMU's device realize does.
 
 from __future__ import annotations
 
-from pemu.hw.core.qdev import TYPE_BUS, TYPE_DEVICE, BusState, DeviceClass, DeviceState, Property, device_class_set_props
-from pemu.qom.object import ObjectClass, QOMError, TypeInfo, object_get_root, type_register
+from pemu.hw.core.qdev import (
+    TYPE_BUS,
+    TYPE_DEVICE,
+    BusState,
+    DeviceClass,
+    DeviceState,
+    Property,
+    device_class_set_props,
+)
+from pemu.qom.object import (
+    ObjectClass,
+    QOMError,
+    TypeInfo,
+    object_check,
+    object_class_check,
+    object_get_root,
+    type_register,
+)
 
 TYPE_IDE_BUS = "IDE"
 TYPE_IDE_DEVICE = "ide-device"
@@ -33,7 +49,7 @@ class IDEDevice(DeviceState):
 def _ide_device_realize(dev: DeviceState) -> None:
     from pemu.hw.core.machine import MachineState
 
-    ide: IDEDevice = dev  # type: ignore[assignment]
+    ide = object_check(dev, IDEDevice)
     machine = object_get_root().child("machine")
     if not isinstance(machine, MachineState):
         raise QOMError("no machine")
@@ -50,7 +66,7 @@ def _ide_device_realize(dev: DeviceState) -> None:
 
 
 def _ide_device_class_init(klass: ObjectClass, data: object) -> None:
-    dc: DeviceClass = klass  # type: ignore[assignment]
+    dc = object_class_check(klass, DeviceClass)
     dc.bus_type = TYPE_IDE_BUS
     dc.realize = _ide_device_realize
     device_class_set_props(dc, [
@@ -62,13 +78,13 @@ def _ide_device_class_init(klass: ObjectClass, data: object) -> None:
 
 
 def _ide_hd_class_init(klass: ObjectClass, data: object) -> None:
-    dc: DeviceClass = klass  # type: ignore[assignment]
+    dc = object_class_check(klass, DeviceClass)
     dc.desc = "virtual IDE disk"
     dc.categories = ("storage",)
 
 
 def _ide_cd_class_init(klass: ObjectClass, data: object) -> None:
-    dc: DeviceClass = klass  # type: ignore[assignment]
+    dc = object_class_check(klass, DeviceClass)
     dc.desc = "virtual IDE CD-ROM"
     dc.categories = ("storage",)
 

@@ -21,8 +21,8 @@ or writing the output port with bit 0 clear, resets the machine through the
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from enum import IntEnum
-from typing import Callable
 
 from pemu.hw.core.irq import IRQLine, NoIRQ
 from pemu.util.log import guest_error

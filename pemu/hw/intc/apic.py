@@ -21,7 +21,8 @@ calls "apic-msi": a CPU's access reaches its own APIC, a device's write
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pemu.hw.core.qdev import DeviceClass, DeviceState
 from pemu.hw.intc.apic_common import (
@@ -67,6 +68,7 @@ from pemu.hw.intc.apic_common import (
     APIC_TRIGGER_EDGE,
     APIC_TRIGGER_LEVEL,
     APIC_VERSION,
+    APICCPU,
     MSR_IA32_APICBASE_BSP,
     MSR_IA32_APICBASE_ENABLE,
     MSR_IA32_APICBASE_EXTD,
@@ -75,11 +77,10 @@ from pemu.hw.intc.apic_common import (
     APICBus,
     APICCommon,
     APICCommonState,
-    APICCPU,
     NoCPU,
     TimerMode,
 )
-from pemu.qom.object import ObjectClass, QOMError, TypeInfo, type_register
+from pemu.qom.object import ObjectClass, QOMError, TypeInfo, object_check, object_class_check, type_register
 from pemu.system.memory import MemoryRegion, MemoryRegionOps
 from pemu.util.log import guest_error
 from pemu.util.timer import Clock, TimerFactory, virtual_clock_ns, virtual_timer
@@ -454,7 +455,8 @@ class APIC(APICCommon):
         d = self._ticks(now)
         if mode == TimerMode.PERIODIC:
             period_ns = self._ticks_to_ns(self.initial_count)
-            expiry = self.initial_count_load_time + self._ticks_to_ns((d // self.initial_count + 1) * self.initial_count)
+            next_reload = (d // self.initial_count + 1) * self.initial_count
+            expiry = self.initial_count_load_time + self._ticks_to_ns(next_reload)
             if period_ns < MIN_TIMER_PERIOD_NS:
                 expiry = max(expiry, now + MIN_TIMER_PERIOD_NS)
             self._arm(expiry)
@@ -746,16 +748,22 @@ def _apic_realize(dev: Any) -> None:
     dev.model = APIC(dev.apic_id, version=dev.version)
 
 
+class APICState(APICCommonState):
+    """The emulated local APIC (TYPE_APIC): its model is an APIC."""
+
+    model: APIC
+
+
 def _apic_reset(dev: DeviceState) -> None:
-    dev.model.reset()  # type: ignore[attr-defined]
+    object_check(dev, APICState).model.reset()
 
 
 def _apic_class_init(klass: ObjectClass, data: Any) -> None:
-    dc: DeviceClass = klass  # type: ignore[assignment]
+    dc = object_class_check(klass, DeviceClass)
     dc.realize = _apic_realize
     dc.reset = _apic_reset
     dc.desc = "local APIC (userspace)"
 
 
-type_register(TypeInfo(TYPE_APIC, parent=TYPE_APIC_COMMON, instance_type=APICCommonState,
+type_register(TypeInfo(TYPE_APIC, parent=TYPE_APIC_COMMON, instance_type=APICState,
                        class_init=_apic_class_init))

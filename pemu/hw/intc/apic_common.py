@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pemu.hw.core.qdev import TYPE_DEVICE, DeviceClass, DeviceState, Property, device_class_set_props
 from pemu.hw.pci.msi import msi_decode
-from pemu.qom.object import ObjectClass, TypeInfo, type_register
+from pemu.qom.object import ObjectClass, TypeInfo, object_check, object_class_check, type_register
 from pemu.util.log import guest_error
 
 if TYPE_CHECKING:
@@ -379,11 +379,11 @@ class APICCommonState(DeviceState):
 
 
 def apic_get_model(dev: DeviceState) -> APICCommon:
-    return dev.model  # type: ignore[attr-defined,no-any-return]
+    return object_check(dev, APICCommonState).model
 
 
 def _apic_common_class_init(klass: ObjectClass, data: Any) -> None:
-    dc: DeviceClass = klass  # type: ignore[assignment]
+    dc = object_class_check(klass, DeviceClass)
     dc.desc = "local APIC"
     dc.user_creatable = False
     device_class_set_props(dc, [

@@ -170,8 +170,8 @@ class I8259:
         self.poll = False
         self.special_mask = False
         self.init_state = InitState.READY
-        self.auto_eoi = False
-        self.rotate_on_auto_eoi = False
+        self.auto_eoi: bool = False
+        self.rotate_on_auto_eoi: bool = False
         self.special_fully_nested = False
         self.init4 = False
         self.single_mode = False

@@ -20,7 +20,7 @@ from pemu.hw.core.irq import IRQ, qemu_allocate_irqs
 from pemu.hw.core.qdev import DeviceClass, DeviceState, Property, device_class_set_props
 from pemu.hw.core.sysbus import TYPE_SYS_BUS_DEVICE, SysBusDevice
 from pemu.hw.intc.apic_common import APIC_DESTMODE_LOGICAL, APIC_DESTMODE_PHYSICAL, APICBus
-from pemu.qom.object import ObjectClass, QOMError, TypeInfo, type_register
+from pemu.qom.object import ObjectClass, QOMError, TypeInfo, object_check, object_class_check, type_register
 from pemu.system.memory import MemoryRegion, MemoryRegionOps
 from pemu.util.log import guest_error
 
@@ -233,11 +233,11 @@ def _ioapic_realize(dev: Any) -> None:
 
 
 def _ioapic_reset(dev: DeviceState) -> None:
-    dev.model.reset()  # type: ignore[attr-defined]
+    object_check(dev, IOAPICState).model.reset()
 
 
 def _ioapic_class_init(klass: ObjectClass, data: Any) -> None:
-    dc: DeviceClass = klass  # type: ignore[assignment]
+    dc = object_class_check(klass, DeviceClass)
     dc.realize = _ioapic_realize
     dc.reset = _ioapic_reset
     dc.desc = "I/O APIC"

@@ -9,11 +9,12 @@ style device) and map its ``read``/``write`` into the I/O address space with
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pemu.hw.core.irq import IRQLine, NoIRQ
 from pemu.hw.core.qdev import TYPE_BUS, TYPE_DEVICE, BusState, DeviceClass, DeviceState, qbus_new
-from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, type_register
+from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, object_check, object_class_check, type_register
 from pemu.system.memory import MemoryRegion, MemoryRegionOps
 
 TYPE_ISA_BUS = "ISA"
@@ -58,26 +59,26 @@ class ISADevice(DeviceState):
 
 
 def _isa_device_init(obj: Object) -> None:
-    dev: ISADevice = obj  # type: ignore[assignment]
+    dev = object_check(obj, ISADevice)
     dev.isa_irqs = []
     dev.ioports = []
 
 
 def _isa_device_unrealize(obj: Any) -> None:
     for _, mr in obj.ioports:
-        if mr.container is not None:
-            mr.container.del_subregion(mr)
+        if mr.parent_container is not None:
+            mr.parent_container.del_subregion(mr)
     obj.ioports = []
 
 
 def _isa_device_class_init(klass: ObjectClass, data: Any) -> None:
-    dc: DeviceClass = klass  # type: ignore[assignment]
+    dc = object_class_check(klass, DeviceClass)
     dc.bus_type = TYPE_ISA_BUS
     dc.unrealize = _isa_device_unrealize
 
 
 def _isa_bus_init(obj: Object) -> None:
-    bus: ISABus = obj  # type: ignore[assignment]
+    bus = object_check(obj, ISABus)
     bus.irqs = [NoIRQ() for _ in range(ISA_NUM_IRQS)]
 
 

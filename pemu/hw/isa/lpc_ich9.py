@@ -17,7 +17,7 @@ from pemu.hw.core.irq import IRQLine
 from pemu.hw.i386 import memmap
 from pemu.hw.isa.isa_bus import ISABus, isa_bus_new
 from pemu.hw.pci.pci import TYPE_PCI_DEVICE, PCIDevice, PCIDeviceClass, pci_bus_get_irq_level, pci_bus_irqs
-from pemu.qom.object import ObjectClass, TypeInfo, type_register
+from pemu.qom.object import ObjectClass, TypeInfo, object_class_check, type_register
 from pemu.system.memory import MemoryRegion
 from pemu.util.log import LOG_UNIMP, guest_error, qemu_log_mask
 
@@ -34,6 +34,7 @@ SMI_EN_APMC_EN = 1 << 5
 """SMI on writes to the APM control port 0xB2.  pemu has no SMM: it reads set
 from reset, as QEMU's ICH9 with smm=off, so firmware (SeaBIOS's
 ich9_lpc_apmc_smm_setup) takes SMM as already set up and skips it."""
+
 ICH9_SCI_ISA_IRQ = 9
 ICH9_RST_CNT_IOPORT = 0xCF9
 RST_CNT_SYS_RST = 0x02
@@ -199,8 +200,8 @@ class ICH9LPCState(PCIDevice):
         rcba = self.get_long(ICH9_LPC_RCBA)
         system = get_system_memory()
         with memory_transaction():
-            if self.rcrb.container is not None:
-                self.rcrb.container.del_subregion(self.rcrb)
+            if self.rcrb.parent_container is not None:
+                self.rcrb.parent_container.del_subregion(self.rcrb)
             if rcba & ICH9_LPC_RCBA_EN:
                 system.add_subregion_overlap(rcba & ICH9_LPC_RCBA_BA_MASK, self.rcrb, 1)
 
@@ -374,15 +375,15 @@ def ich9_lpc_direct_boot_setup(lpc: ICH9LPCState) -> None:
 
 
 def _ich9_lpc_class_init(klass: ObjectClass, data: Any) -> None:
-    k: PCIDeviceClass = klass  # type: ignore[assignment]
+    k = object_class_check(klass, PCIDeviceClass)
     k.vendor_id = 0x8086
     k.device_id = PCI_DEVICE_ID_INTEL_ICH9_8
     k.revision = 0x02
     k.class_id = PCI_CLASS_BRIDGE_ISA
     k.user_creatable = False
     k.desc = "ICH9 LPC bridge"
-    k.pci_realize = _ich9_lpc_realize  # type: ignore[attr-defined]
-    k.pci_reset = _ich9_lpc_reset  # type: ignore[attr-defined]
+    k.pci_realize = _ich9_lpc_realize
+    k.pci_reset = _ich9_lpc_reset
 
 
 type_register(TypeInfo(TYPE_ICH9_LPC_DEVICE, parent=TYPE_PCI_DEVICE, instance_type=ICH9LPCState,

@@ -10,13 +10,14 @@ are QEMU's ("isa-serial", "mc146818rtc", "isa-pit", ...), so -device and
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pemu.hw.core.irq import IRQLine
 from pemu.hw.core.qdev import DeviceClass, Property, device_class_set_props
 from pemu.hw.i386 import memmap
 from pemu.hw.isa.isa_bus import TYPE_ISA_DEVICE, ISADevice
-from pemu.qom.object import ObjectClass, QOMError, TypeInfo, type_register
+from pemu.qom.object import ObjectClass, QOMError, TypeInfo, object_class_check, type_register
 from pemu.system.runstate import ShutdownCause, qemu_system_reset_request
 from pemu.util.vm_context import current_vm
 
@@ -34,14 +35,19 @@ def _guest_reset() -> None:
     qemu_system_reset_request(ShutdownCause.GUEST_RESET)
 
 
+def _reset_model(dev: Any) -> None:
+    """Device reset of the devices here: reset the register model realize made."""
+    dev.model.reset()
+
+
 def _isa_type(name: str, instance_type: type, realize: Callable[[Any], None], desc: str,
               props: list[Property] | None = None, user_creatable: bool = False,
               categories: tuple[str, ...] = ("misc",),
               instance_init: Callable[[Any], None] | None = None) -> None:
     def class_init(klass: ObjectClass, data: Any) -> None:
-        dc: DeviceClass = klass  # type: ignore[assignment]
+        dc = object_class_check(klass, DeviceClass)
         dc.realize = realize
-        dc.reset = lambda dev: dev.model.reset()
+        dc.reset = _reset_model
         dc.desc = desc
         dc.user_creatable = user_creatable
         dc.categories = categories
@@ -222,9 +228,9 @@ def _register() -> None:
     register_debug_exit_type()
 
     def serial_class_init(klass: ObjectClass, data: Any) -> None:
-        dc: DeviceClass = klass  # type: ignore[assignment]
+        dc = object_class_check(klass, DeviceClass)
         dc.realize = _serial_realize
-        dc.reset = lambda dev: dev.model.reset()
+        dc.reset = _reset_model
         dc.desc = "16550A UART on the ISA bus"
         dc.categories = ("input",)
         device_class_set_props(dc, [

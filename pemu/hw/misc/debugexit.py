@@ -8,11 +8,12 @@ process (no device ever exits by itself).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pemu.hw.core.qdev import DeviceClass, Property, device_class_set_props
 from pemu.hw.isa.isa_bus import TYPE_ISA_DEVICE, ISADevice
-from pemu.qom.object import ObjectClass, QOMError, TypeInfo, type_register
+from pemu.qom.object import ObjectClass, QOMError, TypeInfo, object_check, object_class_check, type_register
 from pemu.system.runstate import ShutdownCause, qemu_system_shutdown_request
 
 TYPE_ISA_DEBUG_EXIT = "isa-debug-exit"
@@ -62,9 +63,9 @@ def _debug_exit_realize(dev: Any) -> None:
 
 
 def _debug_exit_class_init(klass: ObjectClass, data: Any) -> None:
-    dc: DeviceClass = klass  # type: ignore[assignment]
+    dc = object_class_check(klass, DeviceClass)
     dc.realize = _debug_exit_realize
-    dc.reset = lambda dev: dev.model.reset()
+    dc.reset = lambda dev: object_check(dev, ISADebugExitState).model.reset()
     dc.desc = "ISA debug exit port (exits with (value << 1) | 1)"
     dc.user_creatable = True
     dc.categories = ("misc",)

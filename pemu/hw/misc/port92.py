@@ -7,7 +7,7 @@ value written, so the guest sees its own A20 setting.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from pemu.hw.core.irq import IRQLine, NoIRQ
 from pemu.util.log import guest_error

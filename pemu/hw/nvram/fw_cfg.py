@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
-from typing import Any, Callable
+from typing import Any
 
 from pemu.hw.core.qdev import DeviceClass, qdev_new
 from pemu.hw.core.sysbus import TYPE_SYS_BUS_DEVICE, SysBusDevice, sysbus_realize
-from pemu.qom.object import ObjectClass, TypeInfo, type_register
+from pemu.qom.object import ObjectClass, TypeInfo, object_check, object_class_check, type_register
 from pemu.system.dma import DMAAddressSpace, dma_memory_read, dma_memory_set, dma_memory_write
 from pemu.system.memory import MemoryRegion, MemoryRegionOps, MemTxResult
 from pemu.util.error import UserError, warn_report
@@ -446,10 +447,10 @@ class FWCfgIoState(SysBusDevice):
 
 
 def _fw_cfg_io_class_init(klass: ObjectClass, data: Any) -> None:
-    dc: DeviceClass = klass  # type: ignore[assignment]
+    dc = object_class_check(klass, DeviceClass)
     dc.desc = "QEMU firmware configuration (I/O ports)"
     dc.user_creatable = False
-    dc.reset = lambda dev: dev.state.reset()
+    dc.reset = lambda dev: object_check(dev, FWCfgIoState).state.reset()
 
 
 type_register(TypeInfo(TYPE_FW_CFG_IO, parent=TYPE_SYS_BUS_DEVICE, instance_type=FWCfgIoState,

@@ -15,8 +15,9 @@ while masked.  The message goes out through ``send(address, data)``: a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from pemu.hw.pci.pci import PCI_CAP_ID_MSI, pci_add_capability
 

@@ -4,8 +4,9 @@ device/function addressing and the PCI/PCIe bus types."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from pemu.hw.core.qdev import (
     TYPE_BUS,
@@ -18,7 +19,7 @@ from pemu.hw.core.qdev import (
     device_class_set_props,
     qbus_new,
 )
-from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, type_register
+from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, object_check, object_class_check, type_register
 from pemu.system.dma import (
     DMADirection,
     dma_memory_map,
@@ -27,7 +28,14 @@ from pemu.system.dma import (
     dma_memory_unmap,
     dma_memory_write,
 )
-from pemu.system.memory import MEMORY_SIZE_UNLIMITED, AddressSpace, MemoryRegion, MemTxResult, RAMMapping, memory_transaction
+from pemu.system.memory import (
+    MEMORY_SIZE_UNLIMITED,
+    AddressSpace,
+    MemoryRegion,
+    MemTxResult,
+    RAMMapping,
+    memory_transaction,
+)
 from pemu.util.log import guest_error
 
 TYPE_PCI_BUS = "PCI"
@@ -186,7 +194,7 @@ class PCIDevice(DeviceState):
 
     @property
     def pci_class(self) -> PCIDeviceClass:
-        return self.klass  # type: ignore[return-value]
+        return object_class_check(self.klass, PCIDeviceClass)
 
     @property
     def pci_bus(self) -> PCIBus:
@@ -246,7 +254,7 @@ class PCIDevice(DeviceState):
 
 
 def _pci_device_init(obj: Object) -> None:
-    dev: PCIDevice = obj  # type: ignore[assignment]
+    dev = object_check(obj, PCIDevice)
     dev.devfn = -1
     dev.config = bytearray()
     dev.wmask = bytearray()
@@ -261,7 +269,7 @@ def _pci_device_init(obj: Object) -> None:
 
 def _pci_qdev_realize(obj: Any) -> None:
     dev: PCIDevice = obj
-    pc: PCIDeviceClass = dev.klass  # type: ignore[assignment]
+    pc = object_class_check(dev.klass, PCIDeviceClass)
     bus = dev.pci_bus
     size = PCIE_CONFIG_SPACE_SIZE if pc.is_express and bus.is_a(TYPE_PCIE_BUS) else PCI_CONFIG_SPACE_SIZE
     dev.config = bytearray(size)
@@ -316,7 +324,7 @@ def _pci_qdev_unrealize(obj: Any) -> None:
 
 
 def _pci_device_class_init(klass: ObjectClass, data: Any) -> None:
-    dc: PCIDeviceClass = klass  # type: ignore[assignment]
+    dc = object_class_check(klass, PCIDeviceClass)
     dc.bus_type = TYPE_PCI_BUS
     dc.realize = _pci_qdev_realize
     dc.unrealize = _pci_qdev_unrealize
@@ -328,7 +336,7 @@ def _pci_device_class_init(klass: ObjectClass, data: Any) -> None:
 
 
 def _pci_bus_init(obj: Object) -> None:
-    bus: PCIBus = obj  # type: ignore[assignment]
+    bus = object_check(obj, PCIBus)
     bus.devices = [None] * 256
     bus.bus_num = 0
     bus.address_space_mem = None
@@ -582,7 +590,7 @@ def pci_bar_address(dev: PCIDevice, region_num: int) -> int:
 
 
 def _bar_space_unmap(region: PCIIORegion) -> None:
-    container = region.memory.container
+    container = region.memory.parent_container
     if container is not None:
         container.del_subregion(region.memory)
     region.addr = PCI_BAR_UNMAPPED

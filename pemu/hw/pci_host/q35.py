@@ -18,7 +18,7 @@ from pemu.hw.pci.pci import (
     pci_bus_config_write,
     pci_root_bus_new,
 )
-from pemu.qom.object import Object, ObjectClass, TypeInfo, type_register
+from pemu.qom.object import Object, ObjectClass, TypeInfo, object_check, object_class_check, type_register
 from pemu.system.memory import MemoryRegion, MemoryRegionOps
 
 TYPE_Q35_HOST_DEVICE = "q35-pcihost"
@@ -73,7 +73,7 @@ class PAMSegment:
 
 class Q35PCIHost(SysBusDevice):
     bus: PCIBus
-    mch: PCIDevice
+    mch: MCHPCIState
     config_reg: int
     # Where the root bus's memory BARs go: the board's "pci" container, set
     # before realize (QEMU's pci-address-space link); system memory if unset.
@@ -107,7 +107,7 @@ class Q35PCIHost(SysBusDevice):
 
 
 def _q35_host_init(obj: Object) -> None:
-    host: Q35PCIHost = obj  # type: ignore[assignment]
+    host = object_check(obj, Q35PCIHost)
     host.config_reg = 0
     host.pci_address_space = None
 
@@ -117,19 +117,21 @@ def _q35_host_realize(dev: Any) -> None:
 
     host: Q35PCIHost = dev
     io = get_system_io()
-    host.conf_mr = MemoryRegion.io("pci-conf-idx", 4, MemoryRegionOps(host.conf_read, host.conf_write, 1, 4, False, 1, 4), owner=host)
-    host.data_mr = MemoryRegion.io("pci-conf-data", 4, MemoryRegionOps(host.data_read, host.data_write, 1, 4, False, 1, 4), owner=host)
+    host.conf_mr = MemoryRegion.io("pci-conf-idx", 4,
+                                   MemoryRegionOps(host.conf_read, host.conf_write, 1, 4, False, 1, 4), owner=host)
+    host.data_mr = MemoryRegion.io("pci-conf-data", 4,
+                                   MemoryRegionOps(host.data_read, host.data_write, 1, 4, False, 1, 4), owner=host)
     io.add_subregion(memmap.PCI_CONFIG_ADDR, host.conf_mr)
     io.add_subregion(memmap.PCI_CONFIG_DATA, host.data_mr)
     pci_memory = host.pci_address_space if host.pci_address_space is not None else get_system_memory()
     host.bus = pci_root_bus_new(host, "pcie.0", express=True, address_space_mem=pci_memory, address_space_io=io,
                                 dma_root=get_system_memory())
-    mch = qdev_new(TYPE_MCH_PCI_DEVICE)
+    mch = object_check(qdev_new(TYPE_MCH_PCI_DEVICE), MCHPCIState)
     mch.property_set("addr", "0.0")
     host.add_child("mch", mch)
     mch.unref()
     qdev_realize(mch, host.bus)
-    host.mch = mch  # type: ignore[assignment]
+    host.mch = mch
 
 
 def _q35_host_reset(dev: Any) -> None:
@@ -137,7 +139,7 @@ def _q35_host_reset(dev: Any) -> None:
 
 
 def _q35_host_class_init(klass: ObjectClass, data: Any) -> None:
-    dc: DeviceClass = klass  # type: ignore[assignment]
+    dc = object_class_check(klass, DeviceClass)
     dc.realize = _q35_host_realize
     dc.reset = _q35_host_reset
     dc.user_creatable = False
@@ -233,8 +235,8 @@ class PCIEMMCFG:
             self.system.del_subregion(self.mr)
             self.mr = None
         if enabled and self.mr is None:
-            self.mr = MemoryRegion.io("pcie-mmcfg-mmio", size, MemoryRegionOps(self.read, self.write, 1, 4, False, 1, 4),
-                                      owner=self.owner)
+            ops = MemoryRegionOps(self.read, self.write, 1, 4, False, 1, 4)
+            self.mr = MemoryRegion.io("pcie-mmcfg-mmio", size, ops, owner=self.owner)
             self.system.add_subregion(base, self.mr)
         self.base, self.size = (base, size) if enabled else (-1, 0)
 
@@ -312,21 +314,21 @@ def _mch_reset(dev: Any) -> None:
 
 
 def _mch_class_init(klass: ObjectClass, data: Any) -> None:
-    k: PCIDeviceClass = klass  # type: ignore[assignment]
+    k = object_class_check(klass, PCIDeviceClass)
     k.vendor_id = PCI_VENDOR_ID_INTEL
     k.device_id = PCI_DEVICE_ID_INTEL_Q35_MCH
     k.revision = 0x02
     k.class_id = PCI_CLASS_BRIDGE_HOST
     k.user_creatable = False
     k.desc = "Host bridge"
-    k.pci_reset = _mch_reset  # type: ignore[attr-defined]
-    k.pci_realize = _mch_reset_smram  # type: ignore[attr-defined]
+    k.pci_reset = _mch_reset
+    k.pci_realize = _mch_reset_smram
 
 
 type_register(TypeInfo(TYPE_Q35_HOST_DEVICE, parent=TYPE_SYS_BUS_DEVICE, instance_type=Q35PCIHost,
                        instance_init=_q35_host_init, class_init=_q35_host_class_init))
 def _mch_init(obj: Object) -> None:
-    mch: MCHPCIState = obj  # type: ignore[assignment]
+    mch = object_check(obj, MCHPCIState)
     mch.smram_region = None
     mch.mmcfg = None
     mch.pam = []

@@ -18,8 +18,8 @@ computed when register C is read.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from pemu.hw.core.irq import IRQLine, NoIRQ
 from pemu.util.log import guest_error

@@ -339,7 +339,7 @@ def smbios_entry_add(cfg: SmbiosConfig, opts: Any, location: str | None = None) 
             from uuid import UUID
 
             try:
-                target.uuid = UUID(value)  # type: ignore[union-attr]
+                setattr(target, attr, UUID(value))
             except ValueError:
                 raise UserError("Invalid UUID", location) from None
         elif kind_of == "release":

@@ -21,16 +21,18 @@ interrupt lines passed in; "hpet" is the sysbus QOM type.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from functools import partial
+from typing import Any
 
 from pemu.hw.core.irq import IRQLine
 from pemu.hw.core.qdev import DeviceClass, Property, device_class_set_props
 from pemu.hw.core.sysbus import TYPE_SYS_BUS_DEVICE, SysBusDevice
-from pemu.util.timer import Clock, TimerFactory, TimerLike, virtual_clock_ns, virtual_timer
-from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, type_register
+from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, object_check, object_class_check, type_register
 from pemu.system.memory import MemoryRegion, MemoryRegionOps
 from pemu.util.log import guest_error
+from pemu.util.timer import Clock, TimerFactory, TimerLike, virtual_clock_ns, virtual_timer
 
 HPET_BASE = 0xFED00000
 HPET_LEN = 0x400
@@ -134,7 +136,7 @@ class HPET:
         self.pit_enabled = pit_enabled
         self.timers = [HPETTimer(i) for i in range(num_timers)]
         for t in self.timers:
-            t.qemu_timer = timer_factory(lambda t=t: self._timer_expired(t))
+            t.qemu_timer = timer_factory(partial(self._timer_expired, t))
         self.capability = (0x8086A001 | ((num_timers - 1) << 8) | (HPET_PERIOD_FS << 32))
         self.config = 0
         self.isr = 0
@@ -450,7 +452,7 @@ def _hpet_pit_enabled(dev: HPETState, on: bool) -> None:
 
 
 def _hpet_init(obj: Object) -> None:
-    obj.pit_enabled_cb = None  # type: ignore[attr-defined]
+    object_check(obj, HPETState).pit_enabled_cb = None
 
 
 def _hpet_realize(dev: Any) -> None:
@@ -466,9 +468,9 @@ def _hpet_realize(dev: Any) -> None:
 
 
 def _hpet_class_init(klass: ObjectClass, data: Any) -> None:
-    dc: DeviceClass = klass  # type: ignore[assignment]
+    dc = object_class_check(klass, DeviceClass)
     dc.realize = _hpet_realize
-    dc.reset = lambda dev: dev.model.reset()
+    dc.reset = lambda dev: object_check(dev, HPETState).model.reset()
     dc.desc = "HPET"
     dc.user_creatable = False
     device_class_set_props(dc, [

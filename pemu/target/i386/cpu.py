@@ -9,13 +9,23 @@ the vCPU thread and resets the CPU.  Registers live in ``env``
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pemu.hw.core.cpu import TYPE_CPU, CPUClass, CPUState
 from pemu.hw.core.qdev import DeviceClass, Property, device_class_set_props
-from pemu.hw.intc.apic_common import APIC_DM_EXTINT, APIC_LVT_LINT0, APIC_LVT_MASKED
-from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, type_exists, type_register
-from pemu.system.memory import AddressSpace, MemoryRegion, MEMORY_SIZE_UNLIMITED
+from pemu.hw.intc.apic_common import APIC_DM_EXTINT, APIC_LVT_LINT0, APIC_LVT_MASKED, APICCommonState
+from pemu.qom.object import (
+    Object,
+    ObjectClass,
+    QOMError,
+    TypeInfo,
+    object_check,
+    object_class_check,
+    type_exists,
+    type_register,
+)
+from pemu.system.memory import MEMORY_SIZE_UNLIMITED, AddressSpace, MemoryRegion
 from pemu.target.i386.cpu_state import CPUX86State
 from pemu.util.vm_context import current_vm
 
@@ -51,15 +61,8 @@ class X86CPU(CPUState):
         x86_cpu_reset(self)
 
 
-def x86_cpu_connect_pic(cpu: X86CPU, acknowledge: Callable[[], int]) -> None:
-    """Connect the board's interrupt controller to the CPU: the accelerator
-    calls ``acknowledge()`` (with the big lock held) to take the vector of a
-    pending INTR."""
-    cpu.get_pic_interrupt = acknowledge
-
-
 def _x86_cpu_initfn(obj: Object) -> None:
-    cpu: X86CPU = obj  # type: ignore[assignment]
+    cpu = object_check(obj, X86CPU)
     vm = current_vm()
     cpu.cpu_index = vm.next_cpu_index
     vm.next_cpu_index += 1
@@ -76,10 +79,11 @@ def x86_cpu_realizefn(dev: Object) -> None:
     from pemu.system.physmem import address_space_io, get_system_memory
     from pemu.target.i386 import cpu_models
 
-    cpu: X86CPU = dev  # type: ignore[assignment]
-    klass: X86CPUClass = cpu.klass  # type: ignore[assignment]
+    cpu = object_check(dev, X86CPU)
+    klass = object_class_check(cpu.klass, X86CPUClass)
     try:
-        cpu.model = cpu_models.x86_cpu_model_from_string(klass.model_name + ("," + cpu.features if cpu.features else ""))
+        spec = klass.model_name + ("," + cpu.features if cpu.features else "")
+        cpu.model = cpu_models.x86_cpu_model_from_string(spec)
     except Exception as e:  # a bad -cpu feature is user input
         raise QOMError(str(e)) from None
     cpu.env.cpuid_version = cpu.model.cpuid_version if hasattr(cpu.model, "cpuid_version") else cpu.env.cpuid_version
@@ -190,12 +194,11 @@ class X86CPUAPICLink:
 def x86_cpu_apic_create(cpu: X86CPU) -> None:
     """Make the CPU's local APIC (seed: x86_cpu_apic_create): the userspace
     "apic" device as the CPU's child "lapic"."""
+    import pemu.hw.intc.apic  # noqa: F401  (registers the type)
     from pemu.hw.core.qdev import qdev_new
 
-    import pemu.hw.intc.apic  # noqa: F401  (registers the type)
-
-    dev = qdev_new("apic")
-    dev.apic_id = cpu.apic_id  # type: ignore[attr-defined]
+    dev = object_check(qdev_new("apic"), APICCommonState)
+    dev.apic_id = cpu.apic_id
     cpu.add_child("lapic", dev)
     dev.unref()
     cpu.apic_state = dev
@@ -262,15 +265,15 @@ def x86_cpu_connect_pic(cpu: X86CPU, read_irq: Callable[[], int]) -> None:
 
 
 def _x86_cpu_common_class_init(klass: ObjectClass, data: Any) -> None:
-    dc: DeviceClass = klass  # type: ignore[assignment]
+    dc = object_class_check(klass, DeviceClass)
     dc.realize = x86_cpu_realizefn
-    dc.reset = lambda dev: x86_cpu_reset(dev)  # type: ignore[arg-type,return-value]
+    dc.reset = lambda dev: x86_cpu_reset(object_check(dev, X86CPU))
     dc.desc = "x86 CPU"
     device_class_set_props(dc, [Property("apic-id", "uint32", 0)])
 
 
 def _x86_cpu_cpudef_class_init(klass: ObjectClass, data: Any) -> None:
-    k: X86CPUClass = klass  # type: ignore[assignment]
+    k = object_class_check(klass, X86CPUClass)
     k.model_name = data
     k.desc = f"x86 CPU model {data}"
 

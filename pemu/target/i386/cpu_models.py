@@ -242,7 +242,8 @@ BUILTIN_MODELS: dict[str, X86CPUModel] = {
     "qemu64": X86CPUModel("qemu64", "AuthenticAMD", 15, 107, 1, "QEMU Virtual CPU version 2.5+",
                           QEMU64_FEATURES, description="QEMU Virtual CPU version 2.5+"),
     "max": X86CPUModel("max", "AuthenticAMD", 15, 107, 1, "QEMU TCG CPU version 2.5+",
-                       MAX_FEATURES, description="Enables all features supported by the accelerator in the current host"),
+                       MAX_FEATURES,
+                       description="Enables all features supported by the accelerator in the current host"),
     "base": X86CPUModel("base", "AuthenticAMD", 0, 0, 0, "", {}, level=0xD, xlevel=0x80000008,
                         description="base CPU model type with no features enabled"),
 }

@@ -156,7 +156,8 @@ class SegmentCache:
         return SegmentCache(self.selector, self.base, self.limit, self.flags)
 
 
-def real_mode_segment(selector: int, flags: int = DESC_P_MASK | DESC_S_MASK | DESC_W_MASK | DESC_A_MASK) -> SegmentCache:
+def real_mode_segment(selector: int,
+                      flags: int = DESC_P_MASK | DESC_S_MASK | DESC_W_MASK | DESC_A_MASK) -> SegmentCache:
     selector &= 0xFFFF
     return SegmentCache(selector, selector << 4, 0xFFFF, flags)
 

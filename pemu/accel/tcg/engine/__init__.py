@@ -124,7 +124,7 @@ class EngineInfo:
         if not self.patched:
             return (f"stock Unicorn {self.version} (without pemu's patches: slower; "
                     f"build them with 'python3 -m pemu.accel.tcg.engine build')")
-        names = ", ".join(f.name.lower().replace("_", "-") for f in EngineFeature if f in self.features)
+        names = ", ".join(str(f.name).lower().replace("_", "-") for f in EngineFeature if f in self.features)
         return f"Unicorn {self.version} with pemu's patches ({names}), {self.path}"
 
 

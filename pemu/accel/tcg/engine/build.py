@@ -26,7 +26,13 @@ from pathlib import Path
 from typing import TextIO
 
 from pemu.accel.tcg.engine import (
-    LIBRARY_NAME, SDIST_SHA256, UNICORN_VERSION, built_engine_dir, cache_root, engine_key, patches,
+    LIBRARY_NAME,
+    SDIST_SHA256,
+    UNICORN_VERSION,
+    built_engine_dir,
+    cache_root,
+    engine_key,
+    patches,
 )
 
 SDIST_NAME = f"unicorn-{UNICORN_VERSION}.tar.gz"
@@ -154,7 +160,7 @@ def check_engine(directory: Path) -> int:
     code = ("import ctypes, sys; lib = ctypes.CDLL(sys.argv[1]); f = lib.uc_pemu_features; "
             "f.restype = ctypes.c_uint32; print(f())")
     result = subprocess.run([sys.executable, "-c", code, str(directory / LIBRARY_NAME)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            capture_output=True, text=True)
     if result.returncode != 0:
         raise BuildError(f"the built engine does not load: {result.stderr.strip().splitlines()[-1:]}")
     return int(result.stdout)

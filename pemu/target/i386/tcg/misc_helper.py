@@ -9,10 +9,23 @@ kept arithmetic and direction flags) or raise GuestFault.
 from __future__ import annotations
 
 from pemu.target.i386.cpu_state import (
-    DESC_A_MASK, DESC_B_MASK, DESC_CS_MASK, DESC_G_MASK, DESC_L_MASK, DESC_P_MASK, DESC_R_MASK, DESC_S_MASK,
-    DESC_W_MASK, IF_MASK, RF_MASK, VM_MASK, Efer, SegmentCache, SegReg,
+    DESC_A_MASK,
+    DESC_B_MASK,
+    DESC_CS_MASK,
+    DESC_G_MASK,
+    DESC_L_MASK,
+    DESC_P_MASK,
+    DESC_R_MASK,
+    DESC_S_MASK,
+    DESC_W_MASK,
+    IF_MASK,
+    RF_MASK,
+    VM_MASK,
+    Efer,
+    SegmentCache,
+    SegReg,
 )
-from pemu.target.i386.tcg.seg_helper import EXCP06_ILLOP, EXCP0D_GPF, GuestFault, seg_hflags
+from pemu.target.i386.tcg.seg_helper import EXCP0D_GPF, EXCP06_ILLOP, GuestFault, seg_hflags
 from pemu.target.i386.tcg.uc_context import HF, CPUContext, Off
 
 _CODE_FLAGS = DESC_G_MASK | DESC_P_MASK | DESC_S_MASK | DESC_CS_MASK | DESC_R_MASK | DESC_A_MASK

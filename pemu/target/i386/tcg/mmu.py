@@ -67,7 +67,7 @@ def translate(mem: PhysMemory, laddr: int, *, cr0: int, cr3: int, cr4: int, long
                 # Non-canonical: the caller treats it as #GP; report as a fault here.
                 raise PageFault(laddr, err)
             table = cr3 & PG_ADDR_MASK
-            levels = (39, 30, 21, 12)
+            levels: tuple[int, ...] = (39, 30, 21, 12)
         else:
             laddr &= 0xFFFFFFFF
             pdpte = _entry(mem, (cr3 & 0xFFFFFFE0) + ((laddr >> 30) & 3) * 8, True)

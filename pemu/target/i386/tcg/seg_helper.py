@@ -15,12 +15,27 @@ that the caller has just saved and restores afterwards.
 from __future__ import annotations
 
 import struct
-from typing import Callable
+from collections.abc import Callable
 
 from pemu.target.i386.cpu_state import (
-    AC_MASK, CR0_PE_MASK, DESC_B_MASK, DESC_C_MASK, DESC_CS_MASK, DESC_DPL_SHIFT, DESC_FLAGS_MASK,
-    DESC_L_MASK, DESC_P_MASK, DESC_S_MASK, DESC_W_MASK, IF_MASK, NT_MASK, RF_MASK, TF_MASK, VM_MASK,
-    SegmentCache, SegReg,
+    AC_MASK,
+    CR0_PE_MASK,
+    DESC_B_MASK,
+    DESC_C_MASK,
+    DESC_CS_MASK,
+    DESC_DPL_SHIFT,
+    DESC_FLAGS_MASK,
+    DESC_L_MASK,
+    DESC_P_MASK,
+    DESC_S_MASK,
+    DESC_W_MASK,
+    IF_MASK,
+    NT_MASK,
+    RF_MASK,
+    TF_MASK,
+    VM_MASK,
+    SegmentCache,
+    SegReg,
 )
 from pemu.target.i386.tcg.mmu import PageFault, PhysAccessError, PhysMemory, translate
 from pemu.target.i386.tcg.uc_context import HF, CPUContext, Off

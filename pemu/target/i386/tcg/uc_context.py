@@ -20,6 +20,7 @@ import functools
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_16, UC_MODE_64, Uc
 from unicorn import x86_const as ucx
@@ -102,7 +103,8 @@ class CPUContext:
         self._handle = uc._uch
         size = uclib.uc_context_size(self._handle)
         if size != CONTEXT_SIZE:
-            raise ContextLayoutError(f"Unicorn context is {size} bytes, expected {CONTEXT_SIZE} (unicorn=={UNICORN_VERSION})")
+            raise ContextLayoutError(f"Unicorn context is {size} bytes, expected {CONTEXT_SIZE} "
+                                     f"(unicorn=={UNICORN_VERSION})")
         self._owner = uc.context_save()  # keeps the allocation alive
         self._ptr = self._owner.context
         addr = ctypes.cast(self._ptr, ctypes.c_void_p).value
@@ -256,7 +258,7 @@ def verify_context_layout() -> None:
     msrs = {Off.STAR: 0xC0000081, Off.LSTAR: 0xC0000082, Off.CSTAR: 0xC0000083, Off.FMASK: 0xC0000084,
             Off.KERNELGSBASE: 0xC0000102, Off.SYSENTER_ESP: 0x175, Off.SYSENTER_EIP: 0x176,
             Off.PAT: 0x277, Off.TSC_AUX: 0xC0000103, Off.MISC_ENABLE: 0x1A0}
-    for n, (off, msr) in enumerate(msrs.items()):
+    for n, msr in enumerate(msrs.values()):
         uc.msr_write(msr, 0x0000_0077_0000_1000 + n)
     uc.msr_write(0x174, 0x1234)
     ctx.save()
@@ -269,7 +271,7 @@ def verify_context_layout() -> None:
     expect("gdt.limit", ctx.table(Off.GDT).limit, 0x7F)
     expect("idt.base", ctx.table(Off.IDT).base, 0x98_7654_3000)
     expect("fs.base", ctx.seg(4).base, 0x5555_0000)
-    for n, (off, msr) in enumerate(msrs.items()):
+    for n, off in enumerate(msrs):
         expect(off.name, ctx.u64(off), 0x0000_0077_0000_1000 + n)
     expect("sysenter_cs", ctx.u32(Off.SYSENTER_CS), 0x1234)
     expect("efer", ctx.u64(Off.EFER), uc.msr_read(0xC0000080))
@@ -299,7 +301,7 @@ def verify_context_layout() -> None:
     _verified = True
 
 
-def _context_from_bytes(uc: Uc, data: bytes):  # -> UcContext
+def _context_from_bytes(uc: Uc, data: bytes) -> Any:  # a UcContext
     ctx = uc.context_save()
     ctypes.memmove(ctx.context, data, len(data))
     return ctx
