@@ -319,8 +319,7 @@ def test_interrupt_pending_while_if_clear_is_delivered_after_sti(machine: Machin
     assert machine.outputs() == [0x12, 0x20, 0x13]
 
 
-def test_interrupt_pending_while_if_clear_is_taken_in_a_one_instruction_window(
-        machine: Machine, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupt_pending_while_if_clear_is_taken_in_a_one_instruction_window(machine: Machine) -> None:
     """Linux idling in schedule() has IF=1 for a few instructions a pass: the
     interrupt must be taken in the first such window (QEMU checks before the
     block after sti's shadow), not at the next 100 us poll."""
@@ -328,7 +327,6 @@ def test_interrupt_pending_while_if_clear_is_taken_in_a_one_instruction_window(
 
     if not tcg_accel.engine_stops_at_irq_window():
         pytest.skip("the engine lacks pemu's patch 0008 (irq-window): pending interrupts are polled for")
-    monkeypatch.setattr(tcg_accel, "irq_window_enabled", True)  # off by default for now
     machine.cpu.pic_vectors = [0x20]
     machine.ports.handlers[0x80] = lambda _: cpus.cpu_interrupt(machine.cpu, cpus.CPU_INTERRUPT_HARD)
     machine.ports.handlers[0xE9] = lambda v: machine.ports.reads.__setitem__(0x82, 1) if v == 0x20 else None

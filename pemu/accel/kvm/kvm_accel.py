@@ -325,6 +325,9 @@ class KVMVCPU:
             except (ProcessLookupError, OSError):
                 pass
 
+    def handle_interrupt(self, mask: int) -> None:
+        self.kick()
+
     # -- the run loop --------------------------------------------------------------------------------
     def has_work(self) -> bool:
         if self.accel.in_kernel_irqchip:

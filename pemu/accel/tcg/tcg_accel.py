@@ -108,18 +108,14 @@ if engine_info().has(EngineFeature.PHYS_INVALIDATE):
 
 
 # pemu's engine (patch 0008) stops by itself when the guest opens its interrupt
-# window (IF=1, no shadow) while told an interrupt is pending; on the stock
-# engine the vCPU polls every IRQ_POLL_S instead (see TCGVCPU.exec).
+# window (IF=1, no shadow) while told an interrupt is pending, from any thread
+# and without stopping a guest that runs with IF=0; on the stock engine the
+# vCPU is kicked out and polls every IRQ_POLL_S instead (see TCGVCPU.exec).
 _uc_set_irq_pending: Any = None
 if engine_info().has(EngineFeature.IRQ_WINDOW):
     _uc_set_irq_pending = uclib.uc_pemu_set_irq_pending
     _uc_set_irq_pending.argtypes = [ctypes.c_void_p, ctypes.c_bool]
     _uc_set_irq_pending.restype = None
-
-
-# Off by default: with it on, the -smp 2/4 integration boots' shells answered
-# `dmesg` in 30-60 s (not understood yet); the unit test turns it on.
-irq_window_enabled = False
 
 
 def engine_stops_at_irq_window() -> bool:
@@ -463,6 +459,24 @@ class TCGVCPU:
             for page in range(start & -TARGET_PAGE_SIZE, end, TARGET_PAGE_SIZE):
                 uc.ctl_remove_cache(page, page + TARGET_PAGE_SIZE)
 
+    def handle_interrupt(self, mask: int) -> None:
+        """``mask`` was raised in the CPU's interrupt requests (any thread, also
+        from inside hooks; QEMU's tcg_handle_interrupt).
+
+        An external interrupt alone does not stop the guest on pemu's engine:
+        the engine is told one is pending and stops by itself where the guest
+        can take it (IF=1, no interrupt shadow), so a vCPU running with IF=0
+        (an interrupt handler feeding the UART, a spinlock with interrupts
+        off) keeps its turn.  Anything else, and everything on the stock
+        engine, is a kick."""
+        if mask == CPU_INTERRUPT_HARD and _uc_set_irq_pending is not None:
+            _uc_set_irq_pending(self.uc._uch, True)
+            rr = self.rr
+            if rr is not None:
+                rr.kick_running(self.cpu)
+            return
+        self.kick()
+
     def kick(self) -> None:
         """Make the vCPU leave the engine soon (any thread, also from inside hooks)."""
         self.kick_pending = True
@@ -482,13 +496,18 @@ class TCGVCPU:
         return False
 
     def exec(self) -> VCPUExit:
-        """Run guest code until something needs the vCPU thread's attention."""
+        """Run guest code until something needs the vCPU thread's attention.
+
+        On pemu's engine an interrupt that waits for IF=1 stops the engine
+        when the guest sets IF; it is delivered and the guest resumed here,
+        within the same turn (QEMU's cpu_exec() does it between blocks)."""
         uc = self.uc
         ctx = self.ctx
         # Disarm first, then forget old kicks: a kick from now on re-arms the
         # request, so it either shows in kick_pending below or stops the engine.
         self.exit_request.clear()
         self.kick_pending = False
+        window = _uc_set_irq_pending is not None
         if self.memory_map.apply_pending():
             self.tb_flush_pending = True
         if self.tb_flush_pending:
@@ -496,54 +515,57 @@ class TCGVCPU:
             self.code_invalidate.clear()  # the flush covers what is queued so far
             self._code_invalidate_pages = 0
             uc.ctl_flush_tb()
-        ctx.save()
-        if self.code_invalidate:
-            self._invalidate_code(bool(ctx.cr(0) & CR0_PG_MASK))
-        poll = False
-        window = False
-        request = self.run.interrupt_request
-        if request & _CPU_INTERRUPT_SPECIAL:
-            reason = self._special_interrupt(request)
-            if reason is not None:
-                return reason
-        if request & CPU_INTERRUPT_HARD:
-            if ctx.eflags & IF_MASK and not ctx.hflags & HF.INHIBIT_IRQ:
-                if not self._deliver_external():
-                    return VCPUExit.SHUTDOWN
-            elif irq_window_enabled and _uc_set_irq_pending is not None:
-                window = True
-                _uc_set_irq_pending(uc._uch, True)
-            else:
-                poll = True
-                self.irq_poll.schedule(IRQ_POLL_S)
-        if self.kick_pending:
+        while True:
+            if window:
+                # Cleared before interrupt_request is read: an interrupt raised
+                # from now on sets it again (handle_interrupt).
+                _uc_set_irq_pending(uc._uch, False)
+            ctx.save()
+            if self.code_invalidate:
+                self._invalidate_code(bool(ctx.cr(0) & CR0_PG_MASK))
+            poll = False
+            request = self.run.interrupt_request
+            if request & _CPU_INTERRUPT_SPECIAL:
+                reason = self._special_interrupt(request)
+                if reason is not None:
+                    return reason
+            if request & CPU_INTERRUPT_HARD:
+                if ctx.eflags & IF_MASK and not ctx.hflags & HF.INHIBIT_IRQ:
+                    if not self._deliver_external():
+                        return VCPUExit.SHUTDOWN
+                elif window:
+                    _uc_set_irq_pending(uc._uch, True)
+                else:
+                    poll = True
+                    self.irq_poll.schedule(IRQ_POLL_S)
+            if self.kick_pending:
+                if poll:
+                    self.irq_poll.cancel()
+                return VCPUExit.KICKED
+            try:
+                uc.emu_start(ctx.eip, 0)
+                error = None
+            except UcError as e:
+                error = e
+            except Exception as e:  # a hook's exception, re-raised by the binding
+                error = None
+                qemu_log_mask(LOG_GUEST_ERROR, f"tcg: hook error: {e!r}")
+            finally:
+                self.exits += 1
             if poll:
                 self.irq_poll.cancel()
-            if window:
-                _uc_set_irq_pending(uc._uch, False)
-            return VCPUExit.KICKED
-        try:
-            uc.emu_start(ctx.eip, 0)
-            error = None
-        except UcError as e:
-            error = e
-        except Exception as e:  # a hook's exception, re-raised by the binding
-            error = None
-            qemu_log_mask(LOG_GUEST_ERROR, f"tcg: hook error: {e!r}")
-        finally:
-            self.exits += 1
-        if poll:
-            self.irq_poll.cancel()
-        if window:  # stopped at the window (or for another reason): exec() delivers next
-            _uc_set_irq_pending(uc._uch, False)
-        if self.shutdown_pending:
-            self.shutdown_pending = False
-            return VCPUExit.SHUTDOWN
-        if error is not None:
-            return self._engine_error(error)
-        if self.kick_pending or (poll and self.irq_poll.fired):
-            return VCPUExit.KICKED
-        return VCPUExit.HALTED if self._after_hlt() else VCPUExit.KICKED
+            if self.shutdown_pending:
+                self.shutdown_pending = False
+                return VCPUExit.SHUTDOWN
+            if error is not None:
+                return self._engine_error(error)
+            if self.kick_pending or (poll and self.irq_poll.fired):
+                return VCPUExit.KICKED
+            if self._after_hlt():
+                return VCPUExit.HALTED
+            if not window or self.exit_request.armed:  # the time slice ended, or a stop
+                return VCPUExit.KICKED
+            # The guest opened its interrupt window: take the interrupt and go on.
 
     def _after_hlt(self) -> bool:
         ctx = self.ctx

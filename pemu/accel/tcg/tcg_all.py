@@ -73,6 +73,13 @@ class TCGVCPUHandle:
         if self.vcpu is not None:
             self.vcpu.exit_request.request()
 
+    def handle_interrupt(self, mask: int) -> None:
+        vcpu = self.vcpu
+        if vcpu is not None:
+            vcpu.handle_interrupt(mask)
+        else:
+            self.kick()
+
     def kick(self) -> None:
         vcpu = self.vcpu
         if vcpu is not None:
