@@ -477,6 +477,10 @@ class TCGVCPU:
             return
         self.kick()
 
+    def request_exit(self) -> None:
+        """End the vCPU's turn at the next block start (its time slice is over)."""
+        self.exit_request.request()
+
     def kick(self) -> None:
         """Make the vCPU leave the engine soon (any thread, also from inside hooks)."""
         self.kick_pending = True
@@ -507,6 +511,8 @@ class TCGVCPU:
         # request, so it either shows in kick_pending below or stops the engine.
         self.exit_request.clear()
         self.kick_pending = False
+        if self.rr is not None:
+            self.rr.begin_slice(self)
         window = _uc_set_irq_pending is not None
         if self.memory_map.apply_pending():
             self.tb_flush_pending = True
@@ -565,6 +571,9 @@ class TCGVCPU:
                 return VCPUExit.HALTED
             if not window or self.exit_request.armed:  # the time slice ended, or a stop
                 return VCPUExit.KICKED
+            if not (self.run.interrupt_request & CPU_INTERRUPT_HARD and ctx.eflags & IF_MASK
+                    and not ctx.hflags & HF.INHIBIT_IRQ):
+                return VCPUExit.KICKED  # not a stop for the interrupt window
             # The guest opened its interrupt window: take the interrupt and go on.
 
     def _after_hlt(self) -> bool:
