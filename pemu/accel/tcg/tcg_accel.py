@@ -40,6 +40,7 @@ from pemu.accel.tcg.engine import EngineFeature, engine_info
 from pemu.accel.tcg.exit_request import TBExitRequest, verify_exit_request
 from pemu.accel.tcg.memory_map import UnicornMemoryMap
 from pemu.accel.tcg.tcg_accel_ops_rr import RRCPUThread
+from pemu.hw.intc.apic_common import MSR_IA32_APICBASE, MSR_IA32_TSC_DEADLINE, MSR_X2APIC_BASE, MSR_X2APIC_END
 from pemu.system.memory import FlatView, RAMBlock, add_ram_write_notifier, remove_ram_write_notifier
 from pemu.target.i386.cpu_state import (
     CR0_PG_MASK,
@@ -76,6 +77,9 @@ EXCP03_INT3 = 3
 # PIT, which follows the same clock.
 TSC_KHZ = 1_000_000
 _U64 = 0xFFFFFFFFFFFFFFFF
+# What an RDMSR/WRMSR hook returns for an access that must raise #GP(0) at the
+# instruction (pemu's engine, patch 0006: UC_PEMU_MSR_GP).
+_MSR_GP = 2
 # How long the guest may run with an interrupt pending while IF=0 before we look again.
 # Short: Linux's schedule() loops (an SMP boot waiting for an AP) have IF=1 only for a
 # few instructions per pass, and the engine cannot say when the guest sets IF; at 1 ms
@@ -269,6 +273,11 @@ class TCGVCPU:
         self._add_insn_hook(_HOOK_OUT_CB(self._on_out), ucx.UC_X86_INS_OUT)
         self._add_insn_hook(_HOOK_INSN_CB(self._on_rdtsc), ucx.UC_X86_INS_RDTSC)
         self._add_insn_hook(_HOOK_INSN_CB(self._on_rdtscp), ucx.UC_X86_INS_RDTSCP)
+        # pemu's engine (patch 0006) lets the local APIC's MSRs be modelled:
+        # IA32_APIC_BASE, the x2APIC registers and IA32_TSC_DEADLINE.
+        if self.cpu.apic is not None and engine_info().has(EngineFeature.MSR_HOOKS):
+            self._add_insn_hook(_HOOK_INSN_CB(self._on_rdmsr), ucx.UC_X86_INS_RDMSR)
+            self._add_insn_hook(_HOOK_INSN_CB(self._on_wrmsr), ucx.UC_X86_INS_WRMSR)
 
     def _add_insn_hook(self, cb: Any, insn: int) -> None:
         self._c_hooks.append(cb)  # the engine holds only a raw pointer: keep the thunk alive
@@ -376,6 +385,46 @@ class TCGVCPU:
         self._write_reg(ucx.UC_X86_REG_RCX, ecx)
         self._write_reg(ucx.UC_X86_REG_RDX, edx)
         return 1
+
+    def _on_rdmsr(self, uch: int, user_data: int) -> int:
+        """RDMSR of an APIC MSR (1: handled here); other MSRs are the engine's."""
+        msr = self._read_reg(ucx.UC_X86_REG_RCX) & 0xFFFFFFFF
+        apic = self.cpu.apic
+        value: int | None
+        with bql:
+            if msr == MSR_IA32_APICBASE:
+                value = apic.get_base()
+            elif msr == MSR_IA32_TSC_DEADLINE:
+                deadline = apic.get_tsc_deadline()
+                value = (deadline + self.tsc_offset) & _U64 if deadline else 0
+            elif MSR_X2APIC_BASE <= msr <= MSR_X2APIC_END:
+                value = apic.read_msr(msr)
+            else:
+                return 0
+        if value is None:
+            return _MSR_GP
+        self._write_reg(ucx.UC_X86_REG_RAX, value & 0xFFFFFFFF)
+        self._write_reg(ucx.UC_X86_REG_RDX, value >> 32)
+        return 1
+
+    def _on_wrmsr(self, uch: int, user_data: int) -> int:
+        """WRMSR of an APIC MSR (1: handled here); other MSRs are the engine's."""
+        msr = self._read_reg(ucx.UC_X86_REG_RCX) & 0xFFFFFFFF
+        value = ((self._read_reg(ucx.UC_X86_REG_RDX) & 0xFFFFFFFF) << 32
+                 | self._read_reg(ucx.UC_X86_REG_RAX) & 0xFFFFFFFF)
+        apic = self.cpu.apic
+        with bql:
+            if msr == MSR_IA32_APICBASE:
+                ok = apic.set_base(value)
+            elif msr == MSR_IA32_TSC_DEADLINE:
+                # The APIC counts in the virtual clock's time; this vCPU's TSC runs ahead by tsc_offset.
+                apic.set_tsc_deadline((value - self.tsc_offset) & _U64 if value else 0)
+                ok = True
+            elif MSR_X2APIC_BASE <= msr <= MSR_X2APIC_END:
+                ok = apic.write_msr(msr, value)
+            else:
+                return 0
+        return 1 if ok else _MSR_GP
 
     def tsc_now(self) -> int:
         return (qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL) + self.tsc_offset) & _U64
@@ -567,9 +616,14 @@ class TCGVCPU:
                 return self._engine_error(error)
             if self.kick_pending or (poll and self.irq_poll.fired):
                 return VCPUExit.KICKED
+            # A stop requested (the time slice's end) comes first: the byte before RIP
+            # is 0xF4 (HLT) by chance once in 256 stops, and taking such a stop for a
+            # HLT with IF=0 would park the vCPU for good.
+            if self.exit_request.armed:
+                return VCPUExit.KICKED
             if self._after_hlt():
                 return VCPUExit.HALTED
-            if not window or self.exit_request.armed:  # the time slice ended, or a stop
+            if not window:
                 return VCPUExit.KICKED
             if not (self.run.interrupt_request & CPU_INTERRUPT_HARD and ctx.eflags & IF_MASK
                     and not ctx.hflags & HF.INHIBIT_IRQ):
