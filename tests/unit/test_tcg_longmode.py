@@ -356,6 +356,40 @@ def test_interrupt_pending_while_if_clear_is_taken_in_a_one_instruction_window(m
     assert passes <= 2, f"the interrupt was taken after {passes} one-instruction windows"
 
 
+def test_a_stop_at_a_block_after_an_f4_byte_is_not_a_hlt(machine: Machine) -> None:
+    """The engine does not say why it stopped: a stop requested (a time
+    slice's end) at a block whose previous byte happens to be 0xF4 must not be
+    taken for a HLT, which with IF=0 would park the vCPU for good."""
+    import threading
+
+    build(machine, """
+    cli
+    mov $40000000, %ecx
+    jmp 1f
+    .byte 0xf4
+1:  dec %ecx
+    jnz 1b
+    mov $0x5a, %al
+    out %al, $0xe9
+    out %al, $0xf4
+    hlt
+    """)
+    done = threading.Event()
+
+    def end_slices() -> None:  # what the round-robin thread's slice timer does
+        while not done.wait(0.002):
+            machine.vcpu.request_exit()
+
+    slicer = threading.Thread(target=end_slices)
+    slicer.start()
+    try:
+        machine.run_until_done(timeout=30)
+    finally:
+        done.set()
+        slicer.join()
+    assert machine.outputs() == [0x5A]
+
+
 def test_mmio_reaches_device_through_memory_api(machine: Machine) -> None:
     log: list[tuple[str, int, int, int]] = []
 
