@@ -179,7 +179,7 @@ def cpu_interrupt(cpu: Any, mask: int) -> None:
         if not run.stopped:  # a parked thread looks at interrupt_request when resumed
             run.lock.notify_all()
     if run.accel_vcpu is not None:
-        run.accel_vcpu.kick()
+        run.accel_vcpu.handle_interrupt(mask)
 
 
 def cpu_reset_interrupt(cpu: Any, mask: int) -> None:

@@ -32,7 +32,7 @@ from tests.fixtures.build_guest import DEFAULT_APPEND, PROMPT, READY_MARKER, Gue
 
 __all__ = [
     "GuestProcess", "GuestError", "GuestTimeout", "GuestExited",
-    "default_guest_args", "PROMPT", "READY_MARKER",
+    "default_guest_args", "smp_append", "LPJ", "PROMPT", "READY_MARKER",
 ]
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -59,6 +59,27 @@ def default_guest_args(guest: Guest, *, append: str = DEFAULT_APPEND,
     return ["-machine", "q35", "-m", memory, "-nographic",
             "-kernel", str(guest.kernel), "-initrd", str(guest.initrd),
             "-append", append, *extra]
+
+
+LPJ = 4_000_000   # the TSC's 1 GHz over HZ=250: what the boot CPU computes from the TSC
+
+
+def smp_append(append: str = DEFAULT_APPEND) -> str:
+    """The kernel command line of an SMP boot under tcg.
+
+    On an engine without pemu's patch 0008 (irq-window) a pending timer
+    interrupt waits for pemu's 100 us poll to find the guest with IF=1; the
+    boot CPU idling in schedule() advances jiffies rarely, and an AP
+    calibrating its delay loop against them can stall the boot for minutes
+    (README, "Interrupts and SMP").  There ``lpj=`` skips the calibration, as
+    the kernel suggests for platforms with late interrupts.
+    """
+    from pemu.accel.tcg.engine import EngineFeature, engine_info, select_engine
+
+    select_engine()  # the engine the pemu subprocess will load
+    if engine_info().has(EngineFeature.IRQ_WINDOW):
+        return append
+    return f"{append} lpj={LPJ}"
 
 
 class GuestProcess:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.build_guest import DEFAULT_APPEND, READY_MARKER, Guest
-from tests.integration.harness import GuestProcess, default_guest_args
+from tests.fixtures.build_guest import READY_MARKER, Guest
+from tests.integration.harness import GuestProcess, default_guest_args, smp_append
 
 SEABIOS = "/usr/share/seabios/bios-256k.bin"
 LINUXBOOT_DMA = "/usr/share/qemu/linuxboot_dma.bin"
@@ -40,7 +40,7 @@ pytestmark = [
 def firmware_args(guest: Guest, *, memory: str = "4096", accel: str = "tcg", smp: int = 1) -> list[str]:
     return ["-machine", f"q35,graphics=off,accel={accel}", "-m", memory, "-smp", str(smp), "-nographic",
             "-bios", SEABIOS, "-kernel", str(guest.kernel), "-initrd", str(guest.initrd),
-            "-append", "console=ttyS0" + (" lpj=4000000" if smp > 1 else "")]  # see test_smp.py: LPJ
+            "-append", smp_append("console=ttyS0") if smp > 1 else "console=ttyS0"]
 
 
 def test_seabios_alone_prints_its_banner_and_finds_no_boot_device() -> None:
@@ -156,9 +156,8 @@ def test_direct_boot_shows_the_same_tables_and_devices(guest: GuestProcess, gues
     commands = ("ls /sys/firmware/acpi/tables/", "ls /sys/bus/pci/devices/",
                 "cat /sys/bus/pci/devices/*/vendor /sys/bus/pci/devices/*/device")
     firmware = [guest.run(cmd).split() for cmd in commands]
-    # The firmware boot runs -smp 2 with lpj= (see test_smp.py: LPJ): the same here.
     direct_vm = GuestProcess(default_guest_args(guest_images, memory="4096", extra=["-smp", "2"],
-                                                 append=f"{DEFAULT_APPEND} lpj=4000000"))
+                                                 append=smp_append()))
     try:
         direct_vm.expect(READY_MARKER, BOOT_TIMEOUT)
         direct = [direct_vm.run(cmd).split() for cmd in commands]

@@ -12,23 +12,19 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.fixtures.build_guest import DEFAULT_APPEND, READY_MARKER, Guest
-from tests.integration.harness import GuestProcess, default_guest_args
+from tests.fixtures.build_guest import READY_MARKER, Guest
+from tests.integration.harness import GuestProcess, default_guest_args, smp_append
 
 pytestmark = pytest.mark.guest
 
 BOOT_TIMEOUT = 600
-LPJ = 4_000_000   # the TSC's 1 GHz over HZ=250: what the boot CPU computes from the TSC
 BAD_DMESG = re.compile(r"(?i:warning)|BUG|Call Trace|APIC error|falling back")
 
 
 @pytest.fixture(scope="module", params=[1, 2, 4], ids=lambda n: f"smp{n}")
 def smp_guest(request: pytest.FixtureRequest, guest_images: Guest) -> Iterator[tuple[GuestProcess, int]]:
     ncpus: int = request.param
-    # lpj= as the kernel suggests for platforms with late interrupts: without it each AP
-    # calibrates its delay loop against jiffies, which the boot CPU advances only when
-    # pemu catches it with IF=1 (see README, "Interrupts and SMP"); that can stall a boot.
-    vm = GuestProcess(default_guest_args(guest_images, append=f"{DEFAULT_APPEND} lpj={LPJ}",
+    vm = GuestProcess(default_guest_args(guest_images, append=smp_append(),
                                          extra=["-smp", str(ncpus)]))
     try:
         vm.expect(READY_MARKER, BOOT_TIMEOUT)

@@ -54,6 +54,7 @@ class StubCPU:
         self.memory = memory
         self.io = io
         self.pic_vectors: list[int] = []
+        self.apic: Any = None  # no local APIC: the engine's MSR hooks stay off
         self.get_pic_interrupt: Callable[[], int] = self._ack
 
     def _ack(self) -> int:

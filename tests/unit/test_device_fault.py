@@ -258,6 +258,9 @@ class FakeVCPU:
     def kick(self) -> None:
         self.kicks += 1
 
+    def handle_interrupt(self, mask: int) -> None:
+        self.kick()
+
     def get_state(self) -> None: ...
 
     def put_state(self) -> None: ...

@@ -273,3 +273,104 @@ def test_code_patched_by_another_cpu_drops_a_stale_int3(machine: SMPMachine) -> 
     m.start(CODE)
     m.run_until_done()
     assert m.outputs() == [1]
+
+
+def test_x2apic_and_tsc_deadline_through_msrs(machine: SMPMachine) -> None:
+    """On pemu's engine (RDMSR/WRMSR hooks) the guest reads IA32_APIC_BASE,
+    turns x2APIC mode on, reads its x2APIC ID, sends itself an IPI through
+    the SELF IPI MSR, takes a TSC-deadline timer interrupt, and gets #GP at
+    the instruction for an x2APIC read in xAPIC mode and a non-zero EOI
+    write, as on hardware."""
+    from pemu.accel.tcg.engine import EngineFeature, engine_info
+
+    if not engine_info().has(EngineFeature.MSR_HOOKS):
+        pytest.skip("the stock engine cannot hook RDMSR/WRMSR: tcg offers the xAPIC only there")
+    m = machine
+    m.load(GDT, struct.pack("<QQQ", 0, 0x00CF9A000000FFFF, 0x00CF92000000FFFF))
+    idt = bytearray(256 * 8)
+    idt[13 * 8:14 * 8] = gate32(CODE + 0x300)     # #GP
+    idt[0x41 * 8:0x42 * 8] = gate32(CODE + 0x400)  # the self IPI
+    idt[0x42 * 8:0x43 * 8] = gate32(CODE + 0x500)  # the TSC-deadline timer
+    m.load(IDT, bytes(idt))
+    m.load(FLAGS, bytes(16))
+    m.asm(CODE, PROLOGUE + f"""
+    mov $0x60000, %esp
+    mov $0x802, %ecx
+    rdmsr                          # an x2APIC register in xAPIC mode: #GP, here
+    mov $0x99, %al
+    out %al, $0xe9
+    mov $0x1b, %ecx
+    rdmsr                          # IA32_APIC_BASE: 0xFEE00000, enabled, BSP
+    shr $8, %eax
+    out %al, $0xe9                 # 0x09: EN (bit 11) | BSP (bit 8)
+    or $0x4, %eax                  # EXTD (bit 10)
+    shl $8, %eax
+    wrmsr                          # x2APIC mode on
+    mov $0x80f, %ecx
+    mov $0x1ff, %eax
+    xor %edx, %edx
+    wrmsr                          # SVR: software enable
+    mov $0x802, %ecx
+    rdmsr                          # x2APIC ID
+    out %al, $0xe9
+    sti
+    mov $0x83f, %ecx
+    mov $0x41, %eax
+    wrmsr                          # SELF IPI, vector 0x41
+1:  cmpl $0, {FLAGS}
+    je 1b
+    mov $0x832, %ecx
+    mov $0x40042, %eax             # LVT timer: TSC-deadline mode, vector 0x42
+    wrmsr
+    rdtsc
+    add $200000, %eax
+    adc $0, %edx
+    mov $0x6e0, %ecx
+    wrmsr
+2:  cmpl $0, {FLAGS + 4}
+    je 2b
+    mov $0x80b, %ecx
+    mov $1, %eax
+    wrmsr                          # EOI takes only 0: #GP
+    mov $0xee, %al
+    out %al, $0xe9
+    out %al, $0xf4
+    hlt
+    .org 0x300
+    mov $0x0d, %al
+    out %al, $0xe9
+    add $4, %esp                   # the error code
+    addl $2, (%esp)                # past the wrmsr
+    iret
+    .org 0x400
+    mov $0x41, %al
+    out %al, $0xe9
+    movl $1, {FLAGS}
+    mov $0x80b, %ecx
+    xor %eax, %eax
+    wrmsr                          # EOI
+    iret
+    .org 0x500
+    mov $0x42, %al
+    out %al, $0xe9
+    movl $1, {FLAGS + 4}
+    mov $0x80b, %ecx
+    xor %eax, %eax
+    wrmsr
+    iret
+""" + TABLES)
+    m.start(CODE)
+    m.run_until_done()
+    assert m.outputs() == [0x0D, 0x99, 0x09, 0, 0x41, 0x42, 0x0D, 0xEE]
+    assert m.cpus[0].apic.x2apic_mode and m.cpus[0].apic.isr == 0
+
+
+def test_tcg_offers_x2apic_and_tsc_deadline_only_with_msr_hooks() -> None:
+    from pemu.accel.tcg.engine import EngineFeature, engine_info
+    from pemu.accel.tcg.tcg_all import TCGAccel
+    from pemu.target.i386.cpu_models import feature_bits
+
+    hidden = TCGAccel().cpu_model_filter()
+    offered = engine_info().has(EngineFeature.MSR_HOOKS)
+    for word, mask in feature_bits("x2apic", "tsc-deadline").items():
+        assert (hidden.get(word, 0) & mask == 0) is offered

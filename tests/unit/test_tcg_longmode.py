@@ -319,6 +319,77 @@ def test_interrupt_pending_while_if_clear_is_delivered_after_sti(machine: Machin
     assert machine.outputs() == [0x12, 0x20, 0x13]
 
 
+def test_interrupt_pending_while_if_clear_is_taken_in_a_one_instruction_window(machine: Machine) -> None:
+    """Linux idling in schedule() has IF=1 for a few instructions a pass: the
+    interrupt must be taken in the first such window (QEMU checks before the
+    block after sti's shadow), not at the next 100 us poll."""
+    from pemu.accel.tcg import tcg_accel
+
+    if not tcg_accel.engine_stops_at_irq_window():
+        pytest.skip("the engine lacks pemu's patch 0008 (irq-window): pending interrupts are polled for")
+    machine.cpu.pic_vectors = [0x20]
+    machine.ports.handlers[0x80] = lambda _: cpus.cpu_interrupt(machine.cpu, cpus.CPU_INTERRUPT_HARD)
+    machine.ports.handlers[0xE9] = lambda v: machine.ports.reads.__setitem__(0x82, 1) if v == 0x20 else None
+    machine.ports.reads[0x82] = 0
+    build(machine, """
+    cli
+    xor %ebx, %ebx
+    mov $1, %al
+    out %al, $0x80
+1:  mov $2000, %ecx
+2:  loop 2b
+    inc %ebx
+    sti
+    nop
+    cli
+    in $0x82, %al
+    test %al, %al
+    jz 1b
+    mov %ebx, %eax
+    out %eax, $0xe9
+    out %al, $0xf4
+    hlt
+    """)
+    machine.run_until_done()
+    irq, passes = machine.outputs()
+    assert irq == 0x20
+    assert passes <= 2, f"the interrupt was taken after {passes} one-instruction windows"
+
+
+def test_a_stop_at_a_block_after_an_f4_byte_is_not_a_hlt(machine: Machine) -> None:
+    """The engine does not say why it stopped: a stop requested (a time
+    slice's end) at a block whose previous byte happens to be 0xF4 must not be
+    taken for a HLT, which with IF=0 would park the vCPU for good."""
+    import threading
+
+    build(machine, """
+    cli
+    mov $40000000, %ecx
+    jmp 1f
+    .byte 0xf4
+1:  dec %ecx
+    jnz 1b
+    mov $0x5a, %al
+    out %al, $0xe9
+    out %al, $0xf4
+    hlt
+    """)
+    done = threading.Event()
+
+    def end_slices() -> None:  # what the round-robin thread's slice timer does
+        while not done.wait(0.002):
+            machine.vcpu.request_exit()
+
+    slicer = threading.Thread(target=end_slices)
+    slicer.start()
+    try:
+        machine.run_until_done(timeout=30)
+    finally:
+        done.set()
+        slicer.join()
+    assert machine.outputs() == [0x5A]
+
+
 def test_mmio_reaches_device_through_memory_api(machine: Machine) -> None:
     log: list[tuple[str, int, int, int]] = []
 

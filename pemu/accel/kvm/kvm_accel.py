@@ -326,6 +326,9 @@ class KVMVCPU:
             except (ProcessLookupError, OSError):
                 pass
 
+    def handle_interrupt(self, mask: int) -> None:
+        self.kick()
+
     # -- the run loop --------------------------------------------------------------------------------
     def has_work(self) -> bool:
         if self.accel.in_kernel_irqchip:
@@ -610,7 +613,8 @@ class KVMAccel(AccelOps):
             self.gsi_lines = [KVMIRQLine(vm, gsi) for gsi in range(NUM_IOAPIC_PINS)]
         smp = machine.smp.cpus
         if smp > 1 and not self.in_kernel_irqchip:
-            raise UserError("-smp > 1 needs kernel-irqchip=on under kvm", f"-smp {smp}")
+            raise UserError("-smp > 1 needs kernel-irqchip=on under kvm "
+                            "(the userspace APIC cannot start application processors yet)", f"-smp {smp}")
         max_vcpus = self.system.check_extension(k.Cap.MAX_VCPUS) or self.system.check_extension(k.Cap.NR_VCPUS)
         if max_vcpus and smp > max_vcpus:
             raise UserError(f"Number of SMP cpus requested ({smp}) exceeds the maximum cpus supported by "

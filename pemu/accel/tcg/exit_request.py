@@ -50,6 +50,7 @@ import ctypes
 import enum
 import mmap
 import struct
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -159,6 +160,10 @@ class TBExitRequest:
         self._stopper: _UcHook | None = None
         self._uc = uc  # keeps the engine alive while another thread may still request a stop
         self._uch = uc._uch
+        # The flag and the engine's own are set and cleared together: a
+        # request racing a clear must not leave the engine disarmed while the
+        # flag says armed (the vCPU would then run on, its time slice lost).
+        self._lock = threading.Lock()
         if mode is ExitMode.ENGINE:
             self._engine_request = _engine_call("uc_pemu_exit_request")
             self._engine_clear = _engine_call("uc_pemu_exit_clear")
@@ -195,8 +200,9 @@ class TBExitRequest:
     def request(self) -> None:
         """Arm the stop; safe from any thread and from inside hooks."""
         if self.mode is ExitMode.ENGINE:
-            self._flag.value = 1
-            self._engine_request(self._uch)
+            with self._lock:
+                self._flag.value = 1
+                self._engine_request(self._uch)
         elif self._stopper is None:
             self._flag.value = 1
         else:
@@ -205,8 +211,9 @@ class TBExitRequest:
     def clear(self) -> None:
         """Disarm it (vCPU thread, outside ``emu_start``)."""
         if self.mode is ExitMode.ENGINE:
-            self._flag.value = 0
-            self._engine_clear(self._uch)
+            with self._lock:
+                self._flag.value = 0
+                self._engine_clear(self._uch)
         elif self._stopper is None:
             self._flag.value = 0
         else:

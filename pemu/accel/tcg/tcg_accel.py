@@ -40,6 +40,7 @@ from pemu.accel.tcg.engine import EngineFeature, engine_info
 from pemu.accel.tcg.exit_request import TBExitRequest, verify_exit_request
 from pemu.accel.tcg.memory_map import UnicornMemoryMap
 from pemu.accel.tcg.tcg_accel_ops_rr import RRCPUThread
+from pemu.hw.intc.apic_common import MSR_IA32_APICBASE, MSR_IA32_TSC_DEADLINE, MSR_X2APIC_BASE, MSR_X2APIC_END
 from pemu.system.memory import FlatView, RAMBlock, add_ram_write_notifier, remove_ram_write_notifier
 from pemu.target.i386.cpu_state import (
     CR0_PG_MASK,
@@ -76,6 +77,9 @@ EXCP03_INT3 = 3
 # PIT, which follows the same clock.
 TSC_KHZ = 1_000_000
 _U64 = 0xFFFFFFFFFFFFFFFF
+# What an RDMSR/WRMSR hook returns for an access that must raise #GP(0) at the
+# instruction (pemu's engine, patch 0006: UC_PEMU_MSR_GP).
+_MSR_GP = 2
 # How long the guest may run with an interrupt pending while IF=0 before we look again.
 # Short: Linux's schedule() loops (an SMP boot waiting for an AP) have IF=1 only for a
 # few instructions per pass, and the engine cannot say when the guest sets IF; at 1 ms
@@ -105,6 +109,23 @@ if engine_info().has(EngineFeature.PHYS_INVALIDATE):
     _uc_invalidate_phys = uclib.uc_pemu_invalidate_phys_range
     _uc_invalidate_phys.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64]
     _uc_invalidate_phys.restype = ctypes.c_int
+
+
+# pemu's engine (patch 0008) stops by itself when the guest opens its interrupt
+# window (IF=1, no shadow) while told an interrupt is pending, from any thread
+# and without stopping a guest that runs with IF=0; on the stock engine the
+# vCPU is kicked out and polls every IRQ_POLL_S instead (see TCGVCPU.exec).
+_uc_set_irq_pending: Any = None
+if engine_info().has(EngineFeature.IRQ_WINDOW):
+    _uc_set_irq_pending = uclib.uc_pemu_set_irq_pending
+    _uc_set_irq_pending.argtypes = [ctypes.c_void_p, ctypes.c_bool]
+    _uc_set_irq_pending.restype = None
+
+
+def engine_stops_at_irq_window() -> bool:
+    """True on pemu's engine with patch 0008: a pending interrupt is taken at
+    the first block boundary with IF=1, not at the next 100 us poll."""
+    return _uc_set_irq_pending is not None
 
 
 def engine_invalidates_by_physical_address() -> bool:
@@ -252,6 +273,11 @@ class TCGVCPU:
         self._add_insn_hook(_HOOK_OUT_CB(self._on_out), ucx.UC_X86_INS_OUT)
         self._add_insn_hook(_HOOK_INSN_CB(self._on_rdtsc), ucx.UC_X86_INS_RDTSC)
         self._add_insn_hook(_HOOK_INSN_CB(self._on_rdtscp), ucx.UC_X86_INS_RDTSCP)
+        # pemu's engine (patch 0006) lets the local APIC's MSRs be modelled:
+        # IA32_APIC_BASE, the x2APIC registers and IA32_TSC_DEADLINE.
+        if self.cpu.apic is not None and engine_info().has(EngineFeature.MSR_HOOKS):
+            self._add_insn_hook(_HOOK_INSN_CB(self._on_rdmsr), ucx.UC_X86_INS_RDMSR)
+            self._add_insn_hook(_HOOK_INSN_CB(self._on_wrmsr), ucx.UC_X86_INS_WRMSR)
 
     def _add_insn_hook(self, cb: Any, insn: int) -> None:
         self._c_hooks.append(cb)  # the engine holds only a raw pointer: keep the thunk alive
@@ -360,6 +386,46 @@ class TCGVCPU:
         self._write_reg(ucx.UC_X86_REG_RDX, edx)
         return 1
 
+    def _on_rdmsr(self, uch: int, user_data: int) -> int:
+        """RDMSR of an APIC MSR (1: handled here); other MSRs are the engine's."""
+        msr = self._read_reg(ucx.UC_X86_REG_RCX) & 0xFFFFFFFF
+        apic = self.cpu.apic
+        value: int | None
+        with bql:
+            if msr == MSR_IA32_APICBASE:
+                value = apic.get_base()
+            elif msr == MSR_IA32_TSC_DEADLINE:
+                deadline = apic.get_tsc_deadline()
+                value = (deadline + self.tsc_offset) & _U64 if deadline else 0
+            elif MSR_X2APIC_BASE <= msr <= MSR_X2APIC_END:
+                value = apic.read_msr(msr)
+            else:
+                return 0
+        if value is None:
+            return _MSR_GP
+        self._write_reg(ucx.UC_X86_REG_RAX, value & 0xFFFFFFFF)
+        self._write_reg(ucx.UC_X86_REG_RDX, value >> 32)
+        return 1
+
+    def _on_wrmsr(self, uch: int, user_data: int) -> int:
+        """WRMSR of an APIC MSR (1: handled here); other MSRs are the engine's."""
+        msr = self._read_reg(ucx.UC_X86_REG_RCX) & 0xFFFFFFFF
+        value = ((self._read_reg(ucx.UC_X86_REG_RDX) & 0xFFFFFFFF) << 32
+                 | self._read_reg(ucx.UC_X86_REG_RAX) & 0xFFFFFFFF)
+        apic = self.cpu.apic
+        with bql:
+            if msr == MSR_IA32_APICBASE:
+                ok = apic.set_base(value)
+            elif msr == MSR_IA32_TSC_DEADLINE:
+                # The APIC counts in the virtual clock's time; this vCPU's TSC runs ahead by tsc_offset.
+                apic.set_tsc_deadline((value - self.tsc_offset) & _U64 if value else 0)
+                ok = True
+            elif MSR_X2APIC_BASE <= msr <= MSR_X2APIC_END:
+                ok = apic.write_msr(msr, value)
+            else:
+                return 0
+        return 1 if ok else _MSR_GP
+
     def tsc_now(self) -> int:
         return (qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL) + self.tsc_offset) & _U64
 
@@ -442,6 +508,28 @@ class TCGVCPU:
             for page in range(start & -TARGET_PAGE_SIZE, end, TARGET_PAGE_SIZE):
                 uc.ctl_remove_cache(page, page + TARGET_PAGE_SIZE)
 
+    def handle_interrupt(self, mask: int) -> None:
+        """``mask`` was raised in the CPU's interrupt requests (any thread, also
+        from inside hooks; QEMU's tcg_handle_interrupt).
+
+        An external interrupt alone does not stop the guest on pemu's engine:
+        the engine is told one is pending and stops by itself where the guest
+        can take it (IF=1, no interrupt shadow), so a vCPU running with IF=0
+        (an interrupt handler feeding the UART, a spinlock with interrupts
+        off) keeps its turn.  Anything else, and everything on the stock
+        engine, is a kick."""
+        if mask == CPU_INTERRUPT_HARD and _uc_set_irq_pending is not None:
+            _uc_set_irq_pending(self.uc._uch, True)
+            rr = self.rr
+            if rr is not None:
+                rr.kick_running(self.cpu)
+            return
+        self.kick()
+
+    def request_exit(self) -> None:
+        """End the vCPU's turn at the next block start (its time slice is over)."""
+        self.exit_request.request()
+
     def kick(self) -> None:
         """Make the vCPU leave the engine soon (any thread, also from inside hooks)."""
         self.kick_pending = True
@@ -461,13 +549,20 @@ class TCGVCPU:
         return False
 
     def exec(self) -> VCPUExit:
-        """Run guest code until something needs the vCPU thread's attention."""
+        """Run guest code until something needs the vCPU thread's attention.
+
+        On pemu's engine an interrupt that waits for IF=1 stops the engine
+        when the guest sets IF; it is delivered and the guest resumed here,
+        within the same turn (QEMU's cpu_exec() does it between blocks)."""
         uc = self.uc
         ctx = self.ctx
         # Disarm first, then forget old kicks: a kick from now on re-arms the
         # request, so it either shows in kick_pending below or stops the engine.
         self.exit_request.clear()
         self.kick_pending = False
+        if self.rr is not None:
+            self.rr.begin_slice(self)
+        window = _uc_set_irq_pending is not None
         if self.memory_map.apply_pending():
             self.tb_flush_pending = True
         if self.tb_flush_pending:
@@ -475,46 +570,65 @@ class TCGVCPU:
             self.code_invalidate.clear()  # the flush covers what is queued so far
             self._code_invalidate_pages = 0
             uc.ctl_flush_tb()
-        ctx.save()
-        if self.code_invalidate:
-            self._invalidate_code(bool(ctx.cr(0) & CR0_PG_MASK))
-        poll = False
-        request = self.run.interrupt_request
-        if request & _CPU_INTERRUPT_SPECIAL:
-            reason = self._special_interrupt(request)
-            if reason is not None:
-                return reason
-        if request & CPU_INTERRUPT_HARD:
-            if ctx.eflags & IF_MASK and not ctx.hflags & HF.INHIBIT_IRQ:
-                if not self._deliver_external():
-                    return VCPUExit.SHUTDOWN
-            else:
-                poll = True
-                self.irq_poll.schedule(IRQ_POLL_S)
-        if self.kick_pending:
+        while True:
+            if window:
+                # Cleared before interrupt_request is read: an interrupt raised
+                # from now on sets it again (handle_interrupt).
+                _uc_set_irq_pending(uc._uch, False)
+            ctx.save()
+            if self.code_invalidate:
+                self._invalidate_code(bool(ctx.cr(0) & CR0_PG_MASK))
+            poll = False
+            request = self.run.interrupt_request
+            if request & _CPU_INTERRUPT_SPECIAL:
+                reason = self._special_interrupt(request)
+                if reason is not None:
+                    return reason
+            if request & CPU_INTERRUPT_HARD:
+                if ctx.eflags & IF_MASK and not ctx.hflags & HF.INHIBIT_IRQ:
+                    if not self._deliver_external():
+                        return VCPUExit.SHUTDOWN
+                elif window:
+                    _uc_set_irq_pending(uc._uch, True)
+                else:
+                    poll = True
+                    self.irq_poll.schedule(IRQ_POLL_S)
+            if self.kick_pending:
+                if poll:
+                    self.irq_poll.cancel()
+                return VCPUExit.KICKED
+            try:
+                uc.emu_start(ctx.eip, 0)
+                error = None
+            except UcError as e:
+                error = e
+            except Exception as e:  # a hook's exception, re-raised by the binding
+                error = None
+                qemu_log_mask(LOG_GUEST_ERROR, f"tcg: hook error: {e!r}")
+            finally:
+                self.exits += 1
             if poll:
                 self.irq_poll.cancel()
-            return VCPUExit.KICKED
-        try:
-            uc.emu_start(ctx.eip, 0)
-            error = None
-        except UcError as e:
-            error = e
-        except Exception as e:  # a hook's exception, re-raised by the binding
-            error = None
-            qemu_log_mask(LOG_GUEST_ERROR, f"tcg: hook error: {e!r}")
-        finally:
-            self.exits += 1
-        if poll:
-            self.irq_poll.cancel()
-        if self.shutdown_pending:
-            self.shutdown_pending = False
-            return VCPUExit.SHUTDOWN
-        if error is not None:
-            return self._engine_error(error)
-        if self.kick_pending or (poll and self.irq_poll.fired):
-            return VCPUExit.KICKED
-        return VCPUExit.HALTED if self._after_hlt() else VCPUExit.KICKED
+            if self.shutdown_pending:
+                self.shutdown_pending = False
+                return VCPUExit.SHUTDOWN
+            if error is not None:
+                return self._engine_error(error)
+            if self.kick_pending or (poll and self.irq_poll.fired):
+                return VCPUExit.KICKED
+            # A stop requested (the time slice's end) comes first: the byte before RIP
+            # is 0xF4 (HLT) by chance once in 256 stops, and taking such a stop for a
+            # HLT with IF=0 would park the vCPU for good.
+            if self.exit_request.armed:
+                return VCPUExit.KICKED
+            if self._after_hlt():
+                return VCPUExit.HALTED
+            if not window:
+                return VCPUExit.KICKED
+            if not (self.run.interrupt_request & CPU_INTERRUPT_HARD and ctx.eflags & IF_MASK
+                    and not ctx.hflags & HF.INHIBIT_IRQ):
+                return VCPUExit.KICKED  # not a stop for the interrupt window
+            # The guest opened its interrupt window: take the interrupt and go on.
 
     def _after_hlt(self) -> bool:
         ctx = self.ctx

@@ -55,6 +55,7 @@ class RRCPUThread:
         self.cond = threading.Condition(threading.Lock())
         self.cpus: list[Any] = []
         self.running: Any = None     # the vCPU (TCGVCPUHandle) in the engine now
+        self.slice_wanted = False    # whether the running vCPU's turn has a time limit
         self.slice = _SliceTimer()
         self.thread = threading.Thread(target=self._thread_fn, name="CPU 0..N/TCG", daemon=True)
         self._started = False
@@ -75,6 +76,14 @@ class RRCPUThread:
         if not self._started:
             self._started = True
             self.thread.start()
+
+    def begin_slice(self, vcpu: Any) -> None:
+        """``vcpu`` (the running one) has forgotten earlier stop requests and
+        is about to enter its engine: its time slice starts now.  Armed here,
+        not before exec(), so that a slice ending early cannot be forgotten
+        with them (the vCPU would then run until something else stops it)."""
+        if self.slice_wanted:
+            self.slice.arm(vcpu, TIME_SLICE_S)
 
     def kick_running(self, cpu: Any) -> None:
         """``cpu`` has something to do: end the running vCPU's turn if it is
@@ -149,8 +158,7 @@ class RRCPUThread:
             vcpu = run.accel_vcpu
             set_current_cpu(cpu)
             self.running = vcpu
-            if runnable > 1 or len(self.cpus) > 1:
-                self.slice.arm(vcpu, TIME_SLICE_S)
+            self.slice_wanted = runnable > 1 or len(self.cpus) > 1
             try:
                 reason = vcpu.exec()
             except Exception as e:  # an accelerator bug: contained like a device fault

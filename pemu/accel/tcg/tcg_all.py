@@ -16,10 +16,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from pemu.accel.accel import TCG_ACCEL_PROPERTIES, AccelOps, AccelUnavailable, VCPUExit
-from pemu.accel.tcg.engine import EngineUnavailable, check_engine_available, engine_info
+from pemu.accel.tcg.engine import EngineFeature, EngineUnavailable, check_engine_available, engine_info
 from pemu.accel.tcg.tcg_accel_ops_rr import RRCPUThread
 from pemu.system.cpus import CPU_INTERRUPT_HARD, CPU_INTERRUPT_INIT, CPU_INTERRUPT_NMI, CPU_INTERRUPT_SIPI
-from pemu.target.i386.cpu_models import TCG_UNSUPPORTED
+from pemu.target.i386.cpu_models import TCG_UNSUPPORTED, feature_bits
 from pemu.target.i386.cpu_state import IF_MASK
 
 if TYPE_CHECKING:
@@ -72,6 +72,13 @@ class TCGVCPUHandle:
         """Leave the engine at the next block start (the end of a time slice)."""
         if self.vcpu is not None:
             self.vcpu.exit_request.request()
+
+    def handle_interrupt(self, mask: int) -> None:
+        vcpu = self.vcpu
+        if vcpu is not None:
+            vcpu.handle_interrupt(mask)
+        else:
+            self.kick()
 
     def kick(self) -> None:
         vcpu = self.vcpu
@@ -130,4 +137,10 @@ class TCGAccel(AccelOps):
         return TCGVCPUHandle(cpu, self.tb_size_mib << 20)
 
     def cpu_model_filter(self) -> dict[Any, int]:
-        return dict(TCG_UNSUPPORTED)
+        unsupported = dict(TCG_UNSUPPORTED)
+        if engine_info().has(EngineFeature.MSR_HOOKS):
+            # pemu's engine hooks RDMSR/WRMSR: the APIC's MSR interface works
+            # (IA32_APIC_BASE, x2APIC, TSC deadline), so the models may offer it.
+            for word, mask in feature_bits("x2apic", "tsc-deadline").items():
+                unsupported[word] &= ~mask
+        return unsupported

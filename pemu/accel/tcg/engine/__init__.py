@@ -49,6 +49,7 @@ class EngineFeature(enum.IntFlag):
     BLOCK_EXITS_ONLY = 0x10
     MSR_HOOKS = 0x20
     PHYS_INVALIDATE = 0x40
+    IRQ_WINDOW = 0x80
 
 
 def patches() -> list[Path]:
