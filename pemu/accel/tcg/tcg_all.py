@@ -16,7 +16,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from pemu.accel.accel import TCG_ACCEL_PROPERTIES, AccelOps, AccelUnavailable, VCPUExit
-from pemu.accel.tcg.engine import EngineFeature, EngineUnavailable, check_engine_available, engine_info
+from pemu.accel.tcg.engine import (
+    EngineFeature,
+    EngineUnavailable,
+    check_engine_available,
+    engine_info,
+    expected_engine_features,
+)
 from pemu.accel.tcg.tcg_accel_ops_rr import RRCPUThread
 from pemu.system.cpus import CPU_INTERRUPT_HARD, CPU_INTERRUPT_INIT, CPU_INTERRUPT_NMI, CPU_INTERRUPT_SIPI
 from pemu.target.i386.cpu_models import TCG_UNSUPPORTED, feature_bits
@@ -138,7 +144,7 @@ class TCGAccel(AccelOps):
 
     def cpu_model_filter(self) -> dict[Any, int]:
         unsupported = dict(TCG_UNSUPPORTED)
-        if engine_info().has(EngineFeature.MSR_HOOKS):
+        if EngineFeature.MSR_HOOKS in expected_engine_features():
             # pemu's engine hooks RDMSR/WRMSR: the APIC's MSR interface works
             # (IA32_APIC_BASE, x2APIC, TSC deadline), so the models may offer it.
             for word, mask in feature_bits("x2apic", "tsc-deadline").items():

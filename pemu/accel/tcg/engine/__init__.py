@@ -193,6 +193,18 @@ def engine_info() -> EngineInfo:
     return _info
 
 
+def expected_engine_features() -> EngineFeature:
+    """The features of the engine this process loads at a vCPU's first run,
+    without loading it (a start builds the machine, CPU models included,
+    before any vCPU runs): pemu's build offers one feature per patch of this
+    tree; the wheel's stock engine none."""
+    if "unicorn" in sys.modules:
+        return engine_info().features
+    if _selected is not None:
+        return EngineFeature(sum(EngineFeature))
+    return EngineFeature(0)
+
+
 _NOT_BUILT = (f"{ENGINE_ENV}=patched, but pemu's engine is not built here "
               f"(run 'python3 -m pemu.accel.tcg.engine build')")
 
