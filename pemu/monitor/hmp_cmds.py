@@ -344,11 +344,9 @@ def monitor_version() -> str:
 
 
 def hmp_info_version(mon: Monitor, args: dict[str, Any]) -> None:
-    from pemu.monitor.qmp_cmds import qmp_query_version
-
-    info = qmp_query_version()
-    qemu = info["qemu"]
-    mon.print_line(f"{qemu['major']}.{qemu['minor']}.{qemu['micro']}{info['package']}")
+    """pemu's own version, as this monitor has always printed it (QMP's
+    query-version names the QEMU interface version, with pemu's as the package)."""
+    mon.print_line(monitor_version())
 
 
 def vm_name() -> str | None:

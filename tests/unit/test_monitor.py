@@ -401,7 +401,7 @@ def test_system_powerdown(mon: Monitor, chardev: CaptureChardev, monkeypatch: py
 
 
 def test_info_version_and_name(mon: Monitor, chardev: CaptureChardev, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert run(chardev, "info version") == ["7.2.0pemu 0.1.0"]  # QEMU: "7.2.22Debian 1:7.2+dfsg-7+deb12u18+b3"
+    assert run(chardev, "info version") == ["0.1.0"]
     monkeypatch.setattr(hmp_cmds, "vm_name", lambda: None)
     assert run(chardev, "info name") == []
     monkeypatch.setattr(hmp_cmds, "vm_name", lambda: "guest1")
