@@ -58,16 +58,21 @@ def disk_copy(disk: DiskImage, directory: Path) -> DiskImage:
 
 def disk_boot_args(disk: DiskImage, *, kernel: Path, port: int, initrd: Path | None = None,
                    append: str = "root=/dev/sda2 console=ttyS0", memory: str = "1024",
-                   nic: str = "e1000e", extra: Sequence[str] = ()) -> list[str]:
+                   nic: str = "e1000e", hda: bool = True, extra: Sequence[str] = ()) -> list[str]:
     """The seed's command line with a disk: q35, the NIC on user networking
-    with ssh forwarded from 127.0.0.1:port, the image as ``-hda``."""
+    with ssh forwarded from 127.0.0.1:port, the image as ``-hda`` (QEMU warns
+    that it probed the raw format), or with hda=False as the same disk spelled
+    ``-drive file=IMAGE,format=raw,if=ide`` (no warning).  Both land on the
+    ICH9 AHCI's port 0, /dev/sda in the guest."""
     args = ["-machine", "q35", "-m", memory, "-nographic", "-kernel", str(kernel)]
     if initrd is not None:
         args += ["-initrd", str(initrd)]
+    drive = ["-hda", str(disk.image)] if hda else [
+        "-drive", f"file={disk.image},format=raw,if=ide"]
     return [*args, "-append", append,
             "-device", f"{nic},netdev=net0",
             "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:22",
-            "-drive", f"file={disk.image},format=raw,if=ide", *extra]
+            *drive, *extra]
 
 
 @dataclass(frozen=True)

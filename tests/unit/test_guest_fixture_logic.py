@@ -15,6 +15,7 @@ from tests.fixtures.build_disk import (
     LINUX_FS_TYPE,
     MIB,
     SMALL,
+    DiskImage,
     DiskLayout,
     mmdebstrap_argv,
 )
@@ -27,7 +28,17 @@ from tests.fixtures.kmodules import (
     parse_softdeps,
     with_softdeps,
 )
-from tests.fixtures.recipes import CACHE_ENV, DONE, build_once, niced, recipe_hash
+from tests.fixtures.recipes import (
+    CACHE_ENV,
+    DONE,
+    build_once,
+    find_exact_dependency,
+    niced,
+    parse_apt_show,
+    recipe_hash,
+)
+from tests.integration.disk_guest import SshTarget, disk_boot_args, disk_copy, free_tcp_port
+from tests.integration.harness import GuestTimeout
 
 # -- recipe hashing and the cache -------------------------------------------------
 
@@ -98,6 +109,45 @@ def test_niced_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
     assert niced(["make", "-j2"]) == ["nice", "-n", "15", "make", "-j2"]
     monkeypatch.setenv("PEMU_FIXTURE_NICE", "0")
     assert niced(["make"]) == ["make"]
+
+
+APT_SHOW = """\
+Package: linux-image-amd64
+Source: linux-signed-amd64 (6.1.192+3)
+Version: 6.1.192-3
+Depends: linux-image-6.1.0-57-amd64 (= 6.1.192-3)
+Description: Linux for 64-bit PCs (meta-package)
+ This package depends on the latest Linux kernel
+ and modules for use on PCs.
+
+Package: busybox-static
+Version: 1:1.35.0-4+deb12u1+b1
+Depends: libc6 (>= 2.34)
+
+Package: busybox-static
+Version: 1:1.30.1-6
+"""
+
+
+def test_parse_apt_show() -> None:
+    packages = parse_apt_show(APT_SHOW)
+    assert set(packages) == {"linux-image-amd64", "busybox-static"}
+    assert packages["linux-image-amd64"]["Depends"] == "linux-image-6.1.0-57-amd64 (= 6.1.192-3)"
+    assert packages["linux-image-amd64"]["Description"].splitlines()[1].strip() == \
+        "This package depends on the latest Linux kernel"
+    assert packages["busybox-static"]["Version"] == "1:1.35.0-4+deb12u1+b1"     # the first stanza
+
+
+@pytest.mark.parametrize("depends, expected", [
+    ("linux-image-6.1.0-57-amd64 (= 6.1.192-3)", ("linux-image-6.1.0-57-amd64", "6.1.192-3")),
+    ("kmod, linux-image-6.1.0-9-amd64 (=6.1.27-1) | foo", ("linux-image-6.1.0-9-amd64", "6.1.27-1")),
+    ("foo | linux-image-6.1.0-9-amd64 ( = 6.1.27-1 )", ("linux-image-6.1.0-9-amd64", "6.1.27-1")),
+    ("linux-image-6.1.0-57-amd64 (>= 6.1.192-3)", None),
+    ("linux-headers-6.1.0-57-amd64 (= 6.1.192-3)", None),
+    ("", None),
+])
+def test_find_exact_dependency(depends: str, expected: tuple[str, str] | None) -> None:
+    assert find_exact_dependency(depends, "linux-image-") == expected
 
 
 # -- the partition table ----------------------------------------------------------------
@@ -256,3 +306,57 @@ def test_mmdebstrap_argv() -> None:
     assert "--variant=minbase" in debian
     assert "--include=systemd-sysv,udev,kmod,openssh-server,iproute2" in debian
     assert "--dpkgopt=path-exclude=/usr/share/doc/*" in debian
+
+
+# -- the ssh harness helpers ---------------------------------------------------------
+
+
+def _disk(image: Path) -> DiskImage:
+    return DiskImage(flavour="small", image=image, key=image.with_name("id_ed25519"),
+                     root_offset=2 * MIB, root_size=MIB, release="6.1.0-57-amd64", uuid="u")
+
+
+def test_disk_boot_args_is_the_seeds_command_line() -> None:
+    disk = _disk(Path("/c/disk.img"))
+    args = disk_boot_args(disk, kernel=Path("/c/bzImage"), port=5555)
+    assert args == ["-machine", "q35", "-m", "1024", "-nographic", "-kernel", "/c/bzImage",
+                    "-append", "root=/dev/sda2 console=ttyS0",
+                    "-device", "e1000e,netdev=net0",
+                    "-netdev", "user,id=net0,hostfwd=tcp:127.0.0.1:5555-:22",
+                    "-hda", "/c/disk.img"]
+    args = disk_boot_args(disk, kernel=Path("/k"), initrd=Path("/i"), port=1, hda=False,
+                          append="root=/dev/sda2", extra=["-smp", "2"])
+    assert args[7:11] == ["-initrd", "/i", "-append", "root=/dev/sda2"]
+    assert args[-4:] == ["-drive", "file=/c/disk.img,format=raw,if=ide", "-smp", "2"]
+
+
+def test_ssh_argv_has_the_batch_options() -> None:
+    argv = SshTarget(2222, Path("/c/id_ed25519")).argv("uname -a")
+    assert argv[1:5] == ["-p", "2222", "-i", "/c/id_ed25519"]
+    for option in ("StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null", "BatchMode=yes"):
+        assert argv[argv.index(option) - 1] == "-o"
+    assert argv[-2:] == ["root@127.0.0.1", "uname -a"]
+
+
+@pytest.mark.skipif(shutil.which("ssh") is None, reason="ssh is not installed (openssh-client)")
+def test_wait_until_up_gives_up_on_a_port_nobody_answers(tmp_path: Path) -> None:
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    target = SshTarget(free_tcp_port(), key)
+    assert not target.answers(timeout=10)
+    with pytest.raises(GuestTimeout, match=f"ssh on port {target.port} did not answer within 1 s"):
+        target.wait_until_up(timeout=1, interval=0.2)
+
+
+def test_disk_copy_is_a_sparse_private_copy(tmp_path: Path) -> None:
+    source = tmp_path / "cache" / "disk.img"
+    source.parent.mkdir()
+    with open(source, "wb") as image:
+        image.truncate(64 * MIB)
+        image.seek(3 * MIB)
+        image.write(b"root")
+    (tmp_path / "run").mkdir()
+    copy = disk_copy(_disk(source), tmp_path / "run")
+    assert copy.image.parent == tmp_path / "run" and copy.image.read_bytes() == source.read_bytes()
+    assert copy.image.stat().st_blocks * 512 < 8 * MIB
+    assert copy.key == source.with_name("id_ed25519") and copy.root_offset == 2 * MIB
