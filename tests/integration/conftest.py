@@ -13,8 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.build_disk import DiskImage, RootInitrd, ensure_disk, ensure_root_initrd
+from tests.fixtures.build_disk import (
+    DiskImage,
+    RootInitrd,
+    StockParts,
+    ensure_disk,
+    ensure_root_initrd,
+    ensure_stock_parts,
+)
 from tests.fixtures.build_kernel import Kernel, ensure_kernel
+from tests.fixtures.recipes import logger
 from tests.integration.disk_guest import disk_copy
 
 
@@ -22,6 +30,12 @@ from tests.integration.disk_guest import disk_copy
 def built_kernel() -> Kernel:
     """The kernel built from Debian's linux-source-6.1 with AHCI, ext4, e1000e built in."""
     return ensure_kernel(verbose=False)
+
+
+@pytest.fixture(scope="session")
+def stock_parts() -> StockParts:
+    """Debian's stock kernel package unpacked (with kmod's indexes) and busybox-static."""
+    return ensure_stock_parts(logger("build_disk", False))
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,9 @@ from tests.fixtures.build_disk import (
     DiskImage,
     DiskLayout,
     RootInitrd,
+    StockParts,
 )
+from tests.fixtures.build_guest import _stage_modules
 from tests.fixtures.build_kernel import FRAGMENT, Kernel, config_mismatches, parse_config
 from tests.fixtures.cpio import EntryType, read_newc
 
@@ -162,3 +164,19 @@ def test_root_initrd_loads_ahci_sd_and_ext4_with_crc32c(root_initrd: RootInitrd)
     assert init.permissions & 0o111 and b"switch_root" in init.data
     assert entries["bin/switch_root"].data == b"busybox"
     assert root_initrd.kernel.name == f"vmlinuz-{root_initrd.release}"
+
+
+def test_busybox_guest_modules_dep_carries_soft_dependencies(stock_parts: StockParts,
+                                                             tmp_path: Path) -> None:
+    """build_guest.py's closure for the busybox initramfs: busybox's modprobe
+    reads modules.dep only, so ext4's soft dependency on crc32c is written
+    there; module names spelled with '-' (sd_mod needs "t10-pi") resolve."""
+    _stage_modules(stock_parts.modules_dir, tmp_path, ("sd_mod", "ext4"), lambda message: None)
+    deps = dict(line.split(":", 1) for line in (tmp_path / "modules.dep").read_text().splitlines())
+    ext4 = deps["kernel/fs/ext4/ext4.ko"].split()
+    assert "kernel/crypto/crc32c_generic.ko" in ext4
+    assert "kernel/arch/x86/crypto/crc32c-intel.ko" not in ext4     # needs SSE4.2
+    assert "kernel/block/t10-pi.ko" in deps["kernel/drivers/scsi/sd_mod.ko"].split()
+    order = (tmp_path / "modules.order").read_text().split()
+    assert order.index("kernel/crypto/crc32c_generic.ko") < order.index("kernel/fs/jbd2/jbd2.ko")
+    assert (tmp_path / "kernel/crypto/crc32c_generic.ko").read_bytes()[:4] == b"\x7fELF"
