@@ -102,6 +102,16 @@ def test_build_once_keeps_nothing_of_a_failed_build(tmp_path: Path,
     assert [p.name for p in (tmp_path / "thing").iterdir()] == [".lock"]
 
 
+def test_build_once_clears_what_a_killed_build_left(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    left = tmp_path / "thing" / ".0123456789abcdef-x1y2z3"
+    left.mkdir(parents=True)
+    (left / "half-built").write_text("")
+    build_once("thing", "0123456789abcdef", lambda work, log: {}, log=lambda m: None)
+    assert sorted(p.name for p in (tmp_path / "thing").iterdir()) == [".lock", "0123456789abcdef"]
+
+
 def test_niced_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PEMU_FIXTURE_NICE", raising=False)
     assert niced(["make"]) == ["make"]
