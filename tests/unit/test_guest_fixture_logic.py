@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ from tests.fixtures.build_disk import (
     SMALL,
     DiskImage,
     DiskLayout,
+    disk_recipe,
     mmdebstrap_argv,
 )
 from tests.fixtures.build_guest import GuestBuildError
@@ -370,3 +372,17 @@ def test_disk_copy_is_a_sparse_private_copy(tmp_path: Path) -> None:
     assert copy.image.parent == tmp_path / "run" and copy.image.read_bytes() == source.read_bytes()
     assert copy.image.stat().st_blocks * 512 < 8 * MIB
     assert copy.key == source.with_name("id_ed25519") and copy.root_offset == 2 * MIB
+
+
+def test_disk_recipe_follows_what_shapes_the_image(tmp_path: Path) -> None:
+    sources = tmp_path / "debian.sources"
+    sources.write_text("Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm\n")
+    base = disk_recipe(SMALL, "parts1", "bookworm", [sources])
+    assert disk_recipe(SMALL, "parts1", "bookworm", [sources]) == base
+    assert disk_recipe(DEBIAN, "parts1", "bookworm", [sources]) != base
+    assert disk_recipe(SMALL, "parts2", "bookworm", [sources]) != base     # another stock kernel
+    assert disk_recipe(SMALL, "parts1", "trixie", [sources]) != base
+    changed = dataclasses.replace(SMALL, files={**SMALL.files, "etc/motd": ("hi\n", 0o644)})
+    assert disk_recipe(changed, "parts1", "bookworm", [sources]) != base
+    sources.write_text("Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm\n")
+    assert disk_recipe(SMALL, "parts1", "bookworm", [sources]) != base
