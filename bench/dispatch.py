@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pemu.hw.core.qdev import TYPE_DEVICE, qdev_new  # noqa: E402
 from pemu.qom.object import TypeInfo, type_register  # noqa: E402
 from pemu.system.memory import AddressSpace, MemoryRegion, MemoryRegionOps  # noqa: E402
+from pemu.system.vm import VirtualMachine  # noqa: E402
 
 TYPE_BENCH = "bench-dispatch-device"
 
@@ -31,6 +32,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
 
+    VirtualMachine().activate()  # the device and the regions belong to a VM
     type_register(TypeInfo(TYPE_BENCH, parent=TYPE_DEVICE))
     dev = qdev_new(TYPE_BENCH)
     regs = bytearray(16)

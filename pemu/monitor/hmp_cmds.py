@@ -16,9 +16,8 @@ as one line too and never reaches the main loop.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pemu.qapi.error import QMPError
 from pemu.qom.object import QOMError, object_get_root, object_resolve_path
@@ -44,8 +43,7 @@ class ArgKind(Enum):
     FLAG = "-"  # an option letter ("-f"), true when present
 
 
-@dataclass(frozen=True)
-class ArgSpec:
+class ArgSpec(NamedTuple):
     """One argument of a monitor command: its key, how it is parsed, whether it may be left out."""
 
     key: str
@@ -69,8 +67,7 @@ def flag(key: str, letter: str) -> ArgSpec:
 Handler = Callable[["Monitor", dict[str, Any]], None]
 
 
-@dataclass(frozen=True)
-class HMPCommand:
+class HMPCommand(NamedTuple):
     """One monitor command.  ``name`` may list aliases: "quit|q"."""
 
     name: str

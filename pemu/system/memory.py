@@ -25,7 +25,6 @@ import struct
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from enum import Enum, IntEnum
 from functools import cached_property
 from typing import Protocol, runtime_checkable
@@ -73,22 +72,28 @@ ReadHandler = Callable[[int, int], int]  # (offset, size) -> value
 WriteHandler = Callable[[int, int, int], None]  # (offset, value, size)
 
 
-@dataclass(frozen=True)
 class MemoryRegionOps:
     """A device's handlers and the access rules of its register window.
 
     ``valid_*`` says which accesses the device accepts at all (others are
     guest errors); ``impl_*`` says which sizes the handlers implement: wider
-    accesses are split, narrower ones widened, little-endian.
+    accesses are split, narrower ones widened, little-endian.  Read at every
+    MMIO/PIO access, hence a slotted class; not changed once made.
     """
 
-    read: ReadHandler
-    write: WriteHandler
-    valid_min_access_size: int = 1
-    valid_max_access_size: int = 4
-    valid_unaligned: bool = False
-    impl_min_access_size: int = 1
-    impl_max_access_size: int = 4
+    __slots__ = ("read", "write", "valid_min_access_size", "valid_max_access_size", "valid_unaligned",
+                 "impl_min_access_size", "impl_max_access_size")
+
+    def __init__(self, read: ReadHandler, write: WriteHandler, valid_min_access_size: int = 1,
+                 valid_max_access_size: int = 4, valid_unaligned: bool = False, impl_min_access_size: int = 1,
+                 impl_max_access_size: int = 4) -> None:
+        self.read = read
+        self.write = write
+        self.valid_min_access_size = valid_min_access_size
+        self.valid_max_access_size = valid_max_access_size
+        self.valid_unaligned = valid_unaligned
+        self.impl_min_access_size = impl_min_access_size
+        self.impl_max_access_size = impl_max_access_size
 
 
 class RegionKind(Enum):
@@ -316,20 +321,38 @@ class MemoryRegion:
 # --- flat views ------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
 class FlatRange:
     """One piece of an address space: [start, start+size) shows ``mr`` from
-    ``offset_in_region`` on."""
+    ``offset_in_region`` on.  Looked up at every access, hence a slotted
+    class; a value (equal and hashing by its fields), never changed once made."""
 
-    start: int
-    size: int
-    mr: MemoryRegion
-    offset_in_region: int
-    readonly: bool
+    __slots__ = ("start", "size", "mr", "offset_in_region", "readonly")
+
+    def __init__(self, start: int, size: int, mr: MemoryRegion, offset_in_region: int, readonly: bool) -> None:
+        self.start = start
+        self.size = size
+        self.mr = mr
+        self.offset_in_region = offset_in_region
+        self.readonly = readonly
 
     @property
     def end(self) -> int:
         return self.start + self.size
+
+    def _key(self) -> tuple[int, int, MemoryRegion, int, bool]:
+        return (self.start, self.size, self.mr, self.offset_in_region, self.readonly)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, FlatRange):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (f"FlatRange(start={self.start:#x}, size={self.size:#x}, mr={self.mr.name!r}, "
+                f"offset_in_region={self.offset_in_region:#x}, readonly={self.readonly})")
 
 
 class FlatView:
@@ -639,15 +662,17 @@ def _io_read_bulk(space_name: str, mr: MemoryRegion, addr: int, offset: int,
     return bytes(out)
 
 
-@dataclass(frozen=True, slots=True)
 class RAMMapping:
     """A window of guest RAM lent out by :meth:`AddressSpace.map`: ``view``
-    is ``block``'s memory from ``offset`` on."""
+    is ``block``'s memory from ``offset`` on (made at every DMA map: a slotted class)."""
 
-    view: memoryview
-    block: RAMBlock
-    offset: int
-    is_write: bool
+    __slots__ = ("view", "block", "offset", "is_write")
+
+    def __init__(self, view: memoryview, block: RAMBlock, offset: int, is_write: bool) -> None:
+        self.view = view
+        self.block = block
+        self.offset = offset
+        self.is_write = is_write
 
 
 class AddressSpace:

@@ -34,6 +34,11 @@ LAZY = {
     "traceback": "when a device model faults",
     "uuid": "with -smbios type=1,uuid=",
     "socket": "with a socket chardev, a netdev or a QMP server",
+    # dataclasses imports inspect (and with it ast, dis, tokenize): records on the start path are
+    # slotted classes or NamedTuples; the subsystems loaded later (block, net) may use dataclasses.
+    "dataclasses": "with a subsystem the start does not use (block, net, kvm)",
+    "pathlib": "with the engine's build (engine.build) or an option naming a file (block, -kernel)",
+    "inspect": "left to what needs it (dataclasses, typing.get_type_hints), not the start",
 }
 
 

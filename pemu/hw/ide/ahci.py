@@ -37,8 +37,7 @@ from __future__ import annotations
 import enum
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from pemu.hw.core.irq import IRQLine, NoIRQ
 from pemu.hw.ide.core import (
@@ -206,8 +205,7 @@ class MSIVector(Protocol):
     def notify(self, vector: int) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class PRD:
+class PRD(NamedTuple):
     """One physical region descriptor: ``length`` bytes at ``addr``."""
 
     addr: int

@@ -33,7 +33,6 @@ from __future__ import annotations
 import enum
 import errno
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -145,16 +144,19 @@ def is_lba48_command(command: int) -> bool:
     return command in _EXT_COMMANDS
 
 
-@dataclass(frozen=True, slots=True)
 class TaskFile:
     """The command block a host sends (a Register Host-to-Device FIS's fields)."""
 
-    command: int
-    features: int = 0  # 16 bits for LBA48 commands (exp << 8 | low)
-    count: int = 0  # 16 bits for LBA48 commands
-    lba: int = 0  # 48 bits; 28 for the others (device bits 3:0 are LBA 27:24)
-    device: int = 0
-    control: int = 0
+    __slots__ = ("command", "features", "count", "lba", "device", "control")
+
+    def __init__(self, command: int, features: int = 0, count: int = 0, lba: int = 0, device: int = 0,
+                 control: int = 0) -> None:
+        self.command = command
+        self.features = features  # 16 bits for LBA48 commands (exp << 8 | low)
+        self.count = count  # 16 bits for LBA48 commands
+        self.lba = lba  # 48 bits; 28 for the others (device bits 3:0 are LBA 27:24)
+        self.device = device
+        self.control = control
 
     @property
     def sector_count(self) -> int:
@@ -164,15 +166,17 @@ class TaskFile:
         return self.count & 0xFF or 0x100
 
 
-@dataclass(frozen=True, slots=True)
 class ATAResult:
     """What the drive reports at the end of a command (the D2H FIS's fields)."""
 
-    status: int
-    error: int = 0
-    count: int = 0
-    lba: int = 0
-    device: int = 0
+    __slots__ = ("status", "error", "count", "lba", "device")
+
+    def __init__(self, status: int, error: int = 0, count: int = 0, lba: int = 0, device: int = 0) -> None:
+        self.status = status
+        self.error = error
+        self.count = count
+        self.lba = lba
+        self.device = device
 
     @property
     def failed(self) -> bool:
@@ -237,16 +241,18 @@ def identify_bytes(words: list[int]) -> bytes:
     return b"".join((w & 0xFFFF).to_bytes(2, "little") for w in words)
 
 
-@dataclass
 class _RWRequest:
     """A sector read or write in progress: where it stands, for the next chunk or a retry."""
 
-    transfer: ATATransfer
-    is_write: bool
-    offset: int  # byte offset on the medium of the next chunk
-    remaining: int  # bytes
-    sector_size: int
-    data: bytes | None = None  # a write's chunk, fetched once from the host (kept for a retry)
+    __slots__ = ("transfer", "is_write", "offset", "remaining", "sector_size", "data")
+
+    def __init__(self, transfer: ATATransfer, is_write: bool, offset: int, remaining: int, sector_size: int) -> None:
+        self.transfer = transfer
+        self.is_write = is_write
+        self.offset = offset  # byte offset on the medium of the next chunk
+        self.remaining = remaining  # bytes
+        self.sector_size = sector_size
+        self.data: bytes | None = None  # a write's chunk, fetched once from the host (kept for a retry)
 
 
 class IDEState:

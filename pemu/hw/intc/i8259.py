@@ -14,7 +14,6 @@ to the devices, passes the line toward the CPU's INTR pin as
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import IntEnum
 
 from pemu.hw.core.irq import IRQ, IRQLine, NoIRQ, qemu_allocate_irqs
@@ -75,16 +74,14 @@ def _bytes_of(value: int, size: int) -> list[int]:
     return [(value >> (8 * i)) & 0xFF for i in range(size)]
 
 
-@dataclass
 class I8259:
     """One 8259A chip.  ``int_out`` is its INT pin."""
 
-    name: str
-    elcr_mask: int
-    int_out: IRQLine
-    is_master: bool = False
-
-    def __post_init__(self) -> None:
+    def __init__(self, name: str, elcr_mask: int, int_out: IRQLine, is_master: bool = False) -> None:
+        self.name = name
+        self.elcr_mask = elcr_mask
+        self.int_out = int_out
+        self.is_master = is_master
         self.elcr = 0
         self.irr = 0
         self._int_level = 0

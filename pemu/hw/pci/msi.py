@@ -16,7 +16,6 @@ while masked.  The message goes out through ``send(address, data)``: a
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pemu.hw.pci.pci import PCI_CAP_ID_MSI, pci_add_capability
@@ -40,17 +39,40 @@ _MSI_DELIVERY_MODES = frozenset((0, 1, 2, 4, 5, 7))
 SendMSI = Callable[[int, int], None]   # (address, data)
 
 
-@dataclass(frozen=True, slots=True)
 class MSIMessage:
-    """A decoded x86 MSI."""
+    """A decoded x86 MSI (one per interrupt a device signals: a slotted
+    class; a value, equal by its fields)."""
 
-    dest_id: int
-    dest_mode: int            # 0 physical, 1 logical
-    redirection_hint: bool
-    vector: int
-    delivery_mode: int
-    level_assert: bool
-    trigger_mode: int         # 0 edge, 1 level
+    __slots__ = ("dest_id", "dest_mode", "redirection_hint", "vector", "delivery_mode", "level_assert",
+                 "trigger_mode")
+
+    def __init__(self, dest_id: int, dest_mode: int, redirection_hint: bool, vector: int, delivery_mode: int,
+                 level_assert: bool, trigger_mode: int) -> None:
+        self.dest_id = dest_id
+        self.dest_mode = dest_mode  # 0 physical, 1 logical
+        self.redirection_hint = redirection_hint
+        self.vector = vector
+        self.delivery_mode = delivery_mode
+        self.level_assert = level_assert
+        self.trigger_mode = trigger_mode  # 0 edge, 1 level
+
+    def _fields(self) -> tuple[int, int, bool, int, int, bool, int]:
+        return (self.dest_id, self.dest_mode, self.redirection_hint, self.vector, self.delivery_mode,
+                self.level_assert, self.trigger_mode)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, MSIMessage):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return (f"MSIMessage(dest_id={self.dest_id:#x}, dest_mode={self.dest_mode}, "
+                f"redirection_hint={self.redirection_hint}, vector={self.vector:#x}, "
+                f"delivery_mode={self.delivery_mode}, level_assert={self.level_assert}, "
+                f"trigger_mode={self.trigger_mode})")
 
 
 def msi_decode(address: int, data: int) -> MSIMessage | None:

@@ -8,8 +8,6 @@ x86_cpu_filter_features) and :meth:`X86CPUModel.cpuid` answers the guest.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
 from enum import Enum
 
 from pemu.util.error import UserError, warn_report
@@ -172,31 +170,48 @@ def canonical_feature(name: str) -> str:
     return _ALIASES.get(dashed, dashed)
 
 
-@dataclass
 class X86CPUModel:
     """One CPU model: what CPUID reports, after -cpu options and filtering."""
 
-    name: str
-    vendor: str
-    family: int
-    model: int
-    stepping: int
-    model_id: str
-    features: dict[FeatureWord, int] = field(default_factory=dict)
-    level: int = 0xD
-    xlevel: int = 0x8000000A
-    phys_bits: int = 40
-    virt_bits: int = 48
-    apic_id: int = 0
-    description: str = ""
-    # -cpu properties beyond the features (QEMU's X86CPU properties of the same names).
-    check: bool = True  # warn about each feature the accelerator drops
-    enforce: bool = False  # ... and refuse to start then
-    host_phys_bits: bool = False
-    migratable: bool | None = None  # host and max only: leave out what cannot migrate (invtsc)
+    def __init__(self, name: str, vendor: str, family: int, model: int, stepping: int, model_id: str,
+                 features: dict[FeatureWord, int] | None = None, *, level: int = 0xD, xlevel: int = 0x8000000A,
+                 phys_bits: int = 40, virt_bits: int = 48, apic_id: int = 0, description: str = "",
+                 check: bool = True, enforce: bool = False, host_phys_bits: bool = False,
+                 migratable: bool | None = None) -> None:
+        self.name = name
+        self.vendor = vendor
+        self.family = family
+        self.model = model
+        self.stepping = stepping
+        self.model_id = model_id
+        self.features: dict[FeatureWord, int] = {} if features is None else features
+        self.level = level
+        self.xlevel = xlevel
+        self.phys_bits = phys_bits
+        self.virt_bits = virt_bits
+        self.apic_id = apic_id
+        self.description = description
+        # -cpu properties beyond the features (QEMU's X86CPU properties of the same names).
+        self.check = check  # warn about each feature the accelerator drops
+        self.enforce = enforce  # ... and refuse to start then
+        self.host_phys_bits = host_phys_bits
+        self.migratable = migratable  # host and max only: leave out what cannot migrate (invtsc)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, X86CPUModel):
+            return NotImplemented
+        return vars(self) == vars(other)
+
+    def __repr__(self) -> str:
+        return f"X86CPUModel({', '.join(f'{key}={value!r}' for key, value in vars(self).items())})"
 
     def copy(self) -> X86CPUModel:
-        return dataclasses.replace(self, features=dict(self.features))
+        """A model to edit: the same values, its own features."""
+        return X86CPUModel(self.name, self.vendor, self.family, self.model, self.stepping, self.model_id,
+                           dict(self.features), level=self.level, xlevel=self.xlevel, phys_bits=self.phys_bits,
+                           virt_bits=self.virt_bits, apic_id=self.apic_id, description=self.description,
+                           check=self.check, enforce=self.enforce, host_phys_bits=self.host_phys_bits,
+                           migratable=self.migratable)
 
     def has(self, name: str) -> bool:
         word, bit = FEATURES[name]
@@ -520,15 +535,6 @@ def x86_cpu_list() -> str:
 
 
 # --- -cpu MODEL,options ---------------------------------------------------------------------------
-
-
-@dataclass
-class CPUOptions:
-    """What ``-cpu`` asked for beyond the model: features in QEMU's order of
-    application (properties, then "+feat", then "-feat") and the features the
-    user named, on or off."""
-
-    requested: dict[str, bool] = field(default_factory=dict)
 
 
 def _parse_bool(value: str) -> bool | None:

@@ -11,7 +11,6 @@ masked with 0x00F0FF00 (type, S, DPL, P, AVL, L, D/B, G).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from enum import IntEnum, IntFlag
 
 # -- EFLAGS ---------------------------------------------------------------
@@ -135,14 +134,28 @@ class Reg(IntEnum):
     R15 = 15
 
 
-@dataclass
 class SegmentCache:
     """A segment register with its hidden part (QEMU's SegmentCache)."""
 
-    selector: int = 0
-    base: int = 0
-    limit: int = 0xFFFF
-    flags: int = 0
+    __slots__ = ("selector", "base", "limit", "flags")
+
+    def __init__(self, selector: int = 0, base: int = 0, limit: int = 0xFFFF, flags: int = 0) -> None:
+        self.selector = selector
+        self.base = base
+        self.limit = limit
+        self.flags = flags
+
+    def _fields(self) -> tuple[int, int, int, int]:
+        return (self.selector, self.base, self.limit, self.flags)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SegmentCache):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __repr__(self) -> str:
+        return (f"SegmentCache(selector={self.selector:#x}, base={self.base:#x}, limit={self.limit:#x}, "
+                f"flags={self.flags:#x})")
 
     @property
     def dpl(self) -> int:
@@ -168,56 +181,56 @@ def _flat_segment(selector: int, code: bool) -> SegmentCache:
     return SegmentCache(selector, 0, 0xFFFFFFFF, flags)
 
 
-@dataclass
 class DescriptorTable:
     """GDTR / IDTR."""
 
-    base: int = 0
-    limit: int = 0xFFFF
+    __slots__ = ("base", "limit")
+
+    def __init__(self, base: int = 0, limit: int = 0xFFFF) -> None:
+        self.base = base
+        self.limit = limit
 
 
-@dataclass
 class CPUX86State:
-    """The registers of one x86-64 CPU."""
+    """The registers of one x86-64 CPU, in their state after RESET#."""
 
-    # Family/model/stepping reported in EDX at reset; the CPU model sets it.
-    cpuid_version: int = 0x000006F1
+    regs: list[int]
+    rip: int
+    rflags: int
 
-    regs: list[int] = field(default_factory=lambda: [0] * 16)
-    rip: int = 0
-    rflags: int = EFLAGS_FIXED
+    segs: list[SegmentCache]
+    ldt: SegmentCache
+    tr: SegmentCache
+    gdt: DescriptorTable
+    idt: DescriptorTable
 
-    segs: list[SegmentCache] = field(default_factory=lambda: [SegmentCache() for _ in SegReg])
-    ldt: SegmentCache = field(default_factory=SegmentCache)
-    tr: SegmentCache = field(default_factory=SegmentCache)
-    gdt: DescriptorTable = field(default_factory=DescriptorTable)
-    idt: DescriptorTable = field(default_factory=DescriptorTable)
+    cr0: int
+    cr2: int
+    cr3: int
+    cr4: int
+    cr8: int
+    efer: int
 
-    cr0: int = CR0_RESET
-    cr2: int = 0
-    cr3: int = 0
-    cr4: int = 0
-    cr8: int = 0
-    efer: int = 0
+    star: int
+    lstar: int
+    cstar: int
+    fmask: int
+    kernel_gs_base: int
+    sysenter_cs: int
+    sysenter_esp: int
+    sysenter_eip: int
+    tsc: int
+    tsc_aux: int
+    apic_base: int
+    pat: int
+    misc_enable: int
 
-    star: int = 0
-    lstar: int = 0
-    cstar: int = 0
-    fmask: int = 0
-    kernel_gs_base: int = 0
-    sysenter_cs: int = 0
-    sysenter_esp: int = 0
-    sysenter_eip: int = 0
-    tsc: int = 0
-    tsc_aux: int = 0
-    apic_base: int = APIC_DEFAULT_ADDRESS | MSR_IA32_APICBASE_ENABLE | MSR_IA32_APICBASE_BSP
-    pat: int = PAT_RESET
-    misc_enable: int = MSR_IA32_MISC_ENABLE_DEFAULT
+    a20_mask: int
+    halted: bool
 
-    a20_mask: int = ~0
-    halted: bool = False
-
-    def __post_init__(self) -> None:
+    def __init__(self, cpuid_version: int = 0x000006F1) -> None:
+        # Family/model/stepping reported in EDX at reset; the CPU model sets it.
+        self.cpuid_version = cpuid_version
         self.reset()
 
     # -- convenience accessors ------------------------------------------------

@@ -26,15 +26,19 @@ import enum
 import importlib.util
 import os
 import sys
-from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 UNICORN_VERSION = "2.1.4"
 # sha256 of unicorn-2.1.4.tar.gz on the package index.
 SDIST_SHA256 = "00567a70e323f749b419cd86bee4f9115beab7ebba32194581c090cbb7c59cff"
 LIBRARY_NAME = "libunicorn.so.2"
-PATCH_DIR = Path(__file__).resolve().parent / "patches"
-BUILD_SCRIPT = Path(__file__).resolve().parent / "build.py"
+# Plain paths: pathlib (with fnmatch and urllib.parse) is not needed at start, only to build.
+_HERE = os.path.dirname(os.path.realpath(__file__))
+PATCH_DIR = os.path.join(_HERE, "patches")
+BUILD_SCRIPT = os.path.join(_HERE, "build.py")
 ENGINE_ENV = "PEMU_ENGINE"
 ENGINE_CHOICES = ("auto", "stock", "patched")
 
@@ -52,8 +56,14 @@ class EngineFeature(enum.IntFlag):
     IRQ_WINDOW = 0x80
 
 
+def _patch_files() -> list[str]:
+    return sorted(os.path.join(PATCH_DIR, name) for name in os.listdir(PATCH_DIR) if name.endswith(".patch"))
+
+
 def patches() -> list[Path]:
-    return sorted(PATCH_DIR / name for name in os.listdir(PATCH_DIR) if name.endswith(".patch"))
+    from pathlib import Path
+
+    return [Path(path) for path in _patch_files()]
 
 
 def engine_key() -> str:
@@ -62,9 +72,10 @@ def engine_key() -> str:
 
     h = hashlib.sha256()
     h.update(f"unicorn {UNICORN_VERSION} {SDIST_SHA256}\n".encode())
-    for path in [*patches(), BUILD_SCRIPT]:
-        data = path.read_bytes()
-        h.update(f"{path.name} {len(data)}\n".encode())
+    for path in [*_patch_files(), BUILD_SCRIPT]:
+        with open(path, "rb") as f:
+            data = f.read()
+        h.update(f"{os.path.basename(path)} {len(data)}\n".encode())
         h.update(data)
     return h.hexdigest()[:16]
 
@@ -75,9 +86,9 @@ def _key_inputs_stamp() -> str:
     holds the version and the archive's hash).  Editing or checking out any
     of them changes it."""
     lines = []
-    for path in (*patches(), BUILD_SCRIPT, Path(__file__)):
-        st = path.stat()
-        lines.append(f"{path.name} {st.st_size} {st.st_mtime_ns}")
+    for path in (*_patch_files(), BUILD_SCRIPT, __file__):
+        st = os.stat(path)
+        lines.append(f"{os.path.basename(path)} {st.st_size} {st.st_mtime_ns}")
     return "\n".join(lines)
 
 
@@ -90,27 +101,35 @@ def recorded_engine_key() -> str:
     costs the hash.
     """
     stamp = _key_inputs_stamp()
-    note = cache_root() / "keys" / str(PATCH_DIR.parent).strip(os.sep).replace(os.sep, "+")
+    note = os.path.join(_cache_dir(), "keys", os.path.dirname(PATCH_DIR).strip(os.sep).replace(os.sep, "+"))
     try:
-        recorded_stamp, _, key = note.read_text().rpartition("\nkey ")
+        with open(note, encoding="utf-8") as f:
+            recorded_stamp, _, key = f.read().rpartition("\nkey ")
         if recorded_stamp == stamp and len(key) == 16:
             return key
     except (OSError, ValueError):
         pass
     key = engine_key()
     try:
-        note.parent.mkdir(parents=True, exist_ok=True)
-        tmp = note.with_name(f".{note.name}.{os.getpid()}")
-        tmp.write_text(f"{stamp}\nkey {key}")
+        os.makedirs(os.path.dirname(note), exist_ok=True)
+        tmp = os.path.join(os.path.dirname(note), f".{os.path.basename(note)}.{os.getpid()}")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(f"{stamp}\nkey {key}")
         os.replace(tmp, note)
     except OSError:
         pass
     return key
 
 
+def _cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "pemu", "engine")
+
+
 def cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "pemu" / "engine"
+    from pathlib import Path
+
+    return Path(_cache_dir())
 
 
 def built_engine_dir() -> Path:
@@ -122,7 +141,7 @@ def engine_choice() -> str:
     return choice if choice in ENGINE_CHOICES else "auto"
 
 
-_selected: Path | None = None
+_selected: str | None = None  # the directory of pemu's engine build, when it is the one to load
 
 
 def select_engine() -> None:
@@ -137,16 +156,16 @@ def select_engine() -> None:
     if "unicorn" in sys.modules or engine_choice() == "stock":
         return
     try:
-        directory = cache_root() / recorded_engine_key()
+        directory = os.path.join(_cache_dir(), recorded_engine_key())
     except OSError:  # the patches cannot be read: run on the wheel's engine
         return
     inherited = os.environ.get("LIBUNICORN_PATH")
     if inherited is not None:
-        if Path(inherited) == directory:
+        if os.path.normpath(inherited) == directory:
             _selected = directory
         return
-    if (directory / LIBRARY_NAME).is_file():
-        os.environ["LIBUNICORN_PATH"] = str(directory)
+    if os.path.isfile(os.path.join(directory, LIBRARY_NAME)):
+        os.environ["LIBUNICORN_PATH"] = directory
         _selected = directory
 
 
