@@ -134,6 +134,17 @@ class SmallGuest:
     def run(self, command: str, timeout: float = 120.0) -> str:
         return self.vm.run(command, timeout=timeout)
 
+    def disk_on_port(self, port: int) -> str:
+        """The guest's name (``sdb``...) for the disk on AHCI port ``port`` (the drive's index).
+
+        The kernel names SCSI disks in the order their (asynchronous) probes run, and the
+        q35's AHCI scans its ports in parallel (no CAP.SSS), so sdX need not follow the
+        ports; the port is in the sysfs path (the q35's only libata host, ata1 is port 0).
+        """
+        name = self.check(f"ls /sys/devices/pci0000:00/0000:00:1f.2/ata{port + 1}/host*/target*/*/block")
+        assert re.fullmatch(r"sd[a-z]+", name), name
+        return name
+
     def check(self, command: str, timeout: float = 120.0) -> str:
         """Run command; fail with its output unless it exits 0."""
         out = self.vm.run(f"{command}; echo status=$?", timeout=timeout)
@@ -173,8 +184,9 @@ def test_64_mib_written_by_the_guest_read_back_on_the_host_and_in_a_second_boot(
     guest = SmallGuest(built_kernel, [root_drive(small_copy, "cache=writeback"),
                                       f"file={seed},format=raw,if=ide,index=1"])
     try:
-        assert guest.check("cat /sys/block/sdb/size") == str(DATA_SIZE // 512)
-        guest.check("dd if=/dev/sdb of=/root/random.bin bs=1M 2>/dev/null", timeout=600)
+        seed_dev = guest.disk_on_port(1)
+        assert guest.check(f"cat /sys/block/{seed_dev}/size") == str(DATA_SIZE // 512)
+        guest.check(f"dd if=/dev/{seed_dev} of=/root/random.bin bs=1M 2>/dev/null", timeout=600)
         guest.check("sync")
         assert guest.check("sha256sum /root/random.bin", timeout=600).split()[0] == digest
         # The image is in use: a second pemu is refused with QEMU's message.
@@ -223,7 +235,7 @@ def test_flushed_data_survives_a_sigkill_of_pemu(
     try:
         # fsync'd file data, then sync for its metadata (the journal commit): both are FLUSH
         # CACHE commands the guest waits for before the shell prints the marker.
-        guest.vm.sendline("dd if=/dev/sdb of=/root/flushed.bin bs=1M count=8 conv=fsync "
+        guest.vm.sendline(f"dd if=/dev/{guest.disk_on_port(1)} of=/root/flushed.bin bs=1M count=8 conv=fsync "
                           "2>/dev/null && sync && echo FLUSHED-$((40+2))")
         guest.vm.expect("FLUSHED-42", 300)
         guest.vm.proc.kill()                       # SIGKILL, no chance to write anything more
@@ -304,26 +316,31 @@ def test_qemu_img_images_read_and_write_in_a_guest_like_the_raw_disk(
     qemu_img("convert", "-c", "-O", "qcow2", str(base), str(compressed)).check_returncode()
     qemu_img("create", "-q", "-f", "qcow2", "-b", str(base), "-F", "raw",
              str(overlay)).check_returncode()
-    disks = {"sdb": (raw, "raw"), "sdc": (plain, "qcow2"), "sdd": (compressed, "qcow2"),
-             "sde": (overlay, "qcow2")}
+    # The drives in AHCI port order (a drive's index is its port; the root is on port 0).
+    disks = {"raw": (raw, "raw"), "plain": (plain, "qcow2"), "compressed": (compressed, "qcow2"),
+             "overlay": (overlay, "qcow2")}
     drives = [root_drive(small_disk, "snapshot=on")]
     drives += [f"file={path},format={fmt},if=ide,index={i}"
                for i, (path, fmt) in enumerate(disks.values(), start=1)]
-    drives.append(f"file={seed},format=raw,if=ide,index=5")
+    seed_port = len(drives)
+    drives.append(f"file={seed},format=raw,if=ide,index={seed_port}")
     guest = SmallGuest(built_kernel, drives)
     try:
+        # Not sdb..sde: the guest's names need not follow the ports (see disk_on_port).
+        devs = {kind: guest.disk_on_port(port) for port, kind in enumerate(disks, start=1)}
+        seed_dev = guest.disk_on_port(seed_port)
         expected = sha256(original)
-        for dev in disks:
+        for kind, dev in devs.items():
             got = guest.check(f"sha256sum /dev/{dev}", timeout=300).split()[0]
-            assert got == expected, (dev, guest_mib_digests(guest, dev), mib_digests(original))
-        for dev in disks:
+            assert got == expected, (kind, dev, guest_mib_digests(guest, dev), mib_digests(original))
+        for dev in devs.values():
             for bs, seek, count in GUEST_WRITES:
-                guest.check(f"dd if=/dev/sdf of=/dev/{dev} bs={bs} seek={seek} count={count} "
+                guest.check(f"dd if=/dev/{seed_dev} of=/dev/{dev} bs={bs} seek={seek} count={count} "
                             "conv=notrunc 2>/dev/null")
         guest.check("sync; echo 3 > /proc/sys/vm/drop_caches")
         written = sha256(apply_writes(original, seeded_bytes(SEED, DATA_SIZE)))
-        for dev in disks:
-            assert guest.check(f"sha256sum /dev/{dev}", timeout=300).split()[0] == written, dev
+        for kind, dev in devs.items():
+            assert guest.check(f"sha256sum /dev/{dev}", timeout=300).split()[0] == written, (kind, dev)
         guest.poweroff()
     finally:
         guest.kill()
