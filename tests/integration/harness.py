@@ -20,6 +20,7 @@ from __future__ import annotations
 import codecs
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -32,7 +33,7 @@ from tests.fixtures.build_guest import DEFAULT_APPEND, PROMPT, READY_MARKER, Gue
 
 __all__ = [
     "GuestProcess", "GuestError", "GuestTimeout", "GuestExited",
-    "default_guest_args", "smp_append", "LPJ", "PROMPT", "READY_MARKER",
+    "default_guest_args", "recv_until", "smp_append", "LPJ", "PROMPT", "READY_MARKER",
 ]
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -51,6 +52,18 @@ class GuestTimeout(GuestError):
 
 class GuestExited(GuestError):
     pass
+
+
+def recv_until(s: socket.socket, marker: bytes) -> bytes:
+    """What ``s`` sends up to and including ``marker`` (less if it closes first),
+    e.g. a monitor's reply up to its next "(qemu) " prompt."""
+    data = b""
+    while not data.endswith(marker):
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def default_guest_args(guest: Guest, *, append: str = DEFAULT_APPEND,

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.build_guest import READY_MARKER, Guest
-from tests.integration.harness import PROMPT, GuestProcess, default_guest_args
+from tests.integration.harness import PROMPT, GuestProcess, default_guest_args, recv_until
 
 pytestmark = pytest.mark.guest
 
@@ -46,19 +46,9 @@ class NetGuest:
         with socket.socket(socket.AF_UNIX) as s:
             s.settimeout(30)
             s.connect(str(self.monitor))
-            _read_until(s, b"(qemu) ")
+            recv_until(s, b"(qemu) ")
             s.sendall(command.encode() + b"\n")
-            return _read_until(s, b"(qemu) ").decode(errors="replace")
-
-
-def _read_until(s: socket.socket, marker: bytes) -> bytes:
-    data = b""
-    while not data.endswith(marker):
-        chunk = s.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    return data
+            return recv_until(s, b"(qemu) ").decode(errors="replace")
 
 
 @pytest.fixture(scope="module")

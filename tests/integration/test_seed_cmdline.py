@@ -32,7 +32,7 @@ import pytest
 from tests.fixtures.build_disk import DiskImage, RootInitrd
 from tests.fixtures.build_kernel import Kernel
 from tests.integration.disk_guest import SshTarget, disk_copy, free_tcp_port
-from tests.integration.harness import GuestProcess
+from tests.integration.harness import GuestProcess, recv_until
 
 pytestmark = pytest.mark.guest
 
@@ -80,24 +80,14 @@ class SeedGuest:
         with socket.socket(socket.AF_UNIX) as s:
             s.settimeout(60)
             s.connect(str(self.monitor))
-            _read_until(s, b"(qemu) ")
+            recv_until(s, b"(qemu) ")
             s.sendall(command.encode() + b"\n")
-            out = _read_until(s, b"(qemu) ").decode(errors="replace")
+            out = recv_until(s, b"(qemu) ").decode(errors="replace")
         # The monitor echoes the command line back first (as QEMU's readline does).
         lines = out.removesuffix("(qemu) ").replace("\r", "").split("\n")
         if lines and lines[0].endswith(command):
             lines = lines[1:]
         return "\n".join(lines)
-
-
-def _read_until(s: socket.socket, marker: bytes) -> bytes:
-    data = b""
-    while not data.endswith(marker):
-        chunk = s.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def seed_command_line(*, kernel: Path, initrd: Path | None, image: Path, port: int,

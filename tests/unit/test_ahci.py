@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from fake_guest_memory import FakeGuestMemory
 
 from pemu.block.block import bdrv_open
 from pemu.block.block_backend import BlockBackend, BlockdevOnError
@@ -28,7 +29,6 @@ from pemu.hw.ide.ahci import (
 from pemu.hw.ide.atapi import ATAPIState
 from pemu.hw.ide.core import DriveKind, IDEState, TaskFile
 from pemu.system import runstate
-from pemu.system.memory import MemTxResult, RAMMapping
 
 if TYPE_CHECKING:
     from pemu.hw.ide.ich import ICH9AHCIState
@@ -49,32 +49,11 @@ ATA_FLUSH_EXT = 0xEA
 ATA_PACKET = 0xA0
 
 
-class GuestMemory:
+class GuestMemory(FakeGuestMemory):
     """Guest RAM from 0 to RAM_SIZE; DMA past it fails as pemu's address spaces do."""
 
     def __init__(self) -> None:
-        self.ram = bytearray(RAM_SIZE)
-
-    def read_result(self, addr: int, length: int) -> tuple[bytes, MemTxResult]:
-        if addr < 0 or addr + length > RAM_SIZE:
-            return b"\xff" * length, MemTxResult.DECODE_ERROR
-        return bytes(self.ram[addr:addr + length]), MemTxResult.OK
-
-    def write(self, addr: int, data: bytes | bytearray | memoryview, rom: bool = False) -> MemTxResult:
-        if addr < 0 or addr + len(data) > RAM_SIZE:
-            return MemTxResult.DECODE_ERROR
-        self.ram[addr:addr + len(data)] = data
-        return MemTxResult.OK
-
-    def fill(self, addr: int, byte: int, length: int) -> MemTxResult:
-        return self.write(addr, bytes([byte]) * length)
-
-    def map(self, addr: int, length: int, is_write: bool = False) -> RAMMapping | None:
-        return None
-
-    @staticmethod
-    def unmap(mapping: RAMMapping, access_len: int) -> None:
-        pass
+        super().__init__(RAM_SIZE)
 
 
 class Completions:

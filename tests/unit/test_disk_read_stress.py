@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from fake_guest_memory import FakeGuestMemory
 
 from pemu.block.block import bdrv_open
 from pemu.block.block_backend import BlockBackend
@@ -31,7 +32,6 @@ from pemu.block.block_int import CACHE_MODES
 from pemu.block.qcow2_create import qcow2_create
 from pemu.hw.ide.ahci import AHCI_PORT_REGS_START, AHCIState, HostReg, PortCmd, PortIRQ, PortReg
 from pemu.hw.ide.core import DriveKind
-from pemu.system.memory import MemTxResult, RAMMapping
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -177,32 +177,11 @@ MAX_PRDS = (TABLE_SIZE - 0x80) // 16
 DATA_PER_SLOT = 96 * KiB
 
 
-class GuestMemory:
+class GuestMemory(FakeGuestMemory):
     """Guest RAM; DMA outside it fails, as pemu's address spaces make it."""
 
     def __init__(self) -> None:
-        self.ram = bytearray(RAM_SIZE)
-
-    def read_result(self, addr: int, length: int) -> tuple[bytes, MemTxResult]:
-        if addr < 0 or addr + length > RAM_SIZE:
-            return b"\xff" * length, MemTxResult.DECODE_ERROR
-        return bytes(self.ram[addr:addr + length]), MemTxResult.OK
-
-    def write(self, addr: int, data: bytes | bytearray | memoryview, rom: bool = False) -> MemTxResult:
-        if addr < 0 or addr + len(data) > RAM_SIZE:
-            return MemTxResult.DECODE_ERROR
-        self.ram[addr:addr + len(data)] = data
-        return MemTxResult.OK
-
-    def fill(self, addr: int, byte: int, length: int) -> MemTxResult:
-        return self.write(addr, bytes([byte]) * length)
-
-    def map(self, addr: int, length: int, is_write: bool = False) -> RAMMapping | None:
-        return None
-
-    @staticmethod
-    def unmap(mapping: RAMMapping, access_len: int) -> None:
-        pass
+        super().__init__(RAM_SIZE)
 
 
 class Line:
