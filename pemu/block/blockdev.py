@@ -41,6 +41,10 @@ class MediumError(Exception):
     """A failed eject or change of a removable medium; the text is QEMU's message."""
 
 
+class MediumDeviceNotFound(MediumError):
+    """The named drive does not exist (QMP's DeviceNotFound)."""
+
+
 class BlockInterfaceType(enum.Enum):
     NONE = "none"
     IDE = "ide"
@@ -349,7 +353,7 @@ class BlockDevices:
         if device == "all":
             targets = [d for d in self.drives if d.blk.root is not None and d.blk.root.backing is not None]
         else:
-            drive = next((d for d in self.drives if d.id == device), None)
+            drive = self.find_drive(device)
             if drive is None:
                 raise CommitError(f"Device '{device}' not found")
             if drive.blk.root is None:
@@ -367,9 +371,9 @@ class BlockDevices:
 
     # -- removable media (qmp_eject, qmp_blockdev_change_medium) ---------------------------------
     def _removable(self, device: str) -> DriveInfo:
-        drive = next((d for d in self.drives if d.id == device), None)
+        drive = self.find_drive(device)
         if drive is None:
-            raise MediumError(f"Device '{device}' not found")
+            raise MediumDeviceNotFound(f"Device '{device}' not found")
         if drive.blk.dev_ops is None:
             raise MediumError(f"Device '{device}' is not removable")
         return drive
@@ -430,11 +434,12 @@ class BlockDevices:
         assert blk.dev_ops is not None
         blk.dev_ops.change_media_cb(True)
 
+    def find_drive(self, drive_id: str) -> DriveInfo | None:
+        return next((d for d in self.drives if d.id == drive_id), None)
+
     def find_backend(self, name: str) -> BlockBackend | None:
-        for drive in self.drives:
-            if drive.id == name:
-                return drive.blk
-        return None
+        drive = self.find_drive(name)
+        return drive.blk if drive is not None else None
 
     def close_all(self) -> None:
         """bdrv_close_all: finish requests, flush and close every image."""

@@ -122,14 +122,13 @@ def _removable_drive_id(device: str | None, id: str | None) -> str:
     drive = next((d for d in block_devices().drives if d.claimed_by == id), None)
     if drive is None:
         raise device_not_found(f"Device '{id}' not found")
-    return str(drive.id)
+    return drive.id
 
 
 def _medium_error(e: Exception) -> QMPError:
-    text = str(e)
-    if text.startswith("Device '") and text.endswith("' not found"):
-        return device_not_found(text)
-    return QMPError(text)
+    from pemu.block.blockdev import MediumDeviceNotFound
+
+    return device_not_found(str(e)) if isinstance(e, MediumDeviceNotFound) else QMPError(str(e))
 
 
 @command("eject")
@@ -159,7 +158,7 @@ def qmp_block_resize(*, size: int, device: str | None = None, node_name: str | N
     from pemu.block.block_int import BlockOpenError
 
     devices = block_devices()
-    drive = next((d for d in devices.drives if device is not None and d.id == device), None)
+    drive = devices.find_drive(device) if device is not None else None
     if drive is None and node_name is not None:
         drive = next((d for d in devices.drives if d.blk.root is not None and d.blk.root.node_name == node_name),
                      None)
