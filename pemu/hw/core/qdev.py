@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from enum import IntEnum
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pemu.hw.core.irq import IRQ, IRQLine, NoIRQ
 from pemu.qom.object import (
@@ -31,6 +31,9 @@ from pemu.qom.object import (
 )
 from pemu.system.memory import MemReentrancyGuard
 from pemu.util.vm_context import current_vm
+
+if TYPE_CHECKING:
+    from pemu.migration.vmstate import VMStateDescription
 
 TYPE_DEVICE = "device"
 TYPE_BUS = "bus"
@@ -148,6 +151,10 @@ class DeviceClass(ObjectClass):
     categories: tuple[str, ...] = ()
     # Why a device the user cannot create is internal (shown by -device help).
     fw_name: str | None = None
+    # What the device saves and loads when the VM is migrated (pemu.migration.vmstate).
+    # None blocks saving the VM ("non-migratable"); a device with nothing to
+    # save declares an empty description (vmstate_no_state).
+    vmsd: VMStateDescription | None = None
 
 
 class DeviceState(Object):
