@@ -30,6 +30,9 @@ class RunState(Enum):
     GUEST_PANICKED = "guest-panicked"
     INTERNAL_ERROR = "internal-error"
     IO_ERROR = "io-error"
+    INMIGRATE = "inmigrate"  # waiting for an incoming migration (-incoming)
+    FINISH_MIGRATE = "finish-migrate"  # stopped for the last copy of an outgoing migration
+    POSTMIGRATE = "postmigrate"  # the migration completed: this side stays paused
 
 
 class ShutdownCause(Enum):

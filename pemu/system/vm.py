@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from pemu.chardev.char_mux import MuxChardev
     from pemu.hw.core.machine import MachineState
     from pemu.hw.core.qdev import BusState
+    from pemu.migration.migration import MigrationState
     from pemu.monitor.fds import FdSets
     from pemu.monitor.monitor import Monitor
     from pemu.monitor.qmp import MonitorQMP
@@ -89,6 +90,8 @@ class VirtualMachine:
         # (QEMU's msi_nonbroken global; set by the board with the local APICs).
         self.msi_nonbroken = False
         self.machine: MachineState | None = None
+        # Its migrations, outgoing and incoming (pemu.migration.migration.migrate_get_current makes it).
+        self.migration: MigrationState | None = None
         self.destroyed = False
 
     # --- being the current VM ---------------------------------------------------------
@@ -119,6 +122,8 @@ class VirtualMachine:
             set_current_vm(previous if previous is not self else None)
 
     def _teardown(self) -> None:
+        if self.migration is not None:
+            self.migration.shutdown()  # a migration thread ends first: it uses everything below
         for cpu in list(self.cpus):
             cpus.destroy_vcpu(cpu)
         if self.accel is not None:
