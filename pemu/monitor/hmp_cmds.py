@@ -686,6 +686,121 @@ def hmp_change(mon: Monitor, args: dict[str, Any]) -> None:
         raise CommandError(str(exc)) from None
 
 
+# --- migration (QEMU's migration/migration-hmp-cmds.c) ----------------------------------------------------
+
+
+def hmp_migrate(mon: Monitor, args: dict[str, Any]) -> None:
+    """migrate [-d] URI: without -d the monitor waits for the end and prints an error, as QEMU's does."""
+    from pemu.migration.migration import MigrationError, MigrationStatus
+    from pemu.monitor.monitor import StringMonitor
+    from pemu.monitor.qmp_cmds_migration import migration_state
+
+    state = migration_state()
+    # A monitor without a terminal of its own (human-monitor-command) cannot wait.
+    wait = not args.get("detach") and not isinstance(mon, StringMonitor)
+
+    def finished() -> None:
+        if state.status is MigrationStatus.FAILED and state.error_desc:
+            mon.print_line(state.error_desc)  # QEMU's error_report in the monitor: no "Error: "
+        mon.editor.show_prompt()
+        mon.resume()
+
+    try:
+        state.migrate(args["uri"], on_finished=finished if wait else None)
+    except MigrationError as e:
+        raise CommandError(str(e)) from None
+    if wait:
+        mon.suspend()
+
+
+def hmp_migrate_cancel(mon: Monitor, args: dict[str, Any]) -> None:
+    from pemu.monitor.qmp_cmds_migration import qmp_migrate_cancel
+
+    qmp_migrate_cancel()
+
+
+def hmp_migrate_incoming(mon: Monitor, args: dict[str, Any]) -> None:
+    from pemu.monitor.qmp_cmds_migration import qmp_migrate_incoming
+
+    qmp_migrate_incoming(uri=args["uri"])
+
+
+def hmp_migrate_set_parameter(mon: Monitor, args: dict[str, Any]) -> None:
+    """migrate_set_parameter NAME VALUE: downtime-limit in ms, max-bandwidth in bytes/s
+    (a size; without a suffix in MiB/s, as QEMU reads it)."""
+    from pemu.monitor.qmp_cmds_migration import qmp_migrate_set_parameters
+    from pemu.util.cutils import SizeParseError, qemu_strtosz_MiB
+
+    name, text = args["parameter"], args["value"]
+    if name == "downtime-limit":
+        if not text.isdigit():
+            raise CommandError(f"Parameter '{name}' expects uint64")
+        qmp_migrate_set_parameters(downtime_limit=int(text))
+    elif name == "max-bandwidth":
+        try:
+            value = qemu_strtosz_MiB(text)
+        except SizeParseError:
+            raise CommandError(f"Parameter '{name}' expects a size value") from None
+        qmp_migrate_set_parameters(max_bandwidth=value)
+    else:
+        raise CommandError(f"Invalid parameter value: {name}")
+
+
+def hmp_info_migrate(mon: Monitor, args: dict[str, Any]) -> None:
+    """QEMU 7.2's hmp_info_migrate layout (its "globals" settings are QEMU's internals: not shown)."""
+    from pemu.monitor.qmp_cmds_migration import qmp_query_migrate
+
+    info = qmp_query_migrate()
+    status = info.get("status")
+    if status is not None:
+        error = info.get("error-desc")
+        mon.print_line(f"Migration status: {status.value}" + (f" ({error})" if error and status.value == "failed"
+                                                              else ""))
+        if "total-time" in info:
+            mon.print_line(f"total time: {info['total-time']} ms")
+        if "expected-downtime" in info:
+            mon.print_line(f"expected downtime: {info['expected-downtime']} ms")
+        if "downtime" in info:
+            mon.print_line(f"downtime: {info['downtime']} ms")
+        if "setup-time" in info:
+            mon.print_line(f"setup: {info['setup-time']} ms")
+    ram = info.get("ram")
+    if ram is not None:
+        mon.puts(f"transferred ram: {ram['transferred'] >> 10} kbytes\n"
+                 f"throughput: {ram['mbps']:0.2f} mbps\n"
+                 f"remaining ram: {ram['remaining'] >> 10} kbytes\n"
+                 f"total ram: {ram['total'] >> 10} kbytes\n"
+                 f"duplicate: {ram['duplicate']} pages\n"
+                 f"skipped: {ram['skipped']} pages\n"
+                 f"normal: {ram['normal']} pages\n"
+                 f"normal bytes: {ram['normal-bytes'] >> 10} kbytes\n"
+                 f"dirty sync count: {ram['dirty-sync-count']}\n"
+                 f"page size: {ram['page-size'] >> 10} kbytes\n"
+                 f"multifd bytes: {ram['multifd-bytes'] >> 10} kbytes\n"
+                 f"pages-per-second: {ram['pages-per-second']}\n")
+        if ram["dirty-pages-rate"]:
+            mon.print_line(f"dirty pages rate: {ram['dirty-pages-rate']} pages")
+        if ram["precopy-bytes"]:
+            mon.print_line(f"precopy ram: {ram['precopy-bytes'] >> 10} kbytes")
+        if ram["downtime-bytes"]:
+            mon.print_line(f"downtime ram: {ram['downtime-bytes'] >> 10} kbytes")
+    addresses = info.get("socket-address")
+    if addresses:
+        mon.print_line("socket address: [")
+        for address in addresses:
+            host = address["host"]
+            mon.print_line(f"\ttcp:{f'[{host}]' if ':' in host else host}:{address['port']}")
+        mon.print_line("]")
+
+
+def hmp_info_migrate_parameters(mon: Monitor, args: dict[str, Any]) -> None:
+    from pemu.monitor.qmp_cmds_migration import qmp_query_migrate_parameters
+
+    params = qmp_query_migrate_parameters()
+    mon.print_line(f"max-bandwidth: {params['max-bandwidth']} bytes/second")
+    mon.print_line(f"downtime-limit: {params['downtime-limit']} ms")
+
+
 # --- the tables -----------------------------------------------------------------------------------
 
 
@@ -710,6 +825,8 @@ HMP_INFO_CMDS = _sorted([
     HMPCommand("network", "", "show the network state", hmp_info_network),
     HMPCommand("block", "", "show the block devices", hmp_info_block),
     HMPCommand("blockstats", "", "show block device statistics", hmp_info_blockstats),
+    HMPCommand("migrate", "", "show migration status", hmp_info_migrate),
+    HMPCommand("migrate_parameters", "", "show current migration parameters", hmp_info_migrate_parameters),
 ])
 
 HMP_CMDS = _sorted([
@@ -742,6 +859,13 @@ HMP_CMDS = _sorted([
                (word("arg1"), word("arg2", True))),
     HMPCommand("set_link", "name on|off", "change the link status of a network adapter", hmp_set_link,
                (word("name"), word("up_or_down"))),
+    HMPCommand("migrate", "[-d] uri", "migrate to URI (using -d to not wait for completion)", hmp_migrate,
+               (flag("detach", "d"), word("uri"))),
+    HMPCommand("migrate_cancel", "", "cancel the current VM migration", hmp_migrate_cancel),
+    HMPCommand("migrate_incoming", "uri", "Continue an incoming migration from an -incoming defer",
+               hmp_migrate_incoming, (word("uri"),)),
+    HMPCommand("migrate_set_parameter", "parameter value", "Set the parameter for migration",
+               hmp_migrate_set_parameter, (word("parameter"), word("value"))),
 ])
 
 

@@ -165,6 +165,7 @@ class Monitor:
         self._banner_pending = False
         # A suspended monitor reads no input (after `quit`).
         self.suspended = False
+        self._held_input = b""  # typed while suspended, read on resume
         self.fe = CharBackend(chr)
         self.fe.set_handlers(self._can_read, self._read, self._event)
 
@@ -193,9 +194,11 @@ class Monitor:
         return 0 if self.suspended else READ_CHUNK
 
     def _read(self, data: bytes) -> None:
-        for byte in data:
+        for index, byte in enumerate(data):
             if self.suspended:
-                return  # the rest of a batch after `quit` is dropped
+                # The rest of the batch waits for resume() (after a `migrate` that waited; after `quit` it is dropped).
+                self._held_input = data[index:]
+                return
             self.editor.feed_byte(byte)
 
     def handle_command(self, line: str) -> None:
@@ -213,6 +216,9 @@ class Monitor:
     def resume(self) -> None:
         if self.suspended:
             self.suspended = False
+            held, self._held_input = self._held_input, b""
+            if held:
+                self._read(held)
             self.fe.accept_input()
 
     # -- events -------------------------------------------------------------------

@@ -24,6 +24,7 @@ from pemu.system.runstate import RunState, ShutdownCause
 from pemu.util.vm_context import current_vm
 
 if TYPE_CHECKING:
+    from pemu.migration.migration import MigrationState
     from pemu.monitor.qmp import MonitorQMP
 
 COMMANDS = CommandTable()
@@ -95,14 +96,33 @@ def qmp_query_status() -> StatusInfo:
 
 @command("stop")
 def qmp_stop() -> None:
+    if runstate.runstate_get() == RunState.INMIGRATE:
+        _migration_state().autostart = False  # stays paused once the incoming state is loaded
+        return
     cpus.vm_stop(RunState.PAUSED)
 
 
 @command("cont")
 def qmp_cont() -> None:
-    if runstate.runstate_get() in (RunState.SHUTDOWN, RunState.INTERNAL_ERROR):
+    state = runstate.runstate_get()
+    if state in (RunState.SHUTDOWN, RunState.INTERNAL_ERROR):
         raise QMPError("Resetting the Virtual Machine is required")
+    if state == RunState.INMIGRATE:
+        _migration_state().autostart = True  # runs once the incoming state is loaded
+        return
+    if state == RunState.POSTMIGRATE:
+        # The source of a completed migration runs again: it takes its images back (QEMU's bdrv_activate_all).
+        machine = current_vm().machine
+        block = machine.opened_block_devices() if machine is not None else None
+        if block is not None:
+            block.activate_all()
     cpus.vm_start()
+
+
+def _migration_state() -> "MigrationState":
+    from pemu.migration.migration import migrate_get_current
+
+    return migrate_get_current(current_vm())
 
 
 @command("quit")

@@ -5,12 +5,13 @@ two about the table itself, query-commands and query-qmp-schema."""
 # No postponed annotations: see pemu.monitor.qmp_cmds.
 from typing import Any, TypedDict
 
-from pemu.monitor import qmp_cmds, qmp_cmds_backends, qmp_cmds_machine
+from pemu.monitor import qmp_cmds, qmp_cmds_backends, qmp_cmds_machine, qmp_cmds_migration
 from pemu.qapi.commands import CommandTable
 
-QMP_COMMANDS = CommandTable(qmp_cmds.COMMANDS, qmp_cmds_machine.COMMANDS, qmp_cmds_backends.COMMANDS)
+QMP_COMMANDS = CommandTable(qmp_cmds.COMMANDS, qmp_cmds_machine.COMMANDS, qmp_cmds_backends.COMMANDS,
+                            qmp_cmds_migration.COMMANDS)
 QMP_CAP_NEGOTIATION_COMMANDS = qmp_cmds.CAP_NEGOTIATION_COMMANDS
-QMP_EVENTS = qmp_cmds.EVENTS
+QMP_EVENTS = qmp_cmds.EVENTS + qmp_cmds_migration.EVENTS
 command = QMP_COMMANDS.command
 
 
