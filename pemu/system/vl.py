@@ -100,6 +100,8 @@ class Config:
     no_reboot: bool = False
     no_shutdown: bool = False
     snapshot: bool = False  # -snapshot
+    incoming: str | None = None  # -incoming URI (or "defer")
+    incoming_location: str = "-incoming"
 
     def __init__(self) -> None:
         self.accels: list[AccelRequest] = []  # -accel, -enable-kvm or -machine accel=, in order
@@ -268,6 +270,16 @@ def _apply_option(cfg: Config, opt: ParsedOption) -> None:
         cfg.display = "none"
     elif name == "S":
         cfg.start_paused = True
+    elif name == "incoming":
+        assert arg is not None
+        from pemu.migration.channel import MigrationChannelError
+        from pemu.migration.migration import check_incoming_uri
+
+        try:
+            check_incoming_uri(arg)
+        except MigrationChannelError as e:
+            raise opt.error(str(e)) from None
+        cfg.incoming, cfg.incoming_location = arg, opt.location
     elif name == "no-reboot":
         cfg.no_reboot = True
     elif name == "no-shutdown":
@@ -833,6 +845,10 @@ def qemu_build(cfg: Config, vm: VirtualMachine) -> None:
     mc = select_machine(cfg)
     machine = qemu_create_machine(cfg, mc)
     configure_accelerators(cfg, machine)
+    if cfg.incoming is not None:
+        # The one point where an incoming migration is known: from here the VM
+        # is "inmigrate", so the block layer opens its images inactive (QEMU's BDRV_O_INACTIVE).
+        runstate.runstate_set(RunState.INMIGRATE)
     qemu_create_cli_objects(cfg)
     configure_blockdev(cfg, machine)
     # Front-ends attach to muxed back-ends from here on; the muxes announce
@@ -847,9 +863,26 @@ def qemu_build(cfg: Config, vm: VirtualMachine) -> None:
     qmp_x_exit_preconfig(cfg, machine)
     give_monitor_focus()
     resume_mux_open()
-    if not cfg.start_paused:
+    if cfg.incoming is not None:
+        qemu_start_incoming_migration(cfg, vm)
+    elif not cfg.start_paused:
         cpus.vm_start()
     # With -S the VM stays in "prelaunch" until `cont`.
+
+
+def qemu_start_incoming_migration(cfg: Config, vm: VirtualMachine) -> None:
+    """-incoming: the VM waits in "inmigrate" for its state (or, with defer, for migrate_incoming)."""
+    from pemu.migration.migration import MigrationError, migrate_get_current
+
+    assert cfg.incoming is not None
+    state = migrate_get_current(vm)
+    state.autostart = not cfg.start_paused
+    if cfg.incoming == "defer":
+        return
+    try:
+        state.start_incoming(cfg.incoming)
+    except MigrationError as e:
+        raise UserError(str(e), cfg.incoming_location) from None
 
 
 def _install_signal_handlers() -> None:
@@ -906,6 +939,8 @@ def qemu_cleanup(vm: VirtualMachine) -> None:
     from pemu.chardev.registry import qemu_chr_cleanup
 
     try:
+        if vm.migration is not None:
+            vm.migration.shutdown()
         cpus.pause_all_vcpus()
     finally:
         try:
