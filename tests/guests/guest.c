@@ -29,6 +29,9 @@
  *   lowseg   a kernel linked with a segment at 0x9000   "lowseg: marker intact ..."
  *            (guest-lowseg.ld) finds it intact and
  *            the information elsewhere
+ *   count    count for ever, a line each delay=N loops  "count 1", "count 2", ...
+ *            (the migration tests move it between
+ *            processes while it counts)
  */
 
 typedef unsigned char u8;
@@ -662,6 +665,19 @@ static void test_pio(const char *cmdline)
         outb(0x80, (u8)i);
 }
 
+/* Count on the console for ever; the count lives in RAM and registers, so a
+ * migrated guest shows neither a gap nor a repeat. */
+static void __attribute__((noreturn)) test_count(const char *cmdline)
+{
+    u32 loops = arg_num(cmdline, "delay", 20000);
+    for (u32 i = 1;; i++) {
+        puts_raw("count ");
+        put_dec(i);
+        puts_raw("\n");
+        delay(loops);
+    }
+}
+
 /* Stay alive doing nothing, so the host can act on a running machine. */
 static void __attribute__((noreturn)) test_idle(const char *cmdline)
 {
@@ -720,6 +736,8 @@ void guest_main(u32 magic, struct mb_info *info)
         rc = test_lowseg(info);
     } else if (str_eq_prefix(test, "cpuid")) {
         test_cpuid();
+    } else if (str_eq_prefix(test, "count")) {
+        test_count(cmdline);
     } else if (str_eq_prefix(test, "idle")) {
         test_idle(cmdline);
     } else {
