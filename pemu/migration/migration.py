@@ -198,6 +198,8 @@ class MigrationState:
         self.live = True  # False: the last migration was a stop-and-copy
         self._channel: OutgoingChannel | None = None
         self._thread: threading.Thread | None = None
+        # What saves the VM (None: pemu.migration.savevm.SaveVMState; a unit test gives its own).
+        self.save_state_factory: Callable[[VirtualMachine, QEMUFileWriter, bool], SaveVMState] | None = None
         # Called on the main loop when an outgoing migration ends (an HMP `migrate` waits for it).
         self.on_finished: list[Callable[[], None]] = []
         # -- incoming
@@ -278,15 +280,17 @@ class MigrationState:
     def _migration_thread(self, channel: OutgoingChannel) -> None:
         from pemu.migration.qemu_file import QEMUFileWriter
         from pemu.migration.savevm import SaveVMState
-        from pemu.util.vm_context import set_current_vm
 
-        set_current_vm(self.vm)
         f = QEMUFileWriter(channel.sink)
         save: SaveVMState | None = None
         switched = _Switchover()
         try:
             with bql:
-                save = SaveVMState(self.vm, f, mapped_ram=channel.mapped_ram)
+                factory = self.save_state_factory
+                if factory is not None:
+                    save = factory(self.vm, f, channel.mapped_ram)
+                else:
+                    save = SaveVMState(self.vm, f, mapped_ram=channel.mapped_ram)
                 save.setup()
             self.setup_time_ms = self._elapsed_ms()
             if self.status is MigrationStatus.CANCELLING:
