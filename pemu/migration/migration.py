@@ -117,14 +117,15 @@ class MigrationParameters:
 class RAMCounters:
     """What query-migrate's "ram" reports (QEMU's MigrationStats)."""
 
-    __slots__ = ("transferred", "remaining", "total", "normal_pages", "dirty_sync_count", "dirty_pages_rate",
-                 "mbps", "pages_per_second", "precopy_bytes", "downtime_bytes")
+    __slots__ = ("transferred", "remaining", "total", "normal_pages", "duplicate_pages", "dirty_sync_count",
+                 "dirty_pages_rate", "mbps", "pages_per_second", "precopy_bytes", "downtime_bytes")
 
     def __init__(self) -> None:
         self.transferred = 0  # bytes of the stream handed to the transport
         self.remaining = 0  # RAM bytes still to send (at the last dirty sync, less what was sent since)
         self.total = 0  # guest RAM bytes
-        self.normal_pages = 0  # RAM pages sent (each page a dirty sync found)
+        self.normal_pages = 0  # RAM pages sent with their data
+        self.duplicate_pages = 0  # RAM pages sent as zero pages (QEMU's "duplicate")
         self.dirty_sync_count = 0
         self.dirty_pages_rate = 0  # pages dirtied a second during the last pass
         self.mbps = 0.0
@@ -292,6 +293,7 @@ class MigrationState:
                 else:
                     save = SaveVMState(self.vm, f, mapped_ram=channel.mapped_ram)
                 save.setup()
+            self.ram.total = save.ram.dirty_pages * TARGET_PAGE_SIZE  # every page is dirty after setup
             self.setup_time_ms = self._elapsed_ms()
             if self.status is MigrationStatus.CANCELLING:
                 raise _Cancelled
@@ -310,17 +312,26 @@ class MigrationState:
     def _elapsed_ms(self) -> int:
         return int((time.monotonic() - self.start_time) * 1000)
 
+    def _refresh(self, save: SaveVMState, f: QEMUFileWriter) -> None:
+        """The RAM counters from the stream's (pages sent, zero pages, RAM left to send)."""
+        ram, counts = self.ram, save.ram
+        # With mapped-ram the pages are written into the file beside the stream.
+        ram.transferred = f.bytes_put + (save.ram_bytes_transferred if save.mapped_ram else 0)
+        ram.normal_pages = counts.normal_pages
+        ram.duplicate_pages = counts.zero_pages
+        ram.remaining = counts.dirty_pages * TARGET_PAGE_SIZE
+
     def _precopy(self, save: SaveVMState, f: QEMUFileWriter) -> None:
         active_start = time.monotonic()
         with bql:
-            pending = save.pending_bytes()
+            save.pending_bytes()
         ram = self.ram
-        ram.total = ram.remaining = pending
         ram.dirty_sync_count = 1
-        ram.normal_pages += pending // TARGET_PAGE_SIZE
+        self._refresh(save, f)
         passes = 1
         pass_start = window_start = active_start
-        window_bytes = window_pages_start = 0
+        window_bytes = 0
+        window_pages = ram.normal_pages + ram.duplicate_pages
         while True:
             if self.status is MigrationStatus.CANCELLING:
                 raise _Cancelled
@@ -331,37 +342,35 @@ class MigrationState:
                 if budget <= 0:
                     time.sleep(max(0.0, window_start + RATE_WINDOW_S - now))
                     now = time.monotonic()
-                ram.pages_per_second = int((ram.transferred - window_pages_start) / TARGET_PAGE_SIZE
-                                           / max(now - window_start, 1e-3))
-                window_start, window_bytes, window_pages_start = now, 0, ram.transferred
-                self._update_rates(f, active_start)
+                pages = ram.normal_pages + ram.duplicate_pages
+                ram.pages_per_second = int((pages - window_pages) / max(now - window_start, 1e-3))
+                window_start, window_bytes, window_pages = now, 0, pages
+                self._update_rates(active_start)
                 continue
             sent = save.iterate(min(budget, ITERATE_CHUNK))
             window_bytes += sent
-            ram.transferred = f.bytes_put
+            self._refresh(save, f)
             ram.precopy_bytes = ram.transferred
             if sent:
-                ram.remaining = max(0, ram.remaining - sent)
                 continue
             # The pass is done: what did the guest dirty meanwhile?
             with bql:
                 pending = save.pending_bytes()
             now = time.monotonic()
             ram.dirty_sync_count += 1
-            ram.remaining = pending
-            ram.normal_pages += pending // TARGET_PAGE_SIZE
+            self._refresh(save, f)
             ram.dirty_pages_rate = int(pending / TARGET_PAGE_SIZE / max(now - pass_start, 1e-3))
             pass_start = now
-            bandwidth = self._update_rates(f, active_start)
+            bandwidth = self._update_rates(active_start)
             threshold = bandwidth * self.params.downtime_limit / 1000
             if pending <= threshold or passes >= MAX_PASSES:
                 return
             passes += 1
 
-    def _update_rates(self, f: QEMUFileWriter, active_start: float) -> float:
+    def _update_rates(self, active_start: float) -> float:
         """Bytes a second sent since pre-copy started; updates mbps and the expected downtime."""
         elapsed = max(time.monotonic() - active_start, 1e-3)
-        bandwidth = f.bytes_put / elapsed
+        bandwidth = self.ram.transferred / elapsed
         self.ram.mbps = bandwidth * 8 / 1e6
         if bandwidth > 0:
             self.expected_downtime_ms = int(self.ram.remaining / bandwidth * 1000)
@@ -376,7 +385,8 @@ class MigrationState:
             if self.status is MigrationStatus.CANCELLING:
                 raise _Cancelled
             downtime_start = time.monotonic()
-            before = f.bytes_put
+            self._refresh(save, f)
+            before = self.ram.transferred
             switched.previous_state = runstate_get()
             cpus.vm_stop(RunState.FINISH_MIGRATE)
             runstate_set(RunState.FINISH_MIGRATE)
@@ -391,13 +401,9 @@ class MigrationState:
             end = time.monotonic()
             self.downtime_ms = int((end - downtime_start) * 1000)
             self.total_time_ms = int((end - self.start_time) * 1000)
+            self._refresh(save, f)
             ram = self.ram
-            ram.transferred = f.bytes_put
-            ram.downtime_bytes = f.bytes_put - before
-            if not save.live:
-                ram.total = ram.total or ram.downtime_bytes
-                ram.normal_pages = ram.downtime_bytes // TARGET_PAGE_SIZE
-            ram.remaining = 0
+            ram.downtime_bytes = ram.transferred - before
             ram.mbps = ram.transferred * 8 / 1e6 / max(end - self.start_time, 1e-3)
             self.expected_downtime_ms = None
             runstate_set(RunState.POSTMIGRATE)

@@ -78,7 +78,8 @@ def _ram_stats(state: MigrationState) -> MigrationStats:
 
     ram = state.ram
     return {
-        "transferred": ram.transferred, "remaining": ram.remaining, "total": ram.total, "duplicate": 0,
+        "transferred": ram.transferred, "remaining": ram.remaining, "total": ram.total,
+        "duplicate": ram.duplicate_pages,
         "skipped": 0, "normal": ram.normal_pages, "normal-bytes": ram.normal_pages * TARGET_PAGE_SIZE,
         "dirty-pages-rate": ram.dirty_pages_rate, "mbps": round(ram.mbps, 6),
         "dirty-sync-count": ram.dirty_sync_count, "postcopy-requests": 0, "page-size": TARGET_PAGE_SIZE,

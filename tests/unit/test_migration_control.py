@@ -231,37 +231,51 @@ def test_commands_before_any_migration(virtual_machine: VirtualMachine) -> None:
 # --- the migration thread, with a stand-in for the stream ------------------------------------------
 
 
+class FakeRAM:
+    """The counters the migration reads from the stream's RAM part."""
+
+    def __init__(self, pages: int) -> None:
+        self.dirty_pages = pages  # all dirty after setup
+        self.normal_pages = 0
+        self.zero_pages = 0
+
+
 class FakeSave:
     """RAM of ``pages`` pages all dirty at first; each dirty sync finds ``dirtied`` pages again
-    (the guest writing while it runs)."""
+    (the guest writing while it runs).  A page goes as 4096 bytes."""
 
     live = True
+    mapped_ram = False
+    ram_bytes_transferred = 0
 
     def __init__(self, f: QEMUFileWriter, pages: int, dirtied: list[int], fail_in: str = "") -> None:
-        self.f, self.to_send, self.dirtied, self.fail_in = f, pages * 4096, list(dirtied), fail_in
+        self.f, self.dirtied, self.fail_in = f, list(dirtied), fail_in
+        self.ram = FakeRAM(pages)
         self.calls: list[str] = []
 
     def setup(self) -> None:
         self.calls.append("setup")
         self.f.put_be32(0x5145564D)
 
+    def _send(self, pages: int) -> int:
+        self.f.put_buffer(bytes(pages * 4096))
+        self.ram.dirty_pages -= pages
+        self.ram.normal_pages += pages
+        return pages * 4096
+
     def iterate(self, max_bytes: int) -> int:
-        n = min(max_bytes, self.to_send)
-        self.f.put_buffer(bytes(n))
-        self.to_send -= n
-        return n
+        return self._send(min(max(1, max_bytes // 4096), self.ram.dirty_pages))
 
     def pending_bytes(self) -> int:
         self.calls.append("sync")
-        self.to_send += (self.dirtied.pop(0) if self.dirtied else 0) * 4096
-        return self.to_send
+        self.ram.dirty_pages += self.dirtied.pop(0) if self.dirtied else 0
+        return self.ram.dirty_pages * 4096
 
     def complete(self) -> None:
         self.calls.append("complete")
         if self.fail_in == "complete":
             raise OSError(5, "Input/output error")
-        self.f.put_buffer(bytes(self.to_send))
-        self.to_send = 0
+        self._send(self.ram.dirty_pages)
 
     def cleanup(self) -> None:
         self.calls.append("cleanup")
@@ -294,6 +308,7 @@ def test_precopy_converges_and_the_source_ends_postmigrate(virtual_machine: Virt
     assert save.calls.count("sync") == 3
     assert state.ram.dirty_sync_count == 3
     assert state.ram.normal_pages == 256 + 64 + 8
+    assert state.ram.total == 256 * 4096 and state.ram.remaining == 0
     assert state.downtime_ms is not None and state.total_time_ms is not None
     assert (tmp_path / "out").stat().st_size == 4 + (256 + 64 + 8) * 4096
 
