@@ -252,6 +252,17 @@ def test_migrate_cancel_leaves_the_source_running(chain: Chain) -> None:
     assert src.shell("echo $PEMU_MARK").strip() == MARK
 
 
+def test_a_restored_guest_reboots(chain: Chain) -> None:
+    """A destination unpacks the kernel only when the guest reboots (x86_load_linux under -incoming)."""
+    proc = chain.current
+    assert proc is not None, "an earlier step failed"
+    proc.vm.expect(re.escape(PROMPT), 30)
+    proc.vm.sendline("reboot -f")
+    proc.vm.expect(r"Linux version", BOOT_TIMEOUT)
+    proc.vm.expect(READY_MARKER, BOOT_TIMEOUT)
+    assert proc.shell("echo ${PEMU_MARK:-unset}").strip() == "unset"  # a new shell
+
+
 # --- damaged streams -----------------------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ the firmware over fw_cfg with the linuxboot_dma.bin option ROM (-bios or
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from pemu.hw.core.machine import TYPE_MACHINE, MachineClass, MachineState
@@ -21,6 +22,7 @@ from pemu.qom.object import (
     object_new,
     type_register,
 )
+from pemu.system import runstate
 from pemu.target.i386.cpu import X86CPU
 
 TYPE_X86_MACHINE = "x86-machine"
@@ -145,13 +147,30 @@ def x86_load_linux(x86ms: X86MachineState, *, firmware_boot: bool = False) -> No
         return
     initrd = _read_user_file(x86ms.initrd, "initrd") if x86ms.initrd else None
     acpi_rsdp = x86ms.acpi_rsdp_addr
-    try:
-        plan = plan_linux_boot(kernel, initrd, x86ms.kernel_cmdline, x86ms.below_4g_mem_size,
-                               x86ms.e820, acpi_rsdp)
-    except UserError as e:
-        raise QOMError(e.message) from None
-    x86ms.linux_boot = plan
+    cmdline, below_4g, e820 = x86ms.kernel_cmdline, x86ms.below_4g_mem_size, x86ms.e820
+
+    def plan() -> Any:
+        try:
+            return plan_linux_boot(kernel, initrd, cmdline, below_4g, e820, acpi_rsdp)
+        except UserError as e:
+            raise QOMError(e.message) from None
+
+    if runstate.runstate_get() == runstate.RunState.INMIGRATE:
+        # An incoming migration brings RAM and registers: the kernel is
+        # unpacked (seconds for an xz bzImage) only if the guest reboots.
+        x86ms.linux_boot = DeferredBootPlan(plan)
+        return
+    x86ms.linux_boot = plan()
     linux_boot_apply(x86ms)
+
+
+class DeferredBootPlan:
+    """A direct-boot plan made when first applied (see x86_load_linux)."""
+
+    __slots__ = ("make",)
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self.make = make
 
 
 # Where QEMU's x86_load_linux puts a "high and recent" (protocol >= 2.02) kernel
@@ -324,6 +343,10 @@ def linux_boot_apply(x86ms: X86MachineState) -> None:
     plan = x86ms.linux_boot
     if plan is None:
         return
+    if isinstance(plan, DeferredBootPlan):
+        if runstate.runstate_get() == runstate.RunState.INMIGRATE:
+            return  # the reset at creation of a VM whose state comes from a migration
+        plan = x86ms.linux_boot = plan.make()
     space = address_space_memory()
     for blob in plan.blobs:
         space.write_rom(blob.addr, blob.data)
