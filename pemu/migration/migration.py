@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from pemu.block.blockdev import BlockDevices
     from pemu.migration.qemu_file import QEMUFileWriter
     from pemu.migration.savevm import SaveVMState
+    from pemu.net.announce import AnnounceTimer
     from pemu.system.vm import VirtualMachine
 
 
@@ -210,6 +211,7 @@ class MigrationState:
         self.autostart = True  # run once loaded (-S: no; `stop` and `cont` in inmigrate change it)
         self._incoming: IncomingChannel | None = None
         self.incoming_address: str | None = None
+        self.announce: AnnounceTimer | None = None  # the destination's self-announcement, once loaded
 
     # --- status --------------------------------------------------------------------------
 
@@ -217,12 +219,14 @@ class MigrationState:
         return self.status in _RUNNING_STATUSES
 
     def _set_status(self, new: MigrationStatus) -> None:
-        self.status = new
-        qapi_event_send("MIGRATION", {"status": new.value})
+        with bql:  # the event goes to the monitors' chardevs, also from the migration thread
+            self.status = new
+            qapi_event_send("MIGRATION", {"status": new.value})
 
     def _set_incoming_status(self, new: MigrationStatus) -> None:
-        self.incoming_status = new
-        qapi_event_send("MIGRATION", {"status": new.value})
+        with bql:
+            self.incoming_status = new
+            qapi_event_send("MIGRATION", {"status": new.value})
 
     # --- outgoing ------------------------------------------------------------------------
 
@@ -436,7 +440,13 @@ class MigrationState:
                 self._channel = None
                 block = self._block_devices()
                 if switched.inactivated and block is not None:
-                    block.activate_all()
+                    from pemu.block.block_int import BlockOpenError
+                    from pemu.util.error import error_report
+
+                    try:
+                        block.activate_all()
+                    except BlockOpenError as e:  # another process took an image meanwhile
+                        error_report(e.message)
                 if switched.stopped:
                     if switched.previous_state == RunState.RUNNING:
                         cpus.vm_start()
@@ -511,14 +521,27 @@ class MigrationState:
         self._set_incoming_status(MigrationStatus.ACTIVE)
         try:
             qemu_loadvm_state(self.vm, QEMUFileReader(channel.source))
-            block = self._block_devices()
-            if block is not None:
-                block.activate_all()
         except Exception as e:  # noqa: BLE001 - a bad stream (or a bug loading it) ends pemu with one line
             channel.close()
             self._incoming_failed(_one_line(e))
             return
         channel.close()
+        block = self._block_devices()
+        if block is not None:
+            from pemu.block.block_int import BlockOpenError
+            from pemu.util.error import error_report
+
+            try:
+                block.activate_all()
+            except BlockOpenError as e:
+                # As QEMU: the VM stays paused; `cont` tries the images again.
+                error_report(e.message)
+                self.autostart = False
+        if self.vm.net is not None:
+            from pemu.net.announce import qemu_announce_self
+
+            # The NICs tell the switches in front of them where they are now (QEMU's announce).
+            self.announce = qemu_announce_self(self.vm.net)
         self._set_incoming_status(MigrationStatus.COMPLETED)
         if self.autostart:
             cpus.vm_start()

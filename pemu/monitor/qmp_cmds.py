@@ -110,12 +110,17 @@ def qmp_cont() -> None:
     if state == RunState.INMIGRATE:
         _migration_state().autostart = True  # runs once the incoming state is loaded
         return
-    if state == RunState.POSTMIGRATE:
-        # The source of a completed migration runs again: it takes its images back (QEMU's bdrv_activate_all).
-        machine = current_vm().machine
-        block = machine.opened_block_devices() if machine is not None else None
-        if block is not None:
+    # The source of a completed migration (or a destination whose images were
+    # still held) takes its images back before it runs (QEMU's bdrv_activate_all).
+    machine = current_vm().machine
+    block = machine.opened_block_devices() if machine is not None else None
+    if block is not None and block.inactive:
+        from pemu.block.block_int import BlockOpenError
+
+        try:
             block.activate_all()
+        except BlockOpenError as e:
+            raise QMPError(e.message) from None
     cpus.vm_start()
 
 

@@ -342,6 +342,8 @@ def configure_blockdev(cfg: Config, machine: MachineState) -> None:
     if not cfg.block_options:
         return  # the block layer is not imported
     block = machine.block_devices
+    if runstate.runstate_get() == RunState.INMIGRATE:
+        block.inactive = True  # opened without their write locks until the incoming state is loaded
     for opt in cfg.block_options:
         assert opt.arg is not None
         if opt.name == "blockdev":
