@@ -204,8 +204,9 @@ def test_every_command_with_qemu_qmp(pemu: Pemu, tmp_path: Path) -> None:
     assert shutdown["data"] == {"guest": False, "reason": "host-qmp-quit"}
     assert pemu.finish() == 0
     close_after_quit(qmp)
-    assert done | {"query-fdsets", "remove-fd"} | MEDIUM_COMMANDS == names
-    # query-fdsets, remove-fd: test_add_fd_sets_open_as_dev_fdset; MEDIUM_COMMANDS: test_removable_medium_commands
+    assert done | {"query-fdsets", "remove-fd"} | MEDIUM_COMMANDS | MIGRATION_COMMANDS == names
+    # query-fdsets, remove-fd: test_add_fd_sets_open_as_dev_fdset; MEDIUM_COMMANDS: test_removable_medium_commands;
+    # MIGRATION_COMMANDS: test_migration_commands
 
 
 def test_several_monitors_and_clients(pemu: Pemu) -> None:
@@ -390,6 +391,59 @@ def test_monitor_connecting_as_a_client(tmp_path: Path) -> None:
 
 
 MEDIUM_COMMANDS = {"eject", "blockdev-change-medium", "block_resize"}
+MIGRATION_COMMANDS = {"migrate", "migrate_cancel", "migrate-incoming", "query-migrate", "migrate-set-parameters",
+                      "query-migrate-parameters"}
+
+
+def test_migration_commands(pemu: Pemu, tmp_path: Path) -> None:
+    """A paused VM moved over tcp to a second process started with -incoming defer, by QMP alone:
+    parameters, errors, migrate-incoming, the MIGRATION events, query-migrate on both sides."""
+    src = pemu.client()
+    assert src.cmd_raw("query-migrate") == {"return": {}}
+    assert src.cmd_raw("query-migrate-parameters")["return"] == {"downtime-limit": 300, "max-bandwidth": 134217728}
+    assert src.cmd_raw("migrate-set-parameters", {"downtime-limit": 100})["return"] == {}
+    assert src.cmd_raw("migrate-set-parameters", {"downtime-limit": 2000001})["error"]["desc"] == \
+        "Parameter 'downtime_limit' expects an integer in the range of 0 to 2000000 ms"
+    assert src.cmd_raw("query-migrate-parameters")["return"]["downtime-limit"] == 100
+    assert src.cmd_raw("migrate", {"uri": "foo:bar"})["error"]["desc"] == \
+        "Parameter 'uri' expects a valid migration protocol"
+    assert src.cmd_raw("migrate-incoming", {"uri": "tcp::4444"})["error"]["desc"] == \
+        "'-incoming' was not specified on the command line"
+    assert src.cmd_raw("migrate_cancel") == {"return": {}}
+    (tmp_path / "dst").mkdir()
+    dst_vm = Pemu(tmp_path / "dst", ["-incoming", "defer"])
+    try:
+        dst = dst_vm.client()
+        assert dst.cmd_raw("query-status")["return"]["status"] == "inmigrate"
+        assert dst.cmd_raw("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})["return"] == {}
+        assert dst.cmd_raw("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})["error"]["desc"] == \
+            "The incoming migration has already been started"
+        info = dst.cmd_raw("query-migrate")["return"]
+        assert info["status"] == "setup"
+        (address,) = info["socket-address"]
+        assert address["type"] == "inet" and address["host"] == "127.0.0.1"
+        assert src.cmd_raw("migrate", {"uri": f"tcp:127.0.0.1:{address['port']}"})["return"] == {}
+        events = _events(src, ["MIGRATION", "MIGRATION", "MIGRATION"])  # no STOP: it was not running (-S)
+        statuses = [e["data"]["status"] for e in events if e["event"] == "MIGRATION"]
+        assert statuses == ["setup", "active", "completed"]
+        done = src.cmd_raw("query-migrate")["return"]
+        assert done["status"] == "completed" and done["downtime"] >= 0 and done["ram"]["total"] > 0
+        assert src.cmd_raw("query-status")["return"]["status"] == "postmigrate"
+        _events(dst, ["MIGRATION"])  # completed
+        for _ in range(100):
+            if dst.cmd_raw("query-migrate")["return"].get("status") == "completed":
+                break
+            time.sleep(0.1)
+        assert dst.cmd_raw("query-status")["return"]["status"] == "paused"  # -S: loaded, not started
+        assert dst.cmd_raw("cont")["return"] == {}
+        assert dst.cmd_raw("query-status")["return"]["status"] == "running"
+        assert src.cmd_raw("cont")["return"] == {}  # the source may run again too (its image back)
+        assert src.cmd_raw("query-status")["return"]["status"] == "running"
+        close_after_quit(dst)
+    finally:
+        dst_vm.proc.kill()
+        dst_vm.proc.wait()
+    src.close()
 
 
 def test_removable_medium_commands(tmp_path: Path) -> None:
