@@ -104,6 +104,31 @@ def test_tcp_carries_the_stream_and_waits_for_the_peer() -> None:
     assert received == [data]
 
 
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="this host has no IPv6 loopback address")
+def test_tcp_over_ipv6_and_every_address() -> None:
+    incoming = SocketIncoming("[::1]:0")
+    assert incoming.address() == f"tcp:[::1]:{incoming.port}"
+    outgoing = SocketOutgoing(f"[::1]:{incoming.port}")
+    incoming.accept()
+    outgoing.sink.write(b"over ipv6")
+    outgoing.sock.shutdown(socket.SHUT_WR)
+    assert incoming.source.read() == b"over ipv6"
+    outgoing.close()
+    incoming.close()
+    anywhere = SocketIncoming(":0")  # tcp::PORT listens on every IPv4 address
+    assert anywhere.address() == f"tcp:0.0.0.0:{anywhere.port}"
+    anywhere.close()
+
+
 def test_tcp_connection_refused_is_one_line() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
