@@ -387,3 +387,25 @@ def test_cancel_during_precopy_leaves_the_vm_running(virtual_machine: VirtualMac
     assert state.status is MigrationStatus.CANCELLED
     assert virtual_machine.run.state is RunState.RUNNING
     assert "complete" not in saves[0].calls and saves[0].calls[-1] == "cleanup"
+
+
+def test_without_dirty_tracking_everything_is_copied_stopped(virtual_machine: VirtualMachine,
+                                                             tmp_path: Path) -> None:
+    """An accelerator that cannot track the guest's writes (SaveVMState.live False): no pre-copy at all."""
+    state = migrate_get_current(virtual_machine)
+
+    def factory(_vm: VirtualMachine, f: QEMUFileWriter, mapped_ram: bool) -> FakeSave:
+        save = FakeSave(f, 64, [])
+        save.live = False
+        saves.append(save)
+        return save
+
+    saves: list[FakeSave] = []
+    state.save_state_factory = factory
+    virtual_machine.run.state = RunState.RUNNING
+    state.migrate(f"exec:cat > {tmp_path / 'out'}")
+    state.wait(30)
+    assert state.status is MigrationStatus.COMPLETED, state.error_desc
+    assert saves[0].calls == ["setup", "complete", "cleanup"]  # no sync, no iteration while running
+    assert state.ram.precopy_bytes == 0 and state.ram.downtime_bytes == 64 * 4096
+    assert not state.live
