@@ -14,8 +14,8 @@ import pytest
 import pemu.hw.pci_host.q35  # noqa: F401  (registers the host types)
 from pemu.hw.core.qdev import Property, device_class_set_props, qdev_new, qdev_realize
 from pemu.hw.core.sysbus import sysbus_realize
-from pemu.hw.pci.msi import VMSTATE_MSI, MSICapability, msi_init
-from pemu.hw.pci.msix import VMSTATE_MSIX, MSIXState, msix_init
+from pemu.hw.pci.msi import VMSTATE_MSI_FIELD, MSICapability, msi_init
+from pemu.hw.pci.msix import VMSTATE_MSIX_FIELD, MSIXState, msix_init
 from pemu.hw.pci.pci import (
     PCI_BASE_ADDRESS_MEM_PREFETCH,
     PCI_BASE_ADDRESS_MEM_TYPE_64,
@@ -31,11 +31,8 @@ from pemu.hw.pci.pci import (
     pci_set_irq,
 )
 from pemu.migration.vmstate import (
-    Optional,
-    Struct,
     VMStateDescription,
     VMStateError,
-    VMStateField,
     vmstate_load_bytes,
     vmstate_save_bytes,
 )
@@ -87,8 +84,8 @@ def _stub_realize(obj: Any) -> None:
 
 VMSTATE_STUB = VMStateDescription("test-stub", version_id=1, fields=[
     VMSTATE_PCI_DEVICE_FIELD,
-    VMStateField("msi", Optional(Struct(VMSTATE_MSI))),
-    VMStateField("msix", Optional(Struct(VMSTATE_MSIX))),
+    VMSTATE_MSI_FIELD,
+    VMSTATE_MSIX_FIELD,
 ])
 
 

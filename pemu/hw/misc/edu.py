@@ -42,7 +42,7 @@ from typing import Any, Protocol
 
 from pemu.hw.core.irq import IRQLine
 from pemu.hw.core.qdev import Property, device_class_set_props
-from pemu.hw.pci.msi import VMSTATE_MSI, MSICapability, MSIError, msi_init
+from pemu.hw.pci.msi import VMSTATE_MSI_FIELD, MSICapability, MSIError, msi_init
 from pemu.hw.pci.pci import (
     PCI_BASE_ADDRESS_SPACE_MEMORY,
     TYPE_PCI_DEVICE,
@@ -58,7 +58,6 @@ from pemu.hw.pci.pci import (
 from pemu.migration.vmstate import (
     I64,
     Buffer,
-    Optional,
     Struct,
     UInt,
     VMStateDescription,
@@ -367,7 +366,7 @@ def _edu_state_post_load(dev: EduState, version_id: int) -> None:
 
 VMSTATE_EDU = VMStateDescription("edu", version_id=1, fields=[
     VMSTATE_PCI_DEVICE_FIELD,
-    VMStateField("msi", Optional(Struct(VMSTATE_MSI))),
+    VMSTATE_MSI_FIELD,
     VMStateField("model", Struct(VMSTATE_EDU_MODEL)),
 ], post_load=_edu_state_post_load)
 

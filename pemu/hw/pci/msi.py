@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from pemu.hw.pci.pci import PCI_CAP_ID_MSI, pci_add_capability
-from pemu.migration.vmstate import VMStateDescription, VMStateError
+from pemu.hw.pci.pci import PCI_CAP_ID_MSI, DeviceOptional, pci_add_capability
+from pemu.migration.vmstate import VMStateDescription, VMStateError, VMStateField
 
 if TYPE_CHECKING:
     from pemu.hw.pci.pci import PCIDevice
@@ -274,5 +274,6 @@ def msi_post_load(cap: MSICapability, version_id: int) -> None:
 
 # The MSI capability of a device (msi: MSICapability | None): nothing on the
 # wire besides config space, a check after it is loaded.  A device with MSI
-# lists VMStateField("msi", Optional(Struct(VMSTATE_MSI))) after VMSTATE_PCI_DEVICE_FIELD.
+# lists VMSTATE_MSI_FIELD after VMSTATE_PCI_DEVICE_FIELD.
 VMSTATE_MSI = VMStateDescription("msi", version_id=1, fields=(), post_load=msi_post_load)
+VMSTATE_MSI_FIELD = VMStateField("msi", DeviceOptional(VMSTATE_MSI))

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pemu.hw.pci.msi import MSIError, SendMSI
-from pemu.hw.pci.pci import PCI_CAP_ID_MSIX, pci_add_capability
+from pemu.hw.pci.pci import PCI_CAP_ID_MSIX, DeviceOptional, pci_add_capability
 from pemu.migration.vmstate import VarBuffer, VMStateDescription, VMStateError, VMStateField
 from pemu.system.memory import MemoryRegion, MemoryRegionOps
 from pemu.util.log import guest_error
@@ -213,9 +213,9 @@ def msix_post_load(state: MSIXState, version_id: int) -> None:
                 raise VMStateError(f"MSI-X vector {vector} pending while unmasked")
 
 
-# A device with MSI-X (msix: MSIXState | None) lists
-# VMStateField("msix", Optional(Struct(VMSTATE_MSIX))) after VMSTATE_PCI_DEVICE_FIELD.
-# The table and PBA are loaded in place; their length must be the function's.
+# A device with MSI-X (msix: MSIXState | None) lists VMSTATE_MSIX_FIELD after
+# VMSTATE_PCI_DEVICE_FIELD.  The table and PBA are loaded in place; their
+# length must be the function's.
 VMSTATE_MSIX = VMStateDescription(
     "msix", version_id=1,
     fields=[
@@ -223,3 +223,4 @@ VMSTATE_MSIX = VMStateDescription(
         VMStateField("pba", VarBuffer((PCI_MSIX_MAX_ENTRIES + 63) // 64 * 8)),
     ],
     post_load=msix_post_load)
+VMSTATE_MSIX_FIELD = VMStateField("msix", DeviceOptional(VMSTATE_MSIX))

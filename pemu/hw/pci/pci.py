@@ -5,7 +5,7 @@ device/function addressing and the PCI/PCIe bus types."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pemu.hw.core.qdev import (
     TYPE_BUS,
@@ -28,6 +28,8 @@ from pemu.migration.vmstate import (
     VMStateDescription,
     VMStateError,
     VMStateField,
+    vmstate_load_state,
+    vmstate_save_state,
 )
 from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, object_check, object_class_check, type_register
 from pemu.system.dma import (
@@ -47,6 +49,9 @@ from pemu.system.memory import (
     memory_transaction,
 )
 from pemu.util.log import guest_error
+
+if TYPE_CHECKING:
+    from pemu.migration.qemu_file import QEMUFileReader, QEMUFileWriter
 
 TYPE_PCI_BUS = "PCI"
 TYPE_PCIE_BUS = "PCIE"
@@ -806,6 +811,34 @@ def pci_del_capability(dev: PCIDevice, cap_id: int, size: int) -> None:
 # --- migration (QEMU's vmstate_pci_device / vmstate_pcie_device) --------------------------------
 
 
+class DeviceOptional:
+    """The state of a part a device has or has not, decided when it was
+    built (an MSI or MSI-X capability, an EEPROM in a slot): a presence byte,
+    then the part's description.  The stream must have it exactly when the
+    destination device has it; loading never adds or drops the part."""
+
+    __slots__ = ("vmsd",)
+
+    def __init__(self, vmsd: VMStateDescription) -> None:
+        self.vmsd = vmsd
+
+    def save(self, f: QEMUFileWriter, value: Any) -> None:
+        f.put_be8(0 if value is None else 1)
+        if value is not None:
+            vmstate_save_state(f, self.vmsd, value)
+
+    def load(self, f: QEMUFileReader, current: Any, where: str) -> Any:
+        present = f.get_be8()
+        if present > 1:
+            raise VMStateError(f"{where}: bad presence byte {present}")
+        if bool(present) != (current is not None):
+            raise VMStateError(f"{where}: {self.vmsd.name} is {'present' if present else 'absent'} in the "
+                               f"stream, {'present' if current is not None else 'absent'} here")
+        if current is not None:
+            vmstate_load_state(f, self.vmsd, current, self.vmsd.version_id, where)
+        return current
+
+
 class PCIDeviceVMState:
     """What :data:`VMSTATE_PCI_DEVICE` puts on the wire for one function:
     its configuration space (a copy taken at save, so that loading can
@@ -874,10 +907,10 @@ def pci_device_post_load(state: PCIDeviceVMState, version_id: int) -> None:
     applied by the code a guest's config write runs, so the mappings are
     exactly those the source had; the INTx pins are counted on the bus."""
     dev = state.dev
+    pci_config_check(dev, state.config)
     for n, (theirs, ours) in enumerate(zip(state.bar_sizes, _pci_bar_sizes(dev), strict=True)):
         if theirs != ours:
             raise VMStateError(f"{dev.typename}: region {n} is {theirs:#x} bytes in the stream, {ours:#x} here")
-    pci_config_check(dev, state.config)
     pin = state.config[PCI_INTERRUPT_PIN]
     allowed = (1 << (pin - 1)) if 1 <= pin <= PCI_NUM_PINS else 0
     if state.irq_state & ~allowed:

@@ -336,9 +336,9 @@ def _mch_post_load(mch: MCHPCIState, version_id: int) -> None:
         if cfg[MCH_HOST_BRIDGE_PAM0 + i] & ~writable:
             raise VMStateError(f"PAM{i} = {cfg[MCH_HOST_BRIDGE_PAM0 + i]:#04x} sets bits outside {writable:#04x}")
     smram, esmramc = cfg[MCH_HOST_BRIDGE_SMRAM], cfg[MCH_HOST_BRIDGE_ESMRAMC]
-    if smram & ~SMRAM_WMASK != SMRAM_DEFAULT or smram & SMRAM_D_LCK and smram & SMRAM_D_OPEN:
+    if smram & ~SMRAM_WMASK != SMRAM_DEFAULT & ~SMRAM_WMASK or smram & SMRAM_D_LCK and smram & SMRAM_D_OPEN:
         raise VMStateError(f"SMRAM = {smram:#04x} is not a value the register can hold")
-    if esmramc & ~ESMRAMC_WMASK != ESMRAMC_DEFAULT:
+    if esmramc & ~ESMRAMC_WMASK != ESMRAMC_DEFAULT & ~ESMRAMC_WMASK:
         raise VMStateError(f"ESMRAMC = {esmramc:#04x} is not a value the register can hold")
     pciexbar = int.from_bytes(cfg[MCH_HOST_BRIDGE_PCIEXBAR:MCH_HOST_BRIDGE_PCIEXBAR + 8], "little")
     pciexbar_writable = PCIEXBAR_ADMSK | PCIEXBAR_LENGTH_MASK | PCIEXBAREN
