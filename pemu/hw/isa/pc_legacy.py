@@ -244,6 +244,12 @@ def _pcspk_vmsd() -> VMStateDescription:
     return _model_vmsd(TYPE_PCSPK, VMSTATE_PCSPK)
 
 
+def _rtc_vmsd() -> VMStateDescription:
+    from pemu.hw.rtc.mc146818rtc import VMSTATE_MC146818RTC
+
+    return _model_vmsd(TYPE_MC146818_RTC, VMSTATE_MC146818RTC)
+
+
 def _register() -> None:
     _isa_type(TYPE_I8259, ISAPICState, _pic_realize, "ISA PIC pair (8259)", instance_init=_pic_init,
               vmsd=_pic_vmsd)
@@ -252,7 +258,7 @@ def _register() -> None:
     _isa_type(TYPE_PCSPK, PCSpkState, _pcspk_realize, "PC speaker and PIT gate port (0x61)",
               instance_init=_pcspk_init, vmsd=_pcspk_vmsd)
     _isa_type(TYPE_MC146818_RTC, RTCState, _rtc_realize, "MC146818 RTC/CMOS",
-              [Property("iobase", "uint32", memmap.RTC_IOBASE)])
+              [Property("iobase", "uint32", memmap.RTC_IOBASE)], vmsd=_rtc_vmsd)
     _isa_type(TYPE_I8042, I8042State, _i8042_realize, "i8042 keyboard controller", categories=("input",))
     _isa_type(TYPE_PORT92, Port92State, _port92_realize, "port 0x92 (A20, fast reset)")
     _isa_type(TYPE_IOPORT80, IOPort80State, _ioport80_realize, "port 0x80 (POST code sink)")
