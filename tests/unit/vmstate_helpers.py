@@ -63,3 +63,11 @@ def assert_refused(vmsd: VMStateDescription, fresh: Any, data: bytes, match: str
     with pytest.raises(VMStateError, match=match) as info:
         vmstate_load_bytes(vmsd, fresh, data)
     assert "\n" not in str(info.value)
+
+
+def patched(data: bytes, old: bytes, new: bytes) -> bytes:
+    """``data`` with the one occurrence of ``old`` replaced by ``new``: a
+    stream the saving side would refuse to write (a list longer than its
+    maximum), made from one it wrote."""
+    assert data.count(old) == 1, f"{old.hex()} occurs {data.count(old)} times in the stream"
+    return data.replace(old, new)

@@ -250,6 +250,24 @@ def _rtc_vmsd() -> VMStateDescription:
     return _model_vmsd(TYPE_MC146818_RTC, VMSTATE_MC146818RTC)
 
 
+def _i8042_vmsd() -> VMStateDescription:
+    from pemu.hw.input.i8042 import VMSTATE_I8042
+
+    return _model_vmsd(TYPE_I8042, VMSTATE_I8042)
+
+
+def _port92_vmsd() -> VMStateDescription:
+    from pemu.hw.misc.port92 import VMSTATE_PORT92
+
+    return _model_vmsd(TYPE_PORT92, VMSTATE_PORT92)
+
+
+def _ioport80_vmsd() -> VMStateDescription:
+    from pemu.hw.misc.ioport80 import VMSTATE_IOPORT80
+
+    return _model_vmsd(TYPE_IOPORT80, VMSTATE_IOPORT80)
+
+
 def _register() -> None:
     _isa_type(TYPE_I8259, ISAPICState, _pic_realize, "ISA PIC pair (8259)", instance_init=_pic_init,
               vmsd=_pic_vmsd)
@@ -259,9 +277,11 @@ def _register() -> None:
               instance_init=_pcspk_init, vmsd=_pcspk_vmsd)
     _isa_type(TYPE_MC146818_RTC, RTCState, _rtc_realize, "MC146818 RTC/CMOS",
               [Property("iobase", "uint32", memmap.RTC_IOBASE)], vmsd=_rtc_vmsd)
-    _isa_type(TYPE_I8042, I8042State, _i8042_realize, "i8042 keyboard controller", categories=("input",))
-    _isa_type(TYPE_PORT92, Port92State, _port92_realize, "port 0x92 (A20, fast reset)")
-    _isa_type(TYPE_IOPORT80, IOPort80State, _ioport80_realize, "port 0x80 (POST code sink)")
+    _isa_type(TYPE_I8042, I8042State, _i8042_realize, "i8042 keyboard controller", categories=("input",),
+              vmsd=_i8042_vmsd)
+    _isa_type(TYPE_PORT92, Port92State, _port92_realize, "port 0x92 (A20, fast reset)", vmsd=_port92_vmsd)
+    _isa_type(TYPE_IOPORT80, IOPort80State, _ioport80_realize, "port 0x80 (POST code sink)",
+              vmsd=_ioport80_vmsd)
     from pemu.hw.misc.debugexit import register_debug_exit_type
 
     register_debug_exit_type()
