@@ -268,6 +268,12 @@ def _ioport80_vmsd() -> VMStateDescription:
     return _model_vmsd(TYPE_IOPORT80, VMSTATE_IOPORT80)
 
 
+def _serial_vmsd() -> VMStateDescription:
+    from pemu.hw.char.serial import VMSTATE_SERIAL
+
+    return _model_vmsd(TYPE_ISA_SERIAL, VMSTATE_SERIAL)
+
+
 def _register() -> None:
     _isa_type(TYPE_I8259, ISAPICState, _pic_realize, "ISA PIC pair (8259)", instance_init=_pic_init,
               vmsd=_pic_vmsd)
@@ -291,6 +297,7 @@ def _register() -> None:
         dc.realize = _serial_realize
         dc.reset = _reset_model
         dc.desc = "16550A UART on the ISA bus"
+        dc.vmsd = _serial_vmsd()
         dc.categories = ("input",)
         device_class_set_props(dc, [
             Property("index", "uint32", None),
