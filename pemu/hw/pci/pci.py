@@ -929,7 +929,7 @@ def pci_device_post_load(state: PCIDeviceVMState, version_id: int) -> None:
 
 
 VMSTATE_PCI_DEVICE = VMStateDescription(
-    "PCIDevice", version_id=2,
+    "PCIDevice", version_id=1,
     fields=[
         VMStateField("config", VarBuffer(PCIE_CONFIG_SPACE_SIZE)),
         VMStateField("irq_state", UInt(PCI_NUM_PINS)),
