@@ -255,6 +255,13 @@ class _Parked:
             cpu_resume(self.cpu)
 
 
+def cpu_parked(cpu: Any) -> _Parked:
+    """``with cpu_parked(cpu):`` runs its body with ``cpu`` out of its
+    accelerator (parked, then resumed if it was running); on the vCPU's own
+    thread, or with it stopped, it is out already."""
+    return _Parked(cpu)
+
+
 def cpu_synchronize_state(cpu: Any) -> None:
     """Copy the live registers into ``cpu.env`` (before the monitor reads them)."""
     run = run_state(cpu)
