@@ -211,6 +211,38 @@ def test_an_interrupt_frame_pushed_for_the_guest_is_logged(machine: Machine) -> 
     assert sync_pages(m) == {0x7F}
 
 
+@needs_binutils
+def test_accessed_and_dirty_bits_the_cpu_sets_in_page_tables_are_logged() -> None:
+    """The page walker writes the guest's page directory (the accessed and
+    dirty bits of a 4 MiB page): that page is written too.  On tcg only:
+    the software KVM here (PVM) never returns from the guest's move to CR0
+    that turns 32-bit paging on (with PAE too), with or without the log."""
+    m = Machine()
+    m.ports.reads[PORT_PHASE] = 0
+    pd = 0x1000
+    m.load(pd, struct.pack("<I", 0x83))  # 0-4 MiB: present, writable, 4 MiB; accessed and dirty clear
+    m.asm(CODE, phases(f"""
+        movl ${pd:#x}, %eax
+        movl %eax, %cr3
+        movl %cr4, %eax
+        orl $0x10, %eax
+        movl %eax, %cr4
+        movl %cr0, %eax
+        orl $0x80000000, %eax
+        movl %eax, %cr0
+        jmp 4f
+    4:  movb $1, 0x100000"""))
+    m.start_flat32(CODE)
+    assert memory_global_dirty_log_start(current_vm())
+    run_phase(m, 1)
+    try:
+        assert struct.unpack("<I", m.memory.read(pd, 4))[0] == 0x83 | 0x60  # the walker set A and D
+        assert sync_pages(m) == {pd // PAGE, 0x100}
+    finally:
+        memory_global_dirty_log_stop(current_vm())
+        m.close()
+
+
 # -- writes by devices and loaders -------------------------------------------------------------------
 
 
