@@ -823,6 +823,8 @@ class AddressSpace:
         if block is not None:
             if not fr.readonly:
                 block.view[offset:offset + size] = (value & ((1 << (size * 8)) - 1)).to_bytes(size, "little")
+                if block.dirty_bitmap is not None:  # a CPU's store that reached RAM through here
+                    ram_block_set_dirty(block, offset, size)
             return
         try:
             _io_write(mr, offset, value, size)

@@ -264,7 +264,8 @@ def test_dma_and_loader_writes_are_logged(machine: Machine) -> None:
         dma_memory_unmap(dma_as, reading, PAGE)                               # a read is no write
         m.memory.write_rom(0x170000, b"kernel")                               # a loader
         m.memory.read(0x180000, 16)
-        assert sync_pages(m) == {0x120, 0x121, 0x130, 0x131, 0x140, 0x141, 0x142, 0x150, 0x170}
+        m.memory.dispatch_write(0x1B0ffe, 0x12345678, 4)                      # a CPU's store via an exit
+        assert sync_pages(m) == {0x120, 0x121, 0x130, 0x131, 0x140, 0x141, 0x142, 0x150, 0x170, 0x1B0, 0x1B1}
         assert sync_pages(m) == set()
         m.memory.write(0x190000, b"y")
         assert sync_pages(m) == {0x190}
