@@ -19,6 +19,7 @@ from pemu.util.vm_context import current_vm
 
 if TYPE_CHECKING:
     from pemu.hw.core.irq import IRQLine
+    from pemu.system.memory import RAMBlock
 
 
 class AccelUnavailable(Exception):
@@ -227,6 +228,21 @@ class AccelOps(ABC):
         from pemu.util.log import guest_error
 
         guest_error(f"{self.name}: MSI to {address:#x} without an in-kernel irqchip dropped")
+
+    # -- dirty page logging (QEMU's MemoryListener log_global_start/log_sync/log_global_stop);
+    # pemu.system.dirty_log drives them and logs the VMM's own writes itself.
+    def log_global_start(self, blocks: Sequence[RAMBlock]) -> bool:
+        """Start logging the pages of ``blocks`` the vCPUs write; False if
+        this accelerator cannot (then nothing is logged)."""
+        return False
+
+    def log_sync(self, bitmaps: dict[RAMBlock, bytearray]) -> None:  # noqa: B027  (only if log_global_start)
+        """OR the pages the vCPUs wrote since the start or the previous sync
+        into each block's bitmap (a bit per 4 KiB page, page i = bit i % 8
+        of byte i // 8) and forget them."""
+
+    def log_global_stop(self) -> None:  # noqa: B027  (nothing to undo when log_global_start said no)
+        """Stop logging."""
 
     @classmethod
     def description(cls) -> str:

@@ -103,6 +103,7 @@ def cpu_stop_current() -> None:
     run = run_state(cpu)
     with run.lock:
         run.stop = True
+        run.resume_after_hold = False
     if run.accel_vcpu is not None:
         run.accel_vcpu.kick()
 
@@ -188,9 +189,11 @@ def cpu_reset_interrupt(cpu: Any, mask: int) -> None:
         run.interrupt_request &= ~mask
 
 
-def _stop_one(cpu: Any) -> None:
+def _stop_one(cpu: Any, temporary: bool = False) -> None:
     run = run_state(cpu)
     with run.lock:
+        if not temporary:
+            run.resume_after_hold = False  # a temporary park ending must not resume it
         if run.stopped or run.thread is None:
             run.stopped = True
             return
@@ -226,6 +229,9 @@ def resume_all_vcpus() -> None:
 def cpu_resume(cpu: Any) -> None:
     run = run_state(cpu)
     with run.lock:
+        if run.held:
+            run.resume_after_hold = True  # when the temporary parks end
+            return
         run.stop = False
         run.stopped = False
         run.lock.notify_all()
@@ -236,23 +242,50 @@ def all_vcpus_paused() -> bool:
 
 
 class _Parked:
-    """Run something on the main thread with one vCPU parked, restoring its state after."""
+    """Run something on another thread with one vCPU parked, restoring its state after.
+
+    Parks may overlap (a monitor reading registers during a migration's
+    sync): the vCPU stays parked until the last ends.  A stop asked for
+    meanwhile (``stop``, a migration's vm_stop) is not undone by the end of
+    the park, and a resume asked for meanwhile (``cont``) waits for it.
+    """
 
     def __init__(self, cpu: Any) -> None:
         self.cpu = cpu
-        self.was_running = False
+        self.holding = False
 
     def __enter__(self) -> None:
         run = run_state(self.cpu)
-        if run.thread is None or qemu_cpu_is_self(self.cpu) or run.stopped:
+        if run.thread is None or qemu_cpu_is_self(self.cpu):
             return
-        self.was_running = True
-        _stop_one(self.cpu)
-        _wait_stopped([self.cpu])
+        with run.lock:
+            if run.held == 0:
+                run.resume_after_hold = not (run.stopped or run.stop)
+            run.held += 1
+            self.holding = True
+            running = not run.stopped
+        if running:
+            _stop_one(self.cpu, temporary=True)
+            _wait_stopped([self.cpu])
 
     def __exit__(self, *exc: object) -> None:
-        if self.was_running:
-            cpu_resume(self.cpu)
+        if not self.holding:
+            return
+        run = run_state(self.cpu)
+        with run.lock:
+            run.held -= 1
+            if run.held or not run.resume_after_hold:
+                return
+            run.stop = False
+            run.stopped = False
+            run.lock.notify_all()
+
+
+def cpu_parked(cpu: Any) -> _Parked:
+    """``with cpu_parked(cpu):`` runs its body with ``cpu`` out of its
+    accelerator (parked, then resumed if it was running); on the vCPU's own
+    thread, or with it stopped, it is out already."""
+    return _Parked(cpu)
 
 
 def cpu_synchronize_state(cpu: Any) -> None:

@@ -23,6 +23,7 @@ import bisect
 import mmap
 import struct
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum, IntEnum
@@ -36,6 +37,9 @@ from pemu.util.vm_context import current_vm
 UINT64_MAX = (1 << 64) - 1
 MEMORY_SIZE_UNLIMITED = 1 << 64  # a region spanning the whole 64-bit space
 _FILL_CHUNK = 64 * 1024  # RAMBlock.fill writes RAM in pieces of this size
+# The dirty log's page: 4 KiB (x86's TARGET_PAGE_SIZE), one bit per page.
+DIRTY_PAGE_BITS = 12
+DIRTY_PAGE_SIZE = 1 << DIRTY_PAGE_BITS
 
 
 class MemTxResult(IntEnum):
@@ -127,6 +131,13 @@ class RAMBlock:
         self.view = memoryview(self.mmap)[:size]
         self.vm_memory = current_vm().memory  # the VM being built owns it
         self.vm_memory.ram_blocks.append(self)
+        # The pages the VMM wrote (DMA, loaders) since the dirty log's last
+        # sync, while it is on (pemu.system.dirty_log); None while it is off.
+        # A block made while it is on is all dirty, as in QEMU's ram_block_add.
+        self.dirty_bitmap: bytearray | None = None
+        if self.vm_memory.global_dirty_log:
+            self.dirty_bitmap = bytearray(dirty_bitmap_size(size))
+            bitmap_set(self.dirty_bitmap, 0, -(-size // DIRTY_PAGE_SIZE))
 
     @cached_property
     def host_addr(self) -> int:
@@ -166,6 +177,55 @@ class RAMBlock:
 
     def __repr__(self) -> str:
         return f"RAMBlock({self.idstr!r}, {self.size:#x})"
+
+
+def dirty_bitmap_size(size: int) -> int:
+    """Bytes of a dirty bitmap for ``size`` bytes of RAM (a bit per page)."""
+    pages = -(-size // DIRTY_PAGE_SIZE)
+    return -(-pages // 8)
+
+
+def bitmap_set(bitmap: bytearray, start: int, count: int) -> None:
+    """Set bits [start, start+count) of ``bitmap``, bit i being bit i % 8 of
+    byte i // 8 (QEMU's bitmap_set, on bytes)."""
+    if count <= 0:
+        return
+    end = start + count
+    first, last = start >> 3, (end - 1) >> 3
+    if first == last:
+        bitmap[first] |= ((1 << count) - 1) << (start & 7)
+        return
+    bitmap[first] |= (0xFF << (start & 7)) & 0xFF
+    bitmap[first + 1:last] = b"\xff" * (last - first - 1)
+    bitmap[last] |= 0xFF >> (7 - ((end - 1) & 7))
+
+
+def bitmap_or(bitmap: bytearray, src: bytes | bytearray, start: int, count: int) -> None:
+    """OR the first ``count`` bits of ``src`` into ``bitmap`` from bit
+    ``start`` on (same bit order as :func:`bitmap_set`)."""
+    value = int.from_bytes(src, "little") & ((1 << count) - 1)
+    if not value:
+        return
+    shift = start & 7
+    first = start >> 3
+    n = (shift + count + 7) >> 3
+    old = int.from_bytes(bitmap[first:first + n], "little")
+    bitmap[first:first + n] = (old | value << shift).to_bytes(n, "little")
+
+
+def ram_block_set_dirty(block: RAMBlock, offset: int, length: int) -> None:
+    """Log [offset, offset+length) of ``block`` as written, if the dirty log
+    is on (QEMU's cpu_physical_memory_set_dirty_range).  For writes the VMM
+    makes behind the write notifiers' back (the tcg vCPU pushing an
+    exception frame); :func:`_ram_written` calls it for the others."""
+    if block.dirty_bitmap is None or length <= 0:
+        return
+    first = offset >> DIRTY_PAGE_BITS
+    last = (offset + length - 1) >> DIRTY_PAGE_BITS
+    with block.vm_memory.dirty_log_lock:
+        bitmap = block.dirty_bitmap
+        if bitmap is not None:  # the log may have stopped meanwhile
+            bitmap_set(bitmap, first, last - first + 1)
 
 
 class MemoryRegion:
@@ -466,6 +526,10 @@ class VMMemory:
         self.address_spaces: list[AddressSpace] = []
         self.ram_blocks: list[RAMBlock] = []
         self.ram_write_notifiers: list[RAMWriteNotifier] = []
+        # The dirty log (pemu.system.dirty_log): whether it is on, and the
+        # lock under which RAM blocks' dirty_bitmap is set, taken or replaced.
+        self.global_dirty_log = False
+        self.dirty_log_lock = threading.Lock()
 
 
 def _mark_changed() -> None:
@@ -506,6 +570,8 @@ def add_ram_write_notifier(cb: RAMWriteNotifier) -> None:
 
 
 def _ram_written(block: RAMBlock, offset: int, length: int) -> None:
+    if block.dirty_bitmap is not None:
+        ram_block_set_dirty(block, offset, length)
     for cb in block.vm_memory.ram_write_notifiers:
         cb(block, offset, length)
 
@@ -757,6 +823,8 @@ class AddressSpace:
         if block is not None:
             if not fr.readonly:
                 block.view[offset:offset + size] = (value & ((1 << (size * 8)) - 1)).to_bytes(size, "little")
+                if block.dirty_bitmap is not None:  # a CPU's store that reached RAM through here
+                    ram_block_set_dirty(block, offset, size)
             return
         try:
             _io_write(mr, offset, value, size)

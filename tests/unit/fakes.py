@@ -18,6 +18,11 @@ class ManualTimer:
     def delete(self) -> None:
         self.expire = -1
 
+    @property
+    def expire_time(self) -> int:
+        """QEMUTimer's name for the deadline (what a TIMER state field saves)."""
+        return self.expire
+
 
 class FakeClock:
     """Virtual time that moves only when the test says, running due timers in

@@ -26,7 +26,8 @@ from pemu.target.i386.cpu_models import x86_cpu_model_for
 from pemu.target.i386.cpu_state import CPUX86State, SegReg
 
 _C_NAMES = {
-    k.kvm_userspace_memory_region: "struct kvm_userspace_memory_region", k.kvm_regs: "struct kvm_regs",
+    k.kvm_userspace_memory_region: "struct kvm_userspace_memory_region",
+    k.kvm_dirty_log: "struct kvm_dirty_log", k.kvm_regs: "struct kvm_regs",
     k.kvm_segment: "struct kvm_segment", k.kvm_dtable: "struct kvm_dtable", k.kvm_sregs: "struct kvm_sregs",
     k.kvm_fpu: "struct kvm_fpu", k.kvm_msr_entry: "struct kvm_msr_entry", k.kvm_msrs: "struct kvm_msrs",
     k.kvm_cpuid_entry2: "struct kvm_cpuid_entry2", k.kvm_cpuid2: "struct kvm_cpuid2",

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from pemu.accel.accel import KVM_ACCEL_PROPERTIES, AccelOps, AccelUnavailable, VCPUExit, current_accel
 from pemu.accel.kvm import kvm_sys as k
 from pemu.accel.kvm.kvm_sys import ExitReason, KVMError, MPState, SystemEvent
+from pemu.system.memory import bitmap_or, dirty_bitmap_size
 from pemu.target.i386.cpu_state import (
     MSR,
     MSR_IA32_APICBASE_BSP,
@@ -42,7 +43,10 @@ from pemu.util.log import guest_error
 from pemu.util.main_loop import bql
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from pemu.hw.core.irq import IRQLine
+    from pemu.system.memory import RAMBlock
 
 KVM_DEVICE_ENV = "PEMU_KVM_DEVICE"
 DEFAULT_KVM_DEVICE = "/dev/kvm"
@@ -103,6 +107,11 @@ class KVMMemoryListener:
     On a change, slots that are no longer wanted are deleted first, then the
     new ones added, so two slots never overlap (KVM refuses that).  Slots
     that did not change stay (PAM or BAR moves touch only their pages).
+
+    While the dirty log is on, writable slots carry KVM_MEM_LOG_DIRTY_PAGES
+    and a sync reads each one's log with KVM_GET_DIRTY_LOG into the bitmap
+    of the RAM block behind it; a slot deleted meanwhile hands its log over
+    first (``dirty_carry``), so a memory map change loses nothing.
     """
 
     def __init__(self, vm: k.KVMVMFd, readonly_supported: bool, max_slots: int) -> None:
@@ -113,6 +122,8 @@ class KVMMemoryListener:
         self._free: list[int] = []
         self._next = 0
         self.lock = threading.Lock()
+        self.dirty_log: tuple[RAMBlock, ...] | None = None  # the RAM blocks logged, while the log is on
+        self.dirty_carry: dict[RAMBlock, bytearray] = {}  # logged by slots deleted since the last sync
 
     def _alloc(self) -> int:
         if self._free:
@@ -130,6 +141,8 @@ class KVMMemoryListener:
             keep = set(wanted)
             for mapping, slot in list(self.slots.items()):
                 if mapping not in keep:
+                    if self.dirty_log is not None and not mapping.readonly:
+                        self._collect(slot, mapping, self.dirty_carry, create=True)
                     self.vm.set_user_memory_region(slot, mapping.guest_phys_addr, 0, mapping.host_addr)
                     del self.slots[mapping]
                     self._free.append(slot)
@@ -137,10 +150,57 @@ class KVMMemoryListener:
                 if mapping in self.slots:
                     continue
                 slot = self._alloc()
-                flags = k.KVM_MEM_READONLY if mapping.readonly else 0
                 self.vm.set_user_memory_region(slot, mapping.guest_phys_addr, mapping.size, mapping.host_addr,
-                                               flags)
+                                               self._flags(mapping))
                 self.slots[mapping] = slot
+
+    def _flags(self, mapping: SlotMapping) -> int:
+        if mapping.readonly:
+            return k.KVM_MEM_READONLY
+        return k.KVM_MEM_LOG_DIRTY_PAGES if self.dirty_log is not None else 0
+
+    def _collect(self, slot: int, mapping: SlotMapping, bitmaps: dict[RAMBlock, bytearray], create: bool) -> None:
+        """Read ``slot``'s dirty log (the kernel clears it) and OR it into
+        the bitmap of its RAM block in ``bitmaps`` (made if ``create``)."""
+        assert self.dirty_log is not None
+        host = mapping.host_addr
+        block = next((b for b in self.dirty_log if b.host_addr <= host < b.host_addr + b.size), None)
+        pages = mapping.size // PAGE_SIZE
+        log = bytearray(-(-pages // 64) * 8)  # the kernel writes whole 64-bit words
+        self.vm.get_dirty_log(slot, log)
+        if block is None:
+            return  # RAM made after the log started: it was all dirty from the start
+        bitmap = bitmaps.get(block)
+        if bitmap is None:
+            if not create:
+                return
+            bitmap = bitmaps[block] = bytearray(dirty_bitmap_size(block.size))
+        bitmap_or(bitmap, log, (host - block.host_addr) // PAGE_SIZE, pages)
+
+    def _set_logging(self, blocks: tuple[RAMBlock, ...] | None) -> None:
+        with self.lock:
+            self.dirty_log = blocks
+            self.dirty_carry.clear()
+            for mapping, slot in self.slots.items():
+                if not mapping.readonly:
+                    self.vm.set_user_memory_region(slot, mapping.guest_phys_addr, mapping.size,
+                                                   mapping.host_addr, self._flags(mapping))
+
+    def log_start(self, blocks: tuple[RAMBlock, ...]) -> None:
+        self._set_logging(blocks)
+
+    def log_sync(self, bitmaps: dict[RAMBlock, bytearray]) -> None:
+        with self.lock:
+            for block, carried in self.dirty_carry.items():
+                if block in bitmaps:
+                    bitmap_or(bitmaps[block], carried, 0, 8 * len(carried))
+            self.dirty_carry.clear()
+            for mapping, slot in self.slots.items():
+                if not mapping.readonly:
+                    self._collect(slot, mapping, bitmaps, create=False)
+
+    def log_stop(self) -> None:
+        self._set_logging(None)
 
 
 # -- interrupt lines and routing --------------------------------------------------------------
@@ -634,6 +694,21 @@ class KVMAccel(AccelOps):
 
     def create_vcpu(self, cpu: Any) -> KVMVCPU:
         return KVMVCPU(self, cpu)
+
+    # -- the dirty log: KVM logs the vCPUs' writes per memory slot (KVM_MEM_LOG_DIRTY_PAGES) --
+    def log_global_start(self, blocks: Sequence[RAMBlock]) -> bool:
+        if self.memory_listener is None:
+            return False
+        self.memory_listener.log_start(tuple(blocks))
+        return True
+
+    def log_sync(self, bitmaps: dict[RAMBlock, bytearray]) -> None:
+        if self.memory_listener is not None:
+            self.memory_listener.log_sync(bitmaps)
+
+    def log_global_stop(self) -> None:
+        if self.memory_listener is not None:
+            self.memory_listener.log_stop()
 
     def report_internal_error(self) -> None:
         """Stop the VM in the internal-error state (from the main loop: a vCPU cannot pause itself)."""

@@ -59,6 +59,11 @@ class kvm_userspace_memory_region(Structure):
                 ("memory_size", c_uint64), ("userspace_addr", c_uint64)]
 
 
+class kvm_dirty_log(Structure):
+    # The kernel's union of the bitmap pointer with a u64 is a plain u64 here.
+    _fields_ = [("slot", c_uint32), ("padding1", c_uint32), ("dirty_bitmap", c_uint64)]
+
+
 class kvm_regs(Structure):
     _fields_ = [(name, c_uint64) for name in (
         "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
@@ -273,12 +278,13 @@ KVM_X86_DISABLE_EXITS_PAUSE = 1 << 2
 KVM_X86_DISABLE_EXITS_CSTATE = 1 << 3
 
 
+KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
 KVM_MEM_READONLY = 1 << 1
 
 # Sizes in the kernel's headers (x86-64): checked at import, so a mistake in a
 # declaration fails loudly instead of corrupting an ioctl.
 KERNEL_SIZES: dict[type, int] = {
-    kvm_userspace_memory_region: 32, kvm_regs: 144, kvm_segment: 24, kvm_dtable: 16, kvm_sregs: 312,
+    kvm_userspace_memory_region: 32, kvm_dirty_log: 16, kvm_regs: 144, kvm_segment: 24, kvm_dtable: 16, kvm_sregs: 312,
     kvm_fpu: 416, kvm_msr_entry: 16, kvm_msrs: 8, kvm_cpuid_entry2: 40, kvm_cpuid2: 8, kvm_irq_level: 8,
     kvm_pit_config: 64, kvm_irq_routing_entry: 48, kvm_irq_routing: 8, kvm_msi: 32, kvm_interrupt: 4,
     kvm_mp_state: 4, kvm_lapic_state: 1024, _run_exit: 256, kvm_enable_cap: 104,
@@ -296,6 +302,7 @@ class Ioctl(IntEnum):
     GET_VCPU_MMAP_SIZE = _io(0x04)
     GET_SUPPORTED_CPUID = _iowr(0x05, kvm_cpuid2)
     CREATE_VCPU = _io(0x41)
+    GET_DIRTY_LOG = _iow(0x42, kvm_dirty_log)
     SET_USER_MEMORY_REGION = _iow(0x46, kvm_userspace_memory_region)
     SET_TSS_ADDR = _io(0x47)
     SET_IDENTITY_MAP_ADDR = _iow(0x48, c_uint64)
@@ -407,6 +414,18 @@ class KVMVMFd:
                                flags: int = 0) -> None:
         region = kvm_userspace_memory_region(slot, flags, guest_phys_addr, size, host_addr)
         kvm_ioctl(self.fd, Ioctl.SET_USER_MEMORY_REGION, region)
+
+    def get_dirty_log(self, slot: int, bitmap: bytearray) -> None:
+        """The pages of ``slot`` written since it was added with
+        KVM_MEM_LOG_DIRTY_PAGES or since the last call, into ``bitmap`` (a
+        bit per page from the slot's start, a whole number of 64-bit words);
+        the kernel forgets them."""
+        assert len(bitmap) % 8 == 0
+        buf = (ctypes.c_uint8 * len(bitmap)).from_buffer(bitmap)
+        try:
+            kvm_ioctl(self.fd, Ioctl.GET_DIRTY_LOG, kvm_dirty_log(slot, 0, ctypes.addressof(buf)))
+        finally:
+            del buf
 
     def set_tss_addr(self, addr: int) -> None:
         kvm_ioctl(self.fd, Ioctl.SET_TSS_ADDR, addr)

@@ -41,7 +41,13 @@ from pemu.accel.tcg.exit_request import TBExitRequest, verify_exit_request
 from pemu.accel.tcg.memory_map import UnicornMemoryMap
 from pemu.accel.tcg.tcg_accel_ops_rr import RRCPUThread
 from pemu.hw.intc.apic_common import MSR_IA32_APICBASE, MSR_IA32_TSC_DEADLINE, MSR_X2APIC_BASE, MSR_X2APIC_END
-from pemu.system.memory import FlatView, RAMBlock, add_ram_write_notifier, remove_ram_write_notifier
+from pemu.system.memory import (
+    FlatView,
+    RAMBlock,
+    add_ram_write_notifier,
+    ram_block_set_dirty,
+    remove_ram_write_notifier,
+)
 from pemu.target.i386.cpu_state import (
     CR0_PG_MASK,
     EFLAGS_FIXED,
@@ -122,6 +128,22 @@ if engine_info().has(EngineFeature.IRQ_WINDOW):
     _uc_set_irq_pending.restype = None
 
 
+# pemu's engine (patch 0009) logs the pages the guest writes (the dirty log).
+_uc_dirty_log_start: Any = None
+_uc_dirty_log_sync: Any = None
+_uc_dirty_log_stop: Any = None
+if engine_info().has(EngineFeature.DIRTY_LOG):
+    _uc_dirty_log_start = uclib.uc_pemu_dirty_log_start
+    _uc_dirty_log_start.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64), ctypes.c_size_t]
+    _uc_dirty_log_start.restype = ctypes.c_int
+    _uc_dirty_log_sync = uclib.uc_pemu_dirty_log_sync
+    _uc_dirty_log_sync.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p]
+    _uc_dirty_log_sync.restype = ctypes.c_int
+    _uc_dirty_log_stop = uclib.uc_pemu_dirty_log_stop
+    _uc_dirty_log_stop.argtypes = [ctypes.c_void_p]
+    _uc_dirty_log_stop.restype = None
+
+
 def engine_stops_at_irq_window() -> bool:
     """True on pemu's engine with patch 0008: a pending interrupt is taken at
     the first block boundary with IF=1, not at the next 100 us poll."""
@@ -144,19 +166,20 @@ class _RAMAccess:
     def __init__(self, space: Any) -> None:
         self.space = space
         self._flatview: Any = None
-        self._hit: tuple[int, int, memoryview, bool] = (0, 0, memoryview(b""), True)
+        self._hit: tuple[int, int, memoryview, bool, RAMBlock | None, int] = (0, 0, memoryview(b""), True, None, 0)
 
-    def _range(self, paddr: int, size: int) -> tuple[int, int, memoryview, bool] | None:
-        start, end, view, readonly = hit = self._hit
+    def _range(self, paddr: int, size: int) -> tuple[int, int, memoryview, bool, RAMBlock | None, int] | None:
+        start, end, view, readonly, block, offset = hit = self._hit
         flatview = self.space.flatview
         if flatview is self._flatview and start <= paddr and paddr + size <= end:
             return hit
         fr = flatview.lookup(paddr)
         if fr is None or fr.mr.ram_block is None or paddr + size > fr.start + fr.size:
             return None
-        view = fr.mr.ram_block.view[fr.offset_in_region:fr.offset_in_region + fr.size]
+        block = fr.mr.ram_block
+        view = block.view[fr.offset_in_region:fr.offset_in_region + fr.size]
         self._flatview = flatview
-        self._hit = hit = (fr.start, fr.start + fr.size, view, fr.readonly)
+        self._hit = hit = (fr.start, fr.start + fr.size, view, fr.readonly, block, fr.offset_in_region)
         return hit
 
     def read(self, paddr: int, size: int) -> bytes | None:
@@ -172,6 +195,9 @@ class _RAMAccess:
             return False
         off = paddr - hit[0]
         hit[2][off:off + len(data)] = data
+        block = hit[4]
+        if block is not None and block.dirty_bitmap is not None:  # the CPU's write: logged
+            ram_block_set_dirty(block, hit[5] + off, len(data))
         return True
 
 
@@ -237,6 +263,7 @@ class TCGVCPU:
         add_ram_write_notifier(self._ram_written)
         self.irq_poll = _IRQPoll(self.exit_request)
         self.rr: RRCPUThread | None = None  # the thread running this vCPU in turn with the others
+        self._dirty_log_blocks: tuple[RAMBlock, ...] = ()  # what the engine logs, in its order
 
     # -- raw register access (no allocation) ------------------------------------------
     def read_rflags(self) -> int:
@@ -783,6 +810,34 @@ class TCGVCPU:
         self.tsc_offset = (env.tsc - qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL)) if env.tsc else 0
         self.shutdown_pending = False
         self.tb_flush_pending = True
+
+    # -- the dirty log (pemu's engine, patch 0009; called with the vCPU out of the engine) --
+    def log_start(self, blocks: tuple[RAMBlock, ...]) -> None:
+        """Log the pages of ``blocks`` this engine writes, by host address:
+        every mapping of a block (aliases, remaps) logs into the same bits."""
+        ranges = (ctypes.c_uint64 * (2 * len(blocks)))()
+        for i, block in enumerate(blocks):
+            ranges[2 * i], ranges[2 * i + 1] = block.host_addr, block.size
+        if _uc_dirty_log_start(self.uc._uch, ranges, len(blocks)):
+            raise UcError(UC_ERR_ARG)
+        self._dirty_log_blocks = blocks
+
+    def log_sync(self, bitmaps: dict[RAMBlock, bytearray]) -> None:
+        """OR the pages written since the last sync into ``bitmaps`` and forget them."""
+        for index, block in enumerate(self._dirty_log_blocks):
+            bitmap = bitmaps.get(block)
+            if bitmap is None:
+                continue
+            buf = (ctypes.c_uint8 * len(bitmap)).from_buffer(bitmap)
+            try:
+                if _uc_dirty_log_sync(self.uc._uch, index, buf, None):
+                    raise UcError(UC_ERR_ARG)
+            finally:
+                del buf  # the bytearray stays exported while the ctypes array lives
+
+    def log_stop(self) -> None:
+        _uc_dirty_log_stop(self.uc._uch)
+        self._dirty_log_blocks = ()
 
     def destroy(self) -> None:
         self.irq_poll.stop()

@@ -13,6 +13,7 @@ when they start; the vCPU itself is :class:`pemu.accel.tcg.tcg_accel.TCGVCPU`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pemu.accel.accel import TCG_ACCEL_PROPERTIES, AccelOps, AccelUnavailable, VCPUExit
@@ -30,6 +31,7 @@ from pemu.target.i386.cpu_state import IF_MASK
 
 if TYPE_CHECKING:
     from pemu.accel.tcg.tcg_accel import TCGVCPU
+    from pemu.system.memory import RAMBlock
 
 
 class TCGVCPUHandle:
@@ -42,11 +44,13 @@ class TCGVCPUHandle:
     returns at once and the vCPU thread looks at its requests again.
     """
 
-    def __init__(self, cpu: Any, tb_size: int) -> None:
+    def __init__(self, cpu: Any, tb_size: int, dirty_log: tuple[RAMBlock, ...] | None = None) -> None:
         self.cpu = cpu
         self.tb_size = tb_size
         self.vcpu: TCGVCPU | None = None
         self.rr: RRCPUThread | None = None  # set when the round-robin thread takes it on
+        # The RAM blocks whose pages the engine logs as written (the dirty log is on), or None.
+        self.dirty_log = dirty_log
 
     def engine_vcpu(self) -> TCGVCPU:
         """The vCPU on its engine, made now (on the calling thread) if it is not yet."""
@@ -56,6 +60,8 @@ class TCGVCPUHandle:
             vcpu = TCGVCPU(self.cpu, self.tb_size)
             vcpu.rr = self.rr
             vcpu.put_state()
+            if self.dirty_log is not None:
+                vcpu.log_start(self.dirty_log)
             self.vcpu = vcpu
         return self.vcpu
 
@@ -105,6 +111,21 @@ class TCGVCPUHandle:
         if self.vcpu is not None:
             self.vcpu.destroy()
 
+    # The dirty log: called with the vCPU out of its engine (parked, or on its thread).
+    def log_start(self, blocks: tuple[RAMBlock, ...]) -> None:
+        self.dirty_log = blocks
+        if self.vcpu is not None:
+            self.vcpu.log_start(blocks)
+
+    def log_sync(self, bitmaps: dict[RAMBlock, bytearray]) -> None:
+        if self.vcpu is not None:
+            self.vcpu.log_sync(bitmaps)
+
+    def log_stop(self) -> None:
+        self.dirty_log = None
+        if self.vcpu is not None:
+            self.vcpu.log_stop()
+
 
 class TCGAccel(AccelOps):
     """Every vCPU on its own engine, all run in turn on one host thread
@@ -118,6 +139,7 @@ class TCGAccel(AccelOps):
         self.thread = "single"
         self.tb_size_mib = 0  # -accel tcg,tb-size=N: translation cache in MiB; 0 is the engine's default
         self.rr: RRCPUThread | None = None
+        self.dirty_log: tuple[RAMBlock, ...] | None = None  # the blocks logged while the dirty log is on
         try:
             check_engine_available()
         except (EngineUnavailable, ImportError) as e:
@@ -140,7 +162,37 @@ class TCGAccel(AccelOps):
         return True
 
     def create_vcpu(self, cpu: Any) -> TCGVCPUHandle:
-        return TCGVCPUHandle(cpu, self.tb_size_mib << 20)
+        return TCGVCPUHandle(cpu, self.tb_size_mib << 20, self.dirty_log)
+
+    # -- the dirty log: each vCPU's engine logs its own stores (pemu's engine, patch 0009) ----
+    @staticmethod
+    def _each_vcpu_out_of_its_engine() -> Iterator[TCGVCPUHandle]:
+        """Every vCPU, one at a time, while it is out of its engine (its engine
+        state is not thread-safe; the other vCPUs' engines are separate)."""
+        from pemu.system.cpus import all_vcpus, cpu_parked
+
+        for cpu in all_vcpus():
+            handle = cpu.run.accel_vcpu
+            if isinstance(handle, TCGVCPUHandle):
+                with cpu_parked(cpu):
+                    yield handle
+
+    def log_global_start(self, blocks: Sequence[RAMBlock]) -> bool:
+        if not engine_info().has(EngineFeature.DIRTY_LOG):
+            return False  # the stock engine cannot see the guest's stores
+        self.dirty_log = tuple(blocks)
+        for handle in self._each_vcpu_out_of_its_engine():
+            handle.log_start(self.dirty_log)
+        return True
+
+    def log_sync(self, bitmaps: dict[RAMBlock, bytearray]) -> None:
+        for handle in self._each_vcpu_out_of_its_engine():
+            handle.log_sync(bitmaps)
+
+    def log_global_stop(self) -> None:
+        self.dirty_log = None
+        for handle in self._each_vcpu_out_of_its_engine():
+            handle.log_stop()
 
     def cpu_model_filter(self) -> dict[Any, int]:
         unsupported = dict(TCG_UNSUPPORTED)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from pemu.migration.vmstate import U8, VMStateDescription, VMStateField
 from pemu.util.log import guest_error
 
 PCSPK_PORT = 0x61
@@ -60,3 +61,12 @@ class PCSpeaker:
             return
         self.control = value & WRITABLE
         self.pit.set_gate(PIT_SPEAKER_CHANNEL, self.control & GATE2)
+
+
+VMSTATE_PCSPK = VMStateDescription(
+    "pcspk", version_id=1,
+    fields=[
+        VMStateField("control", U8, check=lambda v: not v & ~WRITABLE),
+        VMStateField("refresh", U8, check=(0, REFRESH_TOGGLE)),
+    ])
+"""The port's own bits; channel 2's gate is the PIT's state (QEMU's vmstate_spk)."""

@@ -14,6 +14,7 @@ from typing import Any
 
 from pemu.hw.core.qdev import DeviceClass, Property, device_class_set_props
 from pemu.hw.isa.isa_bus import TYPE_ISA_DEVICE, ISADevice
+from pemu.migration.vmstate import vmstate_no_state
 from pemu.qom.object import ObjectClass, QOMError, TypeInfo, object_check, object_class_check, type_register
 from pemu.system.memory import MemoryRegion, MemoryRegionOps
 
@@ -69,6 +70,7 @@ def _debugcon_realize(obj: Any) -> None:
 def _debugcon_class_init(klass: ObjectClass, data: Any) -> None:
     dc = object_class_check(klass, DeviceClass)
     dc.realize = _debugcon_realize
+    dc.vmsd = vmstate_no_state(TYPE_ISA_DEBUGCON)  # bytes go out at once; readback is a property
     dc.user_creatable = True
     dc.categories = ("misc",)
     device_class_set_props(dc, [Property("iobase", "uint32", DEBUGCON_DEFAULT_IOBASE),

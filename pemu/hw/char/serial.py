@@ -20,6 +20,17 @@ from collections.abc import Callable
 from typing import Protocol
 
 from pemu.hw.core.irq import IRQLine, NoIRQ
+from pemu.migration.vmstate import (
+    BOOL,
+    TIMER,
+    U8,
+    U16,
+    Struct,
+    VarList,
+    VMStateDescription,
+    VMStateError,
+    VMStateField,
+)
 from pemu.util.log import guest_error
 from pemu.util.timer import (
     NANOSECONDS_PER_SECOND,
@@ -396,3 +407,45 @@ class SerialUART:
             self._set_msr_lines(DEFAULT_MODEM_LINES)
             self._notify_can_receive()
         self._update_irq()
+
+
+# --- migration (QEMU's vmstate_serial) ---------------------------------------------------
+# The chardev back-end is not part of the state: the destination has its own.
+# There is no transmit FIFO to save: every byte the guest writes goes to the
+# back-end at once.
+
+_FCR_VALUES = (0,) + tuple(FCR_ENABLE | (level << FCR_TRIGGER_SHIFT) for level in range(4))
+
+VMSTATE_SERIAL_REGS = VMStateDescription(
+    "serial-regs", version_id=1,
+    fields=[
+        VMStateField("divisor", U16),
+        VMStateField("ier", U8, check=lambda v: not v & ~IER_MASK),
+        VMStateField("lcr", U8),
+        VMStateField("mcr", U8, check=lambda v: not v & ~MCR_MASK),
+        VMStateField("lsr", U8),
+        VMStateField("msr", U8),
+        VMStateField("scr", U8),
+        VMStateField("fcr", U8, check=_FCR_VALUES),
+    ])
+
+
+def _serial_post_load(uart: SerialUART, version_id: int) -> None:
+    capacity = FIFO_SIZE if uart.fifo_enabled else 1
+    if len(uart.rx_fifo) > capacity:
+        raise VMStateError(f"{len(uart.rx_fifo)} received bytes, the receiver holds {capacity}")
+    # The back-end may send again when there is room (its own side was not migrated).
+    uart._notify_can_receive()
+
+
+VMSTATE_SERIAL = VMStateDescription(
+    "serial", version_id=1,
+    fields=[
+        VMStateField("regs", Struct(VMSTATE_SERIAL_REGS)),
+        VMStateField("rx_fifo", VarList(U8, FIFO_SIZE)),
+        VMStateField("thr_ipending", BOOL),
+        VMStateField("timeout_ipending", BOOL),
+        VMStateField("_irq_level", U8, check=(0, 1)),
+        VMStateField("timeout_timer", TIMER),
+    ],
+    post_load=_serial_post_load)

@@ -29,6 +29,11 @@ class CPURunState:
         self.stop = False  # a stop was requested
         self.stopped = True  # the thread is parked (the VM starts stopped)
         self.unplug = False  # the thread must exit
+        # Temporary parks (pemu.system.cpus.cpu_parked) in progress: while any
+        # is, the vCPU stays parked, and whether it runs again when the last
+        # ends follows the stops and resumes asked for meanwhile.
+        self.held = 0
+        self.resume_after_hold = False
         self.thread: threading.Thread | None = None
         self.accel_vcpu: AccelVCPU | None = None
         self.exited = threading.Event()  # set when its thread lets go of it after unplug

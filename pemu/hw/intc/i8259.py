@@ -17,6 +17,15 @@ from __future__ import annotations
 from enum import IntEnum
 
 from pemu.hw.core.irq import IRQ, IRQLine, NoIRQ, qemu_allocate_irqs
+from pemu.migration.vmstate import (
+    BOOL,
+    U8,
+    Enum,
+    Struct,
+    VMStateDescription,
+    VMStateError,
+    VMStateField,
+)
 from pemu.util.log import guest_error
 
 MASTER_BASE = 0x20
@@ -357,3 +366,43 @@ class PICPair:
     def reset(self) -> None:
         self.slave.reset()
         self.master.reset()
+
+
+# --- migration (QEMU's vmstate_pic_common) ------------------------------------------------
+
+
+def _chip_post_load(chip: I8259, version_id: int) -> None:
+    if chip.elcr & ~chip.elcr_mask:
+        raise VMStateError(f"ELCR {chip.elcr:#04x} sets bits {chip.name} does not have")
+
+
+VMSTATE_I8259 = VMStateDescription(
+    "i8259", version_id=1,
+    fields=[
+        VMStateField("last_irr", U8),
+        VMStateField("irr", U8),
+        VMStateField("imr", U8),
+        VMStateField("isr", U8),
+        VMStateField("priority_add", U8, check=range(8)),
+        VMStateField("irq_base", U8, check=lambda v: not v & 7),
+        VMStateField("read_isr", BOOL),
+        VMStateField("poll", BOOL),
+        VMStateField("special_mask", BOOL),
+        VMStateField("init_state", Enum(InitState)),
+        VMStateField("auto_eoi", BOOL),
+        VMStateField("rotate_on_auto_eoi", BOOL),
+        VMStateField("special_fully_nested", BOOL),
+        VMStateField("init4", BOOL),
+        VMStateField("single_mode", BOOL),
+        VMStateField("ltim", BOOL),
+        VMStateField("elcr", U8),
+    ],
+    post_load=_chip_post_load)
+"""One chip.  Its INT output is not re-driven on load (as in QEMU): what the
+master's output did lives in the CPU's state (the local APIC's LINT0 level,
+a pending ExtINT or hard interrupt), saved with the CPU, and the slave's is
+the master's ``last_irr`` bit 2."""
+
+VMSTATE_PIC_PAIR = VMStateDescription(
+    "i8259-pair", version_id=1,
+    fields=[VMStateField("master", Struct(VMSTATE_I8259)), VMStateField("slave", Struct(VMSTATE_I8259))])

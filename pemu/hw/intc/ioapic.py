@@ -20,6 +20,8 @@ from pemu.hw.core.irq import IRQ, qemu_allocate_irqs
 from pemu.hw.core.qdev import DeviceClass, DeviceState, Property, device_class_set_props
 from pemu.hw.core.sysbus import TYPE_SYS_BUS_DEVICE, SysBusDevice
 from pemu.hw.intc.apic_common import APIC_DESTMODE_LOGICAL, APIC_DESTMODE_PHYSICAL, APICBus
+from pemu.migration import vmstate as vms
+from pemu.migration.vmstate import Array, Struct, VMStateDescription, VMStateError, VMStateField
 from pemu.qom.object import ObjectClass, QOMError, TypeInfo, object_check, object_class_check, type_register
 from pemu.system.memory import MemoryRegion, MemoryRegionOps
 from pemu.util.log import guest_error
@@ -210,6 +212,34 @@ class IOAPIC:
         return MemoryRegionOps(self.read, self.write, 1, 4, False, 1, 4)
 
 
+# --- migration (QEMU's vmstate_ioapic_common) -------------------------------------------------
+# Nothing is delivered on load: a level pin with remote IRR set is delivered
+# again at the guest's EOI (the line levels and IRR are loaded); an edge that
+# was pending was delivered before the save.
+
+
+def _ioapic_post_load(ioapic: IOAPIC, version_id: int) -> None:
+    pins = (1 << ioapic.num_pins) - 1
+    if ioapic.irr & ~pins or ioapic.levels & ~pins:
+        raise VMStateError(f"IRR {ioapic.irr:#x} or line levels {ioapic.levels:#x} name pins "
+                           f"beyond {ioapic.num_pins}")
+
+
+VMSTATE_IOAPIC_MODEL = VMStateDescription(
+    "ioapic-model", version_id=1,
+    fields=[
+        VMStateField("id", vms.U8, check=range(IOAPIC_ID_MASK + 1)),
+        VMStateField("ioregsel", vms.U8),
+        VMStateField("irr", vms.U32),
+        VMStateField("levels", vms.U32),
+        VMStateField("ioredtbl", Array(vms.U64, IOAPIC_NUM_PINS)),
+    ],
+    post_load=_ioapic_post_load)
+
+VMSTATE_IOAPIC = VMStateDescription(
+    "ioapic", version_id=1, fields=[VMStateField("model", Struct(VMSTATE_IOAPIC_MODEL))])
+
+
 # --- QOM ------------------------------------------------------------------------------
 
 
@@ -240,6 +270,7 @@ def _ioapic_class_init(klass: ObjectClass, data: Any) -> None:
     dc = object_class_check(klass, DeviceClass)
     dc.realize = _ioapic_realize
     dc.reset = _ioapic_reset
+    dc.vmsd = VMSTATE_IOAPIC
     dc.desc = "I/O APIC"
     dc.user_creatable = False
     device_class_set_props(dc, [Property("version", "uint8", IOAPIC_VER_DEF, attr="version")])

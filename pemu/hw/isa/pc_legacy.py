@@ -11,7 +11,7 @@ are QEMU's ("isa-serial", "mc146818rtc", "isa-pit", ...), so -device and
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pemu.hw.core.irq import IRQLine
 from pemu.hw.core.qdev import DeviceClass, Property, device_class_set_props
@@ -20,6 +20,9 @@ from pemu.hw.isa.isa_bus import TYPE_ISA_DEVICE, ISADevice
 from pemu.qom.object import ObjectClass, QOMError, TypeInfo, object_class_check, type_register
 from pemu.system.runstate import ShutdownCause, qemu_system_reset_request
 from pemu.util.vm_context import current_vm
+
+if TYPE_CHECKING:
+    from pemu.migration.vmstate import VMStateDescription
 
 TYPE_ISA_SERIAL = "isa-serial"
 TYPE_I8259 = "isa-i8259"
@@ -40,13 +43,24 @@ def _reset_model(dev: Any) -> None:
     dev.model.reset()
 
 
+def _model_vmsd(name: str, model_vmsd: VMStateDescription) -> VMStateDescription:
+    """The QOM device's description: its register model, described in the model's module."""
+    from pemu.migration.vmstate import Struct, VMStateDescription, VMStateField
+
+    return VMStateDescription(name, version_id=1, fields=[VMStateField("model", Struct(model_vmsd))])
+
+
 def _isa_type(name: str, instance_type: type, realize: Callable[[Any], None], desc: str,
               props: list[Property] | None = None, user_creatable: bool = False,
               categories: tuple[str, ...] = ("misc",),
-              instance_init: Callable[[Any], None] | None = None) -> None:
+              instance_init: Callable[[Any], None] | None = None,
+              vmsd: Callable[[], VMStateDescription] | None = None) -> None:
+    """``vmsd`` returns the device's state description (imported when the class is built)."""
     def class_init(klass: ObjectClass, data: Any) -> None:
         dc = object_class_check(klass, DeviceClass)
         dc.realize = realize
+        if vmsd is not None:
+            dc.vmsd = vmsd()
         dc.reset = _reset_model
         dc.desc = desc
         dc.user_creatable = user_creatable
@@ -212,17 +226,68 @@ def _ioport80_realize(dev: Any) -> None:
     dev.register_model("ioport80", memmap.IOPORT80, 1, p.read, p.write)
 
 
+def _pic_vmsd() -> VMStateDescription:
+    from pemu.hw.intc.i8259 import VMSTATE_PIC_PAIR
+
+    return _model_vmsd(TYPE_I8259, VMSTATE_PIC_PAIR)
+
+
+def _pit_vmsd() -> VMStateDescription:
+    from pemu.hw.timer.i8254 import VMSTATE_PIT
+
+    return _model_vmsd(TYPE_PIT, VMSTATE_PIT)
+
+
+def _pcspk_vmsd() -> VMStateDescription:
+    from pemu.hw.audio.pcspk import VMSTATE_PCSPK
+
+    return _model_vmsd(TYPE_PCSPK, VMSTATE_PCSPK)
+
+
+def _rtc_vmsd() -> VMStateDescription:
+    from pemu.hw.rtc.mc146818rtc import VMSTATE_MC146818RTC
+
+    return _model_vmsd(TYPE_MC146818_RTC, VMSTATE_MC146818RTC)
+
+
+def _i8042_vmsd() -> VMStateDescription:
+    from pemu.hw.input.i8042 import VMSTATE_I8042
+
+    return _model_vmsd(TYPE_I8042, VMSTATE_I8042)
+
+
+def _port92_vmsd() -> VMStateDescription:
+    from pemu.hw.misc.port92 import VMSTATE_PORT92
+
+    return _model_vmsd(TYPE_PORT92, VMSTATE_PORT92)
+
+
+def _ioport80_vmsd() -> VMStateDescription:
+    from pemu.hw.misc.ioport80 import VMSTATE_IOPORT80
+
+    return _model_vmsd(TYPE_IOPORT80, VMSTATE_IOPORT80)
+
+
+def _serial_vmsd() -> VMStateDescription:
+    from pemu.hw.char.serial import VMSTATE_SERIAL
+
+    return _model_vmsd(TYPE_ISA_SERIAL, VMSTATE_SERIAL)
+
+
 def _register() -> None:
-    _isa_type(TYPE_I8259, ISAPICState, _pic_realize, "ISA PIC pair (8259)", instance_init=_pic_init)
+    _isa_type(TYPE_I8259, ISAPICState, _pic_realize, "ISA PIC pair (8259)", instance_init=_pic_init,
+              vmsd=_pic_vmsd)
     _isa_type(TYPE_PIT, ISAPITState, _pit_realize, "ISA PIT (8254)",
-              [Property("iobase", "uint32", memmap.PIT_IOBASE)])
+              [Property("iobase", "uint32", memmap.PIT_IOBASE)], vmsd=_pit_vmsd)
     _isa_type(TYPE_PCSPK, PCSpkState, _pcspk_realize, "PC speaker and PIT gate port (0x61)",
-              instance_init=_pcspk_init)
+              instance_init=_pcspk_init, vmsd=_pcspk_vmsd)
     _isa_type(TYPE_MC146818_RTC, RTCState, _rtc_realize, "MC146818 RTC/CMOS",
-              [Property("iobase", "uint32", memmap.RTC_IOBASE)])
-    _isa_type(TYPE_I8042, I8042State, _i8042_realize, "i8042 keyboard controller", categories=("input",))
-    _isa_type(TYPE_PORT92, Port92State, _port92_realize, "port 0x92 (A20, fast reset)")
-    _isa_type(TYPE_IOPORT80, IOPort80State, _ioport80_realize, "port 0x80 (POST code sink)")
+              [Property("iobase", "uint32", memmap.RTC_IOBASE)], vmsd=_rtc_vmsd)
+    _isa_type(TYPE_I8042, I8042State, _i8042_realize, "i8042 keyboard controller", categories=("input",),
+              vmsd=_i8042_vmsd)
+    _isa_type(TYPE_PORT92, Port92State, _port92_realize, "port 0x92 (A20, fast reset)", vmsd=_port92_vmsd)
+    _isa_type(TYPE_IOPORT80, IOPort80State, _ioport80_realize, "port 0x80 (POST code sink)",
+              vmsd=_ioport80_vmsd)
     from pemu.hw.misc.debugexit import register_debug_exit_type
 
     register_debug_exit_type()
@@ -232,6 +297,7 @@ def _register() -> None:
         dc.realize = _serial_realize
         dc.reset = _reset_model
         dc.desc = "16550A UART on the ISA bus"
+        dc.vmsd = _serial_vmsd()
         dc.categories = ("input",)
         device_class_set_props(dc, [
             Property("index", "uint32", None),

@@ -13,6 +13,7 @@ from typing import Any
 
 from pemu.hw.core.qdev import DeviceClass, Property, device_class_set_props
 from pemu.hw.isa.isa_bus import TYPE_ISA_DEVICE, ISADevice
+from pemu.migration.vmstate import vmstate_no_state
 from pemu.qom.object import ObjectClass, QOMError, TypeInfo, object_check, object_class_check, type_register
 from pemu.system.runstate import ShutdownCause, qemu_system_shutdown_request
 
@@ -65,6 +66,7 @@ def _debug_exit_realize(dev: Any) -> None:
 def _debug_exit_class_init(klass: ObjectClass, data: Any) -> None:
     dc = object_class_check(klass, DeviceClass)
     dc.realize = _debug_exit_realize
+    dc.vmsd = vmstate_no_state(TYPE_ISA_DEBUG_EXIT)
     dc.reset = lambda dev: object_check(dev, ISADebugExitState).model.reset()
     dc.desc = "ISA debug exit port (exits with (value << 1) | 1)"
     dc.user_creatable = True

@@ -7,6 +7,8 @@ value written is kept, which helps when debugging firmware.
 
 from __future__ import annotations
 
+from pemu.migration.vmstate import U8, VMStateDescription, VMStateField
+
 IOPORT80 = 0x80
 WINDOW_SIZE = 1
 
@@ -24,3 +26,6 @@ class IOPort80:
     def write(self, offset: int, value: int, size: int = 1) -> None:
         if offset == 0:
             self.last_post_code = value & 0xFF
+
+
+VMSTATE_IOPORT80 = VMStateDescription("ioport80", version_id=1, fields=[VMStateField("last_post_code", U8)])

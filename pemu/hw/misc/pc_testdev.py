@@ -27,6 +27,7 @@ from typing import Any
 from pemu.hw.core.irq import IRQLine
 from pemu.hw.core.qdev import DeviceClass
 from pemu.hw.isa.isa_bus import ISA_NUM_IRQS, TYPE_ISA_DEVICE, ISADevice
+from pemu.migration.vmstate import U32, Buffer, Struct, VMStateDescription, VMStateField
 from pemu.qom.object import ObjectClass, TypeInfo, object_check, object_class_check, type_register
 from pemu.system.memory import MemoryRegion, MemoryRegionOps
 from pemu.util.log import guest_error
@@ -94,6 +95,16 @@ class PCTestdev:
         self.iomem[offset:offset + size] = (value & ((1 << (size * 8)) - 1)).to_bytes(size, "little")
 
 
+VMSTATE_PC_TESTDEV_MODEL = VMStateDescription(
+    "pc-testdev-model", version_id=1,
+    fields=[VMStateField("ioport_data", U32), VMStateField("iomem", Buffer(PC_TESTDEV_IOMEM_SIZE))])
+"""The scratch register and the memory window; the interrupt lines' levels
+are held by the interrupt controllers."""
+
+VMSTATE_PC_TESTDEV = VMStateDescription(
+    TYPE_PC_TESTDEV, version_id=1, fields=[VMStateField("model", Struct(VMSTATE_PC_TESTDEV_MODEL))])
+
+
 def _no_read(offset: int, size: int) -> int:
     return 0
 
@@ -152,6 +163,7 @@ def _pc_testdev_init(obj: Any) -> None:
 def _pc_testdev_class_init(klass: ObjectClass, data: Any) -> None:
     dc = object_class_check(klass, DeviceClass)
     dc.realize = _pc_testdev_realize
+    dc.vmsd = VMSTATE_PC_TESTDEV
     isa_unrealize = dc.unrealize
 
     def unrealize(obj: Any) -> None:

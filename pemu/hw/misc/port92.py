@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from pemu.hw.core.irq import IRQLine, NoIRQ
+from pemu.migration.vmstate import U8, VMStateDescription, VMStateField
 from pemu.util.log import guest_error
 
 PORT92 = 0x92
@@ -51,3 +52,6 @@ class Port92:
         if self.outport & PORT92_RESET and not old & PORT92_RESET:
             if self.reset_request is not None:
                 self.reset_request()
+
+
+VMSTATE_PORT92 = VMStateDescription("port92", version_id=1, fields=[VMStateField("outport", U8)])

@@ -34,6 +34,7 @@ from typing import Any
 
 from pemu.hw.core.qdev import DeviceClass, qdev_new
 from pemu.hw.core.sysbus import TYPE_SYS_BUS_DEVICE, SysBusDevice, sysbus_realize
+from pemu.migration.vmstate import U16, U32, U64, Struct, VMStateDescription, VMStateError, VMStateField
 from pemu.qom.object import ObjectClass, TypeInfo, object_check, object_class_check, type_register
 from pemu.system.dma import DMAAddressSpace, dma_memory_read, dma_memory_set, dma_memory_write
 from pemu.system.memory import MemoryRegion, MemoryRegionOps, MemTxResult
@@ -398,6 +399,32 @@ class FWCfgState:
         dma_memory_write(space, desc_addr, struct.pack(">I", status))
 
 
+# --- migration (QEMU's vmstate_fw_cfg) ---------------------------------------------------------
+# The items are not migrated: the destination's command line builds the same
+# ones.  Only where the guest is in them is, checked against those items.
+
+
+def _fw_cfg_post_load(fw: FWCfgState, version_id: int) -> None:
+    if fw.cur_entry != FW_CFG_INVALID:
+        if fw.cur_entry & ~(FW_CFG_ENTRY_MASK | FW_CFG_ARCH_LOCAL) or \
+                fw.cur_entry & FW_CFG_ENTRY_MASK >= fw.max_entry:
+            raise VMStateError(f"selected item {fw.cur_entry:#x} is no item key")
+    entry = fw._current()
+    size = 0 if entry is None else len(entry.data)
+    if fw.cur_offset > size:
+        raise VMStateError(f"offset {fw.cur_offset} into item {fw.cur_entry:#x}, which has {size} bytes here")
+
+
+VMSTATE_FW_CFG = VMStateDescription(
+    "fw_cfg", version_id=1,
+    fields=[
+        VMStateField("cur_entry", U16),
+        VMStateField("cur_offset", U32),
+        VMStateField("dma_addr", U64),
+    ],
+    post_load=_fw_cfg_post_load)
+
+
 # --- -fw_cfg name=...,file=...|string=... ------------------------------------------------------
 
 
@@ -446,11 +473,16 @@ class FWCfgIoState(SysBusDevice):
     state: FWCfgState
 
 
+VMSTATE_FW_CFG_IO = VMStateDescription(
+    TYPE_FW_CFG_IO, version_id=1, fields=[VMStateField("state", Struct(VMSTATE_FW_CFG))])
+
+
 def _fw_cfg_io_class_init(klass: ObjectClass, data: Any) -> None:
     dc = object_class_check(klass, DeviceClass)
     dc.desc = "QEMU firmware configuration (I/O ports)"
     dc.user_creatable = False
     dc.reset = lambda dev: object_check(dev, FWCfgIoState).state.reset()
+    dc.vmsd = VMSTATE_FW_CFG_IO
 
 
 type_register(TypeInfo(TYPE_FW_CFG_IO, parent=TYPE_SYS_BUS_DEVICE, instance_type=FWCfgIoState,

@@ -19,9 +19,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pemu.hw.core.irq import IRQLine, NoIRQ
+from pemu.migration.vmstate import (
+    BOOL,
+    I64,
+    TIMER,
+    U8,
+    U32,
+    U64,
+    Buffer,
+    Optional,
+    VMStateDescription,
+    VMStateError,
+    VMStateField,
+)
 from pemu.util.log import guest_error
 from pemu.util.timer import (
     NANOSECONDS_PER_SECOND,
@@ -29,6 +42,9 @@ from pemu.util.timer import (
 )
 from pemu.util.timer import virtual_clock_ns as _virtual_clock_ns
 from pemu.util.timer import virtual_timer as _virtual_timer
+
+if TYPE_CHECKING:
+    from pemu.migration.qemu_file import QEMUFileReader, QEMUFileWriter
 
 RTC_BASE = 0x70
 RTC_IRQ = 8
@@ -456,6 +472,62 @@ class MC146818RTC:
         self.cmos[RTC_REG_C] = 0
         self._update_irq()
         self._rearm_timers(self.clock())
+
+
+# --- migration (QEMU's vmstate_rtc_mc146818rtc) ---------------------------------------------
+# The RTC's time is an offset on the virtual clock (``_rtc_base_ns`` at
+# ``_clock_base``), and the virtual clock is restored before the devices:
+# the guest's wall clock goes on from where the source left it, as QEMU's
+# does with -rtc clock=vm.  Nothing is taken from the destination's host clock.
+
+# The times the clock registers can express: 0001-01-01 to the end of 9999,
+# with a year's slack for a clock left running past it.
+_RTC_MIN_S = days_since_epoch(1, 1, 1) * 86400
+_RTC_MAX_S = days_since_epoch(10001, 1, 1) * 86400
+
+
+class _EpochNs:
+    """A field kind: a time in nanoseconds from the epoch, as signed seconds
+    and nanoseconds (a clock the guest set to year 9999 does not fit 64 bits of ns)."""
+
+    def save(self, f: QEMUFileWriter, value: Any) -> None:
+        seconds, ns = divmod(int(value), NANOSECONDS_PER_SECOND)
+        I64.save(f, seconds)
+        U32.save(f, ns)
+
+    def load(self, f: QEMUFileReader, current: Any, where: str) -> int:
+        seconds = I64.load(f, None, where)
+        ns = U32.load(f, None, where)
+        if ns >= NANOSECONDS_PER_SECOND:
+            raise VMStateError(f"{where}: {ns} ns is more than a second")
+        return seconds * NANOSECONDS_PER_SECOND + ns
+
+
+EPOCH_NS = _EpochNs()
+
+
+def _rtc_post_load(rtc: MC146818RTC, version_id: int) -> None:
+    seconds = rtc.rtc_ns() // NANOSECONDS_PER_SECOND
+    if not _RTC_MIN_S <= seconds < _RTC_MAX_S:
+        raise VMStateError(f"RTC time {seconds} s from the epoch is outside years 1-10000")
+
+
+VMSTATE_MC146818RTC = VMStateDescription(
+    "mc146818rtc", version_id=1,
+    fields=[
+        VMStateField("cmos", Buffer(CMOS_SIZE)),
+        VMStateField("index", U8, check=range(CMOS_SIZE)),
+        VMStateField("nmi_disabled", BOOL),
+        VMStateField("_clock_base", I64),
+        VMStateField("_rtc_base_ns", EPOCH_NS),
+        VMStateField("_held_ns", Optional(EPOCH_NS)),
+        VMStateField("_last_flags_ns", I64),
+        VMStateField("_irq_level", U8, check=(0, 1)),
+        VMStateField("_periodic_next_tick", U64),
+        VMStateField("periodic_timer", TIMER),
+        VMStateField("update_timer", TIMER),
+    ],
+    post_load=_rtc_post_load)
 
 
 def pc_cmos_init_memory(rtc: MC146818RTC, *, below_4g_mem_size: int, above_4g_mem_size: int,

@@ -23,15 +23,29 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pemu.hw.core.irq import IRQLine
 from pemu.hw.core.qdev import DeviceClass, Property, device_class_set_props
 from pemu.hw.core.sysbus import TYPE_SYS_BUS_DEVICE, SysBusDevice
+from pemu.migration import vmstate as vms
+from pemu.migration.vmstate import (
+    BOOL,
+    TIMER,
+    Struct,
+    VMStateDescription,
+    VMStateError,
+    VMStateField,
+    vmstate_load_state,
+    vmstate_save_state,
+)
 from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, object_check, object_class_check, type_register
 from pemu.system.memory import MemoryRegion, MemoryRegionOps
 from pemu.util.log import guest_error
 from pemu.util.timer import Clock, TimerFactory, TimerLike, virtual_clock_ns, virtual_timer
+
+if TYPE_CHECKING:
+    from pemu.migration.qemu_file import QEMUFileReader, QEMUFileWriter
 
 HPET_BASE = 0xFED00000
 HPET_LEN = 0x400
@@ -413,6 +427,70 @@ class HPET:
             guest_error(f"hpet: write to reserved timer register {reg:#x} of timer {t.tn}")
 
 
+# --- migration (QEMU's vmstate_hpet) ------------------------------------------------------
+# hpet_offset is the counter's offset from the virtual clock (in ticks); the
+# virtual clock is restored before the devices, so the counter reads on from
+# where it was.  The comparators' timers are loaded as deadlines.  The PIT's
+# "cut off by legacy replacement" flag is the PIT's own state: nothing is
+# re-routed on load.
+
+VMSTATE_HPET_TIMER = VMStateDescription(
+    "hpet_timer", version_id=1,
+    fields=[
+        VMStateField("config", vms.U64),
+        VMStateField("cmp", vms.U64),
+        VMStateField("fsb", vms.U64),
+        VMStateField("period", vms.U64),
+        VMStateField("wrap_flag", BOOL),
+        VMStateField("qemu_timer", TIMER),
+    ])
+
+
+class _HPETTimers:
+    """A field kind: the comparators, their count first; a stream with
+    another count than this HPET's (its "timers" property) is refused."""
+
+    def save(self, f: QEMUFileWriter, value: Any) -> None:
+        vms.U8.save(f, len(value))
+        for t in value:
+            vmstate_save_state(f, VMSTATE_HPET_TIMER, t)
+
+    def load(self, f: QEMUFileReader, current: Any, where: str) -> Any:
+        count = vms.U8.load(f, None, where)
+        if count != len(current):
+            raise VMStateError(f"{where}: {count} timers in the stream, this HPET has {len(current)}")
+        for i, t in enumerate(current):
+            vmstate_load_state(f, VMSTATE_HPET_TIMER, t, VMSTATE_HPET_TIMER.version_id, f"{where}[{i}]")
+        return current
+
+
+def _hpet_post_load(hpet: HPET, version_id: int) -> None:
+    if hpet.config & ~HPET_CFG_WRITE_MASK:
+        raise VMStateError(f"configuration {hpet.config:#x} sets reserved bits")
+    if hpet.isr >> hpet.num_timers:
+        raise VMStateError(f"interrupt status {hpet.isr:#x} names timers this HPET does not have")
+    caps = HPET_TN_PERIODIC_CAP | HPET_TN_SIZE_CAP | (hpet.intcap << 32)
+    for t in hpet.timers:
+        if t.config & ~HPET_TN_CFG_WRITE_MASK & U64 != caps:
+            raise VMStateError(f"timer {t.tn}: configuration {t.config:#x} does not match its capabilities")
+        if t.is_32bit and (t.cmp > U32 or t.period > U32):
+            raise VMStateError(f"timer {t.tn}: 64-bit comparator or period in 32-bit mode")
+
+
+VMSTATE_HPET_MODEL = VMStateDescription(
+    "hpet-model", version_id=1,
+    fields=[
+        VMStateField("config", vms.U64),
+        VMStateField("isr", vms.U64),
+        VMStateField("hpet_counter", vms.U64),
+        VMStateField("hpet_offset", vms.U64),
+        VMStateField("timers", _HPETTimers()),
+    ],
+    post_load=_hpet_post_load)
+
+VMSTATE_HPET = VMStateDescription("hpet", version_id=1, fields=[VMStateField("model", Struct(VMSTATE_HPET_MODEL))])
+
+
 # --- fw_cfg and the QOM device -----------------------------------------------------------------
 
 
@@ -469,6 +547,7 @@ def _hpet_realize(dev: Any) -> None:
 def _hpet_class_init(klass: ObjectClass, data: Any) -> None:
     dc = object_class_check(klass, DeviceClass)
     dc.realize = _hpet_realize
+    dc.vmsd = VMSTATE_HPET
     dc.reset = lambda dev: object_check(dev, HPETState).model.reset()
     dc.desc = "HPET"
     dc.user_creatable = False

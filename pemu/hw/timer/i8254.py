@@ -22,6 +22,20 @@ from __future__ import annotations
 from enum import IntEnum
 
 from pemu.hw.core.irq import IRQLine
+from pemu.migration.vmstate import (
+    BOOL,
+    I64,
+    U8,
+    U16,
+    U64,
+    Enum,
+    Optional,
+    StructList,
+    UInt,
+    VMStateDescription,
+    VMStateError,
+    VMStateField,
+)
 from pemu.util.log import guest_error
 from pemu.util.timer import (
     NANOSECONDS_PER_SECOND,
@@ -410,9 +424,83 @@ class PIT:
             ch.irq.set(0)
             ch.irq.set(1)
         ch.irq.set(out)
+        self._arm_irq_timer(ch, d, now)
+
+    def _arm_irq_timer(self, ch: PITChannel, d: int, now: int) -> None:
+        """Arm channel 0's timer for its next OUT change after ``d`` ticks."""
         tick = ch.next_event_tick(d)
         if tick is None:
             self.irq_timer.delete()
             return
         when = ch.load_ns + ticks_to_ns(tick)
         self.irq_timer.mod_ns(max(when, ch.last_fire_ns + MIN_IRQ_INTERVAL_NS, now + 1))
+
+    def post_load(self) -> None:
+        """Re-arm channel 0's timer from the loaded channel (QEMU's
+        pit_post_load).  The line itself is not touched: the PIC's and I/O
+        APIC's saved state already hold what it did."""
+        ch = self.channels[0]
+        if ch.irq is None or self.irq_disabled:
+            self.irq_timer.delete()
+            return
+        now = self.clock()
+        self._arm_irq_timer(ch, ch.elapsed(now), now)
+
+
+# --- migration (QEMU's vmstate_pit_common) -------------------------------------------------
+# load_ns, frozen_ticks and last_fire_ns are virtual-clock times: the virtual
+# clock is restored before the devices, so they keep their meaning.
+
+_STATES_OF_ACCESS = {
+    Access.LOBYTE: (ByteState.LOBYTE,),
+    Access.HIBYTE: (ByteState.HIBYTE,),
+    Access.WORD: (ByteState.WORD_LOW, ByteState.WORD_HIGH),
+}
+
+
+def _channel_post_load(ch: PITChannel, version_id: int) -> None:
+    states = _STATES_OF_ACCESS.get(ch.access)
+    if states is None:
+        raise VMStateError(f"channel {ch.index}: access mode {ch.access.name} is no programmed mode")
+    if ch.read_state not in states or ch.write_state not in states:
+        raise VMStateError(f"channel {ch.index}: byte states {ch.read_state.name}/{ch.write_state.name} "
+                           f"do not belong to access mode {ch.access.name}")
+    if ch.bcd and ch.count > 10000:
+        raise VMStateError(f"channel {ch.index}: BCD count {ch.count} above 10000")
+
+
+VMSTATE_PIT_CHANNEL = VMStateDescription(
+    "i8254-channel", version_id=1,
+    fields=[
+        VMStateField("count", UInt(17), check=range(1, 0x10001)),
+        VMStateField("mode", U8, check=range(6)),
+        VMStateField("bcd", BOOL),
+        VMStateField("access", Enum(Access)),
+        VMStateField("read_state", Enum(ByteState)),
+        VMStateField("write_state", Enum(ByteState)),
+        VMStateField("write_latch", U8),
+        VMStateField("loaded", BOOL),
+        VMStateField("load_ns", I64),
+        VMStateField("frozen_ticks", Optional(U64)),
+        VMStateField("triggered", BOOL),
+        VMStateField("latched_count", Optional(U16)),
+        VMStateField("latched_state", Enum(ByteState)),
+        VMStateField("latched_status", Optional(U8)),
+        VMStateField("gate", BOOL),
+        VMStateField("edges_seen", U64),
+        VMStateField("last_fire_ns", I64),
+    ],
+    post_load=_channel_post_load)
+
+
+def _pit_post_load(pit: PIT, version_id: int) -> None:
+    pit.post_load()
+
+
+VMSTATE_PIT = VMStateDescription(
+    "i8254", version_id=1,
+    fields=[
+        VMStateField("channels", StructList(VMSTATE_PIT_CHANNEL, NUM_CHANNELS)),
+        VMStateField("irq_disabled", BOOL),
+    ],
+    post_load=_pit_post_load)

@@ -54,6 +54,7 @@ class EngineFeature(enum.IntFlag):
     MSR_HOOKS = 0x20
     PHYS_INVALIDATE = 0x40
     IRQ_WINDOW = 0x80
+    DIRTY_LOG = 0x100
 
 
 def _patch_files() -> list[str]:
