@@ -692,12 +692,11 @@ def hmp_change(mon: Monitor, args: dict[str, Any]) -> None:
 def hmp_migrate(mon: Monitor, args: dict[str, Any]) -> None:
     """migrate [-d] URI: without -d the monitor waits for the end and prints an error, as QEMU's does."""
     from pemu.migration.migration import MigrationError, MigrationStatus
-    from pemu.monitor.monitor import StringMonitor
     from pemu.monitor.qmp_cmds_migration import migration_state
 
     state = migration_state()
     # A monitor without a terminal of its own (human-monitor-command) cannot wait.
-    wait = not args.get("detach") and not isinstance(mon, StringMonitor)
+    wait = not args.get("detach") and mon.can_suspend
 
     def finished() -> None:
         if state.status is MigrationStatus.FAILED and state.error_desc:

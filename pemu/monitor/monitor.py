@@ -155,6 +155,9 @@ class LineEditor:
 class Monitor:
     """One human monitor (QEMU's MonitorHMP) on a chardev."""
 
+    # A command may suspend it until something ends (`migrate` without -d; QEMU's monitor_suspend).
+    can_suspend = True
+
     def __init__(self, chr: Chardev | None) -> None:
         self.vm = current_vm()  # the VM this monitor inspects and controls
         self.editor = LineEditor(self._write, self._run_line)
@@ -259,6 +262,8 @@ class Monitor:
 class StringMonitor(Monitor):
     """A human monitor without a chardev whose output is kept (what QMP's
     human-monitor-command runs a command line on)."""
+
+    can_suspend = False  # the command's output is returned at once
 
     def __init__(self) -> None:
         self._captured = bytearray()

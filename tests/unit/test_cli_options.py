@@ -206,7 +206,7 @@ IMPLEMENTED_SAMPLES: dict[str, list[str]] = {
     "hda": ["disk.img"], "hdb": ["disk.img"], "hdc": ["disk.img"], "hdd": ["disk.img"], "cdrom": ["cd.iso"],
     "snapshot": [], "vga": ["none"], "qmp": ["unix:/tmp/qmp.sock,server=on,wait=off"],
     "qmp-pretty": ["tcp:localhost:4444,server=on,wait=off"], "add-fd": ["fd=INHERITED_FD,set=1"],
-    "debugcon": ["null"], "overcommit": ["mem-lock=off"],
+    "debugcon": ["null"], "overcommit": ["mem-lock=off"], "incoming": ["defer"],
 }
 
 
