@@ -411,18 +411,21 @@ class MigrationState:
             ram.mbps = ram.transferred * 8 / 1e6 / max(end - self.start_time, 1e-3)
             self.expected_downtime_ms = None
             runstate_set(RunState.POSTMIGRATE)
-            self._set_status(MigrationStatus.COMPLETED)
 
     def _block_devices(self) -> BlockDevices | None:
         machine = self.vm.machine
         return machine.opened_block_devices() if machine is not None else None
 
     def _end(self, save: SaveVMState | None, channel: OutgoingChannel) -> None:
+        # "completed" only once the dirty log is stopped: a next migration may start right then.
         with bql:
-            if save is not None:
-                save.cleanup()
-            channel.close()
-            self._channel = None
+            try:
+                if save is not None:
+                    save.cleanup()
+            finally:
+                channel.close()
+                self._channel = None
+                self._set_status(MigrationStatus.COMPLETED)
         self._notify_finished()
 
     def _end_failed(self, save: SaveVMState | None, channel: OutgoingChannel, switched: _Switchover,
