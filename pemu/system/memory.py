@@ -112,6 +112,25 @@ else:
     MAP_NORESERVE = 0x4000
 
 
+def _mmap_fixed(addr: int, length: int, flags: int, fd: int, offset: int) -> None:
+    """mmap(2) with MAP_FIXED over host memory pemu already owns (the mmap
+    module cannot place a mapping); OSError with the kernel's reason."""
+    import ctypes  # only when a snapshot is restored
+    import os
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    map_fixed = 0x10  # Linux's MAP_FIXED (the mmap module does not name it)
+    result = libc.mmap(addr, length, mmap.PROT_READ | mmap.PROT_WRITE, flags | map_fixed, fd, offset)
+    if result is None or result == ctypes.c_void_p(-1).value:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    if result != addr:
+        raise OSError(f"mmap placed the mapping at {result:#x}, not at {addr:#x}")
+
+
 class RAMBlock:
     """Host memory behind a RAM region: an anonymous mapping with MAP_NORESERVE,
     so a large guest costs nothing until it touches its memory, and the host's
@@ -127,6 +146,9 @@ class RAMBlock:
         self.view = memoryview(self.mmap)[:size]
         self.vm_memory = current_vm().memory  # the VM being built owns it
         self.vm_memory.ram_blocks.append(self)
+        # Pages come from a file mapped privately over the block (a mapped-ram
+        # snapshot restored lazily): discarding them would bring the file back.
+        self.file_mapped = False
 
     @cached_property
     def host_addr(self) -> int:
@@ -134,6 +156,16 @@ class RAMBlock:
         import ctypes  # 2 ms at start-up, for what a vCPU's first run needs
 
         return ctypes.addressof(ctypes.c_char.from_buffer(self.mmap))
+
+    def map_file(self, fd: int, offset: int) -> None:
+        """Put the bytes of file ``fd`` from ``offset`` (page-aligned) in place
+        of the block's memory, privately (MAP_PRIVATE | MAP_FIXED at the same
+        host address, so accelerators that point at it see the file's pages):
+        a page is read from the file when first touched, and what the guest
+        writes stays in memory.  The file must cover the whole range (a page
+        past its end would fault with SIGBUS).  OSError if the kernel refuses."""
+        _mmap_fixed(self.host_addr, len(self.mmap), mmap.MAP_PRIVATE, fd, offset)
+        self.file_mapped = True
 
     def release(self) -> bool:
         """Unmap the host memory (the VM is destroyed); False if something
@@ -155,7 +187,11 @@ class RAMBlock:
             first = -(-offset // mmap.PAGESIZE) * mmap.PAGESIZE
             last = end // mmap.PAGESIZE * mmap.PAGESIZE
             if first < last:
-                self.mmap.madvise(mmap.MADV_DONTNEED, first, last - first)
+                if self.file_mapped:  # fresh anonymous pages, not the file's again
+                    _mmap_fixed(self.host_addr + first, last - first,
+                                mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+                else:
+                    self.mmap.madvise(mmap.MADV_DONTNEED, first, last - first)
                 self.fill(offset, 0, first - offset)
                 self.fill(last, 0, end - last)
                 return
