@@ -11,7 +11,7 @@ and the offset where the rest of the stream goes on after the RAM area.
 
 **Pages** (PART parts while the VM runs, the END part once it is stopped) are
 records, each a big-endian 64-bit word holding a page-aligned offset in the
-block and flags in its low bits (:class:`RAMFlag`), then:
+block and flags in its low bits (``RAM_SAVE_FLAG_*``), then:
 
 * unless ``CONTINUE`` (same block as the previous record): the block's idstr;
 * ``ZERO``: a 32-bit page count: those pages are all zeros, nothing else is
@@ -43,8 +43,8 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 from collections.abc import Callable, Iterator
-from enum import IntFlag
 from typing import TYPE_CHECKING, Any
 
 from pemu.migration.qemu_file import MigrationStreamError, QEMUFileReader, QEMUFileWriter
@@ -64,15 +64,14 @@ MAPPED_RAM_ALIGN = 1 << 20  # each block's area in a mapped-ram file starts on a
 MAX_BLOCKS = 4096
 
 
-class RAMFlag(IntFlag):
-    """The flags in the low bits of a page record's offset (QEMU's RAM_SAVE_FLAG_*)."""
-
-    ZERO = 0x02
-    MEM_SIZE = 0x04
-    PAGE = 0x08
-    EOS = 0x10
-    CONTINUE = 0x20
-
+# The flags in the low bits of a page record's offset (QEMU's RAM_SAVE_FLAG_*);
+# plain ints: they are or'ed once a run of pages.
+RAM_SAVE_FLAG_ZERO = 0x02
+RAM_SAVE_FLAG_MEM_SIZE = 0x04
+RAM_SAVE_FLAG_PAGE = 0x08
+RAM_SAVE_FLAG_EOS = 0x10
+RAM_SAVE_FLAG_CONTINUE = 0x20
+_RECORD = struct.Struct(">QI")  # offset | flags, page count
 
 _FLAG_MASK = TARGET_PAGE_SIZE - 1
 
@@ -177,7 +176,7 @@ class RAMState:
         f = self.f
         if len(self.blocks) > MAX_BLOCKS:
             raise MigrationStreamError(f"too many RAM blocks to migrate ({len(self.blocks)})")
-        f.put_be64(sum(block.size for block in self.blocks) | RAMFlag.MEM_SIZE)
+        f.put_be64(sum(block.size for block in self.blocks) | RAM_SAVE_FLAG_MEM_SIZE)
         f.put_be32(len(self.blocks))
         for block in self.blocks:
             f.put_counted_string(block.idstr)
@@ -186,7 +185,7 @@ class RAMState:
                 f.put_be64(self.layout.offsets[block.idstr])
         if self.layout is not None:
             f.put_be64(self.layout.tail_offset)
-        f.put_be64(RAMFlag.EOS)
+        f.put_be64(RAM_SAVE_FLAG_EOS)
         for block in self.blocks:
             pages = block_pages(block)
             bitmap = bytearray(b"\xff" * (pages // 8))
@@ -315,14 +314,14 @@ class RAMState:
             self.normal_pages += count
         f = self.f
         before = f.bytes_put
-        flags = RAMFlag.ZERO if zero else RAMFlag.PAGE
+        flags = RAM_SAVE_FLAG_ZERO if zero else RAM_SAVE_FLAG_PAGE
         if block is self._last_block:
-            f.put_be64(offset | flags | RAMFlag.CONTINUE)
+            f.put_buffer(_RECORD.pack(offset | flags | RAM_SAVE_FLAG_CONTINUE, count))
         else:
             f.put_be64(offset | flags)
             f.put_counted_string(block.idstr)
+            f.put_be32(count)
             self._last_block = block
-        f.put_be32(count)
         if not zero:
             f.put_buffer(memoryview(data)[at:at + length])
         return f.bytes_put - before
@@ -352,7 +351,7 @@ class RAMState:
         return len(data)
 
     def end_part(self) -> None:
-        self.f.put_be64(RAMFlag.EOS)
+        self.f.put_be64(RAM_SAVE_FLAG_EOS)
         self._last_block = None
 
     def cleanup(self) -> None:
@@ -401,7 +400,7 @@ class RAMLoadState:
     def load_setup(self, f: QEMUFileReader, mapped_ram: bool, stream_start: int) -> None:
         """Check the block list against this VM's (and the mapped-ram layout)."""
         total = f.get_be64()
-        if total & _FLAG_MASK != RAMFlag.MEM_SIZE:
+        if total & _FLAG_MASK != RAM_SAVE_FLAG_MEM_SIZE:
             raise RAMLoadError("the RAM setup is corrupt")
         count = f.get_be32()
         if count > MAX_BLOCKS:
@@ -429,7 +428,7 @@ class RAMLoadState:
         if mapped_ram:
             tail = f.get_be64()
             self.layout = self._check_layout(offsets, tail, stream_start)
-        if f.get_be64() != RAMFlag.EOS:
+        if f.get_be64() != RAM_SAVE_FLAG_EOS:
             raise RAMLoadError("the RAM setup is corrupt (no end marker)")
         self.setup_done = True
 
@@ -468,13 +467,13 @@ class RAMLoadState:
             header = f.get_be64()
             flags = header & _FLAG_MASK
             offset = header & ~_FLAG_MASK
-            if flags == RAMFlag.EOS and offset == 0:
+            if flags == RAM_SAVE_FLAG_EOS and offset == 0:
                 self._last_block = None
                 return
-            kind = flags & ~RAMFlag.CONTINUE
-            if kind not in (RAMFlag.ZERO, RAMFlag.PAGE):
+            kind = flags & ~RAM_SAVE_FLAG_CONTINUE
+            if kind not in (RAM_SAVE_FLAG_ZERO, RAM_SAVE_FLAG_PAGE):
                 raise RAMLoadError(f"Unknown RAM record flags {flags:#x}")
-            if flags & RAMFlag.CONTINUE:
+            if flags & RAM_SAVE_FLAG_CONTINUE:
                 block = self._last_block
                 if block is None:
                     raise RAMLoadError("a RAM record continues a block that was never named")
@@ -489,7 +488,7 @@ class RAMLoadState:
                     offset + (count - 1) * TARGET_PAGE_SIZE >= block.size:
                 raise RAMLoadError(f"RAM record out of range: {block.idstr} {offset:#x} + {count} pages")
             length = min(count * TARGET_PAGE_SIZE, block.size - offset)
-            if kind == RAMFlag.PAGE:
+            if kind == RAM_SAVE_FLAG_PAGE:
                 block.view[offset:offset + length] = f.get_buffer(length)
             else:
                 block.fill(offset, 0, length)
