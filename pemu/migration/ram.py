@@ -176,7 +176,7 @@ class RAMState:
         f = self.f
         if len(self.blocks) > MAX_BLOCKS:
             raise MigrationStreamError(f"too many RAM blocks to migrate ({len(self.blocks)})")
-        f.put_be64(sum(block.size for block in self.blocks) | RAM_SAVE_FLAG_MEM_SIZE)
+        f.put_be64(sum(_align_up(block.size, TARGET_PAGE_SIZE) for block in self.blocks) | RAM_SAVE_FLAG_MEM_SIZE)
         f.put_be32(len(self.blocks))
         for block in self.blocks:
             f.put_counted_string(block.idstr)
@@ -423,7 +423,7 @@ class RAMLoadState:
         for idstr in self.blocks:
             if idstr not in seen:
                 raise RAMLoadError(f'RAM block "{idstr}" is missing from the stream')
-        if total & ~_FLAG_MASK != sum(seen.values()) & ~_FLAG_MASK:
+        if total & ~_FLAG_MASK != sum(_align_up(size, TARGET_PAGE_SIZE) for size in seen.values()):
             raise RAMLoadError("the RAM setup's total size does not match its blocks")
         if mapped_ram:
             tail = f.get_be64()
