@@ -347,10 +347,15 @@ def qemu_loadvm_state(vm: VirtualMachine, f: QEMUFileReader) -> None:
     previous = vm.activate()
     try:
         _LoadVM(vm, f).run()
-    except (MigrationStreamError, RAMLoadError) as e:
-        raise LoadVMError(str(e)) from None
+    except (MigrationStreamError, RAMLoadError, LoadVMError) as e:
+        raise LoadVMError(_printable(str(e))) from None
     finally:
         set_current_vm(previous)
+
+
+def _printable(message: str) -> str:
+    """One line whatever names a corrupt stream put in it."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
 
 
 class _LoadVM:
