@@ -229,9 +229,10 @@ class RAMState:
             return
         for block, dirty in self.log.sync().items():
             bitmap = self.bitmaps.get(block)
-            if bitmap is None or len(dirty) != len(bitmap):
+            if bitmap is None:
                 continue  # a block added after setup is not migrated (hotplug is refused meanwhile)
-            merged = int.from_bytes(bitmap, "little") | int.from_bytes(dirty, "little")
+            valid = (1 << block_pages(block)) - 1
+            merged = int.from_bytes(bitmap, "little") | (int.from_bytes(dirty, "little") & valid)
             before = int.from_bytes(bitmap, "little").bit_count()
             bitmap[:] = merged.to_bytes(len(bitmap), "little")
             self.dirty_pages += merged.bit_count() - before

@@ -138,6 +138,9 @@ class RAMBlock:
     (as QEMU maps it).  OSError when even the address space is lacking."""
 
     def __init__(self, idstr: str, size: int) -> None:
+        # Pages come from a file mapped privately over the block (a mapped-ram
+        # snapshot restored lazily): discarding them would bring the file back.
+        self.file_mapped = False
         self.idstr = idstr
         self.size = size
         self.mmap = mmap.mmap(-1, max(size, mmap.PAGESIZE),
@@ -146,9 +149,6 @@ class RAMBlock:
         self.view = memoryview(self.mmap)[:size]
         self.vm_memory = current_vm().memory  # the VM being built owns it
         self.vm_memory.ram_blocks.append(self)
-        # Pages come from a file mapped privately over the block (a mapped-ram
-        # snapshot restored lazily): discarding them would bring the file back.
-        self.file_mapped = False
 
     @cached_property
     def host_addr(self) -> int:
@@ -156,16 +156,6 @@ class RAMBlock:
         import ctypes  # 2 ms at start-up, for what a vCPU's first run needs
 
         return ctypes.addressof(ctypes.c_char.from_buffer(self.mmap))
-
-    def map_file(self, fd: int, offset: int) -> None:
-        """Put the bytes of file ``fd`` from ``offset`` (page-aligned) in place
-        of the block's memory, privately (MAP_PRIVATE | MAP_FIXED at the same
-        host address, so accelerators that point at it see the file's pages):
-        a page is read from the file when first touched, and what the guest
-        writes stays in memory.  The file must cover the whole range (a page
-        past its end would fault with SIGBUS).  OSError if the kernel refuses."""
-        _mmap_fixed(self.host_addr, len(self.mmap), mmap.MAP_PRIVATE, fd, offset)
-        self.file_mapped = True
 
     def release(self) -> bool:
         """Unmap the host memory (the VM is destroyed); False if something
@@ -176,6 +166,16 @@ class RAMBlock:
         except BufferError:
             return False
         return True
+
+    def map_file(self, fd: int, offset: int) -> None:
+        """Put the bytes of file ``fd`` from ``offset`` (page-aligned) in place
+        of the block's memory, privately (MAP_PRIVATE | MAP_FIXED at the same
+        host address, so accelerators that point at it see the file's pages):
+        a page is read from the file when first touched, and what the guest
+        writes stays in memory.  The file must cover the whole range (a page
+        past its end would fault with SIGBUS).  OSError if the kernel refuses."""
+        _mmap_fixed(self.host_addr, len(self.mmap), mmap.MAP_PRIVATE, fd, offset)
+        self.file_mapped = True
 
     def fill(self, offset: int, byte: int, length: int) -> None:
         """Set ``length`` bytes from ``offset`` to ``byte``.  Zeroing whole
