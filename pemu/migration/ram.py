@@ -361,6 +361,11 @@ class RAMState:
             self.log = None
 
 
+def _skip(f: QEMUFileReader, count: int) -> None:
+    while count > 0:
+        count -= len(f.get_buffer(min(count, 1 << 20)))
+
+
 def _next_nonzero(data: bytearray, pos: int) -> int:
     """The index of the first nonzero byte of ``data`` from ``pos``, or -1."""
     length = len(data)
@@ -461,6 +466,29 @@ class RAMLoadState:
                 self.blocks[idstr].map_file(fd, offset)
             except OSError as e:
                 raise RAMLoadError(f"mapped-ram: cannot map RAM block \"{idstr}\": {e.strerror or e}") from None
+
+    def read_areas(self, f: QEMUFileReader) -> None:
+        """mapped-ram from a source that cannot seek or map (a pipe, ``exec:cat
+        FILE``): read the RAM area in order into the blocks, up to the rest of
+        the stream.  The stream's position is what ``f`` has read (the stream
+        starts the source); the RAM area stays out of the checksum."""
+        assert self.layout is not None
+        crc = f.crc
+        position = f.bytes_read
+        for offset, idstr in sorted((offset, idstr) for idstr, offset in self.layout.offsets.items()):
+            _skip(f, offset - position)
+            block = self.blocks[idstr]
+            chunk = len(_ZERO_WINDOW)
+            for at in range(0, block.size, chunk):
+                length = min(chunk, block.size - at)
+                data = f.get_buffer(length)
+                if data == (_ZERO_WINDOW if length == chunk else bytes(length)):
+                    block.fill(at, 0, length)
+                else:
+                    block.view[at:at + length] = data
+            position = offset + block.size
+        _skip(f, self.layout.tail_offset - position)
+        f.crc = crc
 
     def load_pages(self, f: QEMUFileReader) -> None:
         """Page records until EOS."""

@@ -429,8 +429,8 @@ class _LoadVM:
             self._map_ram()
 
     def _map_ram(self) -> None:
-        """mapped-ram: the RAM area becomes the blocks' memory; the stream
-        goes on after it."""
+        """mapped-ram: the RAM area becomes the blocks' memory (from a pipe:
+        it is read into them); the stream goes on after it."""
         assert self.ram.layout is not None
         source: Any = self.f.source
         try:
@@ -439,7 +439,8 @@ class _LoadVM:
         except (OSError, AttributeError, io.UnsupportedOperation):
             seekable = False
         if not seekable:
-            raise LoadVMError("a mapped-ram stream can only be loaded from a file (file:)")
+            self.ram.read_areas(self.f)  # a pipe: RAM read, not mapped
+            return
         self.ram.map_file(fd)
         try:
             source.seek(self.ram.layout.tail_offset)
