@@ -358,3 +358,78 @@ def test_every_device_of_the_board_has_a_description(board: str, tmp_path: Path)
     assert result["blocked"] is None
     assert len(result["devices"]) >= 15
     assert result["load"] is None
+
+
+# --- live: the guest writes while its RAM is sent ------------------------------------------
+
+LOOP_BIOS = """
+.code16
+entry:
+    cli
+    xor %edx, %edx
+outer:
+    mov $0x1000, %ax            # 0x10000-0x8ffff: a counter written into every page, over and over
+seg_loop:
+    mov %ax, %ds
+    xor %si, %si
+page_loop:
+    inc %edx
+    mov %edx, (%si)
+    mov %edx, 0x800(%si)
+    add $0x1000, %si
+    jnz page_loop
+    add $0x1000, %ax
+    cmp $0x9000, %ax
+    jb seg_loop
+    jmp outer
+.org 0xfff0
+    ljmp $0xf000, $entry
+.org 0xffff
+    .byte 0
+"""
+
+
+def test_live_save_of_a_guest_writing_its_ram(tmp_path: Path) -> None:
+    import importlib.util
+
+    from tests.unit.guestasm import assemble, have_binutils
+
+    if not have_binutils():
+        pytest.skip("GNU as/ld/objcopy (binutils) are not installed")
+    if importlib.util.find_spec("pemu.system.dirty_log") is None:
+        pytest.skip("no dirty log in this tree (pemu.system.dirty_log comes with branch i15-dirty)")
+    bios = tmp_path / "loop.bin"
+    bios.write_bytes(assemble(LOOP_BIOS))
+    result = run_boards(f"""
+        import time
+        from pemu.system import cpus
+        args = ["-m", "64", "-bios", {str(bios)!r}]
+        src = build(args)
+        cpus.vm_start()
+        time.sleep(0.2)
+        out = io.BytesIO()
+        state = SaveVMState(src, QEMUFileWriter(out))
+        state.setup()
+        result["live"] = state.live
+        result["pending"] = []
+        if state.live:
+            for _ in range(8):
+                result["pending"].append(state.pending_bytes())
+                state.iterate(256 << 10)
+                time.sleep(0.05)
+        cpus.vm_stop()
+        state.complete()
+        state.cleanup()
+        ram = src.memory.ram_blocks[0]
+        result["counter"] = int.from_bytes(ram.view[0x10000:0x10004], "little")
+        dst = build(args)
+        result["error"] = load(dst, out.getvalue())
+        result["equal"] = ram_equal(src, dst)
+    """, tmp_path)
+    if not result["live"] and os.environ.get("PEMU_ENGINE") == "stock":
+        pytest.skip("the stock Unicorn engine cannot log the vCPUs' writes")
+    assert result["live"]
+    assert result["counter"] > 10_000, "the guest did not run"
+    assert sum(1 for pending in result["pending"][1:] if pending > 0) >= 3, "the guest wrote nothing meanwhile"
+    assert result["error"] is None
+    assert result["equal"]
