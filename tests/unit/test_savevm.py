@@ -389,7 +389,8 @@ page_loop:
 """
 
 
-def test_live_save_of_a_guest_writing_its_ram(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mapped", [False, True], ids=["stream", "mapped-ram"])
+def test_live_save_of_a_guest_writing_its_ram(tmp_path: Path, mapped: bool) -> None:
     import importlib.util
 
     from tests.unit.guestasm import assemble, have_binutils
@@ -407,8 +408,9 @@ def test_live_save_of_a_guest_writing_its_ram(tmp_path: Path) -> None:
         src = build(args)
         cpus.vm_start()
         time.sleep(0.2)
-        out = io.BytesIO()
-        state = SaveVMState(src, QEMUFileWriter(out))
+        path = os.path.join(TMP, "snap")
+        out = open(path, "wb")
+        state = SaveVMState(src, QEMUFileWriter(out), mapped_ram={mapped!r})
         state.setup()
         result["live"] = state.live
         result["pending"] = []
@@ -420,10 +422,11 @@ def test_live_save_of_a_guest_writing_its_ram(tmp_path: Path) -> None:
         cpus.vm_stop()
         state.complete()
         state.cleanup()
+        out.close()
         ram = src.memory.ram_blocks[0]
         result["counter"] = int.from_bytes(ram.view[0x10000:0x10004], "little")
         dst = build(args)
-        result["error"] = load(dst, out.getvalue())
+        result["error"] = load(dst, path=path)
         result["equal"] = ram_equal(src, dst)
     """, tmp_path)
     if not result["live"] and os.environ.get("PEMU_ENGINE") == "stock":
