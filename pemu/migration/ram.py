@@ -119,6 +119,18 @@ class DirtyLog:
 dirty_log_for: Callable[[VirtualMachine], DirtyLog] = DirtyLog
 
 
+def ram_mapped_from(vm: VirtualMachine, fd: int) -> bool:
+    """Whether some RAM of ``vm`` is mapped from the file open as ``fd`` (it
+    was restored from it with mapped-ram): that file must not be cut or
+    rewritten while the VM lives (a page of it gone faults the VMM), so a
+    new snapshot goes to a new file (a new inode: unlink or rename first)."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return False
+    return any(block.file_mapped == (st.st_dev, st.st_ino) for block in vm.memory.ram_blocks)
+
+
 # --- saving ---------------------------------------------------------------------------
 
 
@@ -206,10 +218,16 @@ class RAMState:
         try:
             self._fd = sink.fileno()
             sink.flush()
-            os.ftruncate(self._fd, sink.tell())
-            os.ftruncate(self._fd, self.layout.tail_offset)
+            written = sink.tell()
         except (OSError, AttributeError, io.UnsupportedOperation) as e:
             raise MigrationStreamError(f"mapped-ram needs a regular file to write to: {e}") from None
+        first_area = min(self.layout.offsets.values(), default=self.layout.tail_offset)
+        assert written <= first_area, "the RAM setup is longer than planned"
+        try:
+            os.ftruncate(self._fd, written)
+            os.ftruncate(self._fd, self.layout.tail_offset)
+        except OSError as e:
+            raise MigrationStreamError(f"mapped-ram needs a regular file to write to: {e.strerror or e}") from None
 
     def seek_to_tail(self) -> None:
         """Go on with the stream after the RAM area (mapped-ram)."""

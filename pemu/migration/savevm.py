@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Any
 
 from pemu.hw.core.qdev import DeviceClass, DeviceState
 from pemu.migration.qemu_file import MigrationStreamError, QEMUFileReader, QEMUFileWriter
-from pemu.migration.ram import RAMLoadError, RAMLoadState, RAMState
+from pemu.migration.ram import RAMLoadError, RAMLoadState, RAMState, ram_mapped_from
 from pemu.migration.vmstate import (
     U64,
     VMStateDescription,
@@ -269,6 +269,14 @@ class SaveVMState:
     def setup(self) -> None:
         f = self.f
         migratable_devices(self.vm)  # refuse an unmigratable VM before any RAM is sent
+        sink: Any = f.sink
+        try:
+            fd = sink.fileno()
+        except (OSError, AttributeError, io.UnsupportedOperation):
+            fd = -1
+        if fd >= 0 and ram_mapped_from(self.vm, fd):
+            raise MigrationStreamError("cannot save into the file this VM's RAM is mapped from "
+                                       "(it was restored from it): save to a new file")
         f.put_be32(QEMU_VM_FILE_MAGIC)
         f.put_be32(QEMU_VM_FILE_VERSION)
         f.put_be32(STREAM_FLAG_MAPPED_RAM if self.mapped_ram else 0)
@@ -276,7 +284,6 @@ class SaveVMState:
         _put_section_header(f, SectionType.SECTION_START, RAM_SECTION_ID, "ram", RAM_SECTION_VERSION, "ram")
         if self.mapped_ram:
             f.flush()
-            sink: Any = f.sink
             try:
                 position = sink.tell()
             except (OSError, AttributeError, io.UnsupportedOperation) as e:

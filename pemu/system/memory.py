@@ -138,9 +138,10 @@ class RAMBlock:
     (as QEMU maps it).  OSError when even the address space is lacking."""
 
     def __init__(self, idstr: str, size: int) -> None:
-        # Pages come from a file mapped privately over the block (a mapped-ram
-        # snapshot restored lazily): discarding them would bring the file back.
-        self.file_mapped = False
+        # (st_dev, st_ino) of the file mapped privately over the block (a
+        # mapped-ram snapshot restored lazily), else None: discarding its pages
+        # would bring the file's back, and cutting that file would fault them.
+        self.file_mapped: tuple[int, int] | None = None
         self.idstr = idstr
         self.size = size
         self.mmap = mmap.mmap(-1, max(size, mmap.PAGESIZE),
@@ -174,8 +175,11 @@ class RAMBlock:
         a page is read from the file when first touched, and what the guest
         writes stays in memory.  The file must cover the whole range (a page
         past its end would fault with SIGBUS).  OSError if the kernel refuses."""
+        import os
+
         _mmap_fixed(self.host_addr, len(self.mmap), mmap.MAP_PRIVATE, fd, offset)
-        self.file_mapped = True
+        st = os.fstat(fd)
+        self.file_mapped = (st.st_dev, st.st_ino)
 
     def fill(self, offset: int, byte: int, length: int) -> None:
         """Set ``length`` bytes from ``offset`` to ``byte``.  Zeroing whole
@@ -187,7 +191,7 @@ class RAMBlock:
             first = -(-offset // mmap.PAGESIZE) * mmap.PAGESIZE
             last = end // mmap.PAGESIZE * mmap.PAGESIZE
             if first < last:
-                if self.file_mapped:  # fresh anonymous pages, not the file's again
+                if self.file_mapped is not None:  # fresh anonymous pages, not the file's again
                     _mmap_fixed(self.host_addr + first, last - first,
                                 mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
                 else:

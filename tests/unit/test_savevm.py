@@ -28,7 +28,7 @@ from pemu.system import vl
 from pemu.hw.core.qdev import DeviceClass, DeviceState
 from pemu.migration import savevm
 from pemu.migration.savevm import LoadVMError, SaveVMState, migratable_devices, qemu_loadvm_state
-from pemu.migration.qemu_file import QEMUFileReader, QEMUFileWriter
+from pemu.migration.qemu_file import MigrationStreamError, QEMUFileReader, QEMUFileWriter
 from pemu.migration.vmstate import U32, VMStateDescription, VMStateField, vmstate_no_state
 
 BASE = ["-machine", "q35", "-m", "128", "-display", "none", "-S"]
@@ -127,6 +127,14 @@ def test_whole_board_round_trip_in_both_layouts(tmp_path: Path) -> None:
         result["mapped_clock"] = dst2.timers.virtual.stopped_at
         result["mapped_word"] = migratable_devices(dst2)[-1][1].test_word
         result["mapped_resave_equal"] = save(dst2) == first
+        # its RAM now comes from that file: saving into it (not a new file) would cut its pages away
+        with open(path, "r+b") as fh:
+            try:
+                SaveVMState(dst2, QEMUFileWriter(fh)).setup()
+                result["into_own_file"] = None
+            except MigrationStreamError as e:
+                result["into_own_file"] = str(e)
+        result["mapped_ram_after"] = ram_equal(src, dst2)
         st = os.stat(path)
         result["mapped_size"], result["mapped_allocated"] = st.st_size, st.st_blocks * 512
         result["ram_size"] = sum(b.size for b in src.memory.ram_blocks)
@@ -138,6 +146,9 @@ def test_whole_board_round_trip_in_both_layouts(tmp_path: Path) -> None:
     assert result["stream_clock"] == result["mapped_clock"] == 987_654_321
     assert result["stream_word"] == result["mapped_word"] == 0xC0FFEE
     assert result["stream_resave_equal"] and result["mapped_resave_equal"]
+    assert result["into_own_file"] == ("cannot save into the file this VM's RAM is mapped from "
+                                       "(it was restored from it): save to a new file")
+    assert result["mapped_ram_after"]
     # sparse: the file spans the RAM, but only about the data pages are allocated
     assert result["mapped_size"] > result["ram_size"]
     assert result["mapped_allocated"] < 4 * result["first_len"] + (1 << 20)
