@@ -361,10 +361,15 @@ class RAMState:
         else:
             self.normal_pages += count
             window_bits |= mask
-        try:
-            os.pwrite(self._fd, data, where)  # zeros too where the file had data
-        except OSError as e:
-            raise MigrationStreamError(f"failed to write the migration stream: {e.strerror or e}") from None
+        done = 0
+        while done < len(data):  # zeros too where the file had data
+            try:
+                taken = os.pwrite(self._fd, data[done:], where + done)
+            except OSError as e:
+                raise MigrationStreamError(f"failed to write the migration stream: {e.strerror or e}") from None
+            if taken <= 0:
+                raise MigrationStreamError("failed to write the migration stream: nothing was written")
+            done += taken
         piece = written[at:at + _WINDOW_BYTES]
         written[at:at + len(piece)] = window_bits.to_bytes(len(piece), "little")
         return len(data)
