@@ -161,7 +161,10 @@ fill_ram(src)
 good = save(src)
 dst = build()
 result["good"] = load(dst, good)
-result["devices_from_end"] = len(good) - good.rindex(b"\\x05timer")
+# the device sections (from the "timer" one on): every byte while they are small, else every 7th
+devices_start = good.rindex(b"\\x05timer") - 8
+tail_offsets = set(range(devices_start, len(good), 1 if len(good) - devices_start <= 3000 else 7))
+tail_offsets |= set(range(len(good) - 64, len(good)))
 
 def patched(offset, data):
     return good[:offset] + data + good[offset + len(data):]
@@ -173,7 +176,7 @@ result["unknown section type"] = load(dst, good[:-5] + b"\\x05" + good[-5:])
 result["empty"] = load(dst, b"")
 
 # every cut refused, each with one line
-cuts = sorted(set(range(0, 400)) | set(range(len(good) - 1600, len(good))) | set(range(0, len(good), 4999)))
+cuts = sorted(set(range(0, 400)) | tail_offsets | set(range(0, len(good), 4999)))
 messages = {}
 for cut in cuts:
     if 0 <= cut < len(good):
@@ -183,7 +186,7 @@ result["cuts_multiline"] = [cut for cut, msg in messages.items() if msg and "\\n
 result["cut_messages"] = sorted(set(m for m in messages.values() if m))
 
 # every flipped byte refused: the header, the device sections, RAM data, the checksum
-flips = sorted(set(range(0, 400)) | set(range(len(good) - 1600, len(good))) | set(range(400, len(good), 3331)))
+flips = sorted(set(range(0, 400)) | tail_offsets | set(range(400, len(good), 3331)))
 flip_messages = {}
 for at in flips:
     if 0 <= at < len(good):
@@ -305,7 +308,6 @@ def test_refusal_is_one_line_naming_the_mismatch(refusals: dict[str, Any], case:
 
 
 def test_every_cut_of_the_stream_is_refused(refusals: dict[str, Any]) -> None:
-    assert refusals["devices_from_end"] < 1600 - 20, "the cuts and flips no longer cover every device section"
     assert refusals["cuts_loaded"] == []
     assert refusals["cuts_multiline"] == []
     assert "the migration stream is truncated" in refusals["cut_messages"]
