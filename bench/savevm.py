@@ -81,6 +81,7 @@ def main() -> None:
             for mapped in (False, True):
                 path = Path(tmp) / "snapshot"
                 path.unlink(missing_ok=True)
+                src.activate()  # the current VM, as in a pemu process (dst was made and destroyed meanwhile)
                 start = time.perf_counter()
                 with open(path, "wb") as fh:
                     state = SaveVMState(src, QEMUFileWriter(fh), mapped_ram=mapped)
