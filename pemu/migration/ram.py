@@ -95,24 +95,22 @@ class DirtyLog:
     """The three calls of :mod:`pemu.system.dirty_log` for one VM."""
 
     def __init__(self, vm: VirtualMachine) -> None:
-        import importlib
-
         self.vm = vm
-        try:
-            self._api: Any = importlib.import_module("pemu.system.dirty_log")
-        except ImportError:  # not in this tree: no tracking, so the caller copies a stopped guest
-            self._api = None
 
     def start(self) -> bool:
-        return self._api is not None and bool(self._api.memory_global_dirty_log_start(self.vm))
+        from pemu.system.dirty_log import memory_global_dirty_log_start
+
+        return memory_global_dirty_log_start(self.vm)
 
     def sync(self) -> dict[RAMBlock, bytearray]:
-        result: dict[RAMBlock, bytearray] = self._api.memory_global_dirty_log_sync(self.vm)
-        return result
+        from pemu.system.dirty_log import memory_global_dirty_log_sync
+
+        return memory_global_dirty_log_sync(self.vm)
 
     def stop(self) -> None:
-        if self._api is not None:
-            self._api.memory_global_dirty_log_stop(self.vm)
+        from pemu.system.dirty_log import memory_global_dirty_log_stop
+
+        memory_global_dirty_log_stop(self.vm)
 
 
 # Tests replace this to give a VM without an accelerator a dirty log they drive.
