@@ -143,7 +143,8 @@ VMSTATE_SEGMENT = VMStateDescription(
         VMStateField("selector", U16),
         VMStateField("base", U64),
         VMStateField("limit", U32),
-        VMStateField("flags", U32, check=lambda v: not v & ~DESC_FLAGS_MASK),
+        # The descriptor's high dword without its base bytes (QEMU keeps limit bits 19:16 there too).
+        VMStateField("flags", U32, check=lambda v: not v & ~(DESC_FLAGS_MASK | 0xF0000)),
     ])
 
 VMSTATE_DTABLE = VMStateDescription(
@@ -243,7 +244,7 @@ def check_cpu_state(cpu: Any) -> None:
     if cs.flags & DESC_L_MASK and not long_mode and protected:
         raise VMStateError("env.segs[1] (cs): a 64-bit code segment outside long mode")
     ss = env.segs[SegReg.SS]
-    if protected and ss.flags & DESC_P_MASK and not code64 and not (
+    if protected and ss.flags & DESC_P_MASK and not (
             ss.flags & DESC_S_MASK and not ss.flags & DESC_CS_MASK and ss.flags & DESC_W_MASK):
         raise VMStateError(f"env.segs[2] (ss): flags {ss.flags:#x} are not a writable data segment's")
     _check_segment("env.ldt", env.ldt, protected, long_mode, system_type=(2,))
