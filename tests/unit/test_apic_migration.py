@@ -14,7 +14,21 @@ from pemu.hw.intc.apic import APIC, VMSTATE_APIC
 from pemu.hw.intc.apic_common import MSR_IA32_APICBASE_ENABLE, MSR_IA32_APICBASE_EXTD
 from pemu.migration.vmstate import VMStateError, vmstate_load_bytes, vmstate_save_bytes
 from tests.unit.fakes import FakeClock
-from tests.unit.test_apic import DFR, EOI, ICR_HI, ICR_LO, LDR, LVT_LINT0, LVT_TIMER, SVR, TDCR, TMCCT, TMICT, TPR, FakeCPU
+from tests.unit.test_apic import (
+    DFR,
+    EOI,
+    ICR_HI,
+    ICR_LO,
+    LDR,
+    LVT_LINT0,
+    LVT_TIMER,
+    SVR,
+    TDCR,
+    TMCCT,
+    TMICT,
+    TPR,
+    FakeCPU,
+)
 
 REGISTERS = range(0x20, 0x400, 0x10)
 
