@@ -340,3 +340,120 @@ def test_a_cpu_shut_down_by_a_triple_fault_is_refused_at_save() -> None:
     cpu.run.shutdown = True
     with pytest.raises(VMStateError, match="triple fault"):
         vmstate_save_bytes(VMSTATE_X86_CPU, cpu)
+
+
+# --- kvm: a q35 board each side, a 32-bit guest -----------------------------------------------
+
+KVM_CODE, KVM_FLAG, KVM_RESULT, KVM_SCRATCH = 0x8000, 0x9000, 0x9100, 0x9200
+KVM_BOARD = ["-machine", "q35", "-nodefaults", "-display", "none", "-S", "-accel", "kvm", "-m", "32"]
+SYSENTER_EIP, PAT = 0xC0DE1000, 0x0007010600070106
+FCW = 0x0F7F   # x87: round toward zero, all exceptions masked
+KVM_MAIN = f"""
+    .code32
+    mov $0x176, %ecx
+    mov ${SYSENTER_EIP}, %eax
+    xor %edx, %edx
+    wrmsr
+    mov $0x277, %ecx
+    mov ${PAT & 0xFFFFFFFF}, %eax
+    mov ${PAT >> 32}, %edx
+    wrmsr
+    mov ${DR1}, %eax
+    mov %eax, %db1
+    mov $0x5eed, %edi
+    rdtsc
+    mov %eax, %esi
+    mov %edx, %ebp
+    movl $1, {KVM_FLAG + 4}
+1:  cmpl $0, {KVM_FLAG}
+    je 1b
+    # Run on from the restored registers (this KVM emulates each instruction:
+    # only what its emulator knows is used here).
+    rdtsc
+    sub %esi, %eax
+    sbb %ebp, %edx
+    mov %eax, {KVM_RESULT + 40}
+    mov %edx, {KVM_RESULT + 44}
+    mov %edi, {KVM_RESULT}
+    movdqu %xmm5, {KVM_RESULT + 4}
+    fnstcw {KVM_RESULT + 20}
+    mov $0x176, %ecx
+    rdmsr
+    mov %eax, {KVM_RESULT + 32}
+    mov %db1, %eax
+    mov %eax, {KVM_RESULT + 36}
+    mov $0x277, %ecx
+    rdmsr
+    mov %eax, {KVM_RESULT + 48}
+    mov %edx, {KVM_RESULT + 52}
+    movl $2, {KVM_FLAG + 4}
+2:  hlt
+    jmp 2b
+"""
+XMM5 = 0x11223344_55667788_99AABBCC_DDEEFF00
+ST0 = 0x4000_C90FDAA22168C235   # pi
+
+
+def _kvm_wait(memory: Any, value: int, timeout: float = 30.0) -> None:
+    assert wait_for(lambda: struct.unpack("<I", memory.read(KVM_FLAG + 4, 4))[0] == value, timeout), \
+        f"the guest did not reach step {value}"
+
+
+@pytest.mark.kvm
+@needs_binutils
+def test_kvm_cpu_state_moves_to_a_fresh_vm_and_runs_on(virtual_machine: VirtualMachine,
+                                                       second_vm: Callable[[], VirtualMachine]) -> None:
+    from guestasm import assemble
+
+    from pemu.system import vl
+
+    source_vm = vl.qemu_init(KVM_BOARD)
+    assert source_vm.machine is not None
+    cpu = source_vm.machine.cpus[0]
+    cpu.memory.write(KVM_CODE, assemble(KVM_MAIN, KVM_CODE))
+    cpu.env.reset()
+    cpu.env.set_protected_mode_flat32(KVM_CODE)
+    cpu.env.cr4 |= 0x600   # OSFXSR, OSXMMEXCPT
+    cpu.env.xmm[5], cpu.env.mxcsr, cpu.env.fpuc = XMM5, 0x7F80, FCW
+    cpu.env.fpregs[0], cpu.env.fpus, cpu.env.fptag = ST0, 7 << 11, 0x80   # pi pushed: TOP 7, register 7 full
+    cpus.cpu_synchronize_post_reset(cpu)
+    cpus.vm_start()
+    try:
+        _kvm_wait(cpu.memory, 1)
+    finally:
+        cpus.vm_stop()
+    cpu_bytes = vmstate_save_bytes(VMSTATE_X86_CPU, cpu)
+    env = cpu.env
+    assert env.regs[7] == 0x5EED and env.xmm[5] == XMM5
+    assert env.sysenter_eip == SYSENTER_EIP and env.pat == PAT and env.dr[1] == DR1
+    assert env.fpregs[0] == ST0 and env.fpus == 7 << 11 and env.fptag == 0x80 and env.mxcsr == 0x7F80
+    assert env.kernel_lapic is not None and env.mp_state == X86MPState.RUNNABLE
+    assert vmstate_save_bytes(VMSTATE_X86_CPU, cpu) == cpu_bytes   # stopped: the same state twice
+    saved_tsc = env.tsc
+    clock_bytes = vmstate_save_bytes(VMSTATE_TIMERS, clock_state(source_vm))
+    ram = cpu.memory.read(0, 1 << 20)
+
+    dest_vm = vl.qemu_init(KVM_BOARD)
+    assert dest_vm.machine is not None
+    dest = dest_vm.machine.cpus[0]
+    dest.memory.write(0, ram)
+    vmstate_load_bytes(VMSTATE_TIMERS, clock_state(dest_vm), clock_bytes)
+    vmstate_load_bytes(VMSTATE_X86_CPU, dest, cpu_bytes)
+    dest.env.reset()   # forget what was loaded: saving must read it all back from KVM
+    assert vmstate_save_bytes(VMSTATE_X86_CPU, dest) == cpu_bytes
+    assert dest.env.tsc == saved_tsc
+
+    dest.memory.write(KVM_FLAG, struct.pack("<I", 1))
+    cpus.vm_start()
+    try:
+        _kvm_wait(dest.memory, 2)
+    finally:
+        cpus.vm_stop()
+    edi, xmm, fcw, sysenter_eip, dr1, elapsed, pat = struct.unpack(
+        "<I16sHxxxxxxxxxxIIQQ", dest.memory.read(KVM_RESULT, 56))
+    assert edi == 0x5EED and int.from_bytes(xmm, "little") == XMM5 and fcw == FCW
+    assert sysenter_eip == SYSENTER_EIP and dr1 == DR1 and pat == PAT
+    # The TSC went on from the saved value (a fresh VM's starts near 0: the difference would wrap).
+    assert 0 < elapsed < 1 << 40, elapsed
+    dest_vm.destroy()
+    source_vm.destroy()

@@ -234,7 +234,10 @@ _U128 = (1 << 128) - 1
 # The XSAVE image: XSTATE_BV in its header, the upper halves of YMM0-15.
 _XSAVE_BV = 512
 _XSAVE_YMMH = 576
+_XSTATE_FP = 1 << 0
+_XSTATE_SSE = 1 << 1
 _XSTATE_YMM = 1 << 2
+_U64 = (1 << 64) - 1
 
 
 def cpu_dump_state(regs: k.kvm_regs, sregs: k.kvm_sregs) -> str:
@@ -318,6 +321,9 @@ class KVMVCPU:
         self.in_guest = False
         self.kick_pending = False
         self.exits = 0
+        # The TSC as the VM stopped (QEMU's env->tsc with tsc_valid): read once
+        # per stop, or what was put, so state saved twice while stopped is the same.
+        self.stopped_tsc: int | None = None
         self.fd.set_cpuid2(build_cpuid(cpu.model, accel.supported_cpuid, self.vcpu_id, accel.in_kernel_irqchip,
                                        userspace_apic=cpu.apic is not None))
         self._handlers = {
@@ -377,6 +383,7 @@ class KVMVCPU:
         handlers = self._handlers
         userspace_pic = not self.accel.in_kernel_irqchip
         self.kick_pending = False
+        self.stopped_tsc = None
         run.immediate_exit = 0
         while True:
             if userspace_pic:
@@ -531,10 +538,13 @@ class KVMVCPU:
             self.fd.set_debugregs(dbg)
         if self.accel.in_kernel_irqchip:
             if env.kernel_lapic is not None:
-                self.fd.set_lapic(k.kvm_lapic_state(env.kernel_lapic))
+                lapic = k.kvm_lapic_state()
+                ctypes.memmove(ctypes.addressof(lapic), env.kernel_lapic, ctypes.sizeof(lapic))
+                self.fd.set_lapic(lapic)
             self.fd.set_mp_state(_MP_STATE_TO_KVM[env.mp_state])
         if k.Cap.VCPU_EVENTS in caps:
             self.fd.set_vcpu_events(self._events_to_kvm(env))
+        self.stopped_tsc = env.tsc
 
     def _msrs(self) -> tuple[tuple[int, str], ...]:
         if self.accel.in_kernel_irqchip:
@@ -542,37 +552,45 @@ class KVMVCPU:
         return _ENV_MSRS
 
     def _put_fpu(self, env: CPUX86State) -> None:
-        fpu = k.kvm_fpu()
-        fpu.fcw, fpu.fsw, fpu.ftwx = env.fpuc & 0xFFFF, env.fpus & 0xFFFF, env.fptag & 0xFF
-        fpu.last_opcode, fpu.last_ip, fpu.last_dp = env.fpop & 0x7FF, env.fpip, env.fpdp
-        for i, value in enumerate(env.fpregs):
-            ctypes.memmove(ctypes.addressof(fpu.fpr) + 16 * i, (value & _U80).to_bytes(10, "little"), 10)
-        for i, value in enumerate(env.xmm):
-            ctypes.memmove(ctypes.addressof(fpu.xmm) + 16 * i, (value & _U128).to_bytes(16, "little"), 16)
-        fpu.mxcsr = env.mxcsr & 0xFFFFFFFF
-        self.fd.set_fpu(fpu)
+        """x87, SSE and AVX state: through XSAVE where KVM has it (as QEMU),
+        else KVM_SET_FPU; XCR0 through KVM_SET_XCRS."""
         caps = self.accel.caps
         if k.Cap.XCRS in caps:
             xcrs = k.kvm_xcrs(nr_xcrs=1)
             xcrs.xcrs[0].xcr, xcrs.xcrs[0].value = 0, env.xcr0
             self.fd.set_xcrs(xcrs)
-        if k.Cap.XSAVE in caps and any(env.ymmh):
-            xsave = self.fd.get_xsave()
-            region = memoryview(xsave.region).cast("B")
+        if k.Cap.XSAVE not in caps:
+            fpu = k.kvm_fpu()
+            fpu.fcw, fpu.fsw, fpu.ftwx = env.fpuc & 0xFFFF, env.fpus & 0xFFFF, env.fptag & 0xFF
+            fpu.last_opcode, fpu.last_ip, fpu.last_dp = env.fpop & 0x7FF, env.fpip, env.fpdp
+            for i, value in enumerate(env.fpregs):
+                ctypes.memmove(ctypes.addressof(fpu.fpr) + 16 * i, (value & _U80).to_bytes(10, "little"), 10)
+            for i, value in enumerate(env.xmm):
+                ctypes.memmove(ctypes.addressof(fpu.xmm) + 16 * i, (value & _U128).to_bytes(16, "little"), 16)
+            fpu.mxcsr = env.mxcsr & 0xFFFFFFFF
+            self.fd.set_fpu(fpu)
+            return
+        xsave = self.fd.get_xsave()
+        region = memoryview(xsave.region).cast("B")
+        region[0:8] = ((env.fpuc & 0xFFFF) | (env.fpus & 0xFFFF) << 16 | (env.fptag & 0xFF) << 32
+                       | (env.fpop & 0x7FF) << 48).to_bytes(8, "little")
+        region[8:24] = (env.fpip & _U64 | (env.fpdp & _U64) << 64).to_bytes(16, "little")
+        region[24:28] = (env.mxcsr & 0xFFFFFFFF).to_bytes(4, "little")
+        for i, value in enumerate(env.fpregs):
+            region[32 + 16 * i:48 + 16 * i] = (value & _U80).to_bytes(16, "little")
+        for i, value in enumerate(env.xmm):
+            region[160 + 16 * i:176 + 16 * i] = (value & _U128).to_bytes(16, "little")
+        bv = int.from_bytes(region[_XSAVE_BV:_XSAVE_BV + 8], "little") | _XSTATE_FP | _XSTATE_SSE
+        if any(env.ymmh):
             for i, value in enumerate(env.ymmh):
                 region[_XSAVE_YMMH + 16 * i:_XSAVE_YMMH + 16 * (i + 1)] = (value & _U128).to_bytes(16, "little")
-            bv = int.from_bytes(region[_XSAVE_BV:_XSAVE_BV + 8], "little") | _XSTATE_YMM
-            region[_XSAVE_BV:_XSAVE_BV + 8] = bv.to_bytes(8, "little")
-            self.fd.set_xsave(xsave)
+            bv |= _XSTATE_YMM
+        elif bv & _XSTATE_YMM:
+            region[_XSAVE_YMMH:_XSAVE_YMMH + 256] = bytes(256)
+        region[_XSAVE_BV:_XSAVE_BV + 8] = bv.to_bytes(8, "little")
+        self.fd.set_xsave(xsave)
 
     def _get_fpu(self, env: CPUX86State) -> None:
-        fpu = self.fd.get_fpu()
-        env.fpuc, env.fpus, env.fptag = fpu.fcw, fpu.fsw, fpu.ftwx
-        env.fpop, env.fpip, env.fpdp = fpu.last_opcode & 0x7FF, fpu.last_ip, fpu.last_dp
-        fpr, xmm = bytes(fpu.fpr), bytes(fpu.xmm)
-        env.fpregs = [int.from_bytes(fpr[16 * i:16 * i + 10], "little") for i in range(8)]
-        env.xmm = [int.from_bytes(xmm[16 * i:16 * (i + 1)], "little") for i in range(16)]
-        env.mxcsr = fpu.mxcsr
         caps = self.accel.caps
         if k.Cap.XCRS in caps:
             xcrs = self.fd.get_xcrs()
@@ -580,11 +598,33 @@ class KVMVCPU:
                 if xcrs.xcrs[i].xcr == 0:
                     env.xcr0 = xcrs.xcrs[i].value
         env.ymmh = [0] * 16
-        if k.Cap.XSAVE in caps:
-            region = bytes(self.fd.get_xsave().region)
-            if int.from_bytes(region[_XSAVE_BV:_XSAVE_BV + 8], "little") & _XSTATE_YMM:
-                env.ymmh = [int.from_bytes(region[_XSAVE_YMMH + 16 * i:_XSAVE_YMMH + 16 * (i + 1)], "little")
-                            for i in range(16)]
+        if k.Cap.XSAVE not in caps:
+            fpu = self.fd.get_fpu()
+            env.fpuc, env.fpus, env.fptag = fpu.fcw, fpu.fsw, fpu.ftwx
+            env.fpop, env.fpip, env.fpdp = fpu.last_opcode & 0x7FF, fpu.last_ip, fpu.last_dp
+            fpr, xmm = bytes(fpu.fpr), bytes(fpu.xmm)
+            env.fpregs = [int.from_bytes(fpr[16 * i:16 * i + 10], "little") for i in range(8)]
+            env.xmm = [int.from_bytes(xmm[16 * i:16 * (i + 1)], "little") for i in range(16)]
+            env.mxcsr = fpu.mxcsr
+            return
+        region = bytes(self.fd.get_xsave().region)
+        bv = int.from_bytes(region[_XSAVE_BV:_XSAVE_BV + 8], "little")
+
+        def u(off: int, size: int) -> int:
+            return int.from_bytes(region[off:off + size], "little")
+
+        # A component whose XSTATE_BV bit is clear is in its initial state.
+        if bv & _XSTATE_FP:
+            env.fpuc, env.fpus, env.fptag, env.fpop = u(0, 2), u(2, 2), u(4, 1), u(6, 2) & 0x7FF
+            env.fpip, env.fpdp = u(8, 8), u(16, 8)
+            env.fpregs = [u(32 + 16 * i, 10) for i in range(8)]
+        else:
+            env.fpuc, env.fpus, env.fptag, env.fpop, env.fpip, env.fpdp = 0x37F, 0, 0, 0, 0, 0
+            env.fpregs = [0] * 8
+        env.mxcsr = u(24, 4)
+        env.xmm = [u(160 + 16 * i, 16) for i in range(16)] if bv & _XSTATE_SSE else [0] * 16
+        if bv & _XSTATE_YMM:
+            env.ymmh = [u(_XSAVE_YMMH + 16 * i, 16) for i in range(16)]
 
     @staticmethod
     def _events_to_kvm(env: CPUX86State) -> k.kvm_vcpu_events:
@@ -643,11 +683,15 @@ class KVMVCPU:
         env.idt = DescriptorTable(sregs.idt.base, sregs.idt.limit)
         env.cr0, env.cr2, env.cr3, env.cr4 = sregs.cr0, sregs.cr2, sregs.cr3, sregs.cr4
         env.cr8, env.efer, env.apic_base = sregs.cr8, sregs.efer, sregs.apic_base
-        msrs = self._msrs()
+        msrs = tuple(entry for entry in self._msrs()
+                     if not (self.stopped_tsc is not None and entry[0] == MSR.IA32_TSC))
         values = self.fd.get_msrs([int(index) for index, _ in msrs])
         for index, attr in msrs:
             if int(index) in values:
                 setattr(env, attr, values[int(index)])
+        if self.stopped_tsc is None:
+            self.stopped_tsc = env.tsc
+        env.tsc = self.stopped_tsc
         self._get_fpu(env)
         if k.Cap.DEBUGREGS in self.accel.caps:
             dbg = self.fd.get_debugregs()
@@ -656,7 +700,8 @@ class KVMVCPU:
         if self.accel.in_kernel_irqchip:
             env.mp_state = _MP_STATE_FROM_KVM.get(self.fd.get_mp_state(), X86MPState.RUNNABLE)
             env.halted = env.mp_state in (X86MPState.HALTED, X86MPState.WAIT_FOR_SIPI, X86MPState.UNINITIALIZED)
-            env.kernel_lapic = bytes(self.fd.get_lapic().regs)
+            lapic = self.fd.get_lapic()
+            env.kernel_lapic = ctypes.string_at(ctypes.addressof(lapic), ctypes.sizeof(lapic))
         else:
             env.halted = self.run_state.halted
             env.mp_state = X86MPState.HALTED if env.halted else X86MPState.RUNNABLE
