@@ -16,6 +16,7 @@ from tcg_harness import Machine, needs_binutils, wait_for
 from test_tcg_longmode import CODE, HANDLERS, PROLOGUE, build
 
 from pemu.hw.core.cpu import CPURunState
+from pemu.hw.i386.kvm.irqchip import TYPE_KVM_IRQCHIP, VMSTATE_KVM_IRQCHIP
 from pemu.migration.savevm import VMSTATE_TIMERS, clock_state
 from pemu.migration.vmstate import (
     VMStateDescription,
@@ -360,6 +361,16 @@ KVM_MAIN = f"""
     wrmsr
     mov ${DR1}, %eax
     mov %eax, %db1
+    mov $0xFB, %al                      # the in-kernel 8259: mask all but the cascade
+    out %al, $0x21
+    mov $0x34, %al                      # the in-kernel 8254: channel 0, mode 2
+    out %al, $0x43
+    mov $0x9c, %al
+    out %al, $0x40
+    mov $0x2e, %al
+    out %al, $0x40
+    movl $0x18, 0xFEC00000              # the in-kernel I/O APIC: pin 4, masked, vector 0x35
+    movl $0x10035, 0xFEC00010
     mov $0x5eed, %edi
     rdtsc
     mov %eax, %esi
@@ -386,12 +397,36 @@ KVM_MAIN = f"""
     rdmsr
     mov %eax, {KVM_RESULT + 48}
     mov %edx, {KVM_RESULT + 52}
+    in $0x21, %al
+    mov %al, {KVM_RESULT + 56}
+    mov $0xE2, %al                      # read back channel 0's status
+    out %al, $0x43
+    in $0x40, %al
+    mov %al, {KVM_RESULT + 57}
+    movl $0x18, 0xFEC00000
+    mov 0xFEC00010, %eax
+    mov %eax, {KVM_RESULT + 60}
     movl $2, {KVM_FLAG + 4}
 2:  hlt
     jmp 2b
 """
 XMM5 = 0x11223344_55667788_99AABBCC_DDEEFF00
 ST0 = 0x4000_C90FDAA22168C235   # pi
+
+
+def find_device(vm: VirtualMachine, typename: str) -> Any:
+    def walk(obj: Any) -> Any:
+        for _, child in obj.children():
+            if child.typename == typename:
+                return child
+            found = walk(child)
+            if found is not None:
+                return found
+        return None
+
+    found = walk(vm.qom_root)
+    assert found is not None, typename
+    return found
 
 
 def _kvm_wait(memory: Any, value: int, timeout: float = 30.0) -> None:
@@ -423,6 +458,7 @@ def test_kvm_cpu_state_moves_to_a_fresh_vm_and_runs_on(virtual_machine: VirtualM
     finally:
         cpus.vm_stop()
     cpu_bytes = vmstate_save_bytes(VMSTATE_X86_CPU, cpu)
+    irqchip_bytes = vmstate_save_bytes(VMSTATE_KVM_IRQCHIP, find_device(source_vm, TYPE_KVM_IRQCHIP))
     env = cpu.env
     assert env.regs[7] == 0x5EED and env.xmm[5] == XMM5
     assert env.sysenter_eip == SYSENTER_EIP and env.pat == PAT and env.dr[1] == DR1
@@ -439,6 +475,9 @@ def test_kvm_cpu_state_moves_to_a_fresh_vm_and_runs_on(virtual_machine: VirtualM
     dest.memory.write(0, ram)
     vmstate_load_bytes(VMSTATE_TIMERS, clock_state(dest_vm), clock_bytes)
     vmstate_load_bytes(VMSTATE_X86_CPU, dest, cpu_bytes)
+    dest_irqchip = find_device(dest_vm, TYPE_KVM_IRQCHIP)
+    vmstate_load_bytes(VMSTATE_KVM_IRQCHIP, dest_irqchip, irqchip_bytes)
+    assert vmstate_save_bytes(VMSTATE_KVM_IRQCHIP, dest_irqchip)[:16 + 16 + 216] == irqchip_bytes[:16 + 16 + 216]
     dest.env.reset()   # forget what was loaded: saving must read it all back from KVM
     assert vmstate_save_bytes(VMSTATE_X86_CPU, dest) == cpu_bytes
     assert dest.env.tsc == saved_tsc
@@ -449,11 +488,46 @@ def test_kvm_cpu_state_moves_to_a_fresh_vm_and_runs_on(virtual_machine: VirtualM
         _kvm_wait(dest.memory, 2)
     finally:
         cpus.vm_stop()
-    edi, xmm, fcw, sysenter_eip, dr1, elapsed, pat = struct.unpack(
-        "<I16sHxxxxxxxxxxIIQQ", dest.memory.read(KVM_RESULT, 56))
+    edi, xmm, fcw, sysenter_eip, dr1, elapsed, pat, imr, pit_status, ioapic_pin4 = struct.unpack(
+        "<I16sHxxxxxxxxxxIIQQBBxxI", dest.memory.read(KVM_RESULT, 64))
+    # The in-kernel interrupt controllers came along.
+    assert imr == 0xFB and pit_status & 0x3F == 0x34 and ioapic_pin4 == 0x10035
     assert edi == 0x5EED and int.from_bytes(xmm, "little") == XMM5 and fcw == FCW
     assert sysenter_eip == SYSENTER_EIP and dr1 == DR1 and pat == PAT
     # The TSC went on from the saved value (a fresh VM's starts near 0: the difference would wrap).
     assert 0 < elapsed < 1 << 40, elapsed
     dest_vm.destroy()
     source_vm.destroy()
+
+
+class _Irqchip:
+    def __init__(self) -> None:
+        self.pic_master = self.pic_slave = bytes(16)
+        self.ioapic = bytes(216)
+        self.pit = bytes(112)
+
+
+def _pic(**fields: int) -> bytes:
+    names = ("last_irr irr imr isr priority_add irq_base read_reg_select poll special_mask init_state auto_eoi "
+             "rotate_on_auto_eoi special_fully_nested_mode init4 elcr elcr_mask").split()
+    return bytes(fields.get(name, 0) for name in names)
+
+
+@pytest.mark.parametrize("attr, value, reason", [
+    ("pic_master", _pic(priority_add=8), "pic_master"),
+    ("pic_slave", _pic(irq_base=0x71), "pic_slave"),
+    ("pic_master", _pic(init_state=4), "pic_master"),
+    ("pic_master", _pic(poll=2), "poll"),
+    ("pic_slave", _pic(elcr=0x10, elcr_mask=0x0F), "elcr"),
+    ("ioapic", bytes(8) + (0x100).to_bytes(4, "little") + bytes(204), "ioregsel"),
+    ("ioapic", bytes(24 + 8 * 3) + (0x300).to_bytes(8, "little") + bytes(216 - 32 - 24), "pin 3"),
+    ("pit", bytes(13) + bytes([7]) + bytes(98), "channel 0"),            # mode 7
+    ("pit", bytes(24) + (0x10001).to_bytes(4, "little") + bytes(84), "channel 1"),
+])
+def test_bad_in_kernel_irqchip_state_is_refused(attr: str, value: bytes, reason: str) -> None:
+    """Checked before anything reaches KVM (no /dev/kvm needed)."""
+    source = _Irqchip()
+    setattr(source, attr, value)
+    raw = VMStateDescription("kvm-irqchip", 1, VMSTATE_KVM_IRQCHIP.fields)
+    with pytest.raises(VMStateError, match=reason):
+        vmstate_load_bytes(VMSTATE_KVM_IRQCHIP, _Irqchip(), vmstate_save_bytes(raw, source))

@@ -896,6 +896,29 @@ class KVMAccel(AccelOps):
     def irqchip_gsi_lines(self) -> list[IRQLine]:
         return list(self.gsi_lines)
 
+    _IRQCHIPS = (("pic_master", k.KVM_IRQCHIP_PIC_MASTER, 16), ("pic_slave", k.KVM_IRQCHIP_PIC_SLAVE, 16),
+                 ("ioapic", k.KVM_IRQCHIP_IOAPIC, 216))
+
+    def irqchip_state(self) -> dict[str, bytes]:
+        """KVM_GET_IRQCHIP of both 8259s and the I/O APIC, KVM_GET_PIT2."""
+        assert self.vm is not None and self.in_kernel_irqchip
+        state = {}
+        for name, chip_id, size in self._IRQCHIPS:
+            state[name] = bytes(self.vm.get_irqchip(chip_id).chip)[:size]
+        pit = self.vm.get_pit2()
+        state["pit"] = ctypes.string_at(ctypes.addressof(pit), ctypes.sizeof(pit))
+        return state
+
+    def set_irqchip_state(self, state: dict[str, bytes]) -> None:
+        assert self.vm is not None and self.in_kernel_irqchip
+        for name, chip_id, size in self._IRQCHIPS:
+            chip = self.vm.get_irqchip(chip_id)
+            ctypes.memmove(ctypes.addressof(chip.chip), state[name], size)
+            self.vm.set_irqchip(chip)
+        pit = k.kvm_pit_state2()
+        ctypes.memmove(ctypes.addressof(pit), state["pit"], ctypes.sizeof(pit))
+        self.vm.set_pit2(pit)
+
     def cleanup(self) -> None:
         self.close()
 
