@@ -637,3 +637,62 @@ def test_cpu_and_apic_state_move_between_accelerators(source_accel: str, dest_ac
         assert 0 < elapsed < 1 << 32, elapsed
     dest_vm.destroy()
     source_vm.destroy()
+
+
+@needs_binutils
+def test_tcg_ap_waiting_for_sipi_and_a_pending_nmi_survive(virtual_machine: VirtualMachine) -> None:
+    """-smp 2 on tcg: the AP waits for its start-up IPI and the BSP has an NMI
+    pending when the VM is saved; on the destination the NMI is taken through
+    the BSP's IDT and a SIPI starts the AP (its APIC still waits for one)."""
+    from guestasm import assemble
+
+    from pemu.hw.intc.apic import VMSTATE_APIC_DEVICE
+    from pemu.hw.intc.apic_common import APIC_DM_STARTUP
+    from pemu.system import vl
+    from pemu.target.i386.cpu_state import DescriptorTable
+
+    gdt, idt, nmi_handler, ap_code, marks = 0x5000, 0x6000, 0x8100, 0x9000, 0x9100
+    board = BOARD + ["-accel", "tcg", "-smp", "2"]
+
+    def build() -> tuple[VirtualMachine, list[Any]]:
+        vm = vl.qemu_init(board)
+        assert vm.machine is not None
+        bsp = vm.machine.cpus[0]
+        mem = bsp.memory
+        mem.write(gdt, struct.pack("<4Q", 0, 0, 0x00CF9B000000FFFF, 0x00CF93000000FFFF))
+        mem.write(idt + 2 * 8, struct.pack("<HHBBH", nmi_handler & 0xFFFF, 0x10, 0, 0x8E, nmi_handler >> 16))
+        mem.write(KVM_CODE, assemble(".code32\n1: jmp 1b", KVM_CODE))
+        mem.write(nmi_handler, assemble(f".code32\n movl $0xAA, {marks + 4}\n 1: jmp 1b", nmi_handler))
+        mem.write(ap_code, assemble(f".code16\n movl $0x5151, {marks}\n 1: hlt\n jmp 1b", ap_code))
+        bsp.env.reset()
+        bsp.env.set_protected_mode_flat32(KVM_CODE)
+        bsp.env.gdt = DescriptorTable(gdt, 31)
+        bsp.env.idt = DescriptorTable(idt, 0x7FF)
+        bsp.env.regs[4] = 0x7000   # the NMI's frame goes below
+        cpus.cpu_synchronize_post_reset(bsp)
+        return vm, vm.machine.cpus
+
+    source_vm, (bsp, ap) = build()
+    cpus.cpu_interrupt(bsp, cpus.CPU_INTERRUPT_NMI)   # raised while the VM is stopped
+    sections = [vmstate_save_bytes(VMSTATE_X86_CPU, cpu) for cpu in (bsp, ap)]
+    sections += [vmstate_save_bytes(VMSTATE_APIC_DEVICE, cpu.apic_state) for cpu in (bsp, ap)]
+    assert bsp.env.nmi_pending and ap.env.mp_state == X86MPState.WAIT_FOR_SIPI
+    source_vm.destroy()
+
+    dest_vm, (dest_bsp, dest_ap) = build()
+    cpus.cpu_reset_interrupt(dest_bsp, cpus.CPU_INTERRUPT_NMI)
+    dest_ap.apic.wait_for_sipi = False     # would refuse a SIPI unless the stream says it waits
+    for cpu, data in zip((dest_bsp, dest_ap), sections[:2], strict=True):
+        vmstate_load_bytes(VMSTATE_X86_CPU, cpu, data)
+    for cpu, data in zip((dest_bsp, dest_ap), sections[2:], strict=True):
+        vmstate_load_bytes(VMSTATE_APIC_DEVICE, cpu.apic_state, data)
+    assert dest_bsp.run.interrupt_request & cpus.CPU_INTERRUPT_NMI
+    assert dest_ap.run.halted and dest_ap.apic.wait_for_sipi
+    dest_ap.apic.accept_message(APIC_DM_STARTUP, ap_code >> 12, 0)
+    cpus.vm_start()
+    try:
+        assert wait_for(lambda: dest_bsp.memory.read(marks, 8) == struct.pack("<II", 0x5151, 0xAA), 10), \
+            dest_bsp.memory.read(marks, 8).hex()
+    finally:
+        cpus.vm_stop()
+    dest_vm.destroy()

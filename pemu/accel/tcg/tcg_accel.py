@@ -40,6 +40,7 @@ from pemu.accel.tcg.engine import EngineFeature, engine_info
 from pemu.accel.tcg.exit_request import TBExitRequest, verify_exit_request
 from pemu.accel.tcg.memory_map import UnicornMemoryMap
 from pemu.accel.tcg.tcg_accel_ops_rr import RRCPUThread
+from pemu.accel.tcg.tcg_all import tcg_cpu_events
 from pemu.hw.intc.apic_common import MSR_IA32_APICBASE, MSR_IA32_TSC_DEADLINE, MSR_X2APIC_BASE, MSR_X2APIC_END
 from pemu.system.memory import FlatView, RAMBlock, add_ram_write_notifier, remove_ram_write_notifier
 from pemu.target.i386.cpu_state import (
@@ -783,27 +784,10 @@ class TCGVCPU:
 
     def _get_events(self, env: CPUX86State, ctx: CPUContext) -> None:
         """Between two instructions nothing is half delivered here (the host
-        delivers synchronously): only the interrupt shadow, requests the
-        vCPU has not taken yet, and whether it halts or waits for SIPI."""
-        from pemu.target.i386.cpu_state import X86MPState
-
-        env.reset_events()
+        delivers synchronously): only the interrupt shadow and what the vCPU
+        thread has not taken yet (see tcg_all.tcg_cpu_events)."""
+        tcg_cpu_events(self.cpu, env)
         env.interrupt_shadow = bool(ctx.hflags & HF.INHIBIT_IRQ)
-        request = self.run.interrupt_request
-        env.nmi_pending = bool(request & CPU_INTERRUPT_NMI)
-        env.init_pending = bool(request & CPU_INTERRUPT_INIT)
-        apic = self.cpu.apic
-        if apic is not None:
-            env.sipi_vector = apic.sipi_vector
-            env.apic_base = apic.get_base()
-        if request & CPU_INTERRUPT_SIPI:
-            env.mp_state = X86MPState.SIPI_RECEIVED
-        elif self.run.halted and apic is not None and apic.wait_for_sipi:
-            env.mp_state = X86MPState.WAIT_FOR_SIPI
-        elif self.run.halted:
-            env.mp_state = X86MPState.HALTED
-        else:
-            env.mp_state = X86MPState.RUNNABLE
 
     def put_state(self) -> None:
         env = self.env

@@ -32,6 +32,32 @@ if TYPE_CHECKING:
     from pemu.accel.tcg.tcg_accel import TCGVCPU
 
 
+def tcg_cpu_events(cpu: Any, env: Any) -> None:
+    """What a tcg vCPU has pending between two instructions, from the
+    requests its thread has not taken yet and its local APIC: NMI, INIT and
+    start-up IPI, and whether it runs, halts or waits for a start-up IPI."""
+    from pemu.target.i386.cpu_state import X86MPState
+
+    env.reset_events()
+    run = cpu.run
+    request = run.interrupt_request
+    env.nmi_pending = bool(request & CPU_INTERRUPT_NMI)
+    env.init_pending = bool(request & CPU_INTERRUPT_INIT)
+    apic = cpu.apic
+    if apic is not None:
+        env.sipi_vector = apic.sipi_vector
+        env.apic_base = apic.get_base()
+    if request & CPU_INTERRUPT_SIPI:
+        env.mp_state = X86MPState.SIPI_RECEIVED
+    elif run.halted and apic is not None and apic.wait_for_sipi:
+        env.mp_state = X86MPState.WAIT_FOR_SIPI
+    elif run.halted:
+        env.mp_state = X86MPState.HALTED
+    else:
+        env.mp_state = X86MPState.RUNNABLE
+    env.halted = run.halted
+
+
 class TCGVCPUHandle:
     """The accelerator's half of one vCPU until its engine exists, then a pass-through to it.
 
@@ -96,6 +122,8 @@ class TCGVCPUHandle:
     def get_state(self) -> None:
         if self.vcpu is not None:
             self.vcpu.get_state()
+        else:   # the registers are env's until the engine exists; what is pending is the thread's
+            tcg_cpu_events(self.cpu, self.cpu.env)
 
     def put_state(self) -> None:
         if self.vcpu is not None:
