@@ -35,12 +35,12 @@ from unicorn import x86_const as ucx
 from unicorn.unicorn_py3.unicorn import uclib
 
 from pemu.accel.accel import VCPUExit
+from pemu.accel.tcg.cpu_events import tcg_cpu_events
 from pemu.accel.tcg.deadline import DeadlineThread
 from pemu.accel.tcg.engine import EngineFeature, engine_info
 from pemu.accel.tcg.exit_request import TBExitRequest, verify_exit_request
 from pemu.accel.tcg.memory_map import UnicornMemoryMap
 from pemu.accel.tcg.tcg_accel_ops_rr import RRCPUThread
-from pemu.accel.tcg.tcg_all import tcg_cpu_events
 from pemu.hw.intc.apic_common import MSR_IA32_APICBASE, MSR_IA32_TSC_DEADLINE, MSR_X2APIC_BASE, MSR_X2APIC_END
 from pemu.system.memory import FlatView, RAMBlock, add_ram_write_notifier, remove_ram_write_notifier
 from pemu.target.i386.cpu_state import (
@@ -785,7 +785,7 @@ class TCGVCPU:
     def _get_events(self, env: CPUX86State, ctx: CPUContext) -> None:
         """Between two instructions nothing is half delivered here (the host
         delivers synchronously): only the interrupt shadow and what the vCPU
-        thread has not taken yet (see tcg_all.tcg_cpu_events)."""
+        thread has not taken yet (see cpu_events.tcg_cpu_events)."""
         tcg_cpu_events(self.cpu, env)
         env.interrupt_shadow = bool(ctx.hflags & HF.INHIBIT_IRQ)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from pemu.accel.accel import TCG_ACCEL_PROPERTIES, AccelOps, AccelUnavailable, VCPUExit
+from pemu.accel.tcg.cpu_events import tcg_cpu_events
 from pemu.accel.tcg.engine import (
     EngineFeature,
     EngineUnavailable,
@@ -30,32 +31,6 @@ from pemu.target.i386.cpu_state import IF_MASK
 
 if TYPE_CHECKING:
     from pemu.accel.tcg.tcg_accel import TCGVCPU
-
-
-def tcg_cpu_events(cpu: Any, env: Any) -> None:
-    """What a tcg vCPU has pending between two instructions, from the
-    requests its thread has not taken yet and its local APIC: NMI, INIT and
-    start-up IPI, and whether it runs, halts or waits for a start-up IPI."""
-    from pemu.target.i386.cpu_state import X86MPState
-
-    env.reset_events()
-    run = cpu.run
-    request = run.interrupt_request
-    env.nmi_pending = bool(request & CPU_INTERRUPT_NMI)
-    env.init_pending = bool(request & CPU_INTERRUPT_INIT)
-    apic = cpu.apic
-    if apic is not None:
-        env.sipi_vector = apic.sipi_vector
-        env.apic_base = apic.get_base()
-    if request & CPU_INTERRUPT_SIPI:
-        env.mp_state = X86MPState.SIPI_RECEIVED
-    elif run.halted and apic is not None and apic.wait_for_sipi:
-        env.mp_state = X86MPState.WAIT_FOR_SIPI
-    elif run.halted:
-        env.mp_state = X86MPState.HALTED
-    else:
-        env.mp_state = X86MPState.RUNNABLE
-    env.halted = run.halted
 
 
 class TCGVCPUHandle:
