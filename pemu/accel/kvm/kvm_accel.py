@@ -524,11 +524,13 @@ class KVMVCPU:
         self.fd.set_regs(regs)
         self.fd.set_sregs(sregs)
         self._put_fpu(env)
-        msrs = {int(index): getattr(env, attr) for index, attr in self._msrs()}
-        done = self.fd.set_msrs(msrs)
-        if done != len(msrs):
-            failed = list(msrs)[done]
-            guest_error(f"kvm: MSR {failed:#x} could not be set")
+        pending = [(int(index), getattr(env, attr)) for index, attr in self._msrs()]
+        while pending:   # KVM stops at the first MSR it refuses: go on after it
+            done = self.fd.set_msrs(dict(pending))
+            if done == len(pending):
+                break
+            guest_error(f"kvm: MSR {pending[done][0]:#x} could not be set")
+            pending = pending[done + 1:]
         caps = self.accel.caps
         if k.Cap.DEBUGREGS in caps:
             dbg = k.kvm_debugregs()
@@ -685,7 +687,14 @@ class KVMVCPU:
         env.cr8, env.efer, env.apic_base = sregs.cr8, sregs.efer, sregs.apic_base
         msrs = tuple(entry for entry in self._msrs()
                      if not (self.stopped_tsc is not None and entry[0] == MSR.IA32_TSC))
-        values = self.fd.get_msrs([int(index) for index, _ in msrs])
+        values: dict[int, int] = {}
+        wanted = [int(index) for index, _ in msrs]
+        while wanted:    # KVM stops at the first MSR it does not know: go on after it
+            got = self.fd.get_msrs(wanted)
+            values.update(got)
+            if len(got) == len(wanted):
+                break
+            wanted = wanted[len(got) + 1:]
         for index, attr in msrs:
             if int(index) in values:
                 setattr(env, attr, values[int(index)])
