@@ -524,6 +524,13 @@ class KVMVCPU:
         self.fd.set_regs(regs)
         self.fd.set_sregs(sregs)
         self._put_fpu(env)
+        # The LAPIC before the MSRs: KVM takes IA32_TSC_DEADLINE only in TSC-deadline mode.
+        if self.accel.in_kernel_irqchip:
+            if env.kernel_lapic is not None:
+                lapic = k.kvm_lapic_state()
+                ctypes.memmove(ctypes.addressof(lapic), env.kernel_lapic, ctypes.sizeof(lapic))
+                self.fd.set_lapic(lapic)
+            self.fd.set_mp_state(_MP_STATE_TO_KVM[env.mp_state])
         pending = [(int(index), getattr(env, attr)) for index, attr in self._msrs()]
         while pending:   # KVM stops at the first MSR it refuses: go on after it
             done = self.fd.set_msrs(dict(pending))
@@ -538,12 +545,6 @@ class KVMVCPU:
                 dbg.db[i] = env.dr[i] & 0xFFFFFFFFFFFFFFFF
             dbg.dr6, dbg.dr7 = env.dr[6] & 0xFFFFFFFF, env.dr[7] & 0xFFFFFFFF
             self.fd.set_debugregs(dbg)
-        if self.accel.in_kernel_irqchip:
-            if env.kernel_lapic is not None:
-                lapic = k.kvm_lapic_state()
-                ctypes.memmove(ctypes.addressof(lapic), env.kernel_lapic, ctypes.sizeof(lapic))
-                self.fd.set_lapic(lapic)
-            self.fd.set_mp_state(_MP_STATE_TO_KVM[env.mp_state])
         if k.Cap.VCPU_EVENTS in caps:
             self.fd.set_vcpu_events(self._events_to_kvm(env))
         self.stopped_tsc = env.tsc
