@@ -278,23 +278,13 @@ def cpu_synchronize_post_reset(cpu: Any) -> None:
 
 
 def cpu_synchronize_post_init(cpu: Any) -> None:
-    """Load all of ``cpu.env`` into the accelerator, with what the vCPU
-    thread keeps about it (halted, pending NMI/INIT/SIPI): after an incoming
-    migration or a snapshot was loaded (QEMU's cpu_synchronize_post_init).
-    The VM is stopped; the vCPU takes the state before it runs again."""
-    env = cpu.env
+    """Load all of ``cpu.env`` into the accelerator after an incoming
+    migration or a snapshot was loaded (QEMU's cpu_synchronize_post_init);
+    the target has set what the vCPU thread keeps (halted, pending requests).
+    The VM is stopped: the vCPU has the state before it runs again."""
     run = run_state(cpu)
     with run.lock:
-        run.halted = env.halted
         run.shutdown = False
-        request = run.interrupt_request & ~(CPU_INTERRUPT_NMI | CPU_INTERRUPT_INIT | CPU_INTERRUPT_SIPI)
-        if env.nmi_pending:
-            request |= CPU_INTERRUPT_NMI
-        if env.init_pending:
-            request |= CPU_INTERRUPT_INIT
-        if env.mp_state == env.mp_state.SIPI_RECEIVED:
-            request |= CPU_INTERRUPT_SIPI
-        run.interrupt_request = request
     if run.accel_vcpu is None:
         return
     with _Parked(cpu):

@@ -325,6 +325,19 @@ def _cpu_post_load(cpu: Any, version_id: int) -> None:
     if env.kernel_lapic is not None:
         check_kernel_lapic(env.kernel_lapic)
     env.halted = env.mp_state in (X86MPState.HALTED, X86MPState.WAIT_FOR_SIPI, X86MPState.UNINITIALIZED)
+    # What the vCPU thread keeps: halted, and the requests it has not taken yet.
+    run = cpu.run
+    special = cpus.CPU_INTERRUPT_NMI | cpus.CPU_INTERRUPT_INIT | cpus.CPU_INTERRUPT_SIPI
+    with run.lock:
+        run.halted = env.halted
+        request = run.interrupt_request & ~special
+        if env.nmi_pending:
+            request |= cpus.CPU_INTERRUPT_NMI
+        if env.init_pending:
+            request |= cpus.CPU_INTERRUPT_INIT
+        if env.mp_state == X86MPState.SIPI_RECEIVED:
+            request |= cpus.CPU_INTERRUPT_SIPI
+        run.interrupt_request = request
     cpus.cpu_synchronize_post_init(cpu)
 
 
