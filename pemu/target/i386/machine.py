@@ -43,9 +43,16 @@ What an accelerator cannot give:
   readable and writable through the engine's API and context; what it lacks
   are the MSR hooks, so IA32_APIC_BASE and IA32_TSC_DEADLINE are the local
   APIC's own state (saved with the APIC) and the guest reads 0 for the first.
-* kvm: the MSRs a given KVM does not list are left out with a log line;
-  KVM's paravirtual MSRs (kvmclock, async PF, steal time, PV EOI) are not
-  described, so a CPU model that offers them is refused at save.
+* kvm: an MSR a given KVM refuses is skipped (with a log line when it is
+  put); KVM's paravirtual MSRs (kvmclock, async PF, steal time, PV EOI) are
+  not described, so a CPU model that offers them is refused at save.  With
+  the in-kernel irqchip, KVM restarts a LAPIC timer's count from its initial
+  count when the page is loaded; the 8259s, I/O APIC and 8254 are the
+  "kvm-irqchip" device's (pemu.hw.i386.kvm.irqchip).  The software KVM of the
+  test machines ignores a written TSC (MSR_IA32_TSC, TSC_ADJUST and the vCPU's
+  TSC offset alike): there the guest sees the host's TSC after a load.  It
+  also lets a guest enable CR4 features its CPUID does not offer; such a
+  state (CR4 bits the CPU model lacks) is refused at save.
 
 A CPU in a state that cannot be described is refused at save with one line
 (system management mode, an SMI pending, a CPU shut down by a triple fault),
@@ -106,8 +113,6 @@ from pemu.util.vm_context import current_vm
 
 if TYPE_CHECKING:
     from pemu.migration.qemu_file import QEMUFileReader, QEMUFileWriter
-
-U64_MASK = (1 << 64) - 1
 
 
 class BigUInt:
@@ -424,4 +429,4 @@ VMSTATE_X86_CPU = VMStateDescription(
     ],
     pre_save=_cpu_pre_save, post_load=_cpu_post_load)
 
-__all__ = ["VMSTATE_X86_CPU", "check_cpu_state", "check_kernel_lapic", "U64_MASK"]
+__all__ = ["VMSTATE_X86_CPU", "check_cpu_state", "check_kernel_lapic"]
