@@ -17,9 +17,10 @@ and the back-end's own state.  With ``-netdev user`` that is libslirp's
 connection table: TCP connections through it (a forwarded ssh session) are
 reset and the guest's stack sees them fail or time out, new ones work at once
 on the destination; the ``hostfwd`` listeners are those of the destination's
-own command line.  On the destination the NIC announces itself with
-gratuitous RARP frames (QEMU's qemu_announce_self), so that switches on a tap,
-socket or stream back-end learn where the MAC address went.
+own command line.  On the destination every NIC announces itself with
+gratuitous RARP frames (:func:`pemu.net.announce.qemu_announce_self`, called
+once the state is loaded), so that switches on a tap, socket or stream
+back-end learn where the MAC address went.
 
 Frames go out through the NIC's net client from whichever thread wrote the
 register (the back-ends take them on any thread and feed e.g. libslirp from
