@@ -207,3 +207,24 @@ def test_another_process_writes_while_inactive_and_activate_rereads_the_qcow2(
     assert check.returncode == 0, check.stdout + check.stderr
     verify = qemu_io(path, "qcow2", "read -P 0x4e 2M 64k")
     assert verify.returncode == 0 and "Pattern verification failed" not in verify.stdout
+
+
+def test_a_second_pemu_may_write_the_image_only_after_inactivate(tmp_path: Path, cleanup: list[Devices]) -> None:
+    """A real second pemu process opens the image for writing: refused while
+    this one owns it, started once this one has handed it over."""
+    import sys
+
+    path = make_image(tmp_path, "raw")
+    source = Devices(path, "raw")
+    cleanup.append(source)
+    argv = [sys.executable, "-m", "pemu", "-machine", "q35", "-S", "-display", "none", "-monitor", "stdio",
+            "-drive", f"file={path},format=raw,if=none,id=d0"]
+
+    def second_pemu() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(argv, input="quit\n", capture_output=True, text=True, timeout=120)
+
+    refused = second_pemu()
+    assert refused.returncode == 1 and 'Failed to get "write" lock' in refused.stderr
+    source.block.inactivate_all()
+    started = second_pemu()
+    assert started.returncode == 0, started.stderr
