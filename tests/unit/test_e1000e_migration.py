@@ -150,6 +150,10 @@ def _pending_without_interval(core: E1000ECore) -> None:
     core.itr.pending = True
 
 
+def _interval_ending_in_an_hour(core: E1000ECore) -> None:
+    core.itr.deadline += 3600 * 10**9  # would hold the guest's interrupts back that long
+
+
 def _partial_frame_at_a_frame_start(core: E1000ECore) -> None:
     core.tx[0].first = True
 
@@ -164,8 +168,10 @@ def _partial_frame_at_a_frame_start(core: E1000ECore) -> None:
     (_reg(Reg.RDBAL0, RX_RING + 8), "RX ring 0: base 0x4008"),
     (_reg(Reg.ITR, 0x10000), "interval register 0xc4 holds 0x10000"),
     (_pending_without_interval, "throttling timer 0xc4: pending True, running False"),
+    (_interval_ending_in_an_hour, "throttling timer 0xc4: pending .*, running True, deadline 3601"),
     (_partial_frame_at_a_frame_start, "TX queue 0: a partial frame before its first descriptor"),
-], ids=["rdh", "rdt1-unused", "rdt1-wide", "tdh", "tdt", "tdlen", "rdbal", "itr", "throttle", "tx-frame"])
+], ids=["rdh", "rdt1-unused", "rdt1-wide", "tdh", "tdt", "tdlen", "rdbal", "itr", "throttle", "deadline",
+        "tx-frame"])
 def test_bad_streams_are_refused(corrupt: Callable[[E1000ECore], None], message: str | None) -> None:
     src, host, clock, _ = busy_core()
     corrupt(src)

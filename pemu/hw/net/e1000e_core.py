@@ -439,8 +439,9 @@ class E1000ECore:
         for offset in (Reg.ITR, *(Reg.EITR0 + 4 * n for n in range(MSIX_VECTORS))):
             if self.reg(offset) > U16:
                 raise VMStateError(f"interval register {offset:#x} holds {self.reg(offset):#x}, wider than 16 bits")
+        latest = self.clock() + max(U16, MIN_XITR) * ITR_UNIT_NS  # no interval is longer
         for t in (self.itr, *self.eitr):
-            if t.pending and not t.running or t.running and t.deadline < 0:
+            if t.pending and not t.running or t.running and not 0 <= t.deadline <= latest:
                 raise VMStateError(f"throttling timer {t.reg:#x}: pending {t.pending}, running {t.running}, "
                                    f"deadline {t.deadline}")
             if t.running:
