@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from enum import IntFlag
 
 from pemu.hw.core.irq import IRQLine
+from pemu.migration.vmstate import U16, U64, VarBuffer, VMStateDescription, VMStateError, VMStateField
 from pemu.util.log import guest_error
 from pemu.util.timer import QEMU_CLOCK_VIRTUAL, QEMUTimer, qemu_clock_get_ns
 
@@ -32,6 +33,7 @@ PM1_EVT_LEN = 4
 PM1_CNT_LEN = 2
 PM_TMR_LEN = 4
 ICH9_GPE0_LEN = 16
+ACPI_GPE0_MAX_HALF = 128  # the most status (or enable) bytes a GPE0 block may have here
 
 S5_SLP_TYP = 0
 """SLP_TYP value announced in \\_S5 and decoded here as soft-off (QEMU's choice)."""
@@ -157,8 +159,9 @@ class AcpiPmRegs:
         with a custom clock and no ``arm_timer``, TMR_STS is only updated
         when the status is read (no SCI for the timer by itself).
         """
-        if gpe0_len <= 0 or gpe0_len % 2:
-            raise ValueError(f"GPE0 block length {gpe0_len} must be even and non-zero")
+        if gpe0_len <= 0 or gpe0_len % 2 or gpe0_len > 2 * ACPI_GPE0_MAX_HALF:
+            raise ValueError(f"GPE0 block length {gpe0_len} must be even, non-zero and at most "
+                             f"{2 * ACPI_GPE0_MAX_HALF}")
         self.sci = sci
         self.on_sleep = on_sleep
         self.sleep_types = dict(sleep_types)
@@ -311,3 +314,37 @@ class AcpiPmRegs:
         else:
             self.gpe0_en[off - self._gpe_half] = byte
         self.update_sci()
+
+
+# --- migration (QEMU's vmstate_acpi / vmstate_ich9_pm) -----------------------------------------
+
+
+def _acpi_pm_post_load(pm: AcpiPmRegs, version_id: int) -> None:
+    """Checks what the registers could not hold and rebuilds what is derived.
+
+    The PM timer is the virtual clock itself (restored before the devices),
+    so it reads on from where the source left it; the next overflow must be
+    one the timer reaches (a multiple of half its range, not beyond the next
+    one from now), and its one-shot is armed for it again.  The SCI level
+    is recomputed without driving the line: the interrupt controllers hold
+    their input levels in their own state."""
+    if len(pm.gpe0_sts) != pm._gpe_half or len(pm.gpe0_en) != pm._gpe_half:
+        raise VMStateError(f"GPE0 blocks of {len(pm.gpe0_sts)} and {len(pm.gpe0_en)} bytes, "
+                           f"this PM block has {pm._gpe_half}")
+    half = 1 << (pm.timer_bits - 1)
+    if pm._next_overflow % half or pm._next_overflow > pm._overflow_after(pm._ticks()):
+        raise VMStateError(f"PM timer overflow at tick {pm._next_overflow:#x}, which a "
+                           f"{pm.timer_bits}-bit timer at tick {pm._ticks():#x} cannot have next")
+    pm._sci_level = 1 if (pm.pm1_sts & pm.pm1_en & SCI_PM1_EVENTS
+                          or any(s & e for s, e in zip(pm.gpe0_sts, pm.gpe0_en, strict=True))) else 0
+    pm._rearm()
+
+
+VMSTATE_ACPI_PM = VMStateDescription("acpi-pm", version_id=1, fields=[
+    VMStateField("pm1_sts", U16, check=lambda v: not v & ~PM1_STS_DEFINED),
+    VMStateField("pm1_en", U16, check=lambda v: not v & ~PM1_EN_WRITABLE),
+    VMStateField("pm1_cnt", U16, check=lambda v: not v & ~PM1_CNT_STORED and bool(v & Pm1Control.SCI_EN)),
+    VMStateField("gpe0_sts", VarBuffer(ACPI_GPE0_MAX_HALF)),
+    VMStateField("gpe0_en", VarBuffer(ACPI_GPE0_MAX_HALF)),
+    VMStateField("_next_overflow", U64),
+], post_load=_acpi_pm_post_load)

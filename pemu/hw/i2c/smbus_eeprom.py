@@ -14,6 +14,7 @@ every byte reads 0 (``smbus_eeprom_init(smbus, 8, NULL, 0)``);
 from __future__ import annotations
 
 from pemu.hw.i2c import SMBusBus
+from pemu.migration.vmstate import U8, Buffer, VMStateDescription, VMStateField
 
 SMBUS_EEPROM_SIZE = 256
 SMBUS_EEPROM_BASE_ADDRESS = 0x50
@@ -58,6 +59,13 @@ class SMBusEEPROM:
     def read_data(self, command: int, length: int) -> bytes:
         self.offset = command & 0xFF
         return bytes(self._next() for _ in range(max(0, min(length, SMBUS_EEPROM_SIZE))))
+
+
+# Its contents (a guest may write them) and the address pointer (QEMU's vmstate_smbus_eeprom).
+VMSTATE_SMBUS_EEPROM = VMStateDescription("smbus-eeprom", version_id=1, fields=[
+    VMStateField("data", Buffer(SMBUS_EEPROM_SIZE)),
+    VMStateField("offset", U8),
+])
 
 
 def smbus_eeprom_init(bus: SMBusBus, count: int, contents: bytes = b"") -> list[SMBusEEPROM]:

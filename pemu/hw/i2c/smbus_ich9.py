@@ -18,16 +18,35 @@ from typing import Any
 
 from pemu.hw.core.irq import IRQLine, NoIRQ
 from pemu.hw.i2c import SMBUS_BLOCK_MAX, SMBusBus, SMBusNack
+from pemu.hw.i2c.smbus_eeprom import (
+    SMBUS_EEPROM_BASE_ADDRESS,
+    SMBUS_EEPROM_MAX,
+    VMSTATE_SMBUS_EEPROM,
+    SMBusEEPROM,
+)
 from pemu.hw.pci.pci import (
     PCI_BASE_ADDRESS_SPACE_IO,
     PCI_COMMAND,
     PCI_COMMAND_IO,
     TYPE_PCI_DEVICE,
+    VMSTATE_PCI_DEVICE_FIELD,
+    DeviceOptional,
     PCIDevice,
     PCIDeviceClass,
     pci_config_set_interrupt_pin,
     pci_register_bar,
     pci_set_irq,
+)
+from pemu.migration.vmstate import (
+    U8,
+    U16,
+    Array,
+    Buffer,
+    Struct,
+    UInt,
+    VMStateDescription,
+    VMStateError,
+    VMStateField,
 )
 from pemu.qom.object import ObjectClass, TypeInfo, object_class_check, type_register
 from pemu.system.memory import MemoryRegion, MemoryRegionOps
@@ -288,8 +307,11 @@ class ICH9SMBusHost:
             return
         self.status |= HostStatus.INTR
 
+    def irq_level(self) -> int:
+        return 1 if (self.control & HostControl.INTREN and self.status & HST_STS_IRQ) else 0
+
     def _update_irq(self) -> None:
-        level = 1 if (self.control & HostControl.INTREN and self.status & HST_STS_IRQ) else 0
+        level = self.irq_level()
         if level != self._irq_level:
             self._irq_level = level
             self.irq.set(level)
@@ -299,6 +321,37 @@ def _first(data: bytes, n: int) -> bytes:
     """The first ``n`` bytes a device returned, padded with 0xFF (an idle bus)."""
     data = bytes(data)[:n]
     return data + b"\xff" * (n - len(data))
+
+
+# --- migration (QEMU's vmstate_smbus / pmsmb) ------------------------------------------------------
+
+
+def _smbus_host_post_load(host: ICH9SMBusHost, version_id: int) -> None:
+    """The interrupt output is what the registers give; the PCI function's
+    INTx state (loaded before) carries the same level, nothing is driven."""
+    host._irq_level = host.irq_level()
+
+
+VMSTATE_ICH9_SMBUS_HOST = VMStateDescription("pmsmb", version_id=1, fields=[
+    # The model never leaves HOST_BUSY set, nor START/KILL in the control register.
+    VMStateField("status", U8, check=lambda v: not v & HostStatus.HOST_BUSY),
+    VMStateField("control", U8, check=lambda v: not v & (HostControl.START | HostControl.KILL)),
+    VMStateField("command", U8),
+    VMStateField("address", U8),
+    VMStateField("data0", U8),
+    VMStateField("data1", U8),
+    VMStateField("pec", U8),
+    VMStateField("rcv_slva", UInt(7)),
+    VMStateField("slv_data", U16),
+    VMStateField("aux_sts", U8, check=lambda v: not v & ~AUX_STS_MASK),
+    VMStateField("aux_ctl", U8, check=lambda v: not v & ~(AUX_CTL_CRC | AUX_CTL_E32B)),
+    VMStateField("smlink_pin_ctl", U8, check=lambda v: not v & ~SMBUS_PIN_CTL_WMASK),
+    VMStateField("smbus_pin_ctl", U8, check=lambda v: not v & ~SMBUS_PIN_CTL_WMASK),
+    VMStateField("slv_sts", U8, check=lambda v: v <= 1),
+    VMStateField("slv_cmd", U8, check=lambda v: v <= 7),
+    VMStateField("block", Buffer(SMBUS_BLOCK_MAX)),
+    VMStateField("block_index", U8, check=range(SMBUS_BLOCK_MAX)),
+], post_load=_smbus_host_post_load)
 
 
 # --- the PCI function ----------------------------------------------------------------------
@@ -321,6 +374,19 @@ class ICH9SMBState(PCIDevice):
         super().config_write(addr, value, size)
         if addr <= ICH9_SMB_HOSTC < addr + size:
             self.update_hostc()
+
+    # The SPD EEPROMs at 0x50-0x57 as the description saves them (None: no EEPROM there).
+    @property
+    def spd_eeproms(self) -> list[SMBusEEPROM | None]:
+        slots: list[SMBusEEPROM | None] = []
+        for i in range(SMBUS_EEPROM_MAX):
+            dev = self.smbus.find(SMBUS_EEPROM_BASE_ADDRESS + i)
+            slots.append(dev if isinstance(dev, SMBusEEPROM) else None)
+        return slots
+
+    @spd_eeproms.setter
+    def spd_eeproms(self, loaded: list[SMBusEEPROM | None]) -> None:
+        pass  # loaded in place (DeviceOptional checked that the same slots are filled)
 
     def update_hostc(self) -> None:
         """The host interface answers while HST_EN is set and I2C_EN is clear."""
@@ -356,8 +422,28 @@ def ich9_smb_direct_boot_setup(s: ICH9SMBState) -> None:
     s.config_write(PCI_COMMAND, s.get_word(PCI_COMMAND) | PCI_COMMAND_IO, 2)
 
 
+def _ich9_smb_post_load(s: ICH9SMBState, version_id: int) -> None:
+    """HOSTC's reserved bits are refused; the host interface is enabled as
+    a HOSTC write enables it (its BAR was placed with the config space)."""
+    hostc = s.config[ICH9_SMB_HOSTC]
+    if hostc & ~(ICH9_SMB_HOSTC_HST_EN | ICH9_SMB_HOSTC_I2C_EN):
+        raise VMStateError(f"HOSTC = {hostc:#04x} sets bits the register does not have")
+    if s.smb.irq_level() != s.irq_state & 1:
+        raise VMStateError(f"the host status {s.smb.status:#04x} and control {s.smb.control:#04x} "
+                           f"disagree with the function's INTx state {s.irq_state}")
+    s.update_hostc()
+
+
+VMSTATE_ICH9_SMB = VMStateDescription("ich9_smb", version_id=1, fields=[
+    VMSTATE_PCI_DEVICE_FIELD,
+    VMStateField("smb", Struct(VMSTATE_ICH9_SMBUS_HOST)),
+    VMStateField("spd_eeproms", Array(DeviceOptional(VMSTATE_SMBUS_EEPROM), SMBUS_EEPROM_MAX)),
+], post_load=_ich9_smb_post_load)
+
+
 def _ich9_smb_class_init(klass: ObjectClass, data: Any) -> None:
     k = object_class_check(klass, PCIDeviceClass)
+    k.vmsd = VMSTATE_ICH9_SMB
     k.vendor_id = 0x8086
     k.device_id = PCI_DEVICE_ID_INTEL_ICH9_6
     k.revision = ICH9_A2_SMB_REVISION

@@ -13,10 +13,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from pemu.hw.acpi.core import VMSTATE_ACPI_PM
 from pemu.hw.core.irq import IRQLine
 from pemu.hw.i386 import memmap
 from pemu.hw.isa.isa_bus import ISABus, isa_bus_new
-from pemu.hw.pci.pci import TYPE_PCI_DEVICE, PCIDevice, PCIDeviceClass, pci_bus_get_irq_level, pci_bus_irqs
+from pemu.hw.pci.pci import (
+    TYPE_PCI_DEVICE,
+    VMSTATE_PCI_DEVICE_FIELD,
+    PCIDevice,
+    PCIDeviceClass,
+    pci_bus_get_irq_level,
+    pci_bus_irqs,
+)
+from pemu.migration.vmstate import I8, U8, U32, Array, Buffer, Struct, VMStateDescription, VMStateError, VMStateField
 from pemu.qom.object import ObjectClass, TypeInfo, object_class_check, type_register
 from pemu.system.memory import MemoryRegion
 from pemu.util.log import LOG_UNIMP, guest_error, qemu_log_mask
@@ -112,6 +121,10 @@ class ICH9LPCState(PCIDevice):
     def update_pmbase_sci(self) -> None:
         """Place the PM block at PMBASE while ACPI_CNTL.ACPI_EN is set
         (ich9_lpc_pmbase_sci_update); the SCI follows SCI_IRQ_SEL."""
+        self.map_pm_block()
+        self.update_irq_routes()
+
+    def map_pm_block(self) -> None:
         from pemu.system.memory import memory_transaction
 
         base = self.get_long(ICH9_LPC_PMBASE) & ICH9_LPC_PMBASE_BASE_ADDRESS_MASK
@@ -120,7 +133,6 @@ class ICH9LPCState(PCIDevice):
             if enabled:
                 self.pm_io.set_address(base)
             self.pm_io.set_enabled(enabled)
-        self.update_irq_routes()
 
     def sci_irq(self) -> int:
         """The ISA IRQ or GSI of the SCI, or -1 for the reserved selection."""
@@ -257,6 +269,19 @@ class ICH9LPCState(PCIDevice):
         self.rst_cnt = value & (RST_CNT_SYS_RST | RST_CNT_FULL_RST)
 
 
+    # The levels this bridge drove on ISA IRQs 0-15 as the description saves them (-1: never driven).
+    @property
+    def pic_level_list(self) -> list[int]:
+        return [self.pic_levels.get(irq, -1) for irq in range(ICH9_ISA_IRQS)]
+
+    @pic_level_list.setter
+    def pic_level_list(self, levels: list[int]) -> None:
+        self.pic_levels = {irq: level for irq, level in enumerate(levels) if level >= 0}
+
+
+ICH9_ISA_IRQS = 16
+
+
 class _SCILine:
     """The PM block's SCI output, routed by ACPI_CNTL.SCI_IRQ_SEL."""
 
@@ -314,6 +339,10 @@ def _ich9_lpc_realize(dev: Any) -> None:
     lpc.chip_config = bytearray(ICH9_CC_SIZE)
     lpc.rcrb = MemoryRegion.io("lpc-rcrb-mmio", ICH9_CC_SIZE,
                                MemoryRegionOps(lpc.cc_read, lpc.cc_write, 1, 4, False, 1, 4), owner=lpc)
+    # Their read-only bits are the chip's: a stream that differs is refused.
+    for reg, width in ((ICH9_LPC_PMBASE, 4), (ICH9_LPC_ACPI_CTRL, 1), (ICH9_LPC_PIRQA_ROUT, 4),
+                       (ICH9_LPC_PIRQE_ROUT, 4), (ICH9_LPC_RCBA, 4)):
+        lpc.cmask[reg:reg + width] = b"\xff" * width
     # Writable bits of the registers above.
     lpc.wmask[ICH9_LPC_PMBASE:ICH9_LPC_PMBASE + 4] = ICH9_LPC_PMBASE_BASE_ADDRESS_MASK.to_bytes(4, "little")
     lpc.wmask[ICH9_LPC_ACPI_CTRL] = ICH9_LPC_ACPI_CTRL_ACPI_EN | ICH9_LPC_ACPI_CTRL_SCI_IRQ_SEL_MASK
@@ -374,8 +403,35 @@ def ich9_lpc_direct_boot_setup(lpc: ICH9LPCState) -> None:
         io.dispatch_write(ELCR_BASE + chip, current | ((level >> (8 * chip)) & 0xFF), 1)
 
 
+# --- migration (QEMU's vmstate_ich9_lpc) ------------------------------------------------------
+
+
+def _ich9_lpc_post_load(lpc: ICH9LPCState, version_id: int) -> None:
+    """Config space (PMBASE, ACPI_CNTL, PIRQ routing, RCBA) came first and
+    its read-only bits were compared; the PM block and the RCRB are placed
+    as those register writes place them.  No interrupt line is driven: the
+    levels this bridge put on its ISA IRQs are loaded (the PCI functions
+    behind it may load after it), the SCI must be the PM block's."""
+    if lpc.sci_level != lpc.pm.sci_level:
+        raise VMStateError(f"SCI level {lpc.sci_level} but the PM registers give {lpc.pm.sci_level}")
+    lpc.map_pm_block()
+    lpc.update_rcba()
+
+
+VMSTATE_ICH9_LPC = VMStateDescription("ICH9LPC", version_id=1, fields=[
+    VMSTATE_PCI_DEVICE_FIELD,
+    VMStateField("pm", Struct(VMSTATE_ACPI_PM)),
+    VMStateField("chip_config", Buffer(ICH9_CC_SIZE)),
+    VMStateField("sci_level", U8, check=range(2)),
+    VMStateField("rst_cnt", U8, check=lambda v: not v & ~(RST_CNT_SYS_RST | RST_CNT_FULL_RST)),
+    VMStateField("smi_en", U32, check=lambda v: bool(v & SMI_EN_APMC_EN)),
+    VMStateField("pic_level_list", Array(I8, ICH9_ISA_IRQS), check=lambda v: all(-1 <= x <= 1 for x in v)),
+], post_load=_ich9_lpc_post_load)
+
+
 def _ich9_lpc_class_init(klass: ObjectClass, data: Any) -> None:
     k = object_class_check(klass, PCIDeviceClass)
+    k.vmsd = VMSTATE_ICH9_LPC
     k.vendor_id = 0x8086
     k.device_id = PCI_DEVICE_ID_INTEL_ICH9_8
     k.revision = 0x02

@@ -42,10 +42,11 @@ from typing import Any, Protocol
 
 from pemu.hw.core.irq import IRQLine
 from pemu.hw.core.qdev import Property, device_class_set_props
-from pemu.hw.pci.msi import MSICapability, MSIError, msi_init
+from pemu.hw.pci.msi import VMSTATE_MSI_FIELD, MSICapability, MSIError, msi_init
 from pemu.hw.pci.pci import (
     PCI_BASE_ADDRESS_SPACE_MEMORY,
     TYPE_PCI_DEVICE,
+    VMSTATE_PCI_DEVICE_FIELD,
     PCIDevice,
     PCIDeviceClass,
     pci_config_set_interrupt_pin,
@@ -53,6 +54,15 @@ from pemu.hw.pci.pci import (
     pci_dma_write,
     pci_register_bar,
     pci_set_irq,
+)
+from pemu.migration.vmstate import (
+    I64,
+    Buffer,
+    Struct,
+    UInt,
+    VMStateDescription,
+    VMStateError,
+    VMStateField,
 )
 from pemu.qom.object import ObjectClass, TypeInfo, object_check, object_class_check, type_register
 from pemu.system.memory import MemoryRegion, MemoryRegionOps, MemTxResult
@@ -126,6 +136,7 @@ class Edu:
         self.clock = clock
         self.dma_mask = dma_mask & U64
         self.dma_timer: TimerLike = timer_factory(self.dma_done)
+        self.dma_deadline = -1  # when the pending transfer runs (virtual ns), -1 when none
         self.addr4 = 0
         self.fact = 0
         self.status = 0
@@ -213,7 +224,8 @@ class Edu:
             self.dma_cnt = value
         elif value & EDU_DMA_RUN:
             self.dma_cmd = value
-            self.dma_timer.mod_ns(self.clock() + DMA_DELAY_NS)
+            self.dma_deadline = self.clock() + DMA_DELAY_NS
+            self.dma_timer.mod_ns(self.dma_deadline)
 
     @staticmethod
     def buffer_range_ok(start: int, count: int) -> bool:
@@ -229,6 +241,7 @@ class Edu:
     def dma_done(self) -> None:
         """The timer: run the transfer, clear RUN, raise the DMA interrupt if asked."""
         cmd = self.dma_cmd
+        self.dma_deadline = -1
         if not cmd & EDU_DMA_RUN:
             return
         to_ram = bool(cmd & EDU_DMA_TO_RAM)
@@ -251,6 +264,37 @@ class Edu:
         self.dma_cmd &= ~EDU_DMA_RUN
         if cmd & EDU_DMA_IRQ:
             self.raise_irq(DMA_IRQ)
+
+
+# --- migration -----------------------------------------------------------------------------------
+
+
+def _edu_post_load(edu: Edu, version_id: int) -> None:
+    """A pending transfer (RUN) has a deadline and a deadline has RUN (the
+    timer clears RUN when it fires); the timer is armed again for that
+    instant of the virtual clock (restored before the devices).  The
+    factorial runs at once, so COMPUTING is never saved set."""
+    if bool(edu.dma_cmd & EDU_DMA_RUN) != (edu.dma_deadline >= 0):
+        raise VMStateError(f"DMA command {edu.dma_cmd:#x} with the transfer deadline {edu.dma_deadline}")
+    if edu.dma_deadline >= 0:
+        edu.dma_timer.mod_ns(edu.dma_deadline)
+    else:
+        edu.dma_timer.delete()
+
+
+VMSTATE_EDU_MODEL = VMStateDescription("edu-model", version_id=1, fields=[
+    VMStateField("addr4", UInt(32)),
+    VMStateField("fact", UInt(32)),
+    VMStateField("status", UInt(32), check=lambda v: not v & ~EDU_STATUS_IRQFACT),
+    VMStateField("irq_status", UInt(32)),
+    VMStateField("dma_src", UInt(64)),
+    VMStateField("dma_dst", UInt(64)),
+    VMStateField("dma_cnt", UInt(64)),
+    VMStateField("dma_cmd", UInt(64)),
+    VMStateField("dma_mask", UInt(64)),
+    VMStateField("buffer", Buffer(DMA_SIZE)),
+    VMStateField("dma_deadline", I64, check=lambda v: v >= -1),
+], post_load=_edu_post_load)
 
 
 # --- the PCI function ---------------------------------------------------------------------------
@@ -315,8 +359,21 @@ def _edu_realize(obj: Any) -> None:
     pci_register_bar(dev, 0, PCI_BASE_ADDRESS_SPACE_MEMORY, dev.mmio)
 
 
+def _edu_state_post_load(dev: EduState, version_id: int) -> None:
+    if dev.model.dma_mask != dev.dma_mask:
+        raise VMStateError(f"DMA mask {dev.model.dma_mask:#x} in the stream, {dev.dma_mask:#x} here (dma_mask=)")
+
+
+VMSTATE_EDU = VMStateDescription("edu", version_id=1, fields=[
+    VMSTATE_PCI_DEVICE_FIELD,
+    VMSTATE_MSI_FIELD,
+    VMStateField("model", Struct(VMSTATE_EDU_MODEL)),
+], post_load=_edu_state_post_load)
+
+
 def _edu_class_init(klass: ObjectClass, data: Any) -> None:
     k = object_class_check(klass, PCIDeviceClass)
+    k.vmsd = VMSTATE_EDU
     k.vendor_id = PCI_VENDOR_ID_QEMU
     k.device_id = PCI_DEVICE_ID_EDU
     k.revision = EDU_REVISION

@@ -28,11 +28,13 @@ from pemu.hw.pci.pci import (
     PCI_BASE_ADDRESS_SPACE_IO,
     PCI_BASE_ADDRESS_SPACE_MEMORY,
     TYPE_PCI_DEVICE,
+    VMSTATE_PCI_DEVICE_FIELD,
     PCIDevice,
     PCIDeviceClass,
     pci_config_set_interrupt_pin,
     pci_register_bar,
 )
+from pemu.migration.vmstate import I8, U32, Array, Struct, VMStateDescription, VMStateField
 from pemu.qom.object import ObjectClass, TypeInfo, object_check, object_class_check, type_register
 from pemu.system.memory import MemoryRegion, MemoryRegionOps
 
@@ -110,6 +112,24 @@ class PCITestdev:
             return
         test.count = (test.count + 1) & 0xFFFFFFFF
 
+    # The migrated view: which test is selected (-1: none) and each test's hits.
+    @property
+    def current_index(self) -> int:
+        return -1 if self.current is None else self.current.number
+
+    @current_index.setter
+    def current_index(self, index: int) -> None:
+        self.current = None if index < 0 else self.tests[index]
+
+    @property
+    def counts(self) -> list[int]:
+        return [test.count for test in self.tests]
+
+    @counts.setter
+    def counts(self, counts: list[int]) -> None:
+        for test, count in zip(self.tests, counts, strict=True):
+            test.count = count
+
     def ops(self, kind: int) -> MemoryRegionOps:
         def read(offset: int, size: int) -> int:
             return self.read(offset)
@@ -118,6 +138,14 @@ class PCITestdev:
             self.write(kind, offset, value & 0xFF)
 
         return MemoryRegionOps(read, write, 1, 4, True, 1, 1)
+
+
+_NUM_IOTESTS = len(IOTEST_TYPES) * len(IOTEST_TESTS)
+
+VMSTATE_PCI_TESTDEV_MODEL = VMStateDescription("pci-testdev-model", version_id=1, fields=[
+    VMStateField("current_index", I8, check=range(-1, _NUM_IOTESTS)),
+    VMStateField("counts", Array(U32, _NUM_IOTESTS)),
+])
 
 
 class PCITestdevState(PCIDevice):
@@ -140,8 +168,15 @@ def _pci_testdev_reset(obj: Any) -> None:
     object_check(obj, PCITestdevState).model.reset()
 
 
+VMSTATE_PCI_TESTDEV = VMStateDescription("pci-testdev", version_id=1, fields=[
+    VMSTATE_PCI_DEVICE_FIELD,
+    VMStateField("model", Struct(VMSTATE_PCI_TESTDEV_MODEL)),
+])
+
+
 def _pci_testdev_class_init(klass: ObjectClass, data: Any) -> None:
     k = object_class_check(klass, PCIDeviceClass)
+    k.vmsd = VMSTATE_PCI_TESTDEV
     k.vendor_id = PCI_VENDOR_ID_REDHAT
     k.device_id = PCI_DEVICE_ID_REDHAT_TEST
     k.revision = 0

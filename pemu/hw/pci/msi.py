@@ -18,7 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from pemu.hw.pci.pci import PCI_CAP_ID_MSI, pci_add_capability
+from pemu.hw.pci.pci import PCI_CAP_ID_MSI, DeviceOptional, pci_add_capability
+from pemu.migration.vmstate import VMStateDescription, VMStateError, VMStateField
 
 if TYPE_CHECKING:
     from pemu.hw.pci.pci import PCIDevice
@@ -241,4 +242,38 @@ def msi_init(dev: PCIDevice, offset: int, nr_vectors: int, msi64bit: bool, per_v
     if per_vector_mask:
         mask = (1 << nr_vectors) - 1
         dev.wmask[cap.mask_offset:cap.mask_offset + 4] = mask.to_bytes(4, "little")
+        # The pending bits are the device's state, not its identity.
+        dev.cmask[cap.pending_offset:cap.pending_offset + 4] = bytes(4)
     return cap
+
+
+# --- migration ---------------------------------------------------------------------------
+
+
+def msi_post_load(cap: MSICapability, version_id: int) -> None:
+    """MSI's state is the capability in config space, loaded with the
+    function (VMSTATE_PCI_DEVICE comes first); what the guest could not have
+    produced is refused here: more vectors enabled than the function offers,
+    pending bits of vectors it does not have, or a vector left pending while
+    enabled and unmasked (this model sends those at once)."""
+    flags = cap.flags
+    capable = (flags & PCI_MSI_FLAGS_QMASK) >> 1
+    enabled = (flags & PCI_MSI_FLAGS_QSIZE) >> 4
+    if enabled > capable:
+        raise VMStateError(f"MSI: {1 << enabled} vectors enabled, the function offers {1 << capable}")
+    if not cap.per_vector_mask:
+        return
+    pending = cap.dev.get_long(cap.pending_offset)
+    if pending >> cap.nr_vectors:
+        raise VMStateError(f"MSI: pending bits {pending:#x} beyond the function's {cap.nr_vectors} vectors")
+    if cap.enabled:
+        for vector in range(cap.vectors_enabled):
+            if pending >> vector & 1 and not cap.is_masked(vector):
+                raise VMStateError(f"MSI: vector {vector} pending while unmasked")
+
+
+# The MSI capability of a device (msi: MSICapability | None): nothing on the
+# wire besides config space, a check after it is loaded.  A device with MSI
+# lists VMSTATE_MSI_FIELD after VMSTATE_PCI_DEVICE_FIELD.
+VMSTATE_MSI = VMStateDescription("msi", version_id=1, fields=(), post_load=msi_post_load)
+VMSTATE_MSI_FIELD = VMStateField("msi", DeviceOptional(VMSTATE_MSI))

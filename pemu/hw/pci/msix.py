@@ -15,7 +15,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pemu.hw.pci.msi import MSIError, SendMSI
-from pemu.hw.pci.pci import PCI_CAP_ID_MSIX, pci_add_capability
+from pemu.hw.pci.pci import PCI_CAP_ID_MSIX, DeviceOptional, pci_add_capability
+from pemu.migration.vmstate import VarBuffer, VMStateDescription, VMStateError, VMStateField
 from pemu.system.memory import MemoryRegion, MemoryRegionOps
 from pemu.util.log import guest_error
 
@@ -183,3 +184,43 @@ def msix_init(dev: PCIDevice, nentries: int, send: SendMSI, *, table_bar_nr: int
     dev.set_long(offset + PCI_MSIX_PBA, pba_offset | pba_bar_nr)
     dev.wmask[offset + PCI_MSIX_FLAGS + 1] = (PCI_MSIX_FLAGS_ENABLE | PCI_MSIX_FLAGS_MASKALL) >> 8
     return MSIXState(dev, offset, nentries, send)
+
+
+# --- migration (QEMU's msix_save / msix_load, VMSTATE_MSIX) ----------------------------------
+
+
+def msix_post_load(state: MSIXState, version_id: int) -> None:
+    """The table and PBA as the guest left them; the capability's flags came
+    with config space (VMSTATE_PCI_DEVICE first, where the table size, a
+    read-only field, has been compared).  Refused: a table or PBA of another
+    size, reserved vector-control bits set, pending bits beyond the table, and
+    a vector pending while MSI-X is enabled and it is unmasked (this model
+    sends those at once, so the source cannot have had one)."""
+    table_size = state.nentries * PCI_MSIX_ENTRY_SIZE
+    pba_size = ((state.nentries + 63) // 64) * 8
+    if len(state.table) != table_size or len(state.pba) != pba_size:
+        raise VMStateError(f"MSI-X table of {len(state.table)} bytes and PBA of {len(state.pba)}, "
+                           f"the function has {table_size} and {pba_size}")
+    for vector in range(state.nentries):
+        ctrl = state._entry_long(vector, PCI_MSIX_ENTRY_VECTOR_CTRL)
+        if ctrl & ~PCI_MSIX_ENTRY_CTRL_MASKBIT:
+            raise VMStateError(f"MSI-X vector {vector}: reserved vector control bits {ctrl:#x}")
+    if int.from_bytes(state.pba, "little") >> state.nentries:
+        raise VMStateError(f"MSI-X pending bits beyond the table's {state.nentries} vectors")
+    if state.enabled:
+        for vector in range(state.nentries):
+            if state.is_pending(vector) and not state.is_masked(vector):
+                raise VMStateError(f"MSI-X vector {vector} pending while unmasked")
+
+
+# A device with MSI-X (msix: MSIXState | None) lists VMSTATE_MSIX_FIELD after
+# VMSTATE_PCI_DEVICE_FIELD.  The table and PBA are loaded in place; their
+# length must be the function's.
+VMSTATE_MSIX = VMStateDescription(
+    "msix", version_id=1,
+    fields=[
+        VMStateField("table", VarBuffer(PCI_MSIX_MAX_ENTRIES * PCI_MSIX_ENTRY_SIZE)),
+        VMStateField("pba", VarBuffer((PCI_MSIX_MAX_ENTRIES + 63) // 64 * 8)),
+    ],
+    post_load=msix_post_load)
+VMSTATE_MSIX_FIELD = VMStateField("msix", DeviceOptional(VMSTATE_MSIX))

@@ -5,7 +5,7 @@ device/function addressing and the PCI/PCIe bus types."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pemu.hw.core.qdev import (
     TYPE_BUS,
@@ -17,6 +17,19 @@ from pemu.hw.core.qdev import (
     Property,
     device_class_set_props,
     qbus_new,
+)
+from pemu.migration.vmstate import (
+    I64,
+    U64,
+    Array,
+    Struct,
+    UInt,
+    VarBuffer,
+    VMStateDescription,
+    VMStateError,
+    VMStateField,
+    vmstate_load_state,
+    vmstate_save_state,
 )
 from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, object_check, object_class_check, type_register
 from pemu.system.dma import (
@@ -36,6 +49,9 @@ from pemu.system.memory import (
     memory_transaction,
 )
 from pemu.util.log import guest_error
+
+if TYPE_CHECKING:
+    from pemu.migration.qemu_file import QEMUFileReader, QEMUFileWriter
 
 TYPE_PCI_BUS = "PCI"
 TYPE_PCIE_BUS = "PCIE"
@@ -179,12 +195,17 @@ class PCIDevice(DeviceState):
     config: bytearray
     wmask: bytearray
     w1cmask: bytearray
+    # The bits a migration stream must agree on (QEMU's cmask): identification,
+    # BAR type/size bits, capability pointers and contents; where they are also
+    # read-only to the guest, a stream that differs is from another device.
+    cmask: bytearray
     devfn: int
     addr: str
     multifunction: bool
     io_regions: list[PCIIORegion | None]
     irq_state: int  # bit n: INTx pin n asserted by the device
     cap_used: bytearray  # 1 where a capability (or the header) sits
+    pci_vmstate: PCIDeviceVMState  # what VMSTATE_PCI_DEVICE saves and loads
     # What the function masters (QEMU's bus_master_as): a container holding
     # an alias of the bus's DMA root, enabled only while COMMAND.MASTER is set.
     bus_master_container_region: MemoryRegion | None
@@ -258,12 +279,14 @@ def _pci_device_init(obj: Object) -> None:
     dev.config = bytearray()
     dev.wmask = bytearray()
     dev.w1cmask = bytearray()
+    dev.cmask = bytearray()
     dev.io_regions = [None] * PCI_NUM_REGIONS
     dev.irq_state = 0
     dev.cap_used = bytearray()
     dev.bus_master_container_region = None
     dev.bus_master_enable_region = None
     dev.bus_master_as = None
+    dev.pci_vmstate = PCIDeviceVMState(dev)
 
 
 def _pci_qdev_realize(obj: Any) -> None:
@@ -274,6 +297,7 @@ def _pci_qdev_realize(obj: Any) -> None:
     dev.config = bytearray(size)
     dev.wmask = bytearray(size)
     dev.w1cmask = bytearray(size)
+    dev.cmask = bytearray(size)
     dev.cap_used = bytearray(size)
     dev.cap_used[:PCI_CONFIG_HEADER_SIZE] = b"\x01" * PCI_CONFIG_HEADER_SIZE
     devfn = parse_pci_addr(dev.addr) if dev.addr else -1
@@ -303,10 +327,23 @@ def _pci_qdev_realize(obj: Any) -> None:
     dev.wmask[PCI_COMMAND + 1] = PCI_COMMAND_INTX_DISABLE >> 8
     dev.wmask[PCI_INTERRUPT_LINE] = 0xFF
     dev.w1cmask[PCI_STATUS + 1] = 0xF9  # the error bits of the status register
+    _pci_init_cmask(dev)
     pci_init_bus_master(dev)
     realize = dev.pci_class.pci_realize
     if realize is not None:
         realize(dev)
+
+
+def _pci_init_cmask(dev: PCIDevice) -> None:
+    """What identifies the function (pci_init_cmask): IDs, revision, class,
+    header type, and whether and where its capability list starts; unlike
+    QEMU, also the subsystem IDs and the interrupt pin, which pemu's devices
+    fix at realize as well."""
+    for off, width in ((PCI_VENDOR_ID, 2), (PCI_DEVICE_ID, 2), (PCI_REVISION_ID, 1), (PCI_CLASS_PROG, 1),
+                       (PCI_CLASS_DEVICE, 2), (PCI_HEADER_TYPE, 1), (PCI_CAPABILITY_LIST, 1),
+                       (PCI_SUBSYSTEM_VENDOR_ID, 2), (PCI_SUBSYSTEM_ID, 2), (PCI_INTERRUPT_PIN, 1)):
+        dev.cmask[off:off + width] = b"\xff" * width
+    dev.cmask[PCI_STATUS] = PCI_STATUS_CAP_LIST
 
 
 def _pci_qdev_unrealize(obj: Any) -> None:
@@ -541,9 +578,11 @@ def pci_register_bar(dev: PCIDevice, region_num: int, bar_type: int, memory: Mem
     if is_64:
         dev.config[off:off + 8] = bar_type.to_bytes(8, "little")
         dev.wmask[off:off + 8] = (wmask & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little")
+        dev.cmask[off:off + 8] = b"\xff" * 8
     else:
         dev.set_long(off, bar_type)
         dev.wmask[off:off + 4] = (wmask & 0xFFFFFFFF).to_bytes(4, "little")
+        dev.cmask[off:off + 4] = b"\xff" * 4
 
 
 def pci_bar_space(dev: PCIDevice, region: PCIIORegion) -> MemoryRegion | None:
@@ -725,6 +764,7 @@ def pci_add_capability(dev: PCIDevice, cap_id: int, offset: int, size: int) -> i
     dev.config[PCI_CAPABILITY_LIST] = offset
     dev.config[PCI_STATUS] |= PCI_STATUS_CAP_LIST
     dev.wmask[offset:offset + 2] = b"\0\0"
+    dev.cmask[offset:offset + size] = b"\xff" * size  # checked on load unless writable
     dev.cap_used[offset:offset + size] = b"\x01" * size
     return offset
 
@@ -761,7 +801,145 @@ def pci_del_capability(dev: PCIDevice, cap_id: int, size: int) -> None:
             dev.cap_used[offset:offset + size] = bytes(size)
             dev.config[offset:offset + size] = bytes(size)
             dev.wmask[offset:offset + size] = bytes(size)
+            dev.cmask[offset:offset + size] = bytes(size)
             if dev.config[PCI_CAPABILITY_LIST] == 0:
                 dev.config[PCI_STATUS] &= ~PCI_STATUS_CAP_LIST
             return
         prev = offset + 1
+
+
+# --- migration (QEMU's vmstate_pci_device / vmstate_pcie_device) --------------------------------
+
+
+class DeviceOptional:
+    """The state of a part a device has or has not, decided when it was
+    built (an MSI or MSI-X capability, an EEPROM in a slot): a presence byte,
+    then the part's description.  The stream must have it exactly when the
+    destination device has it; loading never adds or drops the part."""
+
+    __slots__ = ("vmsd",)
+
+    def __init__(self, vmsd: VMStateDescription) -> None:
+        self.vmsd = vmsd
+
+    def save(self, f: QEMUFileWriter, value: Any) -> None:
+        f.put_be8(0 if value is None else 1)
+        if value is not None:
+            vmstate_save_state(f, self.vmsd, value)
+
+    def load(self, f: QEMUFileReader, current: Any, where: str) -> Any:
+        present = f.get_be8()
+        if present > 1:
+            raise VMStateError(f"{where}: bad presence byte {present}")
+        if bool(present) != (current is not None):
+            raise VMStateError(f"{where}: {self.vmsd.name} is {'present' if present else 'absent'} in the "
+                               f"stream, {'present' if current is not None else 'absent'} here")
+        if current is not None:
+            vmstate_load_state(f, self.vmsd, current, self.vmsd.version_id, where)
+        return current
+
+
+class PCIDeviceVMState:
+    """What :data:`VMSTATE_PCI_DEVICE` puts on the wire for one function:
+    its configuration space (a copy taken at save, so that loading can
+    compare the stream with the function before anything changes) and the
+    INTx pins it asserts, plus each region's size and where it was mapped.
+    The mappings, the bus-master window and the bus's INTx counts are rebuilt
+    from config space by :func:`pci_device_post_load`; the saved sizes and
+    addresses only check that the destination's function and bus are the
+    source's (same BAR sizes; every BAR decodes at the same address)."""
+
+    def __init__(self, dev: PCIDevice) -> None:
+        self.dev = dev
+        self.config = bytearray()
+        self.irq_state = 0
+        # Per region (six BARs and the ROM): its size (0: none) and where it
+        # is mapped (PCI_BAR_UNMAPPED), both checked against the destination.
+        self.bar_sizes = [0] * PCI_NUM_REGIONS
+        self.bar_addrs = [PCI_BAR_UNMAPPED] * PCI_NUM_REGIONS
+
+
+def _pci_bar_sizes(dev: PCIDevice) -> list[int]:
+    return [0 if region is None else region.size for region in dev.io_regions]
+
+
+def _pci_device_pre_save(state: PCIDeviceVMState) -> None:
+    dev = state.dev
+    state.config = bytearray(dev.config)
+    state.irq_state = dev.irq_state
+    state.bar_sizes = _pci_bar_sizes(dev)
+    state.bar_addrs = [pci_get_bar_addr(dev, n) for n in range(PCI_NUM_REGIONS)]
+
+
+def pci_config_check(dev: PCIDevice, config: bytes | bytearray) -> None:
+    """Refuse a configuration space that is not this function's (QEMU's
+    get_pci_config_device): its size, and every bit the function fixes
+    (``cmask``) that the guest cannot write, must be the same: the IDs and
+    class, the BARs' type and size bits, the capability list and the
+    capabilities' read-only fields.  A stream from another device at this
+    address, or from one with other properties, fails here."""
+    if len(config) != len(dev.config):
+        raise VMStateError(f"configuration space of {len(config)} bytes, {dev.typename} has {len(dev.config)}")
+    for i, (new, cur) in enumerate(zip(config, dev.config, strict=True)):
+        fixed = dev.cmask[i] & ~dev.wmask[i] & ~dev.w1cmask[i]
+        if (new ^ cur) & fixed:
+            raise VMStateError(f"Bad config data for {dev.typename}: offset {i:#x} reads {new:#04x} in the "
+                               f"stream, {cur:#04x} in the device (read-only bits {fixed:#04x})")
+
+
+def _pci_intx_silent_change(dev: PCIDevice, irq_state: int, change: int) -> None:
+    """Count ``irq_state``'s pins in the bus's INTx lines without driving the
+    lines: after a load the interrupt controllers' own state already holds
+    the levels (QEMU migrates the bus's irq_count for the same reason)."""
+    bus = dev.pci_bus
+    if dev.intx_disabled or bus.map_irq is None:
+        return
+    for intx in range(PCI_NUM_PINS):
+        if irq_state & (1 << intx):
+            irq_num = bus.map_irq(dev, intx)
+            if 0 <= irq_num < len(bus.irq_count):
+                bus.irq_count[irq_num] += change
+
+
+def pci_device_post_load(state: PCIDeviceVMState, version_id: int) -> None:
+    """Check the loaded function and make it live: the config space is
+    copied in, then the BARs, the memory and I/O decode and bus mastering are
+    applied by the code a guest's config write runs, so the mappings are
+    exactly those the source had; the INTx pins are counted on the bus."""
+    dev = state.dev
+    pci_config_check(dev, state.config)
+    for n, (theirs, ours) in enumerate(zip(state.bar_sizes, _pci_bar_sizes(dev), strict=True)):
+        if theirs != ours:
+            raise VMStateError(f"{dev.typename}: region {n} is {theirs:#x} bytes in the stream, {ours:#x} here")
+    pin = state.config[PCI_INTERRUPT_PIN]
+    allowed = (1 << (pin - 1)) if 1 <= pin <= PCI_NUM_PINS else 0
+    if state.irq_state & ~allowed:
+        raise VMStateError(f"INTx state {state.irq_state:#x} but {dev.typename}'s interrupt pin is {pin}")
+    _pci_intx_silent_change(dev, dev.irq_state, -1)
+    dev.config[:] = state.config
+    dev.irq_state = state.irq_state
+    _pci_update_irq_status(dev)
+    _pci_intx_silent_change(dev, dev.irq_state, 1)
+    pci_update_mappings(dev)
+    pci_update_bus_master(dev)
+    for n, addr in enumerate(state.bar_addrs):
+        if addr != pci_get_bar_addr(dev, n):
+            raise VMStateError(f"{dev.typename}: region {n} was mapped at {addr:#x} on the source, "
+                               f"{pci_get_bar_addr(dev, n):#x} here")
+
+
+VMSTATE_PCI_DEVICE = VMStateDescription(
+    "PCIDevice", version_id=2,
+    fields=[
+        VMStateField("config", VarBuffer(PCIE_CONFIG_SPACE_SIZE)),
+        VMStateField("irq_state", UInt(PCI_NUM_PINS)),
+        VMStateField("bar_sizes", Array(U64, PCI_NUM_REGIONS)),
+        VMStateField("bar_addrs", Array(I64, PCI_NUM_REGIONS), check=lambda v: all(a >= -1 for a in v)),
+    ],
+    pre_save=_pci_device_pre_save, post_load=pci_device_post_load)
+
+# The field a PCI device's own description starts with (QEMU's
+# VMSTATE_PCI_DEVICE(parent_obj, ...) / VMSTATE_PCIE_DEVICE): the function's
+# configuration space and INTx, loaded (and checked) before the device's own
+# registers, so a device's post_load sees its BARs mapped as the source had them.
+VMSTATE_PCI_DEVICE_FIELD = VMStateField("pci_vmstate", Struct(VMSTATE_PCI_DEVICE))

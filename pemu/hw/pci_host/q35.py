@@ -11,6 +11,7 @@ from pemu.hw.core.sysbus import TYPE_SYS_BUS_DEVICE, SysBusDevice
 from pemu.hw.i386 import memmap
 from pemu.hw.pci.pci import (
     TYPE_PCI_DEVICE,
+    VMSTATE_PCI_DEVICE_FIELD,
     PCIBus,
     PCIDevice,
     PCIDeviceClass,
@@ -18,6 +19,7 @@ from pemu.hw.pci.pci import (
     pci_bus_config_write,
     pci_root_bus_new,
 )
+from pemu.migration.vmstate import U32, VMStateDescription, VMStateError, VMStateField
 from pemu.qom.object import Object, ObjectClass, TypeInfo, object_check, object_class_check, type_register
 from pemu.system.memory import MemoryRegion, MemoryRegionOps
 
@@ -138,8 +140,16 @@ def _q35_host_reset(dev: Any) -> None:
     dev.config_reg = 0
 
 
+# The host bridge's own state is the CONFIG_ADDRESS latch (any 32-bit value a
+# guest can write); the MCH function is a device of its own (section "mch").
+VMSTATE_Q35_PCI_HOST = VMStateDescription("q35-pcihost", version_id=1, fields=[
+    VMStateField("config_reg", U32),
+])
+
+
 def _q35_host_class_init(klass: ObjectClass, data: Any) -> None:
     dc = object_class_check(klass, DeviceClass)
+    dc.vmsd = VMSTATE_Q35_PCI_HOST
     dc.realize = _q35_host_realize
     dc.reset = _q35_host_reset
     dc.user_creatable = False
@@ -284,6 +294,8 @@ def mch_set_tolud(mch: PCIDevice, below_4g_mem_size: int) -> None:
     top = min(below_4g_mem_size, memmap.FOUR_GIB - memmap.MiB) & ~(memmap.MiB - 1)
     mch.set_word(MCH_HOST_BRIDGE_TOLUD, (top >> 16) & 0xFFF0)
     mch.wmask[MCH_HOST_BRIDGE_TOLUD:MCH_HOST_BRIDGE_TOLUD + 2] = b"\0\0"
+    # Fixed by the board's RAM: a stream from a machine with other RAM is refused.
+    mch.cmask[MCH_HOST_BRIDGE_TOLUD:MCH_HOST_BRIDGE_TOLUD + 2] = b"\xff\xff"
 
 
 def _mch_reset_smram(mch: Any) -> None:
@@ -313,8 +325,41 @@ def _mch_reset(dev: Any) -> None:
         dev.update_pciexbar()
 
 
+def _mch_post_load(mch: MCHPCIState, version_id: int) -> None:
+    """The loaded registers (config space, already in place) are checked for
+    bits no guest write can set, then applied exactly as the register writes
+    apply them (mch_post_load): PAM segments, the SMRAM window and its lock,
+    the MMCONFIG window."""
+    cfg = mch.config
+    for i in range(7):
+        writable = 0x33 if i else 0x30
+        if cfg[MCH_HOST_BRIDGE_PAM0 + i] & ~writable:
+            raise VMStateError(f"PAM{i} = {cfg[MCH_HOST_BRIDGE_PAM0 + i]:#04x} sets bits outside {writable:#04x}")
+    smram, esmramc = cfg[MCH_HOST_BRIDGE_SMRAM], cfg[MCH_HOST_BRIDGE_ESMRAMC]
+    if smram & ~SMRAM_WMASK != SMRAM_DEFAULT & ~SMRAM_WMASK or smram & SMRAM_D_LCK and smram & SMRAM_D_OPEN:
+        raise VMStateError(f"SMRAM = {smram:#04x} is not a value the register can hold")
+    if esmramc & ~ESMRAMC_WMASK != ESMRAMC_DEFAULT & ~ESMRAMC_WMASK:
+        raise VMStateError(f"ESMRAMC = {esmramc:#04x} is not a value the register can hold")
+    pciexbar = int.from_bytes(cfg[MCH_HOST_BRIDGE_PCIEXBAR:MCH_HOST_BRIDGE_PCIEXBAR + 8], "little")
+    pciexbar_writable = PCIEXBAR_ADMSK | PCIEXBAR_LENGTH_MASK | PCIEXBAREN
+    if mch.mmcfg is not None and pciexbar & ~pciexbar_writable:
+        raise VMStateError(f"PCIEXBAR = {pciexbar:#x} sets bits outside {pciexbar_writable:#x}")
+    # Unlocked first: update_smram locks them again if the loaded D_LCK says so.
+    mch.wmask[MCH_HOST_BRIDGE_SMRAM] = SMRAM_WMASK
+    mch.wmask[MCH_HOST_BRIDGE_ESMRAMC] = ESMRAMC_WMASK
+    mch.update_smram()
+    if mch.pam:
+        mch.update_pam()
+    mch.update_pciexbar()
+
+
+VMSTATE_MCH = VMStateDescription("mch", version_id=1, fields=[VMSTATE_PCI_DEVICE_FIELD],
+                                 post_load=_mch_post_load)
+
+
 def _mch_class_init(klass: ObjectClass, data: Any) -> None:
     k = object_class_check(klass, PCIDeviceClass)
+    k.vmsd = VMSTATE_MCH
     k.vendor_id = PCI_VENDOR_ID_INTEL
     k.device_id = PCI_DEVICE_ID_INTEL_Q35_MCH
     k.revision = 0x02
