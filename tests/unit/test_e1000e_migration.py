@@ -199,14 +199,15 @@ def test_a_truncated_or_oversized_frame_length_is_refused() -> None:
 
 
 def test_the_link_follows_the_loaded_status_register() -> None:
+    from pemu.hw.net.e1000e import _e1000e_post_load
+
     src, host, clock, _ = busy_core()
     src.set_link(False)
-    dev = SimpleNamespace(ioaddr=0x2808, core=src, nic=SimpleNamespace(link_down=False))
-    data = vmstate_save_bytes(VMSTATE_E1000E, dev)
     dst_core, _, _ = fresh_like(host, clock)
-    dst = SimpleNamespace(ioaddr=0, core=dst_core, nic=SimpleNamespace(link_down=False))
-    vmstate_load_bytes(VMSTATE_E1000E, dst, data)
-    assert dst.ioaddr == 0x2808 and dst.nic.link_down and not rd(dst_core, Reg.STATUS) & 2
+    vmstate_load_bytes(VMSTATE_E1000E_CORE, dst_core, vmstate_save_bytes(VMSTATE_E1000E_CORE, src))
+    dev = SimpleNamespace(core=dst_core, nic=SimpleNamespace(link_down=False))
+    _e1000e_post_load(dev, 1)  # type: ignore[arg-type]
+    assert dev.nic.link_down and not rd(dst_core, Reg.STATUS) & 2
     wr(dst_core, Reg.MDIC, (2 << 26) | (1 << 21) | (1 << 16))
     assert not rd(dst_core, Reg.MDIC) & 0x0004  # the PHY says link down too
 

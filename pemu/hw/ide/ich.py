@@ -15,11 +15,12 @@ from typing import Any
 
 from pemu.hw.ide.ahci import AHCI_MEM_BAR_SIZE, VMSTATE_AHCI, AHCIState
 from pemu.hw.ide.qdev import TYPE_IDE_BUS, IDEBus
-from pemu.hw.pci.msi import MSICapability, MSIError, msi_init
+from pemu.hw.pci.msi import VMSTATE_MSI_FIELD, MSICapability, MSIError, msi_init
 from pemu.hw.pci.pci import (
     PCI_BASE_ADDRESS_SPACE_IO,
     PCI_BASE_ADDRESS_SPACE_MEMORY,
     TYPE_PCI_DEVICE,
+    VMSTATE_PCI_DEVICE_FIELD,
     PCIDevice,
     PCIDeviceClass,
     pci_add_capability,
@@ -137,12 +138,16 @@ def _ich9_ahci_reset(dev: Any) -> None:
     d.ahci.reset()
 
 
-# The function's state (QEMU's vmstate_ich9_ahci): the HBA with its ports and drives.
-# TODO(i15-pci): the PCI function's part (config space, BARs, MSI) goes first once
-# pemu.hw.pci.pci describes it.
+# The function's state (QEMU's vmstate_ich9_ahci): the PCI function (config space,
+# BARs, INTx) and its MSI capability first, so that the HBA's post_load knows
+# whether an interrupt goes by INTx; then the HBA with its ports and drives.
 VMSTATE_ICH9_AHCI = VMStateDescription(
     "ich9_ahci", version_id=1,
-    fields=[VMStateField("ahci", Struct(VMSTATE_AHCI))])
+    fields=[
+        VMSTATE_PCI_DEVICE_FIELD,
+        VMSTATE_MSI_FIELD,
+        VMStateField("ahci", Struct(VMSTATE_AHCI)),
+    ])
 
 
 def _ich9_ahci_class_init(klass: ObjectClass, data: Any) -> None:

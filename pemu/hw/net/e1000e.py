@@ -39,17 +39,19 @@ from pemu.hw.pci.msi import (
     PCI_MSI_FLAGS,
     PCI_MSI_FLAGS_ENABLE,
     PCI_MSI_FLAGS_QSIZE,
+    VMSTATE_MSI_FIELD,
     MSICapability,
     MSIError,
     msi_init,
 )
-from pemu.hw.pci.msix import MSIXState, msix_init
+from pemu.hw.pci.msix import VMSTATE_MSIX_FIELD, MSIXState, msix_init
 from pemu.hw.pci.pci import (
     PCI_BASE_ADDRESS_SPACE_IO,
     PCI_BASE_ADDRESS_SPACE_MEMORY,
     PCI_COMMAND,
     PCI_COMMAND_MASTER,
     TYPE_PCI_DEVICE,
+    VMSTATE_PCI_DEVICE_FIELD,
     PCIDevice,
     PCIDeviceClass,
     pci_config_set_interrupt_pin,
@@ -300,11 +302,14 @@ def _e1000e_post_load(dev: E1000EState, version_id: int) -> None:
     dev.nic.link_down = not dev.core.link_up
 
 
-# TODO(i15-pci): the PCI function's part (config space, BARs, MSI, MSI-X table and PBA)
-# goes first once pemu.hw.pci.pci describes it.
+# QEMU's e1000e_vmstate: the PCI Express function (config space, BARs, INTx), its MSI
+# and MSI-X capabilities (table and PBA), then the NIC.
 VMSTATE_E1000E = VMStateDescription(
     "e1000e", version_id=1,
     fields=[
+        VMSTATE_PCI_DEVICE_FIELD,
+        VMSTATE_MSI_FIELD,
+        VMSTATE_MSIX_FIELD,
         VMStateField("ioaddr", VM_U32),
         VMStateField("core", Struct(VMSTATE_E1000E_CORE)),
     ],
