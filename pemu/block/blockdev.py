@@ -372,6 +372,10 @@ class BlockDevices:
                 raise CommitError(f"Device '{device}' has no medium")
             targets = [drive]
         for drive in targets:
+            if drive.blk.inactive:
+                # Committing writes the backing image: not while another process owns the images.
+                raise CommitError(f"'commit' error for '{drive.id}': the image is inactive (handed over by a "
+                                  "migration)")
             try:
                 drive.blk.drain()
                 with drive.blk.io_lock:

@@ -228,3 +228,22 @@ def test_a_second_pemu_may_write_the_image_only_after_inactivate(tmp_path: Path,
     source.block.inactivate_all()
     started = second_pemu()
     assert started.returncode == 0, started.stderr
+
+
+def test_commit_is_refused_while_inactive(tmp_path: Path, cleanup: list[Devices]) -> None:
+    """HMP commit writes the backing image: not while the images are handed over."""
+    from pemu.block.blockdev import CommitError
+
+    base = make_image(tmp_path, "raw")
+    top = tmp_path / "top.qcow2"
+    qcow2_create(str(top), SIZE, str(base), "raw")
+    devices = Devices(top, "qcow2")
+    cleanup.append(devices)
+    assert devices.blk.pwrite(0, b"O" * 4096) == 0
+    devices.block.inactivate_all()
+    with pytest.raises(CommitError, match="^'commit' error for 'd0': the image is inactive"):
+        devices.block.commit("d0")
+    assert base.read_bytes()[:4096] == bytes(4096)
+    devices.block.activate_all()
+    devices.block.commit("d0")
+    assert base.read_bytes()[:4096] == b"O" * 4096
