@@ -263,3 +263,35 @@ def test_the_qdev_devices_declare_their_state() -> None:
     for name in ("ich9-ahci", "ide-hd", "ide-cd"):
         klass = object_class_by_name(name)
         assert isinstance(klass, DeviceClass) and klass.vmsd is not None, name
+
+
+def test_the_cd_tray_media_event_and_unit_attention_survive(rigs: Callable[[], Rig], disk: Path, iso: Path) -> None:
+    def moved(src: Rig) -> Rig:
+        dst = rigs()
+        dst.attach(0, DriveKind.HD, disk)
+        dst.attach(1, DriveKind.CD, iso)
+        dst.mem.ram[:] = src.mem.ram
+        vmstate_load_bytes(VMSTATE_AHCI, dst.hba, vmstate_save_bytes(VMSTATE_AHCI, src.hba))
+        return dst
+
+    src = rigs()
+    two_drives(src, disk, iso)
+    tfd, _ = on_port1(src, lambda: packet(src, bytes((0x1B, 0, 0, 0, 2, 0)), 0))  # type: ignore[misc]
+    assert tfd == 0x50  # the guest opened the tray
+    dst = moved(src)
+    tfd, data = on_port1(dst, lambda: packet(dst, bytes((0x4A, 1, 0, 0, 0x10, 0, 0, 0, 8, 0)), 8))  # type: ignore[misc]
+    assert tfd == 0x50 and data[4] == 3 and data[5] == 1  # media removal, tray open, no medium
+    tfd, _ = on_port1(dst, lambda: packet(dst, bytes(6), 0))  # type: ignore[misc]
+    assert tfd == 0x2041 and on_port1(dst, lambda: sense(dst)) == (2, 0x3A)  # NOT READY: tray open
+
+    # The monitor changed the medium on the source: the destination's guest hears about it once.
+    src2 = rigs()
+    two_drives(src2, disk, iso)
+    atapi = src2.hba.ports[1].ide.atapi
+    assert atapi is not None
+    atapi.change_media_cb(True)
+    dst2 = moved(src2)
+    tfd, _ = on_port1(dst2, lambda: packet(dst2, bytes(6), 0))  # type: ignore[misc]
+    assert tfd == 0x6041 and on_port1(dst2, lambda: sense(dst2)) == (6, 0x28)  # UNIT ATTENTION
+    tfd, _ = on_port1(dst2, lambda: packet(dst2, bytes(6), 0))  # type: ignore[misc]
+    assert tfd == 0x50
