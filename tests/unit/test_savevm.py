@@ -344,8 +344,6 @@ BOARDS = {
 }
 
 
-@pytest.mark.xfail(strict=False, reason="the device descriptions are on the i15-cpu/legacy/pci/storage "
-                   "branches; the lead removes this mark once they are merged")
 @pytest.mark.parametrize("board", list(BOARDS))
 def test_every_device_of_the_board_has_a_description(board: str, tmp_path: Path) -> None:
     for name in ("disk.img", "disk2.img"):  # the destination's own copy: no lock taken from the source
