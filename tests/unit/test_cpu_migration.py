@@ -226,6 +226,41 @@ def test_tcg_loaded_state_is_what_the_engine_holds_before_any_run(second_vm: Cal
     source.close()
 
 
+@needs_binutils
+@pytest.mark.parametrize("event, outputs", [
+    ({"interrupt_injected": 0x20}, [0x20]),                    # an external interrupt half delivered: taken
+    ({"interrupt_injected": 0x80, "interrupt_soft": True}, []),  # INT n: its instruction raises it again
+])
+def test_tcg_finishes_an_event_another_accelerator_was_delivering(event: dict[str, Any], outputs: list[int],
+                                                                  second_vm: Callable[[], VirtualMachine]) -> None:
+    """KVM can stop a vCPU between the start and the end of an event's
+    delivery (its vcpu events say so); tcg delivers such an event on load."""
+    source = Machine()
+    build_guest(source)
+    run_to_done(source, then=lambda: source.cpu.run.halted)
+    ram = source.memory.read(0, 4 << 20)
+    # The same state as KVM would give it, stopped while delivering the event.
+    bare = BareCPU()
+    vmstate_load_bytes(VMSTATE_X86_CPU, bare, vmstate_save_bytes(VMSTATE_X86_CPU, source.cpu))
+    for name, value in event.items():
+        setattr(bare.env, name, value)
+    bare.env.mp_state = X86MPState.RUNNABLE
+    cpu_bytes = vmstate_save_bytes(RAW, bare)
+    second_vm()
+    dest = Machine()
+    dest.load(0, ram)
+    vmstate_load_bytes(VMSTATE_X86_CPU, dest.cpu, cpu_bytes)
+    qemu_clock_enable_virtual(True)
+    cpus.resume_all_vcpus()
+    try:   # the guest halts again after the handler's IRET (RIP was at its hlt)
+        assert wait_for(lambda: dest.outputs() == outputs and dest.cpu.run.halted, 5.0), dest.outputs()
+    finally:
+        cpus.pause_all_vcpus()
+        qemu_clock_enable_virtual(False)
+    dest.close()
+    source.close()
+
+
 # --- refusals (no engine: the checks run before the accelerator is touched) ----------------
 
 
