@@ -192,6 +192,16 @@ class AccelOps(ABC):
         by GSI (the 16 ISA IRQs first); empty unless :meth:`irqchip_in_kernel`."""
         return []
 
+    def irqchip_state(self) -> dict[str, bytes]:
+        """The in-kernel interrupt controllers' state, by name ("pic_master",
+        "pic_slave", "ioapic", "pit"), in the accelerator's own layout (only
+        meaningful when :meth:`irqchip_in_kernel`)."""
+        raise NotImplementedError(f"{self.name} keeps no interrupt controller")
+
+    def set_irqchip_state(self, state: dict[str, bytes]) -> None:
+        """Load what :meth:`irqchip_state` gave (the VM stopped)."""
+        raise NotImplementedError(f"{self.name} keeps no interrupt controller")
+
     def cleanup(self) -> None:  # noqa: B027  (an optional hook: nothing to release by default)
         """Release what ``init_machine`` took (file descriptors, mappings) when the VM is destroyed."""
 

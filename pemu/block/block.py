@@ -6,6 +6,13 @@ and, for a qcow2 with a backing file, the backing chain, each opened
 read-only.  With ``snapshot`` the image itself is opened read-only and a
 temporary qcow2 overlay (deleted at once, so nothing is left behind) takes
 the writes, as QEMU's -snapshot does.
+
+Migration hands an image from one process to another (QEMU's
+BDRV_O_INACTIVE): :func:`bdrv_inactivate` flushes a graph and gives up its
+write permission (the lock bytes), :func:`bdrv_activate` takes it back and
+re-reads the format's metadata, which the other process may have changed.
+An incoming VM opens its images inactive (``bdrv_open(..., inactive=True)``):
+it reads them, takes no write lock and writes nothing, not even a header field.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import os
 import sys
 
 from pemu.block.block_int import (
+    BLK_PERM_ALL,
     BLOCK_PROBE_BUF_SIZE,
     BlockDriverState,
     BlockOpenError,
@@ -47,6 +55,11 @@ def check_format_name(fmt: str) -> None:
     raise BlockOpenError(f"Unknown driver '{fmt}'")
 
 
+def inactive_file_perms() -> tuple[int, int]:
+    """(perm, shared) of an inactive node on its file: it reads, and lets anybody write."""
+    return int(BlockPerm.CONSISTENT_READ), int(BLK_PERM_ALL)
+
+
 def file_perms(fmt: str, read_only: bool) -> tuple[int, int]:
     """(perm, shared) a format node takes on its file, as QEMU's default perms for storage."""
     shared = int(BlockPerm.CONSISTENT_READ | BlockPerm.WRITE_UNCHANGED)
@@ -65,12 +78,15 @@ def bdrv_open(
     cache: CacheMode,
     locking: bool = True,
     snapshot: bool = False,
+    inactive: bool = False,
     _chain: tuple[str, ...] = (),
 ) -> BlockDriverState:
-    """Open ``filename`` as a format node; raises BlockOpenError with QEMU's message."""
+    """Open ``filename`` as a format node; raises BlockOpenError with QEMU's message.
+    ``inactive``: without write permission until :func:`bdrv_activate` (an incoming migration)."""
     if fmt is not None:
         check_format_name(fmt)
     file_bs = BlockDriverState(filename, read_only or snapshot, cache)
+    file_bs.inactive = inactive and not file_bs.read_only
     file_drv = FileDriver(file_bs, locking)
     file_bs.drv = file_drv
     bs: BlockDriverState | None = None
@@ -79,8 +95,9 @@ def bdrv_open(
         if fmt is None:
             fmt = probe_format(file_bs.pread(0, BLOCK_PROBE_BUF_SIZE) if file_bs.getlength() else b"")
             check_format_name(fmt)
-        file_drv.set_perm(*file_perms(fmt, file_bs.read_only))
+        file_drv.set_perm(*(inactive_file_perms() if file_bs.inactive else file_perms(fmt, file_bs.read_only)))
         bs = BlockDriverState(filename, file_bs.read_only, cache)
+        bs.inactive = file_bs.inactive
         bs.file = file_bs
         bs.probed = probed
         if fmt == "qcow2":
@@ -103,8 +120,61 @@ def bdrv_open(
         file_bs.close()
         raise
     if snapshot:
-        return _append_temp_snapshot(bs, cache)
+        overlay = _append_temp_snapshot(bs, cache)
+        overlay.inactive = inactive
+        if overlay.file is not None:
+            overlay.file.inactive = inactive
+        return overlay
     return bs
+
+
+def bdrv_inactivate(bs: BlockDriverState) -> None:
+    """Flush ``bs`` and give up its write permission (bdrv_inactivate_recurse):
+    after it nothing is written to the image until :func:`bdrv_activate`.
+    Raises OSError when the flush fails (the node then stays active)."""
+    if bs.inactive or bs.read_only:
+        return
+    bs.flush()
+    bs.inactive = True
+    file = bs.file
+    if file is None:
+        return
+    file.inactive = True
+    if not bs.temporary and isinstance(file.drv, FileDriver):
+        file.drv.set_perm(*inactive_file_perms())  # only drops lock bytes: cannot conflict
+
+
+def bdrv_activate(bs: BlockDriverState) -> None:
+    """Take the write permission of an inactive ``bs`` back and re-read its
+    metadata (bdrv_activate + bdrv_co_invalidate_cache): another process may
+    have written the image meanwhile.  Raises BlockOpenError (QEMU's message)
+    when another process holds the image or its metadata is no longer usable;
+    the node then stays inactive."""
+    if not bs.inactive:
+        return
+    file = bs.file
+    locks = file is not None and not bs.temporary and isinstance(file.drv, FileDriver)
+    if locks:
+        assert file is not None and isinstance(file.drv, FileDriver)
+        file.drv.set_perm(*file_perms(bs.format_name, bs.read_only))
+    if file is not None:
+        file.inactive = False
+    bs.inactive = False
+    if bs.format_name == "qcow2" and not bs.temporary:
+        from pemu.block.qcow2 import Qcow2Driver
+
+        old = bs.drv
+        try:
+            bs.drv = Qcow2Driver(bs)  # the header, L1 table and refcounts as they are now
+        except BlockOpenError:
+            bs.drv = old
+            bs.inactive = True
+            if file is not None:
+                file.inactive = True
+                if locks:
+                    assert isinstance(file.drv, FileDriver)
+                    file.drv.set_perm(*inactive_file_perms())
+            raise
 
 
 def _open_backing(bs: BlockDriverState, cache: CacheMode, locking: bool, chain: tuple[str, ...]) -> None:

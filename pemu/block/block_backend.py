@@ -13,6 +13,11 @@ One worker per backend keeps the requests of one image graph in order (the
 format drivers' metadata is not shared between threads); separate images
 work in parallel.  The synchronous helpers are for loaders, the monitor and
 tests.
+
+Completions wait in the backend's own queue, in order, and the main loop runs
+them; :meth:`BlockBackend.drain_and_complete` runs them on the caller's thread
+instead, until nothing is left (QEMU's blk_drain), so that a migration can
+finish every guest request before the VM's state is saved.
 """
 
 from __future__ import annotations
@@ -21,10 +26,12 @@ import enum
 import errno
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from pemu.block.block import bdrv_activate, bdrv_inactivate
 from pemu.block.block_int import BDRV_REQUEST_MAX_BYTES, BlockDriverState, BlockOpenError
 
 if TYPE_CHECKING:
@@ -112,6 +119,7 @@ class BlockBackend:
         self._worker: ThreadPoolExecutor | None = None
         self._in_flight = 0
         self._idle = threading.Condition()
+        self._completions: deque[tuple[Completion, int]] = deque()  # finished requests, in order
 
     # -- the medium -------------------------------------------------------------------
     def is_inserted(self) -> bool:
@@ -197,7 +205,7 @@ class BlockBackend:
     def _do_write(self, offset: int, data: bytes | bytearray | memoryview) -> int:
         nbytes = len(data)
         ret = self._check_request(offset, nbytes)
-        if ret == 0 and self.is_read_only():
+        if ret == 0 and (self.is_read_only() or self.root is not None and self.root.inactive):
             ret = -errno.EPERM
         if ret:
             self.stats.invalid_wr_operations += 1
@@ -267,17 +275,62 @@ class BlockBackend:
 
         def run() -> None:
             ret = work()
-            self._schedule(lambda: cb(ret))
             with self._idle:
+                self._completions.append((cb, ret))
                 self._in_flight -= 1
                 self._idle.notify_all()
+            self._schedule(self._run_completions)
 
         self._worker.submit(run)
+
+    def _run_completions(self) -> None:
+        """Run the completions of finished requests, oldest first."""
+        while True:
+            with self._idle:
+                if not self._completions:
+                    return
+                cb, ret = self._completions.popleft()
+            cb(ret)
 
     def drain(self) -> None:
         """Wait until no request is running (their completions may still be queued)."""
         with self._idle:
             self._idle.wait_for(lambda: self._in_flight == 0)
+
+    def drain_and_complete(self) -> None:
+        """Wait for every request and run its completion on this thread,
+        including the requests those completions submit, until the backend
+        is idle (QEMU's blk_drain).  The caller holds the big lock, as the
+        main loop does when it runs completions; the device models then have
+        no request in flight."""
+        while True:
+            self.drain()
+            with self._idle:
+                if not self._completions and self._in_flight == 0:
+                    return
+            self._run_completions()
+
+    # -- migration: handing the image over ------------------------------------------------
+    @property
+    def inactive(self) -> bool:
+        return self.root is not None and self.root.inactive
+
+    def inactivate(self) -> None:
+        """Finish every request, flush, and give up the image's write lock
+        (the source of a migration, before the final device state is saved).
+        Raises OSError when the flush fails."""
+        self.drain_and_complete()
+        if self.root is not None:
+            with self.io_lock:
+                bdrv_inactivate(self.root)
+
+    def activate(self) -> None:
+        """Take the write lock back and re-read the image's metadata (the
+        destination after loading, the source after a failed migration).
+        Raises BlockOpenError when another process holds the image."""
+        if self.root is not None:
+            with self.io_lock:
+                bdrv_activate(self.root)
 
     def close(self) -> None:
         self.drain()

@@ -141,6 +141,14 @@ class BlockDriverState:
         self.probed = False  # format guessed by probing (raw then restricts block 0)
         self.encrypted = False
         self.temporary = False  # a -snapshot overlay, deleted on close
+        # BDRV_O_INACTIVE: another process may own the image (an incoming migration not yet
+        # loaded, or an outgoing one handed over): no write permission, no write, no metadata update.
+        self.inactive = False
+
+    @property
+    def writable(self) -> bool:
+        """Whether anything may be written to the node now (not read-only, not inactive)."""
+        return not self.read_only and not self.inactive
 
     @property
     def format_name(self) -> str:
@@ -158,7 +166,7 @@ class BlockDriverState:
 
     def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         assert self.drv is not None
-        if self.read_only:
+        if not self.writable:
             raise io_error(errno.EPERM)
         self.drv.pwrite(offset, data)
 
@@ -166,6 +174,8 @@ class BlockDriverState:
         assert self.drv is not None
         if self.read_only:
             raise BlockOpenError("Block node is read-only")
+        if self.inactive:
+            raise BlockOpenError("Block node is inactive (handed over by a migration)")
         self.drv.truncate(size)
 
     def flush(self) -> None:

@@ -11,6 +11,14 @@ Drives of an interface the machine has no controller for are refused after
 the board is built, as QEMU's drive_check_orphaned does ("machine type does
 not support if=ide,bus=6,unit=0").  On q35, ``if=ide`` drives (and -hda..-hdd,
 -cdrom) go to the ICH9 AHCI's ports: drive index N on port ``ide.N``.
+
+Migration hands the images over between two processes (QEMU's
+bdrv_inactivate_all/bdrv_activate_all): :meth:`BlockDevices.inactivate_all`
+on the source, just before the final device state is saved, and
+:meth:`BlockDevices.activate_all` on the destination once the state is
+loaded (or on the source again when the migration fails or is cancelled).
+A VM started with ``-incoming`` sets :attr:`BlockDevices.inactive` before
+its images are opened, so it reads them without taking their write locks.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from pemu.block.block import bdrv_commit, bdrv_open, check_format_name
+from pemu.block.block import bdrv_activate, bdrv_commit, bdrv_inactivate, bdrv_open, check_format_name
 from pemu.block.block_backend import BlockBackend, BlockdevOnError
 from pemu.block.block_int import (
     CACHE_MODES,
@@ -116,6 +124,9 @@ class BlockDevices:
     drives: list[DriveInfo] = field(default_factory=list)
     nodes: dict[str, BlockdevNode] = field(default_factory=dict)
     node_counter: int = 0
+    # The images are inactive: opened (and kept) without write permission. Set before the
+    # images are opened by a VM that waits for an incoming migration; activate_all clears it.
+    inactive: bool = False
 
     # -- -drive ----------------------------------------------------------------------------
     def drive_new(self, opts: dict[str, str], location: str, default_snapshot: bool,
@@ -219,7 +230,7 @@ class BlockDevices:
                 raise fail(exc.message) from None
         root: BlockDriverState | None = None
         if filename:
-            root = self._open(filename, fmt, read_only, cache, locking, snapshot, location)
+            root = self._open(filename, fmt, read_only, cache, locking, snapshot, location, self.inactive)
             root.node_name = opts.get("node-name") or self._auto_node_name()
         blk = BlockBackend(root, drive_id, writeback=cache.writeback,
                            on_read_error=on_read, on_write_error=on_write)
@@ -243,9 +254,9 @@ class BlockDevices:
 
     @staticmethod
     def _open(filename: str, fmt: str | None, read_only: bool, cache: CacheMode, locking: bool,
-              snapshot: bool, location: str) -> BlockDriverState:
+              snapshot: bool, location: str, inactive: bool) -> BlockDriverState:
         try:
-            return bdrv_open(filename, fmt, read_only, cache, locking, snapshot)
+            return bdrv_open(filename, fmt, read_only, cache, locking, snapshot, inactive)
         except BlockOpenError as exc:
             message = exc.message if exc.hint is None else f"{exc.message}\n{exc.hint}"
             raise UserError(message, location) from None
@@ -338,7 +349,8 @@ class BlockDevices:
         if "backing" in tree and tree["backing"] is not None:
             raise fail("-blockdev backing=<node> is not supported by pemu; the image's backing file is used")
         try:
-            bs = bdrv_open(file_node.filename, driver, read_only or file_node.read_only, cache, file_node.locking)
+            bs = bdrv_open(file_node.filename, driver, read_only or file_node.read_only, cache, file_node.locking,
+                           inactive=self.inactive)
         except BlockOpenError as exc:
             raise fail(exc.message if exc.hint is None else f"{exc.message}\n{exc.hint}") from None
         bs.node_name = node_name or self._auto_node_name()
@@ -360,6 +372,10 @@ class BlockDevices:
                 raise CommitError(f"Device '{device}' has no medium")
             targets = [drive]
         for drive in targets:
+            if drive.blk.inactive:
+                # Committing writes the backing image: not while another process owns the images.
+                raise CommitError(f"'commit' error for '{drive.id}': the image is inactive (handed over by a "
+                                  "migration)")
             try:
                 drive.blk.drain()
                 with drive.blk.io_lock:
@@ -418,7 +434,7 @@ class BlockDevices:
         try:
             if fmt is not None:
                 check_format_name(fmt)
-            bs = bdrv_open(filename, fmt, read_only, CACHE_MODES["writeback"], True)
+            bs = bdrv_open(filename, fmt, read_only, CACHE_MODES["writeback"], True, inactive=self.inactive)
         except BlockOpenError as exc:
             raise MediumError(exc.message) from None
         bs.node_name = self._auto_node_name()
@@ -440,6 +456,60 @@ class BlockDevices:
     def find_backend(self, name: str) -> BlockBackend | None:
         drive = self.find_drive(name)
         return drive.blk if drive is not None else None
+
+    # -- migration: handing the images over (bdrv_inactivate_all, bdrv_activate_all) ----------
+    def _graph_roots(self) -> list[tuple[str, BlockBackend | None, BlockDriverState]]:
+        """(name, backend or None, root node) of every open image: drives, then -blockdev nodes."""
+        roots: list[tuple[str, BlockBackend | None, BlockDriverState]] = []
+        for drive in self.drives:
+            if drive.blk.root is not None:
+                roots.append((drive.id, drive.blk, drive.blk.root))
+        for node in self.nodes.values():
+            if node.bs is not None and node.driver != "file":
+                roots.append((node.node_name, None, node.bs))
+        return roots
+
+    def inactivate_all(self) -> None:
+        """The source of a migration, VM stopped, just before its device state
+        is saved: every request in flight finishes and its completion reaches
+        the device (so no device holds a request), every image is flushed and
+        its write lock released; from then on nothing is written to an image
+        until :meth:`activate_all`.  The caller holds the big lock.  Raises
+        BlockOpenError naming the drive when an image cannot be flushed (the
+        caller fails the migration and calls activate_all)."""
+        for _name, blk, _root in self._graph_roots():
+            if blk is not None:
+                blk.drain_and_complete()  # first all of them: a completion may touch another drive's device
+        for name, blk, root in self._graph_roots():
+            try:
+                if blk is not None:
+                    blk.inactivate()
+                else:
+                    bdrv_inactivate(root)
+            except OSError as exc:
+                raise BlockOpenError(f"Could not flush '{name}' before the migration: "
+                                     f"{os.strerror(exc.errno or 5)}") from None
+        self.inactive = True
+
+    def activate_all(self) -> None:
+        """Take every image's write lock back and re-read its metadata: the
+        destination after the device state is loaded, the source after a
+        failed or cancelled migration.  Every image is tried; the first
+        failure is raised (BlockOpenError, naming the drive: another process
+        still holds it)."""
+        first: BlockOpenError | None = None
+        for name, blk, root in self._graph_roots():
+            try:
+                if blk is not None:
+                    blk.activate()
+                else:
+                    bdrv_activate(root)
+            except BlockOpenError as exc:
+                if first is None:
+                    first = BlockOpenError(f"Could not reopen '{name}' for writing: {exc.message}", exc.hint)
+        self.inactive = first is not None
+        if first is not None:
+            raise first
 
     def close_all(self) -> None:
         """bdrv_close_all: finish requests, flush and close every image."""

@@ -227,9 +227,9 @@ class Qcow2Driver(BlockDriver):
         head = self.file.pread(0, min(max(file_size, V3_HEADER_SIZE), 1 << MAX_CLUSTER_BITS))
         h = parse_header(head)
         self.header = h
-        if h.incompatible_features & INCOMPAT_CORRUPT and not bs.read_only:
+        if h.incompatible_features & INCOMPAT_CORRUPT and bs.writable:
             raise BlockOpenError("qcow2: Image is corrupt; cannot be opened read/write")
-        if h.incompatible_features & INCOMPAT_DIRTY and not bs.read_only:
+        if h.incompatible_features & INCOMPAT_DIRTY and bs.writable:
             # QEMU repairs the refcounts of a dirty image on open; pemu asks for it.
             raise BlockOpenError(
                 "qcow2: Image is dirty (lazy refcounts); repair it with 'qemu-img check -r all' first"
@@ -252,7 +252,7 @@ class Qcow2Driver(BlockDriver):
         self.corrupt = False
         bs.backing_file = h.backing_file
         bs.backing_format = h.backing_format
-        if not bs.read_only and h.version == 3 and h.autoclear_features:
+        if bs.writable and h.version == 3 and h.autoclear_features:
             # Autoclear features (persistent bitmaps...) are not kept up to date by pemu.
             self.file.pwrite(88, struct.pack(">Q", 0))
             h.autoclear_features = 0
@@ -265,7 +265,7 @@ class Qcow2Driver(BlockDriver):
         """qcow2_signal_corruption: mark the image corrupt, fail this and later requests."""
         if not self.corrupt:
             self.corrupt = True
-            if self.bs.read_only:
+            if not self.bs.writable:
                 error_report(f"qcow2: Image is corrupt: {message}; further non-fatal corruption events "
                              "will be suppressed")
             else:

@@ -76,11 +76,20 @@ class QEMUFileWriter:
             self._emit(data)
 
     def _emit(self, data: bytes | bytearray | memoryview) -> None:
-        try:
-            self.sink.write(data)
-        except OSError as e:
-            raise MigrationStreamError(f"failed to write the migration stream: {e.strerror or e}") from None
-        self.bytes_written += len(data)
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view):
+            try:
+                # A raw (unbuffered) file may take less than all of it; a buffered one takes all.
+                written = self.sink.write(view[done:])
+            except OSError as e:
+                raise MigrationStreamError(f"failed to write the migration stream: {e.strerror or e}") from None
+            if written is None:
+                break  # a sink that does not count (as a buffered one, it took everything)
+            if written <= 0:
+                raise MigrationStreamError("failed to write the migration stream: nothing was written")
+            done += written
+        self.bytes_written += len(view)
 
     @property
     def bytes_put(self) -> int:

@@ -310,6 +310,20 @@ def cpu_synchronize_post_reset(cpu: Any) -> None:
         run.accel_vcpu.put_state()
 
 
+def cpu_synchronize_post_init(cpu: Any) -> None:
+    """Load all of ``cpu.env`` into the accelerator after an incoming
+    migration or a snapshot was loaded (QEMU's cpu_synchronize_post_init);
+    the target has set what the vCPU thread keeps (halted, pending requests).
+    The VM is stopped: the vCPU has the state before it runs again."""
+    run = run_state(cpu)
+    with run.lock:
+        run.shutdown = False
+    if run.accel_vcpu is None:
+        return
+    with _Parked(cpu):
+        run.accel_vcpu.put_state()
+
+
 def cpu_reset(cpu: CPUState) -> None:
     cpu.reset()
 

@@ -116,6 +116,25 @@ else:
     MAP_NORESERVE = 0x4000
 
 
+def _mmap_fixed(addr: int, length: int, flags: int, fd: int, offset: int) -> None:
+    """mmap(2) with MAP_FIXED over host memory pemu already owns (the mmap
+    module cannot place a mapping); OSError with the kernel's reason."""
+    import ctypes  # only when a snapshot is restored
+    import os
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    map_fixed = 0x10  # Linux's MAP_FIXED (the mmap module does not name it)
+    result = libc.mmap(addr, length, mmap.PROT_READ | mmap.PROT_WRITE, flags | map_fixed, fd, offset)
+    if result is None or result == ctypes.c_void_p(-1).value:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    if result != addr:
+        raise OSError(f"mmap placed the mapping at {result:#x}, not at {addr:#x}")
+
+
 class RAMBlock:
     """Host memory behind a RAM region: an anonymous mapping with MAP_NORESERVE,
     so a large guest costs nothing until it touches its memory, and the host's
@@ -123,6 +142,10 @@ class RAMBlock:
     (as QEMU maps it).  OSError when even the address space is lacking."""
 
     def __init__(self, idstr: str, size: int) -> None:
+        # (st_dev, st_ino) of the file mapped privately over the block (a
+        # mapped-ram snapshot restored lazily), else None: discarding its pages
+        # would bring the file's back, and cutting that file would fault them.
+        self.file_mapped: tuple[int, int] | None = None
         self.idstr = idstr
         self.size = size
         self.mmap = mmap.mmap(-1, max(size, mmap.PAGESIZE),
@@ -156,6 +179,19 @@ class RAMBlock:
             return False
         return True
 
+    def map_file(self, fd: int, offset: int) -> None:
+        """Put the bytes of file ``fd`` from ``offset`` (page-aligned) in place
+        of the block's memory, privately (MAP_PRIVATE | MAP_FIXED at the same
+        host address, so accelerators that point at it see the file's pages):
+        a page is read from the file when first touched, and what the guest
+        writes stays in memory.  The file must cover the whole range (a page
+        past its end would fault with SIGBUS).  OSError if the kernel refuses."""
+        import os
+
+        _mmap_fixed(self.host_addr, len(self.mmap), mmap.MAP_PRIVATE, fd, offset)
+        st = os.fstat(fd)
+        self.file_mapped = (st.st_dev, st.st_ino)
+
     def fill(self, offset: int, byte: int, length: int) -> None:
         """Set ``length`` bytes from ``offset`` to ``byte``.  Zeroing whole
         pages hands them back to the kernel instead (MADV_DONTNEED: a private
@@ -166,7 +202,11 @@ class RAMBlock:
             first = -(-offset // mmap.PAGESIZE) * mmap.PAGESIZE
             last = end // mmap.PAGESIZE * mmap.PAGESIZE
             if first < last:
-                self.mmap.madvise(mmap.MADV_DONTNEED, first, last - first)
+                if self.file_mapped is not None:  # fresh anonymous pages, not the file's again
+                    _mmap_fixed(self.host_addr + first, last - first,
+                                mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+                else:
+                    self.mmap.madvise(mmap.MADV_DONTNEED, first, last - first)
                 self.fill(offset, 0, first - offset)
                 self.fill(last, 0, end - last)
                 return

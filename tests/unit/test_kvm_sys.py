@@ -35,6 +35,9 @@ _C_NAMES = {
     k.kvm_irq_routing_entry: "struct kvm_irq_routing_entry", k.kvm_irq_routing: "struct kvm_irq_routing",
     k.kvm_msi: "struct kvm_msi", k.kvm_interrupt: "struct kvm_interrupt", k.kvm_mp_state: "struct kvm_mp_state",
     k.kvm_lapic_state: "struct kvm_lapic_state", k.kvm_run: "struct kvm_run",
+    k.kvm_vcpu_events: "struct kvm_vcpu_events", k.kvm_debugregs: "struct kvm_debugregs",
+    k.kvm_xsave: "struct kvm_xsave", k.kvm_xcrs: "struct kvm_xcrs", k.kvm_irqchip: "struct kvm_irqchip",
+    k.kvm_pit_state2: "struct kvm_pit_state2", k.kvm_pit_channel_state: "struct kvm_pit_channel_state",
 }
 
 

@@ -21,6 +21,7 @@ interrupt-window exit otherwise.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import threading
@@ -33,10 +34,10 @@ from pemu.accel.kvm.kvm_sys import ExitReason, KVMError, MPState, SystemEvent
 from pemu.system.memory import bitmap_or, dirty_bitmap_size
 from pemu.target.i386.cpu_state import (
     MSR,
-    MSR_IA32_APICBASE_BSP,
     CPUX86State,
     DescriptorTable,
     SegmentCache,
+    X86MPState,
 )
 from pemu.util.error import UserError, error_report
 from pemu.util.log import guest_error
@@ -278,8 +279,25 @@ _ENV_MSRS = (
     (MSR.IA32_SYSENTER_CS, "sysenter_cs"), (MSR.IA32_SYSENTER_ESP, "sysenter_esp"),
     (MSR.IA32_SYSENTER_EIP, "sysenter_eip"), (MSR.PAT, "pat"), (MSR.STAR, "star"), (MSR.LSTAR, "lstar"),
     (MSR.CSTAR, "cstar"), (MSR.FMASK, "fmask"), (MSR.KERNELGSBASE, "kernel_gs_base"), (MSR.IA32_TSC, "tsc"),
-    (MSR.IA32_MISC_ENABLE, "misc_enable"),
+    (MSR.IA32_MISC_ENABLE, "misc_enable"), (MSR.TSC_AUX, "tsc_aux"),
 )
+# ... and with the in-kernel LAPIC, its TSC deadline.
+_KERNEL_LAPIC_MSRS = ((MSR.IA32_TSC_DEADLINE, "tsc_deadline"),)
+_MP_STATE_TO_KVM = {X86MPState.RUNNABLE: MPState.RUNNABLE, X86MPState.HALTED: MPState.HALTED,
+                    X86MPState.WAIT_FOR_SIPI: MPState.INIT_RECEIVED, X86MPState.SIPI_RECEIVED: MPState.SIPI_RECEIVED,
+                    X86MPState.UNINITIALIZED: MPState.UNINITIALIZED}
+_MP_STATE_FROM_KVM = {MPState.RUNNABLE: X86MPState.RUNNABLE, MPState.HALTED: X86MPState.HALTED,
+                      MPState.UNINITIALIZED: X86MPState.UNINITIALIZED,
+                      MPState.INIT_RECEIVED: X86MPState.WAIT_FOR_SIPI, MPState.SIPI_RECEIVED: X86MPState.SIPI_RECEIVED}
+_U80 = (1 << 80) - 1
+_U128 = (1 << 128) - 1
+# The XSAVE image: XSTATE_BV in its header, the upper halves of YMM0-15.
+_XSAVE_BV = 512
+_XSAVE_YMMH = 576
+_XSTATE_FP = 1 << 0
+_XSTATE_SSE = 1 << 1
+_XSTATE_YMM = 1 << 2
+_U64 = (1 << 64) - 1
 
 
 def cpu_dump_state(regs: k.kvm_regs, sregs: k.kvm_sregs) -> str:
@@ -363,6 +381,9 @@ class KVMVCPU:
         self.in_guest = False
         self.kick_pending = False
         self.exits = 0
+        # The TSC as the VM stopped (QEMU's env->tsc with tsc_valid): read once
+        # per stop, or what was put, so state saved twice while stopped is the same.
+        self.stopped_tsc: int | None = None
         self.fd.set_cpuid2(build_cpuid(cpu.model, accel.supported_cpuid, self.vcpu_id, accel.in_kernel_irqchip,
                                        userspace_apic=cpu.apic is not None))
         self._handlers = {
@@ -422,6 +443,7 @@ class KVMVCPU:
         handlers = self._handlers
         userspace_pic = not self.accel.in_kernel_irqchip
         self.kick_pending = False
+        self.stopped_tsc = None
         run.immediate_exit = 0
         while True:
             if userspace_pic:
@@ -559,20 +581,156 @@ class KVMVCPU:
         sregs.idt.base, sregs.idt.limit = env.idt.base, env.idt.limit & 0xFFFF
         sregs.cr0, sregs.cr2, sregs.cr3, sregs.cr4 = env.cr0, env.cr2, env.cr3, env.cr4
         sregs.cr8, sregs.efer, sregs.apic_base = env.cr8, env.efer, env.apic_base
-        fpu = k.kvm_fpu()
-        fpu.fcw = 0x37F
-        fpu.mxcsr = 0x1F80
         self.fd.set_regs(regs)
         self.fd.set_sregs(sregs)
-        self.fd.set_fpu(fpu)
-        msrs = {int(index): getattr(env, attr) for index, attr in _ENV_MSRS}
-        done = self.fd.set_msrs(msrs)
-        if done != len(msrs):
-            failed = list(msrs)[done]
-            guest_error(f"kvm: MSR {failed:#x} could not be set")
+        self._put_fpu(env)
+        # The LAPIC before the MSRs: KVM takes IA32_TSC_DEADLINE only in TSC-deadline mode.
         if self.accel.in_kernel_irqchip:
-            is_bsp = bool(env.apic_base & MSR_IA32_APICBASE_BSP)
-            self.fd.set_mp_state(MPState.RUNNABLE if is_bsp else MPState.UNINITIALIZED)
+            if env.kernel_lapic is not None:
+                lapic = k.kvm_lapic_state()
+                ctypes.memmove(ctypes.addressof(lapic), env.kernel_lapic, ctypes.sizeof(lapic))
+                self.fd.set_lapic(lapic)
+            self.fd.set_mp_state(_MP_STATE_TO_KVM[env.mp_state])
+        pending = [(int(index), getattr(env, attr)) for index, attr in self._msrs()]
+        while pending:   # KVM stops at the first MSR it refuses: go on after it
+            done = self.fd.set_msrs(dict(pending))
+            if done == len(pending):
+                break
+            guest_error(f"kvm: MSR {pending[done][0]:#x} could not be set")
+            pending = pending[done + 1:]
+        caps = self.accel.caps
+        if k.Cap.DEBUGREGS in caps:
+            dbg = k.kvm_debugregs()
+            for i in range(4):
+                dbg.db[i] = env.dr[i] & 0xFFFFFFFFFFFFFFFF
+            dbg.dr6, dbg.dr7 = env.dr[6] & 0xFFFFFFFF, env.dr[7] & 0xFFFFFFFF
+            self.fd.set_debugregs(dbg)
+        if k.Cap.VCPU_EVENTS in caps:
+            self.fd.set_vcpu_events(self._events_to_kvm(env))
+        self.stopped_tsc = env.tsc
+
+    def _msrs(self) -> tuple[tuple[int, str], ...]:
+        if self.accel.in_kernel_irqchip:
+            return _ENV_MSRS + _KERNEL_LAPIC_MSRS
+        return _ENV_MSRS
+
+    def _put_fpu(self, env: CPUX86State) -> None:
+        """x87, SSE and AVX state: through XSAVE where KVM has it (as QEMU),
+        else KVM_SET_FPU; XCR0 through KVM_SET_XCRS."""
+        caps = self.accel.caps
+        if k.Cap.XCRS in caps:
+            xcrs = k.kvm_xcrs(nr_xcrs=1)
+            xcrs.xcrs[0].xcr, xcrs.xcrs[0].value = 0, env.xcr0
+            self.fd.set_xcrs(xcrs)
+        if k.Cap.XSAVE not in caps:
+            fpu = k.kvm_fpu()
+            fpu.fcw, fpu.fsw, fpu.ftwx = env.fpuc & 0xFFFF, env.fpus & 0xFFFF, env.fptag & 0xFF
+            fpu.last_opcode, fpu.last_ip, fpu.last_dp = env.fpop & 0x7FF, env.fpip, env.fpdp
+            for i, value in enumerate(env.fpregs):
+                ctypes.memmove(ctypes.addressof(fpu.fpr) + 16 * i, (value & _U80).to_bytes(10, "little"), 10)
+            for i, value in enumerate(env.xmm):
+                ctypes.memmove(ctypes.addressof(fpu.xmm) + 16 * i, (value & _U128).to_bytes(16, "little"), 16)
+            fpu.mxcsr = env.mxcsr & 0xFFFFFFFF
+            self.fd.set_fpu(fpu)
+            return
+        xsave = self.fd.get_xsave()
+        region = memoryview(xsave.region).cast("B")
+        region[0:8] = ((env.fpuc & 0xFFFF) | (env.fpus & 0xFFFF) << 16 | (env.fptag & 0xFF) << 32
+                       | (env.fpop & 0x7FF) << 48).to_bytes(8, "little")
+        region[8:24] = (env.fpip & _U64 | (env.fpdp & _U64) << 64).to_bytes(16, "little")
+        region[24:28] = (env.mxcsr & 0xFFFFFFFF).to_bytes(4, "little")
+        for i, value in enumerate(env.fpregs):
+            region[32 + 16 * i:48 + 16 * i] = (value & _U80).to_bytes(16, "little")
+        for i, value in enumerate(env.xmm):
+            region[160 + 16 * i:176 + 16 * i] = (value & _U128).to_bytes(16, "little")
+        bv = int.from_bytes(region[_XSAVE_BV:_XSAVE_BV + 8], "little") | _XSTATE_FP | _XSTATE_SSE
+        if any(env.ymmh):
+            for i, value in enumerate(env.ymmh):
+                region[_XSAVE_YMMH + 16 * i:_XSAVE_YMMH + 16 * (i + 1)] = (value & _U128).to_bytes(16, "little")
+            bv |= _XSTATE_YMM
+        elif bv & _XSTATE_YMM:
+            region[_XSAVE_YMMH:_XSAVE_YMMH + 256] = bytes(256)
+        region[_XSAVE_BV:_XSAVE_BV + 8] = bv.to_bytes(8, "little")
+        self.fd.set_xsave(xsave)
+
+    def _get_fpu(self, env: CPUX86State) -> None:
+        caps = self.accel.caps
+        if k.Cap.XCRS in caps:
+            xcrs = self.fd.get_xcrs()
+            for i in range(min(xcrs.nr_xcrs, 16)):
+                if xcrs.xcrs[i].xcr == 0:
+                    env.xcr0 = xcrs.xcrs[i].value
+        env.ymmh = [0] * 16
+        if k.Cap.XSAVE not in caps:
+            fpu = self.fd.get_fpu()
+            env.fpuc, env.fpus, env.fptag = fpu.fcw, fpu.fsw, fpu.ftwx
+            env.fpop, env.fpip, env.fpdp = fpu.last_opcode & 0x7FF, fpu.last_ip, fpu.last_dp
+            fpr, xmm = bytes(fpu.fpr), bytes(fpu.xmm)
+            env.fpregs = [int.from_bytes(fpr[16 * i:16 * i + 10], "little") for i in range(8)]
+            env.xmm = [int.from_bytes(xmm[16 * i:16 * (i + 1)], "little") for i in range(16)]
+            env.mxcsr = fpu.mxcsr
+            return
+        region = bytes(self.fd.get_xsave().region)
+        bv = int.from_bytes(region[_XSAVE_BV:_XSAVE_BV + 8], "little")
+
+        def u(off: int, size: int) -> int:
+            return int.from_bytes(region[off:off + size], "little")
+
+        # A component whose XSTATE_BV bit is clear is in its initial state.
+        if bv & _XSTATE_FP:
+            env.fpuc, env.fpus, env.fptag, env.fpop = u(0, 2), u(2, 2), u(4, 1), u(6, 2) & 0x7FF
+            env.fpip, env.fpdp = u(8, 8), u(16, 8)
+            env.fpregs = [u(32 + 16 * i, 10) for i in range(8)]
+        else:
+            env.fpuc, env.fpus, env.fptag, env.fpop, env.fpip, env.fpdp = 0x37F, 0, 0, 0, 0, 0
+            env.fpregs = [0] * 8
+        env.mxcsr = u(24, 4)
+        env.xmm = [u(160 + 16 * i, 16) for i in range(16)] if bv & _XSTATE_SSE else [0] * 16
+        if bv & _XSTATE_YMM:
+            env.ymmh = [u(_XSAVE_YMMH + 16 * i, 16) for i in range(16)]
+
+    @staticmethod
+    def _events_to_kvm(env: CPUX86State) -> k.kvm_vcpu_events:
+        events = k.kvm_vcpu_events()
+        if env.exception_injected >= 0:
+            events.exception.injected = 1
+            events.exception.nr = env.exception_injected
+            events.exception.has_error_code = int(env.exception_has_error_code)
+            events.exception.error_code = env.exception_error_code & 0xFFFFFFFF
+        if env.interrupt_injected >= 0:
+            events.interrupt.injected = 1
+            events.interrupt.nr = env.interrupt_injected
+            events.interrupt.soft = int(env.interrupt_soft)
+        events.interrupt.shadow = k.KVM_X86_SHADOW_INT_STI if env.interrupt_shadow else 0
+        events.nmi.injected = int(env.nmi_injected)
+        events.nmi.pending = int(env.nmi_pending)
+        events.nmi.masked = int(env.nmi_masked)
+        events.sipi_vector = env.sipi_vector
+        events.smi.latched_init = int(env.init_pending)
+        events.flags = (k.KVM_VCPUEVENT_VALID_NMI_PENDING | k.KVM_VCPUEVENT_VALID_SIPI_VECTOR
+                        | k.KVM_VCPUEVENT_VALID_SHADOW | k.KVM_VCPUEVENT_VALID_SMM)
+        return events
+
+    def _events_from_kvm(self, env: CPUX86State) -> None:
+        env.reset_events()
+        if k.Cap.VCPU_EVENTS not in self.accel.caps:
+            return
+        events = self.fd.get_vcpu_events()
+        if events.exception.injected or events.exception.pending:
+            env.exception_injected = events.exception.nr
+            env.exception_has_error_code = bool(events.exception.has_error_code)
+            env.exception_error_code = events.exception.error_code
+        if events.interrupt.injected:
+            env.interrupt_injected = events.interrupt.nr
+            env.interrupt_soft = bool(events.interrupt.soft)
+        env.interrupt_shadow = bool(events.interrupt.shadow)
+        env.nmi_injected = bool(events.nmi.injected)
+        env.nmi_pending = bool(events.nmi.pending)
+        env.nmi_masked = bool(events.nmi.masked)
+        env.sipi_vector = events.sipi_vector & 0xFF
+        env.init_pending = bool(events.smi.latched_init)
+        env.smm = bool(events.smi.smm)
+        env.smi_pending = bool(events.smi.pending)
 
     def get_state(self) -> None:
         env = self.env
@@ -588,14 +746,36 @@ class KVMVCPU:
         env.idt = DescriptorTable(sregs.idt.base, sregs.idt.limit)
         env.cr0, env.cr2, env.cr3, env.cr4 = sregs.cr0, sregs.cr2, sregs.cr3, sregs.cr4
         env.cr8, env.efer, env.apic_base = sregs.cr8, sregs.efer, sregs.apic_base
-        values = self.fd.get_msrs([int(index) for index, _ in _ENV_MSRS])
-        for index, attr in _ENV_MSRS:
+        msrs = tuple(entry for entry in self._msrs()
+                     if not (self.stopped_tsc is not None and entry[0] == MSR.IA32_TSC))
+        values: dict[int, int] = {}
+        wanted = [int(index) for index, _ in msrs]
+        while wanted:    # KVM stops at the first MSR it does not know: go on after it
+            got = self.fd.get_msrs(wanted)
+            values.update(got)
+            if len(got) == len(wanted):
+                break
+            wanted = wanted[len(got) + 1:]
+        for index, attr in msrs:
             if int(index) in values:
                 setattr(env, attr, values[int(index)])
+        if self.stopped_tsc is None:
+            self.stopped_tsc = env.tsc
+        env.tsc = self.stopped_tsc
+        self._get_fpu(env)
+        if k.Cap.DEBUGREGS in self.accel.caps:
+            dbg = self.fd.get_debugregs()
+            env.dr = [dbg.db[0], dbg.db[1], dbg.db[2], dbg.db[3], 0, 0, dbg.dr6, dbg.dr7]
+        self._events_from_kvm(env)
         if self.accel.in_kernel_irqchip:
-            env.halted = self.fd.get_mp_state() == MPState.HALTED
+            env.mp_state = _MP_STATE_FROM_KVM.get(self.fd.get_mp_state(), X86MPState.RUNNABLE)
+            env.halted = env.mp_state in (X86MPState.HALTED, X86MPState.WAIT_FOR_SIPI, X86MPState.UNINITIALIZED)
+            lapic = self.fd.get_lapic()
+            env.kernel_lapic = ctypes.string_at(ctypes.addressof(lapic), ctypes.sizeof(lapic))
         else:
             env.halted = self.run_state.halted
+            env.mp_state = X86MPState.HALTED if env.halted else X86MPState.RUNNABLE
+            env.kernel_lapic = None
 
     def destroy(self) -> None:
         if self.fd.fd < 0:
@@ -629,6 +809,8 @@ class KVMAccel(AccelOps):
         self.in_kernel_irqchip = False
         self.memory_listener: KVMMemoryListener | None = None
         self.supported_cpuid: list[k.kvm_cpuid_entry2] = []
+        # What of the vCPU state this KVM can give and take beyond the registers.
+        self.caps: frozenset[k.Cap] = frozenset()
         self.signal_installed = False
         self.gsi_lines: list[KVMIRQLine] = []
         self.internal_error = False
@@ -661,6 +843,8 @@ class KVMAccel(AccelOps):
             except KVMError:
                 pass  # only Intel's real-mode support needs them
         self.supported_cpuid = self.system.supported_cpuid()
+        self.caps = frozenset(cap for cap in (k.Cap.VCPU_EVENTS, k.Cap.DEBUGREGS, k.Cap.XSAVE, k.Cap.XCRS)
+                              if self.system.check_extension(cap))
         if self.cpu_pm:
             self._disable_pm_exits()
         if mode == "on":
@@ -796,6 +980,29 @@ class KVMAccel(AccelOps):
 
     def irqchip_gsi_lines(self) -> list[IRQLine]:
         return list(self.gsi_lines)
+
+    _IRQCHIPS = (("pic_master", k.KVM_IRQCHIP_PIC_MASTER, 16), ("pic_slave", k.KVM_IRQCHIP_PIC_SLAVE, 16),
+                 ("ioapic", k.KVM_IRQCHIP_IOAPIC, 216))
+
+    def irqchip_state(self) -> dict[str, bytes]:
+        """KVM_GET_IRQCHIP of both 8259s and the I/O APIC, KVM_GET_PIT2."""
+        assert self.vm is not None and self.in_kernel_irqchip
+        state = {}
+        for name, chip_id, size in self._IRQCHIPS:
+            state[name] = bytes(self.vm.get_irqchip(chip_id).chip)[:size]
+        pit = self.vm.get_pit2()
+        state["pit"] = ctypes.string_at(ctypes.addressof(pit), ctypes.sizeof(pit))
+        return state
+
+    def set_irqchip_state(self, state: dict[str, bytes]) -> None:
+        assert self.vm is not None and self.in_kernel_irqchip
+        for name, chip_id, size in self._IRQCHIPS:
+            chip = self.vm.get_irqchip(chip_id)
+            ctypes.memmove(ctypes.addressof(chip.chip), state[name], size)
+            self.vm.set_irqchip(chip)
+        pit = k.kvm_pit_state2()
+        ctypes.memmove(ctypes.addressof(pit), state["pit"], ctypes.sizeof(pit))
+        self.vm.set_pit2(pit)
 
     def cleanup(self) -> None:
         self.close()

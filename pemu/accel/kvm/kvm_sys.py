@@ -188,6 +188,73 @@ class kvm_lapic_state(Structure):
     _fields_ = [("regs", ctypes.c_char * 1024)]
 
 
+class _events_exception(Structure):
+    _fields_ = [("injected", c_uint8), ("nr", c_uint8), ("has_error_code", c_uint8), ("pending", c_uint8),
+                ("error_code", c_uint32)]
+
+
+class _events_interrupt(Structure):
+    _fields_ = [("injected", c_uint8), ("nr", c_uint8), ("soft", c_uint8), ("shadow", c_uint8)]
+
+
+class _events_nmi(Structure):
+    _fields_ = [("injected", c_uint8), ("pending", c_uint8), ("masked", c_uint8), ("pad", c_uint8)]
+
+
+class _events_smi(Structure):
+    _fields_ = [("smm", c_uint8), ("pending", c_uint8), ("smm_inside_nmi", c_uint8), ("latched_init", c_uint8)]
+
+
+class kvm_vcpu_events(Structure):
+    _fields_ = [("exception", _events_exception), ("interrupt", _events_interrupt), ("nmi", _events_nmi),
+                ("sipi_vector", c_uint32), ("flags", c_uint32), ("smi", _events_smi),
+                ("reserved", c_uint8 * 27), ("exception_has_payload", c_uint8), ("exception_payload", c_uint64)]
+
+
+KVM_VCPUEVENT_VALID_NMI_PENDING = 1 << 0
+KVM_VCPUEVENT_VALID_SIPI_VECTOR = 1 << 1
+KVM_VCPUEVENT_VALID_SHADOW = 1 << 2
+KVM_VCPUEVENT_VALID_SMM = 1 << 3
+KVM_X86_SHADOW_INT_MOV_SS = 1
+KVM_X86_SHADOW_INT_STI = 2
+
+
+class kvm_debugregs(Structure):
+    _fields_ = [("db", c_uint64 * 4), ("dr6", c_uint64), ("dr7", c_uint64), ("flags", c_uint64),
+                ("reserved", c_uint64 * 9)]
+
+
+class kvm_xsave(Structure):
+    """The XSAVE image (the legacy FXSAVE area, the header at 512, YMM_Hi128 at 576)."""
+
+    _fields_ = [("region", c_uint8 * 4096)]
+
+
+class kvm_xcr(Structure):
+    _fields_ = [("xcr", c_uint32), ("reserved", c_uint32), ("value", c_uint64)]
+
+
+class kvm_xcrs(Structure):
+    _fields_ = [("nr_xcrs", c_uint32), ("flags", c_uint32), ("xcrs", kvm_xcr * 16), ("padding", c_uint64 * 16)]
+
+
+class kvm_irqchip(Structure):
+    """One in-kernel interrupt controller: chip_id 0/1 the 8259s, 2 the IOAPIC, state raw."""
+
+    _fields_ = [("chip_id", c_uint32), ("pad", c_uint32), ("chip", c_uint8 * 512)]
+
+
+class kvm_pit_channel_state(Structure):
+    _fields_ = [("count", c_uint32), ("latched_count", c_uint16), ("count_latched", c_uint8),
+                ("status_latched", c_uint8), ("status", c_uint8), ("read_state", c_uint8),
+                ("write_state", c_uint8), ("write_latch", c_uint8), ("rw_mode", c_uint8), ("mode", c_uint8),
+                ("bcd", c_uint8), ("gate", c_uint8), ("count_load_time", ctypes.c_int64)]
+
+
+class kvm_pit_state2(Structure):
+    _fields_ = [("channels", kvm_pit_channel_state * 3), ("flags", c_uint32), ("reserved", c_uint32 * 9)]
+
+
 # kvm_run and the exit-specific parts of its union.
 class _run_io(Structure):
     _fields_ = [("direction", c_uint8), ("size", c_uint8), ("port", c_uint16), ("count", c_uint32),
@@ -269,6 +336,10 @@ class Cap(IntEnum):
     MAX_VCPUS = 66
     SPLIT_IRQCHIP = 121
     X86_DISABLE_EXITS = 143
+    VCPU_EVENTS = 41
+    DEBUGREGS = 50
+    XSAVE = 55
+    XCRS = 56
 
 
 # KVM_CAP_X86_DISABLE_EXITS: what the guest may do without leaving KVM.
@@ -288,6 +359,8 @@ KERNEL_SIZES: dict[type, int] = {
     kvm_fpu: 416, kvm_msr_entry: 16, kvm_msrs: 8, kvm_cpuid_entry2: 40, kvm_cpuid2: 8, kvm_irq_level: 8,
     kvm_pit_config: 64, kvm_irq_routing_entry: 48, kvm_irq_routing: 8, kvm_msi: 32, kvm_interrupt: 4,
     kvm_mp_state: 4, kvm_lapic_state: 1024, _run_exit: 256, kvm_enable_cap: 104,
+    kvm_vcpu_events: 64, kvm_debugregs: 128, kvm_xsave: 4096, kvm_xcrs: 392, kvm_irqchip: 520,
+    kvm_pit_state2: 112,
 }
 for _struct, _size in KERNEL_SIZES.items():
     assert sizeof(_struct) == _size, f"{_struct.__name__}: {sizeof(_struct)} != kernel's {_size}"
@@ -330,6 +403,18 @@ class Ioctl(IntEnum):
     NMI = _io(0x9A)
     SET_TSC_KHZ = _io(0xA2)
     GET_TSC_KHZ = _io(0xA3)
+    GET_VCPU_EVENTS = _ior(0x9F, kvm_vcpu_events)
+    SET_VCPU_EVENTS = _iow(0xA0, kvm_vcpu_events)
+    GET_DEBUGREGS = _ior(0xA1, kvm_debugregs)
+    SET_DEBUGREGS = _iow(0xA2, kvm_debugregs)
+    GET_XSAVE = _ior(0xA4, kvm_xsave)
+    SET_XSAVE = _iow(0xA5, kvm_xsave)
+    GET_XCRS = _ior(0xA6, kvm_xcrs)
+    SET_XCRS = _iow(0xA7, kvm_xcrs)
+    GET_IRQCHIP = _iowr(0x62, kvm_irqchip)
+    SET_IRQCHIP = _ior(0x63, kvm_irqchip)
+    GET_PIT2 = _ior(0x9F, kvm_pit_state2)
+    SET_PIT2 = _iow(0xA0, kvm_pit_state2)
 
 
 class KVMError(OSError):
@@ -453,6 +538,22 @@ class KVMVMFd:
         msi = kvm_msi(address & 0xFFFFFFFF, (address >> 32) & 0xFFFFFFFF, data & 0xFFFFFFFF, 0, 0)
         return kvm_ioctl(self.fd, Ioctl.SIGNAL_MSI, msi)
 
+    def get_irqchip(self, chip_id: int) -> kvm_irqchip:
+        chip = kvm_irqchip(chip_id=chip_id)
+        kvm_ioctl(self.fd, Ioctl.GET_IRQCHIP, chip)
+        return chip
+
+    def set_irqchip(self, chip: kvm_irqchip) -> None:
+        kvm_ioctl(self.fd, Ioctl.SET_IRQCHIP, chip)
+
+    def get_pit2(self) -> kvm_pit_state2:
+        state = kvm_pit_state2()
+        kvm_ioctl(self.fd, Ioctl.GET_PIT2, state)
+        return state
+
+    def set_pit2(self, state: kvm_pit_state2) -> None:
+        kvm_ioctl(self.fd, Ioctl.SET_PIT2, state)
+
     def enable_cap(self, cap: int, *args: int) -> None:
         """KVM_ENABLE_CAP on the VM (before its vCPUs exist, for most capabilities)."""
         request = kvm_enable_cap(int(cap), 0)
@@ -555,6 +656,46 @@ class KVMVcpuFd:
 
     def set_mp_state(self, state: MPState) -> None:
         kvm_ioctl(self.fd, Ioctl.SET_MP_STATE, kvm_mp_state(int(state)))
+
+    def get_vcpu_events(self) -> kvm_vcpu_events:
+        events = kvm_vcpu_events()
+        kvm_ioctl(self.fd, Ioctl.GET_VCPU_EVENTS, events)
+        return events
+
+    def set_vcpu_events(self, events: kvm_vcpu_events) -> None:
+        kvm_ioctl(self.fd, Ioctl.SET_VCPU_EVENTS, events)
+
+    def get_debugregs(self) -> kvm_debugregs:
+        regs = kvm_debugregs()
+        kvm_ioctl(self.fd, Ioctl.GET_DEBUGREGS, regs)
+        return regs
+
+    def set_debugregs(self, regs: kvm_debugregs) -> None:
+        kvm_ioctl(self.fd, Ioctl.SET_DEBUGREGS, regs)
+
+    def get_xsave(self) -> kvm_xsave:
+        xsave = kvm_xsave()
+        kvm_ioctl(self.fd, Ioctl.GET_XSAVE, xsave)
+        return xsave
+
+    def set_xsave(self, xsave: kvm_xsave) -> None:
+        kvm_ioctl(self.fd, Ioctl.SET_XSAVE, xsave)
+
+    def get_xcrs(self) -> kvm_xcrs:
+        xcrs = kvm_xcrs()
+        kvm_ioctl(self.fd, Ioctl.GET_XCRS, xcrs)
+        return xcrs
+
+    def set_xcrs(self, xcrs: kvm_xcrs) -> None:
+        kvm_ioctl(self.fd, Ioctl.SET_XCRS, xcrs)
+
+    def get_lapic(self) -> kvm_lapic_state:
+        state = kvm_lapic_state()
+        kvm_ioctl(self.fd, Ioctl.GET_LAPIC, state)
+        return state
+
+    def set_lapic(self, state: kvm_lapic_state) -> None:
+        kvm_ioctl(self.fd, Ioctl.SET_LAPIC, state)
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -35,6 +35,7 @@ from unicorn import x86_const as ucx
 from unicorn.unicorn_py3.unicorn import uclib
 
 from pemu.accel.accel import VCPUExit
+from pemu.accel.tcg.cpu_events import tcg_cpu_events
 from pemu.accel.tcg.deadline import DeadlineThread
 from pemu.accel.tcg.engine import EngineFeature, engine_info
 from pemu.accel.tcg.exit_request import TBExitRequest, verify_exit_request
@@ -83,6 +84,14 @@ EXCP03_INT3 = 3
 # PIT, which follows the same clock.
 TSC_KHZ = 1_000_000
 _U64 = 0xFFFFFFFFFFFFFFFF
+_U128 = (1 << 128) - 1
+_DR_REGS = (ucx.UC_X86_REG_DR0, ucx.UC_X86_REG_DR1, ucx.UC_X86_REG_DR2, ucx.UC_X86_REG_DR3,
+            ucx.UC_X86_REG_DR4, ucx.UC_X86_REG_DR5, ucx.UC_X86_REG_DR6, ucx.UC_X86_REG_DR7)
+_FP_REGS = (ucx.UC_X86_REG_FP0, ucx.UC_X86_REG_FP1, ucx.UC_X86_REG_FP2, ucx.UC_X86_REG_FP3,
+            ucx.UC_X86_REG_FP4, ucx.UC_X86_REG_FP5, ucx.UC_X86_REG_FP6, ucx.UC_X86_REG_FP7)
+_YMM_REGS = tuple(getattr(ucx, f"UC_X86_REG_YMM{n}") for n in range(16))
+# Exceptions raised by an instruction (INT3, INTO): taken again when it runs again.
+_SOFT_EXCEPTIONS = (3, 4)
 # What an RDMSR/WRMSR hook returns for an access that must raise #GP(0) at the
 # instruction (pemu's engine, patch 0006: UC_PEMU_MSR_GP).
 _MSR_GP = 2
@@ -772,8 +781,40 @@ class TCGVCPU:
         env.sysenter_cs = ctx.u32(Off.SYSENTER_CS)
         env.sysenter_esp, env.sysenter_eip = ctx.u64(Off.SYSENTER_ESP), ctx.u64(Off.SYSENTER_EIP)
         env.pat, env.tsc_aux, env.misc_enable = ctx.u64(Off.PAT), ctx.u64(Off.TSC_AUX), ctx.u64(Off.MISC_ENABLE)
+        env.xcr0 = ctx.u64(Off.XCR0)
         env.tsc = self.tsc_now()
         env.halted = self.run.halted
+        self._get_fpu_state(env)
+        self._get_events(env, ctx)
+
+    def _get_fpu_state(self, env: CPUX86State) -> None:
+        """Debug registers, x87, SSE and the AVX upper halves, through the register API."""
+        uc = self.uc
+        env.dr = [uc.reg_read(reg) for reg in _DR_REGS]
+        env.fpuc = uc.reg_read(ucx.UC_X86_REG_FPCW) & 0xFFFF
+        env.fpus = uc.reg_read(ucx.UC_X86_REG_FPSW) & 0xFFFF
+        tags = uc.reg_read(ucx.UC_X86_REG_FPTAG)
+        env.fptag = sum(1 << n for n in range(8) if (tags >> (2 * n)) & 3 != 3)
+        top = (env.fpus >> 11) & 7
+        physical = []
+        for reg in _FP_REGS:
+            mantissa, exponent = uc.reg_read(reg)
+            physical.append((exponent & 0xFFFF) << 64 | mantissa)
+        env.fpregs = [physical[(top + i) & 7] for i in range(8)]
+        env.fpop = uc.reg_read(ucx.UC_X86_REG_FOP) & 0x7FF
+        env.fpip = uc.reg_read(ucx.UC_X86_REG_FIP)
+        env.fpdp = uc.reg_read(ucx.UC_X86_REG_FDP)
+        env.mxcsr = uc.reg_read(ucx.UC_X86_REG_MXCSR) & 0xFFFFFFFF
+        ymm = [uc.reg_read(reg) for reg in _YMM_REGS]
+        env.xmm = [value & _U128 for value in ymm]
+        env.ymmh = [value >> 128 for value in ymm]
+
+    def _get_events(self, env: CPUX86State, ctx: CPUContext) -> None:
+        """Between two instructions nothing is half delivered here (the host
+        delivers synchronously): only the interrupt shadow and what the vCPU
+        thread has not taken yet (see cpu_events.tcg_cpu_events)."""
+        tcg_cpu_events(self.cpu, env)
+        env.interrupt_shadow = bool(ctx.hflags & HF.INHIBIT_IRQ)
 
     def put_state(self) -> None:
         env = self.env
@@ -801,15 +842,62 @@ class TCGVCPU:
                            (Off.PAT, env.pat), (Off.TSC_AUX, env.tsc_aux), (Off.MISC_ENABLE, env.misc_enable)):
             ctx.set_u64(off, value)
         ctx.set_u32(Off.SYSENTER_CS, env.sysenter_cs)
+        ctx.set_u64(Off.XCR0, env.xcr0)
         ctx.eflags = env.rflags & ~0x8D5  # arithmetic flags are loaded through the API below
         ctx.hflags = seg_hflags(ctx.hflags & ~HF.INHIBIT_IRQ, env.cr0, env.rflags, env.segs[1], env.segs[2],
-                                env.segs[3], env.segs[0])
+                                env.segs[3], env.segs[0]) | (HF.INHIBIT_IRQ if env.interrupt_shadow else 0)
         ctx.old_exception = -1
         ctx.restore()
         self.write_rflags(env.rflags)
+        self._put_fpu_state(env)
         self.tsc_offset = (env.tsc - qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL)) if env.tsc else 0
         self.shutdown_pending = False
         self.tb_flush_pending = True
+        self._put_injected_event(env)
+
+    def _put_fpu_state(self, env: CPUX86State) -> None:
+        uc = self.uc
+        for reg, value in zip(_DR_REGS, env.dr, strict=True):
+            uc.reg_write(reg, value & _U64)
+        top = (env.fpus >> 11) & 7
+        uc.reg_write(ucx.UC_X86_REG_FPCW, env.fpuc & 0xFFFF)
+        uc.reg_write(ucx.UC_X86_REG_FPSW, env.fpus & 0xFFFF)
+        uc.reg_write(ucx.UC_X86_REG_FPTAG, sum(0 if env.fptag >> n & 1 else 3 << (2 * n) for n in range(8)))
+        for i in range(8):
+            value = env.fpregs[(i - top) & 7]   # physical register i is ST((i - top) mod 8)
+            uc.reg_write(_FP_REGS[i], (value & _U64, (value >> 64) & 0xFFFF))
+        uc.reg_write(ucx.UC_X86_REG_FOP, env.fpop & 0x7FF)
+        uc.reg_write(ucx.UC_X86_REG_FIP, env.fpip & _U64)
+        uc.reg_write(ucx.UC_X86_REG_FDP, env.fpdp & _U64)
+        uc.reg_write(ucx.UC_X86_REG_MXCSR, env.mxcsr & 0xFFFFFFFF)
+        for reg, low, high in zip(_YMM_REGS, env.xmm, env.ymmh, strict=True):
+            uc.reg_write(reg, (high & _U128) << 128 | (low & _U128))
+
+    def _put_injected_event(self, env: CPUX86State) -> None:
+        """An event another accelerator was delivering when its state was
+        taken (KVM stops a vCPU between the start and the end of a delivery)
+        is delivered now.  A software interrupt or INT3/INTO is not: its
+        instruction is where RIP points and raises it again."""
+        vector: int | None = None
+        error_code = 0
+        if env.exception_injected >= 0 and env.exception_injected not in _SOFT_EXCEPTIONS:
+            vector = env.exception_injected
+            error_code = env.exception_error_code if env.exception_has_error_code else 0
+        elif env.nmi_injected:
+            vector = EXCP02_NMI
+        elif env.interrupt_injected >= 0 and not env.interrupt_soft:
+            vector = env.interrupt_injected
+        if vector is None:
+            return
+        ctx = self.ctx
+        ctx.save()
+        try:
+            self.delivery.deliver(vector, is_int=False, error_code=error_code, next_eip=ctx.eip,
+                                  is_hw=vector != env.exception_injected)
+        except TripleFault:
+            self._triple_fault(vector)
+            return
+        ctx.restore()
 
     # -- the dirty log (pemu's engine, patch 0009; called with the vCPU out of the engine) --
     def log_start(self, blocks: tuple[RAMBlock, ...]) -> None:

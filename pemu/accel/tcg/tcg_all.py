@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pemu.accel.accel import TCG_ACCEL_PROPERTIES, AccelOps, AccelUnavailable, VCPUExit
+from pemu.accel.tcg.cpu_events import tcg_cpu_events
 from pemu.accel.tcg.engine import (
     EngineFeature,
     EngineUnavailable,
@@ -102,6 +103,8 @@ class TCGVCPUHandle:
     def get_state(self) -> None:
         if self.vcpu is not None:
             self.vcpu.get_state()
+        else:   # the registers are env's until the engine exists; what is pending is the thread's
+            tcg_cpu_events(self.cpu, self.cpu.env)
 
     def put_state(self) -> None:
         if self.vcpu is not None:

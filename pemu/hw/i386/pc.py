@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pemu.hw.core.machine import MachineState, qemu_devices_reset
-from pemu.hw.core.qdev import qdev_new, qdev_realize
+from pemu.hw.core.qdev import qdev_new, qdev_realize, qdev_realize_and_unref
 from pemu.hw.i386 import memmap
 from pemu.hw.i386.e820 import E820Table, E820Type
 from pemu.hw.i386.pc_sysfw import DIRECT_BOOT_FIRMWARE, load_firmware_image, pc_system_firmware_init
@@ -355,6 +355,9 @@ def pc_basic_device_init(pcms: PCMachineState, isa_bus: Any, system_io: MemoryRe
         lines = accel.irqchip_gsi_lines()[:16]
         isa_bus_irqs(isa_bus, list(lines))
         pcms.gsi = list(lines)
+        from pemu.hw.i386.kvm.irqchip import TYPE_KVM_IRQCHIP
+
+        qdev_realize_and_unref(qdev_new(TYPE_KVM_IRQCHIP), None)   # saves and loads the kernel's state
     else:
         from pemu.target.i386.cpu import x86_cpu_connect_pic
 

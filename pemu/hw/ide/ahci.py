@@ -30,6 +30,14 @@ Behaviour a guest sees:
   reads at most as many PRD entries as the data needs (and never more than
   PRDTL, at most 65535), moves at most the command's own byte count, and
   holds at most one chunk of data in host memory per port.
+
+Migration (:data:`VMSTATE_AHCI`): the HBA's and every port's registers and
+each drive's state between commands.  A command in progress is not part of
+the state: the source finishes every request first (the block layer's
+``inactivate_all`` drains them, and their completions reach the ports), and
+saving a port that still runs a command is refused.  Loaded registers are
+checked against what the HBA itself can produce (alignments, writable bits,
+a command engine that is stopped with commands issued...).
 """
 
 from __future__ import annotations
@@ -37,25 +45,45 @@ from __future__ import annotations
 import enum
 import struct
 from collections.abc import Callable
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from pemu.hw.core.irq import IRQLine, NoIRQ
+from pemu.hw.ide.atapi import VMSTATE_ATAPI
 from pemu.hw.ide.core import (
     ABRT_ERR,
     DIAG_PASSED,
     ERR_STAT,
     READY_STAT,
     SEEK_STAT,
+    VMSTATE_IDE_DRIVE,
     ATACmd,
     ATAProtocol,
     ATAResult,
     IDEState,
+    SameAsHere,
     TaskFile,
     ata_command_protocol,
+)
+from pemu.migration.vmstate import (
+    BOOL,
+    U8,
+    U16,
+    U32,
+    U64,
+    Optional,
+    Struct,
+    VMStateDescription,
+    VMStateError,
+    VMStateField,
+    vmstate_load_state,
+    vmstate_save_state,
 )
 from pemu.system.dma import DMAAddressSpace, dma_memory_read, dma_memory_write
 from pemu.system.memory import MemTxResult
 from pemu.util.log import LOG_UNIMP, guest_error, qemu_log_mask
+
+if TYPE_CHECKING:
+    from pemu.migration.qemu_file import QEMUFileReader, QEMUFileWriter
 
 AHCI_MEM_BAR_SIZE = 0x1000
 AHCI_MAX_PORTS = 32
@@ -659,15 +687,18 @@ class AHCIState:
             port.hba_reset()
         self.check_irq()
 
-    def check_irq(self) -> None:
-        """IS gets a bit per port with an enabled interrupt; the line (or an
-        MSI) signals while GHC.IE is set and IS is not zero."""
+    def _irq_level_now(self) -> int:
         status = 0
         for port in self.ports:
             if port.irq_stat & port.irq_mask:
                 status |= 1 << port.port_no
         self.irq_status = status
-        level = 1 if status and self.ghc & HostCtl.IE else 0
+        return 1 if status and self.ghc & HostCtl.IE else 0
+
+    def check_irq(self) -> None:
+        """IS gets a bit per port with an enabled interrupt; the line (or an
+        MSI) signals while GHC.IE is set and IS is not zero."""
+        level = self._irq_level_now()
         msi = self.msi
         if msi is not None and msi.enabled:
             self._set_intx(0)
@@ -680,6 +711,16 @@ class AHCIState:
         if level != self._irq_level:
             self._irq_level = level
             self.irq.set(level)
+
+    def restore_irq(self) -> None:
+        """After loading: IS and the INTx level from the loaded registers.  An
+        MSI is not sent again: the source sent it when the cause arose."""
+        level = self._irq_level_now()
+        msi = self.msi
+        if msi is not None and msi.enabled:
+            level = 0
+        self._irq_level = level
+        self.irq.set(level)
 
     # -- ABAR -------------------------------------------------------------------------------------------
     def _read32(self, addr: int) -> int:
@@ -748,3 +789,102 @@ class AHCIState:
         """The VM runs again: drives stopped by werror/rerror=stop repeat their request."""
         for port in self.ports:
             port.ide.restart()
+
+
+# --- migration ----------------------------------------------------------------------------------------
+
+
+def _port_pre_save(port: AHCIPort) -> None:
+    cmd = port.current
+    if cmd is not None:
+        raise VMStateError(f"port {port.port_no}: the command in slot {cmd.slot} has not completed "
+                           "(requests in flight must complete before saving)")
+
+
+def _port_post_load(port: AHCIPort, version_id: int) -> None:
+    """Refuse registers the port could not hold, then leave it idle between commands."""
+    n = port.port_no
+    st = bool(port.cmd & PortCmd.ST)
+    ccs = (port.cmd & PORT_CMD_CCS_MASK) >> PORT_CMD_CCS_SHIFT
+    if port.clb & 0x3FF or port.fb & 0xFF:
+        raise VMStateError(f"port {n}: command list {port.clb:#x} or FIS area {port.fb:#x} is not aligned")
+    if port.irq_mask & ~PORT_IE_WRITABLE:
+        raise VMStateError(f"port {n}: PxIE {port.irq_mask:#x} has reserved bits")
+    if port.ssts not in (0, SSTS_DEVICE_READY):
+        raise VMStateError(f"port {n}: PxSSTS {port.ssts:#x} is not a state this HBA reports")
+    if port.ssts == SSTS_DEVICE_READY and not port.ide.present:
+        raise VMStateError(f"port {n}: a device is linked up in the stream, this VM has no drive there")
+    if (port.ci or port.sact) and not st:
+        raise VMStateError(f"port {n}: commands issued (PxCI {port.ci:#x}, PxSACT {port.sact:#x}) "
+                           "with the command engine stopped")
+    if port.halted and not (st and port.ci >> ccs & 1):
+        raise VMStateError(f"port {n}: stopped on a fatal error in slot {ccs}, which is not issued")
+    if port.ci and st and not port.halted and port.ssts == SSTS_DEVICE_READY:
+        raise VMStateError(f"port {n}: commands issued (PxCI {port.ci:#x}) but none running")
+    port.cmd = int(port.cmd)
+    port.current = None
+    port._in_check = False
+
+
+VMSTATE_AHCI_PORT = VMStateDescription(
+    "ahci port", version_id=1,
+    fields=[
+        VMStateField("clb", U64),
+        VMStateField("fb", U64),
+        VMStateField("irq_stat", U32),
+        VMStateField("irq_mask", U32),
+        VMStateField("cmd", U32),
+        VMStateField("tfd", U16),
+        VMStateField("sig", U32),
+        VMStateField("ssts", U32),
+        VMStateField("sctl", U32),
+        VMStateField("serr", U32),
+        VMStateField("sact", U32),
+        VMStateField("ci", U32),
+        VMStateField("halted", BOOL),
+        VMStateField("ide", Struct(VMSTATE_IDE_DRIVE)),
+        VMStateField("ide.atapi", Optional(Struct(VMSTATE_ATAPI))),
+    ],
+    pre_save=_port_pre_save, post_load=_port_post_load)
+
+
+class _Ports:
+    """The HBA's ports, their number first: a stream from an HBA with another
+    number of ports is refused before any port is loaded."""
+
+    __slots__ = ()
+
+    def save(self, f: QEMUFileWriter, value: Any) -> None:
+        ports = list(value)
+        U8.save(f, len(ports))
+        for port in ports:
+            vmstate_save_state(f, VMSTATE_AHCI_PORT, port)
+
+    def load(self, f: QEMUFileReader, current: Any, where: str) -> Any:
+        count = U8.load(f, None, where)
+        if count != len(current):
+            raise VMStateError(f"{where}: {count} ports in the stream, this HBA has {len(current)}")
+        for i, port in enumerate(current):
+            vmstate_load_state(f, VMSTATE_AHCI_PORT, port, VMSTATE_AHCI_PORT.version_id, f"{where}[{i}]")
+        return current
+
+
+def _ahci_post_load(hba: AHCIState, version_id: int) -> None:
+    if hba.ghc & ~(HostCtl.IE | HostCtl.AE) or not hba.ghc & HostCtl.AE:
+        raise VMStateError(f"GHC {hba.ghc:#x} is not a value of this AHCI-only HBA")
+    hba.ghc = HostCtl(hba.ghc)
+    hba.restore_irq()
+
+
+# The HBA (QEMU's vmstate_ahci): its identity (CAP and PI, which the stream's
+# HBA must share), GHC, the index/data pair's index, then every port.
+VMSTATE_AHCI = VMStateDescription(
+    "ahci", version_id=1,
+    fields=[
+        VMStateField("cap", SameAsHere(U32, lambda v: f"CAP {v:#x}")),
+        VMStateField("pi", SameAsHere(U32, lambda v: f"PI {v:#x}")),
+        VMStateField("ghc", U32),
+        VMStateField("idp_index", U32, check=lambda v: v < AHCI_MEM_BAR_SIZE and not v & 3),
+        VMStateField("ports", _Ports()),
+    ],
+    post_load=_ahci_post_load)

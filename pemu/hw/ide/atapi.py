@@ -32,6 +32,7 @@ from pemu.hw.ide.core import (
     identify_bytes,
     identify_checksum,
 )
+from pemu.migration.vmstate import BOOL, U8, Enum, VMStateDescription, VMStateField
 
 if TYPE_CHECKING:
     from pemu.hw.ide.core import IDEState
@@ -426,3 +427,19 @@ _HANDLERS = {
     GPCmd.SET_CD_SPEED: ATAPIState._set_cd_speed,
     GPCmd.MECHANISM_STATUS: ATAPIState._mechanism_status,
 }
+
+
+# The packet layer's state (QEMU's ide_drive/atapi/gesn and tray subsections):
+# the sense data REQUEST SENSE returns next, the tray and its lock, the media
+# event GET EVENT STATUS NOTIFICATION reports next and a pending unit attention.
+VMSTATE_ATAPI = VMStateDescription(
+    "ide_drive/atapi", version_id=1,
+    fields=[
+        VMStateField("sense_key", Enum(SenseKey)),
+        VMStateField("asc", U8),
+        VMStateField("ascq", U8),
+        VMStateField("locked", BOOL),
+        VMStateField("tray_open", BOOL),
+        VMStateField("media_event", U8, check=range(MEC_NO_CHANGE, MEC_MEDIA_REMOVAL + 1)),
+        VMStateField("unit_attention", BOOL),
+    ])

@@ -33,11 +33,14 @@ from __future__ import annotations
 import enum
 import errno
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pemu.migration.vmstate import BOOL, I8, FieldKind, VMStateDescription, VMStateError, VMStateField
 
 if TYPE_CHECKING:
     from pemu.block.block_backend import BlockBackend
     from pemu.hw.ide.atapi import ATAPIState
+    from pemu.migration.qemu_file import QEMUFileReader, QEMUFileWriter
 
 SECTOR_SIZE = 512
 # The most a command moves per block-layer request (and holds in host memory).
@@ -311,6 +314,11 @@ class IDEState:
     @property
     def busy(self) -> bool:
         return self._busy is not None
+
+    @property
+    def retry_pending(self) -> bool:
+        """A request failed under werror/rerror=stop and waits for the VM to run again."""
+        return self._retry is not None
 
     # -- reset and cancellation -------------------------------------------------------------------
     def reset(self) -> None:
@@ -601,3 +609,74 @@ class IDEState:
 
 def ata_words(data: bytes) -> list[int]:
     return [int.from_bytes(data[i:i + 2], "little") for i in range(0, len(data), 2)]
+
+
+# --- migration ------------------------------------------------------------------------------------
+
+
+class SameAsHere:
+    """A value fixed by the VM's configuration (a drive's kind, a size, a
+    capability register): saved so that a destination configured otherwise
+    refuses the stream, naming both values, instead of loading it."""
+
+    __slots__ = ("kind", "show")
+
+    def __init__(self, kind: FieldKind, show: Callable[[Any], str] = str) -> None:
+        self.kind = kind
+        self.show = show
+
+    def save(self, f: QEMUFileWriter, value: Any) -> None:
+        self.kind.save(f, value)
+
+    def load(self, f: QEMUFileReader, current: Any, where: str) -> Any:
+        value = self.kind.load(f, current, where)
+        if value != current:
+            raise VMStateError(f"{where}: {self.show(value)} in the stream, {self.show(current)} in this VM")
+        return current
+
+
+class _DriveKindField:
+    """A drive's kind as a byte; the destination's drive must be of the same kind."""
+
+    CODES = {DriveKind.NONE: 0, DriveKind.HD: 1, DriveKind.CD: 2}
+    NAMES = {0: "no drive", 1: "a disk (ide-hd)", 2: "a CD-ROM (ide-cd)"}
+
+    def save(self, f: QEMUFileWriter, value: Any) -> None:
+        f.put_be8(self.CODES[value])
+
+    def load(self, f: QEMUFileReader, current: Any, where: str) -> Any:
+        code = f.get_be8()
+        here = self.CODES[current]
+        if code != here:
+            raise VMStateError(f"{where}: {self.NAMES.get(code, f'drive kind {code}')} in the stream, "
+                               f"{self.NAMES[here]} in this VM")
+        return current
+
+
+def _ide_pre_save(ide: IDEState) -> None:
+    if ide.retry_pending:
+        raise VMStateError("a request stopped by the drive's werror/rerror=stop policy waits for the VM "
+                           "to continue: continue it (or fix the image) before saving")
+    if ide.busy:
+        raise VMStateError("a command is still running (requests in flight must complete before saving)")
+
+
+def _ide_post_load(ide: IDEState, version_id: int) -> None:
+    if ide.blk is not None:
+        ide.blk.enable_write_cache = ide.write_cache
+
+
+# What a drive keeps between commands (QEMU's vmstate_ide_drive).  Nothing of a
+# command in progress: the state is saved with every command completed (the block
+# layer drained), and refused otherwise.  The medium's geometry is not saved: it
+# comes from the image the destination opens.
+VMSTATE_IDE_DRIVE = VMStateDescription(
+    "ide_drive", version_id=1,
+    fields=[
+        VMStateField("kind", _DriveKindField()),
+        VMStateField("write_cache", BOOL),
+        VMStateField("udma_mode", I8, check=range(-1, 6)),
+        VMStateField("mdma_mode", I8, check=range(-1, 3)),
+        VMStateField("standby", BOOL),
+    ],
+    pre_save=_ide_pre_save, post_load=_ide_post_load)

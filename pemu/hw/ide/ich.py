@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from pemu.hw.ide.ahci import AHCI_MEM_BAR_SIZE, AHCIState
+from pemu.hw.ide.ahci import AHCI_MEM_BAR_SIZE, VMSTATE_AHCI, AHCIState
 from pemu.hw.ide.qdev import TYPE_IDE_BUS, IDEBus
-from pemu.hw.pci.msi import MSICapability, MSIError, msi_init
+from pemu.hw.pci.msi import VMSTATE_MSI_FIELD, MSICapability, MSIError, msi_init
 from pemu.hw.pci.pci import (
     PCI_BASE_ADDRESS_SPACE_IO,
     PCI_BASE_ADDRESS_SPACE_MEMORY,
     TYPE_PCI_DEVICE,
+    VMSTATE_PCI_DEVICE_FIELD,
     PCIDevice,
     PCIDeviceClass,
     pci_add_capability,
@@ -29,6 +30,7 @@ from pemu.hw.pci.pci import (
     pci_register_bar,
     pci_set_irq,
 )
+from pemu.migration.vmstate import Struct, VMStateDescription, VMStateField
 from pemu.qom.object import ObjectClass, TypeInfo, object_check, object_class_check, type_register
 from pemu.system.memory import MemoryRegion, MemoryRegionOps
 
@@ -136,6 +138,18 @@ def _ich9_ahci_reset(dev: Any) -> None:
     d.ahci.reset()
 
 
+# The function's state (QEMU's vmstate_ich9_ahci): the PCI function (config space,
+# BARs, INTx) and its MSI capability first, so that the HBA's post_load knows
+# whether an interrupt goes by INTx; then the HBA with its ports and drives.
+VMSTATE_ICH9_AHCI = VMStateDescription(
+    "ich9_ahci", version_id=1,
+    fields=[
+        VMSTATE_PCI_DEVICE_FIELD,
+        VMSTATE_MSI_FIELD,
+        VMStateField("ahci", Struct(VMSTATE_AHCI)),
+    ])
+
+
 def _ich9_ahci_class_init(klass: ObjectClass, data: Any) -> None:
     k = object_class_check(klass, PCIDeviceClass)
     k.vendor_id = 0x8086
@@ -147,6 +161,7 @@ def _ich9_ahci_class_init(klass: ObjectClass, data: Any) -> None:
     k.user_creatable = False  # part of the ICH9, wired by pc_q35_init
     k.pci_realize = _ich9_ahci_realize
     k.pci_reset = _ich9_ahci_reset
+    k.vmsd = VMSTATE_ICH9_AHCI
 
 
 type_register(TypeInfo(TYPE_ICH9_AHCI, parent=TYPE_PCI_DEVICE, instance_type=ICH9AHCIState,

@@ -20,6 +20,8 @@ from pemu.hw.core.qdev import (
     Property,
     device_class_set_props,
 )
+from pemu.hw.ide.core import SameAsHere
+from pemu.migration.vmstate import U64, VMStateDescription, VMStateField, vmstate_no_state
 from pemu.qom.object import (
     Object,
     ObjectClass,
@@ -53,6 +55,13 @@ class IDEDevice(DeviceState):
     unit: int
     serial: str | None
     model: str | None
+
+    @property
+    def drive_state(self) -> IDEState:
+        """The unit this device made its drive (realized devices only)."""
+        bus = self.parent_bus
+        assert isinstance(bus, IDEBus)
+        return bus.units[self.unit]
 
 
 def _ide_device_realize(dev: DeviceState) -> None:
@@ -126,16 +135,28 @@ def _ide_device_class_init(klass: ObjectClass, data: object) -> None:
     ])
 
 
+# The drive's state lives with its port (the controller's description); the
+# disk device carries its medium's size, so that a destination whose image has
+# another size refuses the stream instead of running on a different disk.
+VMSTATE_IDE_HD = VMStateDescription(
+    "ide-hd", version_id=1,
+    fields=[VMStateField("drive_state.nb_sectors", SameAsHere(U64, lambda v: f"a disk of {v} sectors"))])
+# A CD-ROM's medium may be changed at any time (its tray and media events are in its port's state).
+VMSTATE_IDE_CD = vmstate_no_state("ide-cd")
+
+
 def _ide_hd_class_init(klass: ObjectClass, data: object) -> None:
     dc = object_class_check(klass, DeviceClass)
     dc.desc = "virtual IDE disk"
     dc.categories = ("storage",)
+    dc.vmsd = VMSTATE_IDE_HD
 
 
 def _ide_cd_class_init(klass: ObjectClass, data: object) -> None:
     dc = object_class_check(klass, DeviceClass)
     dc.desc = "virtual IDE CD-ROM"
     dc.categories = ("storage",)
+    dc.vmsd = VMSTATE_IDE_CD
 
 
 type_register(TypeInfo(TYPE_IDE_BUS, parent=TYPE_BUS, instance_type=IDEBus, instance_init=_ide_bus_init))

@@ -35,7 +35,6 @@ from pemu.migration.vmstate import (
     Struct,
     VarList,
     VMStateDescription,
-    VMStateError,
     VMStateField,
 )
 from pemu.util.log import guest_error
@@ -434,11 +433,6 @@ def _expects_data(command: int | None) -> bool:
         Command.WRITE_OUTPUT_PORT, Command.WRITE_KBD_OBUF, Command.WRITE_AUX_OBUF, Command.WRITE_AUX)
 
 
-def _i8042_post_load(kbd: I8042, version_id: int) -> None:
-    if kbd.obuf is None and kbd.obuf_aux:
-        raise VMStateError("an empty output buffer marked as AUX data")
-
-
 VMSTATE_I8042 = VMStateDescription(
     "pckbd", version_id=1,
     fields=[
@@ -454,7 +448,6 @@ VMSTATE_I8042 = VMStateDescription(
         VMStateField("last_read", U8),
         VMStateField("_kbd_level", U8, check=(0, 1)),
         VMStateField("_aux_level", U8, check=(0, 1)),
-    ],
-    post_load=_i8042_post_load)
+    ])
 """The interrupt levels are loaded, not re-driven: the PIC's and I/O APIC's
 saved state hold what the lines did.  The A20 output is the output port's bit."""

@@ -22,7 +22,7 @@ calls "apic-msi": a CPU's access reaches its own APIC, a device's write
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pemu.hw.core.qdev import DeviceClass, DeviceState
 from pemu.hw.intc.apic_common import (
@@ -47,6 +47,7 @@ from pemu.hw.intc.apic_common import (
     APIC_ICR_SHORTHAND_SHIFT,
     APIC_ICR_TRIGGER,
     APIC_ICR_WRITABLE,
+    APIC_LVT_DELIV_STS,
     APIC_LVT_ERROR,
     APIC_LVT_LEVEL_TRIGGER,
     APIC_LVT_LINT0,
@@ -69,6 +70,7 @@ from pemu.hw.intc.apic_common import (
     APIC_TRIGGER_LEVEL,
     APIC_VERSION,
     APICCPU,
+    MSR_IA32_APICBASE_BASE,
     MSR_IA32_APICBASE_BSP,
     MSR_IA32_APICBASE_ENABLE,
     MSR_IA32_APICBASE_EXTD,
@@ -80,10 +82,26 @@ from pemu.hw.intc.apic_common import (
     NoCPU,
     TimerMode,
 )
+from pemu.migration.vmstate import (
+    BOOL,
+    I64,
+    Array,
+    Struct,
+    UInt,
+    VMStateDescription,
+    VMStateError,
+    VMStateField,
+)
+from pemu.migration.vmstate import U8 as VM_U8
+from pemu.migration.vmstate import U32 as VM_U32
+from pemu.migration.vmstate import U64 as VM_U64
 from pemu.qom.object import ObjectClass, QOMError, TypeInfo, object_check, object_class_check, type_register
 from pemu.system.memory import MemoryRegion, MemoryRegionOps
 from pemu.util.log import guest_error
 from pemu.util.timer import Clock, TimerFactory, virtual_clock_ns, virtual_timer
+
+if TYPE_CHECKING:
+    from pemu.migration.qemu_file import QEMUFileReader, QEMUFileWriter
 
 APIC_BUS_CYCLE_NS = 1
 MIN_TIMER_PERIOD_NS = 200_000
@@ -158,6 +176,7 @@ class APIC(APICCommon):
         if not tsc_deadline:
             self._lvt_mask[APIC_LVT_TIMER] &= ~(2 << APIC_LVT_TIMER_SHIFT)
         self.irq_pending = False        # the level last given to cpu.apic_irq_changed
+        self.saved_initial_apic_id = apic_id  # what a loaded stream says the APIC ID is (checked)
         self.lint0_level = 0            # the 8259's INTR output, as last seen on LINT0
         self._reset_registers()
         self.wait_for_sipi = not bsp
@@ -696,6 +715,98 @@ class APIC(APICCommon):
         self.accept_message(APIC_DM_FIXED, vector, APIC_TRIGGER_EDGE)
 
 
+# --- migration (QEMU's vmstate_apic_common) --------------------------------------------
+
+
+class _Bits256:
+    """IRR, ISR or TMR: 256 bits, big-endian."""
+
+    __slots__ = ()
+
+    def save(self, f: QEMUFileWriter, value: Any) -> None:
+        f.put_buffer(int(value).to_bytes(32, "big"))
+
+    def load(self, f: QEMUFileReader, current: Any, where: str) -> int:
+        value = int.from_bytes(f.get_buffer(32), "big")
+        if value & 0xFFFF:
+            raise VMStateError(f"{where}: vectors 0-15 set ({value & 0xFFFF:#06x}); they are not interrupts")
+        return value
+
+
+_BITS256 = _Bits256()
+_LVT_STATUS = APIC_LVT_DELIV_STS | APIC_LVT_REMOTE_IRR
+_RESERVED_LVT_MODES = (3, 6)    # and LOWEST (1), which no LVT may use
+
+
+def _check_lvt(values: list[int]) -> bool:
+    for n, value in enumerate(values):
+        if value & ~(_LVT_WRITABLE[n] | _LVT_STATUS):
+            return False
+        if (value >> 8) & 7 in _RESERVED_LVT_MODES + (APIC_DM_LOWEST,) and n != APIC_LVT_TIMER:
+            return False
+    return (values[APIC_LVT_TIMER] & APIC_LVT_TIMER_MODE) != APIC_LVT_TIMER_MODE
+
+
+def _apic_post_load(apic: APIC, version_id: int) -> None:
+    """Check the fields against each other and this APIC, then re-derive
+    what follows from them: the divider's shift, the timer's expiry, and the
+    CPU's interrupt request line (raised again if an interrupt is deliverable)."""
+    if apic.saved_initial_apic_id != apic.initial_apic_id:
+        raise VMStateError(f"initial_apic_id: the stream's APIC is {apic.saved_initial_apic_id}, "
+                           f"this one is {apic.initial_apic_id}")
+    reserved = ~(MSR_IA32_APICBASE_BASE | MSR_IA32_APICBASE_EXTD | MSR_IA32_APICBASE_ENABLE
+                 | MSR_IA32_APICBASE_BSP) | ~((1 << apic.phys_bits) - 1)
+    if apic.apicbase & reserved & ((1 << 64) - 1):
+        raise VMStateError(f"apicbase: reserved bits set in {apic.apicbase:#x}")
+    if apic.apicbase & MSR_IA32_APICBASE_EXTD and not apic.apicbase & MSR_IA32_APICBASE_ENABLE:
+        raise VMStateError(f"apicbase: {apic.apicbase:#x} has x2APIC mode with the APIC disabled")
+    mode = apic.timer_mode
+    if mode == TimerMode.TSC_DEADLINE and not apic.tsc_deadline_supported:
+        raise VMStateError("lvt: TSC-deadline timer mode on an APIC without it")
+    apic.count_shift = _divide_shift(apic.divide_conf)
+    expiry = apic.timer_expiry
+    if expiry >= 0 and mode != TimerMode.TSC_DEADLINE and not apic.initial_count:
+        raise VMStateError("timer_expiry: the timer is armed with no initial count")
+    if expiry >= 0 and mode == TimerMode.TSC_DEADLINE and not apic.tsc_deadline:
+        raise VMStateError("timer_expiry: the timer is armed with no TSC deadline")
+    if expiry >= 0:
+        apic.timer.mod_ns(expiry)   # the virtual clock was restored first: the same instant
+    else:
+        apic.timer.delete()
+    apic.irq_pending = apic.has_interrupt()
+    apic.cpu.apic_irq_changed(apic.irq_pending)
+
+
+VMSTATE_APIC = VMStateDescription(
+    "apic", version_id=1,
+    fields=[
+        VMStateField("saved_initial_apic_id", VM_U32),
+        VMStateField("apicbase", VM_U64),
+        VMStateField("id", VM_U8),
+        VMStateField("tpr", VM_U8),
+        VMStateField("spurious_vec", UInt(10)),
+        VMStateField("log_dest", VM_U8),
+        VMStateField("dest_mode", UInt(4), check=(0, APIC_DFR_FLAT)),
+        VMStateField("isr", _BITS256),
+        VMStateField("tmr", _BITS256),
+        VMStateField("irr", _BITS256),
+        VMStateField("lvt", Array(VM_U32, APIC_LVT_NB), check=_check_lvt),
+        VMStateField("esr", VM_U8),
+        VMStateField("esr_pending", VM_U8),
+        VMStateField("icr_low", VM_U32, check=lambda v: not v & ~APIC_ICR_WRITABLE),
+        VMStateField("icr_high", VM_U32),
+        VMStateField("divide_conf", VM_U8, check=lambda v: not v & ~_DIVIDE_WRITABLE),
+        VMStateField("initial_count", VM_U32),
+        VMStateField("initial_count_load_time", I64),
+        VMStateField("tsc_deadline", VM_U64),
+        VMStateField("timer_expiry", I64, check=lambda v: v >= -1),
+        VMStateField("sipi_vector", VM_U8),
+        VMStateField("wait_for_sipi", BOOL),
+        VMStateField("lint0_level", BOOL),
+    ],
+    post_load=_apic_post_load)
+
+
 # --- the MMIO window -----------------------------------------------------------------
 
 
@@ -758,11 +869,16 @@ def _apic_reset(dev: DeviceState) -> None:
     object_check(dev, APICState).model.reset()
 
 
+VMSTATE_APIC_DEVICE = VMStateDescription("apic-device", version_id=1,
+                                         fields=[VMStateField("model", Struct(VMSTATE_APIC))])
+
+
 def _apic_class_init(klass: ObjectClass, data: Any) -> None:
     dc = object_class_check(klass, DeviceClass)
     dc.realize = _apic_realize
     dc.reset = _apic_reset
     dc.desc = "local APIC (userspace)"
+    dc.vmsd = VMSTATE_APIC_DEVICE
 
 
 type_register(TypeInfo(TYPE_APIC, parent=TYPE_APIC_COMMON, instance_type=APICState,

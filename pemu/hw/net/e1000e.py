@@ -9,6 +9,19 @@ MSI at 0xD0 and MSI-X (5 vectors) at 0xE0 -- MSI and MSI-X only when the
 machine can deliver them (``msi_nonbroken``), so that without local APICs
 the guest sees INTx only.
 
+Migration (:data:`VMSTATE_E1000E`): the core's state (see
+:mod:`pemu.hw.net.e1000e_core`) and the I/O window's address latch; the
+link state follows the loaded STATUS register, as QEMU's post_load does.
+What does not move with the NIC: frames the net layer holds for a busy peer,
+and the back-end's own state.  With ``-netdev user`` that is libslirp's
+connection table: TCP connections through it (a forwarded ssh session) are
+reset and the guest's stack sees them fail or time out, new ones work at once
+on the destination; the ``hostfwd`` listeners are those of the destination's
+own command line.  On the destination every NIC announces itself with
+gratuitous RARP frames (:func:`pemu.net.announce.qemu_announce_self`, called
+once the state is loaded), so that switches on a tap, socket or stream
+back-end learn where the MAC address went.
+
 Frames go out through the NIC's net client from whichever thread wrote the
 register (the back-ends take them on any thread and feed e.g. libslirp from
 the main loop); frames come in on the main loop.  Both hold the big lock.
@@ -20,23 +33,25 @@ from collections.abc import Callable
 from typing import Any
 
 from pemu.hw.core.qdev import device_class_set_props
-from pemu.hw.net.e1000e_core import MMIO_SIZE, E1000ECore
+from pemu.hw.net.e1000e_core import MMIO_SIZE, VMSTATE_E1000E_CORE, E1000ECore
 from pemu.hw.net.e1000x_common import MSIX_VECTORS, U32
 from pemu.hw.pci.msi import (
     PCI_MSI_FLAGS,
     PCI_MSI_FLAGS_ENABLE,
     PCI_MSI_FLAGS_QSIZE,
+    VMSTATE_MSI_FIELD,
     MSICapability,
     MSIError,
     msi_init,
 )
-from pemu.hw.pci.msix import MSIXState, msix_init
+from pemu.hw.pci.msix import VMSTATE_MSIX_FIELD, MSIXState, msix_init
 from pemu.hw.pci.pci import (
     PCI_BASE_ADDRESS_SPACE_IO,
     PCI_BASE_ADDRESS_SPACE_MEMORY,
     PCI_COMMAND,
     PCI_COMMAND_MASTER,
     TYPE_PCI_DEVICE,
+    VMSTATE_PCI_DEVICE_FIELD,
     PCIDevice,
     PCIDeviceClass,
     pci_config_set_interrupt_pin,
@@ -47,6 +62,8 @@ from pemu.hw.pci.pci import (
 )
 from pemu.hw.pci.pci_pm import pci_pm_init
 from pemu.hw.pci.pcie import pcie_endpoint_cap_v1_init
+from pemu.migration.vmstate import U32 as VM_U32
+from pemu.migration.vmstate import Struct, VMStateDescription, VMStateField
 from pemu.net.net import NetClientState, qemu_flush_queued_packets, qemu_send_packet_async
 from pemu.net.nic import NICState, nic_properties, qemu_new_nic
 from pemu.qom.object import Object, ObjectClass, TypeInfo, object_check, object_class_check, type_register
@@ -281,6 +298,24 @@ def _e1000e_reset(obj: Any) -> None:
         dev.set_word(dev.msi.offset + PCI_MSI_FLAGS, flags & ~(PCI_MSI_FLAGS_ENABLE | PCI_MSI_FLAGS_QSIZE))
 
 
+def _e1000e_post_load(dev: E1000EState, version_id: int) -> None:
+    dev.nic.link_down = not dev.core.link_up
+
+
+# QEMU's e1000e_vmstate: the PCI Express function (config space, BARs, INTx), its MSI
+# and MSI-X capabilities (table and PBA), then the NIC.
+VMSTATE_E1000E = VMStateDescription(
+    "e1000e", version_id=1,
+    fields=[
+        VMSTATE_PCI_DEVICE_FIELD,
+        VMSTATE_MSI_FIELD,
+        VMSTATE_MSIX_FIELD,
+        VMStateField("ioaddr", VM_U32),
+        VMStateField("core", Struct(VMSTATE_E1000E_CORE)),
+    ],
+    post_load=_e1000e_post_load)
+
+
 def _e1000e_class_init(klass: ObjectClass, data: Any) -> None:
     k = object_class_check(klass, PCIDeviceClass)
     k.vendor_id = PCI_VENDOR_ID_INTEL
@@ -294,6 +329,7 @@ def _e1000e_class_init(klass: ObjectClass, data: Any) -> None:
     k.categories = ("network",)
     k.pci_realize = _e1000e_realize
     k.pci_reset = _e1000e_reset
+    k.vmsd = VMSTATE_E1000E
     device_class_set_props(k, nic_properties())
 
 

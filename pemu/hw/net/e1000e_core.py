@@ -16,10 +16,20 @@ processed at most :data:`TX_BUDGET` descriptors per call, the rest later
 from the main loop, so no register write stalls the VMM; a frame the
 receive ring cannot take is left with the net layer (``receive`` returns 0),
 which holds it in its bounded queue until the guest gives buffers back.
+
+Migration (:data:`VMSTATE_E1000E_CORE`, QEMU's e1000e_vmstate): the whole
+MAC register file, the statistics, the EEPROM, the PHY, the interrupt
+throttling intervals (their deadlines on the virtual clock), and per transmit
+queue its context descriptor and the frame it is assembling (descriptors up to
+TDH without EOP yet).  A frame the net layer holds for a busy peer was handed
+over already and is not part of the device.  The loaded ring registers are
+checked as the guest's writes are (alignment, width) and every ring's head and
+tail against its length.
 """
 
 from __future__ import annotations
 
+import sys
 import zlib
 from array import array
 from collections.abc import Callable
@@ -81,6 +91,24 @@ from pemu.hw.net.e1000x_common import (
     size_bucket,
 )
 from pemu.hw.net.net_tx_pkt import TxContext, TxError, insert_checksum, insert_vlan, offload_checksums, tso_segments
+from pemu.migration.vmstate import (
+    BOOL,
+    I64,
+    U8,
+    Array,
+    Buffer,
+    Optional,
+    Struct,
+    StructList,
+    UInt,
+    VarBuffer,
+    VMStateDescription,
+    VMStateError,
+    VMStateField,
+)
+from pemu.migration.vmstate import U16 as VM_U16
+from pemu.migration.vmstate import U32 as VM_U32
+from pemu.migration.vmstate import U64 as VM_U64
 from pemu.util.log import LOG_UNIMP, guest_error, qemu_log_mask
 from pemu.util.timer import Clock, TimerFactory, TimerLike
 
@@ -169,6 +197,7 @@ class _Throttle:
     timer: TimerLike
     running: bool = False
     pending: bool = False
+    deadline: int = -1  # when the running interval ends (the timer's expiry), for migration
 
 
 @dataclass
@@ -366,6 +395,70 @@ class E1000ECore:
             self._writers[Reg.VFTA + 4 * n] = self._write_filter
         self.reset()
 
+    # -- the state as migration saves it ---------------------------------------------------
+    @property
+    def mac_registers(self) -> bytes:
+        """The register file as big-endian 32-bit words (the stream's byte order)."""
+        regs = array("I", self.regs)
+        if sys.byteorder == "little":
+            regs.byteswap()
+        return regs.tobytes()
+
+    @mac_registers.setter
+    def mac_registers(self, data: bytes) -> None:
+        regs = array("I")
+        regs.frombytes(data)
+        if sys.byteorder == "little":
+            regs.byteswap()
+        self.regs[:] = regs
+
+    @property
+    def stat_counters(self) -> list[int]:
+        """The statistics counters in :class:`Stat` order (0 for the high halves)."""
+        return [min(self.stats.get(stat, 0), (1 << 64) - 1) for stat in Stat]
+
+    @stat_counters.setter
+    def stat_counters(self, values: list[int]) -> None:
+        self.stats = {int(stat): value for stat, value in zip(Stat, values, strict=True) if value}
+
+    def post_load(self) -> None:
+        """Check what the stream says against what the registers can hold, then
+        rebuild what is derived: the throttling timers, the INTx level, and a
+        transmit pass for descriptors the source had not reached yet."""
+        for q in range(2):
+            o = q * QUEUE_STRIDE
+            for bal, name in ((Reg.RDBAL0 + o, f"RX ring {q}"), (Reg.TDBAL0 + o, f"TX ring {q}")):
+                length = self.reg(bal + 8)
+                if self.reg(bal) & 0xF or length & ~0xFFF80:
+                    raise VMStateError(f"{name}: base {self.reg(bal):#x} or length {length:#x} is not a value "
+                                       "the registers take")
+                count = length // DESC_SIZE
+                for what, value in (("head", self.reg(bal + 0x10)), ("tail", self.reg(bal + 0x18))):
+                    if value > U16 or (count and value >= count):
+                        raise VMStateError(f"{name}: {what} {value} beyond its {count} descriptors")
+        for offset in (Reg.ITR, *(Reg.EITR0 + 4 * n for n in range(MSIX_VECTORS))):
+            if self.reg(offset) > U16:
+                raise VMStateError(f"interval register {offset:#x} holds {self.reg(offset):#x}, wider than 16 bits")
+        latest = self.clock() + max(U16, MIN_XITR) * ITR_UNIT_NS  # no interval is longer
+        for t in (self.itr, *self.eitr):
+            if t.pending and not t.running or t.running and not 0 <= t.deadline <= latest:
+                raise VMStateError(f"throttling timer {t.reg:#x}: pending {t.pending}, running {t.running}, "
+                                   f"deadline {t.deadline}")
+            if t.running:
+                t.timer.mod_ns(t.deadline)
+            else:
+                t.timer.delete()
+        for q, tx in enumerate(self.tx):
+            if tx.first and (tx.frame or tx.bad):
+                raise VMStateError(f"TX queue {q}: a partial frame before its first descriptor")
+            tx.held = False
+        self.phy.update_link()
+        self.host.set_irq(self.irq_level)
+        self.tx_scheduled = False
+        if self.reg(Reg.TCTL) & TCTL_EN and any(
+                self.reg(Reg.TDH0 + q * QUEUE_STRIDE) != self.reg(Reg.TDT0 + q * QUEUE_STRIDE) for q in range(2)):
+            self._schedule_tx()
+
     # -- registers as plain storage -------------------------------------------------------
     def reg(self, offset: int) -> int:
         return self.regs[offset >> 2]
@@ -379,6 +472,7 @@ class E1000ECore:
         for t in (self.itr, *self.eitr):
             t.timer.delete()
             t.running = t.pending = False
+            t.deadline = -1
         self.regs[:] = array("I", bytes(MMIO_SIZE))
         self.stats.clear()
         self.msi_causes_pending = 0
@@ -634,10 +728,14 @@ class E1000ECore:
             return True
         interval = self._interval_ns(t)
         if interval:
-            t.running = True
             t.pending = False
-            t.timer.mod_ns(self.clock() + interval)
+            self._start_interval(t, interval)
         return False
+
+    def _start_interval(self, t: _Throttle, interval: int) -> None:
+        t.running = True
+        t.deadline = self.clock() + interval
+        t.timer.mod_ns(t.deadline)
 
     def _itr_fired(self) -> None:
         self.itr.running = False
@@ -653,8 +751,7 @@ class E1000ECore:
         # a throttled interrupt starts a new interval
         interval = self._interval_ns(self.itr)
         if interval:
-            self.itr.running = True
-            self.itr.timer.mod_ns(self.clock() + interval)
+            self._start_interval(self.itr, interval)
 
     def _eitr_fired(self, vector: int) -> None:
         t = self.eitr[vector]
@@ -663,8 +760,7 @@ class E1000ECore:
             t.pending = False
             if self.host.msix_enabled():
                 self.host.msix_notify(vector)
-            t.running = True
-            t.timer.mod_ns(self.clock() + self._interval_ns(t))
+            self._start_interval(t, self._interval_ns(t))
 
     def _write_itr(self, _offset: int, value: int) -> None:
         self.set_reg(Reg.ITR, value & U16)
@@ -977,3 +1073,75 @@ class E1000ECore:
         bucket = size_bucket(RX_SIZE_BUCKETS, size)
         if bucket is not None:
             self.count(bucket)
+
+
+# --- migration ------------------------------------------------------------------------------------
+
+VMSTATE_TX_CONTEXT = VMStateDescription(
+    "e1000e/tx-context", version_id=1,
+    fields=[
+        VMStateField("ipcss", U8),
+        VMStateField("ipcso", U8),
+        VMStateField("ipcse", VM_U16),
+        VMStateField("tucss", U8),
+        VMStateField("tucso", U8),
+        VMStateField("tucse", VM_U16),
+        VMStateField("paylen", UInt(20)),
+        VMStateField("hdr_len", U8),
+        VMStateField("mss", VM_U16),
+        VMStateField("is_ipv4", BOOL),
+        VMStateField("is_tcp", BOOL),
+        VMStateField("tse", BOOL),
+    ])
+
+VMSTATE_TX = VMStateDescription(
+    "e1000e/tx", version_id=1,
+    fields=[
+        VMStateField("ctx", Struct(VMSTATE_TX_CONTEXT)),
+        VMStateField("frame", VarBuffer(TX_MAX_FRAME)),
+        VMStateField("first", BOOL),
+        VMStateField("bad", BOOL),
+        VMStateField("tse", BOOL),
+        VMStateField("vlan", Optional(VM_U16)),
+        VMStateField("popts", U8),
+        VMStateField("legacy_css", U8),
+        VMStateField("legacy_cso", U8),
+        VMStateField("legacy_ic", BOOL),
+    ])
+
+VMSTATE_THROTTLE = VMStateDescription(
+    "e1000e/throttle", version_id=1,
+    fields=[
+        VMStateField("running", BOOL),
+        VMStateField("pending", BOOL),
+        VMStateField("deadline", I64, check=lambda v: v >= -1),
+    ])
+
+VMSTATE_PHY = VMStateDescription(
+    "e1000e/phy", version_id=1,
+    fields=[
+        VMStateField("regs", Array(Array(VM_U16, 32), PHY_PAGES)),
+        VMStateField("link_up", BOOL),
+    ])
+
+
+def _core_post_load(core: E1000ECore, version_id: int) -> None:
+    core.post_load()
+
+
+VMSTATE_E1000E_CORE = VMStateDescription(
+    "e1000e/core", version_id=1,
+    fields=[
+        VMStateField("mac_registers", Buffer(MMIO_SIZE)),
+        VMStateField("stat_counters", Array(VM_U64, len(Stat))),
+        VMStateField("eeprom", Array(VM_U16, EEPROM_WORDS)),
+        VMStateField("phy", Struct(VMSTATE_PHY)),
+        VMStateField("link_up", BOOL),
+        VMStateField("msi_causes_pending", VM_U32),
+        VMStateField("eitr_guest", Array(VM_U16, MSIX_VECTORS)),
+        VMStateField("itr", Struct(VMSTATE_THROTTLE)),
+        VMStateField("eitr", StructList(VMSTATE_THROTTLE, MSIX_VECTORS)),
+        VMStateField("tx", StructList(VMSTATE_TX, 2)),
+        VMStateField("irq_level", UInt(1)),
+    ],
+    post_load=_core_post_load)

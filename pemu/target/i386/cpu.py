@@ -27,6 +27,7 @@ from pemu.qom.object import (
 )
 from pemu.system.memory import MEMORY_SIZE_UNLIMITED, AddressSpace, MemoryRegion
 from pemu.target.i386.cpu_state import CPUX86State
+from pemu.target.i386.machine import VMSTATE_X86_CPU
 from pemu.util.error import UserError
 from pemu.util.vm_context import current_vm
 
@@ -274,6 +275,7 @@ def _x86_cpu_common_class_init(klass: ObjectClass, data: Any) -> None:
     dc.realize = x86_cpu_realizefn
     dc.reset = lambda dev: x86_cpu_reset(object_check(dev, X86CPU))
     dc.desc = "x86 CPU"
+    dc.vmsd = VMSTATE_X86_CPU
     device_class_set_props(dc, [Property("apic-id", "uint32", 0)])
 
 

@@ -54,6 +54,9 @@ CR4_OSFXSR_MASK = 1 << 9
 CR4_LA57_MASK = 1 << 12
 CR4_SMEP_MASK = 1 << 20
 CR4_SMAP_MASK = 1 << 21
+CR4_VME_MASK = 1 << 0
+CR4_OSXSAVE_MASK = 1 << 18
+CR4_PCIDE_MASK = 1 << 17
 
 # -- segment descriptor flags (QEMU's DESC_*_MASK) -------------------------
 DESC_TYPE_SHIFT = 8
@@ -88,6 +91,7 @@ class MSR(IntEnum):
     GSBASE = 0xC0000101
     KERNELGSBASE = 0xC0000102
     TSC_AUX = 0xC0000103
+    IA32_TSC_DEADLINE = 0x6E0
 
 
 class Efer(IntFlag):
@@ -97,11 +101,30 @@ class Efer(IntFlag):
     NXE = 1 << 11
 
 
+# XCR0: the x87 state is always on.
+XSTATE_FP = 1 << 0
+XSTATE_SSE = 1 << 1
+XSTATE_YMM = 1 << 2
+FPUC_RESET = 0x37F
+MXCSR_RESET = 0x1F80
+DR6_RESET = 0xFFFF0FF0
+DR7_RESET = 0x400
+
 MSR_IA32_APICBASE_BSP = 1 << 8
 MSR_IA32_APICBASE_ENABLE = 1 << 11
 APIC_DEFAULT_ADDRESS = 0xFEE00000
 MSR_IA32_MISC_ENABLE_DEFAULT = 1  # fast strings
 PAT_RESET = 0x0007040600070406
+
+
+class X86MPState(IntEnum):
+    """What a processor is doing between instructions (KVM's mp_state)."""
+
+    RUNNABLE = 0
+    HALTED = 1          # HLT: waits for an interrupt
+    WAIT_FOR_SIPI = 2   # an AP after RESET or INIT: waits for a start-up IPI
+    SIPI_RECEIVED = 3   # a start-up IPI accepted, not yet taken
+    UNINITIALIZED = 4   # an AP after RESET, before its first INIT (KVM does not start it on a SIPI)
 
 
 class SegReg(IntEnum):
@@ -225,6 +248,43 @@ class CPUX86State:
     pat: int
     misc_enable: int
 
+    # Debug, x87, SSE and AVX state.  The x87 registers are kept as FXSAVE
+    # lays them out: ``fpregs[i]`` is ST(i) (80 bits), ``fptag`` the abridged
+    # tag (bit n set: physical register n is not empty).
+    dr: list[int]
+    fpuc: int
+    fpus: int
+    fptag: int
+    fpop: int
+    fpip: int
+    fpdp: int
+    fpregs: list[int]
+    mxcsr: int
+    xmm: list[int]     # XMM0-15, 128 bits each
+    ymmh: list[int]    # the upper halves of YMM0-15 (AVX)
+    xcr0: int
+    tsc_deadline: int  # IA32_TSC_DEADLINE, when the accelerator keeps the local APIC
+
+    # Events between two instructions (KVM's kvm_vcpu_events): what is being
+    # delivered, what waits, and what is blocked.
+    interrupt_shadow: bool   # after STI / MOV SS: no interrupt before the next instruction
+    exception_injected: int  # vector of an exception being delivered, or -1
+    exception_has_error_code: bool
+    exception_error_code: int
+    interrupt_injected: int  # vector of an external interrupt being delivered, or -1
+    interrupt_soft: bool     # ... a software interrupt (INT n), whose delivery restarts it
+    nmi_injected: bool
+    nmi_pending: bool
+    nmi_masked: bool         # inside an NMI handler: NMIs blocked until IRET
+    init_pending: bool       # an INIT latched (to be taken at the next boundary)
+    sipi_vector: int
+    mp_state: X86MPState
+    smm: bool                # in system management mode (pemu has none: such a state is refused)
+    smi_pending: bool
+    # KVM's in-kernel local APIC, its register page as KVM_GET_LAPIC gives it
+    # (None when the local APIC is pemu's own device).
+    kernel_lapic: bytes | None
+
     a20_mask: int
     halted: bool
 
@@ -278,8 +338,35 @@ class CPUX86State:
             self.apic_base |= MSR_IA32_APICBASE_BSP
         self.pat = PAT_RESET
         self.misc_enable = MSR_IA32_MISC_ENABLE_DEFAULT
+        self.dr = [0, 0, 0, 0, 0, 0, DR6_RESET, DR7_RESET]
+        self.fpuc = FPUC_RESET
+        self.fpus = 0
+        self.fptag = 0
+        self.fpop = self.fpip = self.fpdp = 0
+        self.fpregs = [0] * 8
+        self.mxcsr = MXCSR_RESET
+        self.xmm = [0] * 16
+        self.ymmh = [0] * 16
+        self.xcr0 = XSTATE_FP
+        self.tsc_deadline = 0
+        self.kernel_lapic = None
+        self.reset_events()
+        self.mp_state = X86MPState.RUNNABLE if bsp else X86MPState.UNINITIALIZED
         self.a20_mask = ~0
         self.halted = False
+
+    def reset_events(self) -> None:
+        """No event in delivery, pending or blocked."""
+        self.interrupt_shadow = False
+        self.exception_injected = -1
+        self.exception_has_error_code = False
+        self.exception_error_code = 0
+        self.interrupt_injected = -1
+        self.interrupt_soft = False
+        self.nmi_injected = self.nmi_pending = self.nmi_masked = False
+        self.init_pending = False
+        self.sipi_vector = 0
+        self.smm = self.smi_pending = False
 
     def set_protected_mode_flat32(self, eip: int, esi: int = 0) -> None:
         """Flat 32-bit protected mode, paging off, interrupts off.

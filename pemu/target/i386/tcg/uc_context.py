@@ -57,6 +57,7 @@ class Off(IntEnum):
     FMASK = 4856
     KERNELGSBASE = 4864
     TSC_AUX = 4896
+    XCR0 = 4904
     MISC_ENABLE = 4920
     PAT = 5280
     ERROR_CODE = 5384
@@ -276,6 +277,8 @@ def verify_context_layout() -> None:
     expect("sysenter_cs", ctx.u32(Off.SYSENTER_CS), 0x1234)
     expect("efer", ctx.u64(Off.EFER), uc.msr_read(0xC0000080))
 
+    _verify_xcr0()
+
     # Real mode: segment caches, hflags, the exception fields of `int n`.
     uc.context_restore(_context_from_bytes(uc, real_mode_context_bytes()))
     ctx.save()
@@ -299,6 +302,24 @@ def verify_context_layout() -> None:
     if probe.seen != [(0x41, True, 0x102)]:
         raise ContextLayoutError(f"Unicorn exception fields: saw {probe.seen}; pemu needs unicorn=={UNICORN_VERSION}")
     _verified = True
+
+
+def _verify_xcr0() -> None:
+    """XCR0 has no register in the API: XSETBV writes it, the context shows it."""
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    ctx = CPUContext(uc)
+    uc.mem_map(0x1000, 0x1000)
+    # xor ecx,ecx; xor edx,edx; mov eax,1; xsetbv; hlt; mov eax,3; xsetbv; hlt
+    uc.mem_write(0x1000, bytes.fromhex("31c931d2b8010000000f01d1f4b8030000000f01d1f4"))
+    uc.reg_write(ucx.UC_X86_REG_CR4, uc.reg_read(ucx.UC_X86_REG_CR4) | 1 << 18)  # CR4.OSXSAVE
+    seen = []
+    for start in (0x1000, 0x100D):
+        uc.emu_start(start, 0, count=4)
+        ctx.save()
+        seen.append(ctx.u64(Off.XCR0))
+    if seen != [1, 3]:
+        raise ContextLayoutError(f"Unicorn context field xcr0: read {seen}, expected [1, 3]; "
+                                 f"pemu needs unicorn=={UNICORN_VERSION}")
 
 
 def _context_from_bytes(uc: Uc, data: bytes) -> Any:  # a UcContext
