@@ -310,7 +310,7 @@ class I8042:
         if self.obuf is None:
             return self.last_read  # an empty buffer reads as its last byte
         value = self.last_read = self.obuf
-        self.obuf, self.obuf_aux = None, False  # an empty buffer holds no AUX byte (what a load checks)
+        self.obuf = None
         self.status &= ~STAT_TIMEOUT
         # The read takes the line down; a byte loaded next raises it again.
         self._set_irqs(0, 0)
