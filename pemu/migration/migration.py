@@ -135,40 +135,45 @@ class RAMCounters:
         self.downtime_bytes = 0  # sent with the guest stopped
 
 
+# Each protocol's module and its outgoing and incoming channel classes
+# (imported when a URI names them: most runs never migrate).
+MIGRATION_PROTOCOLS: dict[str, tuple[str, str, str]] = {
+    "exec": ("pemu.migration.exec", "ExecOutgoing", "ExecIncoming"),
+    "file": ("pemu.migration.file", "FileOutgoing", "FileIncoming"),
+    "tcp": ("pemu.migration.socket", "SocketOutgoing", "SocketIncoming"),
+}
+
+
+def _channel_class(uri: str, outgoing: bool) -> tuple[type, str] | None:
+    import importlib
+
+    kind, sep, rest = uri.partition(":")
+    protocol = MIGRATION_PROTOCOLS.get(kind) if sep else None
+    if protocol is None:
+        return None
+    module = importlib.import_module(protocol[0])
+    cls: type = getattr(module, protocol[1] if outgoing else protocol[2])
+    return cls, rest
+
+
 def parse_outgoing_uri(uri: str) -> OutgoingChannel:
     """Open the transport ``uri`` names, for an outgoing migration."""
-    kind, sep, rest = uri.partition(":")
-    if sep and kind == "exec":
-        from pemu.migration.exec import ExecOutgoing
-
-        return ExecOutgoing(rest)
-    if sep and kind == "file":
-        from pemu.migration.file import FileOutgoing
-
-        return FileOutgoing(rest)
-    if sep and kind == "tcp":
-        from pemu.migration.socket import SocketOutgoing
-
-        return SocketOutgoing(rest)
-    raise MigrationChannelError("Parameter 'uri' expects a valid migration protocol")
+    found = _channel_class(uri, outgoing=True)
+    if found is None:
+        raise MigrationChannelError("Parameter 'uri' expects a valid migration protocol")
+    cls, rest = found
+    channel: OutgoingChannel = cls(rest)
+    return channel
 
 
 def parse_incoming_uri(uri: str) -> IncomingChannel:
     """Open the transport ``uri`` names, for an incoming migration."""
-    kind, sep, rest = uri.partition(":")
-    if sep and kind == "exec":
-        from pemu.migration.exec import ExecIncoming
-
-        return ExecIncoming(rest)
-    if sep and kind == "file":
-        from pemu.migration.file import FileIncoming
-
-        return FileIncoming(rest)
-    if sep and kind == "tcp":
-        from pemu.migration.socket import SocketIncoming
-
-        return SocketIncoming(rest)
-    raise MigrationChannelError(f"unknown migration protocol: {uri}")
+    found = _channel_class(uri, outgoing=False)
+    if found is None:
+        raise MigrationChannelError(f"unknown migration protocol: {uri}")
+    cls, rest = found
+    channel: IncomingChannel = cls(rest)
+    return channel
 
 
 def check_incoming_uri(uri: str) -> None:
@@ -176,7 +181,7 @@ def check_incoming_uri(uri: str) -> None:
     if uri == "defer":
         return
     kind, sep, _rest = uri.partition(":")
-    if not sep or kind not in ("exec", "file", "tcp"):
+    if not sep or kind not in MIGRATION_PROTOCOLS:
         raise MigrationChannelError(f"unknown migration protocol: {uri}")
 
 
