@@ -44,6 +44,11 @@ class FileOutgoing(OutgoingChannel):
     def __init__(self, spec: str) -> None:
         self.path, self.offset = parse_file_uri(spec)
         try:
+            if self.offset == 0 and os.path.isfile(self.path):
+                # A new file, not the old one cut: a VM restored from the old
+                # one (mapped-ram) still maps its pages, and cutting them would
+                # fault the VMM.  Unlinked, the old file lives on for its mappings.
+                os.unlink(self.path)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as e:
             raise _open_error(self.path, e) from None

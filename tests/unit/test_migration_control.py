@@ -202,6 +202,24 @@ def test_file_with_offset(tmp_path: Path) -> None:
         FileIncoming("/nonexistent/x")
 
 
+def test_file_replaced_not_cut_so_its_mappings_stay_valid(tmp_path: Path) -> None:
+    """A VM restored from a mapped-ram file maps its pages: saving to the same
+    path must leave those pages readable (a cut file faults the VMM)."""
+    import mmap
+
+    path = tmp_path / "snap"
+    path.write_bytes(b"old!" * 1024)
+    with open(path, "rb") as old:
+        mapping = mmap.mmap(old.fileno(), 4096, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
+    out = FileOutgoing(str(path))
+    out.sink.write(b"new")
+    out.finish()
+    out.close()
+    assert path.read_bytes() == b"new"
+    assert mapping[:8] == b"old!old!"  # the old inode lives on for its mapping (SIGBUS if cut)
+    mapping.close()
+
+
 def test_fd_sink_writes_everything_to_a_pipe() -> None:
     r, w = os.pipe()
     data = os.urandom(1 << 20)  # more than a pipe holds: the writer waits for the reader
