@@ -339,6 +339,55 @@ class StructList:
         return current
 
 
+class DeviceOptional:
+    """The state of a part a device has or has not, decided when it was
+    built (an MSI or MSI-X capability, an EEPROM in a slot): a presence byte,
+    then the part's description.  The stream must have it exactly when the
+    destination device has it; loading never adds or drops the part."""
+
+    __slots__ = ("vmsd",)
+
+    def __init__(self, vmsd: VMStateDescription) -> None:
+        self.vmsd = vmsd
+
+    def save(self, f: QEMUFileWriter, value: Any) -> None:
+        f.put_be8(0 if value is None else 1)
+        if value is not None:
+            vmstate_save_state(f, self.vmsd, value)
+
+    def load(self, f: QEMUFileReader, current: Any, where: str) -> Any:
+        present = f.get_be8()
+        if present > 1:
+            raise VMStateError(f"{where}: bad presence byte {present}")
+        if bool(present) != (current is not None):
+            raise VMStateError(f"{where}: {self.vmsd.name} is {'present' if present else 'absent'} in the "
+                               f"stream, {'present' if current is not None else 'absent'} here")
+        if current is not None:
+            vmstate_load_state(f, self.vmsd, current, self.vmsd.version_id, where)
+        return current
+
+
+class SameAsHere:
+    """A value fixed by the VM's configuration (a drive's kind, a size, a
+    capability register): saved so that a destination configured otherwise
+    refuses the stream, naming both values, instead of loading it."""
+
+    __slots__ = ("kind", "show")
+
+    def __init__(self, kind: FieldKind, show: Callable[[Any], str] = str) -> None:
+        self.kind = kind
+        self.show = show
+
+    def save(self, f: QEMUFileWriter, value: Any) -> None:
+        self.kind.save(f, value)
+
+    def load(self, f: QEMUFileReader, current: Any, where: str) -> Any:
+        value = self.kind.load(f, current, where)
+        if value != current:
+            raise VMStateError(f"{where}: {self.show(value)} in the stream, {self.show(current)} in this VM")
+        return current
+
+
 class Timer:
     """A timer's expiry time on its clock (ns; -1 when not armed).  Loading
     re-arms or cancels the timer the attribute holds; the virtual clock is

@@ -20,8 +20,10 @@ from pemu.migration.vmstate import (
     U32,
     Array,
     Buffer,
+    DeviceOptional,
     Enum,
     Optional,
+    SameAsHere,
     Struct,
     StructList,
     UInt,
@@ -223,3 +225,35 @@ def test_writer_counts_crc_and_reader_matches() -> None:
     r = QEMUFileReader(io.BytesIO(out.getvalue()))
     assert r.get_be32() == 0xDEADBEEF and r.get_counted_string() == "ram"
     assert r.get_buffer(100_000) == b"x" * 100_000 and r.crc == w.crc
+
+
+class Parts:
+    def __init__(self, eeprom: Inner | None, size: int) -> None:
+        self.eeprom = eeprom
+        self.size = size
+
+
+VMSTATE_PARTS = VMStateDescription("parts", 1, [
+    VMStateField("eeprom", DeviceOptional(VMSTATE_INNER)),
+    VMStateField("size", SameAsHere(U32, lambda v: f"a disk of {v} sectors")),
+])
+
+
+@pytest.mark.parametrize("src, dst, message", [
+    (Parts(Inner(), 8), Parts(None, 8), "inner is present in the stream, absent here"),
+    (Parts(None, 8), Parts(Inner(), 8), "inner is absent in the stream, present here"),
+    (Parts(None, 8), Parts(None, 16), "a disk of 8 sectors in the stream, a disk of 16 sectors in this VM"),
+], ids=["extra-part", "missing-part", "other-size"])
+def test_parts_and_configuration_must_match_the_destination(src: Parts, dst: Parts, message: str) -> None:
+    with pytest.raises(VMStateError, match=message):
+        vmstate_load_bytes(VMSTATE_PARTS, dst, vmstate_save_bytes(VMSTATE_PARTS, src))
+
+
+def test_present_part_loads_in_place() -> None:
+    eeprom = Inner()
+    eeprom.a = 77
+    src = Parts(eeprom, 8)
+    dst = Parts(Inner(), 8)
+    part = dst.eeprom
+    vmstate_load_bytes(VMSTATE_PARTS, dst, vmstate_save_bytes(VMSTATE_PARTS, src))
+    assert dst.eeprom is part and part.a == 77

@@ -60,7 +60,6 @@ from pemu.hw.ide.core import (
     ATAProtocol,
     ATAResult,
     IDEState,
-    SameAsHere,
     TaskFile,
     ata_command_protocol,
 )
@@ -71,6 +70,7 @@ from pemu.migration.vmstate import (
     U32,
     U64,
     Optional,
+    SameAsHere,
     Struct,
     VMStateDescription,
     VMStateError,

@@ -35,7 +35,7 @@ import errno
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pemu.migration.vmstate import BOOL, I8, FieldKind, VMStateDescription, VMStateError, VMStateField
+from pemu.migration.vmstate import BOOL, I8, VMStateDescription, VMStateError, VMStateField
 
 if TYPE_CHECKING:
     from pemu.block.block_backend import BlockBackend
@@ -612,27 +612,6 @@ def ata_words(data: bytes) -> list[int]:
 
 
 # --- migration ------------------------------------------------------------------------------------
-
-
-class SameAsHere:
-    """A value fixed by the VM's configuration (a drive's kind, a size, a
-    capability register): saved so that a destination configured otherwise
-    refuses the stream, naming both values, instead of loading it."""
-
-    __slots__ = ("kind", "show")
-
-    def __init__(self, kind: FieldKind, show: Callable[[Any], str] = str) -> None:
-        self.kind = kind
-        self.show = show
-
-    def save(self, f: QEMUFileWriter, value: Any) -> None:
-        self.kind.save(f, value)
-
-    def load(self, f: QEMUFileReader, current: Any, where: str) -> Any:
-        value = self.kind.load(f, current, where)
-        if value != current:
-            raise VMStateError(f"{where}: {self.show(value)} in the stream, {self.show(current)} in this VM")
-        return current
 
 
 class _DriveKindField:

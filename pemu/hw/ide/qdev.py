@@ -20,8 +20,7 @@ from pemu.hw.core.qdev import (
     Property,
     device_class_set_props,
 )
-from pemu.hw.ide.core import SameAsHere
-from pemu.migration.vmstate import U64, VMStateDescription, VMStateField, vmstate_no_state
+from pemu.migration.vmstate import U64, SameAsHere, VMStateDescription, VMStateField, vmstate_no_state
 from pemu.qom.object import (
     Object,
     ObjectClass,

@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from pemu.hw.pci.pci import PCI_CAP_ID_MSI, DeviceOptional, pci_add_capability
-from pemu.migration.vmstate import VMStateDescription, VMStateError, VMStateField
+from pemu.hw.pci.pci import PCI_CAP_ID_MSI, pci_add_capability
+from pemu.migration.vmstate import DeviceOptional, VMStateDescription, VMStateError, VMStateField
 
 if TYPE_CHECKING:
     from pemu.hw.pci.pci import PCIDevice

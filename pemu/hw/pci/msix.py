@@ -15,8 +15,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pemu.hw.pci.msi import MSIError, SendMSI
-from pemu.hw.pci.pci import PCI_CAP_ID_MSIX, DeviceOptional, pci_add_capability
-from pemu.migration.vmstate import VarBuffer, VMStateDescription, VMStateError, VMStateField
+from pemu.hw.pci.pci import PCI_CAP_ID_MSIX, pci_add_capability
+from pemu.migration.vmstate import DeviceOptional, VarBuffer, VMStateDescription, VMStateError, VMStateField
 from pemu.system.memory import MemoryRegion, MemoryRegionOps
 from pemu.util.log import guest_error
 

@@ -28,8 +28,6 @@ from pemu.migration.vmstate import (
     VMStateDescription,
     VMStateError,
     VMStateField,
-    vmstate_load_state,
-    vmstate_save_state,
 )
 from pemu.qom.object import Object, ObjectClass, QOMError, TypeInfo, object_check, object_class_check, type_register
 from pemu.system.dma import (
@@ -51,7 +49,7 @@ from pemu.system.memory import (
 from pemu.util.log import guest_error
 
 if TYPE_CHECKING:
-    from pemu.migration.qemu_file import QEMUFileReader, QEMUFileWriter
+    pass
 
 TYPE_PCI_BUS = "PCI"
 TYPE_PCIE_BUS = "PCIE"
@@ -809,34 +807,6 @@ def pci_del_capability(dev: PCIDevice, cap_id: int, size: int) -> None:
 
 
 # --- migration (QEMU's vmstate_pci_device / vmstate_pcie_device) --------------------------------
-
-
-class DeviceOptional:
-    """The state of a part a device has or has not, decided when it was
-    built (an MSI or MSI-X capability, an EEPROM in a slot): a presence byte,
-    then the part's description.  The stream must have it exactly when the
-    destination device has it; loading never adds or drops the part."""
-
-    __slots__ = ("vmsd",)
-
-    def __init__(self, vmsd: VMStateDescription) -> None:
-        self.vmsd = vmsd
-
-    def save(self, f: QEMUFileWriter, value: Any) -> None:
-        f.put_be8(0 if value is None else 1)
-        if value is not None:
-            vmstate_save_state(f, self.vmsd, value)
-
-    def load(self, f: QEMUFileReader, current: Any, where: str) -> Any:
-        present = f.get_be8()
-        if present > 1:
-            raise VMStateError(f"{where}: bad presence byte {present}")
-        if bool(present) != (current is not None):
-            raise VMStateError(f"{where}: {self.vmsd.name} is {'present' if present else 'absent'} in the "
-                               f"stream, {'present' if current is not None else 'absent'} here")
-        if current is not None:
-            vmstate_load_state(f, self.vmsd, current, self.vmsd.version_id, where)
-        return current
 
 
 class PCIDeviceVMState:
