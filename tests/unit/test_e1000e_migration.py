@@ -159,18 +159,21 @@ def _partial_frame_at_a_frame_start(core: E1000ECore) -> None:
 
 
 @pytest.mark.parametrize("corrupt, message", [
-    (_reg(Reg.RDH0, 8), "RX ring 0: head 8 beyond its 8 descriptors"),
+    # A head or tail past the ring's end is a state the guest can write (found by tests/fuzz/migration_fuzz.py:
+    # TDH 59425 on a 16-descriptor ring made a saved VM unloadable); ring() refuses to use such a ring.
+    (_reg(Reg.RDH0, 8), None),
     (_reg(Reg.RDT0 + 0x100, 3), None),  # queue 1 unused (length 0): any 16-bit head/tail is harmless
-    (_reg(Reg.RDT0 + 0x100, 0x10000), "RX ring 1: tail 65536 beyond its 0 descriptors"),
-    (_reg(Reg.TDH0, 16), "TX ring 0: head 16 beyond its 16 descriptors"),
-    (_reg(Reg.TDT0, 0xFFFF), "TX ring 0: tail 65535 beyond its 16 descriptors"),
+    (_reg(Reg.RDT0 + 0x100, 0x10000), "RX ring 1: tail 0x10000 wider than its 16-bit register"),
+    (_reg(Reg.TDH0, 16), None),
+    (_reg(Reg.TDT0, 0xFFFF), None),
+    (_reg(Reg.TDH0 + 0x100, 0x10000), "TX ring 1: head 0x10000 wider than its 16-bit register"),
     (_reg(Reg.TDLEN0, 0x104), "TX ring 0: base 0x1000 or length 0x104 is not a value the registers take"),
     (_reg(Reg.RDBAL0, RX_RING + 8), "RX ring 0: base 0x4008"),
     (_reg(Reg.ITR, 0x10000), "interval register 0xc4 holds 0x10000"),
     (_pending_without_interval, "throttling timer 0xc4: pending True, running False"),
     (_interval_ending_in_an_hour, "throttling timer 0xc4: pending .*, running True, deadline 3601"),
     (_partial_frame_at_a_frame_start, "TX queue 0: a partial frame before its first descriptor"),
-], ids=["rdh", "rdt1-unused", "rdt1-wide", "tdh", "tdt", "tdlen", "rdbal", "itr", "throttle", "deadline",
+], ids=["rdh", "rdt1-unused", "rdt1-wide", "tdh", "tdt", "tdh1-wide", "tdlen", "rdbal", "itr", "throttle", "deadline",
         "tx-frame"])
 def test_bad_streams_are_refused(corrupt: Callable[[E1000ECore], None], message: str | None) -> None:
     src, host, clock, _ = busy_core()
@@ -179,6 +182,8 @@ def test_bad_streams_are_refused(corrupt: Callable[[E1000ECore], None], message:
     dst, _, _ = fresh_like(host, clock)
     if message is None:
         vmstate_load_bytes(VMSTATE_E1000E_CORE, dst, data)
+        for queue in range(2):  # the loaded device runs on: a ring past its end is refused, not indexed
+            dst.start_xmit(queue)
         return
     with pytest.raises(VMStateError, match=message):
         vmstate_load_bytes(VMSTATE_E1000E_CORE, dst, data)
