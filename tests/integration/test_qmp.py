@@ -416,7 +416,7 @@ def test_migration_commands(pemu: Pemu, tmp_path: Path) -> None:
     assert src.cmd_raw("migrate-set-capabilities", {"capabilities": [{"capability": "postcopy-ram", "state": True}]}
                        )["error"]["desc"] == "Migration capability 'postcopy-ram' is not supported by pemu"
     assert src.cmd_raw("migrate-set-capabilities", {"capabilities": [{"capability": "nope", "state": True}]}
-                       )["error"]["desc"] == "Parameter 'capabilities[0].capability' does not accept value 'nope'"
+                       )["error"]["desc"] == "Parameter 'capability' does not accept value 'nope'"
     # QEMU sends MIGRATION events only with the 'events' capability (libvirt turns it on)
     on = {"capabilities": [{"capability": "events", "state": True}, {"capability": "xbzrle", "state": False}]}
     assert src.cmd_raw("migrate-set-capabilities", on)["return"] == {}
