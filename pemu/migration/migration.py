@@ -29,8 +29,8 @@ taken (``activate_all``) and the VM runs, or stays paused with ``-S``.  A
 stream that cannot be loaded ends pemu with one line, ``load of migration
 failed: REASON``, and exit status 1.
 
-Status changes are sent as MIGRATION events (QEMU sends them only with the
-``events`` capability, which pemu does not have: always here).
+Status changes are sent as MIGRATION events, and each pre-copy pass as a
+MIGRATION_PASS event, only while the ``events`` capability is on (QEMU's rule).
 """
 
 from __future__ import annotations
@@ -91,6 +91,35 @@ class MigrationError(Exception):
 
 class _Cancelled(Exception):
     pass
+
+
+class MigrationCapability(Enum):
+    """QEMU 7.2's MigrationCapability, in its order; pemu implements only ``events``."""
+
+    XBZRLE = "xbzrle"
+    RDMA_PIN_ALL = "rdma-pin-all"
+    AUTO_CONVERGE = "auto-converge"
+    ZERO_BLOCKS = "zero-blocks"
+    COMPRESS = "compress"
+    EVENTS = "events"
+    POSTCOPY_RAM = "postcopy-ram"
+    X_COLO = "x-colo"
+    RELEASE_RAM = "release-ram"
+    BLOCK = "block"
+    RETURN_PATH = "return-path"
+    PAUSE_BEFORE_SWITCHOVER = "pause-before-switchover"
+    MULTIFD = "multifd"
+    DIRTY_BITMAPS = "dirty-bitmaps"
+    POSTCOPY_BLOCKTIME = "postcopy-blocktime"
+    LATE_BLOCK_ACTIVATE = "late-block-activate"
+    X_IGNORE_SHARED = "x-ignore-shared"
+    VALIDATE_UUID = "validate-uuid"
+    BACKGROUND_SNAPSHOT = "background-snapshot"
+    ZERO_COPY_SEND = "zero-copy-send"
+    POSTCOPY_PREEMPT = "postcopy-preempt"
+
+
+SUPPORTED_CAPABILITIES = frozenset({MigrationCapability.EVENTS})
 
 
 class MigrationParameters:
@@ -193,6 +222,8 @@ class MigrationState:
     def __init__(self, vm: VirtualMachine) -> None:
         self.vm = vm
         self.params = MigrationParameters()
+        # Every capability is off by default, as in QEMU.
+        self.capabilities: dict[MigrationCapability, bool] = dict.fromkeys(MigrationCapability, False)
         # -- outgoing
         self.status = MigrationStatus.NONE
         self.error_desc: str | None = None
@@ -223,15 +254,36 @@ class MigrationState:
     def is_running(self) -> bool:
         return self.status in _RUNNING_STATUSES
 
+    def set_capabilities(self, changes: list[tuple[MigrationCapability, bool]]) -> None:
+        """Checked first, then set: a refused list changes nothing (QEMU's
+        migrate-set-capabilities)."""
+        if self.is_running():
+            raise MigrationError("There's a migration process in progress")
+        for capability, state in changes:
+            if state and capability not in SUPPORTED_CAPABILITIES:
+                raise MigrationError(f"Migration capability '{capability.value}' is not supported by pemu")
+        for capability, state in changes:
+            self.capabilities[capability] = state
+
+    def _events_on(self) -> bool:
+        return self.capabilities[MigrationCapability.EVENTS]
+
     def _set_status(self, new: MigrationStatus) -> None:
         with bql:  # the event goes to the monitors' chardevs, also from the migration thread
             self.status = new
-            qapi_event_send("MIGRATION", {"status": new.value})
+            if self._events_on():
+                qapi_event_send("MIGRATION", {"status": new.value})
 
     def _set_incoming_status(self, new: MigrationStatus) -> None:
         with bql:
             self.incoming_status = new
-            qapi_event_send("MIGRATION", {"status": new.value})
+            if self._events_on():
+                qapi_event_send("MIGRATION", {"status": new.value})
+
+    def _pass_event(self, pass_: int) -> None:
+        if self._events_on():
+            with bql:
+                qapi_event_send("MIGRATION_PASS", {"pass": pass_})
 
     # --- outgoing ------------------------------------------------------------------------
 
@@ -336,6 +388,7 @@ class MigrationState:
             save.pending_bytes()
         ram = self.ram
         ram.dirty_sync_count = 1
+        self._pass_event(1)
         self._refresh(save, f)
         passes = 1
         pass_start = window_start = active_start
@@ -367,6 +420,7 @@ class MigrationState:
                 pending = save.pending_bytes()
             now = time.monotonic()
             ram.dirty_sync_count += 1
+            self._pass_event(ram.dirty_sync_count)
             self._refresh(save, f)
             ram.dirty_pages_rate = int(pending / TARGET_PAGE_SIZE / max(now - pass_start, 1e-3))
             pass_start = now

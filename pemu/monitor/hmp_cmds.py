@@ -745,6 +745,28 @@ def hmp_migrate_set_parameter(mon: Monitor, args: dict[str, Any]) -> None:
         raise CommandError(f"Invalid parameter value: {name}")
 
 
+def hmp_migrate_set_capability(mon: Monitor, args: dict[str, Any]) -> None:
+    """migrate_set_capability NAME on|off (QEMU's hmp_migrate_set_capability)."""
+    from pemu.migration.migration import MigrationCapability
+    from pemu.monitor.qmp_cmds_migration import qmp_migrate_set_capabilities
+
+    name, text = args["capability"], args["state"]
+    if text not in ("on", "off"):
+        raise CommandError("Expected 'on' or 'off'")
+    try:
+        capability = MigrationCapability(name)
+    except ValueError:
+        raise CommandError(f"Invalid parameter '{name}'") from None
+    qmp_migrate_set_capabilities(capabilities=[{"capability": capability, "state": text == "on"}])
+
+
+def hmp_info_migrate_capabilities(mon: Monitor, args: dict[str, Any]) -> None:
+    from pemu.monitor.qmp_cmds_migration import qmp_query_migrate_capabilities
+
+    for cap in qmp_query_migrate_capabilities():
+        mon.print_line(f"{cap['capability'].value}: {'on' if cap['state'] else 'off'}")
+
+
 def hmp_info_migrate(mon: Monitor, args: dict[str, Any]) -> None:
     """QEMU 7.2's hmp_info_migrate layout (its "globals" settings are QEMU's internals: not shown)."""
     from pemu.monitor.qmp_cmds_migration import qmp_query_migrate
@@ -825,6 +847,7 @@ HMP_INFO_CMDS = _sorted([
     HMPCommand("block", "", "show the block devices", hmp_info_block),
     HMPCommand("blockstats", "", "show block device statistics", hmp_info_blockstats),
     HMPCommand("migrate", "", "show migration status", hmp_info_migrate),
+    HMPCommand("migrate_capabilities", "", "show current migration capabilities", hmp_info_migrate_capabilities),
     HMPCommand("migrate_parameters", "", "show current migration parameters", hmp_info_migrate_parameters),
 ])
 
@@ -863,6 +886,8 @@ HMP_CMDS = _sorted([
     HMPCommand("migrate_cancel", "", "cancel the current VM migration", hmp_migrate_cancel),
     HMPCommand("migrate_incoming", "uri", "Continue an incoming migration from an -incoming defer",
                hmp_migrate_incoming, (word("uri"),)),
+    HMPCommand("migrate_set_capability", "capability state", "Enable/Disable the usage of a capability for migration",
+               hmp_migrate_set_capability, (word("capability"), word("state"))),
     HMPCommand("migrate_set_parameter", "parameter value", "Set the parameter for migration",
                hmp_migrate_set_parameter, (word("parameter"), word("value"))),
 ])

@@ -1,12 +1,19 @@
 """Migration commands (QEMU's qmp_migrate, qmp_migrate_cancel,
 qmp_migrate_incoming, qmp_query_migrate, qmp_migrate_set_parameters,
-qmp_query_migrate_parameters in migration/migration.c), on
+qmp_query_migrate_parameters, qmp_migrate_set_capabilities, qmp_query_migrate_capabilities
+in migration/migration.c), on
 :mod:`pemu.migration.migration`."""
 
 # No postponed annotations: see pemu.monitor.qmp_cmds.
 from typing import NotRequired, TypedDict
 
-from pemu.migration.migration import MigrationError, MigrationState, MigrationStatus, migrate_get_current
+from pemu.migration.migration import (
+    MigrationCapability,
+    MigrationError,
+    MigrationState,
+    MigrationStatus,
+    migrate_get_current,
+)
 from pemu.qapi.commands import CommandTable, EventInfo
 from pemu.qapi.error import QMPError
 from pemu.util.vm_context import current_vm
@@ -155,6 +162,28 @@ def qmp_query_migrate_parameters() -> MigrationParametersInfo:
     return {"downtime-limit": params.downtime_limit, "max-bandwidth": params.max_bandwidth}
 
 
+# --- capabilities --------------------------------------------------------------------------------
+
+
+class MigrationCapabilityStatus(TypedDict):
+    capability: MigrationCapability
+    state: bool
+
+
+@command("migrate-set-capabilities")
+def qmp_migrate_set_capabilities(*, capabilities: list[MigrationCapabilityStatus]) -> None:
+    try:
+        migration_state().set_capabilities([(c["capability"], c["state"]) for c in capabilities])
+    except MigrationError as e:
+        raise QMPError(str(e)) from None
+
+
+@command("query-migrate-capabilities")
+def qmp_query_migrate_capabilities() -> list[MigrationCapabilityStatus]:
+    return [{"capability": capability, "state": state}
+            for capability, state in migration_state().capabilities.items()]
+
+
 # --- events --------------------------------------------------------------------------------------
 
 
@@ -162,4 +191,8 @@ class MigrationEvent(TypedDict):
     status: MigrationStatus
 
 
-EVENTS: tuple[EventInfo, ...] = (EventInfo("MIGRATION", MigrationEvent),)
+MigrationPassEvent = TypedDict("MigrationPassEvent", {"pass": int})
+
+
+EVENTS: tuple[EventInfo, ...] = (EventInfo("MIGRATION", MigrationEvent),
+                                 EventInfo("MIGRATION_PASS", MigrationPassEvent))

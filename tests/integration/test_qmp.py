@@ -392,7 +392,7 @@ def test_monitor_connecting_as_a_client(tmp_path: Path) -> None:
 
 MEDIUM_COMMANDS = {"eject", "blockdev-change-medium", "block_resize"}
 MIGRATION_COMMANDS = {"migrate", "migrate_cancel", "migrate-incoming", "query-migrate", "migrate-set-parameters",
-                      "query-migrate-parameters"}
+                      "query-migrate-parameters", "migrate-set-capabilities", "query-migrate-capabilities"}
 
 
 def test_migration_commands(pemu: Pemu, tmp_path: Path) -> None:
@@ -410,11 +410,23 @@ def test_migration_commands(pemu: Pemu, tmp_path: Path) -> None:
     assert src.cmd_raw("migrate-incoming", {"uri": "tcp::4444"})["error"]["desc"] == \
         "'-incoming' was not specified on the command line"
     assert src.cmd_raw("migrate_cancel") == {"return": {}}
+    caps = src.cmd_raw("query-migrate-capabilities")["return"]
+    assert len(caps) == 21 and {"capability": "events", "state": False} in caps
+    assert not any(c["state"] for c in caps)
+    assert src.cmd_raw("migrate-set-capabilities", {"capabilities": [{"capability": "postcopy-ram", "state": True}]}
+                       )["error"]["desc"] == "Migration capability 'postcopy-ram' is not supported by pemu"
+    assert src.cmd_raw("migrate-set-capabilities", {"capabilities": [{"capability": "nope", "state": True}]}
+                       )["error"]["desc"] == "Parameter 'capability' does not accept value 'nope'"
+    # QEMU sends MIGRATION events only with the 'events' capability (libvirt turns it on)
+    on = {"capabilities": [{"capability": "events", "state": True}, {"capability": "xbzrle", "state": False}]}
+    assert src.cmd_raw("migrate-set-capabilities", on)["return"] == {}
+    assert {"capability": "events", "state": True} in src.cmd_raw("query-migrate-capabilities")["return"]
     (tmp_path / "dst").mkdir()
     dst_vm = Pemu(tmp_path / "dst", ["-incoming", "defer"])
     try:
         dst = dst_vm.client()
         assert dst.cmd_raw("query-status")["return"]["status"] == "inmigrate"
+        assert dst.cmd_raw("migrate-set-capabilities", on)["return"] == {}
         assert dst.cmd_raw("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})["return"] == {}
         assert dst.cmd_raw("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})["error"]["desc"] == \
             "The incoming migration has already been started"

@@ -18,6 +18,7 @@ from pemu.migration.exec import ExecIncoming, ExecOutgoing
 from pemu.migration.file import FileIncoming, FileOutgoing, parse_file_uri
 from pemu.migration.migration import (
     MAX_PASSES,
+    MigrationCapability,
     MigrationError,
     MigrationState,
     MigrationStatus,
@@ -427,3 +428,72 @@ def test_without_dirty_tracking_everything_is_copied_stopped(virtual_machine: Vi
     assert saves[0].calls == ["setup", "complete", "cleanup"]  # no sync, no iteration while running
     assert state.ram.precopy_bytes == 0 and state.ram.downtime_bytes == 64 * 4096
     assert not state.live
+
+
+# --- capabilities ----------------------------------------------------------------------------------
+
+
+def _listen(vm: VirtualMachine) -> list[tuple[str, object]]:
+    events: list[tuple[str, object]] = []
+    vm.event_listeners.append(lambda name, data, _stamp: events.append((name, data)))
+    return events
+
+
+def test_no_migration_events_without_the_events_capability(virtual_machine: VirtualMachine,
+                                                            tmp_path: Path) -> None:
+    events = _listen(virtual_machine)
+    state, _save = _migrate(virtual_machine, tmp_path, {"pages": 16, "dirtied": [4, 0]})
+    assert state.status is MigrationStatus.COMPLETED
+    assert [e for e in events if e[0].startswith("MIGRATION")] == []
+
+
+def test_migration_and_pass_events_with_the_events_capability(virtual_machine: VirtualMachine,
+                                                              tmp_path: Path) -> None:
+    events = _listen(virtual_machine)
+    migrate_get_current(virtual_machine).params.downtime_limit = 0
+    assert _hmp("migrate_set_capability events on") == ""
+    state, _save = _migrate(virtual_machine, tmp_path, {"pages": 16, "dirtied": [4, 0]})
+    assert state.status is MigrationStatus.COMPLETED
+    assert [e for e in events if e[0].startswith("MIGRATION")] == [
+        ("MIGRATION", {"status": "setup"}), ("MIGRATION", {"status": "active"}),
+        ("MIGRATION_PASS", {"pass": 1}), ("MIGRATION_PASS", {"pass": 2}),
+        ("MIGRATION", {"status": "completed"})]
+    assert state.ram.dirty_sync_count == 2  # one event per dirty-log sync, as in QEMU
+
+
+def test_capabilities_hmp_layout_and_refusals(virtual_machine: VirtualMachine) -> None:
+    names = [c.value for c in MigrationCapability]
+    assert len(names) == 21 and names[5] == "events"
+    assert _hmp("info migrate_capabilities") == "".join(f"{name}: off\n" for name in names)
+    assert _hmp("migrate_set_capability events on") == ""
+    assert "events: on\n" in _hmp("info migrate_capabilities")
+    assert _hmp("migrate_set_capability multifd on") == \
+        "Error: Migration capability 'multifd' is not supported by pemu\n"
+    assert _hmp("migrate_set_capability multifd off") == ""
+    assert _hmp("migrate_set_capability nope on") == "Error: Invalid parameter 'nope'\n"
+    assert _hmp("migrate_set_capability events maybe") == "Error: Expected 'on' or 'off'\n"
+    caps = migrate_get_current(virtual_machine).capabilities
+    assert [c for c, on in caps.items() if on] == [MigrationCapability.EVENTS]
+
+
+def test_capabilities_cannot_change_during_a_migration(virtual_machine: VirtualMachine, tmp_path: Path) -> None:
+    state = migrate_get_current(virtual_machine)
+    state.params.max_bandwidth = 1 << 20  # 1 MiB/s for 2 MiB: about two seconds
+    errors: list[str] = []
+
+    def factory(_vm: VirtualMachine, f: QEMUFileWriter, mapped_ram: bool) -> FakeSave:
+        errors.append(_hmp("migrate_set_capability events on"))
+        return FakeSave(f, pages=512, dirtied=[0])
+
+    state.save_state_factory = factory
+    virtual_machine.run.state = RunState.RUNNING
+    state.migrate(f"exec:cat > {tmp_path / 'out'}")
+    for _ in range(100):
+        if state.status is MigrationStatus.ACTIVE:
+            break
+        time.sleep(0.01)
+    assert _hmp("migrate_set_capability events on") == "Error: There's a migration process in progress\n"
+    state.cancel()
+    state.wait(30)
+    assert not state.capabilities[MigrationCapability.EVENTS]
+    assert _hmp("migrate_set_capability events on") == ""
