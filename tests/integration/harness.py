@@ -66,6 +66,18 @@ def recv_until(s: socket.socket, marker: bytes) -> bytes:
     return data
 
 
+def hmp_command(monitor: str | os.PathLike[str], command: str, timeout: float = 60.0) -> str:
+    """Send one command to the human monitor on the unix socket ``monitor``;
+    its reply without the echoed command line and the next prompt."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(timeout)
+        s.connect(os.fspath(monitor))
+        recv_until(s, b"(qemu) ")
+        s.sendall(command.encode() + b"\n")
+        reply = recv_until(s, b"(qemu) ").decode(errors="replace").replace("\r\n", "\n")
+    return reply.removesuffix("(qemu) ").split("\n", 1)[-1]
+
+
 def default_guest_args(guest: Guest, *, append: str = DEFAULT_APPEND,
                        memory: str = "512", extra: Sequence[str] = ()) -> list[str]:
     """The README's machine: q35, 512 MiB, serial console on stdio."""

@@ -22,7 +22,6 @@ Last, the test guest counting under kvm moves live between two processes.
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -32,7 +31,8 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.build_guest import READY_MARKER, Guest
-from tests.integration.harness import PROMPT, GuestProcess, default_guest_args, recv_until
+from tests.integration.disk_guest import free_tcp_port
+from tests.integration.harness import PROMPT, GuestProcess, default_guest_args, hmp_command
 
 pytestmark = pytest.mark.guest
 
@@ -42,12 +42,6 @@ MARK = "survived-the-migration-42"
 # Devices the guest has, with ids, so that the stream's sections name them.
 DEVICES = ("-device", "edu,id=edu0")
 COUNT_LINE = re.compile(r"count (\d+)\r?\n")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def timer_count(interrupts: str) -> int:
@@ -71,21 +65,10 @@ class Pemu:
             if time.monotonic() > deadline or self.vm.returncode is not None:
                 raise AssertionError(f"no monitor socket\n{self.vm.tail()}")
             time.sleep(0.1)
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(timeout)
-            s.connect(str(self.monitor))
-            recv_until(s, b"(qemu) ")
-            s.sendall(command.encode() + b"\n")
-            reply = recv_until(s, b"(qemu) ").decode(errors="replace").replace("\r\n", "\n")
-        # Without the echoed command and the next prompt.
-        return reply.removesuffix("(qemu) ").split("\n", 1)[-1]
+        return hmp_command(self.monitor, command, timeout)
 
     def quit(self) -> None:
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(30)
-            s.connect(str(self.monitor))
-            recv_until(s, b"(qemu) ")
-            s.sendall(b"quit\n")
+        hmp_command(self.monitor, "quit", 30)  # the reply ends when the monitor closes
         assert self.vm.wait(60) == 0, self.vm.tail()
 
     def shell(self, command: str, timeout: float = 60) -> str:
@@ -198,7 +181,7 @@ def _stop_counting(proc: Pemu) -> None:
 def test_live_tcp_migration_counts_on_without_gap_or_repeat(chain: Chain) -> None:
     src = chain.current
     assert src is not None and chain.saved is not None, "an earlier step failed"
-    port = _free_port()
+    port = free_tcp_port()
     dst = chain.start("live-dst", ("-incoming", f"tcp:127.0.0.1:{port}"))
     assert "inmigrate" in _status(dst)
     mark = len(src.vm.output)
@@ -227,7 +210,7 @@ def test_live_tcp_migration_counts_on_without_gap_or_repeat(chain: Chain) -> Non
 def test_migrate_cancel_leaves_the_source_running(chain: Chain) -> None:
     src = chain.current
     assert src is not None, "an earlier step failed"
-    port = _free_port()
+    port = free_tcp_port()
     dst = chain.start("cancel-dst", ("-incoming", f"tcp:127.0.0.1:{port}"))
     assert "inmigrate" in _status(dst)
     assert src.hmp("migrate_set_parameter max-bandwidth 1").strip() == ""  # 1 MiB/s: it takes a while
@@ -331,7 +314,7 @@ def test_live_migration_under_kvm(tmp_path: Path) -> None:
     if not tools_available():
         pytest.skip("gcc/ld are needed for the test guests")
     kernel = build_test_guest(tmp_path / "guest")
-    port = _free_port()
+    port = free_tcp_port()
 
     def start(name: str, extra: tuple[str, ...] = ()) -> tuple[GuestProcess, Path]:
         monitor = tmp_path / f"{name}.mon"
@@ -341,12 +324,7 @@ def test_live_migration_under_kvm(tmp_path: Path) -> None:
                              "-monitor", f"unix:{monitor},server=on,wait=off", *extra]), monitor
 
     def hmp(monitor: Path, command: str) -> str:
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(MIGRATE_TIMEOUT)
-            s.connect(str(monitor))
-            recv_until(s, b"(qemu) ")
-            s.sendall(command.encode() + b"\n")
-            return recv_until(s, b"(qemu) ").decode(errors="replace")
+        return hmp_command(monitor, command, MIGRATE_TIMEOUT)
 
     src, src_mon = start("src")
     dst, dst_mon = start("dst", ("-incoming", f"tcp:127.0.0.1:{port}"))

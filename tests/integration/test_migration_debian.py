@@ -16,7 +16,6 @@ TCP stack and a new connection recover)."""
 from __future__ import annotations
 
 import re
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ import pytest
 
 from tests.fixtures.build_disk import DiskImage, RootInitrd
 from tests.integration.disk_guest import SshTarget, disk_boot_args, disk_copy, free_tcp_port
-from tests.integration.harness import GuestProcess, recv_until
+from tests.integration.harness import GuestProcess, hmp_command
 
 pytestmark = pytest.mark.guest
 
@@ -35,13 +34,7 @@ MARK = "seed-vm-survived-42"
 
 
 def _hmp(monitor: Path, command: str, timeout: float = MIGRATE_TIMEOUT) -> str:
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(timeout)
-        s.connect(str(monitor))
-        recv_until(s, b"(qemu) ")
-        s.sendall(command.encode() + b"\n")
-        reply = recv_until(s, b"(qemu) ").decode(errors="replace").replace("\r\n", "\n")
-    return reply.removesuffix("(qemu) ").split("\n", 1)[-1]
+    return hmp_command(monitor, command, timeout)
 
 
 def _wait_for(path: Path, vm: GuestProcess, timeout: float = 60) -> None:
@@ -97,11 +90,7 @@ def test_seed_debian_vm_continues_in_a_new_process(root_initrd: RootInitrd, debi
     info = _hmp(src_mon, "info migrate")
     assert "Migration status: completed" in info, info
     assert "postmigrate" in _hmp(src_mon, "info status")
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(30)
-        s.connect(str(src_mon))
-        recv_until(s, b"(qemu) ")
-        s.sendall(b"quit\n")
+    _hmp(src_mon, "quit", timeout=30)  # the reply ends when the monitor closes
     assert src.wait(60) == 0, src.tail()
     print(f"snapshot of the 4 GiB Debian VM: {snapshot.stat().st_size / (1 << 20):.0f} MiB")
 

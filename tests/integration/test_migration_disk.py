@@ -19,7 +19,8 @@ from tests.fixtures.build_guest import READY_MARKER, Guest
 
 # The live migration itself (migrate, -incoming) comes with pemu.migration.migration and its tests.
 pytest.importorskip("pemu.migration.migration", reason="live migration (pemu.migration.migration) is not in this tree")
-from tests.integration.test_migration import MIGRATE_TIMEOUT, Pemu, _free_port, _status  # noqa: E402
+from tests.integration.disk_guest import free_tcp_port  # noqa: E402
+from tests.integration.test_migration import MIGRATE_TIMEOUT, Pemu, _status  # noqa: E402
 
 pytestmark = [pytest.mark.guest, pytest.mark.skipif(shutil.which("qemu-img") is None,
                                                      reason="qemu-img (Debian package qemu-utils) is not installed")]
@@ -44,7 +45,7 @@ def test_live_migration_with_a_disk_on_shared_storage(guest_images: Guest, tmp_p
         # A writer that keeps the disk busy through the switch-over.
         src.shell("(i=0; while :; do echo block $i | dd of=/dev/sda bs=512 seek=$((1000 + i % 64)) conv=fsync "
                   "2>/dev/null; i=$((i+1)); done) &")
-        port = _free_port()
+        port = free_tcp_port()
         dst = Pemu(guest_images, tmp_path, "dst", (*devices, "-incoming", f"tcp:127.0.0.1:{port}"))
         deadline = time.monotonic() + 60
         while "inmigrate" not in _status(dst):
