@@ -10,7 +10,7 @@ import pytest
 
 from pemu.hw.acpi.core import PM_TIMER_FREQUENCY, VMSTATE_ACPI_PM, AcpiPmRegs, Pm1Enable, Pm1Status
 from pemu.migration.vmstate import VMStateError, vmstate_load_bytes, vmstate_save_bytes
-from tests.unit.vmstate_pci_helpers import round_trip
+from tests.unit.vmstate_helpers import roundtrip
 
 
 class Clock:
@@ -45,7 +45,7 @@ def test_timer_overflow_and_sci_carry_over() -> None:
     src.gpe_raise(2)
     dst, dst_sci, dst_armed = make(clock)
     dst_armed.clear()
-    round_trip(VMSTATE_ACPI_PM, src, dst)
+    roundtrip(VMSTATE_ACPI_PM, src, dst)
     assert dst.tmr.read(0, 4) == src.tmr.read(0, 4) == 3 * PM_TIMER_FREQUENCY & 0xFFFFFF
     assert dst.evt.read(0, 4) == src.evt.read(0, 4) and dst.gpe0.read(0, 16) == src.gpe0.read(0, 16)
     # Armed for the source's next overflow (the source's own one-shot, armed

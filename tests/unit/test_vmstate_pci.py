@@ -39,7 +39,8 @@ from pemu.migration.vmstate import (
 from pemu.qom.object import ObjectClass, TypeInfo, type_register
 from pemu.system.memory import MEMORY_SIZE_UNLIMITED, MemoryRegion, MemoryRegionOps
 from pemu.system.physmem import address_space_io, address_space_memory, cpu_exec_init_all, get_system_memory
-from tests.unit.vmstate_pci_helpers import current, destination_vm, flat_map, round_trip
+from tests.unit.vmstate_helpers import roundtrip
+from tests.unit.vmstate_pci_helpers import current, destination_vm, flat_map
 
 TYPE_STUB = "test-vmstate-pci-stub"
 
@@ -159,7 +160,7 @@ def test_round_trip_rebuilds_mappings_and_keeps_working() -> None:
     with destination_vm() as vm, current(vm):
         dst = build()
         assert flat_map(address_space_memory()) != src_mem
-        round_trip(VMSTATE_STUB, src, dst)
+        roundtrip(VMSTATE_STUB, src, dst)
         assert dst.config == src.config
         assert flat_map(address_space_memory()) == src_mem and flat_map(address_space_io()) == src_io
         assert [pci_get_bar_addr(dst, n) for n in (0, 1, 2, 6)] == [0xFE000000, 0xC040, 0x800010000, 0xFD000000]
@@ -186,7 +187,7 @@ def test_intx_disabled_is_not_counted_on_the_bus() -> None:
     src.config_write(0x04, 0x0400, 2)
     with destination_vm() as vm, current(vm):
         dst = build()
-        round_trip(VMSTATE_STUB, src, dst)
+        roundtrip(VMSTATE_STUB, src, dst)
         assert dst.irq_state == 1 and dst.pci_bus.irq_count == [0, 0, 0, 0]
         dst.config_write(0x04, 0, 2)                                     # re-enabled: INTA goes up
         assert dst.lines == {0: 1}
@@ -197,7 +198,7 @@ def test_load_unmaps_what_the_destination_had() -> None:
     with destination_vm() as vm, current(vm):
         dst = build()
         program(dst)
-        round_trip(VMSTATE_STUB, src, dst)
+        roundtrip(VMSTATE_STUB, src, dst)
         assert pci_get_bar_addr(dst, 0) == -1 and address_space_memory().flatview.lookup(0xFE000000) is None
         assert dst.pci_bus.irq_count == [0, 0, 0, 0] and not dst.config_read(0x06, 2) & 0x08
 

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from pemu.migration.vmstate import VMStateDescription, vmstate_load_bytes, vmstate_save_bytes
 from pemu.system.memory import AddressSpace
 from pemu.system.vm import VirtualMachine
 from pemu.util.vm_context import set_current_vm
@@ -33,15 +32,6 @@ def destination_vm() -> Iterator[VirtualMachine]:
         yield vm
     finally:
         vm.destroy()
-
-
-def round_trip(vmsd: VMStateDescription, src: Any, dst: Any) -> bytes:
-    """Save ``src``, load the bytes into ``dst`` and check that ``dst`` saves
-    the very same bytes; returns them."""
-    data = vmstate_save_bytes(vmsd, src)
-    vmstate_load_bytes(vmsd, dst, data)
-    assert vmstate_save_bytes(vmsd, dst) == data, f"{vmsd.name}: the loaded device saves other bytes"
-    return data
 
 
 def flat_map(space: AddressSpace) -> list[tuple[int, int, str, int, bool]]:
