@@ -132,18 +132,10 @@ class _ClockState:
         virtual.stopped_at = self.virtual_ns
 
 
-def _clock_pre_save(obj: Any) -> None:
-    obj.pre_save()
-
-
-def _clock_post_load(obj: Any, version_id: int) -> None:
-    obj.post_load(version_id)
-
-
 VMSTATE_TIMERS = VMStateDescription(
     "timer", version_id=1,
     fields=[VMStateField("virtual_ns", U64)],
-    pre_save=_clock_pre_save, post_load=_clock_post_load)
+    pre_save=_ClockState.pre_save, post_load=_ClockState.post_load)
 
 
 def clock_state(vm: VirtualMachine) -> _ClockState:
